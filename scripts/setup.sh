@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs and starts what archfarm's local farm and test suite need on a Debian/Ubuntu machine:
+# Docker Engine (dockerd), the CNCF registry (Debian's docker-registry), skopeo, and the per-arch
+# static busybox binaries the test image copies. Idempotent: it only adds what is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+fixtures="$here/.farm/fixtures"
+log() { printf 'setup: %s\n' "$*"; }
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v file >/dev/null || need+=(file)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "adding the arm64 package architecture (for busybox-static:arm64)"
+    dpkg --add-architecture arm64
+  fi
+  log "apt-get update"
+  apt-get update -qq
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+# Per-arch static busybox binaries: amd64 from the host's busybox-static, arm64 unpacked from the
+# arm64 package (the two cannot be installed side by side).
+mkdir -p "$fixtures/amd64" "$fixtures/arm64"
+if [ ! -x "$fixtures/amd64/busybox" ]; then
+  cp /bin/busybox "$fixtures/amd64/busybox"
+fi
+if [ ! -x "$fixtures/arm64/busybox" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq busybox-static:arm64 2>/dev/null && dpkg-deb -x ./*.deb root)
+  cp "$tmp/root/bin/busybox" "$fixtures/arm64/busybox"
+  rm -rf "$tmp"
+fi
+file -L "$fixtures/arm64/busybox" | grep -q 'ARM aarch64' || { log "fixtures/arm64/busybox is not an aarch64 binary"; exit 1; }
+
+# Docker Engine: start one if none answers. No systemd here, so run dockerd ourselves.
+if ! docker version >/dev/null 2>&1; then
+  log "starting dockerd (log: /var/log/archfarm-dockerd.log)"
+  nohup dockerd --iptables=false >/var/log/archfarm-dockerd.log 2>&1 &
+  for _ in $(seq 1 100); do
+    docker version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  docker version >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/archfarm-dockerd.log"; tail -20 /var/log/archfarm-dockerd.log; exit 1; }
+fi
+log "ready: $(docker version --format 'engine {{.Server.Version}}'), $(docker-registry --version 2>/dev/null | head -1)"

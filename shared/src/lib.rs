@@ -1,0 +1,26 @@
+//! What the archfarm coordinator, agent and client share: the wire protocol and its codec,
+//! identifiers, platform names, OCI documents, the registry adapter and TLS setup.
+//!
+//! # Layout
+//! - [`platform`]: `os/arch[/variant]` names, normalised by containerd's rules.
+//! - [`ids`]: build, job, agent and digest identifiers.
+//! - [`protocol`]: the messages, one enum per direction and role, and the ALPN strings.
+//! - [`codec`]: length-prefixed bincode frames with size limits (the only user of bincode).
+//! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
+//! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
+//! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
+//! - [`registry`]: the registry adapter (the only user of oci-client).
+//! - [`telemetry`]: tracing setup for the binaries.
+
+pub mod codec;
+pub mod ids;
+pub mod oci;
+pub mod pki;
+pub mod platform;
+pub mod protocol;
+pub mod registry;
+pub mod telemetry;
+pub mod tls;
+
+pub use ids::{AgentName, BuildId, Digest, JobId};
+pub use platform::Platform;

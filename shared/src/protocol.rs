@@ -1,0 +1,331 @@
+//! The wire protocol: one message enum per direction and role. Everything here crosses the
+//! network through [`crate::codec`]; variants are encoded by position, so only ever append.
+//! `docs/protocol.md` describes the streams and the order of messages on each.
+
+use crate::ids::{AgentName, BuildId, Digest, JobId};
+use crate::platform::Platform;
+use serde::{Deserialize, Serialize};
+
+/// ALPN of agents. The version is part of the string: a peer of another protocol version fails
+/// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
+pub const ALPN_AGENT: &[u8] = b"archfarm-agent/1";
+/// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
+pub const ALPN_CLIENT: &[u8] = b"archfarm-client/1";
+
+/// QUIC application close codes the coordinator and agents use.
+pub mod close {
+    /// Orderly shutdown.
+    pub const NORMAL: u32 = 0;
+    /// The peer sent a frame that could not be decoded, was oversized, or was unexpected.
+    pub const PROTOCOL: u32 = 1;
+    /// The peer failed authentication (bad token, missing certificate, duplicate agent name).
+    pub const REFUSED: u32 = 2;
+    /// The peer stopped sending heartbeats.
+    pub const TIMEOUT: u32 = 3;
+}
+
+/// Messages an agent sends to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First frame on the control stream.
+    Register(Registration),
+    /// Periodic liveness on the control stream.
+    Heartbeat {
+        /// Jobs the agent is running right now.
+        running: u32,
+    },
+    /// First frame on a context stream opened by the agent: send me this build context.
+    FetchContext {
+        /// Content digest of the context tarball.
+        digest: Digest,
+    },
+    /// One line of build output, on a job stream.
+    JobLog {
+        /// The line, without its newline.
+        line: String,
+    },
+    /// Last frame on a job stream.
+    JobFinished(JobOutcome),
+}
+
+/// What an agent declares when it registers. Its name comes from its certificate, not from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Platforms this agent builds natively, its engine's own first.
+    pub platforms: Vec<Platform>,
+    /// How many builds it runs at once.
+    pub capacity: u32,
+    /// Docker Engine version, for `archfarm agents ls`.
+    pub engine_version: String,
+    /// The agent's own version.
+    pub agent_version: String,
+}
+
+/// Messages the coordinator sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Reply to [`AgentMessage::Register`]: the agent is in the farm.
+    Registered {
+        /// How often the agent must send a heartbeat, in milliseconds.
+        heartbeat_interval_ms: u64,
+    },
+    /// Reply to [`AgentMessage::Register`]: the agent is refused; the connection closes next.
+    Refused {
+        /// Why, in words meant for the agent's operator.
+        reason: String,
+    },
+    /// First frame on a job stream opened by the coordinator.
+    AssignJob(JobSpec),
+    /// Reply to [`AgentMessage::FetchContext`]: exactly `size` raw bytes follow on the stream.
+    ContextFollows {
+        /// Length of the tarball.
+        size: u64,
+    },
+    /// Reply to [`AgentMessage::FetchContext`]: the coordinator does not hold that context.
+    ContextMissing {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One platform of a build, as an agent receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// This job.
+    pub job: JobId,
+    /// The build it belongs to.
+    pub build: BuildId,
+    /// The platform to build; the agent must have declared it.
+    pub platform: Platform,
+    /// The build context tarball, fetched from the coordinator by digest.
+    pub context: Digest,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile: String,
+    /// `--build-arg` pairs, in the order given.
+    pub build_args: Vec<(String, String)>,
+    /// `--target` stage.
+    pub target: Option<String>,
+    /// `--label` pairs.
+    pub labels: Vec<(String, String)>,
+    /// Repository to push into by digest, `registry/name` (the repository of the requested tags).
+    pub repository: String,
+}
+
+/// How a job ended on the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// Built and pushed by digest.
+    Pushed(PushedImage),
+    /// Did not produce an image.
+    Failed(JobFailure),
+}
+
+/// The per-arch image an agent pushed. The coordinator checks all of it against the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedImage {
+    /// Digest of the image manifest.
+    pub digest: Digest,
+    /// Media type of the manifest.
+    pub media_type: String,
+    /// Size of the manifest in bytes.
+    pub size: u64,
+}
+
+/// A job failure small enough to cross the wire and be shown to the release engineer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// Which step failed.
+    pub kind: FailureKind,
+    /// One-line explanation.
+    pub message: String,
+    /// The last lines of the failing step's output.
+    pub log_tail: Vec<String>,
+}
+
+/// The step of a job that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The agent was asked for a platform it did not declare.
+    PlatformNotDeclared,
+    /// The build context could not be fetched or was corrupt.
+    Context,
+    /// The Dockerfile build failed.
+    Build,
+    /// Exporting or pushing the image failed.
+    Push,
+    /// The Docker Engine could not be reached.
+    Engine,
+    /// The coordinator found the pushed image does not match the job (wrong platform, missing).
+    Verification,
+    /// The agent went away before finishing.
+    AgentLost,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureKind::PlatformNotDeclared => "platform not declared",
+            FailureKind::Context => "build context",
+            FailureKind::Build => "build",
+            FailureKind::Push => "push",
+            FailureKind::Engine => "docker engine",
+            FailureKind::Verification => "verification",
+            FailureKind::AgentLost => "agent lost",
+        })
+    }
+}
+
+/// Messages a client sends to the coordinator. Each request opens its own bidirectional stream;
+/// the first stream of a connection carries [`ClientRequest::Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Authenticate this connection with a bearer token.
+    Hello {
+        /// The client token from `archfarm ca init` (never logged).
+        token: String,
+    },
+    /// Does the coordinator already hold this build context?
+    HasContext {
+        /// Content digest of the tarball.
+        digest: Digest,
+    },
+    /// Upload a context: exactly `size` raw bytes follow this frame.
+    UploadContext {
+        /// Content digest the bytes must hash to.
+        digest: Digest,
+        /// Length of the tarball.
+        size: u64,
+    },
+    /// Start a build and stream its events on this stream.
+    Build(BuildRequest),
+    /// List connected agents.
+    ListAgents,
+}
+
+/// A build as the release engineer asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Platforms in command-line order; the index lists children in this order.
+    pub platforms: Vec<Platform>,
+    /// Full references to publish the index under, all in one repository.
+    pub tags: Vec<String>,
+    /// Digest of the uploaded context.
+    pub context: Digest,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile: String,
+    /// `--build-arg` pairs.
+    pub build_args: Vec<(String, String)>,
+    /// `--target` stage.
+    pub target: Option<String>,
+    /// `--label` pairs.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Messages the coordinator sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The token was accepted.
+    Welcome {
+        /// Coordinator version.
+        version: String,
+    },
+    /// The token was refused; the connection closes next.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Answer to [`ClientRequest::HasContext`].
+    ContextPresent(bool),
+    /// The uploaded context was stored.
+    ContextStored,
+    /// Progress of a build.
+    Build(BuildEvent),
+    /// Answer to [`ClientRequest::ListAgents`].
+    Agents(Vec<AgentInfo>),
+    /// The request failed.
+    Error {
+        /// What failed and what to do.
+        message: String,
+    },
+}
+
+/// What happens to a build, streamed to the client that started it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BuildEvent {
+    /// The build was accepted and has this id.
+    Accepted {
+        /// Its id.
+        build: BuildId,
+    },
+    /// A platform's job was handed to an agent.
+    Started {
+        /// The platform.
+        platform: Platform,
+        /// The agent building it.
+        agent: AgentName,
+    },
+    /// One line of a platform's build output.
+    Log {
+        /// The platform.
+        platform: Platform,
+        /// The line.
+        line: String,
+    },
+    /// A platform's image was pushed and verified in the registry.
+    PlatformDone(PlatformResult),
+    /// A platform failed; no index will be published.
+    PlatformFailed {
+        /// The platform.
+        platform: Platform,
+        /// The agent that ran it, if any did.
+        agent: Option<AgentName>,
+        /// What went wrong.
+        failure: JobFailure,
+    },
+    /// The index was published under every tag. Last event of a successful build.
+    Published {
+        /// Digest of the OCI image index.
+        index: Digest,
+        /// The tags now pointing at it.
+        tags: Vec<String>,
+        /// Each platform's child, in index order.
+        platforms: Vec<PlatformResult>,
+    },
+    /// The build failed and nothing was published. Last event of a failed build.
+    Failed {
+        /// Why, naming platforms and agents.
+        reason: String,
+    },
+}
+
+/// A verified per-platform image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformResult {
+    /// The platform.
+    pub platform: Platform,
+    /// Digest of its manifest.
+    pub digest: Digest,
+    /// The agent that built it.
+    pub agent: AgentName,
+    /// Time from assignment to verified digest, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// One agent as `archfarm agents ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Name from its certificate.
+    pub name: AgentName,
+    /// Remote address of its connection.
+    pub address: String,
+    /// Platforms it declared.
+    pub platforms: Vec<Platform>,
+    /// `ready` or `busy`.
+    pub state: String,
+    /// Jobs running on it.
+    pub running: u32,
+    /// How many it runs at once.
+    pub capacity: u32,
+    /// Its Docker Engine version.
+    pub engine_version: String,
+}

@@ -1,0 +1,211 @@
+//! The registry adapter: every OCI distribution call of the farm goes through here (oci-client).
+//! Credentials come from the usual Docker config (`~/.docker/config.json`, credential helpers);
+//! plain http is used for loopback registries only.
+
+use crate::ids::Digest;
+use bytes::Bytes;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+
+pub use oci_client::Reference as ImageReference;
+
+/// A registry call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference is not a valid image reference.
+    #[error("invalid image reference {input:?}: {reason} (expected REGISTRY/REPOSITORY:TAG, for example 127.0.0.1:5000/app:1.4)")]
+    Reference {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry answered with an error or could not be reached.
+    #[error("registry {registry}: {op} {reference}: {message}")]
+    Call {
+        /// Registry host.
+        registry: String,
+        /// What we tried.
+        op: &'static str,
+        /// On what.
+        reference: String,
+        /// The client's error.
+        message: String,
+    },
+}
+
+/// Parses and validates an image reference (`registry/repo:tag` or `registry/repo@digest`).
+pub fn parse_reference(input: &str) -> Result<Reference, RegistryError> {
+    let err = |reason: String| RegistryError::Reference { input: input.to_owned(), reason };
+    if input.is_empty() {
+        return Err(err("empty reference".into()));
+    }
+    if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("it contains whitespace".into()));
+    }
+    input.parse::<Reference>().map_err(|e| err(e.to_string()))
+}
+
+/// `registry/repository` of a reference, without tag or digest.
+pub fn repository_of(r: &Reference) -> String {
+    format!("{}/{}", r.registry(), r.repository())
+}
+
+/// Whether a registry host (`host[:port]`) is on this machine, where plain http is allowed.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Credentials for `registry` from the Docker config and its credential helpers; anonymous when
+/// none are configured.
+pub fn credentials(registry: &str) -> RegistryAuth {
+    let server = match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    };
+    match docker_credential::get_credential(server) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => RegistryAuth::Basic(user, password),
+        Ok(docker_credential::DockerCredential::IdentityToken(token)) => RegistryAuth::Bearer(token),
+        Err(_) => RegistryAuth::Anonymous,
+    }
+}
+
+/// A client for one registry, authenticated with the Docker config's credentials.
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+    host: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A client for the registry of `reference`.
+    pub fn for_reference(reference: &Reference) -> Self {
+        let host = reference.resolve_registry().to_owned();
+        let protocol = if is_loopback(&host) {
+            ClientProtocol::HttpsExcept(vec![host.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::new(ClientConfig {
+            protocol,
+            ..ClientConfig::default()
+        });
+        Registry {
+            auth: credentials(&host),
+            client,
+            host,
+        }
+    }
+
+    fn fail(&self, op: &'static str, reference: &Reference, e: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Call {
+            registry: self.host.clone(),
+            op,
+            reference: reference.whole(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Authenticates for pushing into the repository of `reference` (needed before raw pushes).
+    pub async fn authorize_push(&self, reference: &Reference) -> Result<(), RegistryError> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map(drop)
+            .map_err(|e| self.fail("authenticate for push to", reference, e))
+    }
+
+    /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
+    pub async fn push_blob(&self, repo: &Reference, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
+        if self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false) {
+            return Ok(false);
+        }
+        self.client
+            .push_blob(repo, data, digest.as_str())
+            .await
+            .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))?;
+        Ok(true)
+    }
+
+    /// Pushes manifest bytes as they are, under the tag or digest of `reference`.
+    pub async fn push_manifest(&self, reference: &Reference, bytes: Bytes, media_type: &str) -> Result<(), RegistryError> {
+        let content_type = media_type
+            .parse()
+            .map_err(|e| self.fail("push manifest", reference, format!("media type {media_type}: {e}")))?;
+        self.client
+            .push_manifest_raw(reference, bytes, content_type)
+            .await
+            .map(drop)
+            .map_err(|e| self.fail("push manifest", reference, e))
+    }
+
+    /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
+    /// reference names a digest, the client checks the bytes against it.
+    pub async fn manifest(&self, reference: &Reference, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, accept)
+            .await
+            .map_err(|e| self.fail("fetch manifest", reference, e))?;
+        let digest = match digest.parse() {
+            Ok(d) => d,
+            Err(_) => Digest::of(&bytes),
+        };
+        Ok((bytes, digest))
+    }
+
+    /// Fetches a blob (an image config) and checks its digest.
+    pub async fn blob(&self, repo: &Reference, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
+        let mut out = Vec::new();
+        let layer = oci_client::manifest::OciDescriptor {
+            digest: digest.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .pull_blob(repo, &layer, &mut out)
+            .await
+            .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
+        if Digest::of(&out) != *digest {
+            return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_allow_plain_http_and_nothing_else_does() {
+        for h in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "127.3.4.5"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["registry.example.com", "10.0.0.1:5000", "192.168.1.2", "localhost.example.com:5000"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn references_are_validated_with_a_useful_message() {
+        let r = parse_reference("127.0.0.1:5000/team/app:1.4").unwrap();
+        assert_eq!(repository_of(&r), "127.0.0.1:5000/team/app");
+        assert_eq!(r.tag(), Some("1.4"));
+        for bad in ["", "127.0.0.1:5000/App:1", "127.0.0.1:5000/app:bad tag", "127.0.0.1:5000/app:-x", "app::1"] {
+            let err = parse_reference(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid image reference") && err.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! rustls + quinn setup for the three roles: coordinator (server), agent (mutual TLS) and client
+//! (server-authenticated; it then presents a bearer token). TLS 1.3 only, ring provider only.
+
+use crate::protocol::{ALPN_AGENT, ALPN_CLIENT};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file held no certificate or key.
+    #[error("{what}: no PEM {expected} found")]
+    Pem {
+        /// Which input.
+        what: String,
+        /// What was expected in it.
+        expected: &'static str,
+    },
+    /// rustls refused the material.
+    #[error("{what}: {source}")]
+    Rustls {
+        /// Which input.
+        what: String,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+    /// The peer's certificate has no usable agent name.
+    #[error("peer certificate: {0}")]
+    PeerName(String),
+}
+
+/// Installs ring as the process's rustls provider. Call once at start of every binary; a second
+/// call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(TlsError::Pem { what: what.into(), expected: "certificate" });
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem { what: what.into(), expected: "private key" })
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem, "farm CA")? {
+        roots.add(c).map_err(|source| TlsError::Rustls { what: "farm CA".into(), source })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// QUIC timing shared by all roles.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// Close the connection after this long without any packet.
+    pub idle_timeout: Duration,
+    /// Send QUIC keep-alives this often; must be shorter than `idle_timeout`.
+    pub keep_alive: Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Transport {
+    fn config(self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(self.idle_timeout).unwrap_or(quinn::VarInt::from_u32(30_000).into())));
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+        Arc::new(t)
+    }
+}
+
+/// The coordinator's QUIC server configuration: agents must present a certificate signed by the
+/// farm CA (checked here); clients present none and authenticate with a token afterwards.
+pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str, transport: Transport) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::PeerName(format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "TLS versions".into(), source })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert_pem, "coordinator certificate")?, key(key_pem, "coordinator key")?)
+        .map_err(|source| TlsError::Rustls { what: "coordinator certificate".into(), source })?;
+    tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::PeerName(format!("QUIC server config: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport.config());
+    Ok(config)
+}
+
+/// A QUIC client configuration trusting only the farm CA. Agents pass their certificate and key;
+/// release engineers' clients pass none.
+pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>, alpn: &[u8], transport: Transport) -> Result<quinn::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "TLS versions".into(), source })?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut tls = match identity {
+        Some((cert_pem, key_pem)) => builder
+            .with_client_auth_cert(certs(cert_pem, "agent certificate")?, key(key_pem, "agent key")?)
+            .map_err(|source| TlsError::Rustls { what: "agent certificate".into(), source })?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::PeerName(format!("QUIC client config: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport.config());
+    Ok(config)
+}
+
+/// The ALPN a connection negotiated.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The common name of the peer's (already verified) certificate, if it presented one.
+pub fn peer_common_name(conn: &quinn::Connection) -> Result<Option<String>, TlsError> {
+    let Some(identity) = conn.peer_identity() else {
+        return Ok(None);
+    };
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::PeerName("unexpected identity type".into()))?;
+    let Some(leaf) = chain.first() else {
+        return Ok(None);
+    };
+    common_name(leaf).map(Some)
+}
+
+/// The common name of a DER certificate.
+pub fn common_name(der: &CertificateDer<'_>) -> Result<String, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::PeerName(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| TlsError::PeerName("certificate has no common name".into()))?;
+    Ok(cn.to_owned())
+}
+
+/// Explains a failed connection in terms an operator can act on: TLS alerts become "the
+/// coordinator refused our certificate" rather than "crypto error 48".
+pub fn explain(err: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match err {
+        E::ApplicationClosed(close) => {
+            format!("closed by the coordinator: {}", String::from_utf8_lossy(&close.reason))
+        }
+        E::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            // QUIC carries TLS alerts as CRYPTO_ERROR 0x100 + alert.
+            match code.checked_sub(0x100) {
+                Some(42 | 43 | 44 | 45 | 46 | 48 | 49 | 116) => format!(
+                    "the peer refused our certificate (TLS alert {}): it must be signed by the farm's CA \
+                     (`archfarm ca issue-agent NAME` on the coordinator issues one)",
+                    code - 0x100
+                ),
+                Some(120) => "the peer speaks another protocol version (no common ALPN); upgrade the older side".to_owned(),
+                Some(alert) if alert < 256 => format!(
+                    "TLS handshake failed (alert {alert}): {}",
+                    String::from_utf8_lossy(&close.reason)
+                ),
+                _ => format!("connection closed: {close}"),
+            }
+        }
+        E::TransportError(e) => format!("TLS/QUIC handshake failed: {e}"),
+        E::TimedOut => "timed out: no answer from the coordinator (is it running, and is the address right?)".to_owned(),
+        E::Reset => "reset by the peer".to_owned(),
+        E::LocallyClosed => "closed locally".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki;
+
+    #[test]
+    fn issued_agent_certificates_carry_the_name() {
+        let ca = pki::generate_ca("test CA").unwrap();
+        let agent = pki::issue(&ca, pki::Leaf::Agent { name: "arm64-1" }).unwrap();
+        let der = certs(&agent.cert_pem, "agent").unwrap().remove(0);
+        assert_eq!(common_name(&der).unwrap(), "arm64-1");
+        install_crypto_provider();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let server = pki::issue(&ca, pki::Leaf::Coordinator { names: &names }).unwrap();
+        server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default()).unwrap();
+        client_config(&ca.cert_pem, Some((&agent.cert_pem, &agent.key_pem)), ALPN_AGENT, Transport::default()).unwrap();
+    }
+
+    #[test]
+    fn empty_pem_is_a_clear_error() {
+        let err = certs("not a pem", "farm CA").unwrap_err();
+        assert_eq!(err.to_string(), "farm CA: no PEM certificate found");
+    }
+}
