@@ -1,1 +1,64 @@
-fn main() {}
+//! The `archfarm` binary: coordinator and release-engineer client.
+
+use archfarm_coordinator::cli::{AgentsCommand, CaCommand, Cli, Command, ImagetoolsCommand};
+use archfarm_coordinator::{ca, client};
+use clap::Parser;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    archfarm_shared::telemetry::init(if serving { "info" } else { "warn" });
+    archfarm_shared::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Serve { config } => {
+            let config = archfarm_config::load(&config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            archfarm_coordinator::run(config, shutdown).await?;
+            Ok(true)
+        }
+        Command::Build(args) => client::build::run(*args).await,
+        Command::Agents { command: AgentsCommand::Ls { remote, format } } => client::agents::ls(&remote, format).await.map(|()| true),
+        Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw } } => {
+            client::imagetools::inspect(&reference, raw).await.map(|()| true)
+        }
+        Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
+        Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {
+            ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true)
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn signals(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("signal received");
+    token.cancel();
+}

@@ -1,0 +1,241 @@
+//! The Docker Engine adapter: the only place bollard is used. Builds always go through the
+//! engine's BuildKit (the classic builder mislabels cross-platform `FROM scratch` images).
+
+use archfarm_shared::Platform;
+use bollard::models::BuildInfoAux;
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
+
+/// A Docker Engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// What the engine says about itself.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    /// The engine's platform, normalised (`x86_64` is `linux/amd64`).
+    pub platform: Platform,
+    /// Engine version, for example 20.10.24.
+    pub version: String,
+}
+
+/// What to build.
+#[derive(Debug)]
+pub struct BuildSpec<'a> {
+    /// Context tarball on disk.
+    pub context: &'a Path,
+    /// Dockerfile path inside the context.
+    pub dockerfile: &'a str,
+    /// Target platform.
+    pub platform: &'a Platform,
+    /// Local tag for the result.
+    pub tag: &'a str,
+    /// Build args.
+    pub build_args: &'a [(String, String)],
+    /// Labels.
+    pub labels: &'a [(String, String)],
+    /// Target stage.
+    pub target: Option<&'a str>,
+    /// BuildKit session id, unique per build.
+    pub session: String,
+}
+
+/// A failed build: the engine's error and the failing step's last lines.
+#[derive(Debug)]
+pub struct BuildError {
+    /// The engine's error message.
+    pub message: String,
+    /// The failing step's last lines (or the build's, if no step is named).
+    pub tail: Vec<String>,
+}
+
+impl Engine {
+    /// Connects to `host` (`unix://`, `tcp://`), or to `DOCKER_HOST` / the local socket.
+    pub async fn connect(host: Option<&str>) -> Result<Self, String> {
+        let docker = match host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| format!("cannot use Docker Engine at {}: {e}", host.unwrap_or("the default socket")))?;
+        // Old daemons (20.10 speaks API 1.41) refuse requests without a version they know.
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            format!("cannot reach the Docker Engine at {}: {e} (is dockerd running?)", host.unwrap_or("the default socket"))
+        })?;
+        Ok(Engine { docker })
+    }
+
+    /// The engine's platform and version.
+    pub async fn info(&self) -> Result<EngineInfo, String> {
+        let info = self.docker.info().await.map_err(|e| format!("docker info: {e}"))?;
+        let version = self.docker.version().await.map_err(|e| format!("docker version: {e}"))?;
+        let os = info.os_type.unwrap_or_else(|| "linux".into());
+        let machine = info.architecture.unwrap_or_default();
+        let platform = Platform::from_host(&os, &machine)
+            .map_err(|e| format!("the engine reports architecture {machine:?}: {e}"))?;
+        Ok(EngineInfo { platform, version: version.version.unwrap_or_else(|| "unknown".into()) })
+    }
+
+    /// Builds with BuildKit, sending every output line to `log`.
+    pub async fn build(&self, spec: BuildSpec<'_>, log: &mut (dyn FnMut(String) + Send)) -> Result<(), BuildError> {
+        let context = tokio::fs::read(spec.context).await.map_err(|e| BuildError {
+            message: format!("cannot read the build context: {e}"),
+            tail: vec![],
+        })?;
+        let options = BuildImageOptions {
+            dockerfile: spec.dockerfile.to_owned(),
+            t: Some(spec.tag.to_owned()),
+            platform: spec.platform.to_string(),
+            buildargs: Some(spec.build_args.iter().cloned().collect::<HashMap<_, _>>()),
+            labels: Some(spec.labels.iter().cloned().collect::<HashMap<_, _>>()),
+            target: spec.target.unwrap_or_default().to_owned(),
+            version: BuilderVersion::BuilderBuildKit,
+            session: Some(spec.session),
+            rm: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut steps = Steps::default();
+        // Read the whole stream: status, logs and errors interleave until the end.
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
+                        steps.status(&status, log);
+                    }
+                    if let Some(text) = info.stream {
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            steps.plain(line.to_owned(), log);
+                        }
+                    }
+                    if let Some(detail) = info.error_detail {
+                        return Err(steps.failure(detail.message.unwrap_or_else(|| "build failed".into())));
+                    }
+                }
+                Err(e) => return Err(steps.failure(stream_error(e))),
+            }
+        }
+        if let Some(message) = steps.error.take() {
+            return Err(steps.failure(message));
+        }
+        Ok(())
+    }
+
+    /// Writes `docker save` of `tag` to `out`.
+    pub async fn save(&self, tag: &str, out: &Path) -> Result<(), String> {
+        let mut file = tokio::fs::File::create(out).await.map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let mut stream = self.docker.export_image(tag);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("exporting {tag} from the engine: {e}"))?;
+            file.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", out.display()))?;
+        }
+        file.flush().await.map_err(|e| format!("writing {}: {e}", out.display()))
+    }
+
+    /// Removes a local tag (the layers stay in the build cache).
+    pub async fn untag(&self, tag: &str) {
+        let _ = self.docker.remove_image(tag, Some(RemoveImageOptions { force: true, noprune: false, ..Default::default() }), None).await;
+    }
+}
+
+fn stream_error(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+const TAIL: usize = 20;
+
+/// BuildKit progress turned into buildx-style plain lines (`#3 [2/2] COPY ...`), remembering
+/// each step's last lines so a failure can show the failing step's output.
+#[derive(Default)]
+struct Steps {
+    numbers: HashMap<String, usize>,
+    names: HashMap<String, String>,
+    done: std::collections::HashSet<String>,
+    tails: HashMap<String, Vec<String>>,
+    recent: Vec<String>,
+    failed_vertex: Option<String>,
+    error: Option<String>,
+}
+
+impl Steps {
+    fn number(&mut self, vertex: &str) -> usize {
+        let next = self.numbers.len() + 1;
+        *self.numbers.entry(vertex.to_owned()).or_insert(next)
+    }
+
+    fn emit(&mut self, vertex: Option<&str>, line: String, log: &mut (dyn FnMut(String) + Send)) {
+        let push = |v: &mut Vec<String>, l: &str| {
+            if v.len() == TAIL {
+                v.remove(0);
+            }
+            v.push(l.to_owned());
+        };
+        push(&mut self.recent, &line);
+        if let Some(v) = vertex {
+            push(self.tails.entry(v.to_owned()).or_default(), &line);
+        }
+        log(line);
+    }
+
+    fn plain(&mut self, line: String, log: &mut (dyn FnMut(String) + Send)) {
+        self.emit(None, line, log);
+    }
+
+    fn status(&mut self, status: &bollard::moby::buildkit::v1::StatusResponse, log: &mut (dyn FnMut(String) + Send)) {
+        for v in &status.vertexes {
+            let n = self.number(&v.digest);
+            if !self.names.contains_key(&v.digest) && !v.name.is_empty() {
+                self.names.insert(v.digest.clone(), v.name.clone());
+                self.emit(Some(&v.digest), format!("#{n} {}", v.name), log);
+            }
+            if !v.error.is_empty() {
+                if self.failed_vertex.is_none() {
+                    self.failed_vertex = Some(v.digest.clone());
+                    self.error = Some(v.error.clone());
+                }
+                self.emit(Some(&v.digest), format!("#{n} ERROR: {}", v.error), log);
+            } else if v.completed.is_some() && self.done.insert(v.digest.clone()) {
+                let word = if v.cached { "CACHED" } else { "DONE" };
+                self.emit(Some(&v.digest), format!("#{n} {word}"), log);
+            }
+        }
+        for l in &status.logs {
+            let n = self.number(&l.vertex);
+            let text = String::from_utf8_lossy(&l.msg).into_owned();
+            for line in text.lines().filter(|s| !s.trim().is_empty()) {
+                self.emit(Some(&l.vertex), format!("#{n} {}", truncate(line)), log);
+            }
+        }
+    }
+
+    fn failure(&mut self, message: String) -> BuildError {
+        let tail = self
+            .failed_vertex
+            .as_ref()
+            .and_then(|v| self.tails.get(v))
+            .cloned()
+            .unwrap_or_else(|| self.recent.clone());
+        BuildError { message, tail }
+    }
+}
+
+fn truncate(line: &str) -> &str {
+    const MAX: usize = 4000;
+    if line.len() <= MAX {
+        return line;
+    }
+    let mut end = MAX;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}

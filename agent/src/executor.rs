@@ -1,0 +1,90 @@
+//! Runs one job: check the platform was declared, get the context, build with BuildKit, push
+//! by digest. Every outcome, good or bad, becomes a [`JobOutcome`] for the coordinator.
+
+use crate::context_cache::ContextCache;
+use crate::docker::{BuildSpec, Engine};
+use crate::publish;
+use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
+use archfarm_shared::{platform, AgentName, Platform};
+use tokio::sync::mpsc;
+use tracing::info;
+
+/// What a job needs from the agent.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    /// This agent's name.
+    pub name: AgentName,
+    /// Platforms it declared.
+    pub platforms: Vec<Platform>,
+    /// Its engine.
+    pub engine: Engine,
+    /// Its context cache.
+    pub cache: ContextCache,
+    /// Largest frame on the wire.
+    pub max_frame: u32,
+}
+
+fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>) -> JobOutcome {
+    JobOutcome::Failed(JobFailure { kind, message: message.into(), log_tail })
+}
+
+impl Executor {
+    /// Runs `spec`, sending build output lines to `log`.
+    pub async fn run(&self, conn: &quinn::Connection, spec: JobSpec, log: mpsc::UnboundedSender<String>) -> JobOutcome {
+        if !self.platforms.contains(&spec.platform) {
+            return failure(
+                FailureKind::PlatformNotDeclared,
+                format!(
+                    "agent {} was asked to build {} but declares only {}; it never builds a platform it did not declare",
+                    self.name,
+                    spec.platform,
+                    platform::list(&self.platforms)
+                ),
+                vec![],
+            );
+        }
+        let context = match self.cache.get(conn, &spec.context, self.max_frame).await {
+            Ok(path) => path,
+            Err(e) => return failure(FailureKind::Context, e, vec![]),
+        };
+        let tag = format!("archfarm/{}:build", spec.job);
+        let build = BuildSpec {
+            context: &context,
+            dockerfile: &spec.dockerfile,
+            platform: &spec.platform,
+            tag: &tag,
+            build_args: &spec.build_args,
+            labels: &spec.labels,
+            target: spec.target.as_deref(),
+            session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
+        };
+        let mut sink = |line: String| {
+            let _ = log.send(line);
+        };
+        if let Err(e) = self.engine.build(build, &mut sink).await {
+            return failure(FailureKind::Build, e.message, e.tail);
+        }
+        let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
+        let outcome = self.export_and_push(&tag, &spec.repository).await;
+        self.engine.untag(&tag).await;
+        match outcome {
+            Ok(image) => {
+                info!(job = %spec.job, digest = %image.digest, "pushed by digest");
+                let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
+                JobOutcome::Pushed(image)
+            }
+            Err(e) => failure(FailureKind::Push, e, vec![]),
+        }
+    }
+
+    async fn export_and_push(&self, tag: &str, repository: &str) -> Result<archfarm_shared::protocol::PushedImage, String> {
+        let work = tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
+        let saved = work.path().join("image.tar");
+        self.engine.save(tag, &saved).await?;
+        let dir = work.path().to_owned();
+        let prepared = tokio::task::spawn_blocking(move || publish::prepare(&saved, &dir))
+            .await
+            .map_err(|e| format!("preparing the image: {e}"))??;
+        publish::push(repository, prepared).await
+    }
+}

@@ -1,0 +1,220 @@
+//! The agent's life: connect out to the coordinator, register, send heartbeats, run the jobs it
+//! is given; when the connection ends, log why, back off with jitter and connect again.
+
+use crate::executor::Executor;
+use anyhow::Context as _;
+use archfarm_config::AgentConfig;
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage, Registration, ALPN_AGENT};
+use archfarm_shared::{platform, tls};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+/// Everything a session needs, built once at start.
+#[derive(Debug)]
+pub struct Agent {
+    /// Runs jobs.
+    pub executor: Executor,
+    /// What is registered.
+    pub registration: Registration,
+    /// Coordinator address as configured.
+    pub coordinator: String,
+    /// Name on the coordinator's certificate.
+    pub server_name: String,
+    /// QUIC client endpoint with the agent's certificate.
+    pub endpoint: quinn::Endpoint,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+    /// Jobs running now.
+    pub running: Arc<AtomicU32>,
+}
+
+impl Agent {
+    /// Prepares the agent from its configuration: certificates, engine, declared platforms.
+    pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+        let (ca, cert, key) = (read(&config.tls.ca_cert)?, read(&config.tls.cert)?, read(&config.tls.key)?);
+        let client = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default())
+            .context("invalid agent TLS material")?;
+        let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+            .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
+        let name = tls::common_name(&own)?.parse().context("the agent certificate's common name is not a valid agent name")?;
+
+        let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
+        let info = engine.info().await.map_err(anyhow::Error::msg)?;
+        if let Some(w) = crate::host::override_warning(&info.platform, config.native_platform.as_ref()) {
+            warn!("{w}");
+        }
+        let platforms = crate::host::declared(&info.platform, config.native_platform.as_ref(), &config.extra_platforms);
+        let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
+            .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
+
+        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
+        endpoint.set_default_client_config(client);
+        let server_name = config.server_name.clone().unwrap_or_else(|| {
+            let host = config.coordinator.rsplit_once(':').map_or(config.coordinator.as_str(), |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']').to_owned()
+        });
+        info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
+        Ok(Agent {
+            registration: Registration {
+                platforms: platforms.clone(),
+                capacity: config.capacity,
+                engine_version: info.version,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            executor: Executor { name, platforms, engine, cache, max_frame: config.max_frame_bytes },
+            coordinator: config.coordinator.clone(),
+            server_name,
+            endpoint,
+            max_backoff: Duration::from_secs(config.max_backoff_secs),
+            running: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    /// Connects, serves and reconnects until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.clone().session() => r,
+            };
+            match result {
+                Ok(reason) => info!("disconnected: {reason}"),
+                Err(e) => warn!("{e:#}"),
+            }
+            // A session that lasted resets the backoff; repeated quick failures grow it.
+            if started.elapsed() > Duration::from_secs(60) {
+                failures = 0;
+            }
+            let delay = backoff(failures, self.max_backoff);
+            failures = failures.saturating_add(1);
+            info!("reconnecting in {:.1} s", delay.as_secs_f64());
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.endpoint.close(close::NORMAL.into(), b"agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    async fn session(self: Arc<Self>) -> anyhow::Result<String> {
+        let max = self.executor.max_frame;
+        let addr = tokio::net::lookup_host(&self.coordinator)
+            .await
+            .with_context(|| format!("cannot resolve coordinator {}", self.coordinator))?
+            .next()
+            .with_context(|| format!("coordinator {} resolves to nothing", self.coordinator))?;
+        let conn = self
+            .endpoint
+            .connect(addr, &self.server_name)?
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the coordinator at {}: {}", self.coordinator, tls::explain(&e)))?;
+        let lost = |e: &codec::CodecError| match conn.close_reason() {
+            Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
+            None => anyhow::anyhow!("control stream: {e}"),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
+        codec::write_msg(&mut send, &AgentMessage::Register(self.registration.clone()), max).await.map_err(|e| lost(&e))?;
+        let interval = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+            Ok(CoordinatorMessage::Registered { heartbeat_interval_ms }) => Duration::from_millis(heartbeat_interval_ms.max(100)),
+            Ok(CoordinatorMessage::Refused { reason }) => anyhow::bail!("the coordinator refused this agent: {reason}"),
+            Ok(other) => anyhow::bail!("unexpected answer to registration: {other:?}"),
+            Err(e) => return Err(lost(&e)),
+        };
+        info!(coordinator = %self.coordinator, "registered");
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let beat = AgentMessage::Heartbeat { running: self.running.load(Ordering::Relaxed) };
+                    codec::write_msg(&mut send, &beat, max).await.map_err(|e| lost(&e))?;
+                }
+                stream = conn.accept_bi() => match stream {
+                    Ok((s, r)) => {
+                        let agent = self.clone();
+                        let conn = conn.clone();
+                        tokio::spawn(async move { agent.job(conn, s, r).await });
+                    }
+                    Err(e) => return Ok(tls::explain(&e)),
+                },
+            }
+        }
+    }
+
+    async fn job(self: Arc<Self>, conn: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let max = self.executor.max_frame;
+        let spec = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+            Ok(CoordinatorMessage::AssignJob(spec)) => spec,
+            Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
+            Err(e) => return warn!("reading a job: {e}"),
+        };
+        let span = info_span!("job", job = %spec.job, build = %spec.build, platform = %spec.platform);
+        async move {
+            info!("job started");
+            self.running.fetch_add(1, Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let run = self.executor.run(&conn, spec, tx);
+            tokio::pin!(run);
+            let mut stream_ok = true;
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    Some(line) = rx.recv() => {
+                        if stream_ok {
+                            stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
+                        }
+                    }
+                }
+            };
+            while let Ok(line) = rx.try_recv() {
+                if stream_ok {
+                    stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
+                }
+            }
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            match &outcome {
+                archfarm_shared::protocol::JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
+                archfarm_shared::protocol::JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
+            }
+            if codec::write_msg(&mut send, &AgentMessage::JobFinished(outcome), max).await.is_err() {
+                warn!("could not report the job's result: the coordinator is gone");
+            }
+            let _ = send.finish();
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Exponential backoff from 0.5 s up to `max`, with full jitter on the upper half so a farm of
+/// agents does not reconnect in lockstep after a coordinator restart.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << failures.min(16)).min(max);
+    base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let max = Duration::from_secs(30);
+        for _ in 0..100 {
+            let first = backoff(0, max);
+            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500), "{first:?}");
+            let late = backoff(40, max);
+            assert!(late >= Duration::from_secs(15) && late <= max, "{late:?}");
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(3, max)).collect();
+        assert!(spread.len() > 1, "jitter must vary the delay");
+    }
+}

@@ -1,0 +1,80 @@
+//! `archfarm-agent` configuration.
+
+use crate::{resolve_path, serde_platform, TlsFiles, Validate};
+use archfarm_shared::Platform;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Agent settings. The agent's name is the common name of its certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Coordinator address, `host:port`. Required.
+    pub coordinator: String,
+    /// Name to expect on the coordinator's certificate. Default: the host part of `coordinator`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Builds run at once. Default: 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// The platform this host builds natively. Default: detected from the Docker Engine
+    /// (`x86_64` is `linux/amd64`, `aarch64` is `linux/arm64`). Set it only when the engine
+    /// misreports, or to let a host stand in for another in a test farm.
+    #[serde(default, deserialize_with = "serde_platform::one")]
+    pub native_platform: Option<Platform>,
+    /// More platforms this host runs natively, for example `linux/386` on amd64, or
+    /// `linux/arm/v7` on an arm64 CPU with AArch32. Default: none. Never assumed.
+    #[serde(default, deserialize_with = "serde_platform::many")]
+    pub extra_platforms: Vec<Platform>,
+    /// Docker Engine address (`unix:///var/run/docker.sock`, `tcp://...`).
+    /// Default: `DOCKER_HOST`, else the local socket.
+    #[serde(default)]
+    pub docker_host: Option<String>,
+    /// Where fetched build contexts are cached. Default: `cache` beside the configuration file.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Largest protocol frame accepted, in bytes. Default: 1 MiB.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+    /// Longest wait between reconnection attempts, in seconds. Default: 30.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+    /// TLS material: the farm CA and this agent's certificate and key.
+    pub tls: TlsFiles,
+}
+
+fn default_capacity() -> u32 {
+    1
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("cache")
+}
+fn default_max_frame() -> u32 {
+    archfarm_shared::codec::DEFAULT_MAX_FRAME
+}
+fn default_max_backoff() -> u64 {
+    30
+}
+
+impl Validate for AgentConfig {
+    fn resolve(&mut self, base: &Path) {
+        resolve_path(base, &mut self.cache_dir);
+        self.tls.resolve(base);
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.coordinator.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(("coordinator", format!("{:?} is not host:port, for example farm.example.com:7000", self.coordinator)));
+        }
+        if self.capacity == 0 {
+            return Err(("capacity", "must be at least 1".into()));
+        }
+        if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
+            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
+        }
+        if self.max_backoff_secs == 0 {
+            return Err(("max_backoff_secs", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

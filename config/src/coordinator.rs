@@ -1,0 +1,106 @@
+//! `archfarm serve` configuration.
+
+use crate::{resolve_path, TlsFiles, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Coordinator settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// UDP address to serve QUIC on. Required. Example: `0.0.0.0:7000`.
+    pub listen: String,
+    /// Where build contexts are stored. Default: `data` beside the configuration file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest protocol frame accepted, in bytes. Default: 1 MiB.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+    /// Largest build context accepted, in bytes. Default: 4 GiB.
+    #[serde(default = "default_max_context")]
+    pub max_context_bytes: u64,
+    /// How often agents must send a heartbeat, in seconds. Default: 5.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_secs: u64,
+    /// An agent silent for this long is dropped, in seconds. Default: 15.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout_secs: u64,
+    /// TLS material and the client token list.
+    pub tls: CoordinatorTls,
+}
+
+/// The coordinator's TLS files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorTls {
+    /// Farm CA certificate, PEM. Agents' certificates must be signed by it.
+    pub ca_cert: PathBuf,
+    /// Coordinator certificate, PEM.
+    pub cert: PathBuf,
+    /// Coordinator key, PEM.
+    pub key: PathBuf,
+    /// File of accepted client token hashes (sha256 hex, one a line; `archfarm ca init` writes it).
+    pub client_tokens: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_frame() -> u32 {
+    archfarm_shared::codec::DEFAULT_MAX_FRAME
+}
+fn default_max_context() -> u64 {
+    4 << 30
+}
+fn default_heartbeat() -> u64 {
+    5
+}
+fn default_heartbeat_timeout() -> u64 {
+    15
+}
+
+impl CoordinatorConfig {
+    /// The parsed listen address (validated at load).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+
+    /// The TLS files as the shared shape.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_cert: self.tls.ca_cert.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
+    }
+}
+
+impl Validate for CoordinatorConfig {
+    fn resolve(&mut self, base: &Path) {
+        resolve_path(base, &mut self.data_dir);
+        resolve_path(base, &mut self.tls.ca_cert);
+        resolve_path(base, &mut self.tls.cert);
+        resolve_path(base, &mut self.tls.key);
+        resolve_path(base, &mut self.tls.client_tokens);
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(("listen", format!("{:?} is not an IP:PORT address, for example 0.0.0.0:7000", self.listen)));
+        }
+        if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
+            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
+        }
+        if self.max_context_bytes == 0 {
+            return Err(("max_context_bytes", "must be more than 0".into()));
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return Err(("heartbeat_interval_secs", "must be at least 1".into()));
+        }
+        if self.heartbeat_timeout_secs < 2 * self.heartbeat_interval_secs {
+            return Err(("heartbeat_timeout_secs", "must be at least twice heartbeat_interval_secs".into()));
+        }
+        Ok(())
+    }
+}

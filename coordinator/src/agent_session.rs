@@ -1,0 +1,159 @@
+//! One agent's connection: identify it by its certificate, register it, keep it alive by
+//! heartbeats, and serve its context fetches. Jobs run on streams the coordinator opens
+//! (see [`crate::build`]).
+
+use crate::farm::AgentHandle;
+use crate::server::{on_codec_error, Shared};
+use archfarm_shared::codec;
+use archfarm_shared::platform;
+use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage};
+use archfarm_shared::{tls, AgentName};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, info_span, warn, Instrument};
+
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn refuse(conn: &quinn::Connection, reason: &str) {
+    warn!(remote = %conn.remote_address(), "refused agent: {reason}");
+    conn.close(close::REFUSED.into(), reason.as_bytes());
+}
+
+/// Serves one agent connection until it ends.
+pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+    let name: AgentName = match tls::peer_common_name(&conn) {
+        Ok(Some(cn)) => match cn.parse() {
+            Ok(name) => name,
+            Err(e) => return refuse(&conn, &format!("certificate name unusable: {e}")),
+        },
+        Ok(None) => {
+            return refuse(
+                &conn,
+                "agents must present a certificate signed by the farm CA (`archfarm ca issue-agent NAME`)",
+            )
+        }
+        Err(e) => return refuse(&conn, &e.to_string()),
+    };
+    let span = info_span!("agent", agent = %name, remote = %conn.remote_address());
+    session(shared, conn, name).instrument(span).await;
+}
+
+async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) {
+    let max = shared.settings.max_frame;
+    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return info!("agent left before registering: {}", tls::explain(&e)),
+        Err(_) => return refuse(&conn, "no registration within 10 s"),
+    };
+    let registration = match tokio::time::timeout(REGISTER_TIMEOUT, codec::expect_msg::<_, AgentMessage>(&mut recv, max)).await {
+        Ok(Ok(AgentMessage::Register(r))) => r,
+        Ok(Ok(other)) => return refuse(&conn, &format!("expected Register as the first message, got {}", variant(&other))),
+        Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
+        Err(_) => return refuse(&conn, "no registration within 10 s"),
+    };
+    if registration.platforms.is_empty() || registration.capacity == 0 {
+        return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
+    }
+    let handle = AgentHandle {
+        name: name.clone(),
+        address: conn.remote_address(),
+        registration: registration.clone(),
+        conn: conn.clone(),
+    };
+    if let Err(reason) = shared.farm.register(handle) {
+        let _ = codec::write_msg(&mut send, &CoordinatorMessage::Refused { reason: reason.clone() }, max).await;
+        let _ = send.finish();
+        // Give the refusal a moment to arrive before the close overtakes it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return refuse(&conn, &reason);
+    }
+    let welcome = CoordinatorMessage::Registered {
+        heartbeat_interval_ms: shared.settings.heartbeat_interval.as_millis() as u64,
+    };
+    let reason = if let Err(e) = codec::write_msg(&mut send, &welcome, max).await {
+        on_codec_error(&conn, &e, "control stream")
+    } else {
+        info!(
+            platforms = %platform::list(&registration.platforms),
+            capacity = registration.capacity,
+            engine = %registration.engine_version,
+            "agent registered"
+        );
+        serve_registered(&shared, &conn, &mut recv).await
+    };
+    shared.farm.unregister(&name, conn.stable_id());
+    info!(reason = %reason, "agent disconnected");
+}
+
+async fn serve_registered(shared: &Arc<Shared>, conn: &quinn::Connection, control: &mut quinn::RecvStream) -> String {
+    let max = shared.settings.max_frame;
+    let timeout = shared.settings.heartbeat_timeout;
+    loop {
+        tokio::select! {
+            msg = tokio::time::timeout(timeout, codec::read_msg::<_, AgentMessage>(control, max)) => match msg {
+                Err(_) => {
+                    let reason = format!("no heartbeat for {} s", timeout.as_secs());
+                    conn.close(close::TIMEOUT.into(), reason.as_bytes());
+                    return reason;
+                }
+                Ok(Ok(Some(AgentMessage::Heartbeat { .. }))) => {}
+                Ok(Ok(Some(other))) => {
+                    let reason = format!("protocol error: unexpected {} on the control stream", variant(&other));
+                    warn!("{reason}");
+                    conn.close(close::PROTOCOL.into(), reason.as_bytes());
+                    return reason;
+                }
+                Ok(Ok(None)) => return "agent closed its control stream".to_owned(),
+                Ok(Err(e)) => return on_codec_error(conn, &e, "control stream"),
+            },
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let shared = shared.clone();
+                    let conn = conn.clone();
+                    tokio::spawn(async move { serve_stream(&shared, &conn, send, recv).await }.in_current_span());
+                }
+                Err(e) => return tls::explain(&e),
+            },
+        }
+    }
+}
+
+/// A stream the agent opened: today only context fetches.
+async fn serve_stream(shared: &Shared, conn: &quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let max = shared.settings.max_frame;
+    let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
+        Ok(AgentMessage::FetchContext { digest }) => digest,
+        Ok(other) => {
+            let reason = format!("protocol error: unexpected {} on a new stream", variant(&other));
+            warn!("{reason}");
+            return conn.close(close::PROTOCOL.into(), reason.as_bytes());
+        }
+        Err(e) => return drop(on_codec_error(conn, &e, "context stream")),
+    };
+    let Some(size) = shared.contexts.size(&digest).await else {
+        let reason = format!("the coordinator does not hold build context {digest}");
+        let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
+        let _ = send.finish();
+        return;
+    };
+    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max).await.is_ok() {
+        match shared.contexts.send(&digest, &mut send).await {
+            Ok(_) => info!(context = %digest, bytes = size, "sent build context"),
+            Err(e) => warn!(context = %digest, "sending build context failed: {e}"),
+        }
+        let _ = send.finish();
+    }
+}
+
+/// The name of a message variant, for protocol errors.
+pub(crate) fn variant(msg: &AgentMessage) -> &'static str {
+    match msg {
+        AgentMessage::Register(_) => "Register",
+        AgentMessage::Heartbeat { .. } => "Heartbeat",
+        AgentMessage::FetchContext { .. } => "FetchContext",
+        AgentMessage::JobLog { .. } => "JobLog",
+        AgentMessage::JobFinished(_) => "JobFinished",
+    }
+}
+
+

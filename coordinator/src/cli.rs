@@ -1,0 +1,104 @@
+//! Command-line interface of the `archfarm` binary.
+
+use crate::client::agents::Format;
+use crate::client::build::BuildArgs;
+use crate::client::Remote;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// archfarm: multi-platform container images built natively on a farm of agents, published as
+/// one verified OCI index.
+#[derive(Debug, Parser)]
+#[command(name = "archfarm", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator.
+    Serve {
+        /// Coordinator configuration file (TOML).
+        #[arg(short, long, env = "ARCHFARM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Build an image for several platforms, each natively on an agent, and push one index.
+    Build(Box<BuildArgs>),
+    /// Inspect the farm's agents.
+    Agents {
+        /// What to do with agents.
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Inspect images in a registry.
+    Imagetools {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImagetoolsCommand,
+    },
+    /// Manage the farm's certificate authority.
+    Ca {
+        /// What to do.
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+/// `archfarm agents ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List connected agents: name, address, platforms, state, running jobs.
+    Ls {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+/// `archfarm imagetools ...`
+#[derive(Debug, Subcommand)]
+pub enum ImagetoolsCommand {
+    /// Show an image index (or manifest) and its platforms.
+    Inspect {
+        /// Image reference, REGISTRY/REPOSITORY:TAG or @DIGEST.
+        reference: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+/// `archfarm ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the farm CA, the coordinator's certificate and a client token.
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// DNS name or IP address agents and clients use to reach the coordinator (repeatable;
+        /// localhost, 127.0.0.1 and ::1 are always included).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Replace an existing CA (invalidates every agent certificate).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue an agent certificate; its common name is the agent's name.
+    IssueAgent {
+        /// Agent name (a-z, 0-9, '-', '_', '.').
+        name: String,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Where to write NAME.pem and NAME.key (default: --dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,97 @@
+//! `archfarm agents ls`: the farm's agents, like `docker buildx ls` lists nodes.
+
+use super::{Connection, Remote};
+use anyhow::bail;
+use archfarm_shared::platform;
+use archfarm_shared::protocol::{AgentInfo, ClientRequest, ClientResponse};
+
+/// Output format of `agents ls`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// One JSON array.
+    Json,
+}
+
+/// Lists agents.
+pub async fn ls(remote: &Remote, format: Format) -> anyhow::Result<()> {
+    let conn = Connection::open(remote).await?;
+    let agents = match conn.call(&ClientRequest::ListAgents).await? {
+        ClientResponse::Agents(a) => a,
+        ClientResponse::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    conn.close().await;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json(&agents))?),
+        Format::Table => print!("{}", table(&agents)),
+    }
+    Ok(())
+}
+
+fn json(agents: &[AgentInfo]) -> serde_json::Value {
+    agents
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name.as_str(),
+                "address": a.address,
+                "platforms": a.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "state": a.state,
+                "running": a.running,
+                "capacity": a.capacity,
+                "engine": a.engine_version,
+            })
+        })
+        .collect()
+}
+
+/// The table `agents ls` prints.
+pub fn table(agents: &[AgentInfo]) -> String {
+    let mut rows = vec![["NAME".to_owned(), "ADDRESS".into(), "PLATFORMS".into(), "STATE".into(), "JOBS".into(), "ENGINE".into()]];
+    for a in agents {
+        rows.push([
+            a.name.to_string(),
+            a.address.clone(),
+            platform::list(&a.platforms),
+            a.state.clone(),
+            format!("{}/{}", a.running, a.capacity),
+            a.engine_version.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    if agents.is_empty() {
+        out.push_str("(no agents connected)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let agents = vec![AgentInfo {
+            name: "arm64-1".parse().unwrap(),
+            address: "10.0.0.2:4433".into(),
+            platforms: vec!["linux/arm64".parse().unwrap(), "linux/arm/v7".parse().unwrap()],
+            state: "ready".into(),
+            running: 0,
+            capacity: 2,
+            engine_version: "20.10.24".into(),
+        }];
+        let t = table(&agents);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE");
+        assert_eq!(lines[1], "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24");
+        assert!(table(&[]).contains("(no agents connected)"));
+    }
+}

@@ -1,0 +1,272 @@
+//! `archfarm build`: pack and upload the context once, ask for one native build per platform,
+//! follow it, and report the published index (or why nothing was published).
+
+use super::context;
+use super::progress::{Mode, Progress};
+use super::{Connection, Remote};
+use anyhow::{bail, Context as _};
+use archfarm_shared::protocol::{BuildEvent, BuildRequest, ClientRequest, ClientResponse, PlatformResult};
+use archfarm_shared::registry;
+use archfarm_shared::{Digest, Platform};
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+
+/// Default largest context the client packs (the coordinator has its own limit).
+const MAX_CONTEXT: u64 = 8 << 30;
+
+/// `archfarm build` flags; they mean what they mean in `docker buildx build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Target platforms, comma-separated or repeated (linux/amd64,linux/arm64). The index lists
+    /// them in this order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    platform: Vec<String>,
+    /// Name and tag, REGISTRY/REPOSITORY:TAG (repeatable; all in one repository).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Build-time variable, KEY=VALUE, or KEY to take it from the environment (repeatable).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Build stage to stop at.
+    #[arg(long)]
+    target: Option<String>,
+    /// Image label, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Push the per-platform images and the index to the registry.
+    #[arg(long)]
+    push: bool,
+    /// Write the result as JSON to this file (index digest; per platform the digest, agent and
+    /// duration).
+    #[arg(long = "metadata-file")]
+    metadata_file: Option<PathBuf>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: Mode,
+    /// Build context directory.
+    context: PathBuf,
+}
+
+fn pairs(values: &[String], flag: &str, from_env: bool) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for v in values {
+        let (k, val) = match v.split_once('=') {
+            Some((k, val)) => (k.to_owned(), val.to_owned()),
+            None if from_env => match std::env::var(v) {
+                Ok(val) => (v.clone(), val),
+                Err(_) => continue, // as docker: an unset KEY is left out
+            },
+            None => bail!("{flag} {v:?} must be KEY=VALUE"),
+        };
+        if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) || val.chars().any(|c| c == '\0') {
+            bail!("{flag} {v:?}: the key must be non-empty without whitespace, and the value without NUL");
+        }
+        out.push((k, val));
+    }
+    Ok(out)
+}
+
+/// Checks everything that can be checked before anything is sent.
+fn request_parts(args: &BuildArgs) -> anyhow::Result<(Vec<Platform>, Vec<(String, String)>, Vec<(String, String)>)> {
+    if !args.push {
+        bail!(
+            "no output: the build result would be thrown away. Add --push to push the per-platform images and \
+             the index to the registry named by -t"
+        );
+    }
+    if args.tags.is_empty() {
+        bail!("--push needs a name: add -t REGISTRY/REPOSITORY:TAG");
+    }
+    for t in &args.tags {
+        let r = registry::parse_reference(t)?;
+        if r.digest().is_some() {
+            bail!("-t {t:?} names a digest; give a tag");
+        }
+    }
+    let mut platforms: Vec<Platform> = Vec::new();
+    for p in args.platform.iter().filter(|p| !p.trim().is_empty()) {
+        let p: Platform = p.parse()?;
+        if platforms.contains(&p) {
+            bail!("--platform lists {p} twice");
+        }
+        platforms.push(p);
+    }
+    if platforms.is_empty() {
+        bail!("--platform is empty: name at least one, for example linux/amd64,linux/arm64");
+    }
+    if let Some(t) = &args.target {
+        if t.is_empty() || t.chars().any(char::is_whitespace) {
+            bail!("--target {t:?} is not a stage name");
+        }
+    }
+    Ok((platforms, pairs(&args.build_args, "--build-arg", true)?, pairs(&args.labels, "--label", false)?))
+}
+
+/// Runs `archfarm build`. Returns whether the index was published.
+pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
+    let (platforms, build_args, labels) = request_parts(&args)?;
+    let (context_dir, file) = (args.context.clone(), args.file.clone());
+    let packed = tokio::task::spawn_blocking(move || context::pack(&context_dir, file.as_deref(), MAX_CONTEXT))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let conn = Connection::open(&args.remote).await?;
+    upload(&conn, &packed, args.progress != Mode::Quiet).await?;
+
+    let request = BuildRequest {
+        platforms: platforms.clone(),
+        tags: args.tags.clone(),
+        context: packed.digest.clone(),
+        dockerfile: packed.dockerfile.clone(),
+        build_args,
+        target: args.target.clone(),
+        labels,
+    };
+    let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
+    let _ = send.finish();
+    let progress = Progress::new(args.progress, &platforms);
+    let mut build_id = None;
+    loop {
+        let Some(response) = conn.next(&mut recv).await? else {
+            bail!("the coordinator ended the build stream without a result");
+        };
+        let event = match response {
+            ClientResponse::Build(e) => e,
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        progress.event(&event);
+        match event {
+            BuildEvent::Accepted { build } => build_id = Some(build.to_string()),
+            BuildEvent::Published { index, tags, platforms } => {
+                eprintln!("published index {index} as {}", tags.join(", "));
+                for p in &platforms {
+                    eprintln!("  {:<14} {}  (agent {}, {:.1} s)", p.platform.to_string(), p.digest, p.agent, p.duration_ms as f64 / 1000.0);
+                }
+                if let Some(path) = &args.metadata_file {
+                    write_metadata(path, build_id.as_deref(), &index, &tags, &platforms).await?;
+                }
+                conn.close().await;
+                return Ok(true);
+            }
+            BuildEvent::Failed { reason } => {
+                conn.close().await;
+                eprintln!("error: build failed, {reason}");
+                return Ok(false);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn upload(conn: &Connection, packed: &context::Packed, chatty: bool) -> anyhow::Result<()> {
+    let present = match conn.call(&ClientRequest::HasContext { digest: packed.digest.clone() }).await? {
+        ClientResponse::ContextPresent(p) => p,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if present {
+        if chatty {
+            eprintln!("context {} ({} bytes) is already on the coordinator", packed.digest, packed.size);
+        }
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let (mut send, mut recv) = conn
+        .request(&ClientRequest::UploadContext { digest: packed.digest.clone(), size: packed.size })
+        .await?;
+    let mut file = tokio::fs::File::open(packed.file.path()).await?;
+    tokio::io::copy(&mut file, &mut send).await.context("uploading the build context")?;
+    send.shutdown().await.context("uploading the build context")?;
+    match conn.next(&mut recv).await? {
+        Some(ClientResponse::ContextStored) => {
+            if chatty {
+                eprintln!(
+                    "context {} uploaded ({} bytes, {} entries, {:.1} s)",
+                    packed.digest,
+                    packed.size,
+                    packed.entries,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Some(ClientResponse::Error { message }) => bail!("{message}"),
+        other => bail!("unexpected answer to the upload: {other:?}"),
+    }
+}
+
+async fn write_metadata(
+    path: &std::path::Path,
+    build: Option<&str>,
+    index: &Digest,
+    tags: &[String],
+    platforms: &[PlatformResult],
+) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "containerimage.digest": index.as_str(),
+        "containerimage.descriptor": {
+            "mediaType": archfarm_shared::oci::OCI_INDEX,
+            "digest": index.as_str(),
+        },
+        "image.name": tags.join(","),
+        "archfarm.build": build,
+        "archfarm.platforms": platforms.iter().map(|p| serde_json::json!({
+            "platform": p.platform.to_string(),
+            "digest": p.digest.as_str(),
+            "agent": p.agent.as_str(),
+            "duration_ms": p.duration_ms,
+        })).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    tokio::fs::write(path, text + "\n")
+        .await
+        .with_context(|| format!("cannot write --metadata-file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BuildArgs,
+    }
+
+    fn parse(extra: &[&str]) -> BuildArgs {
+        let mut argv = vec!["archfarm", "--coordinator", "h:1", "--token", "t", "--ca", "ca.pem"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn refuses_builds_without_push_saying_what_to_add() {
+        let err = request_parts(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
+        assert!(err.to_string().contains("Add --push"), "{err}");
+    }
+
+    #[test]
+    fn validates_tags_platforms_and_pairs_up_front() {
+        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."])).unwrap_err();
+        assert!(err.to_string().contains("invalid image reference"), "{err}");
+        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."])).unwrap_err();
+        assert_eq!(err.to_string(), "--platform lists linux/amd64 twice");
+        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "r/a:1", "--label", "novalue", "."])).unwrap_err();
+        assert!(err.to_string().contains("must be KEY=VALUE"), "{err}");
+        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
+        assert!(err.to_string().contains("add -t"), "{err}");
+        let (p, args, labels) = request_parts(&parse(&[
+            "--push", "--platform", "linux/arm64", "--platform", "linux/amd64", "-t", "r/a:1", "--build-arg", "A=1",
+            "--build-arg", "ARCHFARM_SURELY_UNSET_VAR", "--label", "k=v=w", ".",
+        ]))
+        .unwrap();
+        assert_eq!(p.iter().map(ToString::to_string).collect::<Vec<_>>(), ["linux/arm64", "linux/amd64"]);
+        assert_eq!(args, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(labels, [("k".to_owned(), "v=w".to_owned())]);
+    }
+}

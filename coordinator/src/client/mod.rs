@@ -1,0 +1,112 @@
+//! The release engineer's side: connecting to the coordinator with a token, and the `build`,
+//! `agents` and `imagetools` commands.
+
+pub mod agents;
+pub mod build;
+pub mod context;
+pub mod dockerignore;
+pub mod imagetools;
+pub mod progress;
+
+use anyhow::{bail, Context as _};
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{ClientRequest, ClientResponse, ALPN_CLIENT};
+use archfarm_shared::tls;
+use std::path::PathBuf;
+
+/// Where the coordinator is and how to prove who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// Coordinator address, host:port.
+    #[arg(long, env = "ARCHFARM_COORDINATOR")]
+    pub coordinator: String,
+    /// Client token (from `archfarm ca init`, file client.token).
+    #[arg(long, env = "ARCHFARM_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The farm CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long, env = "ARCHFARM_CA")]
+    pub ca: PathBuf,
+}
+
+/// An authenticated connection to the coordinator.
+#[derive(Debug)]
+pub struct Connection {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    max_frame: u32,
+}
+
+impl Connection {
+    /// Connects and presents the token.
+    pub async fn open(remote: &Remote) -> anyhow::Result<Self> {
+        let ca = std::fs::read_to_string(&remote.ca)
+            .with_context(|| format!("cannot read the farm CA {} (set ARCHFARM_CA or --ca)", remote.ca.display()))?;
+        let config = tls::client_config(&ca, None, ALPN_CLIENT, tls::Transport::default())?;
+        let (host, _) = remote
+            .coordinator
+            .rsplit_once(':')
+            .with_context(|| format!("coordinator address {:?} is not host:port", remote.coordinator))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = tokio::net::lookup_host(&remote.coordinator)
+            .await
+            .with_context(|| format!("cannot resolve coordinator address {}", remote.coordinator))?
+            .next()
+            .with_context(|| format!("coordinator address {} resolves to nothing", remote.coordinator))?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr, host)?
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the coordinator at {}: {}", remote.coordinator, tls::explain(&e)))?;
+        let max_frame = codec::DEFAULT_MAX_FRAME;
+        let this = Connection { endpoint, conn, max_frame };
+        let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
+        match this.call(&hello).await? {
+            ClientResponse::Welcome { .. } => Ok(this),
+            ClientResponse::Refused { reason } => bail!("{reason}"),
+            other => bail!("unexpected answer to hello: {other:?}"),
+        }
+    }
+
+    /// Opens a stream and sends one request on it.
+    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
+        codec::write_msg(&mut send, req, self.max_frame).await.map_err(|e| self.codec(e))?;
+        Ok((send, recv))
+    }
+
+    /// Reads the next response on a request's stream; `None` when the stream ended.
+    pub async fn next(&self, recv: &mut quinn::RecvStream) -> anyhow::Result<Option<ClientResponse>> {
+        codec::read_msg(recv, self.max_frame).await.map_err(|e| self.codec(e))
+    }
+
+    /// Sends one request and reads its single response.
+    pub async fn call(&self, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
+        let (mut send, mut recv) = self.request(req).await?;
+        let _ = send.finish();
+        self.next(&mut recv).await?.context("the coordinator closed the stream without answering")
+    }
+
+    /// Largest frame this connection sends.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    fn lost(&self, e: &quinn::ConnectionError) -> anyhow::Error {
+        anyhow::anyhow!("lost the coordinator: {}", tls::explain(e))
+    }
+
+    fn codec(&self, e: codec::CodecError) -> anyhow::Error {
+        match self.conn.close_reason() {
+            Some(reason) => self.lost(&reason),
+            None => anyhow::anyhow!("talking to the coordinator: {e}"),
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

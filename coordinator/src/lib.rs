@@ -1,0 +1,31 @@
+//! The archfarm coordinator (`archfarm serve`) and the release engineer's client (`archfarm
+//! build`, `agents ls`, `imagetools inspect`, `ca`).
+//!
+//! # Layout
+//! - [`cli`]: clap definitions of the `archfarm` binary.
+//! - [`server`]: the QUIC endpoint; routes connections by ALPN; shutdown.
+//! - [`agent_session`]: one agent's connection: identity, registration, heartbeats, context fetches.
+//! - [`client_session`]: one client's connection: token check, then one request per stream.
+//! - [`farm`]: connected agents and waiting jobs around the scheduler.
+//! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
+//! - [`build`]: one build from request to published index.
+//! - [`publish`]: verifying pushed images in the registry and publishing the index.
+//! - [`contexts`]: the content-addressed build-context store.
+//! - [`auth`]: client token checks.
+//! - [`ca`]: creating the farm CA and issuing certificates.
+//! - [`client`]: the release engineer's commands.
+
+pub mod agent_session;
+pub mod auth;
+pub mod build;
+pub mod ca;
+pub mod cli;
+pub mod client;
+pub mod client_session;
+pub mod contexts;
+pub mod farm;
+pub mod publish;
+pub mod scheduler;
+pub mod server;
+
+pub use server::run;

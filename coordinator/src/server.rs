@@ -1,0 +1,130 @@
+//! `archfarm serve`: one QUIC endpoint for agents and clients, told apart by ALPN.
+
+use crate::contexts::ContextStore;
+use crate::farm::Farm;
+use crate::{agent_session, client_session};
+use anyhow::Context as _;
+use archfarm_config::CoordinatorConfig;
+use archfarm_shared::codec::CodecError;
+use archfarm_shared::protocol::{close, ALPN_AGENT, ALPN_CLIENT};
+use archfarm_shared::tls;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Settings every session needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest frame accepted.
+    pub max_frame: u32,
+    /// How often agents must send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent is dropped.
+    pub heartbeat_timeout: Duration,
+    /// File of accepted client token hashes.
+    pub tokens_file: PathBuf,
+}
+
+/// What the sessions share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Live agents and the scheduler.
+    pub farm: Arc<Farm>,
+    /// Uploaded build contexts.
+    pub contexts: ContextStore,
+    /// Settings.
+    pub settings: Settings,
+}
+
+/// Runs the coordinator until `shutdown` is cancelled.
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let server_config = tls::server_config(
+        &read(&config.tls.ca_cert)?,
+        &read(&config.tls.cert)?,
+        &read(&config.tls.key)?,
+        tls::Transport::default(),
+    )
+    .context("invalid coordinator TLS material")?;
+    let contexts = ContextStore::open(&config.data_dir, config.max_context_bytes)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let shared = Arc::new(Shared {
+        farm: Farm::new(),
+        contexts,
+        settings: Settings {
+            max_frame: config.max_frame_bytes,
+            heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+            heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_secs),
+            tokens_file: config.tls.client_tokens.clone(),
+        },
+    });
+    let endpoint = quinn::Endpoint::server(server_config, config.listen_addr())
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(address = %endpoint.local_addr()?, "coordinator listening");
+
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tracker.spawn(handle(shared.clone(), incoming));
+            }
+        }
+    }
+    info!("shutting down: closing connections");
+    endpoint.close(close::NORMAL.into(), b"coordinator shutting down");
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tracker.wait().await;
+        endpoint.wait_idle().await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(%remote, "refused a connection: {}", handshake_refusal(&e));
+            return;
+        }
+    };
+    match tls::alpn(&conn).as_deref() {
+        Some(ALPN_AGENT) => agent_session::serve(shared, conn).await,
+        Some(ALPN_CLIENT) => client_session::serve(shared, conn).await,
+        _ => conn.close(close::PROTOCOL.into(), b"unknown application protocol"),
+    }
+}
+
+fn handshake_refusal(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TransportError(t) if t.reason.contains("certificate") => format!(
+            "TLS handshake failed: {} (agents need a certificate signed by this farm's CA)",
+            t.reason
+        ),
+        other => format!("handshake failed: {other}"),
+    }
+}
+
+/// Turns a codec error on `conn` into a reason, closing the connection if the peer broke the
+/// protocol. A disconnect is not a protocol error.
+pub fn on_codec_error(conn: &quinn::Connection, err: &CodecError, stream: &str) -> String {
+    if let Some(reason) = conn.close_reason() {
+        return tls::explain(&reason);
+    }
+    match err {
+        CodecError::Io(e) => format!("{stream} failed: {e}"),
+        _ => {
+            let reason = format!("protocol error on {stream}: {err}");
+            warn!(remote = %conn.remote_address(), "closing connection: {reason}");
+            conn.close(close::PROTOCOL.into(), reason.as_bytes());
+            reason
+        }
+    }
+}
