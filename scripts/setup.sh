@@ -42,6 +42,10 @@ if [ ! -x "$fixtures/arm64/busybox" ]; then
   rm -rf "$tmp"
 fi
 file -L "$fixtures/arm64/busybox" | grep -q 'ARM aarch64' || { log "fixtures/arm64/busybox is not an aarch64 binary"; exit 1; }
+for arch in amd64 arm64; do
+  mkdir -p "$here/examples/hello/bin/$arch"
+  cmp -s "$fixtures/$arch/busybox" "$here/examples/hello/bin/$arch/busybox" || cp "$fixtures/$arch/busybox" "$here/examples/hello/bin/$arch/busybox"
+done
 
 # Docker Engine: start one if none answers. No systemd here, so run dockerd ourselves.
 if ! docker version >/dev/null 2>&1; then
