@@ -1,1 +1,440 @@
-//! x
+//! The end-to-end harness: a real registry (Debian's `docker-registry`), a real coordinator and
+//! real agent processes on loopback, driving the host's real Docker Engine. Every wait is
+//! bounded; every process is stopped when the [`Farm`] drops, and its log is printed if the
+//! test failed.
+//!
+//! # Layout
+//! - [`Farm`]: one farm per test, on free ports in a temporary directory.
+//! - [`Proc`]: a child process with its log file, killed on drop.
+//! - [`registry`](Farm::registry_get): the registry's HTTP API, as an independent client.
+//! - [`skopeo`]: skopeo, the second independent client.
+//! - [`fixtures`]: the per-arch static busybox binaries `scripts/setup.sh` provides.
+
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running child process with its log file; killed and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// Short name for log dumps.
+    pub name: String,
+    /// Combined stdout and stderr.
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd` with its output sent to `log`.
+    pub fn start(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), log, child }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let log = self.log.clone();
+        wait_until(timeout, &format!("{} to log {needle:?}", self.name), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains(needle).then_some(text)
+        })
+    }
+
+    /// Sends SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        if self.running() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free loopback TCP port.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// A binary of the workspace, built by `cargo build --bins` (the test command does it).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)", path.display());
+    path
+}
+
+/// The per-arch static busybox of `arch` (amd64 or arm64), from `scripts/setup.sh`.
+pub fn fixtures(arch: &str) -> PathBuf {
+    let path = workspace().join(".farm/fixtures").join(arch).join("busybox");
+    assert!(path.is_file(), "{} is missing: run scripts/setup.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// A build context in a temporary directory: `Dockerfile` with `dockerfile`, and
+/// `bin/amd64/busybox`, `bin/arm64/busybox`.
+pub fn context(dockerfile: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["amd64", "arm64"] {
+        std::fs::create_dir_all(dir.path().join("bin").join(arch)).unwrap();
+        std::fs::copy(fixtures(arch), dir.path().join("bin").join(arch).join("busybox")).unwrap();
+    }
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    dir
+}
+
+/// The Dockerfile of the end-to-end build: a per-arch static binary chosen by TARGETARCH.
+pub const PER_ARCH_DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nARG TARGETPLATFORM\nCOPY bin/${TARGETARCH}/busybox /bin/busybox\nENV BUILT_FOR=${TARGETPLATFORM}\nCMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo built for $BUILT_FOR\"]\n";
+
+/// One agent to start.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Its name (certificate common name).
+    pub name: &'static str,
+    /// `native_platform` override (to stand in for another host), if any.
+    pub native: Option<&'static str>,
+    /// Builds at once.
+    pub capacity: u32,
+}
+
+impl AgentSpec {
+    /// The native amd64 agent.
+    pub fn amd64() -> Self {
+        AgentSpec { name: "amd64-1", native: None, capacity: 2 }
+    }
+
+    /// An amd64 host declaring linux/arm64: a stand-in for arm64 hardware.
+    pub fn arm64_standin() -> Self {
+        AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 2 }
+    }
+}
+
+/// A farm for one test.
+#[derive(Debug)]
+pub struct Farm {
+    /// Temporary directory holding certificates, configs, data and logs.
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT` of the registry.
+    pub registry: String,
+    /// `127.0.0.1:PORT` of the coordinator.
+    pub coordinator: String,
+    /// The client token.
+    pub token: String,
+    /// Processes: registry, coordinator, then agents.
+    pub procs: Vec<Proc>,
+}
+
+impl Farm {
+    /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
+    pub fn start(agents: &[AgentSpec]) -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = d.join("ca");
+        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&ca));
+        for a in agents {
+            run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
+        }
+        let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
+        let registry = format!("127.0.0.1:{}", free_tcp_port());
+        let coordinator = format!("127.0.0.1:{}", free_udp_port());
+        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new() };
+        farm.start_registry();
+        farm.start_coordinator();
+        for a in agents {
+            farm.start_agent(a, &ca.join(format!("{}.pem", a.name)), &ca.join(format!("{}.key", a.name)));
+        }
+        let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
+        farm.wait_for_agents(&names);
+        farm
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn start_registry(&mut self) {
+        let config = self.path("registry.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
+            self.path("registry-data").display(),
+            self.registry
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config);
+        self.procs.push(Proc::start("registry", cmd, self.path("registry.log")));
+        let url = format!("http://{}/v2/", self.registry);
+        wait_until(Duration::from_secs(15), "the registry to answer", || ureq::get(&url).call().ok());
+    }
+
+    fn start_coordinator(&mut self) {
+        let config = self.path("coordinator.toml");
+        let toml = format!(
+            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = 1\nheartbeat_timeout_secs = 5\n\
+             [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\n",
+            self.coordinator
+        );
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = Command::new(bin("archfarm"));
+        cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+        let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
+        p.wait_for_log("coordinator listening", Duration::from_secs(15));
+        self.procs.push(p);
+    }
+
+    /// Starts an agent with the given certificate and key (normally issued by the farm CA).
+    pub fn start_agent(&mut self, spec: &AgentSpec, cert: &Path, key: &Path) {
+        let dir = self.path(&format!("agent-{}", spec.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml = format!(
+            "coordinator = \"{}\"\nserver_name = \"localhost\"\ncapacity = {}\ncache_dir = \"cache\"\nmax_backoff_secs = 2\n",
+            self.coordinator, spec.capacity
+        );
+        if let Some(native) = spec.native {
+            toml.push_str(&format!("native_platform = \"{native}\"\n"));
+        }
+        toml.push_str(&format!(
+            "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.path("ca/ca.pem").display(),
+            cert.display(),
+            key.display()
+        ));
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = Command::new(bin("archfarm-agent"));
+        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+        self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
+    }
+
+    /// Waits until `agents ls` lists every name.
+    pub fn wait_for_agents(&self, names: &[&str]) {
+        wait_until(Duration::from_secs(30), &format!("agents {names:?} to register"), || {
+            let out = self.archfarm(&["agents", "ls", "--format", "json"]);
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let listed: Vec<&str> = listed.as_array()?.iter().filter_map(|a| a["name"].as_str()).collect();
+            names.iter().all(|n| listed.contains(n)).then_some(())
+        });
+    }
+
+    /// A process by name.
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// An `archfarm` client command with the farm's coordinator, token and CA in its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("archfarm"));
+        cmd.args(args)
+            .env("ARCHFARM_COORDINATOR", &self.coordinator)
+            .env("ARCHFARM_TOKEN", &self.token)
+            .env("ARCHFARM_CA", self.path("ca/ca.pem"))
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs an `archfarm` client command to completion (bounded to 5 minutes).
+    pub fn archfarm(&self, args: &[&str]) -> Output {
+        run_bounded(self.command(args), Duration::from_secs(300))
+    }
+
+    /// `REGISTRY/name` of a repository in this farm's registry.
+    pub fn repo(&self, name: &str) -> String {
+        format!("{}/{name}", self.registry)
+    }
+
+    /// GET on the registry's HTTP API. Returns status, `Docker-Content-Digest` and body.
+    pub fn registry_get(&self, path: &str, accept: &str) -> (u16, Option<String>, Vec<u8>) {
+        let url = format!("http://{}{path}", self.registry);
+        let resp = match ureq::get(&url).set("Accept", accept).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {url}: {e}"),
+        };
+        let status = resp.status();
+        let digest = resp.header("Docker-Content-Digest").map(str::to_owned);
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+        (status, digest, body)
+    }
+
+    /// The tags the registry lists for a repository (none if it does not exist).
+    pub fn tags(&self, name: &str) -> Vec<String> {
+        let (status, _, body) = self.registry_get(&format!("/v2/{name}/tags/list"), "application/json");
+        if status == 404 {
+            return vec![];
+        }
+        assert_eq!(status, 200, "tags/list: {}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut tags: Vec<String> = v["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+        tags.sort();
+        tags
+    }
+
+    /// Every process's log, for a failing test.
+    pub fn dump_logs(&self) {
+        let mut err = std::io::stderr().lock();
+        for p in &self.procs {
+            let _ = writeln!(err, "===== {} ({}) =====\n{}", p.name, p.log.display(), p.log_text());
+        }
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        // Agents first, the registry last.
+        while let Some(mut p) = self.procs.pop() {
+            p.stop();
+        }
+    }
+}
+
+/// Runs a command to completion, killing it after `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command and fails the test unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let program = format!("{cmd:?}");
+    let out = run_bounded(std::mem::replace(cmd, Command::new("true")), Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{program} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// skopeo against a plain-http loopback registry.
+pub mod skopeo {
+    use super::*;
+
+    /// `skopeo inspect --raw` of a reference: the manifest or index bytes as served.
+    pub fn raw(reference: &str) -> Vec<u8> {
+        run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}"))).stdout
+    }
+
+    /// `skopeo inspect --config --raw`: the image config of a single-platform reference.
+    pub fn config(reference: &str) -> serde_json::Value {
+        let out = run_ok(Command::new("skopeo").args(["inspect", "--config", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}")));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Copies a single-platform image to a `dir:` layout and returns the bytes of `file` from
+    /// its layers (last layer wins).
+    pub fn file_from_image(reference: &str, file: &str) -> Option<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(
+            Command::new("skopeo")
+                .args(["copy", "-q", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("dir:{}", dir.path().join("img").display())),
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("img/manifest.json")).unwrap()).unwrap();
+        let mut found = None;
+        for layer in manifest["layers"].as_array().unwrap() {
+            let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+            let blob = std::fs::File::open(dir.path().join("img").join(hex)).unwrap();
+            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+            for entry in ar.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                if entry.path().unwrap().to_string_lossy().trim_start_matches("./").trim_start_matches('/') == file {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+                    found = Some(bytes);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The ELF machine of a binary: 62 is x86-64, 183 is AArch64.
+pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
+    (bytes.len() > 20 && bytes.starts_with(b"\x7fELF")).then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
+}
+
+/// ELF machine number of x86-64.
+pub const EM_X86_64: u16 = 62;
+/// ELF machine number of AArch64.
+pub const EM_AARCH64: u16 = 183;
+
+/// The sha256 digest of bytes, `sha256:<hex>`.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Output as text, for assertions and messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
