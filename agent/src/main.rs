@@ -41,7 +41,8 @@ fn main() -> ExitCode {
 }
 
 async fn signals(token: CancellationToken) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
         return;
     };
     tokio::select! {

@@ -40,19 +40,36 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
 
 async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) {
     let max = shared.settings.max_frame;
-    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await {
+    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await
+    {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return info!("agent left before registering: {}", tls::explain(&e)),
         Err(_) => return refuse(&conn, "no registration within 10 s"),
     };
-    let registration = match tokio::time::timeout(REGISTER_TIMEOUT, codec::expect_msg::<_, AgentMessage>(&mut recv, max)).await {
+    let registration = match tokio::time::timeout(
+        REGISTER_TIMEOUT,
+        codec::expect_msg::<_, AgentMessage>(&mut recv, max),
+    )
+    .await
+    {
         Ok(Ok(AgentMessage::Register(r))) => r,
-        Ok(Ok(other)) => return refuse(&conn, &format!("expected Register as the first message, got {}", variant(&other))),
+        Ok(Ok(other)) => {
+            return refuse(
+                &conn,
+                &format!(
+                    "expected Register as the first message, got {}",
+                    variant(&other)
+                ),
+            )
+        }
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
         Err(_) => return refuse(&conn, "no registration within 10 s"),
     };
     if registration.platforms.is_empty() || registration.capacity == 0 {
-        return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
+        return refuse(
+            &conn,
+            "registration must declare at least one platform and a capacity of at least 1",
+        );
     }
     let handle = AgentHandle {
         name: name.clone(),
@@ -61,7 +78,14 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         conn: conn.clone(),
     };
     if let Err(reason) = shared.farm.register(handle) {
-        let _ = codec::write_msg(&mut send, &CoordinatorMessage::Refused { reason: reason.clone() }, max).await;
+        let _ = codec::write_msg(
+            &mut send,
+            &CoordinatorMessage::Refused {
+                reason: reason.clone(),
+            },
+            max,
+        )
+        .await;
         let _ = send.finish();
         // Give the refusal a moment to arrive before the close overtakes it.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,7 +109,11 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
     info!(reason = %reason, "agent disconnected");
 }
 
-async fn serve_registered(shared: &Arc<Shared>, conn: &quinn::Connection, control: &mut quinn::RecvStream) -> String {
+async fn serve_registered(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    control: &mut quinn::RecvStream,
+) -> String {
     let max = shared.settings.max_frame;
     let timeout = shared.settings.heartbeat_timeout;
     loop {
@@ -119,12 +147,20 @@ async fn serve_registered(shared: &Arc<Shared>, conn: &quinn::Connection, contro
 }
 
 /// A stream the agent opened: today only context fetches.
-async fn serve_stream(shared: &Shared, conn: &quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let max = shared.settings.max_frame;
     let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
         Ok(AgentMessage::FetchContext { digest }) => digest,
         Ok(other) => {
-            let reason = format!("protocol error: unexpected {} on a new stream", variant(&other));
+            let reason = format!(
+                "protocol error: unexpected {} on a new stream",
+                variant(&other)
+            );
             warn!("{reason}");
             return conn.close(close::PROTOCOL.into(), reason.as_bytes());
         }
@@ -132,11 +168,19 @@ async fn serve_stream(shared: &Shared, conn: &quinn::Connection, mut send: quinn
     };
     let Some(size) = shared.contexts.size(&digest).await else {
         let reason = format!("the coordinator does not hold build context {digest}");
-        let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
+        let _ = codec::write_msg(
+            &mut send,
+            &CoordinatorMessage::ContextMissing { reason },
+            max,
+        )
+        .await;
         let _ = send.finish();
         return;
     };
-    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max).await.is_ok() {
+    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max)
+        .await
+        .is_ok()
+    {
         match shared.contexts.send(&digest, &mut send).await {
             Ok(_) => info!(context = %digest, bytes = size, "sent build context"),
             Err(e) => warn!(context = %digest, "sending build context failed: {e}"),
@@ -155,5 +199,3 @@ pub(crate) fn variant(msg: &AgentMessage) -> &'static str {
         AgentMessage::JobFinished(_) => "JobFinished",
     }
 }
-
-

@@ -6,8 +6,12 @@ use std::path::Path;
 
 /// Whether `token` is listed in the token-hash file. A missing or unreadable file accepts none.
 pub fn token_accepted(tokens_file: &Path, token: &str) -> Result<bool, String> {
-    let text = std::fs::read_to_string(tokens_file)
-        .map_err(|e| format!("cannot read client token list {}: {e}", tokens_file.display()))?;
+    let text = std::fs::read_to_string(tokens_file).map_err(|e| {
+        format!(
+            "cannot read client token list {}: {e}",
+            tokens_file.display()
+        )
+    })?;
     let want = token_hash(token);
     Ok(text
         .lines()
@@ -27,10 +31,16 @@ mod tests {
     fn only_listed_tokens_pass() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens");
-        std::fs::write(&f, format!("# release team\n{}  # ci\n\n", token_hash("good"))).unwrap();
+        std::fs::write(
+            &f,
+            format!("# release team\n{}  # ci\n\n", token_hash("good")),
+        )
+        .unwrap();
         assert!(token_accepted(&f, "good").unwrap());
         assert!(!token_accepted(&f, "bad").unwrap());
         assert!(!token_accepted(&f, "").unwrap());
-        assert!(token_accepted(&dir.path().join("missing"), "good").unwrap_err().contains("cannot read client token list"));
+        assert!(token_accepted(&dir.path().join("missing"), "good")
+            .unwrap_err()
+            .contains("cannot read client token list"));
     }
 }

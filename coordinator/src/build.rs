@@ -7,8 +7,8 @@ use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
 use archfarm_shared::oci::Child;
 use archfarm_shared::protocol::{
-    AgentMessage, BuildEvent, BuildRequest, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec,
-    PlatformResult, PushedImage,
+    AgentMessage, BuildEvent, BuildRequest, CoordinatorMessage, FailureKind, JobFailure,
+    JobOutcome, JobSpec, PlatformResult, PushedImage,
 };
 use archfarm_shared::registry::{self, ImageReference, Registry};
 use archfarm_shared::{platform, BuildId, JobId, Platform};
@@ -40,7 +40,9 @@ struct Plan {
 
 fn validate(shared: &Shared, req: &BuildRequest) -> Result<Plan, String> {
     if req.platforms.is_empty() {
-        return Err("no platform requested: pass --platform, for example linux/amd64,linux/arm64".into());
+        return Err(
+            "no platform requested: pass --platform, for example linux/amd64,linux/arm64".into(),
+        );
     }
     for (i, p) in req.platforms.iter().enumerate() {
         if req.platforms[..i].contains(p) {
@@ -54,27 +56,52 @@ fn validate(shared: &Shared, req: &BuildRequest) -> Result<Plan, String> {
     for t in &req.tags {
         let r = registry::parse_reference(t).map_err(|e| e.to_string())?;
         if r.digest().is_some() {
-            return Err(format!("tag {t:?} names a digest; the farm publishes under tags only"));
+            return Err(format!(
+                "tag {t:?} names a digest; the farm publishes under tags only"
+            ));
         }
         tags.push(r);
     }
     let repository = registry::repository_of(&tags[0]);
-    if let Some(other) = tags.iter().find(|t| registry::repository_of(t) != repository) {
+    if let Some(other) = tags
+        .iter()
+        .find(|t| registry::repository_of(t) != repository)
+    {
         return Err(format!(
             "all tags must be in one repository (the per-platform images live beside the index): {} and {}",
             tags[0].whole(),
             other.whole()
         ));
     }
-    if req.dockerfile.is_empty() || req.dockerfile.starts_with('/') || req.dockerfile.split('/').any(|c| c == "..") {
-        return Err(format!("Dockerfile path {:?} must be relative to the context, without '..'", req.dockerfile));
+    if req.dockerfile.is_empty()
+        || req.dockerfile.starts_with('/')
+        || req.dockerfile.split('/').any(|c| c == "..")
+    {
+        return Err(format!(
+            "Dockerfile path {:?} must be relative to the context, without '..'",
+            req.dockerfile
+        ));
     }
     if !shared.contexts.contains(&req.context) {
-        return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
+        return Err(format!(
+            "build context {} is not on the coordinator; upload it first",
+            req.context
+        ));
     }
-    shared.farm.check(&req.platforms).map_err(|e| e.to_string())?;
-    let repo = ImageReference::with_tag(tags[0].registry().to_owned(), tags[0].repository().to_owned(), "latest".to_owned());
-    Ok(Plan { registry: Registry::for_reference(&repo), repo, tags })
+    shared
+        .farm
+        .check(&req.platforms)
+        .map_err(|e| e.to_string())?;
+    let repo = ImageReference::with_tag(
+        tags[0].registry().to_owned(),
+        tags[0].repository().to_owned(),
+        "latest".to_owned(),
+    );
+    Ok(Plan {
+        registry: Registry::for_reference(&repo),
+        repo,
+        tags,
+    })
 }
 
 async fn run(shared: Arc<Shared>, req: BuildRequest, id: BuildId, tx: mpsc::Sender<BuildEvent>) {
@@ -89,7 +116,10 @@ async fn run(shared: Arc<Shared>, req: BuildRequest, id: BuildId, tx: mpsc::Send
     let _ = tx.send(BuildEvent::Accepted { build: id.clone() }).await;
     info!(platforms = %platform::list(&req.platforms), tags = %req.tags.join(","), "build accepted");
 
-    let jobs = req.platforms.iter().map(|p| run_platform(&shared, &plan, &id, &req, p.clone(), &tx));
+    let jobs = req
+        .platforms
+        .iter()
+        .map(|p| run_platform(&shared, &plan, &id, &req, p.clone(), &tx));
     let results = join_all(jobs).await;
 
     let mut children = Vec::new();
@@ -113,11 +143,18 @@ async fn run(shared: Arc<Shared>, req: BuildRequest, id: BuildId, tx: mpsc::Send
     match publish::publish(&plan.registry, &plan.tags, &children).await {
         Ok(index) => {
             info!(index = %index, "index published");
-            let _ = tx.send(BuildEvent::Published { index, tags: req.tags.clone(), platforms: verified }).await;
+            let _ = tx
+                .send(BuildEvent::Published {
+                    index,
+                    tags: req.tags.clone(),
+                    platforms: verified,
+                })
+                .await;
         }
         Err(e) => {
             warn!("publishing failed: {e}");
-            let reason = format!("every platform was verified but publishing the index failed: {e}");
+            let reason =
+                format!("every platform was verified but publishing the index failed: {e}");
             let _ = tx.send(BuildEvent::Failed { reason }).await;
         }
     }
@@ -145,16 +182,28 @@ async fn run_platform(
     tx: &mpsc::Sender<BuildEvent>,
 ) -> Result<(Child, PlatformResult), String> {
     let job = JobId::random();
-    let slot = Slot { farm: &shared.farm, job: job.clone() };
+    let slot = Slot {
+        farm: &shared.farm,
+        job: job.clone(),
+    };
     let agent = match shared.farm.acquire(job.clone(), platform.clone()).await {
         Ok(agent) => agent,
         Err(e) => {
-            let failure = JobFailure { kind: FailureKind::AgentLost, message: e.to_string(), log_tail: vec![] };
+            let failure = JobFailure {
+                kind: FailureKind::AgentLost,
+                message: e.to_string(),
+                log_tail: vec![],
+            };
             return Err(fail(tx, &platform, None, failure).await);
         }
     };
     info!(job = %job, platform = %platform, agent = %agent.name, "job assigned");
-    let _ = tx.send(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() }).await;
+    let _ = tx
+        .send(BuildEvent::Started {
+            platform: platform.clone(),
+            agent: agent.name.clone(),
+        })
+        .await;
     let started = Instant::now();
     let spec = JobSpec {
         job: job.clone(),
@@ -186,15 +235,30 @@ async fn run_platform(
             Ok((child, result))
         }
         Err(message) => {
-            let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
+            let failure = JobFailure {
+                kind: FailureKind::Verification,
+                message,
+                log_tail: vec![],
+            };
             Err(fail(tx, &platform, Some(&agent), failure).await)
         }
     }
 }
 
-async fn fail(tx: &mpsc::Sender<BuildEvent>, platform: &Platform, agent: Option<&AgentHandle>, failure: JobFailure) -> String {
-    let who = agent.map_or_else(|| "before reaching an agent".to_owned(), |a| format!("on agent {}", a.name));
-    let mut summary = format!("  {platform} failed {who} ({}): {}", failure.kind, failure.message);
+async fn fail(
+    tx: &mpsc::Sender<BuildEvent>,
+    platform: &Platform,
+    agent: Option<&AgentHandle>,
+    failure: JobFailure,
+) -> String {
+    let who = agent.map_or_else(
+        || "before reaching an agent".to_owned(),
+        |a| format!("on agent {}", a.name),
+    );
+    let mut summary = format!(
+        "  {platform} failed {who} ({}): {}",
+        failure.kind, failure.message
+    );
     if !failure.log_tail.is_empty() {
         summary.push_str("\n    last lines of the failing step:");
         for line in &failure.log_tail {
@@ -204,18 +268,30 @@ async fn fail(tx: &mpsc::Sender<BuildEvent>, platform: &Platform, agent: Option<
     }
     warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
     let _ = tx
-        .send(BuildEvent::PlatformFailed { platform: platform.clone(), agent: agent.map(|a| a.name.clone()), failure })
+        .send(BuildEvent::PlatformFailed {
+            platform: platform.clone(),
+            agent: agent.map(|a| a.name.clone()),
+            failure,
+        })
         .await;
     summary
 }
 
 /// Sends the job to the agent on a new stream and follows its log to the result.
-async fn run_on_agent(agent: &AgentHandle, spec: JobSpec, tx: &mpsc::Sender<BuildEvent>, max: u32) -> Result<PushedImage, JobFailure> {
+async fn run_on_agent(
+    agent: &AgentHandle,
+    spec: JobSpec,
+    tx: &mpsc::Sender<BuildEvent>,
+    max: u32,
+) -> Result<PushedImage, JobFailure> {
     let platform = spec.platform.clone();
     let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
     let lost = |why: String, tail: &VecDeque<String>| JobFailure {
         kind: FailureKind::AgentLost,
-        message: format!("agent {} went away while building {platform}: {why}", agent.name),
+        message: format!(
+            "agent {} went away while building {platform}: {why}",
+            agent.name
+        ),
         log_tail: tail.iter().cloned().collect(),
     };
     let (mut send, mut recv) = agent
@@ -223,7 +299,13 @@ async fn run_on_agent(agent: &AgentHandle, spec: JobSpec, tx: &mpsc::Sender<Buil
         .open_bi()
         .await
         .map_err(|e| lost(archfarm_shared::tls::explain(&e), &tail))?;
-    if let Err(e) = codec::write_msg(&mut send, &CoordinatorMessage::AssignJob(spec), max).await {
+    if let Err(e) = codec::write_msg(
+        &mut send,
+        &CoordinatorMessage::AssignJob(Box::new(spec)),
+        max,
+    )
+    .await
+    {
         return Err(lost(on_codec_error(&agent.conn, &e, "job stream"), &tail));
     }
     loop {
@@ -234,16 +316,24 @@ async fn run_on_agent(agent: &AgentHandle, spec: JobSpec, tx: &mpsc::Sender<Buil
                 }
                 tail.push_back(line.clone());
                 // Logs are best effort: a slow client must not stall the build.
-                let _ = tx.try_send(BuildEvent::Log { platform: platform.clone(), line });
+                let _ = tx.try_send(BuildEvent::Log {
+                    platform: platform.clone(),
+                    line,
+                });
             }
             Ok(Some(AgentMessage::JobFinished(JobOutcome::Pushed(image)))) => return Ok(image),
-            Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(failure),
+            Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => {
+                return Err(failure)
+            }
             Ok(Some(other)) => {
                 let reason = format!(
                     "protocol error: unexpected {} on a job stream",
                     crate::agent_session::variant(&other)
                 );
-                agent.conn.close(archfarm_shared::protocol::close::PROTOCOL.into(), reason.as_bytes());
+                agent.conn.close(
+                    archfarm_shared::protocol::close::PROTOCOL.into(),
+                    reason.as_bytes(),
+                );
                 return Err(lost(reason, &tail));
             }
             Ok(None) => return Err(lost("the job stream ended without a result".into(), &tail)),

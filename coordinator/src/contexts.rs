@@ -32,7 +32,12 @@ impl ContextStore {
 
     /// Stores exactly `size` bytes read from `r`, which must hash to `digest`. Nothing is kept
     /// unless they do.
-    pub async fn receive<R: AsyncRead + Unpin>(&self, digest: &Digest, size: u64, r: &mut R) -> Result<(), String> {
+    pub async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        r: &mut R,
+    ) -> Result<(), String> {
         if size > self.max_bytes {
             return Err(format!(
                 "build context of {size} bytes exceeds the coordinator's limit of {} bytes; \
@@ -40,28 +45,48 @@ impl ContextStore {
                 self.max_bytes
             ));
         }
-        let tmp = self.dir.join(format!(".upload-{}-{:x}", digest.hex(), rand::random::<u32>()));
+        let tmp = self.dir.join(format!(
+            ".upload-{}-{:x}",
+            digest.hex(),
+            rand::random::<u32>()
+        ));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| format!("cannot store context: {e}"))?;
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| format!("cannot store context: {e}"))?;
             let mut hasher = sha2::Sha256::new();
             let mut left = size;
             let mut buf = vec![0u8; 256 << 10];
             while left > 0 {
                 let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = r.read(&mut buf[..want]).await.map_err(|e| format!("context upload interrupted: {e}"))?;
+                let n = r
+                    .read(&mut buf[..want])
+                    .await
+                    .map_err(|e| format!("context upload interrupted: {e}"))?;
                 if n == 0 {
-                    return Err(format!("context upload ended after {} of {size} bytes", size - left));
+                    return Err(format!(
+                        "context upload ended after {} of {size} bytes",
+                        size - left
+                    ));
                 }
                 hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).await.map_err(|e| format!("cannot store context: {e}"))?;
+                file.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| format!("cannot store context: {e}"))?;
                 left -= n as u64;
             }
-            file.sync_all().await.map_err(|e| format!("cannot store context: {e}"))?;
+            file.sync_all()
+                .await
+                .map_err(|e| format!("cannot store context: {e}"))?;
             let got = Digest::from_sha256(hasher.finalize().into());
             if &got != digest {
-                return Err(format!("context upload corrupt: announced {digest}, received {got}"));
+                return Err(format!(
+                    "context upload corrupt: announced {digest}, received {got}"
+                ));
             }
-            tokio::fs::rename(&tmp, self.path(digest)).await.map_err(|e| format!("cannot store context: {e}"))
+            tokio::fs::rename(&tmp, self.path(digest))
+                .await
+                .map_err(|e| format!("cannot store context: {e}"))
         }
         .await;
         if result.is_err() {
@@ -72,11 +97,18 @@ impl ContextStore {
 
     /// The size of a stored context, if present.
     pub async fn size(&self, digest: &Digest) -> Option<u64> {
-        tokio::fs::metadata(self.path(digest)).await.ok().map(|m| m.len())
+        tokio::fs::metadata(self.path(digest))
+            .await
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Copies a stored context to `w`.
-    pub async fn send<W: AsyncWrite + Unpin>(&self, digest: &Digest, w: &mut W) -> std::io::Result<u64> {
+    pub async fn send<W: AsyncWrite + Unpin>(
+        &self,
+        digest: &Digest,
+        w: &mut W,
+    ) -> std::io::Result<u64> {
         let mut file = tokio::fs::File::open(self.path(digest)).await?;
         tokio::io::copy(&mut file, w).await
     }
@@ -94,22 +126,42 @@ mod tests {
         let d = Digest::of(&data);
 
         let wrong = Digest::of(b"other");
-        let err = store.receive(&wrong, data.len() as u64, &mut data.as_slice()).await.unwrap_err();
+        let err = store
+            .receive(&wrong, data.len() as u64, &mut data.as_slice())
+            .await
+            .unwrap_err();
         assert!(err.contains("corrupt"), "{err}");
         assert!(!store.contains(&wrong));
 
-        let err = store.receive(&d, data.len() as u64 + 5, &mut data.as_slice()).await.unwrap_err();
+        let err = store
+            .receive(&d, data.len() as u64 + 5, &mut data.as_slice())
+            .await
+            .unwrap_err();
         assert!(err.contains("ended after 13 of 18 bytes"), "{err}");
 
-        let err = store.receive(&d, 5000, &mut data.as_slice()).await.unwrap_err();
-        assert!(err.contains("exceeds the coordinator's limit of 1000 bytes"), "{err}");
+        let err = store
+            .receive(&d, 5000, &mut data.as_slice())
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("exceeds the coordinator's limit of 1000 bytes"),
+            "{err}"
+        );
 
-        store.receive(&d, data.len() as u64, &mut data.as_slice()).await.unwrap();
+        store
+            .receive(&d, data.len() as u64, &mut data.as_slice())
+            .await
+            .unwrap();
         assert!(store.contains(&d));
         let mut out = Vec::new();
         assert_eq!(store.send(&d, &mut out).await.unwrap(), data.len() as u64);
         assert_eq!(out, data);
         // No temporary files left behind.
-        assert_eq!(std::fs::read_dir(dir.path().join("contexts")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("contexts"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }

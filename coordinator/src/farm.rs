@@ -69,7 +69,11 @@ impl Farm {
                 ));
             }
         }
-        st.scheduler.add_agent(agent.name.clone(), agent.registration.platforms.clone(), agent.registration.capacity);
+        st.scheduler.add_agent(
+            agent.name.clone(),
+            agent.registration.platforms.clone(),
+            agent.registration.capacity,
+        );
         st.agents.insert(agent.name.clone(), agent);
         dispatch(&mut st);
         Ok(())
@@ -99,7 +103,11 @@ impl Farm {
 
     /// Waits for an agent to run `job`. Dropping the future before it resolves gives the slot
     /// back (see [`Farm::release`]).
-    pub async fn acquire(&self, job: JobId, platform: Platform) -> Result<AgentHandle, AcquireError> {
+    pub async fn acquire(
+        &self,
+        job: JobId,
+        platform: Platform,
+    ) -> Result<AgentHandle, AcquireError> {
         let rx = {
             let mut st = self.lock();
             let (tx, rx) = oneshot::channel();
@@ -108,7 +116,8 @@ impl Farm {
             dispatch(&mut st);
             rx
         };
-        rx.await.unwrap_or_else(|_| unreachable!("the farm never drops a waiter without answering"))
+        rx.await
+            .unwrap_or_else(|_| unreachable!("the farm never drops a waiter without answering"))
     }
 
     /// Gives back the slot of a finished (or abandoned) job.
@@ -127,7 +136,10 @@ impl Farm {
             .agents
             .values()
             .map(|a| {
-                let (running, capacity) = st.scheduler.load(&a.name).unwrap_or((0, a.registration.capacity));
+                let (running, capacity) = st
+                    .scheduler
+                    .load(&a.name)
+                    .unwrap_or((0, a.registration.capacity));
                 AgentInfo {
                     name: a.name.clone(),
                     address: a.address.to_string(),

@@ -38,14 +38,20 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Build(args) => client::build::run(*args).await,
-        Command::Agents { command: AgentsCommand::Ls { remote, format } } => client::agents::ls(&remote, format).await.map(|()| true),
-        Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw } } => {
-            client::imagetools::inspect(&reference, raw).await.map(|()| true)
-        }
-        Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
-        Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {
-            ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true)
-        }
+        Command::Agents {
+            command: AgentsCommand::Ls { remote, format },
+        } => client::agents::ls(&remote, format).await.map(|()| true),
+        Command::Imagetools {
+            command: ImagetoolsCommand::Inspect { reference, raw },
+        } => client::imagetools::inspect(&reference, raw)
+            .await
+            .map(|()| true),
+        Command::Ca {
+            command: CaCommand::Init { dir, names, force },
+        } => ca::init(&dir, &names, force).map(|()| true),
+        Command::Ca {
+            command: CaCommand::IssueAgent { name, dir, out },
+        } => ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true),
     }
 }
 

@@ -80,14 +80,26 @@ impl Scheduler {
     /// Adds an agent, or updates one that re-registered (its running jobs stay counted).
     pub fn add_agent(&mut self, name: AgentName, platforms: Vec<Platform>, capacity: u32) {
         let running = self.running.values().filter(|a| **a == name).count() as u32;
-        self.agents.insert(name, Slots { platforms, capacity: capacity.max(1), running });
+        self.agents.insert(
+            name,
+            Slots {
+                platforms,
+                capacity: capacity.max(1),
+                running,
+            },
+        );
     }
 
     /// Removes an agent: its running jobs are reported lost, and queued jobs no one else can
     /// build are taken out of the queue and reported.
     pub fn remove_agent(&mut self, name: &AgentName) -> Removed {
         self.agents.remove(name);
-        let mut running: Vec<JobId> = self.running.iter().filter(|(_, a)| *a == name).map(|(j, _)| j.clone()).collect();
+        let mut running: Vec<JobId> = self
+            .running
+            .iter()
+            .filter(|(_, a)| *a == name)
+            .map(|(j, _)| j.clone())
+            .collect();
         running.sort();
         for j in &running {
             self.running.remove(j);
@@ -113,7 +125,11 @@ impl Scheduler {
     /// Refuses a request naming a platform no agent declares.
     pub fn check(&self, requested: &[Platform]) -> Result<(), NoAgent> {
         let available = self.platforms();
-        let missing: Vec<Platform> = requested.iter().filter(|p| !available.contains(p)).cloned().collect();
+        let missing: Vec<Platform> = requested
+            .iter()
+            .filter(|p| !available.contains(p))
+            .cloned()
+            .collect();
         if missing.is_empty() {
             Ok(())
         } else {
@@ -207,7 +223,19 @@ mod tests {
         s.enqueue(j(1), p("linux/arm64"));
         s.enqueue(j(2), p("linux/386"));
         let got = s.dispatch();
-        assert_eq!(got, vec![Assignment { job: j(1), agent: a("arm-1") }, Assignment { job: j(2), agent: a("amd-1") }]);
+        assert_eq!(
+            got,
+            vec![
+                Assignment {
+                    job: j(1),
+                    agent: a("arm-1")
+                },
+                Assignment {
+                    job: j(2),
+                    agent: a("amd-1")
+                }
+            ]
+        );
     }
 
     #[test]
@@ -216,7 +244,11 @@ mod tests {
         for n in 1..=3 {
             s.enqueue(j(n), p("linux/amd64"));
         }
-        let agents: Vec<_> = s.dispatch().into_iter().map(|x| x.agent.to_string()).collect();
+        let agents: Vec<_> = s
+            .dispatch()
+            .into_iter()
+            .map(|x| x.agent.to_string())
+            .collect();
         // Both idle: name breaks the tie; then amd-1 (1/2) beats amd-2 (1/1).
         assert_eq!(agents, ["amd-1", "amd-2", "amd-1"]);
         assert_eq!(s.load(&a("amd-1")), Some((2, 2)));
@@ -229,11 +261,21 @@ mod tests {
         s.enqueue(j(2), p("linux/arm64"));
         s.enqueue(j(3), p("linux/amd64"));
         let first = s.dispatch();
-        assert_eq!(first.len(), 2, "arm-1 has one slot; amd64 must not wait behind arm64");
+        assert_eq!(
+            first.len(),
+            2,
+            "arm-1 has one slot; amd64 must not wait behind arm64"
+        );
         assert_eq!(s.queued(), 1);
         assert!(s.dispatch().is_empty());
         s.finish(&j(1));
-        assert_eq!(s.dispatch(), vec![Assignment { job: j(2), agent: a("arm-1") }]);
+        assert_eq!(
+            s.dispatch(),
+            vec![Assignment {
+                job: j(2),
+                agent: a("arm-1")
+            }]
+        );
         s.finish(&j(1)); // late duplicate: ignored
         assert_eq!(s.load(&a("arm-1")), Some((1, 1)));
     }
@@ -242,11 +284,16 @@ mod tests {
     fn unknown_platforms_are_refused_naming_missing_and_available() {
         let s = farm();
         assert!(s.check(&[p("linux/amd64"), p("linux/arm64")]).is_ok());
-        let err = s.check(&[p("linux/amd64"), p("linux/s390x"), p("linux/arm/v7")]).unwrap_err();
+        let err = s
+            .check(&[p("linux/amd64"), p("linux/s390x"), p("linux/arm/v7")])
+            .unwrap_err();
         assert_eq!(err.missing, vec![p("linux/s390x"), p("linux/arm/v7")]);
         let msg = err.to_string();
         assert!(msg.starts_with("no agent builds linux/s390x, linux/arm/v7 natively; the farm has linux/386, linux/amd64, linux/arm64."), "{msg}");
-        let empty = Scheduler::new().check(&[p("linux/amd64")]).unwrap_err().to_string();
+        let empty = Scheduler::new()
+            .check(&[p("linux/amd64")])
+            .unwrap_err()
+            .to_string();
         assert!(empty.contains("the farm has none"), "{empty}");
     }
 
@@ -258,7 +305,13 @@ mod tests {
         s.enqueue(j(3), p("linux/amd64"));
         s.dispatch();
         let removed = s.remove_agent(&a("arm-1"));
-        assert_eq!(removed, Removed { running: vec![j(1)], stranded: vec![j(2)] });
+        assert_eq!(
+            removed,
+            Removed {
+                running: vec![j(1)],
+                stranded: vec![j(2)]
+            }
+        );
         assert_eq!(s.queued(), 0);
         assert!(s.check(&[p("linux/arm64")]).is_err());
         // The amd64 job is untouched.

@@ -41,7 +41,9 @@ pub struct Shared {
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
     let server_config = tls::server_config(
         &read(&config.tls.ca_cert)?,
         &read(&config.tls.cert)?,

@@ -56,7 +56,8 @@ pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, CodecError> {
     let mut frame = vec![0u8; 4];
     bincode::serde::encode_into_std_write(msg, &mut frame, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
-    let len = u32::try_from(frame.len() - 4).map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
+    let len = u32::try_from(frame.len() - 4)
+        .map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
     if len > max {
         return Err(CodecError::Encode(format!(
             "message of {len} bytes exceeds the maximum frame of {max} bytes"
@@ -79,7 +80,10 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
 }
 
 /// Reads one frame's payload. `Ok(None)` means the stream ended cleanly between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Option<Vec<u8>>, CodecError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<Vec<u8>>, CodecError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -113,7 +117,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Opt
 }
 
 /// Reads and decodes one message. `Ok(None)` means the stream ended cleanly.
-pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<Option<T>, CodecError> {
+pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<T>, CodecError> {
     match read_frame(r, max).await? {
         Some(payload) => decode(&payload).map(Some),
         None => Ok(None),
@@ -121,7 +128,10 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max:
 }
 
 /// Reads one message and fails if the stream ended before it.
-pub async fn expect_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T, CodecError> {
+pub async fn expect_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: u32,
+) -> Result<T, CodecError> {
     read_msg(r, max).await?.ok_or(CodecError::Truncated {
         expected: 4,
         got: 0,
@@ -129,7 +139,11 @@ pub async fn expect_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, ma
 }
 
 /// Encodes and writes one message.
-pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T, max: u32) -> Result<(), CodecError> {
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+    max: u32,
+) -> Result<(), CodecError> {
     let frame = encode(msg, max)?;
     w.write_all(&frame).await?;
     Ok(())
@@ -138,7 +152,9 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AgentMessage, ClientRequest, JobFailure, JobOutcome, FailureKind, Registration};
+    use crate::protocol::{
+        AgentMessage, ClientRequest, FailureKind, JobFailure, JobOutcome, Registration,
+    };
 
     fn sample() -> AgentMessage {
         AgentMessage::Register(Registration {
@@ -154,7 +170,9 @@ mod tests {
         let msgs = vec![
             sample(),
             AgentMessage::Heartbeat { running: 3 },
-            AgentMessage::JobLog { line: "#5 [2/2] COPY".into() },
+            AgentMessage::JobLog {
+                line: "#5 [2/2] COPY".into(),
+            },
             AgentMessage::JobFinished(JobOutcome::Failed(JobFailure {
                 kind: FailureKind::Build,
                 message: "exit code: 1".into(),
@@ -170,19 +188,33 @@ mod tests {
             let got: AgentMessage = read_msg(&mut r, DEFAULT_MAX_FRAME).await.unwrap().unwrap();
             assert_eq!(&got, m);
         }
-        assert!(read_msg::<_, AgentMessage>(&mut r, DEFAULT_MAX_FRAME).await.unwrap().is_none());
+        assert!(read_msg::<_, AgentMessage>(&mut r, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
     async fn oversized_length_is_refused_before_allocating() {
         let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let err = read_frame(&mut r, DEFAULT_MAX_FRAME).await.unwrap_err();
-        assert!(matches!(err, CodecError::Oversized { len: u32::MAX, max: DEFAULT_MAX_FRAME }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CodecError::Oversized {
+                    len: u32::MAX,
+                    max: DEFAULT_MAX_FRAME
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn encoding_refuses_messages_over_the_frame_limit() {
-        let big = AgentMessage::JobLog { line: "x".repeat(2000) };
+        let big = AgentMessage::JobLog {
+            line: "x".repeat(2000),
+        };
         assert!(matches!(encode(&big, 1000), Err(CodecError::Encode(_))));
         assert!(encode(&big, 4000).is_ok());
     }
@@ -193,7 +225,10 @@ mod tests {
         for cut in [1, 3, 5, frame.len() - 1] {
             let mut r = &frame[..cut];
             let err = read_frame(&mut r, DEFAULT_MAX_FRAME).await.unwrap_err();
-            assert!(matches!(err, CodecError::Truncated { .. }), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, CodecError::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -202,18 +237,30 @@ mod tests {
         let frame = encode(&sample(), DEFAULT_MAX_FRAME).unwrap();
         let mut payload = frame[4..].to_vec();
         payload.push(0);
-        assert!(matches!(decode::<AgentMessage>(&payload), Err(CodecError::TrailingBytes { extra: 1 })));
+        assert!(matches!(
+            decode::<AgentMessage>(&payload),
+            Err(CodecError::TrailingBytes { extra: 1 })
+        ));
     }
 
     #[test]
     fn garbage_and_unknown_variants_are_malformed() {
         // Variant index 200 does not exist.
-        assert!(matches!(decode::<ClientRequest>(&[200]), Err(CodecError::Malformed(_))));
-        assert!(matches!(decode::<ClientRequest>(&[]), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<ClientRequest>(&[200]),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClientRequest>(&[]),
+            Err(CodecError::Malformed(_))
+        ));
         // A string length far beyond the bytes present must fail, not allocate.
         let mut huge = vec![0u8, 0xfd];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode::<ClientRequest>(&huge), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<ClientRequest>(&huge),
+            Err(CodecError::Malformed(_))
+        ));
         // Deterministic pseudo-random garbage never panics.
         let mut x: u32 = 0x9e37_79b9;
         for _ in 0..2000 {

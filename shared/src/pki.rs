@@ -2,7 +2,8 @@
 //! (rcgen). An agent's name is the common name of its certificate.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// A PEM certificate and its PEM private key.
@@ -16,7 +17,9 @@ pub struct CertifiedKey {
 
 impl std::fmt::Debug for CertifiedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertifiedKey").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("CertifiedKey")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,10 +48,18 @@ fn validity(params: &mut CertificateParams, years: i32) {
 /// Creates a new self-signed farm CA.
 pub fn generate_ca(common_name: &str) -> Result<CertifiedKey, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "archfarm");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "archfarm");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut params, 10);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
@@ -79,7 +90,8 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
     let mut params = match leaf {
         Leaf::Coordinator { names } => {
             let mut p = CertificateParams::new(names.to_vec())?;
-            p.distinguished_name.push(DnType::CommonName, "archfarm coordinator");
+            p.distinguished_name
+                .push(DnType::CommonName, "archfarm coordinator");
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             p
         }
@@ -90,7 +102,9 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
             p
         }
     };
-    params.distinguished_name.push(DnType::OrganizationName, "archfarm");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "archfarm");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 2);
     let key = KeyPair::generate()?;

@@ -23,7 +23,9 @@ pub enum PlatformError {
         input: String,
     },
     /// A part holds characters no platform name has.
-    #[error("invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '_' and '.'")]
+    #[error(
+        "invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '_' and '.'"
+    )]
     Characters {
         /// What the user gave.
         input: String,
@@ -46,7 +48,11 @@ impl Platform {
     /// report it: `Linux`/`x86_64` is `linux/amd64`, `armv7l` is `linux/arm/v7`.
     pub fn from_host(os_type: &str, machine: &str) -> Result<Self, PlatformError> {
         let os = os_type.to_ascii_lowercase();
-        let os = if os.is_empty() { "linux".to_owned() } else { os };
+        let os = if os.is_empty() {
+            "linux".to_owned()
+        } else {
+            os
+        };
         Platform::new(&os, machine, None)
     }
 
@@ -108,10 +114,9 @@ impl FromStr for Platform {
             return Err(shape());
         }
         for part in &parts {
-            if !part
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' || c == '-')
-            {
+            if !part.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' || c == '-'
+            }) {
                 return Err(PlatformError::Characters {
                     input: input.to_owned(),
                     part: (*part).to_owned(),
@@ -213,7 +218,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed_names_with_the_input_in_the_message() {
-        for bad in ["", "/", "linux/", "linux//v7", "a/b/c/d", "linux/amd 64", "linux/amd64;rm"] {
+        for bad in [
+            "",
+            "/",
+            "linux/",
+            "linux//v7",
+            "a/b/c/d",
+            "linux/amd 64",
+            "linux/amd64;rm",
+        ] {
             let err = bad.parse::<Platform>().unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
@@ -222,8 +235,14 @@ mod tests {
     #[test]
     fn parts_are_exposed_normalised() {
         let arm: Platform = "linux/armhf".parse().unwrap();
-        assert_eq!((arm.os(), arm.arch(), arm.variant()), ("linux", "arm", Some("v7")));
-        assert_eq!(list(&[arm.clone(), "linux/amd64".parse().unwrap()]), "linux/arm/v7, linux/amd64");
+        assert_eq!(
+            (arm.os(), arm.arch(), arm.variant()),
+            ("linux", "arm", Some("v7"))
+        );
+        assert_eq!(
+            list(&[arm.clone(), "linux/amd64".parse().unwrap()]),
+            "linux/arm/v7, linux/amd64"
+        );
         assert_eq!(list(&[]), "none");
     }
 }

@@ -75,7 +75,7 @@ pub enum CoordinatorMessage {
         reason: String,
     },
     /// First frame on a job stream opened by the coordinator.
-    AssignJob(JobSpec),
+    AssignJob(Box<JobSpec>),
     /// Reply to [`AgentMessage::FetchContext`]: exactly `size` raw bytes follow on the stream.
     ContextFollows {
         /// Length of the tarball.

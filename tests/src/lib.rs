@@ -37,7 +37,11 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_owned(), log, child }
+        Proc {
+            name: name.to_owned(),
+            log,
+            child,
+        }
     }
 
     /// The log so far.
@@ -62,7 +66,10 @@ impl Proc {
     /// Sends SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         if self.running() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while self.running() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -86,24 +93,38 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// A free loopback TCP port.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free loopback UDP port.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// A binary of the workspace, built by `cargo build --bins` (the test command does it).
@@ -111,14 +132,25 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
 /// The per-arch static busybox of `arch` (amd64 or arm64), from `scripts/setup.sh`.
 pub fn fixtures(arch: &str) -> PathBuf {
-    let path = workspace().join(".farm/fixtures").join(arch).join("busybox");
-    assert!(path.is_file(), "{} is missing: run scripts/setup.sh (scripts/test.sh does)", path.display());
+    let path = workspace()
+        .join(".farm/fixtures")
+        .join(arch)
+        .join("busybox");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -128,7 +160,11 @@ pub fn context(dockerfile: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for arch in ["amd64", "arm64"] {
         std::fs::create_dir_all(dir.path().join("bin").join(arch)).unwrap();
-        std::fs::copy(fixtures(arch), dir.path().join("bin").join(arch).join("busybox")).unwrap();
+        std::fs::copy(
+            fixtures(arch),
+            dir.path().join("bin").join(arch).join("busybox"),
+        )
+        .unwrap();
     }
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     dir
@@ -151,12 +187,20 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// The native amd64 agent.
     pub fn amd64() -> Self {
-        AgentSpec { name: "amd64-1", native: None, capacity: 2 }
+        AgentSpec {
+            name: "amd64-1",
+            native: None,
+            capacity: 2,
+        }
     }
 
     /// An amd64 host declaring linux/arm64: a stand-in for arm64 hardware.
     pub fn arm64_standin() -> Self {
-        AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 2 }
+        AgentSpec {
+            name: "arm64-1",
+            native: Some("linux/arm64"),
+            capacity: 2,
+        }
     }
 }
 
@@ -181,18 +225,39 @@ impl Farm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
-        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&ca));
+        run_ok(
+            Command::new(bin("archfarm"))
+                .args(["ca", "init", "--dir"])
+                .arg(&ca),
+        );
         for a in agents {
-            run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
+            run_ok(
+                Command::new(bin("archfarm"))
+                    .args(["ca", "issue-agent", a.name, "--dir"])
+                    .arg(&ca),
+            );
         }
-        let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
+        let token = std::fs::read_to_string(ca.join("client.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
         let registry = format!("127.0.0.1:{}", free_tcp_port());
         let coordinator = format!("127.0.0.1:{}", free_udp_port());
-        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new() };
+        let mut farm = Farm {
+            dir,
+            registry,
+            coordinator,
+            token,
+            procs: Vec::new(),
+        };
         farm.start_registry();
         farm.start_coordinator();
         for a in agents {
-            farm.start_agent(a, &ca.join(format!("{}.pem", a.name)), &ca.join(format!("{}.key", a.name)));
+            farm.start_agent(
+                a,
+                &ca.join(format!("{}.pem", a.name)),
+                &ca.join(format!("{}.key", a.name)),
+            );
         }
         let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
         farm.wait_for_agents(&names);
@@ -213,9 +278,12 @@ impl Farm {
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config);
-        self.procs.push(Proc::start("registry", cmd, self.path("registry.log")));
+        self.procs
+            .push(Proc::start("registry", cmd, self.path("registry.log")));
         let url = format!("http://{}/v2/", self.registry);
-        wait_until(Duration::from_secs(15), "the registry to answer", || ureq::get(&url).call().ok());
+        wait_until(Duration::from_secs(15), "the registry to answer", || {
+            ureq::get(&url).call().ok()
+        });
     }
 
     fn start_coordinator(&mut self) {
@@ -227,7 +295,10 @@ impl Farm {
         );
         std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(bin("archfarm"));
-        cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info");
         let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
         p.wait_for_log("coordinator listening", Duration::from_secs(15));
         self.procs.push(p);
@@ -254,22 +325,37 @@ impl Farm {
         std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(bin("archfarm-agent"));
         cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
-        self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
+        self.procs.push(Proc::start(
+            &format!("agent {}", spec.name),
+            cmd,
+            dir.join("agent.log"),
+        ));
     }
 
     /// Waits until `agents ls` lists every name.
     pub fn wait_for_agents(&self, names: &[&str]) {
-        wait_until(Duration::from_secs(30), &format!("agents {names:?} to register"), || {
-            let out = self.archfarm(&["agents", "ls", "--format", "json"]);
-            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let listed: Vec<&str> = listed.as_array()?.iter().filter_map(|a| a["name"].as_str()).collect();
-            names.iter().all(|n| listed.contains(n)).then_some(())
-        });
+        wait_until(
+            Duration::from_secs(30),
+            &format!("agents {names:?} to register"),
+            || {
+                let out = self.archfarm(&["agents", "ls", "--format", "json"]);
+                let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let listed: Vec<&str> = listed
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| a["name"].as_str())
+                    .collect();
+                names.iter().all(|n| listed.contains(n)).then_some(())
+            },
+        );
     }
 
     /// A process by name.
     pub fn proc(&mut self, name: &str) -> &mut Proc {
-        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
     }
 
     /// An `archfarm` client command with the farm's coordinator, token and CA in its environment.
@@ -310,13 +396,19 @@ impl Farm {
 
     /// The tags the registry lists for a repository (none if it does not exist).
     pub fn tags(&self, name: &str) -> Vec<String> {
-        let (status, _, body) = self.registry_get(&format!("/v2/{name}/tags/list"), "application/json");
+        let (status, _, body) =
+            self.registry_get(&format!("/v2/{name}/tags/list"), "application/json");
         if status == 404 {
             return vec![];
         }
         assert_eq!(status, 200, "tags/list: {}", String::from_utf8_lossy(&body));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let mut tags: Vec<String> = v["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+        let mut tags: Vec<String> = v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
         tags.sort();
         tags
     }
@@ -325,7 +417,13 @@ impl Farm {
     pub fn dump_logs(&self) {
         let mut err = std::io::stderr().lock();
         for p in &self.procs {
-            let _ = writeln!(err, "===== {} ({}) =====\n{}", p.name, p.log.display(), p.log_text());
+            let _ = writeln!(
+                err,
+                "===== {} ({}) =====\n{}",
+                p.name,
+                p.log.display(),
+                p.log_text()
+            );
         }
     }
 }
@@ -364,7 +462,10 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
 /// Runs a command and fails the test unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let program = format!("{cmd:?}");
-    let out = run_bounded(std::mem::replace(cmd, Command::new("true")), Duration::from_secs(300));
+    let out = run_bounded(
+        std::mem::replace(cmd, Command::new("true")),
+        Duration::from_secs(300),
+    );
     assert!(
         out.status.success(),
         "{program} failed: {}\n{}",
@@ -380,12 +481,21 @@ pub mod skopeo {
 
     /// `skopeo inspect --raw` of a reference: the manifest or index bytes as served.
     pub fn raw(reference: &str) -> Vec<u8> {
-        run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}"))).stdout
+        run_ok(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{reference}")),
+        )
+        .stdout
     }
 
     /// `skopeo inspect --config --raw`: the image config of a single-platform reference.
     pub fn config(reference: &str) -> serde_json::Value {
-        let out = run_ok(Command::new("skopeo").args(["inspect", "--config", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}")));
+        let out = run_ok(
+            Command::new("skopeo")
+                .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{reference}")),
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -399,15 +509,27 @@ pub mod skopeo {
                 .arg(format!("docker://{reference}"))
                 .arg(format!("dir:{}", dir.path().join("img").display())),
         );
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("img/manifest.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("img/manifest.json")).unwrap())
+                .unwrap();
         let mut found = None;
         for layer in manifest["layers"].as_array().unwrap() {
-            let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+            let hex = layer["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:");
             let blob = std::fs::File::open(dir.path().join("img").join(hex)).unwrap();
             let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
             for entry in ar.entries().unwrap() {
                 let mut entry = entry.unwrap();
-                if entry.path().unwrap().to_string_lossy().trim_start_matches("./").trim_start_matches('/') == file {
+                if entry
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .trim_start_matches('/')
+                    == file
+                {
                     let mut bytes = Vec::new();
                     std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
                     found = Some(bytes);
@@ -420,7 +542,8 @@ pub mod skopeo {
 
 /// The ELF machine of a binary: 62 is x86-64, 183 is AArch64.
 pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
-    (bytes.len() > 20 && bytes.starts_with(b"\x7fELF")).then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
+    (bytes.len() > 20 && bytes.starts_with(b"\x7fELF"))
+        .then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
 }
 
 /// ELF machine number of x86-64.
@@ -436,5 +559,9 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// Output as text, for assertions and messages.
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -1,0 +1,150 @@
+//! Hostile bytes on the wire: a malformed, oversized, truncated or unexpected frame closes that
+//! one connection with a reason; the coordinator keeps serving everyone else.
+
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{close, ClientRequest, ALPN_AGENT, ALPN_CLIENT};
+use archfarm_shared::tls;
+use archfarm_tests::*;
+use std::process::Command;
+use std::time::Duration;
+
+async fn connect(
+    farm: &Farm,
+    alpn: &[u8],
+    identity: Option<(&str, &str)>,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let ca = std::fs::read_to_string(farm.dir.path().join("ca/ca.pem")).unwrap();
+    let config = tls::client_config(&ca, identity, alpn, tls::Transport::default()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint
+        .connect(farm.coordinator.parse().unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+async fn hello(farm: &Farm, conn: &quinn::Connection) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    codec::write_msg(
+        &mut send,
+        &ClientRequest::Hello {
+            token: farm.token.clone(),
+        },
+        codec::DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    let _: archfarm_shared::protocol::ClientResponse =
+        codec::expect_msg(&mut recv, codec::DEFAULT_MAX_FRAME)
+            .await
+            .unwrap();
+}
+
+/// Sends raw bytes on a new stream and returns the reason the coordinator closed with.
+async fn send_raw_and_get_close(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> String {
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the coordinator must close the connection");
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, close::PROTOCOL.into(), "close code");
+            String::from_utf8_lossy(&c.reason).into_owned()
+        }
+        other => panic!("expected an application close with a reason, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_one_connection_and_the_coordinator_keeps_serving() {
+    tls::install_crypto_provider();
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+
+    // Garbage as the very first frame.
+    let (_e1, c1) = connect(&farm, ALPN_CLIENT, None).await;
+    let reason =
+        send_raw_and_get_close(&c1, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff], false).await;
+    assert!(
+        reason.contains("protocol error on hello stream: malformed message"),
+        "{reason}"
+    );
+
+    // A length prefix far over the limit, after a valid hello.
+    let (_e2, c2) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c2).await;
+    let reason = send_raw_and_get_close(&c2, &[0xff, 0xff, 0xff, 0xff], false).await;
+    assert!(reason.contains("exceeds the maximum"), "{reason}");
+
+    // A valid message with a trailing byte inside its frame.
+    let (_e3, c3) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c3).await;
+    let mut frame = codec::encode(&ClientRequest::ListAgents, codec::DEFAULT_MAX_FRAME).unwrap();
+    frame.push(0);
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    let reason = send_raw_and_get_close(&c3, &frame, false).await;
+    assert!(reason.contains("trailing bytes"), "{reason}");
+
+    // A frame cut short by the end of the stream.
+    let (_e4, c4) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c4).await;
+    let reason = send_raw_and_get_close(&c4, &[0, 0, 0, 100, 1, 2, 3], true).await;
+    assert!(reason.contains("stream ended inside a frame"), "{reason}");
+
+    // An unknown message variant.
+    let (_e5, c5) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c5).await;
+    let reason = send_raw_and_get_close(&c5, &[0, 0, 0, 1, 200], false).await;
+    assert!(reason.contains("malformed message"), "{reason}");
+
+    // An agent (valid certificate) sending garbage on its control stream.
+    let ca_dir = farm.dir.path().join("ca");
+    run_ok(
+        Command::new(bin("archfarm"))
+            .args(["ca", "issue-agent", "prober", "--dir"])
+            .arg(&ca_dir),
+    );
+    let cert = std::fs::read_to_string(ca_dir.join("prober.pem")).unwrap();
+    let key = std::fs::read_to_string(ca_dir.join("prober.key")).unwrap();
+    let (_e6, c6) = connect(&farm, ALPN_AGENT, Some((&cert, &key))).await;
+    let reason = send_raw_and_get_close(&c6, &[0, 0, 0, 3, 9, 9, 9], false).await;
+    assert!(
+        reason.contains("protocol error on control stream"),
+        "{reason}"
+    );
+
+    // Everyone else is still served: the real agent is listed and a build goes through.
+    let mut farm = farm;
+    assert!(
+        farm.proc("coordinator").running(),
+        "the coordinator must survive hostile input"
+    );
+    let log = farm.proc("coordinator").log_text();
+    assert!(
+        log.matches("closing connection: protocol error").count() >= 5,
+        "each refusal is logged:\n{log}"
+    );
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let tag = format!("{}:after", farm.repo("survivor"));
+    let out = tokio::task::block_in_place(|| {
+        farm.archfarm(&[
+            "build",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+            ctx.path().to_str().unwrap(),
+        ])
+    });
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(farm.tags("survivor"), ["after"]);
+}
