@@ -286,6 +286,20 @@ impl Farm {
         });
     }
 
+    /// Stops the coordinator (SIGTERM) and starts a new one on the same address and state.
+    pub fn restart_coordinator(&mut self) {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == "coordinator")
+            .expect("a coordinator");
+        let mut old = self.procs.remove(i);
+        old.stop();
+        let previous = self.path("coordinator.log");
+        std::fs::rename(&previous, self.path("coordinator.before-restart.log")).unwrap();
+        self.start_coordinator();
+    }
+
     fn start_coordinator(&mut self) {
         let config = self.path("coordinator.toml");
         let toml = format!(

@@ -296,3 +296,38 @@ fn build_args_target_labels_and_dockerfile_path_reach_the_build() {
     );
     assert_eq!(config["config"]["Labels"]["team"], "release");
 }
+
+#[test]
+fn agents_reconnect_on_their_own_when_the_coordinator_comes_back() {
+    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    farm.restart_coordinator();
+    // Agents back off (at most 2 s in this farm, with jitter) and register again.
+    farm.wait_for_agents(&["amd64-1", "arm64-1"]);
+    let log = farm
+        .proc("agent amd64-1")
+        .wait_for_log("reconnecting in", std::time::Duration::from_secs(5));
+    assert_eq!(
+        log.matches(" registered coordinator=").count(),
+        2,
+        "registered, then registered again: {log}"
+    );
+    assert!(
+        log.contains("disconnected: closed by the coordinator: coordinator shutting down"),
+        "{log}"
+    );
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let tag = format!("{}:after-restart", farm.repo("restart"));
+    let out = farm.archfarm(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        "--progress",
+        "plain",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(farm.tags("restart"), ["after-restart"]);
+}
