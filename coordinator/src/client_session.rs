@@ -98,7 +98,7 @@ async fn request(
         }
         ClientRequest::UploadContext { digest, size } => {
             match shared.contexts.receive(&digest, size, &mut recv).await {
-                Ok(()) => {
+                Ok(_) => {
                     info!(context = %digest, bytes = size, "stored build context");
                     ClientResponse::ContextStored
                 }

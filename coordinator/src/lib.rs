@@ -10,7 +10,6 @@
 //! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
 //! - [`build`]: one build from request to published index.
 //! - [`publish`]: verifying pushed images in the registry and publishing the index.
-//! - [`contexts`]: the content-addressed build-context store.
 //! - [`auth`]: client token checks.
 //! - [`ca`]: creating the farm CA and issuing certificates.
 //! - [`client`]: the release engineer's commands.
@@ -22,7 +21,6 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod client_session;
-pub mod contexts;
 pub mod farm;
 pub mod publish;
 pub mod scheduler;

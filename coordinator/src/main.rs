@@ -4,21 +4,14 @@ use archfarm_coordinator::cli::{AgentsCommand, CaCommand, Cli, Command, Imagetoo
 use archfarm_coordinator::{ca, client};
 use clap::Parser;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     archfarm_shared::telemetry::init(if serving { "info" } else { "warn" });
     archfarm_shared::tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli.command)) {
+    match dispatch(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -32,9 +25,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Serve { config } => {
             let config = archfarm_config::load(&config)?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(signals(shutdown.clone()));
-            archfarm_coordinator::run(config, shutdown).await?;
+            archfarm_coordinator::run(config, archfarm_shared::shutdown::on_signal()).await?;
             Ok(true)
         }
         Command::Build(args) => client::build::run(*args).await,
@@ -53,18 +44,4 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             command: CaCommand::IssueAgent { name, dir, out },
         } => ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true),
     }
-}
-
-/// Cancels `token` on Ctrl-C or SIGTERM.
-async fn signals(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("signal received");
-    token.cancel();
 }

@@ -1,11 +1,11 @@
 //! `archfarm serve`: one QUIC endpoint for agents and clients, told apart by ALPN.
 
-use crate::contexts::ContextStore;
 use crate::farm::Farm;
 use crate::{agent_session, client_session};
 use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
 use archfarm_shared::codec::CodecError;
+use archfarm_shared::content::ContentStore;
 use archfarm_shared::protocol::{close, ALPN_AGENT, ALPN_CLIENT};
 use archfarm_shared::tls;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ pub struct Shared {
     /// Live agents and the scheduler.
     pub farm: Arc<Farm>,
     /// Uploaded build contexts.
-    pub contexts: ContextStore,
+    pub contexts: ContentStore,
     /// Settings.
     pub settings: Settings,
 }
@@ -51,8 +51,9 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         tls::Transport::default(),
     )
     .context("invalid coordinator TLS material")?;
-    let contexts = ContextStore::open(&config.data_dir, config.max_context_bytes)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let contexts_dir = config.data_dir.join("contexts");
+    let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
+        .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
     let shared = Arc::new(Shared {
         farm: Farm::new(),
         contexts,

@@ -6,19 +6,23 @@
 //! - [`ids`]: build, job, agent and digest identifiers.
 //! - [`protocol`]: the messages, one enum per direction and role, and the ALPN strings.
 //! - [`codec`]: length-prefixed bincode frames with size limits (the only user of bincode).
+//! - [`content`]: sha256-addressed files (build contexts), written only once verified.
 //! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
 //! - [`registry`]: the registry adapter (the only user of oci-client).
 //! - [`telemetry`]: tracing setup for the binaries.
+//! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
 
 pub mod codec;
+pub mod content;
 pub mod ids;
 pub mod oci;
 pub mod pki;
 pub mod platform;
 pub mod protocol;
 pub mod registry;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 

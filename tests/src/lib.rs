@@ -388,6 +388,26 @@ impl Farm {
         run_bounded(self.command(args), Duration::from_secs(300))
     }
 
+    /// `archfarm build --push --progress plain` of `ctx` for `platforms` (comma-separated) under
+    /// `tags`, with `extra` flags before the context.
+    pub fn build(&self, platforms: &str, tags: &[&str], ctx: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "build",
+            "--platform",
+            platforms,
+            "--push",
+            "--progress",
+            "plain",
+        ];
+        for t in tags {
+            args.extend(["-t", t]);
+        }
+        args.extend_from_slice(extra);
+        let ctx = ctx.to_str().expect("utf-8 context path");
+        args.push(ctx);
+        self.archfarm(&args)
+    }
+
     /// `REGISTRY/name` of a repository in this farm's registry.
     pub fn repo(&self, name: &str) -> String {
         format!("{}/{name}", self.registry)

@@ -192,17 +192,7 @@ fn two_platform_build_publishes_a_verified_index_with_a_real_aarch64_child_from_
     );
 
     // A second build of the same context does not upload it again.
-    let out = farm.archfarm(&[
-        "build",
-        "--platform",
-        "linux/arm64",
-        "-t",
-        &tag2,
-        "--push",
-        "--progress",
-        "plain",
-        ctx.path().to_str().unwrap(),
-    ]);
+    let out = farm.build("linux/arm64", &[&tag2], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("is already on the coordinator"),
@@ -317,17 +307,7 @@ fn agents_reconnect_on_their_own_when_the_coordinator_comes_back() {
     );
     let ctx = context(PER_ARCH_DOCKERFILE);
     let tag = format!("{}:after-restart", farm.repo("restart"));
-    let out = farm.archfarm(&[
-        "build",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "-t",
-        &tag,
-        "--push",
-        "--progress",
-        "plain",
-        ctx.path().to_str().unwrap(),
-    ]);
+    let out = farm.build("linux/amd64,linux/arm64", &[&tag], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(farm.tags("restart"), ["after-restart"]);
 }

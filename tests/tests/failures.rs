@@ -13,17 +13,7 @@ fn a_platform_no_agent_declares_is_refused_at_once_naming_it_and_what_the_farm_h
     let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
     let ctx = context(PER_ARCH_DOCKERFILE);
     let tag = format!("{}:1", farm.repo("missing"));
-    let out = farm.archfarm(&[
-        "build",
-        "--platform",
-        "linux/amd64,linux/s390x",
-        "-t",
-        &tag,
-        "--push",
-        "--progress",
-        "plain",
-        ctx.path().to_str().unwrap(),
-    ]);
+    let out = farm.build("linux/amd64,linux/s390x", &[&tag], ctx.path(), &[]);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
     assert!(
@@ -137,17 +127,7 @@ fn a_failing_run_step_names_the_platform_the_agent_and_the_step_output_and_publi
     let tag = format!("{}:1", farm.repo("failing"));
     // amd64 runs its RUN natively and fails with exit 3. The arm64 stand-in cannot execute an
     // aarch64 binary (no emulation is registered): that platform fails too, as it should.
-    let out = farm.archfarm(&[
-        "build",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "-t",
-        &tag,
-        "--push",
-        "--progress",
-        "plain",
-        ctx.path().to_str().unwrap(),
-    ]);
+    let out = farm.build("linux/amd64,linux/arm64", &[&tag], ctx.path(), &[]);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
     assert!(

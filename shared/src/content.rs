@@ -1,59 +1,69 @@
-//! Build contexts on the coordinator's disk, addressed by sha256: uploaded once by a client,
-//! fetched by agents by digest.
+//! A directory of files addressed by their sha256: the coordinator's build-context store and
+//! the agents' context cache. A file appears under its digest only after its bytes were checked.
 
-use archfarm_shared::Digest;
+use crate::ids::Digest;
 use sha2::Digest as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The content-addressed context store.
-#[derive(Debug)]
-pub struct ContextStore {
+/// A content-addressed directory.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
     dir: PathBuf,
     max_bytes: u64,
 }
 
-impl ContextStore {
-    /// Opens (and creates) the store under `data_dir/contexts`.
-    pub fn open(data_dir: &std::path::Path, max_bytes: u64) -> std::io::Result<Self> {
-        let dir = data_dir.join("contexts");
-        std::fs::create_dir_all(&dir)?;
-        Ok(ContextStore { dir, max_bytes })
+impl ContentStore {
+    /// Opens (and creates) `dir`, accepting files up to `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(ContentStore {
+            dir: dir.to_owned(),
+            max_bytes,
+        })
     }
 
-    fn path(&self, digest: &Digest) -> PathBuf {
+    /// Where the file of `digest` lives (whether or not it is there).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("sha256-{}.tar", digest.hex()))
     }
 
-    /// Whether the store holds this context.
+    /// Whether the store holds `digest`.
     pub fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
     }
 
+    /// The size of a stored file, if present.
+    pub async fn size(&self, digest: &Digest) -> Option<u64> {
+        tokio::fs::metadata(self.path(digest))
+            .await
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// Stores exactly `size` bytes read from `r`, which must hash to `digest`. Nothing is kept
-    /// unless they do.
+    /// unless they do. Returns the stored file's path.
     pub async fn receive<R: AsyncRead + Unpin>(
         &self,
         digest: &Digest,
         size: u64,
         r: &mut R,
-    ) -> Result<(), String> {
+    ) -> Result<PathBuf, String> {
         if size > self.max_bytes {
             return Err(format!(
-                "build context of {size} bytes exceeds the coordinator's limit of {} bytes; \
-                 exclude files with .dockerignore or raise max_context_bytes",
+                "build context of {size} bytes exceeds the limit of {} bytes; exclude files with .dockerignore \
+                 or raise max_context_bytes",
                 self.max_bytes
             ));
         }
         let tmp = self.dir.join(format!(
-            ".upload-{}-{:x}",
+            ".partial-{}-{:x}",
             digest.hex(),
             rand::random::<u32>()
         ));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| format!("cannot store context: {e}"))?;
+            let io = |e: std::io::Error| format!("cannot store {digest}: {e}");
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
             let mut hasher = sha2::Sha256::new();
             let mut left = size;
             let mut buf = vec![0u8; 256 << 10];
@@ -62,31 +72,27 @@ impl ContextStore {
                 let n = r
                     .read(&mut buf[..want])
                     .await
-                    .map_err(|e| format!("context upload interrupted: {e}"))?;
+                    .map_err(|e| format!("transfer of {digest} interrupted: {e}"))?;
                 if n == 0 {
                     return Err(format!(
-                        "context upload ended after {} of {size} bytes",
+                        "transfer of {digest} ended after {} of {size} bytes",
                         size - left
                     ));
                 }
                 hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])
-                    .await
-                    .map_err(|e| format!("cannot store context: {e}"))?;
+                file.write_all(&buf[..n]).await.map_err(io)?;
                 left -= n as u64;
             }
-            file.sync_all()
-                .await
-                .map_err(|e| format!("cannot store context: {e}"))?;
+            file.sync_all().await.map_err(io)?;
             let got = Digest::from_sha256(hasher.finalize().into());
             if &got != digest {
                 return Err(format!(
-                    "context upload corrupt: announced {digest}, received {got}"
+                    "transfer corrupt: announced {digest}, received {got}"
                 ));
             }
-            tokio::fs::rename(&tmp, self.path(digest))
-                .await
-                .map_err(|e| format!("cannot store context: {e}"))
+            let path = self.path(digest);
+            tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+            Ok(path)
         }
         .await;
         if result.is_err() {
@@ -95,15 +101,7 @@ impl ContextStore {
         result
     }
 
-    /// The size of a stored context, if present.
-    pub async fn size(&self, digest: &Digest) -> Option<u64> {
-        tokio::fs::metadata(self.path(digest))
-            .await
-            .ok()
-            .map(|m| m.len())
-    }
-
-    /// Copies a stored context to `w`.
+    /// Copies a stored file to `w`.
     pub async fn send<W: AsyncWrite + Unpin>(
         &self,
         digest: &Digest,
@@ -121,7 +119,7 @@ mod tests {
     #[tokio::test]
     async fn stores_only_what_matches_its_digest_and_size() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContextStore::open(dir.path(), 1000).unwrap();
+        let store = ContentStore::open(dir.path(), 1000).unwrap();
         let data = b"context bytes".to_vec();
         let d = Digest::of(&data);
 
@@ -143,25 +141,19 @@ mod tests {
             .receive(&d, 5000, &mut data.as_slice())
             .await
             .unwrap_err();
-        assert!(
-            err.contains("exceeds the coordinator's limit of 1000 bytes"),
-            "{err}"
-        );
+        assert!(err.contains("exceeds the limit of 1000 bytes"), "{err}");
 
-        store
+        let path = store
             .receive(&d, data.len() as u64, &mut data.as_slice())
             .await
             .unwrap();
+        assert_eq!(path, store.path(&d));
         assert!(store.contains(&d));
+        assert_eq!(store.size(&d).await, Some(data.len() as u64));
         let mut out = Vec::new();
         assert_eq!(store.send(&d, &mut out).await.unwrap(), data.len() as u64);
         assert_eq!(out, data);
-        // No temporary files left behind.
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("contexts"))
-                .unwrap()
-                .count(),
-            1
-        );
+        // No partial files left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
