@@ -48,11 +48,27 @@ for arch in amd64 arm64; do
 done
 
 # Docker Engine: start one if none answers. No systemd here, so run dockerd ourselves.
+# A pid file left by a daemon that was killed (or is a zombie) would stop the new one.
+clear_stale_pidfile() { # file, process name
+  local file=$1 name=$2 pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file" 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+    return 0
+  fi
+  log "removing stale $file"
+  rm -f "$file"
+}
 if ! docker version >/dev/null 2>&1; then
+  clear_stale_pidfile /var/run/docker.pid dockerd
+  clear_stale_pidfile /var/run/docker/containerd/containerd.pid containerd
   log "starting dockerd (log: /var/log/archfarm-dockerd.log)"
   nohup dockerd --iptables=false >/var/log/archfarm-dockerd.log 2>&1 &
-  for _ in $(seq 1 100); do
+  dockerd_pid=$!
+  for _ in $(seq 1 150); do
     docker version >/dev/null 2>&1 && break
+    kill -0 "$dockerd_pid" 2>/dev/null || break
     sleep 0.2
   done
   docker version >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/archfarm-dockerd.log"; tail -20 /var/log/archfarm-dockerd.log; exit 1; }

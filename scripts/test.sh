@@ -2,9 +2,18 @@
 # Runs every archfarm test on a fresh Debian/Ubuntu machine: installs and starts what the
 # end-to-end tests need (Docker Engine, the CNCF registry, skopeo, busybox fixtures) through
 # scripts/setup.sh, builds the binaries the tests start, then runs unit and end-to-end tests.
+# A dockerd this script started is stopped again at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+engine_was_up=false
+docker version >/dev/null 2>&1 && engine_was_up=true
+stop_engine() {
+  if [ "$engine_was_up" = false ] && [ -f /var/run/docker.pid ]; then
+    kill -TERM "$(cat /var/run/docker.pid)" 2>/dev/null || true
+  fi
+}
+trap stop_engine EXIT
 "$root/scripts/setup.sh"
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
