@@ -9,6 +9,9 @@ use archfarm_shared::{platform, AgentName, Platform};
 use tokio::sync::mpsc;
 use tracing::info;
 
+/// Push attempts before a job fails.
+const PUSH_TRIES: u32 = 4;
+
 /// What a job needs from the agent.
 #[derive(Debug, Clone)]
 pub struct Executor {
@@ -102,6 +105,22 @@ impl Executor {
         let prepared = tokio::task::spawn_blocking(move || publish::prepare(&saved, &dir))
             .await
             .map_err(|e| format!("preparing the image: {e}"))??;
-        publish::push(repository, prepared).await
+        // A registry blip should not cost a rebuild: retry the push (it is idempotent).
+        let mut pause = std::time::Duration::from_millis(500);
+        for attempt in 1..=PUSH_TRIES {
+            match publish::push(repository, &prepared).await {
+                Ok(image) => return Ok(image),
+                Err(e) if attempt < PUSH_TRIES => {
+                    tracing::warn!(
+                        "push failed (try {attempt} of {PUSH_TRIES}), retrying in {:.1} s: {e}",
+                        pause.as_secs_f64()
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(format!("push failed {PUSH_TRIES} times; last error: {e}")),
+            }
+        }
+        unreachable!("the loop returns")
     }
 }

@@ -6,6 +6,7 @@ use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::registry::{self, ImageReference, Registry};
 use archfarm_shared::Digest;
+use bytes::Bytes;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
 use std::path::Path;
@@ -22,9 +23,9 @@ struct SaveEntry {
 #[derive(Debug)]
 pub struct Prepared {
     /// The image config, byte for byte as the engine holds it (its digest is the image id).
-    pub config: Vec<u8>,
+    pub config: Bytes,
     /// gzip-compressed layers with their descriptors.
-    pub layers: Vec<(Blob, Vec<u8>)>,
+    pub layers: Vec<(Blob, Bytes)>,
 }
 
 /// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json)
@@ -68,14 +69,17 @@ pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
             digest: Digest::of(&bytes),
             size: bytes.len() as u64,
         };
-        layers.push((blob, bytes));
+        layers.push((blob, Bytes::from(bytes)));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Prepared { config, layers })
+    Ok(Prepared {
+        config: Bytes::from(config),
+        layers,
+    })
 }
 
 /// Pushes the prepared image into `repository` (`registry/name`) by digest.
-pub async fn push(repository: &str, image: Prepared) -> Result<PushedImage, String> {
+pub async fn push(repository: &str, image: &Prepared) -> Result<PushedImage, String> {
     let repo: ImageReference =
         registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
     let reg = Registry::for_reference(&repo);
@@ -86,12 +90,12 @@ pub async fn push(repository: &str, image: Prepared) -> Result<PushedImage, Stri
         size: image.config.len() as u64,
     };
     let descriptors: Vec<Blob> = image.layers.iter().map(|(b, _)| b.clone()).collect();
-    for (blob, bytes) in image.layers {
-        reg.push_blob(&repo, bytes.into(), &blob.digest)
+    for (blob, bytes) in &image.layers {
+        reg.push_blob(&repo, bytes.clone(), &blob.digest)
             .await
             .map_err(|e| e.to_string())?;
     }
-    reg.push_blob(&repo, image.config.into(), &config.digest)
+    reg.push_blob(&repo, image.config.clone(), &config.digest)
         .await
         .map_err(|e| e.to_string())?;
     let manifest = oci::manifest_json(&config, &descriptors).map_err(|e| e.to_string())?;
@@ -143,12 +147,12 @@ mod tests {
         std::fs::write(&path, saved.into_inner().unwrap()).unwrap();
 
         let p = prepare(&path, dir.path()).unwrap();
-        assert_eq!(p.config, config);
+        assert_eq!(&p.config[..], &config[..]);
         assert_eq!(p.layers.len(), 1);
         let (blob, gz) = &p.layers[0];
         assert_eq!(blob.digest, Digest::of(gz));
         let mut plain = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut plain)
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_ref()), &mut plain)
             .unwrap();
         assert_eq!(
             plain, layer,

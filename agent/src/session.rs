@@ -1,12 +1,15 @@
 //! The agent's life: connect out to the coordinator, register, send heartbeats, run the jobs it
-//! is given; when the connection ends, log why, back off with jitter and connect again.
+//! is given; when the connection ends, log why, back off with jitter and connect again. On
+//! SIGTERM it drains: it tells the coordinator, takes no new jobs, finishes what it runs (up to
+//! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
 
 use crate::executor::Executor;
 use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{
-    close, AgentMessage, CoordinatorMessage, Registration, ALPN_AGENT,
+    close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration,
+    ALPN_AGENT,
 };
 use archfarm_shared::{platform, tls};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,8 +34,12 @@ pub struct Agent {
     pub endpoint: quinn::Endpoint,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// Longest drain.
+    pub drain_timeout: Duration,
     /// Jobs running now.
     pub running: Arc<AtomicU32>,
+    /// Stops every running job (end of a drain).
+    pub abort: CancellationToken,
 }
 
 impl Agent {
@@ -112,22 +119,23 @@ impl Agent {
             server_name,
             endpoint,
             max_backoff: Duration::from_secs(config.max_backoff_secs),
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             running: Arc::new(AtomicU32::new(0)),
+            abort: CancellationToken::new(),
         })
     }
 
-    /// Connects, serves and reconnects until `shutdown`.
+    /// Connects, serves and reconnects until `shutdown`; then drains and returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
-        loop {
+        while !shutdown.is_cancelled() {
             let started = Instant::now();
-            let result = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = self.clone().session() => r,
-            };
-            match result {
+            match self.clone().session(&shutdown).await {
                 Ok(reason) => info!("disconnected: {reason}"),
                 Err(e) => warn!("{e:#}"),
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
             // A session that lasted resets the backoff; repeated quick failures grow it.
             if started.elapsed() > Duration::from_secs(60) {
@@ -141,29 +149,26 @@ impl Agent {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        // Jobs of a session that ended are stopped with it; nothing may outlive the agent.
+        self.abort.cancel();
         self.endpoint
             .close(close::NORMAL.into(), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        info!("agent stopped");
     }
 
-    async fn session(self: Arc<Self>) -> anyhow::Result<String> {
+    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<String> {
         let max = self.executor.max_frame;
         let addr = tokio::net::lookup_host(&self.coordinator)
             .await
             .with_context(|| format!("cannot resolve coordinator {}", self.coordinator))?
             .next()
             .with_context(|| format!("coordinator {} resolves to nothing", self.coordinator))?;
-        let conn = self
-            .endpoint
-            .connect(addr, &self.server_name)?
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to the coordinator at {}: {}",
-                    self.coordinator,
-                    tls::explain(&e)
-                )
-            })?;
+        let connecting = self.endpoint.connect(addr, &self.server_name)?;
+        let conn = tokio::select! {
+            c = connecting => c.map_err(|e| anyhow::anyhow!("cannot connect to the coordinator at {}: {}", self.coordinator, tls::explain(&e)))?,
+            () = shutdown.cancelled() => return Ok("shut down before connecting".into()),
+        };
         let lost = |e: &codec::CodecError| match conn.close_reason() {
             Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
             None => anyhow::anyhow!("control stream: {e}"),
@@ -190,18 +195,45 @@ impl Agent {
             Err(e) => return Err(lost(&e)),
         };
         info!(coordinator = %self.coordinator, "registered");
+        // Jobs of this session stop when it ends: the coordinator reruns them.
+        let session_jobs = self.abort.child_token();
+        let _stop_jobs = session_jobs.clone().drop_guard();
         let mut ticker = tokio::time::interval(interval);
+        let mut drain_deadline: Option<Instant> = None;
         loop {
             tokio::select! {
+                () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    let n = self.running.load(Ordering::Relaxed);
+                    info!(running = n, "draining: no new jobs; finishing what runs (at most {} s)", self.drain_timeout.as_secs());
+                    drain_deadline = Some(Instant::now() + self.drain_timeout);
+                    codec::write_msg(&mut send, &AgentMessage::Draining, max).await.map_err(|e| lost(&e))?;
+                    if n == 0 {
+                        conn.close(close::NORMAL.into(), b"agent drained");
+                        return Ok("drained".into());
+                    }
+                }
                 _ = ticker.tick() => {
-                    let beat = AgentMessage::Heartbeat { running: self.running.load(Ordering::Relaxed) };
+                    let running = self.running.load(Ordering::Relaxed);
+                    if let Some(deadline) = drain_deadline {
+                        if running == 0 {
+                            conn.close(close::NORMAL.into(), b"agent drained");
+                            return Ok("drained".into());
+                        }
+                        if Instant::now() >= deadline && !session_jobs.is_cancelled() {
+                            warn!(running, "drain deadline reached: stopping the jobs left; the coordinator reruns them");
+                            session_jobs.cancel();
+                        }
+                    }
+                    let beat = AgentMessage::Heartbeat { running };
                     codec::write_msg(&mut send, &beat, max).await.map_err(|e| lost(&e))?;
                 }
                 stream = conn.accept_bi() => match stream {
                     Ok((s, r)) => {
                         let agent = self.clone();
                         let conn = conn.clone();
-                        tokio::spawn(async move { agent.job(conn, s, r).await });
+                        let stop = session_jobs.child_token();
+                        let draining = drain_deadline.is_some();
+                        tokio::spawn(async move { agent.job(conn, s, r, stop, draining).await });
                     }
                     Err(e) => return Ok(tls::explain(&e)),
                 },
@@ -214,6 +246,8 @@ impl Agent {
         conn: quinn::Connection,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        stop: CancellationToken,
+        draining: bool,
     ) {
         let max = self.executor.max_frame;
         let spec = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
@@ -221,34 +255,64 @@ impl Agent {
             Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
             Err(e) => return warn!("reading a job: {e}"),
         };
-        let span =
-            info_span!("job", job = %spec.job, build = %spec.build, platform = %spec.platform);
+        let span = info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
         async move {
+            if draining {
+                let refusal = JobOutcome::Failed(JobFailure {
+                    kind: FailureKind::Cancelled,
+                    message: format!("agent {} is draining and takes no new jobs", self.executor.name),
+                    log_tail: vec![],
+                });
+                let _ = codec::write_msg(&mut send, &AgentMessage::JobFinished(refusal), max).await;
+                let _ = send.finish();
+                return;
+            }
             info!("job started");
             self.running.fetch_add(1, Ordering::Relaxed);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let run = self.executor.run(&conn, spec, tx);
-            tokio::pin!(run);
+            // Boxed so that dropping it (below) really stops the build in the engine.
+            let mut run = Box::pin(self.executor.run(&conn, spec, tx));
             let mut stream_ok = true;
+            let mut probe = [0u8; 1];
             let outcome = loop {
                 tokio::select! {
-                    outcome = &mut run => break outcome,
+                    outcome = &mut run => break Some(outcome),
                     Some(line) = rx.recv() => {
                         if stream_ok {
                             stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
                         }
                     }
+                    // The coordinator sends nothing more on a job stream: any read result means
+                    // it cancelled the job (reset) or went away.
+                    r = recv.read(&mut probe) => {
+                        info!("stopping the job: the coordinator {}", match r {
+                            Err(quinn::ReadError::Reset(_)) => "cancelled it".to_owned(),
+                            Err(e) => format!("is gone ({e})"),
+                            Ok(_) => "closed its stream".to_owned(),
+                        });
+                        break None;
+                    }
+                    () = stop.cancelled() => {
+                        info!("stopping the job: the agent is stopping");
+                        break Some(JobOutcome::Failed(JobFailure {
+                            kind: FailureKind::Cancelled,
+                            message: format!("agent {} stopped the job while shutting down", self.executor.name),
+                            log_tail: vec![],
+                        }));
+                    }
                 }
             };
+            drop(run);
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            let Some(outcome) = outcome else { return };
             while let Ok(line) = rx.try_recv() {
                 if stream_ok {
                     stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
                 }
             }
-            self.running.fetch_sub(1, Ordering::Relaxed);
             match &outcome {
-                archfarm_shared::protocol::JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
-                archfarm_shared::protocol::JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
+                JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
+                JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
             }
             if codec::write_msg(&mut send, &AgentMessage::JobFinished(outcome), max).await.is_err() {
                 warn!("could not report the job's result: the coordinator is gone");

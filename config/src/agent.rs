@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// Longest wait between reconnection attempts, in seconds. Default: 30.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_secs: u64,
+    /// On SIGTERM the agent takes no new jobs and finishes what it runs for at most this long,
+    /// in seconds; then it stops what is left (the coordinator reruns it elsewhere). Default: 600.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
     /// TLS material: the farm CA and this agent's certificate and key.
     pub tls: TlsFiles,
 }
@@ -54,6 +58,9 @@ fn default_max_frame() -> u32 {
 }
 fn default_max_backoff() -> u64 {
     30
+}
+fn default_drain_timeout() -> u64 {
+    600
 }
 
 impl Validate for AgentConfig {

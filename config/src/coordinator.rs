@@ -26,6 +26,17 @@ pub struct CoordinatorConfig {
     /// An agent silent for this long is dropped, in seconds. Default: 15.
     #[serde(default = "default_heartbeat_timeout")]
     pub heartbeat_timeout_secs: u64,
+    /// Attempts per platform before the build fails (a lost agent or an infrastructure failure
+    /// uses one; a failing Dockerfile fails at once). Default: 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Consecutive infrastructure failures after which an agent is quarantined. Default: 3.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after_failures: u32,
+    /// How long a job waits for an agent of its platform to (re)connect before it fails, in
+    /// seconds (covers agent restarts and coordinator restarts). Default: 60.
+    #[serde(default = "default_agent_wait")]
+    pub agent_wait_secs: u64,
     /// TLS material and the client token list.
     pub tls: CoordinatorTls,
 }
@@ -58,6 +69,15 @@ fn default_heartbeat() -> u64 {
 }
 fn default_heartbeat_timeout() -> u64 {
     15
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_quarantine_after() -> u32 {
+    3
+}
+fn default_agent_wait() -> u64 {
+    60
 }
 
 impl CoordinatorConfig {
@@ -106,6 +126,12 @@ impl Validate for CoordinatorConfig {
         }
         if self.heartbeat_interval_secs == 0 {
             return Err(("heartbeat_interval_secs", "must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(("max_attempts", "must be at least 1".into()));
+        }
+        if self.quarantine_after_failures == 0 {
+            return Err(("quarantine_after_failures", "must be at least 1".into()));
         }
         if self.heartbeat_timeout_secs < 2 * self.heartbeat_interval_secs {
             return Err((

@@ -3,6 +3,7 @@
 //! (see [`crate::build`]).
 
 use crate::farm::AgentHandle;
+use crate::scheduler::Standing;
 use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
 use archfarm_shared::platform;
@@ -77,7 +78,11 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         registration: registration.clone(),
         conn: conn.clone(),
     };
-    if let Err(reason) = shared.farm.register(handle) {
+    let standing = match shared.store.quarantined(&name) {
+        Ok(Some(reason)) => Standing::Quarantined(reason),
+        _ => Standing::Active,
+    };
+    if let Err(reason) = shared.farm.register(handle, standing) {
         let _ = codec::write_msg(
             &mut send,
             &CoordinatorMessage::Refused {
@@ -103,7 +108,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
             engine = %registration.engine_version,
             "agent registered"
         );
-        serve_registered(&shared, &conn, &mut recv).await
+        serve_registered(&shared, &conn, &name, &mut recv).await
     };
     shared.farm.unregister(&name, conn.stable_id());
     info!(reason = %reason, "agent disconnected");
@@ -112,6 +117,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
 async fn serve_registered(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
+    name: &AgentName,
     control: &mut quinn::RecvStream,
 ) -> String {
     let max = shared.settings.max_frame;
@@ -125,6 +131,10 @@ async fn serve_registered(
                     return reason;
                 }
                 Ok(Ok(Some(AgentMessage::Heartbeat { .. }))) => {}
+                Ok(Ok(Some(AgentMessage::Draining))) => {
+                    info!("agent is draining: no new jobs");
+                    shared.farm.set_standing(name, Standing::Draining);
+                }
                 Ok(Ok(Some(other))) => {
                     let reason = format!("protocol error: unexpected {} on the control stream", variant(&other));
                     warn!("{reason}");
@@ -197,5 +207,6 @@ pub(crate) fn variant(msg: &AgentMessage) -> &'static str {
         AgentMessage::FetchContext { .. } => "FetchContext",
         AgentMessage::JobLog { .. } => "JobLog",
         AgentMessage::JobFinished(_) => "JobFinished",
+        AgentMessage::Draining => "Draining",
     }
 }

@@ -1,36 +1,33 @@
-//! One build from request to index: validate, one job per platform on an agent that declares
-//! it, verify every pushed digest, publish the index only if all platforms succeeded.
+//! One build from request to index: validate, persist, one job per platform on an agent that
+//! declares it, retry lost or failed attempts elsewhere, verify every pushed digest, publish the
+//! index only if all platforms succeeded. Every step is in the store before it is acted on, so
+//! a restarted coordinator resumes the build ([`resume`]).
 
-use crate::farm::{AgentHandle, Farm};
-use crate::publish;
+use crate::farm::AgentHandle;
+use crate::live::Live;
+use crate::publish::{self, VerifyError};
+use crate::scheduler::Standing;
 use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
-use archfarm_shared::oci::Child;
+use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::protocol::{
-    AgentMessage, BuildEvent, BuildRequest, CoordinatorMessage, FailureKind, JobFailure,
-    JobOutcome, JobSpec, PlatformResult, PushedImage,
+    AgentMessage, BuildEvent, BuildRequest, BuildState, CoordinatorMessage, FailureKind,
+    JobFailure, JobOutcome, JobSpec, JobState, PlatformResult, PushedImage,
 };
 use archfarm_shared::registry::{self, ImageReference, Registry};
-use archfarm_shared::{platform, BuildId, JobId, Platform};
+use archfarm_shared::{platform, AgentName, BuildId, JobId, Platform};
 use futures_util::future::join_all;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
-use tracing::{info, info_span, warn, Instrument};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
 
 /// Lines of a failing step's output kept for the error message.
 pub const LOG_TAIL: usize = 20;
-
-/// Starts a build; its events arrive on the returned channel, ending with `Published` or
-/// `Failed`. The build runs to its end even if the receiver is dropped.
-pub fn start(shared: Arc<Shared>, req: BuildRequest) -> mpsc::Receiver<BuildEvent> {
-    let (tx, rx) = mpsc::channel(1024);
-    let id = BuildId::random();
-    let span = info_span!("build", build = %id);
-    tokio::spawn(run(shared, req, id, tx).instrument(span));
-    rx
-}
+/// Stream error code the coordinator resets a job stream with to cancel the job.
+pub const STREAM_CANCEL: u32 = 1;
 
 struct Plan {
     repo: ImageReference,
@@ -38,7 +35,7 @@ struct Plan {
     registry: Registry,
 }
 
-fn validate(shared: &Shared, req: &BuildRequest) -> Result<Plan, String> {
+fn plan(req: &BuildRequest) -> Result<Plan, String> {
     if req.platforms.is_empty() {
         return Err(
             "no platform requested: pass --platform, for example linux/amd64,linux/arm64".into(),
@@ -82,16 +79,6 @@ fn validate(shared: &Shared, req: &BuildRequest) -> Result<Plan, String> {
             req.dockerfile
         ));
     }
-    if !shared.contexts.contains(&req.context) {
-        return Err(format!(
-            "build context {} is not on the coordinator; upload it first",
-            req.context
-        ));
-    }
-    shared
-        .farm
-        .check(&req.platforms)
-        .map_err(|e| e.to_string())?;
     let repo = ImageReference::with_tag(
         tags[0].registry().to_owned(),
         tags[0].repository().to_owned(),
@@ -104,24 +91,151 @@ fn validate(shared: &Shared, req: &BuildRequest) -> Result<Plan, String> {
     })
 }
 
-async fn run(shared: Arc<Shared>, req: BuildRequest, id: BuildId, tx: mpsc::Sender<BuildEvent>) {
-    let plan = match validate(&shared, &req) {
-        Ok(plan) => plan,
-        Err(reason) => {
-            info!(reason = %reason, "build refused");
-            let _ = tx.send(BuildEvent::Failed { reason }).await;
-            return;
-        }
-    };
-    let _ = tx.send(BuildEvent::Accepted { build: id.clone() }).await;
-    info!(platforms = %platform::list(&req.platforms), tags = %req.tags.join(","), "build accepted");
-
-    let jobs = req
+/// Accepts a new build: checks it, records it, starts it. The receiver is subscribed before
+/// the build starts, so it sees every event from `Accepted` on.
+pub fn submit(
+    shared: &Arc<Shared>,
+    req: BuildRequest,
+) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
+    plan(&req)?;
+    if !shared.contexts.contains(&req.context) {
+        return Err(format!(
+            "build context {} is not on the coordinator; upload it first",
+            req.context
+        ));
+    }
+    shared
+        .farm
+        .check(&req.platforms)
+        .map_err(|e| e.to_string())?;
+    let id = BuildId::random();
+    let jobs: Vec<(JobId, Platform)> = req
         .platforms
         .iter()
-        .map(|p| run_platform(&shared, &plan, &id, &req, p.clone(), &tx));
-    let results = join_all(jobs).await;
+        .map(|p| (JobId::random(), p.clone()))
+        .collect();
+    shared
+        .store
+        .create_build(&id, &req, &jobs)
+        .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
+    let live = shared.live.start(&id);
+    let rx = live.events.subscribe();
+    spawn(shared.clone(), id.clone(), req, live);
+    Ok((id, rx))
+}
 
+/// Resumes a build found unfinished in the store after a restart. Verified platforms are kept;
+/// the others run again.
+pub fn resume(shared: &Arc<Shared>, id: &BuildId) -> Result<(), String> {
+    let req = shared
+        .store
+        .request(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("build {id} is not in the store"))?;
+    let live = shared.live.start(id);
+    info!(build = %id, "resuming build after restart");
+    spawn(shared.clone(), id.clone(), req, live);
+    Ok(())
+}
+
+fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
+    let span = info_span!("build", build = %id);
+    tokio::spawn(
+        async move {
+            let end = run(&shared, &id, &req, &live).await;
+            // Persisted first, then announced.
+            let (state, index, error) = match &end {
+                BuildEvent::Published { index, .. } => (BuildState::Published, Some(index), None),
+                BuildEvent::Failed { reason } if live.cancel.is_cancelled() => {
+                    (BuildState::Cancelled, None, Some(reason.as_str()))
+                }
+                BuildEvent::Failed { reason } => (BuildState::Failed, None, Some(reason.as_str())),
+                _ => unreachable!("run ends with Published or Failed"),
+            };
+            if let Err(e) = shared.store.set_build_state(&id, state, index, error) {
+                error!("cannot record the end of the build: {e}");
+            }
+            live.emit(end);
+            shared.live.end(&id);
+        }
+        .instrument(span),
+    );
+}
+
+async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live) -> BuildEvent {
+    let plan = match plan(req) {
+        Ok(p) => p,
+        Err(reason) => return BuildEvent::Failed { reason },
+    };
+    live.emit(BuildEvent::Accepted { build: id.clone() });
+    info!(platforms = %platform::list(&req.platforms), tags = %req.tags.join(","), "build running");
+    let jobs = match shared.store.jobs(id) {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            return BuildEvent::Failed {
+                reason: e.to_string(),
+            }
+        }
+    };
+    let work = jobs.into_iter().map(|job| {
+        let plan = &plan;
+        async move {
+            if let (JobState::Verified, Some((digest, media_type, size)), Some(agent)) =
+                (job.state, &job.verified, &job.agent)
+            {
+                let result = PlatformResult {
+                    platform: job.platform.clone(),
+                    digest: digest.clone(),
+                    agent: agent.clone(),
+                    duration_ms: job.duration_ms.unwrap_or(0),
+                };
+                live.emit(BuildEvent::PlatformDone(result.clone()));
+                let manifest = Blob {
+                    media_type: media_type.clone(),
+                    digest: digest.clone(),
+                    size: *size,
+                };
+                return Ok((
+                    Child {
+                        platform: job.platform,
+                        manifest,
+                    },
+                    result,
+                ));
+            }
+            if job.state == JobState::Running {
+                // Its attempt was cut off by the coordinator's restart.
+                let _ = shared.store.finish_attempt(
+                    &job.job,
+                    job.attempts,
+                    "lost",
+                    "the coordinator restarted",
+                );
+            }
+            let spec = JobSpec {
+                job: job.job.clone(),
+                build: id.clone(),
+                platform: job.platform.clone(),
+                context: req.context.clone(),
+                dockerfile: req.dockerfile.clone(),
+                build_args: req.build_args.clone(),
+                target: req.target.clone(),
+                labels: req.labels.clone(),
+                repository: registry::repository_of(&plan.repo),
+                attempt: job.attempts,
+            };
+            run_platform(shared, plan, spec, live).await
+        }
+    });
+    let results = tokio::select! {
+        results = join_all(work) => results,
+        () = live.cancel.cancelled() => {
+            for job in shared.store.jobs(id).unwrap_or_default() {
+                let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled");
+            }
+            return BuildEvent::Failed { reason: "the build was cancelled; nothing was published".into() };
+        }
+    };
     let mut children = Vec::new();
     let mut verified = Vec::new();
     let mut failures = Vec::new();
@@ -135,125 +249,347 @@ async fn run(shared: Arc<Shared>, req: BuildRequest, id: BuildId, tx: mpsc::Send
         }
     }
     if !failures.is_empty() {
-        let reason = format!("nothing was published:\n{}", failures.join("\n"));
         warn!("build failed");
-        let _ = tx.send(BuildEvent::Failed { reason }).await;
-        return;
+        return BuildEvent::Failed {
+            reason: format!("nothing was published:\n{}", failures.join("\n")),
+        };
     }
+    let _ = shared
+        .store
+        .set_build_state(id, BuildState::Publishing, None, None);
     match publish::publish(&plan.registry, &plan.tags, &children).await {
         Ok(index) => {
             info!(index = %index, "index published");
-            let _ = tx
-                .send(BuildEvent::Published {
-                    index,
-                    tags: req.tags.clone(),
-                    platforms: verified,
-                })
-                .await;
+            BuildEvent::Published {
+                index,
+                tags: req.tags.clone(),
+                platforms: verified,
+            }
         }
         Err(e) => {
             warn!("publishing failed: {e}");
-            let reason =
-                format!("every platform was verified but publishing the index failed: {e}");
-            let _ = tx.send(BuildEvent::Failed { reason }).await;
+            BuildEvent::Failed {
+                reason: format!(
+                    "every platform was verified, but publishing the index failed: {e}. The verified images are kept: \
+                     `archfarm builds publish {id}` publishes them without rebuilding"
+                ),
+            }
         }
     }
 }
 
-/// Gives a job's slot back however the job ends.
-struct Slot<'a> {
-    farm: &'a Farm,
-    job: JobId,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.farm.release(&self.job);
+/// Publishes the index of a build whose platforms are all verified, without rebuilding.
+/// Publishing a published build again writes the same bytes: harmless.
+pub async fn republish(shared: &Shared, id: &BuildId) -> Result<archfarm_shared::Digest, String> {
+    let req = shared
+        .store
+        .request(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no build {id}"))?;
+    if shared.live.get(id).is_some() {
+        return Err(format!(
+            "build {id} is still running; it publishes on its own when every platform is verified"
+        ));
     }
+    let plan = plan(&req)?;
+    let mut children = Vec::new();
+    for job in shared.store.jobs(id).map_err(|e| e.to_string())? {
+        match (job.state, job.verified) {
+            (JobState::Verified, Some((digest, media_type, size))) => children.push(Child {
+                platform: job.platform,
+                manifest: Blob {
+                    media_type,
+                    digest,
+                    size,
+                },
+            }),
+            (state, _) => {
+                return Err(format!(
+                    "{} of build {id} is {state}, not verified: start a new build",
+                    job.platform
+                ))
+            }
+        }
+    }
+    let index = publish::publish(&plan.registry, &plan.tags, &children).await?;
+    shared
+        .store
+        .set_build_state(id, BuildState::Published, Some(&index), None)
+        .map_err(|e| e.to_string())?;
+    info!(build = %id, index = %index, "index published on request");
+    Ok(index)
 }
 
-/// Runs one platform: agent, build, verification. On failure returns a one-paragraph summary.
+/// How an attempt ended, for the retry decision.
+enum Attempt {
+    Verified(Child, PlatformResult),
+    /// The Dockerfile itself failed: running it again elsewhere gives the same answer.
+    Final(JobFailure),
+    /// The agent or its path failed: try again, elsewhere if possible.
+    Retry {
+        outcome: &'static str,
+        failure: JobFailure,
+        blame: bool,
+    },
+}
+
+/// Runs one platform to a verified image, retrying lost and failed attempts on other agents up
+/// to the configured limit. On failure returns a one-paragraph summary.
 async fn run_platform(
     shared: &Shared,
     plan: &Plan,
-    build: &BuildId,
-    req: &BuildRequest,
-    platform: Platform,
-    tx: &mpsc::Sender<BuildEvent>,
+    mut spec: JobSpec,
+    live: &Live,
 ) -> Result<(Child, PlatformResult), String> {
-    let job = JobId::random();
-    let slot = Slot {
-        farm: &shared.farm,
-        job: job.clone(),
-    };
-    let agent = match shared.farm.acquire(job.clone(), platform.clone()).await {
-        Ok(agent) => agent,
-        Err(e) => {
+    let max = shared.settings.max_attempts;
+    let platform = spec.platform.clone();
+    let started = Instant::now();
+    let mut avoid: Vec<AgentName> = Vec::new();
+    let mut last: Option<(Option<AgentName>, JobFailure)> = None;
+    while spec.attempt < max {
+        spec.attempt += 1;
+        let agent = match shared
+            .farm
+            .acquire(&spec.job, &platform, avoid.clone())
+            .await
+        {
+            Ok(agent) => agent,
+            Err(e) => {
+                let failure = JobFailure {
+                    kind: FailureKind::AgentLost,
+                    message: e.to_string(),
+                    log_tail: vec![],
+                };
+                last = Some((None, failure));
+                break;
+            }
+        };
+        let slot = Slot {
+            shared,
+            job: spec.job.clone(),
+        };
+        if let Err(e) = shared
+            .store
+            .start_attempt(&spec.job, spec.attempt, &agent.name)
+        {
+            error!("cannot record an attempt: {e}");
             let failure = JobFailure {
                 kind: FailureKind::AgentLost,
                 message: e.to_string(),
                 log_tail: vec![],
             };
-            return Err(fail(tx, &platform, None, failure).await);
+            return Err(fail(shared, live, &spec, Some(&agent.name), failure));
         }
-    };
-    info!(job = %job, platform = %platform, agent = %agent.name, "job assigned");
-    let _ = tx
-        .send(BuildEvent::Started {
+        info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
+        live.emit(BuildEvent::Started {
             platform: platform.clone(),
             agent: agent.name.clone(),
-        })
-        .await;
-    let started = Instant::now();
-    let spec = JobSpec {
-        job: job.clone(),
-        build: build.clone(),
-        platform: platform.clone(),
-        context: req.context.clone(),
-        dockerfile: req.dockerfile.clone(),
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
-        labels: req.labels.clone(),
-        repository: registry::repository_of(&plan.repo),
-    };
-    let pushed = run_on_agent(&agent, spec, tx, shared.settings.max_frame).await;
-    drop(slot);
-    let pushed = match pushed {
+        });
+        let attempt = attempt(shared, plan, &agent, &spec, live, started).await;
+        drop(slot);
+        match attempt {
+            Attempt::Verified(child, result) => {
+                let _ = shared.store.finish_attempt(
+                    &spec.job,
+                    spec.attempt,
+                    "pushed",
+                    result.digest.as_str(),
+                );
+                let _ = shared.store.agent_succeeded(&agent.name);
+                if let Err(e) = shared.store.job_verified(
+                    &spec.job,
+                    &result.digest,
+                    &child.manifest.media_type,
+                    child.manifest.size,
+                    &agent.name,
+                    result.duration_ms,
+                ) {
+                    error!("cannot record a verified digest: {e}");
+                }
+                info!(platform = %platform, digest = %result.digest, "platform verified");
+                live.emit(BuildEvent::PlatformDone(result.clone()));
+                return Ok((child, result));
+            }
+            Attempt::Final(failure) => {
+                let _ = shared.store.finish_attempt(
+                    &spec.job,
+                    spec.attempt,
+                    "failed",
+                    &failure.message,
+                );
+                return Err(fail(shared, live, &spec, Some(&agent.name), failure));
+            }
+            Attempt::Retry {
+                outcome,
+                failure,
+                blame,
+            } => {
+                let _ =
+                    shared
+                        .store
+                        .finish_attempt(&spec.job, spec.attempt, outcome, &failure.message);
+                let _ = shared.store.requeue(&spec.job);
+                if blame {
+                    count_failure(shared, &agent.name, outcome, &failure.message);
+                }
+                warn!(platform = %platform, agent = %agent.name, attempt = spec.attempt, "attempt ended without an image: {}", failure.message);
+                if spec.attempt < max {
+                    live.emit(BuildEvent::Retrying {
+                        platform: platform.clone(),
+                        agent: agent.name.clone(),
+                        reason: failure.message.clone(),
+                        next_attempt: spec.attempt + 1,
+                    });
+                }
+                avoid.push(agent.name.clone());
+                last = Some((Some(agent.name.clone()), failure));
+            }
+        }
+    }
+    let (agent, mut failure) = last.unwrap_or_else(|| {
+        (
+            None,
+            JobFailure {
+                kind: FailureKind::AgentLost,
+                message: format!("no attempts left (limit {max})"),
+                log_tail: vec![],
+            },
+        )
+    });
+    if spec.attempt >= max {
+        failure.message = format!(
+            "gave up after {} attempts; the last: {}",
+            spec.attempt, failure.message
+        );
+    }
+    Err(fail(shared, live, &spec, agent.as_ref(), failure))
+}
+
+/// One attempt: run on the agent, then verify what it pushed.
+async fn attempt(
+    shared: &Shared,
+    plan: &Plan,
+    agent: &AgentHandle,
+    spec: &JobSpec,
+    live: &Live,
+    started: Instant,
+) -> Attempt {
+    let pushed = match run_on_agent(agent, spec.clone(), live, shared.settings.max_frame).await {
         Ok(p) => p,
-        Err(failure) => return Err(fail(tx, &platform, Some(&agent), failure).await),
+        Err(failure) => {
+            return match failure.kind {
+                FailureKind::Build => Attempt::Final(failure),
+                FailureKind::AgentLost => Attempt::Retry {
+                    outcome: "lost",
+                    failure,
+                    blame: false,
+                },
+                FailureKind::Cancelled => Attempt::Retry {
+                    outcome: "cancelled",
+                    failure,
+                    blame: false,
+                },
+                _ => Attempt::Retry {
+                    outcome: "failed",
+                    failure,
+                    blame: true,
+                },
+            };
+        }
     };
-    match publish::verify(&plan.registry, &plan.repo, &platform, &agent.name, &pushed).await {
+    match publish::verify(
+        &plan.registry,
+        &plan.repo,
+        &spec.platform,
+        &agent.name,
+        &pushed,
+    )
+    .await
+    {
         Ok(child) => {
             let result = PlatformResult {
-                platform: platform.clone(),
+                platform: spec.platform.clone(),
                 digest: child.manifest.digest.clone(),
                 agent: agent.name.clone(),
                 duration_ms: started.elapsed().as_millis() as u64,
             };
-            info!(platform = %platform, digest = %result.digest, "platform verified");
-            let _ = tx.send(BuildEvent::PlatformDone(result.clone())).await;
-            Ok((child, result))
+            Attempt::Verified(child, result)
         }
-        Err(message) => {
+        Err(VerifyError::Wrong(message)) => {
+            quarantine(shared, &agent.name, &message);
             let failure = JobFailure {
                 kind: FailureKind::Verification,
                 message,
                 log_tail: vec![],
             };
-            Err(fail(tx, &platform, Some(&agent), failure).await)
+            Attempt::Retry {
+                outcome: "wrong-image",
+                failure,
+                blame: false,
+            }
+        }
+        Err(VerifyError::Unavailable(message)) => {
+            let failure = JobFailure {
+                kind: FailureKind::Verification,
+                message,
+                log_tail: vec![],
+            };
+            Attempt::Retry {
+                outcome: "unverified",
+                failure,
+                blame: false,
+            }
         }
     }
 }
 
-async fn fail(
-    tx: &mpsc::Sender<BuildEvent>,
-    platform: &Platform,
-    agent: Option<&AgentHandle>,
+fn quarantine(shared: &Shared, agent: &AgentName, reason: &str) {
+    warn!(agent = %agent, "quarantining agent: {reason}");
+    if let Err(e) = shared.store.quarantine(agent, reason) {
+        error!("cannot record the quarantine: {e}");
+    }
+    shared
+        .farm
+        .set_standing(agent, Standing::Quarantined(reason.to_owned()));
+}
+
+fn count_failure(shared: &Shared, agent: &AgentName, outcome: &str, message: &str) {
+    match shared.store.agent_failed(agent) {
+        Ok(n) if n >= shared.settings.quarantine_after => {
+            quarantine(
+                shared,
+                agent,
+                &format!("{n} jobs in a row {outcome}; the last: {message}"),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => error!("cannot record an agent failure: {e}"),
+    }
+}
+
+/// Gives a job's slot back however the attempt ends.
+struct Slot<'a> {
+    shared: &'a Shared,
+    job: JobId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.farm.release(&self.job);
+    }
+}
+
+fn fail(
+    shared: &Shared,
+    live: &Live,
+    spec: &JobSpec,
+    agent: Option<&AgentName>,
     failure: JobFailure,
 ) -> String {
+    let platform = &spec.platform;
     let who = agent.map_or_else(
         || "before reaching an agent".to_owned(),
-        |a| format!("on agent {}", a.name),
+        |a| format!("on agent {a}"),
     );
     let mut summary = format!(
         "  {platform} failed {who} ({}): {}",
@@ -267,21 +603,26 @@ async fn fail(
         }
     }
     warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
-    let _ = tx
-        .send(BuildEvent::PlatformFailed {
-            platform: platform.clone(),
-            agent: agent.map(|a| a.name.clone()),
-            failure,
-        })
-        .await;
+    if let Err(e) = shared
+        .store
+        .job_ended(&spec.job, JobState::Failed, &failure.message)
+    {
+        error!("cannot record a failed job: {e}");
+    }
+    live.emit(BuildEvent::PlatformFailed {
+        platform: platform.clone(),
+        agent: agent.cloned(),
+        failure,
+    });
     summary
 }
 
-/// Sends the job to the agent on a new stream and follows its log to the result.
+/// Sends the job to the agent on a new stream and follows its log to the result. Cancelling
+/// the build resets the stream, which stops the job on the agent.
 async fn run_on_agent(
     agent: &AgentHandle,
     spec: JobSpec,
-    tx: &mpsc::Sender<BuildEvent>,
+    live: &Live,
     max: u32,
 ) -> Result<PushedImage, JobFailure> {
     let platform = spec.platform.clone();
@@ -308,15 +649,23 @@ async fn run_on_agent(
     {
         return Err(lost(on_codec_error(&agent.conn, &e, "job stream"), &tail));
     }
+    let cancel: CancellationToken = live.cancel.clone();
     loop {
-        match codec::read_msg::<_, AgentMessage>(&mut recv, max).await {
+        let msg = tokio::select! {
+            msg = codec::read_msg::<_, AgentMessage>(&mut recv, max) => msg,
+            () = cancel.cancelled() => {
+                let _ = send.reset(STREAM_CANCEL.into());
+                let _ = recv.stop(STREAM_CANCEL.into());
+                return Err(JobFailure { kind: FailureKind::Cancelled, message: "cancelled".into(), log_tail: vec![] });
+            }
+        };
+        match msg {
             Ok(Some(AgentMessage::JobLog { line })) => {
                 if tail.len() == LOG_TAIL {
                     tail.pop_front();
                 }
                 tail.push_back(line.clone());
-                // Logs are best effort: a slow client must not stall the build.
-                let _ = tx.try_send(BuildEvent::Log {
+                live.emit(BuildEvent::Log {
                     platform: platform.clone(),
                     line,
                 });

@@ -2,7 +2,10 @@
 
 use crate::client::agents::Format;
 use crate::client::build::BuildArgs;
+use crate::client::follow::OnInterrupt;
+use crate::client::progress::Mode;
 use crate::client::Remote;
+use archfarm_shared::BuildId;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -27,6 +30,12 @@ pub enum Command {
     },
     /// Build an image for several platforms, each natively on an agent, and push one index.
     Build(Box<BuildArgs>),
+    /// Build history, and acting on one build.
+    Builds {
+        /// What to do with builds.
+        #[command(subcommand)]
+        command: BuildsCommand,
+    },
     /// Inspect the farm's agents.
     Agents {
         /// What to do with agents.
@@ -58,6 +67,64 @@ pub enum AgentsCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+}
+
+/// `archfarm builds ...`
+#[derive(Debug, Subcommand)]
+pub enum BuildsCommand {
+    /// List recent builds, newest first.
+    Ls {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one build: each platform's state, agent, attempts, digest and error.
+    Show {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Build id (b-...).
+        build: BuildId,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Follow a build to its end (reattach after Ctrl-C or a coordinator restart).
+    Watch {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Build id.
+        build: BuildId,
+        /// Progress output.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: Mode,
+        /// What Ctrl-C does: ask, detach or cancel.
+        #[arg(long, value_enum, default_value = "ask")]
+        on_interrupt: OnInterrupt,
+    },
+    /// Publish the index of a build whose platforms are all verified, without rebuilding.
+    Publish {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Build id.
+        build: BuildId,
+    },
+    /// Cancel a running build: its jobs stop on the agents and nothing is published.
+    Cancel {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Build id.
+        build: BuildId,
     },
 }
 

@@ -3,10 +3,13 @@
 use crate::build;
 use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
-use archfarm_shared::protocol::{close, BuildEvent, ClientRequest, ClientResponse};
+use archfarm_shared::protocol::{
+    close, BuildEvent, BuildState, BuildSummary, ClientRequest, ClientResponse,
+};
 use archfarm_shared::tls;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,30 +108,135 @@ async fn request(
                 Err(message) => ClientResponse::Error { message },
             }
         }
-        ClientRequest::Build(req) => {
-            let mut events = build::start(shared.clone(), req);
-            let mut attached = true;
-            while let Some(event) = events.recv().await {
-                let last = matches!(
-                    event,
-                    BuildEvent::Published { .. } | BuildEvent::Failed { .. }
-                );
-                // A client that goes away detaches; the build runs on to its end.
-                if attached
-                    && codec::write_msg(&mut send, &ClientResponse::Build(event), max)
-                        .await
-                        .is_err()
-                {
-                    attached = false;
+        ClientRequest::Build(req) => match build::submit(&shared, req) {
+            Ok((_, events)) => return follow(events, send, max).await,
+            Err(reason) => ClientResponse::Build(BuildEvent::Failed { reason }),
+        },
+        ClientRequest::ListBuilds { limit } => match shared.store.list(limit.min(1000)) {
+            Ok(builds) => ClientResponse::Builds(builds),
+            Err(e) => ClientResponse::Error {
+                message: e.to_string(),
+            },
+        },
+        ClientRequest::ShowBuild { build } => match shared.store.detail(&build) {
+            Ok(Some(detail)) => ClientResponse::BuildDetail(detail),
+            Ok(None) => unknown(&build),
+            Err(e) => ClientResponse::Error {
+                message: e.to_string(),
+            },
+        },
+        ClientRequest::WatchBuild { build } => {
+            // Subscribe before reading the snapshot, so no event falls between the two.
+            let events = shared.live.get(&build).map(|live| live.events.subscribe());
+            let detail = match shared.store.detail(&build) {
+                Ok(Some(detail)) => detail,
+                Ok(None) => return respond(send, unknown(&build), max).await,
+                Err(e) => {
+                    return respond(
+                        send,
+                        ClientResponse::Error {
+                            message: e.to_string(),
+                        },
+                        max,
+                    )
+                    .await
                 }
-                if last {
-                    break;
+            };
+            let summary = detail.summary.clone();
+            if codec::write_msg(&mut send, &ClientResponse::BuildDetail(detail), max)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match events {
+                Some(events) if !summary.state.is_final() => {
+                    return follow(events, send, max).await
+                }
+                _ => ClientResponse::Build(final_event(&summary)),
+            }
+        }
+        ClientRequest::PublishBuild { build } => match build::republish(&shared, &build).await {
+            Ok(index) => ClientResponse::Done {
+                message: format!("published index {index} for build {build}"),
+            },
+            Err(message) => ClientResponse::Error { message },
+        },
+        ClientRequest::CancelBuild { build } => match shared.live.get(&build) {
+            Some(live) => {
+                info!(build = %build, "cancelling build on request");
+                live.cancel.cancel();
+                ClientResponse::Done {
+                    message: format!("build {build} cancelled; its jobs are being stopped"),
                 }
             }
-            let _ = send.finish();
-            return;
-        }
+            None => match shared.store.detail(&build) {
+                Ok(Some(d)) => ClientResponse::Error {
+                    message: format!("build {build} already ended: {}", d.summary.state),
+                },
+                Ok(None) => unknown(&build),
+                Err(e) => ClientResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+        },
     };
+    respond(send, response, max).await;
+}
+
+async fn respond(mut send: quinn::SendStream, response: ClientResponse, max: u32) {
     let _ = codec::write_msg(&mut send, &response, max).await;
+    let _ = send.finish();
+}
+
+fn unknown(build: &archfarm_shared::BuildId) -> ClientResponse {
+    ClientResponse::Error {
+        message: format!("no build {build} on this coordinator (`archfarm builds ls` lists them)"),
+    }
+}
+
+/// The last event of a build that already ended, rebuilt from the store.
+fn final_event(summary: &BuildSummary) -> BuildEvent {
+    match (&summary.state, &summary.index) {
+        (BuildState::Published, Some(index)) => BuildEvent::Published {
+            index: index.clone(),
+            tags: summary.tags.clone(),
+            platforms: vec![],
+        },
+        _ => BuildEvent::Failed {
+            reason: summary
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("the build is {}", summary.state)),
+        },
+    }
+}
+
+/// Forwards a build's events until its last one. A client that goes away detaches; the build
+/// runs on to its end.
+async fn follow(
+    mut events: broadcast::Receiver<BuildEvent>,
+    mut send: quinn::SendStream,
+    max: u32,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // A slow client misses old log lines, never the end.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let last = matches!(
+            event,
+            BuildEvent::Published { .. } | BuildEvent::Failed { .. }
+        );
+        if codec::write_msg(&mut send, &ClientResponse::Build(event), max)
+            .await
+            .is_err()
+            || last
+        {
+            break;
+        }
+    }
     let _ = send.finish();
 }

@@ -1,12 +1,13 @@
 //! The live farm: connected agents, the scheduler, and jobs waiting for an agent. A thin,
-//! lock-protected shell around [`Scheduler`]: every decision is the scheduler's.
+//! lock-protected shell around [`Scheduler`]: every placement decision is the scheduler's.
 
-use crate::scheduler::{NoAgent, Scheduler};
+use crate::scheduler::{NoAgent, Scheduler, Standing};
 use archfarm_shared::protocol::{AgentInfo, Registration};
 use archfarm_shared::{AgentName, JobId, Platform};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// A connected agent, as jobs see it.
@@ -25,12 +26,17 @@ pub struct AgentHandle {
 /// Why a job could not get an agent.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AcquireError {
-    /// The last agent of the job's platform left while it waited.
-    #[error("the last agent building {0} left the farm before the job could start")]
-    Stranded(Platform),
+    /// No active agent declaring the platform was connected for the whole grace period.
+    #[error("no agent building {platform} has been connected for {} s (was it stopped, cut off or quarantined?)", waited.as_secs())]
+    NoAgent {
+        /// The platform.
+        platform: Platform,
+        /// How long we waited.
+        waited: Duration,
+    },
 }
 
-type Waiter = (Platform, oneshot::Sender<Result<AgentHandle, AcquireError>>);
+type Waiter = oneshot::Sender<AgentHandle>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -40,25 +46,29 @@ struct State {
 }
 
 /// Shared farm state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Farm {
     state: Mutex<State>,
+    agent_wait: Duration,
 }
 
 impl Farm {
-    /// An empty farm.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// An empty farm. A queued job whose platform no agent serves fails after `agent_wait`.
+    pub fn new(agent_wait: Duration) -> Arc<Self> {
+        Arc::new(Farm {
+            state: Mutex::default(),
+            agent_wait,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data (every update is one call).
+        // Every update is one call under the lock, so a poisoned lock still holds consistent data.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a registered agent. An agent of the same name still connected is refused: two
     /// hosts must not share a certificate.
-    pub fn register(&self, agent: AgentHandle) -> Result<(), String> {
+    pub fn register(&self, agent: AgentHandle, standing: Standing) -> Result<(), String> {
         let mut st = self.lock();
         if let Some(old) = st.agents.get(&agent.name) {
             if old.conn.close_reason().is_none() {
@@ -69,55 +79,82 @@ impl Farm {
                 ));
             }
         }
+        let r = &agent.registration;
         st.scheduler.add_agent(
             agent.name.clone(),
-            agent.registration.platforms.clone(),
-            agent.registration.capacity,
+            r.platforms.clone(),
+            r.capacity,
+            standing,
         );
         st.agents.insert(agent.name.clone(), agent);
         dispatch(&mut st);
         Ok(())
     }
 
-    /// Removes an agent's connection (only if it is still the registered one). Jobs waiting for
-    /// a platform no agent builds any more fail.
+    /// Removes an agent's connection (only if it is still the registered one).
     pub fn unregister(&self, name: &AgentName, conn_id: usize) {
         let mut st = self.lock();
         if st.agents.get(name).map(|a| a.conn.stable_id()) != Some(conn_id) {
             return;
         }
         st.agents.remove(name);
-        let removed = st.scheduler.remove_agent(name);
-        for job in removed.stranded {
-            if let Some((platform, tx)) = st.waiting.remove(&job) {
-                let _ = tx.send(Err(AcquireError::Stranded(platform)));
-            }
-        }
+        st.scheduler.remove_agent(name);
         dispatch(&mut st);
     }
 
-    /// Refuses platforms no connected agent declares.
+    /// Changes what an agent may be given (quarantine, drain).
+    pub fn set_standing(&self, name: &AgentName, standing: Standing) {
+        let mut st = self.lock();
+        st.scheduler.set_standing(name, standing);
+        dispatch(&mut st);
+    }
+
+    /// Refuses platforms no connected, active agent declares.
     pub fn check(&self, platforms: &[Platform]) -> Result<(), NoAgent> {
         self.lock().scheduler.check(platforms)
     }
 
-    /// Waits for an agent to run `job`. Dropping the future before it resolves gives the slot
-    /// back (see [`Farm::release`]).
+    /// Waits for an agent to run `job`, avoiding `avoid` if another agent can build it. Fails
+    /// when no agent for the platform has been connected for the farm's grace period. Dropping
+    /// the future before it resolves is fine: call [`Farm::release`].
     pub async fn acquire(
         &self,
-        job: JobId,
-        platform: Platform,
+        job: &JobId,
+        platform: &Platform,
+        avoid: Vec<AgentName>,
     ) -> Result<AgentHandle, AcquireError> {
-        let rx = {
+        let mut rx = {
             let mut st = self.lock();
             let (tx, rx) = oneshot::channel();
-            st.waiting.insert(job.clone(), (platform.clone(), tx));
-            st.scheduler.enqueue(job, platform);
+            st.waiting.insert(job.clone(), tx);
+            st.scheduler.enqueue(job.clone(), platform.clone(), avoid);
             dispatch(&mut st);
             rx
         };
-        rx.await
-            .unwrap_or_else(|_| unreachable!("the farm never drops a waiter without answering"))
+        let mut unserved_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                handle = &mut rx => return Ok(handle.unwrap_or_else(|_| unreachable!("waiters are answered or removed under the lock"))),
+                () = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if self.lock().scheduler.serves(platform) {
+                        unserved_since = None;
+                        continue;
+                    }
+                    let since = *unserved_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.agent_wait {
+                        let mut st = self.lock();
+                        st.waiting.remove(job);
+                        st.scheduler.cancel(job);
+                        drop(st);
+                        // Dispatched between the check and the lock: take it after all.
+                        if let Ok(handle) = rx.try_recv() {
+                            return Ok(handle);
+                        }
+                        return Err(AcquireError::NoAgent { platform: platform.clone(), waited: self.agent_wait });
+                    }
+                }
+            }
+        }
     }
 
     /// Gives back the slot of a finished (or abandoned) job.
@@ -127,6 +164,11 @@ impl Farm {
         st.scheduler.cancel(job);
         st.scheduler.finish(job);
         dispatch(&mut st);
+    }
+
+    /// The connection of a connected agent.
+    pub fn connection(&self, name: &AgentName) -> Option<quinn::Connection> {
+        self.lock().agents.get(name).map(|a| a.conn.clone())
     }
 
     /// Connected agents for `archfarm agents ls`, sorted by name.
@@ -140,11 +182,17 @@ impl Farm {
                     .scheduler
                     .load(&a.name)
                     .unwrap_or((0, a.registration.capacity));
+                let state = match st.scheduler.standing(&a.name) {
+                    Some(Standing::Quarantined(why)) => format!("quarantined: {why}"),
+                    Some(Standing::Draining) => "draining".to_owned(),
+                    _ if running >= capacity => "busy".to_owned(),
+                    _ => "ready".to_owned(),
+                };
                 AgentInfo {
                     name: a.name.clone(),
                     address: a.address.to_string(),
                     platforms: a.registration.platforms.clone(),
-                    state: if running >= capacity { "busy" } else { "ready" }.to_owned(),
+                    state,
                     running,
                     capacity,
                     engine_version: a.registration.engine_version.clone(),
@@ -160,8 +208,8 @@ fn dispatch(st: &mut State) {
     for assignment in st.scheduler.dispatch() {
         let handle = st.agents.get(&assignment.agent).cloned();
         match (st.waiting.remove(&assignment.job), handle) {
-            (Some((_, tx)), Some(handle)) => {
-                if tx.send(Ok(handle)).is_err() {
+            (Some(tx), Some(handle)) => {
+                if tx.send(handle).is_err() {
                     // The build went away while queued: free the slot at once.
                     st.scheduler.finish(&assignment.job);
                 }

@@ -7,8 +7,10 @@
 //! - [`agent_session`]: one agent's connection: identity, registration, heartbeats, context fetches.
 //! - [`client_session`]: one client's connection: token check, then one request per stream.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
+//! - [`live`]: running builds: their event channels and cancellation.
 //! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
-//! - [`build`]: one build from request to published index.
+//! - [`store`]: durable state in SQLite (the only user of rusqlite).
+//! - [`build`]: one build from request to published index: retries, failover, resume.
 //! - [`publish`]: verifying pushed images in the registry and publishing the index.
 //! - [`auth`]: client token checks.
 //! - [`ca`]: creating the farm CA and issuing certificates.
@@ -22,8 +24,10 @@ pub mod cli;
 pub mod client;
 pub mod client_session;
 pub mod farm;
+pub mod live;
 pub mod publish;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 pub use server::run;

@@ -4,6 +4,9 @@
 //! the least-loaded such agent with a free slot (load = running / capacity). A build whose
 //! platforms some agent declares is accepted even when those agents are busy; a build asking
 //! for a platform no agent declares is refused at once.
+//!
+//! Quarantined and draining agents get no new jobs. A retried job avoids the agents its earlier
+//! attempts were lost or failed on, unless no other agent declares its platform.
 
 use archfarm_shared::platform::{self, Platform};
 use archfarm_shared::{AgentName, JobId};
@@ -25,6 +28,17 @@ pub struct NoAgent {
     pub available: Vec<Platform>,
 }
 
+/// What an agent may be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Takes jobs.
+    Active,
+    /// Finishing what it runs before it exits; takes no new jobs.
+    Draining,
+    /// Misbehaved (wrong-platform images, repeated failures); takes no jobs.
+    Quarantined(String),
+}
+
 /// A job handed to an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -39,7 +53,7 @@ pub struct Assignment {
 pub struct Removed {
     /// Jobs that were running on it.
     pub running: Vec<JobId>,
-    /// Queued jobs whose platform no remaining agent declares.
+    /// Queued jobs whose platform no remaining agent declares (they stay queued).
     pub stranded: Vec<JobId>,
 }
 
@@ -48,11 +62,16 @@ struct Slots {
     platforms: Vec<Platform>,
     capacity: u32,
     running: u32,
+    standing: Standing,
 }
 
 impl Slots {
+    fn serves(&self, platform: &Platform) -> bool {
+        self.standing == Standing::Active && self.platforms.contains(platform)
+    }
+
     fn free(&self) -> bool {
-        self.running < self.capacity
+        self.running < self.capacity && self.standing == Standing::Active
     }
 
     /// Load order: lower running/capacity first, then fewer running.
@@ -63,11 +82,18 @@ impl Slots {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Queued {
+    job: JobId,
+    platform: Platform,
+    avoid: Vec<AgentName>,
+}
+
 /// The queue and the agents' slots.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     agents: BTreeMap<AgentName, Slots>,
-    queue: VecDeque<(JobId, Platform)>,
+    queue: VecDeque<Queued>,
     running: HashMap<JobId, AgentName>,
 }
 
@@ -78,7 +104,13 @@ impl Scheduler {
     }
 
     /// Adds an agent, or updates one that re-registered (its running jobs stay counted).
-    pub fn add_agent(&mut self, name: AgentName, platforms: Vec<Platform>, capacity: u32) {
+    pub fn add_agent(
+        &mut self,
+        name: AgentName,
+        platforms: Vec<Platform>,
+        capacity: u32,
+        standing: Standing,
+    ) {
         let running = self.running.values().filter(|a| **a == name).count() as u32;
         self.agents.insert(
             name,
@@ -86,12 +118,25 @@ impl Scheduler {
                 platforms,
                 capacity: capacity.max(1),
                 running,
+                standing,
             },
         );
     }
 
+    /// Changes what an agent may be given. Unknown agents are ignored.
+    pub fn set_standing(&mut self, name: &AgentName, standing: Standing) {
+        if let Some(s) = self.agents.get_mut(name) {
+            s.standing = standing;
+        }
+    }
+
+    /// An agent's standing.
+    pub fn standing(&self, name: &AgentName) -> Option<&Standing> {
+        self.agents.get(name).map(|s| &s.standing)
+    }
+
     /// Removes an agent: its running jobs are reported lost, and queued jobs no one else can
-    /// build are taken out of the queue and reported.
+    /// build are reported (they stay queued, for an agent that may come back).
     pub fn remove_agent(&mut self, name: &AgentName) -> Removed {
         self.agents.remove(name);
         let mut running: Vec<JobId> = self
@@ -104,48 +149,62 @@ impl Scheduler {
         for j in &running {
             self.running.remove(j);
         }
-        let available = self.platforms();
-        let mut stranded = Vec::new();
-        self.queue.retain(|(job, p)| {
-            let keep = available.contains(p);
-            if !keep {
-                stranded.push(job.clone());
-            }
-            keep
-        });
+        let stranded = self
+            .queue
+            .iter()
+            .filter(|q| !self.serves(&q.platform))
+            .map(|q| q.job.clone())
+            .collect();
         Removed { running, stranded }
     }
 
-    /// Platforms some agent declares, sorted and unique.
+    /// Platforms some active agent declares, sorted and unique.
     pub fn platforms(&self) -> Vec<Platform> {
-        let set: BTreeSet<&Platform> = self.agents.values().flat_map(|s| &s.platforms).collect();
+        let set: BTreeSet<&Platform> = self
+            .agents
+            .values()
+            .filter(|s| s.standing == Standing::Active)
+            .flat_map(|s| &s.platforms)
+            .collect();
         set.into_iter().cloned().collect()
     }
 
-    /// Refuses a request naming a platform no agent declares.
+    /// Whether some active agent declares `platform`.
+    pub fn serves(&self, platform: &Platform) -> bool {
+        self.agents.values().any(|s| s.serves(platform))
+    }
+
+    /// Refuses a request naming a platform no active agent declares.
     pub fn check(&self, requested: &[Platform]) -> Result<(), NoAgent> {
-        let available = self.platforms();
         let missing: Vec<Platform> = requested
             .iter()
-            .filter(|p| !available.contains(p))
+            .filter(|p| !self.serves(p))
             .cloned()
             .collect();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(NoAgent { missing, available })
+            Err(NoAgent {
+                missing,
+                available: self.platforms(),
+            })
         }
     }
 
-    /// Queues a job. Call [`Scheduler::dispatch`] afterwards.
-    pub fn enqueue(&mut self, job: JobId, platform: Platform) {
-        self.queue.push_back((job, platform));
+    /// Queues a job, to avoid `avoid` if any other agent can build it. Call
+    /// [`Scheduler::dispatch`] afterwards.
+    pub fn enqueue(&mut self, job: JobId, platform: Platform, avoid: Vec<AgentName>) {
+        self.queue.push_back(Queued {
+            job,
+            platform,
+            avoid,
+        });
     }
 
     /// Takes a job out of the queue before it was dispatched (its build went away).
     pub fn cancel(&mut self, job: &JobId) -> bool {
         let before = self.queue.len();
-        self.queue.retain(|(j, _)| j != job);
+        self.queue.retain(|q| &q.job != job);
         before != self.queue.len()
     }
 
@@ -163,11 +222,20 @@ impl Scheduler {
     pub fn dispatch(&mut self) -> Vec<Assignment> {
         let mut out = Vec::new();
         let mut waiting = VecDeque::with_capacity(self.queue.len());
-        while let Some((job, platform)) = self.queue.pop_front() {
+        while let Some(q) = self.queue.pop_front() {
+            // Agents to avoid are used only when no other agent declares the platform at all.
+            let others_exist = self
+                .agents
+                .iter()
+                .any(|(n, s)| s.serves(&q.platform) && !q.avoid.contains(n));
             let best = self
                 .agents
                 .iter()
-                .filter(|(_, s)| s.free() && s.platforms.contains(&platform))
+                .filter(|(n, s)| {
+                    s.free()
+                        && s.platforms.contains(&q.platform)
+                        && !(others_exist && q.avoid.contains(n))
+                })
                 .min_by(|(an, a), (bn, b)| a.cmp_load(b).then(an.cmp(bn)))
                 .map(|(name, _)| name.clone());
             match best {
@@ -175,10 +243,10 @@ impl Scheduler {
                     if let Some(s) = self.agents.get_mut(&agent) {
                         s.running += 1;
                     }
-                    self.running.insert(job.clone(), agent.clone());
-                    out.push(Assignment { job, agent });
+                    self.running.insert(q.job.clone(), agent.clone());
+                    out.push(Assignment { job: q.job, agent });
                 }
-                None => waiting.push_back((job, platform)),
+                None => waiting.push_back(q),
             }
         }
         self.queue = waiting;
@@ -211,17 +279,22 @@ mod tests {
     }
     fn farm() -> Scheduler {
         let mut s = Scheduler::new();
-        s.add_agent(a("amd-1"), vec![p("linux/amd64"), p("linux/386")], 2);
-        s.add_agent(a("amd-2"), vec![p("linux/amd64")], 1);
-        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 1);
+        s.add_agent(
+            a("amd-1"),
+            vec![p("linux/amd64"), p("linux/386")],
+            2,
+            Standing::Active,
+        );
+        s.add_agent(a("amd-2"), vec![p("linux/amd64")], 1, Standing::Active);
+        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 1, Standing::Active);
         s
     }
 
     #[test]
     fn jobs_go_only_to_agents_declaring_their_platform() {
         let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"));
-        s.enqueue(j(2), p("linux/386"));
+        s.enqueue(j(1), p("linux/arm64"), vec![]);
+        s.enqueue(j(2), p("linux/386"), vec![]);
         let got = s.dispatch();
         assert_eq!(
             got,
@@ -242,7 +315,7 @@ mod tests {
     fn least_loaded_first_by_ratio_then_name() {
         let mut s = farm();
         for n in 1..=3 {
-            s.enqueue(j(n), p("linux/amd64"));
+            s.enqueue(j(n), p("linux/amd64"), vec![]);
         }
         let agents: Vec<_> = s
             .dispatch()
@@ -257,9 +330,9 @@ mod tests {
     #[test]
     fn full_agents_leave_jobs_queued_until_a_slot_frees() {
         let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"));
-        s.enqueue(j(2), p("linux/arm64"));
-        s.enqueue(j(3), p("linux/amd64"));
+        s.enqueue(j(1), p("linux/arm64"), vec![]);
+        s.enqueue(j(2), p("linux/arm64"), vec![]);
+        s.enqueue(j(3), p("linux/amd64"), vec![]);
         let first = s.dispatch();
         assert_eq!(
             first.len(),
@@ -300,9 +373,9 @@ mod tests {
     #[test]
     fn removing_an_agent_reports_running_and_stranded_jobs() {
         let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"));
-        s.enqueue(j(2), p("linux/arm64"));
-        s.enqueue(j(3), p("linux/amd64"));
+        s.enqueue(j(1), p("linux/arm64"), vec![]);
+        s.enqueue(j(2), p("linux/arm64"), vec![]);
+        s.enqueue(j(3), p("linux/amd64"), vec![]);
         s.dispatch();
         let removed = s.remove_agent(&a("arm-1"));
         assert_eq!(
@@ -312,7 +385,11 @@ mod tests {
                 stranded: vec![j(2)]
             }
         );
-        assert_eq!(s.queued(), 0);
+        assert_eq!(
+            s.queued(),
+            1,
+            "a stranded job stays queued: an agent may come back"
+        );
         assert!(s.check(&[p("linux/arm64")]).is_err());
         // The amd64 job is untouched.
         s.finish(&j(3));
@@ -322,21 +399,72 @@ mod tests {
     #[test]
     fn re_registering_keeps_counting_running_jobs() {
         let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"));
+        s.enqueue(j(1), p("linux/arm64"), vec![]);
         s.dispatch();
-        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 2);
+        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 2, Standing::Active);
         assert_eq!(s.load(&a("arm-1")), Some((1, 2)));
     }
 
     #[test]
     fn cancelled_jobs_leave_the_queue() {
         let mut s = Scheduler::new();
-        s.add_agent(a("x"), vec![p("linux/amd64")], 1);
-        s.enqueue(j(1), p("linux/amd64"));
-        s.enqueue(j(2), p("linux/amd64"));
+        s.add_agent(a("x"), vec![p("linux/amd64")], 1, Standing::Active);
+        s.enqueue(j(1), p("linux/amd64"), vec![]);
+        s.enqueue(j(2), p("linux/amd64"), vec![]);
         assert!(s.cancel(&j(2)));
         assert!(!s.cancel(&j(2)));
         assert_eq!(s.dispatch().len(), 1);
         assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn quarantined_and_draining_agents_get_no_jobs() {
+        let mut s = farm();
+        s.set_standing(&a("arm-1"), Standing::Quarantined("wrong platform".into()));
+        assert!(!s.serves(&p("linux/arm64")));
+        assert!(
+            s.check(&[p("linux/arm64")]).is_err(),
+            "a quarantined agent does not count"
+        );
+        s.enqueue(j(1), p("linux/arm64"), vec![]);
+        assert!(s.dispatch().is_empty());
+        s.set_standing(&a("arm-1"), Standing::Active);
+        assert_eq!(s.dispatch().len(), 1);
+
+        s.set_standing(&a("amd-1"), Standing::Draining);
+        s.enqueue(j(2), p("linux/amd64"), vec![]);
+        assert_eq!(
+            s.dispatch(),
+            vec![Assignment {
+                job: j(2),
+                agent: a("amd-2")
+            }]
+        );
+        assert_eq!(s.standing(&a("amd-1")), Some(&Standing::Draining));
+    }
+
+    #[test]
+    fn retries_avoid_earlier_agents_unless_no_other_declares_the_platform() {
+        let mut s = farm();
+        s.enqueue(j(1), p("linux/amd64"), vec![a("amd-1")]);
+        assert_eq!(
+            s.dispatch(),
+            vec![Assignment {
+                job: j(1),
+                agent: a("amd-2")
+            }]
+        );
+        // amd-2 is busy now: the retry waits for it rather than going back to amd-1.
+        s.enqueue(j(2), p("linux/amd64"), vec![a("amd-1")]);
+        assert!(s.dispatch().is_empty());
+        // arm-1 is the only arm64 agent: avoiding it would strand the job.
+        s.enqueue(j(3), p("linux/arm64"), vec![a("arm-1")]);
+        assert_eq!(
+            s.dispatch(),
+            vec![Assignment {
+                job: j(3),
+                agent: a("arm-1")
+            }]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `archfarm serve`: one QUIC endpoint for agents and clients, told apart by ALPN.
 
 use crate::farm::Farm;
+use crate::live::LiveBuilds;
+use crate::store::Store;
 use crate::{agent_session, client_session};
 use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
@@ -26,6 +28,10 @@ pub struct Settings {
     pub heartbeat_timeout: Duration,
     /// File of accepted client token hashes.
     pub tokens_file: PathBuf,
+    /// Attempts per platform.
+    pub max_attempts: u32,
+    /// Consecutive failures before quarantine.
+    pub quarantine_after: u32,
 }
 
 /// What the sessions share.
@@ -35,6 +41,10 @@ pub struct Shared {
     pub farm: Arc<Farm>,
     /// Uploaded build contexts.
     pub contexts: ContentStore,
+    /// Durable state.
+    pub store: Store,
+    /// Builds running now.
+    pub live: LiveBuilds,
     /// Settings.
     pub settings: Settings,
 }
@@ -54,19 +64,36 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let contexts_dir = config.data_dir.join("contexts");
     let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
         .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
+    let db = config.data_dir.join("state.db");
+    let store = Store::open(&db)
+        .with_context(|| format!("cannot open the state database {}", db.display()))?;
     let shared = Arc::new(Shared {
-        farm: Farm::new(),
+        farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
         contexts,
+        store,
+        live: LiveBuilds::default(),
         settings: Settings {
             max_frame: config.max_frame_bytes,
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
             heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_secs),
             tokens_file: config.tls.client_tokens.clone(),
+            max_attempts: config.max_attempts,
+            quarantine_after: config.quarantine_after_failures,
         },
     });
     let endpoint = quinn::Endpoint::server(server_config, config.listen_addr())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
+    // Builds the last run did not finish continue; agents reconnect on their own.
+    for id in shared
+        .store
+        .unfinished()
+        .context("reading unfinished builds")?
+    {
+        if let Err(e) = crate::build::resume(&shared, &id) {
+            tracing::error!(build = %id, "cannot resume: {e}");
+        }
+    }
 
     let tracker = TaskTracker::new();
     loop {

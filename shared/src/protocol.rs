@@ -46,6 +46,9 @@ pub enum AgentMessage {
     },
     /// Last frame on a job stream.
     JobFinished(JobOutcome),
+    /// On the control stream: the agent is shutting down; it finishes what it runs and takes no
+    /// new jobs.
+    Draining,
 }
 
 /// What an agent declares when it registers. Its name comes from its certificate, not from here.
@@ -109,6 +112,9 @@ pub struct JobSpec {
     pub labels: Vec<(String, String)>,
     /// Repository to push into by digest, `registry/name` (the repository of the requested tags).
     pub repository: String,
+    /// Attempt number of this job, from 1. Each attempt has its own stream; a result is only
+    /// ever read from the stream of the attempt it belongs to.
+    pub attempt: u32,
 }
 
 /// How a job ended on the agent.
@@ -159,6 +165,8 @@ pub enum FailureKind {
     Verification,
     /// The agent went away before finishing.
     AgentLost,
+    /// The job was cancelled (its build was cancelled, or its agent stopped it while draining).
+    Cancelled,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -171,6 +179,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Engine => "docker engine",
             FailureKind::Verification => "verification",
             FailureKind::AgentLost => "agent lost",
+            FailureKind::Cancelled => "cancelled",
         })
     }
 }
@@ -200,6 +209,31 @@ pub enum ClientRequest {
     Build(BuildRequest),
     /// List connected agents.
     ListAgents,
+    /// The most recent builds, newest first.
+    ListBuilds {
+        /// How many.
+        limit: u32,
+    },
+    /// One build with each platform's state, agent, attempts, digest and error.
+    ShowBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Follow a build: a `BuildDetail` snapshot, then its events until it ends.
+    WatchBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Publish (again) the index of a build whose platforms are all verified, without rebuilding.
+    PublishBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Cancel a build: stop its jobs on the agents; nothing is published.
+    CancelBuild {
+        /// Which build.
+        build: BuildId,
+    },
 }
 
 /// A build as the release engineer asked for it.
@@ -247,6 +281,149 @@ pub enum ClientResponse {
         /// What failed and what to do.
         message: String,
     },
+    /// Answer to [`ClientRequest::ListBuilds`].
+    Builds(Vec<BuildSummary>),
+    /// Answer to [`ClientRequest::ShowBuild`], and the first answer to `WatchBuild`.
+    BuildDetail(BuildDetail),
+    /// The request was carried out.
+    Done {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Where a build is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildState {
+    /// Jobs are queued or running.
+    Running,
+    /// Every platform is verified; the index is being published (or publishing failed and can be
+    /// retried with `archfarm builds publish`).
+    Publishing,
+    /// The index is published under every tag.
+    Published,
+    /// A platform failed; nothing was published.
+    Failed,
+    /// Cancelled; nothing was published.
+    Cancelled,
+}
+
+/// Where a platform's job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for an agent.
+    Queued,
+    /// An attempt is running on an agent.
+    Running,
+    /// Pushed and verified in the registry.
+    Verified,
+    /// Failed for good.
+    Failed,
+    /// Cancelled with its build.
+    Cancelled,
+}
+
+macro_rules! text_enum {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The state as stored and shown.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok(Self::$v),)* other => Err(format!("unknown state {other:?}")) }
+            }
+        }
+    };
+}
+
+text_enum!(BuildState { Running => "running", Publishing => "publishing", Published => "published", Failed => "failed", Cancelled => "cancelled" });
+text_enum!(JobState { Queued => "queued", Running => "running", Verified => "verified", Failed => "failed", Cancelled => "cancelled" });
+
+impl BuildState {
+    /// Whether the build will not change any more on its own.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            BuildState::Published | BuildState::Failed | BuildState::Cancelled
+        )
+    }
+}
+
+/// One line of `archfarm builds ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    /// The build.
+    pub build: BuildId,
+    /// Its state.
+    pub state: BuildState,
+    /// When it was accepted, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// Requested platforms, in order.
+    pub platforms: Vec<Platform>,
+    /// Requested tags.
+    pub tags: Vec<String>,
+    /// The published index.
+    pub index: Option<Digest>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `archfarm builds show`: a build and each platform's job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildDetail {
+    /// The build.
+    pub summary: BuildSummary,
+    /// Its jobs, in platform order.
+    pub jobs: Vec<JobDetail>,
+}
+
+/// One platform of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job.
+    pub job: JobId,
+    /// Its platform.
+    pub platform: Platform,
+    /// Its state.
+    pub state: JobState,
+    /// The verified digest.
+    pub digest: Option<Digest>,
+    /// The agent whose image was verified.
+    pub agent: Option<AgentName>,
+    /// Time from first assignment to verified digest.
+    pub duration_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptDetail>,
+}
+
+/// One attempt at a job on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptDetail {
+    /// Attempt number, from 1.
+    pub number: u32,
+    /// The agent.
+    pub agent: AgentName,
+    /// When it started.
+    pub started_ms: u64,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// `pushed`, `failed`, `lost`, `wrong-platform`, `cancelled`, or none while running.
+    pub outcome: Option<String>,
+    /// What happened.
+    pub detail: Option<String>,
 }
 
 /// What happens to a build, streamed to the client that started it.
@@ -295,6 +472,17 @@ pub enum BuildEvent {
     Failed {
         /// Why, naming platforms and agents.
         reason: String,
+    },
+    /// An attempt at a platform ended without an image; the platform runs again.
+    Retrying {
+        /// The platform.
+        platform: Platform,
+        /// The agent of the attempt that ended.
+        agent: AgentName,
+        /// What happened to it.
+        reason: String,
+        /// The number of the next attempt.
+        next_attempt: u32,
     },
 }
 

@@ -96,6 +96,7 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
         target: None,
         labels: vec![],
         repository: "127.0.0.1:1/never".into(),
+        attempt: 1,
     };
     codec::write_msg(
         &mut job,

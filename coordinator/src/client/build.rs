@@ -2,14 +2,13 @@
 //! follow it, and report the published index (or why nothing was published).
 
 use super::context;
+use super::follow;
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
 use anyhow::{bail, Context as _};
-use archfarm_shared::protocol::{
-    BuildEvent, BuildRequest, ClientRequest, ClientResponse, PlatformResult,
-};
+use archfarm_shared::protocol::{BuildRequest, ClientRequest, ClientResponse};
 use archfarm_shared::registry;
-use archfarm_shared::{Digest, Platform};
+use archfarm_shared::Platform;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 
@@ -50,6 +49,10 @@ pub struct BuildArgs {
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     progress: Mode,
+    /// What Ctrl-C does: ask (on a terminal; detach otherwise), detach (the build goes on;
+    /// `archfarm builds watch ID` reattaches) or cancel (stop the build everywhere).
+    #[arg(long, value_enum, default_value = "ask")]
+    on_interrupt: follow::OnInterrupt,
     /// Build context directory.
     context: PathBuf,
 }
@@ -149,51 +152,19 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
         target: args.target.clone(),
         labels,
     };
-    let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
+    let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
     let progress = Progress::new(args.progress, &platforms);
-    let mut build_id = None;
-    loop {
-        let Some(response) = conn.next(&mut recv).await? else {
-            bail!("the coordinator ended the build stream without a result");
-        };
-        let event = match response {
-            ClientResponse::Build(e) => e,
-            ClientResponse::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer: {other:?}"),
-        };
-        progress.event(&event);
-        match event {
-            BuildEvent::Accepted { build } => build_id = Some(build.to_string()),
-            BuildEvent::Published {
-                index,
-                tags,
-                platforms,
-            } => {
-                eprintln!("published index {index} as {}", tags.join(", "));
-                for p in &platforms {
-                    eprintln!(
-                        "  {:<14} {}  (agent {}, {:.1} s)",
-                        p.platform.to_string(),
-                        p.digest,
-                        p.agent,
-                        p.duration_ms as f64 / 1000.0
-                    );
-                }
-                if let Some(path) = &args.metadata_file {
-                    write_metadata(path, build_id.as_deref(), &index, &tags, &platforms).await?;
-                }
-                conn.close().await;
-                return Ok(true);
-            }
-            BuildEvent::Failed { reason } => {
-                conn.close().await;
-                eprintln!("error: build failed, {reason}");
-                return Ok(false);
-            }
-            _ => {}
-        }
-    }
+    let ok = follow::follow(
+        &conn,
+        recv,
+        &progress,
+        args.on_interrupt,
+        args.metadata_file.as_deref(),
+    )
+    .await?;
+    conn.close().await;
+    Ok(ok)
 }
 
 async fn upload(conn: &Connection, packed: &context::Packed, chatty: bool) -> anyhow::Result<()> {
@@ -245,34 +216,6 @@ async fn upload(conn: &Connection, packed: &context::Packed, chatty: bool) -> an
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer to the upload: {other:?}"),
     }
-}
-
-async fn write_metadata(
-    path: &std::path::Path,
-    build: Option<&str>,
-    index: &Digest,
-    tags: &[String],
-    platforms: &[PlatformResult],
-) -> anyhow::Result<()> {
-    let doc = serde_json::json!({
-        "containerimage.digest": index.as_str(),
-        "containerimage.descriptor": {
-            "mediaType": archfarm_shared::oci::OCI_INDEX,
-            "digest": index.as_str(),
-        },
-        "image.name": tags.join(","),
-        "archfarm.build": build,
-        "archfarm.platforms": platforms.iter().map(|p| serde_json::json!({
-            "platform": p.platform.to_string(),
-            "digest": p.digest.as_str(),
-            "agent": p.agent.as_str(),
-            "duration_ms": p.duration_ms,
-        })).collect::<Vec<_>>(),
-    });
-    let text = serde_json::to_string_pretty(&doc)?;
-    tokio::fs::write(path, text + "\n")
-        .await
-        .with_context(|| format!("cannot write --metadata-file {}", path.display()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 pub mod agents;
 pub mod build;
+pub mod builds;
 pub mod context;
 pub mod dockerignore;
+pub mod follow;
 pub mod imagetools;
 pub mod progress;
 

@@ -121,6 +121,23 @@ impl Progress {
                     self.tail(platform, failure);
                 }
             }
+            BuildEvent::Retrying {
+                platform,
+                agent,
+                reason,
+                next_attempt,
+            } => {
+                let text = format!(
+                    "attempt on agent {agent} ended: {reason}; retrying (attempt {next_attempt})"
+                );
+                match self.bars.get(platform) {
+                    Some(bar) => {
+                        self.multi.suspend(|| eprintln!("[{platform}] {text}"));
+                        bar.set_message(text);
+                    }
+                    None => self.line(platform, &text),
+                }
+            }
             BuildEvent::Published { .. } | BuildEvent::Failed { .. } => {
                 for bar in self.bars.values() {
                     if !bar.is_finished() {

@@ -1,0 +1,223 @@
+//! `archfarm builds ls | show | watch | publish | cancel`: the coordinator's build history, and
+//! acting on one build.
+
+use super::follow::{self, OnInterrupt};
+use super::progress::{Mode, Progress};
+use super::{Connection, Remote};
+use anyhow::bail;
+use archfarm_shared::platform;
+use archfarm_shared::protocol::{BuildDetail, BuildSummary, ClientRequest, ClientResponse};
+use archfarm_shared::BuildId;
+use std::fmt::Write;
+
+fn ago(ms: u64) -> String {
+    let secs = crate::store::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// The table `builds ls` prints.
+pub fn table(builds: &[BuildSummary]) -> String {
+    let mut rows = vec![[
+        "BUILD".to_owned(),
+        "STATE".into(),
+        "CREATED".into(),
+        "PLATFORMS".into(),
+        "TAGS".into(),
+        "INDEX".into(),
+    ]];
+    for b in builds {
+        rows.push([
+            b.build.to_string(),
+            b.state.to_string(),
+            ago(b.created_ms),
+            platform::list(&b.platforms),
+            b.tags.join(","),
+            b.index
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What `builds show` prints.
+pub fn detail(d: &BuildDetail) -> String {
+    let s = &d.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "Build:     {}", s.build);
+    let _ = writeln!(out, "State:     {}", s.state);
+    let _ = writeln!(out, "Created:   {}", ago(s.created_ms));
+    let _ = writeln!(out, "Tags:      {}", s.tags.join(", "));
+    if let Some(i) = &s.index {
+        let _ = writeln!(out, "Index:     {i}");
+    }
+    if let Some(e) = &s.error {
+        let _ = writeln!(out, "Error:     {}", e.replace('\n', "\n           "));
+    }
+    for j in &d.jobs {
+        let _ = writeln!(out, "\n{}  {}", j.platform, j.state);
+        if let Some(digest) = &j.digest {
+            let took = j
+                .duration_ms
+                .map(|ms| format!(" in {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default();
+            let agent = j
+                .agent
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let _ = writeln!(out, "  digest:  {digest} (agent {agent}{took})");
+        }
+        if let Some(e) = &j.error {
+            let _ = writeln!(out, "  error:   {e}");
+        }
+        for a in &j.attempts {
+            let outcome = a.outcome.as_deref().unwrap_or("running");
+            let detail = a
+                .detail
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  attempt {} on {}: {outcome}{detail}",
+                a.number, a.agent
+            );
+        }
+    }
+    out
+}
+
+async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientResponse> {
+    let conn = Connection::open(remote).await?;
+    let r = conn.call(&req).await;
+    conn.close().await;
+    match r? {
+        ClientResponse::Error { message } => bail!("{message}"),
+        other => Ok(other),
+    }
+}
+
+/// `builds ls`.
+pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
+    let ClientResponse::Builds(builds) = call(remote, ClientRequest::ListBuilds { limit }).await?
+    else {
+        bail!("unexpected answer to builds ls");
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&builds.iter().map(summary_json).collect::<Vec<_>>())?
+        );
+    } else {
+        print!("{}", table(&builds));
+    }
+    Ok(())
+}
+
+fn summary_json(b: &BuildSummary) -> serde_json::Value {
+    serde_json::json!({
+        "build": b.build.as_str(),
+        "state": b.state.as_str(),
+        "created_ms": b.created_ms,
+        "finished_ms": b.finished_ms,
+        "platforms": b.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "tags": b.tags,
+        "index": b.index.as_ref().map(|d| d.as_str()),
+        "error": b.error,
+    })
+}
+
+/// `builds show`.
+pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result<()> {
+    let ClientResponse::BuildDetail(d) = call(remote, ClientRequest::ShowBuild { build }).await?
+    else {
+        bail!("unexpected answer to builds show");
+    };
+    if json {
+        let jobs: Vec<serde_json::Value> = d
+            .jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "platform": j.platform.to_string(),
+                    "state": j.state.as_str(),
+                    "digest": j.digest.as_ref().map(|d| d.as_str()),
+                    "agent": j.agent.as_ref().map(|a| a.as_str()),
+                    "duration_ms": j.duration_ms,
+                    "error": j.error,
+                    "attempts": j.attempts.iter().map(|a| serde_json::json!({
+                        "number": a.number, "agent": a.agent.as_str(), "outcome": a.outcome, "detail": a.detail,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut v = summary_json(&d.summary);
+        v["jobs"] = serde_json::Value::Array(jobs);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", detail(&d));
+    }
+    Ok(())
+}
+
+/// `builds watch`: the build as it stands, then its events to its end.
+pub async fn watch(
+    remote: &Remote,
+    build: BuildId,
+    mode: Mode,
+    on_interrupt: OnInterrupt,
+) -> anyhow::Result<bool> {
+    let conn = Connection::open(remote).await?;
+    let (mut send, mut recv) = conn.request(&ClientRequest::WatchBuild { build }).await?;
+    let _ = send.finish();
+    let snapshot = match conn.next(&mut recv).await? {
+        Some(ClientResponse::BuildDetail(d)) => d,
+        Some(ClientResponse::Error { message }) => bail!("{message}"),
+        other => bail!("unexpected answer to builds watch: {other:?}"),
+    };
+    eprint!("{}", detail(&snapshot));
+    let progress = Progress::new(mode, &snapshot.summary.platforms);
+    let ok = follow::follow(&conn, recv, &progress, on_interrupt, None).await?;
+    conn.close().await;
+    Ok(ok)
+}
+
+/// `builds publish`.
+pub async fn publish(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
+    if let ClientResponse::Done { message } =
+        call(remote, ClientRequest::PublishBuild { build }).await?
+    {
+        eprintln!("{message}");
+    }
+    Ok(())
+}
+
+/// `builds cancel`.
+pub async fn cancel(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
+    if let ClientResponse::Done { message } =
+        call(remote, ClientRequest::CancelBuild { build }).await?
+    {
+        eprintln!("{message}");
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Following a build's events to its end, for `archfarm build` and `archfarm builds watch`:
+//! live progress, the result, the metadata file, and what Ctrl-C does.
+
+use super::progress::Progress;
+use super::Connection;
+use anyhow::bail;
+use archfarm_shared::protocol::{BuildEvent, ClientRequest, ClientResponse, PlatformResult};
+use archfarm_shared::{BuildId, Digest};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+/// What Ctrl-C does while following a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnInterrupt {
+    /// Ask on a terminal; detach otherwise.
+    Ask,
+    /// Stop following; the build goes on.
+    Detach,
+    /// Cancel the build on the farm.
+    Cancel,
+}
+
+fn decide(choice: OnInterrupt) -> OnInterrupt {
+    if choice != OnInterrupt::Ask {
+        return choice;
+    }
+    if !std::io::stdin().is_terminal() {
+        return OnInterrupt::Detach;
+    }
+    eprint!("\ninterrupted: [d]etach (the build goes on) or [c]ancel the build? [d/c] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim().eq_ignore_ascii_case("c") {
+        OnInterrupt::Cancel
+    } else {
+        OnInterrupt::Detach
+    }
+}
+
+/// Shows events from `recv` until the build ends. Returns whether the index was published.
+pub async fn follow(
+    conn: &Connection,
+    mut recv: quinn::RecvStream,
+    progress: &Progress,
+    on_interrupt: OnInterrupt,
+    metadata: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let mut build: Option<BuildId> = None;
+    let mut cancelling = false;
+    loop {
+        let response = tokio::select! {
+            r = conn.next(&mut recv) => r?,
+            _ = tokio::signal::ctrl_c(), if !cancelling => {
+                let Some(id) = build.clone() else { bail!("interrupted before the build was accepted") };
+                match tokio::task::spawn_blocking(move || decide(on_interrupt)).await? {
+                    OnInterrupt::Cancel => {
+                        cancelling = true;
+                        match conn.call(&ClientRequest::CancelBuild { build: id.clone() }).await? {
+                            ClientResponse::Done { message } => eprintln!("{message}"),
+                            ClientResponse::Error { message } => eprintln!("error: {message}"),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    _ => {
+                        eprintln!("detached from build {id}; it goes on. `archfarm builds watch {id}` follows it again, `archfarm builds cancel {id}` stops it");
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        let Some(response) = response else {
+            bail!("the coordinator ended the build stream without a result");
+        };
+        let event = match response {
+            ClientResponse::Build(e) => e,
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        progress.event(&event);
+        match event {
+            BuildEvent::Accepted { build: id } => build = Some(id),
+            BuildEvent::Published {
+                index,
+                tags,
+                platforms,
+            } => {
+                eprintln!("published index {index} as {}", tags.join(", "));
+                for p in &platforms {
+                    eprintln!(
+                        "  {:<14} {}  (agent {}, {:.1} s)",
+                        p.platform.to_string(),
+                        p.digest,
+                        p.agent,
+                        p.duration_ms as f64 / 1000.0
+                    );
+                }
+                if let Some(path) = metadata {
+                    write_metadata(path, build.as_ref(), &index, &tags, &platforms).await?;
+                }
+                return Ok(true);
+            }
+            BuildEvent::Failed { reason } => {
+                eprintln!("error: build failed, {reason}");
+                return Ok(false);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn write_metadata(
+    path: &Path,
+    build: Option<&BuildId>,
+    index: &Digest,
+    tags: &[String],
+    platforms: &[PlatformResult],
+) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "containerimage.digest": index.as_str(),
+        "containerimage.descriptor": {
+            "mediaType": archfarm_shared::oci::OCI_INDEX,
+            "digest": index.as_str(),
+        },
+        "image.name": tags.join(","),
+        "archfarm.build": build.map(BuildId::as_str),
+        "archfarm.platforms": platforms.iter().map(|p| serde_json::json!({
+            "platform": p.platform.to_string(),
+            "digest": p.digest.as_str(),
+            "agent": p.agent.as_str(),
+            "duration_ms": p.duration_ms,
+        })).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    tokio::fs::write(path, text + "\n")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write --metadata-file {}: {e}", path.display()))
+}

@@ -1,0 +1,595 @@
+//! The coordinator's durable state: builds, jobs, attempts, verified digests, published
+//! indexes and agent standing, in one SQLite file (WAL, synchronous=FULL). Every change is
+//! committed before the coordinator acts on it or acknowledges it. The only user of rusqlite.
+
+use archfarm_shared::protocol::{
+    AttemptDetail, BuildDetail, BuildRequest, BuildState, BuildSummary, JobDetail, JobState,
+};
+use archfarm_shared::{AgentName, BuildId, Digest, JobId, Platform};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row holds something this version cannot read.
+    #[error("state database: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS builds (
+    id          TEXT PRIMARY KEY,
+    created_ms  INTEGER NOT NULL,
+    finished_ms INTEGER,
+    state       TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    index_digest TEXT,
+    error       TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    build       TEXT NOT NULL REFERENCES builds(id),
+    position    INTEGER NOT NULL,
+    platform    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    digest      TEXT,
+    media_type  TEXT,
+    size        INTEGER,
+    agent       TEXT,
+    duration_ms INTEGER,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_build ON jobs(build, position);
+CREATE TABLE IF NOT EXISTS attempts (
+    job         TEXT NOT NULL REFERENCES jobs(id),
+    number      INTEGER NOT NULL,
+    agent       TEXT NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    finished_ms INTEGER,
+    outcome     TEXT,
+    detail      TEXT,
+    PRIMARY KEY (job, number)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    name        TEXT PRIMARY KEY,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    reason      TEXT,
+    failures    INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A job as recovery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredJob {
+    /// The job.
+    pub job: JobId,
+    /// Its platform.
+    pub platform: Platform,
+    /// Its state.
+    pub state: JobState,
+    /// Verified manifest (digest, media type, size), if any.
+    pub verified: Option<(Digest, String, u64)>,
+    /// The agent whose image was verified.
+    pub agent: Option<AgentName>,
+    /// Duration to verification.
+    pub duration_ms: Option<u64>,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// A `builds` row: id, created, finished, state, request, index, error.
+type SummaryRow = (
+    String,
+    i64,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// The state database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a new build and its jobs (one per platform, in order), all queued.
+    pub fn create_build(
+        &self,
+        build: &BuildId,
+        req: &BuildRequest,
+        jobs: &[(JobId, Platform)],
+    ) -> Result<()> {
+        let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO builds (id, created_ms, state, request) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                build.as_str(),
+                now_ms() as i64,
+                BuildState::Running.as_str(),
+                request
+            ],
+        )?;
+        for (position, (job, platform)) in jobs.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (id, build, position, platform, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![job.as_str(), build.as_str(), position as i64, platform.to_string(), JobState::Queued.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Starts attempt `number` of `job` on `agent`.
+    pub fn start_attempt(&self, job: &JobId, number: u32, agent: &AgentName) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO attempts (job, number, agent, started_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![job.as_str(), number, agent.as_str(), now_ms() as i64],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2 WHERE id = ?1",
+            params![job.as_str(), JobState::Running.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends an attempt. Only the first end counts: a late report for an attempt already ended
+    /// (fenced) changes nothing, and the call returns false.
+    pub fn finish_attempt(
+        &self,
+        job: &JobId,
+        number: u32,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE attempts SET finished_ms = ?3, outcome = ?4, detail = ?5 \
+             WHERE job = ?1 AND number = ?2 AND finished_ms IS NULL",
+            params![job.as_str(), number, now_ms() as i64, outcome, detail],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Marks a job queued again (after a lost or failed attempt).
+    pub fn requeue(&self, job: &JobId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2 WHERE id = ?1",
+            params![job.as_str(), JobState::Queued.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Records a job's verified image.
+    pub fn job_verified(
+        &self,
+        job: &JobId,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+        agent: &AgentName,
+        duration_ms: u64,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, digest = ?3, media_type = ?4, size = ?5, agent = ?6, duration_ms = ?7, error = NULL WHERE id = ?1",
+            params![job.as_str(), JobState::Verified.as_str(), digest.as_str(), media_type, size as i64, agent.as_str(), duration_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a job without an image (failed or cancelled).
+    pub fn job_ended(&self, job: &JobId, state: JobState, error: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
+            params![job.as_str(), state.as_str(), error],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a build's state; a final state also records when, and the index or the error.
+    pub fn set_build_state(
+        &self,
+        build: &BuildId,
+        state: BuildState,
+        index: Option<&Digest>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let finished = state.is_final().then(|| now_ms() as i64);
+        self.conn().execute(
+            "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
+             index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
+            params![
+                build.as_str(),
+                state.as_str(),
+                finished,
+                index.map(Digest::as_str),
+                error
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The request a build was started with.
+    pub fn request(&self, build: &BuildId) -> Result<Option<BuildRequest>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT request FROM builds WHERE id = ?1",
+                params![build.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| StoreError::Corrupt(format!("request of {build}: {e}")))
+        })
+        .transpose()
+    }
+
+    /// A build's jobs, in platform order.
+    pub fn jobs(&self, build: &BuildId) -> Result<Vec<StoredJob>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT j.id, j.platform, j.state, j.digest, j.media_type, j.size, j.agent, j.duration_ms, \
+             (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id) \
+             FROM jobs j WHERE j.build = ?1 ORDER BY j.position",
+        )?;
+        let rows = stmt.query_map(params![build.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, i64>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, platform, state, digest, media_type, size, agent, duration, attempts) = row?;
+            let verified = match (digest, media_type, size) {
+                (Some(d), Some(m), Some(s)) => Some((parse(&d, "digest")?, m, s as u64)),
+                _ => None,
+            };
+            out.push(StoredJob {
+                job: parse(&id, "job id")?,
+                platform: parse(&platform, "platform")?,
+                state: parse(&state, "job state")?,
+                verified,
+                agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
+                duration_ms: duration.map(|d| d as u64),
+                attempts: attempts as u32,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Builds that have not reached a final state, oldest first (recovered at start).
+    pub fn unfinished(&self) -> Result<Vec<BuildId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM builds WHERE state IN ('running', 'publishing') ORDER BY created_ms",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse(s, "build id")).collect()
+    }
+
+    fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    }
+
+    fn summary(row: SummaryRow) -> Result<BuildSummary> {
+        let (id, created, finished, state, request, index, error) = row;
+        let req: BuildRequest = serde_json::from_str(&request)
+            .map_err(|e| StoreError::Corrupt(format!("request of {id}: {e}")))?;
+        Ok(BuildSummary {
+            build: parse(&id, "build id")?,
+            state: parse(&state, "build state")?,
+            created_ms: created as u64,
+            finished_ms: finished.map(|f| f as u64),
+            platforms: req.platforms,
+            tags: req.tags,
+            index: index.map(|d| parse(&d, "digest")).transpose()?,
+            error,
+        })
+    }
+
+    /// The newest builds.
+    pub fn list(&self, limit: u32) -> Result<Vec<BuildSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, created_ms, finished_ms, state, request, index_digest, error FROM builds \
+             ORDER BY created_ms DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map(params![limit], Self::summary_row)?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        rows.into_iter().map(Self::summary).collect()
+    }
+
+    /// One build with its jobs and attempts.
+    pub fn detail(&self, build: &BuildId) -> Result<Option<BuildDetail>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT id, created_ms, finished_ms, state, request, index_digest, error FROM builds WHERE id = ?1",
+                params![build.as_str()],
+                Self::summary_row,
+            )
+            .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let summary = Self::summary(row)?;
+        let mut jobs_stmt = conn.prepare(
+            "SELECT id, platform, state, digest, agent, duration_ms, error FROM jobs WHERE build = ?1 ORDER BY position",
+        )?;
+        let jobs = jobs_stmt
+            .query_map(params![build.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut attempts_stmt = conn.prepare(
+            "SELECT number, agent, started_ms, finished_ms, outcome, detail FROM attempts WHERE job = ?1 ORDER BY number",
+        )?;
+        let mut out = Vec::new();
+        for (id, platform, state, digest, agent, duration, error) in jobs {
+            let attempts = attempts_stmt
+                .query_map(params![id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(number, agent, started, finished, outcome, detail)| {
+                    Ok(AttemptDetail {
+                        number: number as u32,
+                        agent: parse(&agent, "agent name")?,
+                        started_ms: started as u64,
+                        finished_ms: finished.map(|f| f as u64),
+                        outcome,
+                        detail,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(JobDetail {
+                job: parse(&id, "job id")?,
+                platform: parse(&platform, "platform")?,
+                state: parse(&state, "job state")?,
+                digest: digest.map(|d| parse(&d, "digest")).transpose()?,
+                agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
+                duration_ms: duration.map(|d| d as u64),
+                error,
+                attempts,
+            });
+        }
+        Ok(Some(BuildDetail { summary, jobs: out }))
+    }
+
+    /// Counts an infrastructure failure against an agent; returns its consecutive failures.
+    pub fn agent_failed(&self, agent: &AgentName) -> Result<u32> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO agents (name, failures) VALUES (?1, 1) ON CONFLICT(name) DO UPDATE SET failures = failures + 1",
+            params![agent.as_str()],
+        )?;
+        Ok(conn.query_row(
+            "SELECT failures FROM agents WHERE name = ?1",
+            params![agent.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u32)
+    }
+
+    /// Resets an agent's consecutive failures after a success.
+    pub fn agent_succeeded(&self, agent: &AgentName) -> Result<()> {
+        self.conn().execute(
+            "UPDATE agents SET failures = 0 WHERE name = ?1",
+            params![agent.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Quarantines an agent: it stays connected but gets no jobs.
+    pub fn quarantine(&self, agent: &AgentName, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
+            params![agent.as_str(), reason],
+        )?;
+        Ok(())
+    }
+
+    /// Why an agent is quarantined, if it is.
+    pub fn quarantined(&self, agent: &AgentName) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT reason FROM agents WHERE name = ?1 AND quarantined = 1",
+                params![agent.as_str()],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .map(Option::unwrap_or_default))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> BuildRequest {
+        BuildRequest {
+            platforms: vec![
+                "linux/amd64".parse().unwrap(),
+                "linux/arm64".parse().unwrap(),
+            ],
+            tags: vec!["127.0.0.1:5000/a:1".into()],
+            context: Digest::of(b"ctx"),
+            dockerfile: "Dockerfile".into(),
+            build_args: vec![("A".into(), "1".into())],
+            target: None,
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn a_build_survives_reopening_with_jobs_attempts_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let build = BuildId::random();
+        let (j1, j2) = (JobId::random(), JobId::random());
+        let agent: AgentName = "amd64-1".parse().unwrap();
+        {
+            let s = Store::open(&path).unwrap();
+            let req = request();
+            s.create_build(
+                &build,
+                &req,
+                &[
+                    (j1.clone(), req.platforms[0].clone()),
+                    (j2.clone(), req.platforms[1].clone()),
+                ],
+            )
+            .unwrap();
+            s.start_attempt(&j1, 1, &agent).unwrap();
+            assert!(s.finish_attempt(&j1, 1, "lost", "agent went away").unwrap());
+            assert!(
+                !s.finish_attempt(&j1, 1, "pushed", "late").unwrap(),
+                "a late report is fenced"
+            );
+            s.requeue(&j1).unwrap();
+            s.start_attempt(&j1, 2, &agent).unwrap();
+            assert!(s.finish_attempt(&j1, 2, "pushed", "").unwrap());
+            s.job_verified(
+                &j1,
+                &Digest::of(b"m"),
+                "application/vnd.oci.image.manifest.v1+json",
+                400,
+                &agent,
+                1234,
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.unfinished().unwrap(), vec![build.clone()]);
+        assert_eq!(s.request(&build).unwrap(), Some(request()));
+        let jobs = s.jobs(&build).unwrap();
+        assert_eq!(jobs[0].state, JobState::Verified);
+        assert_eq!(jobs[0].attempts, 2);
+        assert_eq!(jobs[0].verified.as_ref().unwrap().0, Digest::of(b"m"));
+        assert_eq!(jobs[1].state, JobState::Queued);
+        let detail = s.detail(&build).unwrap().unwrap();
+        assert_eq!(
+            detail.jobs[0]
+                .attempts
+                .iter()
+                .map(|a| a.outcome.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["lost", "pushed"]
+        );
+        assert_eq!(
+            detail.jobs[0].attempts[0].detail.as_deref(),
+            Some("agent went away")
+        );
+
+        s.job_ended(&j2, JobState::Failed, "exit code: 1").unwrap();
+        s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed"))
+            .unwrap();
+        assert!(s.unfinished().unwrap().is_empty());
+        let listed = s.list(10).unwrap();
+        assert_eq!(listed[0].state, BuildState::Failed);
+        assert!(listed[0].finished_ms.is_some());
+        assert_eq!(listed[0].error.as_deref(), Some("linux/arm64 failed"));
+        // A verified job is never turned back into a failure.
+        s.job_ended(&j1, JobState::Cancelled, "x").unwrap();
+        assert_eq!(s.jobs(&build).unwrap()[0].state, JobState::Verified);
+    }
+
+    #[test]
+    fn agent_standing_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let a: AgentName = "arm64-2".parse().unwrap();
+        assert_eq!(s.agent_failed(&a).unwrap(), 1);
+        assert_eq!(s.agent_failed(&a).unwrap(), 2);
+        s.agent_succeeded(&a).unwrap();
+        assert_eq!(s.agent_failed(&a).unwrap(), 1);
+        assert_eq!(s.quarantined(&a).unwrap(), None);
+        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job")
+            .unwrap();
+        assert_eq!(
+            s.quarantined(&a).unwrap().as_deref(),
+            Some("pushed linux/amd64 for a linux/arm64 job")
+        );
+    }
+}
