@@ -17,39 +17,21 @@ impl ContextCache {
     /// Opens (and creates) the cache directory.
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         // The coordinator enforces the size limit when a context is uploaded.
-        Ok(ContextCache {
-            store: ContentStore::open(&dir, u64::MAX)?,
-        })
+        Ok(ContextCache { store: ContentStore::open(&dir, u64::MAX)? })
     }
 
     /// The context's path, fetching it over `conn` first if it is not cached.
-    pub async fn get(
-        &self,
-        conn: &quinn::Connection,
-        digest: &Digest,
-        max_frame: u32,
-    ) -> Result<PathBuf, String> {
+    pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, String> {
         if self.store.contains(digest) {
             return Ok(self.store.path(digest));
         }
-        let (mut send, mut recv) = conn
-            .open_bi()
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot ask for the context: {e}"))?;
+        codec::write_msg(&mut send, &AgentMessage::FetchContext { digest: digest.clone() }, max_frame)
             .await
             .map_err(|e| format!("cannot ask for the context: {e}"))?;
-        codec::write_msg(
-            &mut send,
-            &AgentMessage::FetchContext {
-                digest: digest.clone(),
-            },
-            max_frame,
-        )
-        .await
-        .map_err(|e| format!("cannot ask for the context: {e}"))?;
         let _ = send.finish();
         match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max_frame).await {
-            Ok(CoordinatorMessage::ContextFollows { size }) => {
-                self.store.receive(digest, size, &mut recv).await
-            }
+            Ok(CoordinatorMessage::ContextFollows { size }) => self.store.receive(digest, size, &mut recv).await,
             Ok(CoordinatorMessage::ContextMissing { reason }) => Err(reason),
             Ok(_) => Err("unexpected answer to a context fetch".into()),
             Err(e) => Err(format!("fetching the context: {e}")),

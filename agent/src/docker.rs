@@ -62,12 +62,7 @@ impl Engine {
             Some(h) => Docker::connect_with_host(h),
             None => Docker::connect_with_defaults(),
         }
-        .map_err(|e| {
-            format!(
-                "cannot use Docker Engine at {}: {e}",
-                host.unwrap_or("the default socket")
-            )
-        })?;
+        .map_err(|e| format!("cannot use Docker Engine at {}: {e}", host.unwrap_or("the default socket")))?;
         // Old daemons (20.10 speaks API 1.41) refuse requests without a version they know.
         let docker = docker.negotiate_version().await.map_err(|e| {
             format!(
@@ -80,38 +75,20 @@ impl Engine {
 
     /// The engine's platform and version.
     pub async fn info(&self) -> Result<EngineInfo, String> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| format!("docker info: {e}"))?;
-        let version = self
-            .docker
-            .version()
-            .await
-            .map_err(|e| format!("docker version: {e}"))?;
+        let info = self.docker.info().await.map_err(|e| format!("docker info: {e}"))?;
+        let version = self.docker.version().await.map_err(|e| format!("docker version: {e}"))?;
         let os = info.os_type.unwrap_or_else(|| "linux".into());
         let machine = info.architecture.unwrap_or_default();
         let platform = Platform::from_host(&os, &machine)
             .map_err(|e| format!("the engine reports architecture {machine:?}: {e}"))?;
-        Ok(EngineInfo {
-            platform,
-            version: version.version.unwrap_or_else(|| "unknown".into()),
-        })
+        Ok(EngineInfo { platform, version: version.version.unwrap_or_else(|| "unknown".into()) })
     }
 
     /// Builds with BuildKit, sending every output line to `log`.
-    pub async fn build(
-        &self,
-        spec: BuildSpec<'_>,
-        log: &mut (dyn FnMut(String) + Send),
-    ) -> Result<(), BuildError> {
+    pub async fn build(&self, spec: BuildSpec<'_>, log: &mut (dyn FnMut(String) + Send)) -> Result<(), BuildError> {
         let context = tokio::fs::read(spec.context)
             .await
-            .map_err(|e| BuildError {
-                message: format!("cannot read the build context: {e}"),
-                tail: vec![],
-            })?;
+            .map_err(|e| BuildError { message: format!("cannot read the build context: {e}"), tail: vec![] })?;
         let options = BuildImageOptions {
             dockerfile: spec.dockerfile.to_owned(),
             t: Some(spec.tag.to_owned()),
@@ -124,9 +101,7 @@ impl Engine {
             rm: true,
             ..Default::default()
         };
-        let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
         let mut steps = Steps::default();
         // Read the whole stream: status, logs and errors interleave until the end.
         while let Some(item) = stream.next().await {
@@ -141,9 +116,7 @@ impl Engine {
                         }
                     }
                     if let Some(detail) = info.error_detail {
-                        return Err(
-                            steps.failure(detail.message.unwrap_or_else(|| "build failed".into()))
-                        );
+                        return Err(steps.failure(detail.message.unwrap_or_else(|| "build failed".into())));
                     }
                 }
                 Err(e) => return Err(steps.failure(stream_error(e))),
@@ -157,34 +130,21 @@ impl Engine {
 
     /// Writes `docker save` of `tag` to `out`.
     pub async fn save(&self, tag: &str, out: &Path) -> Result<(), String> {
-        let mut file = tokio::fs::File::create(out)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let mut file =
+            tokio::fs::File::create(out).await.map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let mut stream = self.docker.export_image(tag);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("exporting {tag} from the engine: {e}"))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("writing {}: {e}", out.display()))?;
+            file.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", out.display()))?;
         }
-        file.flush()
-            .await
-            .map_err(|e| format!("writing {}: {e}", out.display()))
+        file.flush().await.map_err(|e| format!("writing {}: {e}", out.display()))
     }
 
     /// Removes a local tag (the layers stay in the build cache).
     pub async fn untag(&self, tag: &str) {
         let _ = self
             .docker
-            .remove_image(
-                tag,
-                Some(RemoveImageOptions {
-                    force: true,
-                    noprune: false,
-                    ..Default::default()
-                }),
-                None,
-            )
+            .remove_image(tag, Some(RemoveImageOptions { force: true, noprune: false, ..Default::default() }), None)
             .await;
     }
 }
@@ -236,11 +196,7 @@ impl Steps {
         self.emit(None, line, log);
     }
 
-    fn status(
-        &mut self,
-        status: &bollard::moby::buildkit::v1::StatusResponse,
-        log: &mut (dyn FnMut(String) + Send),
-    ) {
+    fn status(&mut self, status: &bollard::moby::buildkit::v1::StatusResponse, log: &mut (dyn FnMut(String) + Send)) {
         for v in &status.vertexes {
             let n = self.number(&v.digest);
             if !self.names.contains_key(&v.digest) && !v.name.is_empty() {
@@ -268,12 +224,8 @@ impl Steps {
     }
 
     fn failure(&mut self, message: String) -> BuildError {
-        let tail = self
-            .failed_vertex
-            .as_ref()
-            .and_then(|v| self.tails.get(v))
-            .cloned()
-            .unwrap_or_else(|| self.recent.clone());
+        let tail =
+            self.failed_vertex.as_ref().and_then(|v| self.tails.get(v)).cloned().unwrap_or_else(|| self.recent.clone());
         BuildError { message, tail }
     }
 }

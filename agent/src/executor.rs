@@ -28,21 +28,12 @@ pub struct Executor {
 }
 
 fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>) -> JobOutcome {
-    JobOutcome::Failed(JobFailure {
-        kind,
-        message: message.into(),
-        log_tail,
-    })
+    JobOutcome::Failed(JobFailure { kind, message: message.into(), log_tail })
 }
 
 impl Executor {
     /// Runs `spec`, sending build output lines to `log`.
-    pub async fn run(
-        &self,
-        conn: &quinn::Connection,
-        spec: JobSpec,
-        log: mpsc::UnboundedSender<String>,
-    ) -> JobOutcome {
+    pub async fn run(&self, conn: &quinn::Connection, spec: JobSpec, log: mpsc::UnboundedSender<String>) -> JobOutcome {
         if !self.platforms.contains(&spec.platform) {
             return failure(
                 FailureKind::PlatformNotDeclared,
@@ -76,10 +67,7 @@ impl Executor {
         if let Err(e) = self.engine.build(build, &mut sink).await {
             return failure(FailureKind::Build, e.message, e.tail);
         }
-        let _ = log.send(format!(
-            "pushing {} by digest to {}",
-            spec.platform, spec.repository
-        ));
+        let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
         let outcome = self.export_and_push(&tag, &spec.repository).await;
         self.engine.untag(&tag).await;
         match outcome {
@@ -97,8 +85,7 @@ impl Executor {
         tag: &str,
         repository: &str,
     ) -> Result<archfarm_shared::protocol::PushedImage, String> {
-        let work =
-            tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
+        let work = tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
         let saved = work.path().join("image.tar");
         self.engine.save(tag, &saved).await?;
         let dir = work.path().to_owned();

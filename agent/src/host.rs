@@ -4,11 +4,7 @@
 use archfarm_shared::Platform;
 
 /// The platforms an agent declares, its native one first, without duplicates.
-pub fn declared(
-    engine: &Platform,
-    native_override: Option<&Platform>,
-    extra: &[Platform],
-) -> Vec<Platform> {
+pub fn declared(engine: &Platform, native_override: Option<&Platform>, extra: &[Platform]) -> Vec<Platform> {
     let native = native_override.unwrap_or(engine).clone();
     let mut out = vec![native];
     for p in extra {
@@ -43,11 +39,7 @@ mod tests {
         let got = declared(&p("linux/amd64"), None, &[p("linux/386"), p("linux/amd64")]);
         assert_eq!(got, vec![p("linux/amd64"), p("linux/386")]);
         let got = declared(&p("linux/amd64"), Some(&p("linux/arm64")), &[]);
-        assert_eq!(
-            got,
-            vec![p("linux/arm64")],
-            "an override replaces the engine's platform"
-        );
+        assert_eq!(got, vec![p("linux/arm64")], "an override replaces the engine's platform");
     }
 
     #[test]

@@ -31,21 +31,15 @@ pub struct Prepared {
 /// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json)
 /// and compresses its layers.
 pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
-    let file =
-        std::fs::File::open(saved).map_err(|e| format!("opening the exported image: {e}"))?;
+    let file = std::fs::File::open(saved).map_err(|e| format!("opening the exported image: {e}"))?;
     let dir = workdir.join("unpacked");
-    tar::Archive::new(file)
-        .unpack(&dir)
-        .map_err(|e| format!("unpacking the exported image: {e}"))?;
-    let manifest = std::fs::read(dir.join("manifest.json"))
-        .map_err(|e| format!("exported image has no manifest.json: {e}"))?;
-    let entries: Vec<SaveEntry> = serde_json::from_slice(&manifest)
-        .map_err(|e| format!("exported image manifest.json: {e}"))?;
+    tar::Archive::new(file).unpack(&dir).map_err(|e| format!("unpacking the exported image: {e}"))?;
+    let manifest =
+        std::fs::read(dir.join("manifest.json")).map_err(|e| format!("exported image has no manifest.json: {e}"))?;
+    let entries: Vec<SaveEntry> =
+        serde_json::from_slice(&manifest).map_err(|e| format!("exported image manifest.json: {e}"))?;
     let [entry] = entries.as_slice() else {
-        return Err(format!(
-            "exported image holds {} images, expected one",
-            entries.len()
-        ));
+        return Err(format!("exported image holds {} images, expected one", entries.len()));
     };
     let inside = |rel: &str| {
         if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
@@ -53,67 +47,40 @@ pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
         }
         Ok(dir.join(rel))
     };
-    let config = std::fs::read(inside(&entry.config)?)
-        .map_err(|e| format!("reading the image config: {e}"))?;
+    let config = std::fs::read(inside(&entry.config)?).map_err(|e| format!("reading the image config: {e}"))?;
     let mut layers = Vec::with_capacity(entry.layers.len());
     for rel in &entry.layers {
-        let mut raw =
-            std::fs::File::open(inside(rel)?).map_err(|e| format!("reading layer {rel}: {e}"))?;
+        let mut raw = std::fs::File::open(inside(rel)?).map_err(|e| format!("reading layer {rel}: {e}"))?;
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::copy(&mut raw, &mut gz).map_err(|e| format!("compressing layer {rel}: {e}"))?;
-        let bytes = gz
-            .finish()
-            .map_err(|e| format!("compressing layer {rel}: {e}"))?;
-        let blob = Blob {
-            media_type: oci::OCI_LAYER_GZIP.into(),
-            digest: Digest::of(&bytes),
-            size: bytes.len() as u64,
-        };
+        let bytes = gz.finish().map_err(|e| format!("compressing layer {rel}: {e}"))?;
+        let blob =
+            Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&bytes), size: bytes.len() as u64 };
         layers.push((blob, Bytes::from(bytes)));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Prepared {
-        config: Bytes::from(config),
-        layers,
-    })
+    Ok(Prepared { config: Bytes::from(config), layers })
 }
 
 /// Pushes the prepared image into `repository` (`registry/name`) by digest.
 pub async fn push(repository: &str, image: &Prepared) -> Result<PushedImage, String> {
-    let repo: ImageReference =
-        registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
+    let repo: ImageReference = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
     let reg = Registry::for_reference(&repo);
     reg.authorize_push(&repo).await.map_err(|e| e.to_string())?;
-    let config = Blob {
-        media_type: oci::OCI_CONFIG.into(),
-        digest: Digest::of(&image.config),
-        size: image.config.len() as u64,
-    };
+    let config =
+        Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&image.config), size: image.config.len() as u64 };
     let descriptors: Vec<Blob> = image.layers.iter().map(|(b, _)| b.clone()).collect();
     for (blob, bytes) in &image.layers {
-        reg.push_blob(&repo, bytes.clone(), &blob.digest)
-            .await
-            .map_err(|e| e.to_string())?;
+        reg.push_blob(&repo, bytes.clone(), &blob.digest).await.map_err(|e| e.to_string())?;
     }
-    reg.push_blob(&repo, image.config.clone(), &config.digest)
-        .await
-        .map_err(|e| e.to_string())?;
+    reg.push_blob(&repo, image.config.clone(), &config.digest).await.map_err(|e| e.to_string())?;
     let manifest = oci::manifest_json(&config, &descriptors).map_err(|e| e.to_string())?;
     let digest = Digest::of(&manifest);
     let size = manifest.len() as u64;
-    let by_digest = ImageReference::with_digest(
-        repo.registry().to_owned(),
-        repo.repository().to_owned(),
-        digest.to_string(),
-    );
-    reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(PushedImage {
-        digest,
-        media_type: oci::OCI_MANIFEST.into(),
-        size,
-    })
+    let by_digest =
+        ImageReference::with_digest(repo.registry().to_owned(), repo.repository().to_owned(), digest.to_string());
+    reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())?;
+    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
 }
 
 #[cfg(test)]
@@ -138,11 +105,7 @@ mod tests {
         let mut saved = tar::Builder::new(Vec::new());
         add(&mut saved, "abc.json", config);
         add(&mut saved, "l1/layer.tar", &layer);
-        add(
-            &mut saved,
-            "manifest.json",
-            br#"[{"Config":"abc.json","RepoTags":["x:y"],"Layers":["l1/layer.tar"]}]"#,
-        );
+        add(&mut saved, "manifest.json", br#"[{"Config":"abc.json","RepoTags":["x:y"],"Layers":["l1/layer.tar"]}]"#);
         let path = dir.path().join("saved.tar");
         std::fs::write(&path, saved.into_inner().unwrap()).unwrap();
 
@@ -152,27 +115,17 @@ mod tests {
         let (blob, gz) = &p.layers[0];
         assert_eq!(blob.digest, Digest::of(gz));
         let mut plain = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_ref()), &mut plain)
-            .unwrap();
-        assert_eq!(
-            plain, layer,
-            "the compressed layer decompresses to the exported one"
-        );
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_ref()), &mut plain).unwrap();
+        assert_eq!(plain, layer, "the compressed layer decompresses to the exported one");
     }
 
     #[test]
     fn refuses_paths_outside_the_export() {
         let dir = tempfile::tempdir().unwrap();
         let mut saved = tar::Builder::new(Vec::new());
-        add(
-            &mut saved,
-            "manifest.json",
-            br#"[{"Config":"../../etc/passwd","Layers":[]}]"#,
-        );
+        add(&mut saved, "manifest.json", br#"[{"Config":"../../etc/passwd","Layers":[]}]"#);
         let path = dir.path().join("saved.tar");
         std::fs::write(&path, saved.into_inner().unwrap()).unwrap();
-        assert!(prepare(&path, dir.path())
-            .unwrap_err()
-            .contains("unsafe path"));
+        assert!(prepare(&path, dir.path()).unwrap_err().contains("unsafe path"));
     }
 }

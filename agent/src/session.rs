@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{
-    close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration,
-    ALPN_AGENT,
+    close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
 use archfarm_shared::{platform, tls};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,60 +44,30 @@ pub struct Agent {
 impl Agent {
     /// Prepares the agent from its configuration: certificates, engine, declared platforms.
     pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-        };
-        let (ca, cert, key) = (
-            read(&config.tls.ca_cert)?,
-            read(&config.tls.cert)?,
-            read(&config.tls.key)?,
-        );
-        let client = tls::client_config(
-            &ca,
-            Some((&cert, &key)),
-            ALPN_AGENT,
-            tls::Transport::default(),
-        )
-        .context("invalid agent TLS material")?;
+        let read =
+            |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+        let (ca, cert, key) = (read(&config.tls.ca_cert)?, read(&config.tls.cert)?, read(&config.tls.key)?);
+        let client = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default())
+            .context("invalid agent TLS material")?;
         let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
             .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
-        let name = tls::common_name(&own)?
-            .parse()
-            .context("the agent certificate's common name is not a valid agent name")?;
+        let name =
+            tls::common_name(&own)?.parse().context("the agent certificate's common name is not a valid agent name")?;
 
-        let engine = crate::docker::Engine::connect(config.docker_host.as_deref())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
         let info = engine.info().await.map_err(anyhow::Error::msg)?;
-        if let Some(w) =
-            crate::host::override_warning(&info.platform, config.native_platform.as_ref())
-        {
+        if let Some(w) = crate::host::override_warning(&info.platform, config.native_platform.as_ref()) {
             warn!("{w}");
         }
-        let platforms = crate::host::declared(
-            &info.platform,
-            config.native_platform.as_ref(),
-            &config.extra_platforms,
-        );
+        let platforms = crate::host::declared(&info.platform, config.native_platform.as_ref(), &config.extra_platforms);
         let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
-            .with_context(|| {
-                format!(
-                    "cannot create cache directory {}",
-                    config.cache_dir.display()
-                )
-            })?;
+            .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
-        let mut endpoint =
-            quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
+        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
         endpoint.set_default_client_config(client);
         let server_name = config.server_name.clone().unwrap_or_else(|| {
-            let host = config
-                .coordinator
-                .rsplit_once(':')
-                .map_or(config.coordinator.as_str(), |(h, _)| h);
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned()
+            let host = config.coordinator.rsplit_once(':').map_or(config.coordinator.as_str(), |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']').to_owned()
         });
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {
@@ -108,13 +77,7 @@ impl Agent {
                 engine_version: info.version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
-            executor: Executor {
-                name,
-                platforms,
-                engine,
-                cache,
-                max_frame: config.max_frame_bytes,
-            },
+            executor: Executor { name, platforms, engine, cache, max_frame: config.max_frame_bytes },
             coordinator: config.coordinator.clone(),
             server_name,
             endpoint,
@@ -151,8 +114,7 @@ impl Agent {
         }
         // Jobs of a session that ended are stopped with it; nothing may outlive the agent.
         self.abort.cancel();
-        self.endpoint
-            .close(close::NORMAL.into(), b"agent shutting down");
+        self.endpoint.close(close::NORMAL.into(), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         info!("agent stopped");
     }
@@ -173,21 +135,14 @@ impl Agent {
             Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
             None => anyhow::anyhow!("control stream: {e}"),
         };
-        let (mut send, mut recv) = conn
-            .open_bi()
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
+        codec::write_msg(&mut send, &AgentMessage::Register(self.registration.clone()), max)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
-        codec::write_msg(
-            &mut send,
-            &AgentMessage::Register(self.registration.clone()),
-            max,
-        )
-        .await
-        .map_err(|e| lost(&e))?;
+            .map_err(|e| lost(&e))?;
         let interval = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
-            Ok(CoordinatorMessage::Registered {
-                heartbeat_interval_ms,
-            }) => Duration::from_millis(heartbeat_interval_ms.max(100)),
+            Ok(CoordinatorMessage::Registered { heartbeat_interval_ms }) => {
+                Duration::from_millis(heartbeat_interval_ms.max(100))
+            }
             Ok(CoordinatorMessage::Refused { reason }) => {
                 anyhow::bail!("the coordinator refused this agent: {reason}")
             }
@@ -255,7 +210,8 @@ impl Agent {
             Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
             Err(e) => return warn!("reading a job: {e}"),
         };
-        let span = info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
+        let span =
+            info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
         async move {
             if draining {
                 let refusal = JobOutcome::Failed(JobFailure {
@@ -327,9 +283,7 @@ impl Agent {
 /// Exponential backoff from 0.5 s up to `max`, with full jitter on the upper half so a farm of
 /// agents does not reconnect in lockstep after a coordinator restart.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(500)
-        .saturating_mul(1u32 << failures.min(16))
-        .min(max);
+    let base = Duration::from_millis(500).saturating_mul(1u32 << failures.min(16)).min(max);
     base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
@@ -342,10 +296,7 @@ mod tests {
         let max = Duration::from_secs(30);
         for _ in 0..100 {
             let first = backoff(0, max);
-            assert!(
-                first >= Duration::from_millis(250) && first <= Duration::from_millis(500),
-                "{first:?}"
-            );
+            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500), "{first:?}");
             let late = backoff(40, max);
             assert!(late >= Duration::from_secs(15) && late <= max, "{late:?}");
         }

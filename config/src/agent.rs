@@ -70,28 +70,17 @@ impl Validate for AgentConfig {
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self
-            .coordinator
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
+        if self.coordinator.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err((
                 "coordinator",
-                format!(
-                    "{:?} is not host:port, for example farm.example.com:7000",
-                    self.coordinator
-                ),
+                format!("{:?} is not host:port, for example farm.example.com:7000", self.coordinator),
             ));
         }
         if self.capacity == 0 {
             return Err(("capacity", "must be at least 1".into()));
         }
         if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
-            return Err((
-                "max_frame_bytes",
-                "must be between 1024 and 67108864".into(),
-            ));
+            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
         }
         if self.max_backoff_secs == 0 {
             return Err(("max_backoff_secs", "must be at least 1".into()));

@@ -88,11 +88,7 @@ impl CoordinatorConfig {
 
     /// The TLS files as the shared shape.
     pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles {
-            ca_cert: self.tls.ca_cert.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        }
+        TlsFiles { ca_cert: self.tls.ca_cert.clone(), cert: self.tls.cert.clone(), key: self.tls.key.clone() }
     }
 }
 
@@ -107,19 +103,10 @@ impl Validate for CoordinatorConfig {
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.listen.parse::<SocketAddr>().is_err() {
-            return Err((
-                "listen",
-                format!(
-                    "{:?} is not an IP:PORT address, for example 0.0.0.0:7000",
-                    self.listen
-                ),
-            ));
+            return Err(("listen", format!("{:?} is not an IP:PORT address, for example 0.0.0.0:7000", self.listen)));
         }
         if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
-            return Err((
-                "max_frame_bytes",
-                "must be between 1024 and 67108864".into(),
-            ));
+            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
         }
         if self.max_context_bytes == 0 {
             return Err(("max_context_bytes", "must be more than 0".into()));
@@ -134,10 +121,7 @@ impl Validate for CoordinatorConfig {
             return Err(("quarantine_after_failures", "must be at least 1".into()));
         }
         if self.heartbeat_timeout_secs < 2 * self.heartbeat_interval_secs {
-            return Err((
-                "heartbeat_timeout_secs",
-                "must be at least twice heartbeat_interval_secs".into(),
-            ));
+            return Err(("heartbeat_timeout_secs", "must be at least twice heartbeat_interval_secs".into()));
         }
         Ok(())
     }

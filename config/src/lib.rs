@@ -50,26 +50,12 @@ pub enum ConfigError {
 /// Reads, parses and validates a configuration file. Relative paths inside it are resolved
 /// against the file's directory.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let mut config: T = toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     config.resolve(base);
-    config
-        .validate()
-        .map_err(|(key, reason)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            reason,
-        })?;
+    config.validate().map_err(|(key, reason)| ConfigError::Invalid { path: path.to_owned(), key, reason })?;
     Ok(config)
 }
 
@@ -112,16 +98,11 @@ mod serde_platform {
     use serde::{Deserialize, Deserializer};
 
     pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Platform>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
+        Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
     }
 
     pub fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Platform>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .collect()
+        Vec::<String>::deserialize(d)?.iter().map(|s| s.parse().map_err(serde::de::Error::custom)).collect()
     }
 }
 
@@ -148,32 +129,30 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_file_and_the_key() {
-        let (_d, path) = write("listen = \"127.0.0.1:7000\"\nlisten_port = 1\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\nclient_tokens='t'\n");
+        let (_d, path) = write(
+            "listen = \"127.0.0.1:7000\"\nlisten_port = 1\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\nclient_tokens='t'\n",
+        );
         let err = load::<CoordinatorConfig>(&path).unwrap_err().to_string();
         assert!(err.starts_with(&path.display().to_string()), "{err}");
-        assert!(
-            err.contains("unknown field `listen_port`") && err.contains("line 2"),
-            "{err}"
-        );
+        assert!(err.contains("unknown field `listen_port`") && err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn bad_platforms_are_refused_at_load() {
         let (_d, path) = write("coordinator = \"127.0.0.1:7000\"\nextra_platforms = [\"linux//v7\"]\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\n");
         let err = load::<AgentConfig>(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("extra_platforms") && err.contains("invalid platform \"linux//v7\""),
-            "{err}"
-        );
+        assert!(err.contains("extra_platforms") && err.contains("invalid platform \"linux//v7\""), "{err}");
     }
 
     #[test]
     fn semantic_errors_name_the_key_and_the_fix() {
-        let (_d, path) = write("coordinator = \"127.0.0.1:7000\"\ncapacity = 0\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\n");
+        let (_d, path) =
+            write("coordinator = \"127.0.0.1:7000\"\ncapacity = 0\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\n");
         let err = load::<AgentConfig>(&path).unwrap_err().to_string();
         assert!(err.ends_with("capacity: must be at least 1"), "{err}");
 
-        let (_d, path) = write("listen = \"not an address\"\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\nclient_tokens='t'\n");
+        let (_d, path) =
+            write("listen = \"not an address\"\n[tls]\nca_cert='a'\ncert='b'\nkey='c'\nclient_tokens='t'\n");
         let err = load::<CoordinatorConfig>(&path).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
 
@@ -184,7 +163,9 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_file() {
-        let (d, path) = write("listen = \"127.0.0.1:7000\"\n[tls]\nca_cert='ca.pem'\ncert='/abs/c.pem'\nkey='k'\nclient_tokens='t'\n");
+        let (d, path) = write(
+            "listen = \"127.0.0.1:7000\"\n[tls]\nca_cert='ca.pem'\ncert='/abs/c.pem'\nkey='k'\nclient_tokens='t'\n",
+        );
         let c: CoordinatorConfig = load(&path).unwrap();
         assert_eq!(c.tls.ca_cert, d.path().join("ca.pem"));
         assert_eq!(c.tls.cert, PathBuf::from("/abs/c.pem"));
@@ -193,12 +174,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_read_error() {
-        let err = load::<AgentConfig>(Path::new("/nonexistent/agent.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("/nonexistent/agent.toml: cannot read configuration"),
-            "{err}"
-        );
+        let err = load::<AgentConfig>(Path::new("/nonexistent/agent.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/agent.toml: cannot read configuration"), "{err}");
     }
 }

@@ -41,36 +41,22 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
 
 async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) {
     let max = shared.settings.max_frame;
-    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await
-    {
+    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return info!("agent left before registering: {}", tls::explain(&e)),
         Err(_) => return refuse(&conn, "no registration within 10 s"),
     };
-    let registration = match tokio::time::timeout(
-        REGISTER_TIMEOUT,
-        codec::expect_msg::<_, AgentMessage>(&mut recv, max),
-    )
-    .await
-    {
-        Ok(Ok(AgentMessage::Register(r))) => r,
-        Ok(Ok(other)) => {
-            return refuse(
-                &conn,
-                &format!(
-                    "expected Register as the first message, got {}",
-                    variant(&other)
-                ),
-            )
-        }
-        Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
-        Err(_) => return refuse(&conn, "no registration within 10 s"),
-    };
+    let registration =
+        match tokio::time::timeout(REGISTER_TIMEOUT, codec::expect_msg::<_, AgentMessage>(&mut recv, max)).await {
+            Ok(Ok(AgentMessage::Register(r))) => r,
+            Ok(Ok(other)) => {
+                return refuse(&conn, &format!("expected Register as the first message, got {}", variant(&other)))
+            }
+            Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
+            Err(_) => return refuse(&conn, "no registration within 10 s"),
+        };
     if registration.platforms.is_empty() || registration.capacity == 0 {
-        return refuse(
-            &conn,
-            "registration must declare at least one platform and a capacity of at least 1",
-        );
+        return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
     }
     let handle = AgentHandle {
         name: name.clone(),
@@ -83,22 +69,14 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         _ => Standing::Active,
     };
     if let Err(reason) = shared.farm.register(handle, standing) {
-        let _ = codec::write_msg(
-            &mut send,
-            &CoordinatorMessage::Refused {
-                reason: reason.clone(),
-            },
-            max,
-        )
-        .await;
+        let _ = codec::write_msg(&mut send, &CoordinatorMessage::Refused { reason: reason.clone() }, max).await;
         let _ = send.finish();
         // Give the refusal a moment to arrive before the close overtakes it.
         tokio::time::sleep(Duration::from_millis(200)).await;
         return refuse(&conn, &reason);
     }
-    let welcome = CoordinatorMessage::Registered {
-        heartbeat_interval_ms: shared.settings.heartbeat_interval.as_millis() as u64,
-    };
+    let welcome =
+        CoordinatorMessage::Registered { heartbeat_interval_ms: shared.settings.heartbeat_interval.as_millis() as u64 };
     let reason = if let Err(e) = codec::write_msg(&mut send, &welcome, max).await {
         on_codec_error(&conn, &e, "control stream")
     } else {
@@ -167,10 +145,7 @@ async fn serve_stream(
     let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
         Ok(AgentMessage::FetchContext { digest }) => digest,
         Ok(other) => {
-            let reason = format!(
-                "protocol error: unexpected {} on a new stream",
-                variant(&other)
-            );
+            let reason = format!("protocol error: unexpected {} on a new stream", variant(&other));
             warn!("{reason}");
             return conn.close(close::PROTOCOL.into(), reason.as_bytes());
         }
@@ -178,19 +153,11 @@ async fn serve_stream(
     };
     let Some(size) = shared.contexts.size(&digest).await else {
         let reason = format!("the coordinator does not hold build context {digest}");
-        let _ = codec::write_msg(
-            &mut send,
-            &CoordinatorMessage::ContextMissing { reason },
-            max,
-        )
-        .await;
+        let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
         let _ = send.finish();
         return;
     };
-    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max)
-        .await
-        .is_ok()
-    {
+    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max).await.is_ok() {
         match shared.contexts.send(&digest, &mut send).await {
             Ok(_) => info!(context = %digest, bytes = size, "sent build context"),
             Err(e) => warn!(context = %digest, "sending build context failed: {e}"),

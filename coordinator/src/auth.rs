@@ -6,12 +6,8 @@ use std::path::Path;
 
 /// Whether `token` is listed in the token-hash file. A missing or unreadable file accepts none.
 pub fn token_accepted(tokens_file: &Path, token: &str) -> Result<bool, String> {
-    let text = std::fs::read_to_string(tokens_file).map_err(|e| {
-        format!(
-            "cannot read client token list {}: {e}",
-            tokens_file.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(tokens_file)
+        .map_err(|e| format!("cannot read client token list {}: {e}", tokens_file.display()))?;
     let want = token_hash(token);
     Ok(text
         .lines()
@@ -31,11 +27,7 @@ mod tests {
     fn only_listed_tokens_pass() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens");
-        std::fs::write(
-            &f,
-            format!("# release team\n{}  # ci\n\n", token_hash("good")),
-        )
-        .unwrap();
+        std::fs::write(&f, format!("# release team\n{}  # ci\n\n", token_hash("good"))).unwrap();
         assert!(token_accepted(&f, "good").unwrap());
         assert!(!token_accepted(&f, "bad").unwrap());
         assert!(!token_accepted(&f, "").unwrap());

@@ -11,8 +11,8 @@ use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::protocol::{
-    AgentMessage, BuildEvent, BuildRequest, BuildState, CoordinatorMessage, FailureKind,
-    JobFailure, JobOutcome, JobSpec, JobState, PlatformResult, PushedImage,
+    AgentMessage, BuildEvent, BuildRequest, BuildState, CoordinatorMessage, FailureKind, JobFailure, JobOutcome,
+    JobSpec, JobState, PlatformResult, PushedImage,
 };
 use archfarm_shared::registry::{self, ImageReference, Registry};
 use archfarm_shared::{platform, AgentName, BuildId, JobId, Platform};
@@ -37,9 +37,7 @@ struct Plan {
 
 fn plan(req: &BuildRequest) -> Result<Plan, String> {
     if req.platforms.is_empty() {
-        return Err(
-            "no platform requested: pass --platform, for example linux/amd64,linux/arm64".into(),
-        );
+        return Err("no platform requested: pass --platform, for example linux/amd64,linux/arm64".into());
     }
     for (i, p) in req.platforms.iter().enumerate() {
         if req.platforms[..i].contains(p) {
@@ -53,71 +51,37 @@ fn plan(req: &BuildRequest) -> Result<Plan, String> {
     for t in &req.tags {
         let r = registry::parse_reference(t).map_err(|e| e.to_string())?;
         if r.digest().is_some() {
-            return Err(format!(
-                "tag {t:?} names a digest; the farm publishes under tags only"
-            ));
+            return Err(format!("tag {t:?} names a digest; the farm publishes under tags only"));
         }
         tags.push(r);
     }
     let repository = registry::repository_of(&tags[0]);
-    if let Some(other) = tags
-        .iter()
-        .find(|t| registry::repository_of(t) != repository)
-    {
+    if let Some(other) = tags.iter().find(|t| registry::repository_of(t) != repository) {
         return Err(format!(
             "all tags must be in one repository (the per-platform images live beside the index): {} and {}",
             tags[0].whole(),
             other.whole()
         ));
     }
-    if req.dockerfile.is_empty()
-        || req.dockerfile.starts_with('/')
-        || req.dockerfile.split('/').any(|c| c == "..")
-    {
-        return Err(format!(
-            "Dockerfile path {:?} must be relative to the context, without '..'",
-            req.dockerfile
-        ));
+    if req.dockerfile.is_empty() || req.dockerfile.starts_with('/') || req.dockerfile.split('/').any(|c| c == "..") {
+        return Err(format!("Dockerfile path {:?} must be relative to the context, without '..'", req.dockerfile));
     }
-    let repo = ImageReference::with_tag(
-        tags[0].registry().to_owned(),
-        tags[0].repository().to_owned(),
-        "latest".to_owned(),
-    );
-    Ok(Plan {
-        registry: Registry::for_reference(&repo),
-        repo,
-        tags,
-    })
+    let repo =
+        ImageReference::with_tag(tags[0].registry().to_owned(), tags[0].repository().to_owned(), "latest".to_owned());
+    Ok(Plan { registry: Registry::for_reference(&repo), repo, tags })
 }
 
 /// Accepts a new build: checks it, records it, starts it. The receiver is subscribed before
 /// the build starts, so it sees every event from `Accepted` on.
-pub fn submit(
-    shared: &Arc<Shared>,
-    req: BuildRequest,
-) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
+pub fn submit(shared: &Arc<Shared>, req: BuildRequest) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
     plan(&req)?;
     if !shared.contexts.contains(&req.context) {
-        return Err(format!(
-            "build context {} is not on the coordinator; upload it first",
-            req.context
-        ));
+        return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
-    shared
-        .farm
-        .check(&req.platforms)
-        .map_err(|e| e.to_string())?;
+    shared.farm.check(&req.platforms).map_err(|e| e.to_string())?;
     let id = BuildId::random();
-    let jobs: Vec<(JobId, Platform)> = req
-        .platforms
-        .iter()
-        .map(|p| (JobId::random(), p.clone()))
-        .collect();
-    shared
-        .store
-        .create_build(&id, &req, &jobs)
-        .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
+    let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
+    shared.store.create_build(&id, &req, &jobs).map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
     let live = shared.live.start(&id);
     let rx = live.events.subscribe();
     spawn(shared.clone(), id.clone(), req, live);
@@ -171,11 +135,7 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
     info!(platforms = %platform::list(&req.platforms), tags = %req.tags.join(","), "build running");
     let jobs = match shared.store.jobs(id) {
         Ok(jobs) => jobs,
-        Err(e) => {
-            return BuildEvent::Failed {
-                reason: e.to_string(),
-            }
-        }
+        Err(e) => return BuildEvent::Failed { reason: e.to_string() },
     };
     let work = jobs.into_iter().map(|job| {
         let plan = &plan;
@@ -190,27 +150,12 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
                     duration_ms: job.duration_ms.unwrap_or(0),
                 };
                 live.emit(BuildEvent::PlatformDone(result.clone()));
-                let manifest = Blob {
-                    media_type: media_type.clone(),
-                    digest: digest.clone(),
-                    size: *size,
-                };
-                return Ok((
-                    Child {
-                        platform: job.platform,
-                        manifest,
-                    },
-                    result,
-                ));
+                let manifest = Blob { media_type: media_type.clone(), digest: digest.clone(), size: *size };
+                return Ok((Child { platform: job.platform, manifest }, result));
             }
             if job.state == JobState::Running {
                 // Its attempt was cut off by the coordinator's restart.
-                let _ = shared.store.finish_attempt(
-                    &job.job,
-                    job.attempts,
-                    "lost",
-                    "the coordinator restarted",
-                );
+                let _ = shared.store.finish_attempt(&job.job, job.attempts, "lost", "the coordinator restarted");
             }
             let spec = JobSpec {
                 job: job.job.clone(),
@@ -250,21 +195,13 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
     }
     if !failures.is_empty() {
         warn!("build failed");
-        return BuildEvent::Failed {
-            reason: format!("nothing was published:\n{}", failures.join("\n")),
-        };
+        return BuildEvent::Failed { reason: format!("nothing was published:\n{}", failures.join("\n")) };
     }
-    let _ = shared
-        .store
-        .set_build_state(id, BuildState::Publishing, None, None);
+    let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None);
     match publish::publish(&plan.registry, &plan.tags, &children).await {
         Ok(index) => {
             info!(index = %index, "index published");
-            BuildEvent::Published {
-                index,
-                tags: req.tags.clone(),
-                platforms: verified,
-            }
+            BuildEvent::Published { index, tags: req.tags.clone(), platforms: verified }
         }
         Err(e) => {
             warn!("publishing failed: {e}");
@@ -281,41 +218,24 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
 /// Publishes the index of a build whose platforms are all verified, without rebuilding.
 /// Publishing a published build again writes the same bytes: harmless.
 pub async fn republish(shared: &Shared, id: &BuildId) -> Result<archfarm_shared::Digest, String> {
-    let req = shared
-        .store
-        .request(id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no build {id}"))?;
+    let req = shared.store.request(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no build {id}"))?;
     if shared.live.get(id).is_some() {
-        return Err(format!(
-            "build {id} is still running; it publishes on its own when every platform is verified"
-        ));
+        return Err(format!("build {id} is still running; it publishes on its own when every platform is verified"));
     }
     let plan = plan(&req)?;
     let mut children = Vec::new();
     for job in shared.store.jobs(id).map_err(|e| e.to_string())? {
         match (job.state, job.verified) {
-            (JobState::Verified, Some((digest, media_type, size))) => children.push(Child {
-                platform: job.platform,
-                manifest: Blob {
-                    media_type,
-                    digest,
-                    size,
-                },
-            }),
+            (JobState::Verified, Some((digest, media_type, size))) => {
+                children.push(Child { platform: job.platform, manifest: Blob { media_type, digest, size } })
+            }
             (state, _) => {
-                return Err(format!(
-                    "{} of build {id} is {state}, not verified: start a new build",
-                    job.platform
-                ))
+                return Err(format!("{} of build {id} is {state}, not verified: start a new build", job.platform))
             }
         }
     }
     let index = publish::publish(&plan.registry, &plan.tags, &children).await?;
-    shared
-        .store
-        .set_build_state(id, BuildState::Published, Some(&index), None)
-        .map_err(|e| e.to_string())?;
+    shared.store.set_build_state(id, BuildState::Published, Some(&index), None).map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");
     Ok(index)
 }
@@ -348,53 +268,35 @@ async fn run_platform(
     let mut last: Option<(Option<AgentName>, JobFailure)> = None;
     while spec.attempt < max {
         spec.attempt += 1;
-        let agent = match shared
-            .farm
-            .acquire(&spec.job, &platform, avoid.clone())
-            .await
-        {
+        let agent = match shared.farm.acquire(&spec.job, &platform, avoid.clone()).await {
             Ok(agent) => agent,
             Err(e) => {
-                let failure = JobFailure {
-                    kind: FailureKind::AgentLost,
-                    message: e.to_string(),
-                    log_tail: vec![],
-                };
-                last = Some((None, failure));
+                let mut message = e.to_string();
+                let mut agent = None;
+                if let Some((previous, f)) = last.take() {
+                    if let Some(a) = &previous {
+                        message = format!("{message}; attempt {} on agent {a} ended: {}", spec.attempt - 1, f.message);
+                    }
+                    agent = previous;
+                }
+                spec.attempt -= 1;
+                last = Some((agent, JobFailure { kind: FailureKind::AgentLost, message, log_tail: vec![] }));
                 break;
             }
         };
-        let slot = Slot {
-            shared,
-            job: spec.job.clone(),
-        };
-        if let Err(e) = shared
-            .store
-            .start_attempt(&spec.job, spec.attempt, &agent.name)
-        {
+        let slot = Slot { shared, job: spec.job.clone() };
+        if let Err(e) = shared.store.start_attempt(&spec.job, spec.attempt, &agent.name) {
             error!("cannot record an attempt: {e}");
-            let failure = JobFailure {
-                kind: FailureKind::AgentLost,
-                message: e.to_string(),
-                log_tail: vec![],
-            };
+            let failure = JobFailure { kind: FailureKind::AgentLost, message: e.to_string(), log_tail: vec![] };
             return Err(fail(shared, live, &spec, Some(&agent.name), failure));
         }
         info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
-        live.emit(BuildEvent::Started {
-            platform: platform.clone(),
-            agent: agent.name.clone(),
-        });
+        live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
         let attempt = attempt(shared, plan, &agent, &spec, live, started).await;
         drop(slot);
         match attempt {
             Attempt::Verified(child, result) => {
-                let _ = shared.store.finish_attempt(
-                    &spec.job,
-                    spec.attempt,
-                    "pushed",
-                    result.digest.as_str(),
-                );
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "pushed", result.digest.as_str());
                 let _ = shared.store.agent_succeeded(&agent.name);
                 if let Err(e) = shared.store.job_verified(
                     &spec.job,
@@ -411,23 +313,11 @@ async fn run_platform(
                 return Ok((child, result));
             }
             Attempt::Final(failure) => {
-                let _ = shared.store.finish_attempt(
-                    &spec.job,
-                    spec.attempt,
-                    "failed",
-                    &failure.message,
-                );
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "failed", &failure.message);
                 return Err(fail(shared, live, &spec, Some(&agent.name), failure));
             }
-            Attempt::Retry {
-                outcome,
-                failure,
-                blame,
-            } => {
-                let _ =
-                    shared
-                        .store
-                        .finish_attempt(&spec.job, spec.attempt, outcome, &failure.message);
+            Attempt::Retry { outcome, failure, blame } => {
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message);
                 let _ = shared.store.requeue(&spec.job);
                 if blame {
                     count_failure(shared, &agent.name, outcome, &failure.message);
@@ -457,10 +347,7 @@ async fn run_platform(
         )
     });
     if spec.attempt >= max {
-        failure.message = format!(
-            "gave up after {} attempts; the last: {}",
-            spec.attempt, failure.message
-        );
+        failure.message = format!("gave up after {} attempts; the last: {}", spec.attempt, failure.message);
     }
     Err(fail(shared, live, &spec, agent.as_ref(), failure))
 }
@@ -479,33 +366,13 @@ async fn attempt(
         Err(failure) => {
             return match failure.kind {
                 FailureKind::Build => Attempt::Final(failure),
-                FailureKind::AgentLost => Attempt::Retry {
-                    outcome: "lost",
-                    failure,
-                    blame: false,
-                },
-                FailureKind::Cancelled => Attempt::Retry {
-                    outcome: "cancelled",
-                    failure,
-                    blame: false,
-                },
-                _ => Attempt::Retry {
-                    outcome: "failed",
-                    failure,
-                    blame: true,
-                },
+                FailureKind::AgentLost => Attempt::Retry { outcome: "lost", failure, blame: false },
+                FailureKind::Cancelled => Attempt::Retry { outcome: "cancelled", failure, blame: false },
+                _ => Attempt::Retry { outcome: "failed", failure, blame: true },
             };
         }
     };
-    match publish::verify(
-        &plan.registry,
-        &plan.repo,
-        &spec.platform,
-        &agent.name,
-        &pushed,
-    )
-    .await
-    {
+    match publish::verify(&plan.registry, &plan.repo, &spec.platform, &agent.name, &pushed).await {
         Ok(child) => {
             let result = PlatformResult {
                 platform: spec.platform.clone(),
@@ -517,28 +384,12 @@ async fn attempt(
         }
         Err(VerifyError::Wrong(message)) => {
             quarantine(shared, &agent.name, &message);
-            let failure = JobFailure {
-                kind: FailureKind::Verification,
-                message,
-                log_tail: vec![],
-            };
-            Attempt::Retry {
-                outcome: "wrong-image",
-                failure,
-                blame: false,
-            }
+            let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
+            Attempt::Retry { outcome: "wrong-image", failure, blame: false }
         }
         Err(VerifyError::Unavailable(message)) => {
-            let failure = JobFailure {
-                kind: FailureKind::Verification,
-                message,
-                log_tail: vec![],
-            };
-            Attempt::Retry {
-                outcome: "unverified",
-                failure,
-                blame: false,
-            }
+            let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
+            Attempt::Retry { outcome: "unverified", failure, blame: false }
         }
     }
 }
@@ -548,19 +399,13 @@ fn quarantine(shared: &Shared, agent: &AgentName, reason: &str) {
     if let Err(e) = shared.store.quarantine(agent, reason) {
         error!("cannot record the quarantine: {e}");
     }
-    shared
-        .farm
-        .set_standing(agent, Standing::Quarantined(reason.to_owned()));
+    shared.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
 }
 
 fn count_failure(shared: &Shared, agent: &AgentName, outcome: &str, message: &str) {
     match shared.store.agent_failed(agent) {
         Ok(n) if n >= shared.settings.quarantine_after => {
-            quarantine(
-                shared,
-                agent,
-                &format!("{n} jobs in a row {outcome}; the last: {message}"),
-            );
+            quarantine(shared, agent, &format!("{n} jobs in a row {outcome}; the last: {message}"));
         }
         Ok(_) => {}
         Err(e) => error!("cannot record an agent failure: {e}"),
@@ -579,22 +424,10 @@ impl Drop for Slot<'_> {
     }
 }
 
-fn fail(
-    shared: &Shared,
-    live: &Live,
-    spec: &JobSpec,
-    agent: Option<&AgentName>,
-    failure: JobFailure,
-) -> String {
+fn fail(shared: &Shared, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
     let platform = &spec.platform;
-    let who = agent.map_or_else(
-        || "before reaching an agent".to_owned(),
-        |a| format!("on agent {a}"),
-    );
-    let mut summary = format!(
-        "  {platform} failed {who} ({}): {}",
-        failure.kind, failure.message
-    );
+    let who = agent.map_or_else(|| "before reaching an agent".to_owned(), |a| format!("on agent {a}"));
+    let mut summary = format!("  {platform} failed {who} ({}): {}", failure.kind, failure.message);
     if !failure.log_tail.is_empty() {
         summary.push_str("\n    last lines of the failing step:");
         for line in &failure.log_tail {
@@ -603,50 +436,26 @@ fn fail(
         }
     }
     warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
-    if let Err(e) = shared
-        .store
-        .job_ended(&spec.job, JobState::Failed, &failure.message)
-    {
+    if let Err(e) = shared.store.job_ended(&spec.job, JobState::Failed, &failure.message) {
         error!("cannot record a failed job: {e}");
     }
-    live.emit(BuildEvent::PlatformFailed {
-        platform: platform.clone(),
-        agent: agent.cloned(),
-        failure,
-    });
+    live.emit(BuildEvent::PlatformFailed { platform: platform.clone(), agent: agent.cloned(), failure });
     summary
 }
 
 /// Sends the job to the agent on a new stream and follows its log to the result. Cancelling
 /// the build resets the stream, which stops the job on the agent.
-async fn run_on_agent(
-    agent: &AgentHandle,
-    spec: JobSpec,
-    live: &Live,
-    max: u32,
-) -> Result<PushedImage, JobFailure> {
+async fn run_on_agent(agent: &AgentHandle, spec: JobSpec, live: &Live, max: u32) -> Result<PushedImage, JobFailure> {
     let platform = spec.platform.clone();
     let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
     let lost = |why: String, tail: &VecDeque<String>| JobFailure {
         kind: FailureKind::AgentLost,
-        message: format!(
-            "agent {} went away while building {platform}: {why}",
-            agent.name
-        ),
+        message: format!("agent {} went away while building {platform}: {why}", agent.name),
         log_tail: tail.iter().cloned().collect(),
     };
-    let (mut send, mut recv) = agent
-        .conn
-        .open_bi()
-        .await
-        .map_err(|e| lost(archfarm_shared::tls::explain(&e), &tail))?;
-    if let Err(e) = codec::write_msg(
-        &mut send,
-        &CoordinatorMessage::AssignJob(Box::new(spec)),
-        max,
-    )
-    .await
-    {
+    let (mut send, mut recv) =
+        agent.conn.open_bi().await.map_err(|e| lost(archfarm_shared::tls::explain(&e), &tail))?;
+    if let Err(e) = codec::write_msg(&mut send, &CoordinatorMessage::AssignJob(Box::new(spec)), max).await {
         return Err(lost(on_codec_error(&agent.conn, &e, "job stream"), &tail));
     }
     let cancel: CancellationToken = live.cancel.clone();
@@ -665,24 +474,14 @@ async fn run_on_agent(
                     tail.pop_front();
                 }
                 tail.push_back(line.clone());
-                live.emit(BuildEvent::Log {
-                    platform: platform.clone(),
-                    line,
-                });
+                live.emit(BuildEvent::Log { platform: platform.clone(), line });
             }
             Ok(Some(AgentMessage::JobFinished(JobOutcome::Pushed(image)))) => return Ok(image),
-            Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => {
-                return Err(failure)
-            }
+            Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(failure),
             Ok(Some(other)) => {
-                let reason = format!(
-                    "protocol error: unexpected {} on a job stream",
-                    crate::agent_session::variant(&other)
-                );
-                agent.conn.close(
-                    archfarm_shared::protocol::close::PROTOCOL.into(),
-                    reason.as_bytes(),
-                );
+                let reason =
+                    format!("protocol error: unexpected {} on a job stream", crate::agent_session::variant(&other));
+                agent.conn.close(archfarm_shared::protocol::close::PROTOCOL.into(), reason.as_bytes());
                 return Err(lost(reason, &tail));
             }
             Ok(None) => return Err(lost("the job stream ended without a result".into(), &tail)),

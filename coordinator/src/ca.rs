@@ -29,8 +29,7 @@ fn write(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
         .mode(if secret { 0o600 } else { 0o644 })
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `archfarm ca init`: a new CA in `dir`, a coordinator certificate for `names`, a client token.
@@ -57,32 +56,14 @@ pub fn init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     write(&dir.join(COORDINATOR_CERT), &coordinator.cert_pem, false)?;
     write(&dir.join(COORDINATOR_KEY), &coordinator.key_pem, true)?;
     write(&dir.join(CLIENT_TOKEN), &format!("{token}\n"), true)?;
-    write(
-        &dir.join(CLIENT_TOKENS),
-        &format!(
-            "{}  # created by archfarm ca init\n",
-            pki::token_hash(&token)
-        ),
-        false,
-    )?;
-    eprintln!(
-        "farm CA and coordinator certificate (for {}) written to {}",
-        names.join(", "),
-        dir.display()
-    );
-    eprintln!(
-        "client token in {}; give it to release engineers as ARCHFARM_TOKEN",
-        dir.join(CLIENT_TOKEN).display()
-    );
+    write(&dir.join(CLIENT_TOKENS), &format!("{}  # created by archfarm ca init\n", pki::token_hash(&token)), false)?;
+    eprintln!("farm CA and coordinator certificate (for {}) written to {}", names.join(", "), dir.display());
+    eprintln!("client token in {}; give it to release engineers as ARCHFARM_TOKEN", dir.join(CLIENT_TOKEN).display());
     Ok(())
 }
 
 /// `archfarm ca issue-agent NAME`: a certificate whose common name is the agent's name.
-pub fn issue_agent(
-    ca_dir: &Path,
-    name: &str,
-    out: Option<&Path>,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub fn issue_agent(ca_dir: &Path, name: &str, out: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
     let name: AgentName = name.parse()?;
     let read = |f: &str| {
         std::fs::read_to_string(ca_dir.join(f)).with_context(|| {
@@ -93,26 +74,14 @@ pub fn issue_agent(
             )
         })
     };
-    let ca = CertifiedKey {
-        cert_pem: read(CA_CERT)?,
-        key_pem: read(CA_KEY)?,
-    };
-    let agent = pki::issue(
-        &ca,
-        Leaf::Agent {
-            name: name.as_str(),
-        },
-    )?;
+    let ca = CertifiedKey { cert_pem: read(CA_CERT)?, key_pem: read(CA_KEY)? };
+    let agent = pki::issue(&ca, Leaf::Agent { name: name.as_str() })?;
     let out = out.unwrap_or(ca_dir);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let cert = out.join(format!("{name}.pem"));
     let key = out.join(format!("{name}.key"));
     write(&cert, &agent.cert_pem, false)?;
     write(&key, &agent.key_pem, true)?;
-    eprintln!(
-        "agent {name}: certificate {} and key {}",
-        cert.display(),
-        key.display()
-    );
+    eprintln!("agent {name}: certificate {} and key {}", cert.display(), key.display());
     Ok((cert, key))
 }

@@ -3,9 +3,7 @@
 use crate::build;
 use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
-use archfarm_shared::protocol::{
-    close, BuildEvent, BuildState, BuildSummary, ClientRequest, ClientResponse,
-};
+use archfarm_shared::protocol::{close, BuildEvent, BuildState, BuildSummary, ClientRequest, ClientResponse};
 use archfarm_shared::tls;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,49 +16,28 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let max = shared.settings.max_frame;
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
-    else {
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
         return conn.close(close::REFUSED.into(), b"no hello within 10 s");
     };
-    let token = match tokio::time::timeout(
-        HELLO_TIMEOUT,
-        codec::expect_msg::<_, ClientRequest>(&mut recv, max),
-    )
-    .await
-    {
+    let token = match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, max)).await {
         Ok(Ok(ClientRequest::Hello { token })) => token,
-        Ok(Ok(_)) => {
-            return conn.close(
-                close::PROTOCOL.into(),
-                b"protocol error: expected Hello as the first request",
-            )
-        }
+        Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
         Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
     };
-    let accepted = crate::auth::token_accepted(&shared.settings.tokens_file, &token)
-        .unwrap_or_else(|e| {
-            warn!("{e}");
-            false
-        });
+    let accepted = crate::auth::token_accepted(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
+        warn!("{e}");
+        false
+    });
     if !accepted {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();
-        let _ = codec::write_msg(
-            &mut send,
-            &ClientResponse::Refused {
-                reason: reason.clone(),
-            },
-            max,
-        )
-        .await;
+        let _ = codec::write_msg(&mut send, &ClientResponse::Refused { reason: reason.clone() }, max).await;
         let _ = send.finish();
         tokio::time::sleep(Duration::from_millis(200)).await;
         return conn.close(close::REFUSED.into(), reason.as_bytes());
     }
-    let welcome = ClientResponse::Welcome {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
+    let welcome = ClientResponse::Welcome { version: env!("CARGO_PKG_VERSION").to_owned() };
     if codec::write_msg(&mut send, &welcome, max).await.is_err() {
         return;
     }
@@ -92,13 +69,9 @@ async fn request(
         Err(e) => return drop(on_codec_error(&conn, &e, "request stream")),
     };
     let response = match req {
-        ClientRequest::Hello { .. } => ClientResponse::Error {
-            message: "already authenticated".into(),
-        },
+        ClientRequest::Hello { .. } => ClientResponse::Error { message: "already authenticated".into() },
         ClientRequest::ListAgents => ClientResponse::Agents(shared.farm.agents()),
-        ClientRequest::HasContext { digest } => {
-            ClientResponse::ContextPresent(shared.contexts.contains(&digest))
-        }
+        ClientRequest::HasContext { digest } => ClientResponse::ContextPresent(shared.contexts.contains(&digest)),
         ClientRequest::UploadContext { digest, size } => {
             match shared.contexts.receive(&digest, size, &mut recv).await {
                 Ok(_) => {
@@ -114,16 +87,12 @@ async fn request(
         },
         ClientRequest::ListBuilds { limit } => match shared.store.list(limit.min(1000)) {
             Ok(builds) => ClientResponse::Builds(builds),
-            Err(e) => ClientResponse::Error {
-                message: e.to_string(),
-            },
+            Err(e) => ClientResponse::Error { message: e.to_string() },
         },
         ClientRequest::ShowBuild { build } => match shared.store.detail(&build) {
             Ok(Some(detail)) => ClientResponse::BuildDetail(detail),
             Ok(None) => unknown(&build),
-            Err(e) => ClientResponse::Error {
-                message: e.to_string(),
-            },
+            Err(e) => ClientResponse::Error { message: e.to_string() },
         },
         ClientRequest::WatchBuild { build } => {
             // Subscribe before reading the snapshot, so no event falls between the two.
@@ -131,53 +100,33 @@ async fn request(
             let detail = match shared.store.detail(&build) {
                 Ok(Some(detail)) => detail,
                 Ok(None) => return respond(send, unknown(&build), max).await,
-                Err(e) => {
-                    return respond(
-                        send,
-                        ClientResponse::Error {
-                            message: e.to_string(),
-                        },
-                        max,
-                    )
-                    .await
-                }
+                Err(e) => return respond(send, ClientResponse::Error { message: e.to_string() }, max).await,
             };
             let summary = detail.summary.clone();
-            if codec::write_msg(&mut send, &ClientResponse::BuildDetail(detail), max)
-                .await
-                .is_err()
-            {
+            if codec::write_msg(&mut send, &ClientResponse::BuildDetail(detail), max).await.is_err() {
                 return;
             }
             match events {
-                Some(events) if !summary.state.is_final() => {
-                    return follow(events, send, max).await
-                }
+                Some(events) if !summary.state.is_final() => return follow(events, send, max).await,
                 _ => ClientResponse::Build(final_event(&summary)),
             }
         }
         ClientRequest::PublishBuild { build } => match build::republish(&shared, &build).await {
-            Ok(index) => ClientResponse::Done {
-                message: format!("published index {index} for build {build}"),
-            },
+            Ok(index) => ClientResponse::Done { message: format!("published index {index} for build {build}") },
             Err(message) => ClientResponse::Error { message },
         },
         ClientRequest::CancelBuild { build } => match shared.live.get(&build) {
             Some(live) => {
                 info!(build = %build, "cancelling build on request");
                 live.cancel.cancel();
-                ClientResponse::Done {
-                    message: format!("build {build} cancelled; its jobs are being stopped"),
-                }
+                ClientResponse::Done { message: format!("build {build} cancelled; its jobs are being stopped") }
             }
             None => match shared.store.detail(&build) {
-                Ok(Some(d)) => ClientResponse::Error {
-                    message: format!("build {build} already ended: {}", d.summary.state),
-                },
+                Ok(Some(d)) => {
+                    ClientResponse::Error { message: format!("build {build} already ended: {}", d.summary.state) }
+                }
                 Ok(None) => unknown(&build),
-                Err(e) => ClientResponse::Error {
-                    message: e.to_string(),
-                },
+                Err(e) => ClientResponse::Error { message: e.to_string() },
             },
         },
     };
@@ -190,35 +139,24 @@ async fn respond(mut send: quinn::SendStream, response: ClientResponse, max: u32
 }
 
 fn unknown(build: &archfarm_shared::BuildId) -> ClientResponse {
-    ClientResponse::Error {
-        message: format!("no build {build} on this coordinator (`archfarm builds ls` lists them)"),
-    }
+    ClientResponse::Error { message: format!("no build {build} on this coordinator (`archfarm builds ls` lists them)") }
 }
 
 /// The last event of a build that already ended, rebuilt from the store.
 fn final_event(summary: &BuildSummary) -> BuildEvent {
     match (&summary.state, &summary.index) {
-        (BuildState::Published, Some(index)) => BuildEvent::Published {
-            index: index.clone(),
-            tags: summary.tags.clone(),
-            platforms: vec![],
-        },
+        (BuildState::Published, Some(index)) => {
+            BuildEvent::Published { index: index.clone(), tags: summary.tags.clone(), platforms: vec![] }
+        }
         _ => BuildEvent::Failed {
-            reason: summary
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("the build is {}", summary.state)),
+            reason: summary.error.clone().unwrap_or_else(|| format!("the build is {}", summary.state)),
         },
     }
 }
 
 /// Forwards a build's events until its last one. A client that goes away detaches; the build
 /// runs on to its end.
-async fn follow(
-    mut events: broadcast::Receiver<BuildEvent>,
-    mut send: quinn::SendStream,
-    max: u32,
-) {
+async fn follow(mut events: broadcast::Receiver<BuildEvent>, mut send: quinn::SendStream, max: u32) {
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -226,15 +164,8 @@ async fn follow(
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => break,
         };
-        let last = matches!(
-            event,
-            BuildEvent::Published { .. } | BuildEvent::Failed { .. }
-        );
-        if codec::write_msg(&mut send, &ClientResponse::Build(event), max)
-            .await
-            .is_err()
-            || last
-        {
+        let last = matches!(event, BuildEvent::Published { .. } | BuildEvent::Failed { .. });
+        if codec::write_msg(&mut send, &ClientResponse::Build(event), max).await.is_err() || last {
             break;
         }
     }

@@ -55,10 +55,7 @@ pub struct Farm {
 impl Farm {
     /// An empty farm. A queued job whose platform no agent serves fails after `agent_wait`.
     pub fn new(agent_wait: Duration) -> Arc<Self> {
-        Arc::new(Farm {
-            state: Mutex::default(),
-            agent_wait,
-        })
+        Arc::new(Farm { state: Mutex::default(), agent_wait })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,12 +77,7 @@ impl Farm {
             }
         }
         let r = &agent.registration;
-        st.scheduler.add_agent(
-            agent.name.clone(),
-            r.platforms.clone(),
-            r.capacity,
-            standing,
-        );
+        st.scheduler.add_agent(agent.name.clone(), r.platforms.clone(), r.capacity, standing);
         st.agents.insert(agent.name.clone(), agent);
         dispatch(&mut st);
         Ok(())
@@ -178,10 +170,7 @@ impl Farm {
             .agents
             .values()
             .map(|a| {
-                let (running, capacity) = st
-                    .scheduler
-                    .load(&a.name)
-                    .unwrap_or((0, a.registration.capacity));
+                let (running, capacity) = st.scheduler.load(&a.name).unwrap_or((0, a.registration.capacity));
                 let state = match st.scheduler.standing(&a.name) {
                     Some(Standing::Quarantined(why)) => format!("quarantined: {why}"),
                     Some(Standing::Draining) => "draining".to_owned(),

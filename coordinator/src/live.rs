@@ -40,10 +40,7 @@ impl LiveBuilds {
 
     /// Registers a build that is starting.
     pub fn start(&self, build: &BuildId) -> Live {
-        let live = Live {
-            events: broadcast::channel(EVENT_BUFFER).0,
-            cancel: CancellationToken::new(),
-        };
+        let live = Live { events: broadcast::channel(EVENT_BUFFER).0, cancel: CancellationToken::new() };
         self.lock().insert(build.clone(), live.clone());
         live
     }

@@ -1,8 +1,6 @@
 //! The `archfarm` binary: coordinator and release-engineer client.
 
-use archfarm_coordinator::cli::{
-    AgentsCommand, BuildsCommand, CaCommand, Cli, Command, ImagetoolsCommand,
-};
+use archfarm_coordinator::cli::{AgentsCommand, BuildsCommand, CaCommand, Cli, Command, ImagetoolsCommand};
 use archfarm_coordinator::client::agents::Format;
 use archfarm_coordinator::{ca, client};
 use clap::Parser;
@@ -33,46 +31,27 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         }
         Command::Build(args) => client::build::run(*args).await,
         Command::Builds { command } => match command {
-            BuildsCommand::Ls {
-                remote,
-                limit,
-                format,
-            } => client::builds::ls(&remote, limit, matches!(format, Format::Json))
-                .await
-                .map(|()| true),
-            BuildsCommand::Show {
-                remote,
-                build,
-                format,
-            } => client::builds::show(&remote, build, matches!(format, Format::Json))
-                .await
-                .map(|()| true),
-            BuildsCommand::Watch {
-                remote,
-                build,
-                progress,
-                on_interrupt,
-            } => client::builds::watch(&remote, build, progress, on_interrupt).await,
-            BuildsCommand::Publish { remote, build } => {
-                client::builds::publish(&remote, build).await.map(|()| true)
+            BuildsCommand::Ls { remote, limit, format } => {
+                client::builds::ls(&remote, limit, matches!(format, Format::Json)).await.map(|()| true)
             }
-            BuildsCommand::Cancel { remote, build } => {
-                client::builds::cancel(&remote, build).await.map(|()| true)
+            BuildsCommand::Show { remote, build, format } => {
+                client::builds::show(&remote, build, matches!(format, Format::Json)).await.map(|()| true)
             }
+            BuildsCommand::Watch { remote, build, progress, on_interrupt } => {
+                client::builds::watch(&remote, build, progress, on_interrupt).await
+            }
+            BuildsCommand::Publish { remote, build } => client::builds::publish(&remote, build).await.map(|()| true),
+            BuildsCommand::Cancel { remote, build } => client::builds::cancel(&remote, build).await.map(|()| true),
         },
-        Command::Agents {
-            command: AgentsCommand::Ls { remote, format },
-        } => client::agents::ls(&remote, format).await.map(|()| true),
-        Command::Imagetools {
-            command: ImagetoolsCommand::Inspect { reference, raw },
-        } => client::imagetools::inspect(&reference, raw)
-            .await
-            .map(|()| true),
-        Command::Ca {
-            command: CaCommand::Init { dir, names, force },
-        } => ca::init(&dir, &names, force).map(|()| true),
-        Command::Ca {
-            command: CaCommand::IssueAgent { name, dir, out },
-        } => ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true),
+        Command::Agents { command: AgentsCommand::Ls { remote, format } } => {
+            client::agents::ls(&remote, format).await.map(|()| true)
+        }
+        Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw } } => {
+            client::imagetools::inspect(&reference, raw).await.map(|()| true)
+        }
+        Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
+        Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {
+            ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true)
+        }
     }
 }

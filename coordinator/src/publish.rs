@@ -38,7 +38,10 @@ where
             Ok(v) => return Ok(v),
             Err(e) => {
                 if attempt < REGISTRY_TRIES {
-                    warn!("{what} failed (try {attempt} of {REGISTRY_TRIES}), retrying in {:.1} s: {e}", pause.as_secs_f64());
+                    warn!(
+                        "{what} failed (try {attempt} of {REGISTRY_TRIES}), retrying in {:.1} s: {e}",
+                        pause.as_secs_f64()
+                    );
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
@@ -46,9 +49,7 @@ where
             }
         }
     }
-    Err(format!(
-        "{what} failed {REGISTRY_TRIES} times; last error: {last}"
-    ))
+    Err(format!("{what} failed {REGISTRY_TRIES} times; last error: {last}"))
 }
 
 /// Fetches the manifest an agent reported and its config from the registry, and checks the
@@ -65,23 +66,14 @@ pub async fn verify(
         repo.repository().to_owned(),
         pushed.digest.to_string(),
     );
-    let (bytes, digest) = with_retries(
-        &format!("fetching {} from the registry", pushed.digest),
-        || async {
-            registry
-                .manifest(&by_digest, oci::IMAGE_MANIFESTS)
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+    let (bytes, digest) = with_retries(&format!("fetching {} from the registry", pushed.digest), || async {
+        registry.manifest(&by_digest, oci::IMAGE_MANIFESTS).await.map_err(|e| e.to_string())
+    })
     .await
     .map_err(VerifyError::Unavailable)?;
     let wrong = |msg: String| VerifyError::Wrong(format!("agent {agent}: {msg}"));
     if digest != pushed.digest || Digest::of(&bytes) != pushed.digest {
-        return Err(wrong(format!(
-            "reported {} but the registry serves {digest}",
-            pushed.digest
-        )));
+        return Err(wrong(format!("reported {} but the registry serves {digest}", pushed.digest)));
     }
     if bytes.len() as u64 != pushed.size {
         return Err(wrong(format!(
@@ -92,82 +84,45 @@ pub async fn verify(
     }
     let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| pushed.media_type.clone());
     if !oci::IMAGE_MANIFESTS.contains(&media_type.as_str()) {
-        return Err(wrong(format!(
-            "pushed a {media_type}, not a single-platform image manifest"
-        )));
+        return Err(wrong(format!("pushed a {media_type}, not a single-platform image manifest")));
     }
-    let (_, config_digest) =
-        oci::manifest_config(&bytes).map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
-    let config_digest: Digest = config_digest
-        .parse()
-        .map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
+    let (_, config_digest) = oci::manifest_config(&bytes).map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
+    let config_digest: Digest = config_digest.parse().map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
     let config = with_retries(&format!("fetching the config of {digest}"), || async {
-        registry
-            .blob(repo, &config_digest)
-            .await
-            .map_err(|e| e.to_string())
+        registry.blob(repo, &config_digest).await.map_err(|e| e.to_string())
     })
     .await
     .map_err(VerifyError::Unavailable)?;
-    let actual =
-        oci::config_platform(&config).map_err(|e| wrong(format!("config of {digest}: {e}")))?;
+    let actual = oci::config_platform(&config).map_err(|e| wrong(format!("config of {digest}: {e}")))?;
     if &actual != platform {
-        return Err(wrong(format!(
-            "pushed an image whose config says {actual}, but the job was for {platform}"
-        )));
+        return Err(wrong(format!("pushed an image whose config says {actual}, but the job was for {platform}")));
     }
-    Ok(Child {
-        platform: platform.clone(),
-        manifest: Blob {
-            media_type,
-            digest,
-            size: pushed.size,
-        },
-    })
+    Ok(Child { platform: platform.clone(), manifest: Blob { media_type, digest, size: pushed.size } })
 }
 
 /// Publishes the index over `children` (in order) under every tag, then reads it back through
 /// the first tag to confirm the registry serves exactly the bytes that were hashed. The same
 /// children always give the same bytes, so publishing again is harmless.
-pub async fn publish(
-    registry: &Registry,
-    tags: &[ImageReference],
-    children: &[Child],
-) -> Result<Digest, String> {
+pub async fn publish(registry: &Registry, tags: &[ImageReference], children: &[Child]) -> Result<Digest, String> {
     let bytes = oci::index_json(children).map_err(|e| e.to_string())?;
     let digest = Digest::of(&bytes);
     let first = tags.first().ok_or("no tag to publish under")?;
     with_retries("authenticating to the registry", || async {
-        registry
-            .authorize_push(first)
-            .await
-            .map_err(|e| e.to_string())
+        registry.authorize_push(first).await.map_err(|e| e.to_string())
     })
     .await?;
     for tag in tags {
-        with_retries(
-            &format!("publishing the index under {}", tag.whole()),
-            || async {
-                registry
-                    .push_manifest(tag, bytes.clone().into(), oci::OCI_INDEX)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
+        with_retries(&format!("publishing the index under {}", tag.whole()), || async {
+            registry.push_manifest(tag, bytes.clone().into(), oci::OCI_INDEX).await.map_err(|e| e.to_string())
+        })
         .await?;
     }
     let (_, served) = with_retries(&format!("reading back {}", first.whole()), || async {
-        registry
-            .manifest(first, oci::ANY_MANIFEST)
-            .await
-            .map_err(|e| e.to_string())
+        registry.manifest(first, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())
     })
     .await?;
     if served != digest {
-        return Err(format!(
-            "{} resolves to {served} after publishing {digest}",
-            first.whole()
-        ));
+        return Err(format!("{} resolves to {served} after publishing {digest}", first.whole()));
     }
     Ok(digest)
 }
@@ -188,10 +143,7 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), REGISTRY_TRIES);
-        assert_eq!(
-            err,
-            "publishing failed 5 times; last error: 503 Service Unavailable"
-        );
+        assert_eq!(err, "publishing failed 5 times; last error: 503 Service Unavailable");
         // 0.5 + 1 + 2 + 4 seconds of backoff.
         assert_eq!(started.elapsed(), Duration::from_millis(7500));
 

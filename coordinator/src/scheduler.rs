@@ -104,23 +104,9 @@ impl Scheduler {
     }
 
     /// Adds an agent, or updates one that re-registered (its running jobs stay counted).
-    pub fn add_agent(
-        &mut self,
-        name: AgentName,
-        platforms: Vec<Platform>,
-        capacity: u32,
-        standing: Standing,
-    ) {
+    pub fn add_agent(&mut self, name: AgentName, platforms: Vec<Platform>, capacity: u32, standing: Standing) {
         let running = self.running.values().filter(|a| **a == name).count() as u32;
-        self.agents.insert(
-            name,
-            Slots {
-                platforms,
-                capacity: capacity.max(1),
-                running,
-                standing,
-            },
-        );
+        self.agents.insert(name, Slots { platforms, capacity: capacity.max(1), running, standing });
     }
 
     /// Changes what an agent may be given. Unknown agents are ignored.
@@ -139,33 +125,19 @@ impl Scheduler {
     /// build are reported (they stay queued, for an agent that may come back).
     pub fn remove_agent(&mut self, name: &AgentName) -> Removed {
         self.agents.remove(name);
-        let mut running: Vec<JobId> = self
-            .running
-            .iter()
-            .filter(|(_, a)| *a == name)
-            .map(|(j, _)| j.clone())
-            .collect();
+        let mut running: Vec<JobId> = self.running.iter().filter(|(_, a)| *a == name).map(|(j, _)| j.clone()).collect();
         running.sort();
         for j in &running {
             self.running.remove(j);
         }
-        let stranded = self
-            .queue
-            .iter()
-            .filter(|q| !self.serves(&q.platform))
-            .map(|q| q.job.clone())
-            .collect();
+        let stranded = self.queue.iter().filter(|q| !self.serves(&q.platform)).map(|q| q.job.clone()).collect();
         Removed { running, stranded }
     }
 
     /// Platforms some active agent declares, sorted and unique.
     pub fn platforms(&self) -> Vec<Platform> {
-        let set: BTreeSet<&Platform> = self
-            .agents
-            .values()
-            .filter(|s| s.standing == Standing::Active)
-            .flat_map(|s| &s.platforms)
-            .collect();
+        let set: BTreeSet<&Platform> =
+            self.agents.values().filter(|s| s.standing == Standing::Active).flat_map(|s| &s.platforms).collect();
         set.into_iter().cloned().collect()
     }
 
@@ -176,29 +148,18 @@ impl Scheduler {
 
     /// Refuses a request naming a platform no active agent declares.
     pub fn check(&self, requested: &[Platform]) -> Result<(), NoAgent> {
-        let missing: Vec<Platform> = requested
-            .iter()
-            .filter(|p| !self.serves(p))
-            .cloned()
-            .collect();
+        let missing: Vec<Platform> = requested.iter().filter(|p| !self.serves(p)).cloned().collect();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(NoAgent {
-                missing,
-                available: self.platforms(),
-            })
+            Err(NoAgent { missing, available: self.platforms() })
         }
     }
 
     /// Queues a job, to avoid `avoid` if any other agent can build it. Call
     /// [`Scheduler::dispatch`] afterwards.
     pub fn enqueue(&mut self, job: JobId, platform: Platform, avoid: Vec<AgentName>) {
-        self.queue.push_back(Queued {
-            job,
-            platform,
-            avoid,
-        });
+        self.queue.push_back(Queued { job, platform, avoid });
     }
 
     /// Takes a job out of the queue before it was dispatched (its build went away).
@@ -224,17 +185,12 @@ impl Scheduler {
         let mut waiting = VecDeque::with_capacity(self.queue.len());
         while let Some(q) = self.queue.pop_front() {
             // Agents to avoid are used only when no other agent declares the platform at all.
-            let others_exist = self
-                .agents
-                .iter()
-                .any(|(n, s)| s.serves(&q.platform) && !q.avoid.contains(n));
+            let others_exist = self.agents.iter().any(|(n, s)| s.serves(&q.platform) && !q.avoid.contains(n));
             let best = self
                 .agents
                 .iter()
                 .filter(|(n, s)| {
-                    s.free()
-                        && s.platforms.contains(&q.platform)
-                        && !(others_exist && q.avoid.contains(n))
+                    s.free() && s.platforms.contains(&q.platform) && !(others_exist && q.avoid.contains(n))
                 })
                 .min_by(|(an, a), (bn, b)| a.cmp_load(b).then(an.cmp(bn)))
                 .map(|(name, _)| name.clone());
@@ -279,12 +235,7 @@ mod tests {
     }
     fn farm() -> Scheduler {
         let mut s = Scheduler::new();
-        s.add_agent(
-            a("amd-1"),
-            vec![p("linux/amd64"), p("linux/386")],
-            2,
-            Standing::Active,
-        );
+        s.add_agent(a("amd-1"), vec![p("linux/amd64"), p("linux/386")], 2, Standing::Active);
         s.add_agent(a("amd-2"), vec![p("linux/amd64")], 1, Standing::Active);
         s.add_agent(a("arm-1"), vec![p("linux/arm64")], 1, Standing::Active);
         s
@@ -296,19 +247,7 @@ mod tests {
         s.enqueue(j(1), p("linux/arm64"), vec![]);
         s.enqueue(j(2), p("linux/386"), vec![]);
         let got = s.dispatch();
-        assert_eq!(
-            got,
-            vec![
-                Assignment {
-                    job: j(1),
-                    agent: a("arm-1")
-                },
-                Assignment {
-                    job: j(2),
-                    agent: a("amd-1")
-                }
-            ]
-        );
+        assert_eq!(got, vec![Assignment { job: j(1), agent: a("arm-1") }, Assignment { job: j(2), agent: a("amd-1") }]);
     }
 
     #[test]
@@ -317,11 +256,7 @@ mod tests {
         for n in 1..=3 {
             s.enqueue(j(n), p("linux/amd64"), vec![]);
         }
-        let agents: Vec<_> = s
-            .dispatch()
-            .into_iter()
-            .map(|x| x.agent.to_string())
-            .collect();
+        let agents: Vec<_> = s.dispatch().into_iter().map(|x| x.agent.to_string()).collect();
         // Both idle: name breaks the tie; then amd-1 (1/2) beats amd-2 (1/1).
         assert_eq!(agents, ["amd-1", "amd-2", "amd-1"]);
         assert_eq!(s.load(&a("amd-1")), Some((2, 2)));
@@ -334,21 +269,11 @@ mod tests {
         s.enqueue(j(2), p("linux/arm64"), vec![]);
         s.enqueue(j(3), p("linux/amd64"), vec![]);
         let first = s.dispatch();
-        assert_eq!(
-            first.len(),
-            2,
-            "arm-1 has one slot; amd64 must not wait behind arm64"
-        );
+        assert_eq!(first.len(), 2, "arm-1 has one slot; amd64 must not wait behind arm64");
         assert_eq!(s.queued(), 1);
         assert!(s.dispatch().is_empty());
         s.finish(&j(1));
-        assert_eq!(
-            s.dispatch(),
-            vec![Assignment {
-                job: j(2),
-                agent: a("arm-1")
-            }]
-        );
+        assert_eq!(s.dispatch(), vec![Assignment { job: j(2), agent: a("arm-1") }]);
         s.finish(&j(1)); // late duplicate: ignored
         assert_eq!(s.load(&a("arm-1")), Some((1, 1)));
     }
@@ -357,16 +282,16 @@ mod tests {
     fn unknown_platforms_are_refused_naming_missing_and_available() {
         let s = farm();
         assert!(s.check(&[p("linux/amd64"), p("linux/arm64")]).is_ok());
-        let err = s
-            .check(&[p("linux/amd64"), p("linux/s390x"), p("linux/arm/v7")])
-            .unwrap_err();
+        let err = s.check(&[p("linux/amd64"), p("linux/s390x"), p("linux/arm/v7")]).unwrap_err();
         assert_eq!(err.missing, vec![p("linux/s390x"), p("linux/arm/v7")]);
         let msg = err.to_string();
-        assert!(msg.starts_with("no agent builds linux/s390x, linux/arm/v7 natively; the farm has linux/386, linux/amd64, linux/arm64."), "{msg}");
-        let empty = Scheduler::new()
-            .check(&[p("linux/amd64")])
-            .unwrap_err()
-            .to_string();
+        assert!(
+            msg.starts_with(
+                "no agent builds linux/s390x, linux/arm/v7 natively; the farm has linux/386, linux/amd64, linux/arm64."
+            ),
+            "{msg}"
+        );
+        let empty = Scheduler::new().check(&[p("linux/amd64")]).unwrap_err().to_string();
         assert!(empty.contains("the farm has none"), "{empty}");
     }
 
@@ -378,18 +303,8 @@ mod tests {
         s.enqueue(j(3), p("linux/amd64"), vec![]);
         s.dispatch();
         let removed = s.remove_agent(&a("arm-1"));
-        assert_eq!(
-            removed,
-            Removed {
-                running: vec![j(1)],
-                stranded: vec![j(2)]
-            }
-        );
-        assert_eq!(
-            s.queued(),
-            1,
-            "a stranded job stays queued: an agent may come back"
-        );
+        assert_eq!(removed, Removed { running: vec![j(1)], stranded: vec![j(2)] });
+        assert_eq!(s.queued(), 1, "a stranded job stays queued: an agent may come back");
         assert!(s.check(&[p("linux/arm64")]).is_err());
         // The amd64 job is untouched.
         s.finish(&j(3));
@@ -422,10 +337,7 @@ mod tests {
         let mut s = farm();
         s.set_standing(&a("arm-1"), Standing::Quarantined("wrong platform".into()));
         assert!(!s.serves(&p("linux/arm64")));
-        assert!(
-            s.check(&[p("linux/arm64")]).is_err(),
-            "a quarantined agent does not count"
-        );
+        assert!(s.check(&[p("linux/arm64")]).is_err(), "a quarantined agent does not count");
         s.enqueue(j(1), p("linux/arm64"), vec![]);
         assert!(s.dispatch().is_empty());
         s.set_standing(&a("arm-1"), Standing::Active);
@@ -433,13 +345,7 @@ mod tests {
 
         s.set_standing(&a("amd-1"), Standing::Draining);
         s.enqueue(j(2), p("linux/amd64"), vec![]);
-        assert_eq!(
-            s.dispatch(),
-            vec![Assignment {
-                job: j(2),
-                agent: a("amd-2")
-            }]
-        );
+        assert_eq!(s.dispatch(), vec![Assignment { job: j(2), agent: a("amd-2") }]);
         assert_eq!(s.standing(&a("amd-1")), Some(&Standing::Draining));
     }
 
@@ -447,24 +353,12 @@ mod tests {
     fn retries_avoid_earlier_agents_unless_no_other_declares_the_platform() {
         let mut s = farm();
         s.enqueue(j(1), p("linux/amd64"), vec![a("amd-1")]);
-        assert_eq!(
-            s.dispatch(),
-            vec![Assignment {
-                job: j(1),
-                agent: a("amd-2")
-            }]
-        );
+        assert_eq!(s.dispatch(), vec![Assignment { job: j(1), agent: a("amd-2") }]);
         // amd-2 is busy now: the retry waits for it rather than going back to amd-1.
         s.enqueue(j(2), p("linux/amd64"), vec![a("amd-1")]);
         assert!(s.dispatch().is_empty());
         // arm-1 is the only arm64 agent: avoiding it would strand the job.
         s.enqueue(j(3), p("linux/arm64"), vec![a("arm-1")]);
-        assert_eq!(
-            s.dispatch(),
-            vec![Assignment {
-                job: j(3),
-                agent: a("arm-1")
-            }]
-        );
+        assert_eq!(s.dispatch(), vec![Assignment { job: j(3), agent: a("arm-1") }]);
     }
 }

@@ -51,9 +51,7 @@ pub struct Shared {
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-    };
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
     let server_config = tls::server_config(
         &read(&config.tls.ca_cert)?,
         &read(&config.tls.cert)?,
@@ -65,8 +63,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
         .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
     let db = config.data_dir.join("state.db");
-    let store = Store::open(&db)
-        .with_context(|| format!("cannot open the state database {}", db.display()))?;
+    let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
     let shared = Arc::new(Shared {
         farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
         contexts,
@@ -85,11 +82,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
     // Builds the last run did not finish continue; agents reconnect on their own.
-    for id in shared
-        .store
-        .unfinished()
-        .context("reading unfinished builds")?
-    {
+    for id in shared.store.unfinished().context("reading unfinished builds")? {
         if let Err(e) = crate::build::resume(&shared, &id) {
             tracing::error!(build = %id, "cannot resume: {e}");
         }
@@ -134,10 +127,9 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
 
 fn handshake_refusal(e: &quinn::ConnectionError) -> String {
     match e {
-        quinn::ConnectionError::TransportError(t) if t.reason.contains("certificate") => format!(
-            "TLS handshake failed: {} (agents need a certificate signed by this farm's CA)",
-            t.reason
-        ),
+        quinn::ConnectionError::TransportError(t) if t.reason.contains("certificate") => {
+            format!("TLS handshake failed: {} (agents need a certificate signed by this farm's CA)", t.reason)
+        }
         other => format!("handshake failed: {other}"),
     }
 }

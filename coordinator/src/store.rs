@@ -67,9 +67,7 @@ CREATE TABLE IF NOT EXISTS agents (
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A job as recovery needs it.
@@ -92,15 +90,7 @@ pub struct StoredJob {
 }
 
 /// A `builds` row: id, created, finished, state, request, index, error.
-type SummaryRow = (
-    String,
-    i64,
-    Option<i64>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
+type SummaryRow = (String, i64, Option<i64>, String, String, Option<String>, Option<String>);
 
 /// The state database.
 #[derive(Debug)]
@@ -112,8 +102,7 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse()
-        .map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
 }
 
 impl Store {
@@ -125,9 +114,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+        Ok(Store { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -135,23 +122,13 @@ impl Store {
     }
 
     /// Records a new build and its jobs (one per platform, in order), all queued.
-    pub fn create_build(
-        &self,
-        build: &BuildId,
-        req: &BuildRequest,
-        jobs: &[(JobId, Platform)],
-    ) -> Result<()> {
+    pub fn create_build(&self, build: &BuildId, req: &BuildRequest, jobs: &[(JobId, Platform)]) -> Result<()> {
         let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO builds (id, created_ms, state, request) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                build.as_str(),
-                now_ms() as i64,
-                BuildState::Running.as_str(),
-                request
-            ],
+            params![build.as_str(), now_ms() as i64, BuildState::Running.as_str(), request],
         )?;
         for (position, (job, platform)) in jobs.iter().enumerate() {
             tx.execute(
@@ -171,23 +148,14 @@ impl Store {
             "INSERT INTO attempts (job, number, agent, started_ms) VALUES (?1, ?2, ?3, ?4)",
             params![job.as_str(), number, agent.as_str(), now_ms() as i64],
         )?;
-        tx.execute(
-            "UPDATE jobs SET state = ?2 WHERE id = ?1",
-            params![job.as_str(), JobState::Running.as_str()],
-        )?;
+        tx.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.as_str(), JobState::Running.as_str()])?;
         tx.commit()?;
         Ok(())
     }
 
     /// Ends an attempt. Only the first end counts: a late report for an attempt already ended
     /// (fenced) changes nothing, and the call returns false.
-    pub fn finish_attempt(
-        &self,
-        job: &JobId,
-        number: u32,
-        outcome: &str,
-        detail: &str,
-    ) -> Result<bool> {
+    pub fn finish_attempt(&self, job: &JobId, number: u32, outcome: &str, detail: &str) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE attempts SET finished_ms = ?3, outcome = ?4, detail = ?5 \
              WHERE job = ?1 AND number = ?2 AND finished_ms IS NULL",
@@ -198,10 +166,8 @@ impl Store {
 
     /// Marks a job queued again (after a lost or failed attempt).
     pub fn requeue(&self, job: &JobId) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET state = ?2 WHERE id = ?1",
-            params![job.as_str(), JobState::Queued.as_str()],
-        )?;
+        self.conn()
+            .execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.as_str(), JobState::Queued.as_str()])?;
         Ok(())
     }
 
@@ -243,13 +209,7 @@ impl Store {
         self.conn().execute(
             "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
              index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
-            params![
-                build.as_str(),
-                state.as_str(),
-                finished,
-                index.map(Digest::as_str),
-                error
-            ],
+            params![build.as_str(), state.as_str(), finished, index.map(Digest::as_str), error],
         )?;
         Ok(())
     }
@@ -258,17 +218,10 @@ impl Store {
     pub fn request(&self, build: &BuildId) -> Result<Option<BuildRequest>> {
         let text: Option<String> = self
             .conn()
-            .query_row(
-                "SELECT request FROM builds WHERE id = ?1",
-                params![build.as_str()],
-                |r| r.get(0),
-            )
+            .query_row("SELECT request FROM builds WHERE id = ?1", params![build.as_str()], |r| r.get(0))
             .optional()?;
-        text.map(|t| {
-            serde_json::from_str(&t)
-                .map_err(|e| StoreError::Corrupt(format!("request of {build}: {e}")))
-        })
-        .transpose()
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("request of {build}: {e}"))))
+            .transpose()
     }
 
     /// A build's jobs, in platform order.
@@ -315,31 +268,20 @@ impl Store {
     /// Builds that have not reached a final state, oldest first (recovered at start).
     pub fn unfinished(&self) -> Result<Vec<BuildId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id FROM builds WHERE state IN ('running', 'publishing') ORDER BY created_ms",
-        )?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut stmt =
+            conn.prepare("SELECT id FROM builds WHERE state IN ('running', 'publishing') ORDER BY created_ms")?;
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
         ids.iter().map(|s| parse(s, "build id")).collect()
     }
 
     fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-        ))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
     }
 
     fn summary(row: SummaryRow) -> Result<BuildSummary> {
         let (id, created, finished, state, request, index, error) = row;
-        let req: BuildRequest = serde_json::from_str(&request)
-            .map_err(|e| StoreError::Corrupt(format!("request of {id}: {e}")))?;
+        let req: BuildRequest =
+            serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(format!("request of {id}: {e}")))?;
         Ok(BuildSummary {
             build: parse(&id, "build id")?,
             state: parse(&state, "build state")?,
@@ -359,9 +301,7 @@ impl Store {
             "SELECT id, created_ms, finished_ms, state, request, index_digest, error FROM builds \
              ORDER BY created_ms DESC, rowid DESC LIMIT ?1",
         )?;
-        let rows = stmt
-            .query_map(params![limit], Self::summary_row)?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map(params![limit], Self::summary_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
         rows.into_iter().map(Self::summary).collect()
     }
 
@@ -443,19 +383,14 @@ impl Store {
             "INSERT INTO agents (name, failures) VALUES (?1, 1) ON CONFLICT(name) DO UPDATE SET failures = failures + 1",
             params![agent.as_str()],
         )?;
-        Ok(conn.query_row(
-            "SELECT failures FROM agents WHERE name = ?1",
-            params![agent.as_str()],
-            |r| r.get::<_, i64>(0),
-        )? as u32)
+        Ok(conn
+            .query_row("SELECT failures FROM agents WHERE name = ?1", params![agent.as_str()], |r| r.get::<_, i64>(0))?
+            as u32)
     }
 
     /// Resets an agent's consecutive failures after a success.
     pub fn agent_succeeded(&self, agent: &AgentName) -> Result<()> {
-        self.conn().execute(
-            "UPDATE agents SET failures = 0 WHERE name = ?1",
-            params![agent.as_str()],
-        )?;
+        self.conn().execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent.as_str()])?;
         Ok(())
     }
 
@@ -473,11 +408,9 @@ impl Store {
     pub fn quarantined(&self, agent: &AgentName) -> Result<Option<String>> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT reason FROM agents WHERE name = ?1 AND quarantined = 1",
-                params![agent.as_str()],
-                |r| r.get::<_, Option<String>>(0),
-            )
+            .query_row("SELECT reason FROM agents WHERE name = ?1 AND quarantined = 1", params![agent.as_str()], |r| {
+                r.get::<_, Option<String>>(0)
+            })
             .optional()?
             .map(Option::unwrap_or_default))
     }
@@ -489,10 +422,7 @@ mod tests {
 
     fn request() -> BuildRequest {
         BuildRequest {
-            platforms: vec![
-                "linux/amd64".parse().unwrap(),
-                "linux/arm64".parse().unwrap(),
-            ],
+            platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
             tags: vec!["127.0.0.1:5000/a:1".into()],
             context: Digest::of(b"ctx"),
             dockerfile: "Dockerfile".into(),
@@ -515,30 +445,17 @@ mod tests {
             s.create_build(
                 &build,
                 &req,
-                &[
-                    (j1.clone(), req.platforms[0].clone()),
-                    (j2.clone(), req.platforms[1].clone()),
-                ],
+                &[(j1.clone(), req.platforms[0].clone()), (j2.clone(), req.platforms[1].clone())],
             )
             .unwrap();
             s.start_attempt(&j1, 1, &agent).unwrap();
             assert!(s.finish_attempt(&j1, 1, "lost", "agent went away").unwrap());
-            assert!(
-                !s.finish_attempt(&j1, 1, "pushed", "late").unwrap(),
-                "a late report is fenced"
-            );
+            assert!(!s.finish_attempt(&j1, 1, "pushed", "late").unwrap(), "a late report is fenced");
             s.requeue(&j1).unwrap();
             s.start_attempt(&j1, 2, &agent).unwrap();
             assert!(s.finish_attempt(&j1, 2, "pushed", "").unwrap());
-            s.job_verified(
-                &j1,
-                &Digest::of(b"m"),
-                "application/vnd.oci.image.manifest.v1+json",
-                400,
-                &agent,
-                1234,
-            )
-            .unwrap();
+            s.job_verified(&j1, &Digest::of(b"m"), "application/vnd.oci.image.manifest.v1+json", 400, &agent, 1234)
+                .unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.unfinished().unwrap(), vec![build.clone()]);
@@ -550,21 +467,13 @@ mod tests {
         assert_eq!(jobs[1].state, JobState::Queued);
         let detail = s.detail(&build).unwrap().unwrap();
         assert_eq!(
-            detail.jobs[0]
-                .attempts
-                .iter()
-                .map(|a| a.outcome.clone().unwrap())
-                .collect::<Vec<_>>(),
+            detail.jobs[0].attempts.iter().map(|a| a.outcome.clone().unwrap()).collect::<Vec<_>>(),
             ["lost", "pushed"]
         );
-        assert_eq!(
-            detail.jobs[0].attempts[0].detail.as_deref(),
-            Some("agent went away")
-        );
+        assert_eq!(detail.jobs[0].attempts[0].detail.as_deref(), Some("agent went away"));
 
         s.job_ended(&j2, JobState::Failed, "exit code: 1").unwrap();
-        s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed"))
-            .unwrap();
+        s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed")).unwrap();
         assert!(s.unfinished().unwrap().is_empty());
         let listed = s.list(10).unwrap();
         assert_eq!(listed[0].state, BuildState::Failed);
@@ -585,11 +494,7 @@ mod tests {
         s.agent_succeeded(&a).unwrap();
         assert_eq!(s.agent_failed(&a).unwrap(), 1);
         assert_eq!(s.quarantined(&a).unwrap(), None);
-        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job")
-            .unwrap();
-        assert_eq!(
-            s.quarantined(&a).unwrap().as_deref(),
-            Some("pushed linux/amd64 for a linux/arm64 job")
-        );
+        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").unwrap();
+        assert_eq!(s.quarantined(&a).unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
     }
 }

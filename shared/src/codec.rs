@@ -54,14 +54,10 @@ fn config() -> impl bincode::config::Config {
 /// Encodes `msg` as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, CodecError> {
     let mut frame = vec![0u8; 4];
-    bincode::serde::encode_into_std_write(msg, &mut frame, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    let len = u32::try_from(frame.len() - 4)
-        .map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
+    bincode::serde::encode_into_std_write(msg, &mut frame, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = u32::try_from(frame.len() - 4).map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
     if len > max {
-        return Err(CodecError::Encode(format!(
-            "message of {len} bytes exceeds the maximum frame of {max} bytes"
-        )));
+        return Err(CodecError::Encode(format!("message of {len} bytes exceeds the maximum frame of {max} bytes")));
     }
     frame[..4].copy_from_slice(&len.to_be_bytes());
     Ok(frame)
@@ -69,31 +65,22 @@ pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one message from a frame's payload, refusing trailing bytes.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (msg, used) =
+        bincode::serde::decode_from_slice(payload, config()).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != payload.len() {
-        return Err(CodecError::TrailingBytes {
-            extra: payload.len() - used,
-        });
+        return Err(CodecError::TrailingBytes { extra: payload.len() - used });
     }
     Ok(msg)
 }
 
 /// Reads one frame's payload. `Ok(None)` means the stream ended cleanly between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: u32,
-) -> Result<Option<Vec<u8>>, CodecError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Option<Vec<u8>>, CodecError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
         let n = r.read(&mut len[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(CodecError::Truncated { expected: 4, got })
-            };
+            return if got == 0 { Ok(None) } else { Err(CodecError::Truncated { expected: 4, got }) };
         }
         got += n;
     }
@@ -106,10 +93,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while got < payload.len() {
         let n = r.read(&mut payload[got..]).await?;
         if n == 0 {
-            return Err(CodecError::Truncated {
-                expected: payload.len(),
-                got,
-            });
+            return Err(CodecError::Truncated { expected: payload.len(), got });
         }
         got += n;
     }
@@ -117,10 +101,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Reads and decodes one message. `Ok(None)` means the stream ended cleanly.
-pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
-    r: &mut R,
-    max: u32,
-) -> Result<Option<T>, CodecError> {
+pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<Option<T>, CodecError> {
     match read_frame(r, max).await? {
         Some(payload) => decode(&payload).map(Some),
         None => Ok(None),
@@ -128,22 +109,12 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
 }
 
 /// Reads one message and fails if the stream ended before it.
-pub async fn expect_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
-    r: &mut R,
-    max: u32,
-) -> Result<T, CodecError> {
-    read_msg(r, max).await?.ok_or(CodecError::Truncated {
-        expected: 4,
-        got: 0,
-    })
+pub async fn expect_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T, CodecError> {
+    read_msg(r, max).await?.ok_or(CodecError::Truncated { expected: 4, got: 0 })
 }
 
 /// Encodes and writes one message.
-pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
-    w: &mut W,
-    msg: &T,
-    max: u32,
-) -> Result<(), CodecError> {
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T, max: u32) -> Result<(), CodecError> {
     let frame = encode(msg, max)?;
     w.write_all(&frame).await?;
     Ok(())
@@ -152,9 +123,7 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{
-        AgentMessage, ClientRequest, FailureKind, JobFailure, JobOutcome, Registration,
-    };
+    use crate::protocol::{AgentMessage, ClientRequest, FailureKind, JobFailure, JobOutcome, Registration};
 
     fn sample() -> AgentMessage {
         AgentMessage::Register(Registration {
@@ -170,9 +139,7 @@ mod tests {
         let msgs = vec![
             sample(),
             AgentMessage::Heartbeat { running: 3 },
-            AgentMessage::JobLog {
-                line: "#5 [2/2] COPY".into(),
-            },
+            AgentMessage::JobLog { line: "#5 [2/2] COPY".into() },
             AgentMessage::JobFinished(JobOutcome::Failed(JobFailure {
                 kind: FailureKind::Build,
                 message: "exit code: 1".into(),
@@ -188,33 +155,19 @@ mod tests {
             let got: AgentMessage = read_msg(&mut r, DEFAULT_MAX_FRAME).await.unwrap().unwrap();
             assert_eq!(&got, m);
         }
-        assert!(read_msg::<_, AgentMessage>(&mut r, DEFAULT_MAX_FRAME)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(read_msg::<_, AgentMessage>(&mut r, DEFAULT_MAX_FRAME).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn oversized_length_is_refused_before_allocating() {
         let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let err = read_frame(&mut r, DEFAULT_MAX_FRAME).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                CodecError::Oversized {
-                    len: u32::MAX,
-                    max: DEFAULT_MAX_FRAME
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, CodecError::Oversized { len: u32::MAX, max: DEFAULT_MAX_FRAME }), "{err}");
     }
 
     #[test]
     fn encoding_refuses_messages_over_the_frame_limit() {
-        let big = AgentMessage::JobLog {
-            line: "x".repeat(2000),
-        };
+        let big = AgentMessage::JobLog { line: "x".repeat(2000) };
         assert!(matches!(encode(&big, 1000), Err(CodecError::Encode(_))));
         assert!(encode(&big, 4000).is_ok());
     }
@@ -225,10 +178,7 @@ mod tests {
         for cut in [1, 3, 5, frame.len() - 1] {
             let mut r = &frame[..cut];
             let err = read_frame(&mut r, DEFAULT_MAX_FRAME).await.unwrap_err();
-            assert!(
-                matches!(err, CodecError::Truncated { .. }),
-                "cut at {cut}: {err}"
-            );
+            assert!(matches!(err, CodecError::Truncated { .. }), "cut at {cut}: {err}");
         }
     }
 
@@ -237,30 +187,18 @@ mod tests {
         let frame = encode(&sample(), DEFAULT_MAX_FRAME).unwrap();
         let mut payload = frame[4..].to_vec();
         payload.push(0);
-        assert!(matches!(
-            decode::<AgentMessage>(&payload),
-            Err(CodecError::TrailingBytes { extra: 1 })
-        ));
+        assert!(matches!(decode::<AgentMessage>(&payload), Err(CodecError::TrailingBytes { extra: 1 })));
     }
 
     #[test]
     fn garbage_and_unknown_variants_are_malformed() {
         // Variant index 200 does not exist.
-        assert!(matches!(
-            decode::<ClientRequest>(&[200]),
-            Err(CodecError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode::<ClientRequest>(&[]),
-            Err(CodecError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ClientRequest>(&[200]), Err(CodecError::Malformed(_))));
+        assert!(matches!(decode::<ClientRequest>(&[]), Err(CodecError::Malformed(_))));
         // A string length far beyond the bytes present must fail, not allocate.
         let mut huge = vec![0u8, 0xfd];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            decode::<ClientRequest>(&huge),
-            Err(CodecError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ClientRequest>(&huge), Err(CodecError::Malformed(_))));
         // Deterministic pseudo-random garbage never panics.
         let mut x: u32 = 0x9e37_79b9;
         for _ in 0..2000 {

@@ -17,10 +17,7 @@ impl ContentStore {
     /// Opens (and creates) `dir`, accepting files up to `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(ContentStore {
-            dir: dir.to_owned(),
-            max_bytes,
-        })
+        Ok(ContentStore { dir: dir.to_owned(), max_bytes })
     }
 
     /// Where the file of `digest` lives (whether or not it is there).
@@ -35,10 +32,7 @@ impl ContentStore {
 
     /// The size of a stored file, if present.
     pub async fn size(&self, digest: &Digest) -> Option<u64> {
-        tokio::fs::metadata(self.path(digest))
-            .await
-            .ok()
-            .map(|m| m.len())
+        tokio::fs::metadata(self.path(digest)).await.ok().map(|m| m.len())
     }
 
     /// Stores exactly `size` bytes read from `r`, which must hash to `digest`. Nothing is kept
@@ -56,11 +50,7 @@ impl ContentStore {
                 self.max_bytes
             ));
         }
-        let tmp = self.dir.join(format!(
-            ".partial-{}-{:x}",
-            digest.hex(),
-            rand::random::<u32>()
-        ));
+        let tmp = self.dir.join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
         let result = async {
             let io = |e: std::io::Error| format!("cannot store {digest}: {e}");
             let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -69,15 +59,9 @@ impl ContentStore {
             let mut buf = vec![0u8; 256 << 10];
             while left > 0 {
                 let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = r
-                    .read(&mut buf[..want])
-                    .await
-                    .map_err(|e| format!("transfer of {digest} interrupted: {e}"))?;
+                let n = r.read(&mut buf[..want]).await.map_err(|e| format!("transfer of {digest} interrupted: {e}"))?;
                 if n == 0 {
-                    return Err(format!(
-                        "transfer of {digest} ended after {} of {size} bytes",
-                        size - left
-                    ));
+                    return Err(format!("transfer of {digest} ended after {} of {size} bytes", size - left));
                 }
                 hasher.update(&buf[..n]);
                 file.write_all(&buf[..n]).await.map_err(io)?;
@@ -86,9 +70,7 @@ impl ContentStore {
             file.sync_all().await.map_err(io)?;
             let got = Digest::from_sha256(hasher.finalize().into());
             if &got != digest {
-                return Err(format!(
-                    "transfer corrupt: announced {digest}, received {got}"
-                ));
+                return Err(format!("transfer corrupt: announced {digest}, received {got}"));
             }
             let path = self.path(digest);
             tokio::fs::rename(&tmp, &path).await.map_err(io)?;
@@ -102,11 +84,7 @@ impl ContentStore {
     }
 
     /// Copies a stored file to `w`.
-    pub async fn send<W: AsyncWrite + Unpin>(
-        &self,
-        digest: &Digest,
-        w: &mut W,
-    ) -> std::io::Result<u64> {
+    pub async fn send<W: AsyncWrite + Unpin>(&self, digest: &Digest, w: &mut W) -> std::io::Result<u64> {
         let mut file = tokio::fs::File::open(self.path(digest)).await?;
         tokio::io::copy(&mut file, w).await
     }
@@ -124,29 +102,17 @@ mod tests {
         let d = Digest::of(&data);
 
         let wrong = Digest::of(b"other");
-        let err = store
-            .receive(&wrong, data.len() as u64, &mut data.as_slice())
-            .await
-            .unwrap_err();
+        let err = store.receive(&wrong, data.len() as u64, &mut data.as_slice()).await.unwrap_err();
         assert!(err.contains("corrupt"), "{err}");
         assert!(!store.contains(&wrong));
 
-        let err = store
-            .receive(&d, data.len() as u64 + 5, &mut data.as_slice())
-            .await
-            .unwrap_err();
+        let err = store.receive(&d, data.len() as u64 + 5, &mut data.as_slice()).await.unwrap_err();
         assert!(err.contains("ended after 13 of 18 bytes"), "{err}");
 
-        let err = store
-            .receive(&d, 5000, &mut data.as_slice())
-            .await
-            .unwrap_err();
+        let err = store.receive(&d, 5000, &mut data.as_slice()).await.unwrap_err();
         assert!(err.contains("exceeds the limit of 1000 bytes"), "{err}");
 
-        let path = store
-            .receive(&d, data.len() as u64, &mut data.as_slice())
-            .await
-            .unwrap();
+        let path = store.receive(&d, data.len() as u64, &mut data.as_slice()).await.unwrap();
         assert_eq!(path, store.path(&d));
         assert!(store.contains(&d));
         assert_eq!(store.size(&d).await, Some(data.len() as u64));

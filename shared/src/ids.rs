@@ -11,7 +11,9 @@ pub enum IdError {
     #[error("invalid digest {0:?}: expected sha256: followed by 64 lowercase hex characters")]
     Digest(String),
     /// Not a usable agent name.
-    #[error("invalid agent name {0:?}: use 1-63 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit")]
+    #[error(
+        "invalid agent name {0:?}: use 1-63 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+    )]
     AgentName(String),
     /// Not an id this farm hands out.
     #[error("invalid {kind} id {value:?}")]
@@ -32,11 +34,7 @@ macro_rules! random_id {
         impl $name {
             /// A fresh random id.
             pub fn random() -> Self {
-                $name(format!(
-                    "{}{:012x}",
-                    $prefix,
-                    rand::random::<u64>() & 0xffff_ffff_ffff
-                ))
+                $name(format!("{}{:012x}", $prefix, rand::random::<u64>() & 0xffff_ffff_ffff))
             }
 
             /// The id as text.
@@ -55,29 +53,19 @@ macro_rules! random_id {
             type Err = IdError;
             fn from_str(s: &str) -> Result<Self, IdError> {
                 let ok = s.strip_prefix($prefix).is_some_and(|rest| {
-                    !rest.is_empty()
-                        && rest.len() <= 32
-                        && rest.bytes().all(|b| b.is_ascii_hexdigit())
+                    !rest.is_empty() && rest.len() <= 32 && rest.bytes().all(|b| b.is_ascii_hexdigit())
                 });
                 if ok {
                     Ok($name(s.to_owned()))
                 } else {
-                    Err(IdError::Id {
-                        kind: $kind,
-                        value: s.to_owned(),
-                    })
+                    Err(IdError::Id { kind: $kind, value: s.to_owned() })
                 }
             }
         }
     };
 }
 
-random_id!(
-    BuildId,
-    "b-",
-    "build",
-    "One `archfarm build` request: a set of jobs, one per platform."
-);
+random_id!(BuildId, "b-", "build", "One `archfarm build` request: a set of jobs, one per platform.");
 random_id!(JobId, "j-", "job", "One platform of one build.");
 
 /// An agent's name, taken from the common name of its certificate.
@@ -100,8 +88,7 @@ impl fmt::Display for AgentName {
 impl FromStr for AgentName {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let valid_char =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
         let ok = (1..=63).contains(&s.len())
             && s.chars().all(valid_char)
             && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -150,10 +137,7 @@ impl FromStr for Digest {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
         let ok = s.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if ok {
             Ok(Digest(s.to_owned()))
@@ -170,10 +154,7 @@ mod tests {
     #[test]
     fn digests_round_trip_and_reject_other_shapes() {
         let d = Digest::of(b"hello");
-        assert_eq!(
-            d.as_str(),
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(d.as_str(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         for bad in [
             "sha256:abc",

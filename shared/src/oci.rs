@@ -4,8 +4,7 @@
 use crate::ids::Digest;
 use crate::platform::Platform;
 use oci_spec::image::{
-    Arch, DescriptorBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType, Os,
-    PlatformBuilder,
+    Arch, DescriptorBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,23 +67,15 @@ pub struct Child {
     pub manifest: Blob,
 }
 
-fn descriptor(
-    blob: &Blob,
-    platform: Option<&Platform>,
-) -> Result<oci_spec::image::Descriptor, OciError> {
-    let spec = |source| OciError::Spec {
-        what: "descriptor",
-        source,
-    };
+fn descriptor(blob: &Blob, platform: Option<&Platform>) -> Result<oci_spec::image::Descriptor, OciError> {
+    let spec = |source| OciError::Spec { what: "descriptor", source };
     let digest: oci_spec::image::Digest = blob.digest.as_str().parse().map_err(spec)?;
     let mut d = DescriptorBuilder::default()
         .media_type(MediaType::from(blob.media_type.as_str()))
         .digest(digest)
         .size(blob.size);
     if let Some(p) = platform {
-        let mut pb = PlatformBuilder::default()
-            .os(Os::from(p.os()))
-            .architecture(Arch::from(p.arch()));
+        let mut pb = PlatformBuilder::default().os(Os::from(p.os())).architecture(Arch::from(p.arch()));
         if let Some(v) = p.variant() {
             pb = pb.variant(v);
         }
@@ -97,48 +88,34 @@ fn descriptor(
 /// to hash and to push, never re-serialised in between.
 fn canonical<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, OciError> {
     let mut out = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
-    value
-        .serialize(&mut ser)
-        .map_err(|source| OciError::Json { what, source })?;
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
+    value.serialize(&mut ser).map_err(|source| OciError::Json { what, source })?;
     Ok(out)
 }
 
 /// The OCI image index over `children`, in the given order, as canonical bytes.
 pub fn index_json(children: &[Child]) -> Result<Vec<u8>, OciError> {
-    let manifests = children
-        .iter()
-        .map(|c| descriptor(&c.manifest, Some(&c.platform)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let manifests =
+        children.iter().map(|c| descriptor(&c.manifest, Some(&c.platform))).collect::<Result<Vec<_>, _>>()?;
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
         .manifests(manifests)
         .build()
-        .map_err(|source| OciError::Spec {
-            what: "image index",
-            source,
-        })?;
+        .map_err(|source| OciError::Spec { what: "image index", source })?;
     canonical(&index, "image index")
 }
 
 /// An OCI image manifest over a config and layers, as canonical bytes.
 pub fn manifest_json(config: &Blob, layers: &[Blob]) -> Result<Vec<u8>, OciError> {
-    let layers = layers
-        .iter()
-        .map(|l| descriptor(l, None))
-        .collect::<Result<Vec<_>, _>>()?;
+    let layers = layers.iter().map(|l| descriptor(l, None)).collect::<Result<Vec<_>, _>>()?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(descriptor(config, None)?)
         .layers(layers)
         .build()
-        .map_err(|source| OciError::Spec {
-            what: "image manifest",
-            source,
-        })?;
+        .map_err(|source| OciError::Spec { what: "image manifest", source })?;
     canonical(&manifest, "image manifest")
 }
 
@@ -156,10 +133,8 @@ struct DescriptorShape {
 
 /// The media type and config digest of a single-platform manifest (OCI or Docker schema 2).
 pub fn manifest_config(bytes: &[u8]) -> Result<(Option<String>, String), OciError> {
-    let m: ManifestShape = serde_json::from_slice(bytes).map_err(|source| OciError::Json {
-        what: "image manifest",
-        source,
-    })?;
+    let m: ManifestShape =
+        serde_json::from_slice(bytes).map_err(|source| OciError::Json { what: "image manifest", source })?;
     Ok((m.media_type, m.config.digest))
 }
 
@@ -174,12 +149,7 @@ struct ConfigShape {
 pub fn config_platform(bytes: &[u8]) -> Result<Platform, String> {
     let c: ConfigShape = serde_json::from_slice(bytes)
         .map_err(|e| format!("image config is not valid JSON with os and architecture: {e}"))?;
-    Platform::new(
-        &c.os,
-        &c.architecture,
-        c.variant.as_deref().filter(|v| !v.is_empty()),
-    )
-    .map_err(|e| e.to_string())
+    Platform::new(&c.os, &c.architecture, c.variant.as_deref().filter(|v| !v.is_empty())).map_err(|e| e.to_string())
 }
 
 /// The media type of a manifest document: its `mediaType` field, else what its shape implies.
@@ -191,16 +161,7 @@ pub fn media_type_of(bytes: &[u8]) -> Option<String> {
         manifests: Option<serde_json::Value>,
     }
     let s: Shape = serde_json::from_slice(bytes).ok()?;
-    s.media_type.or_else(|| {
-        Some(
-            if s.manifests.is_some() {
-                OCI_INDEX
-            } else {
-                OCI_MANIFEST
-            }
-            .to_owned(),
-        )
-    })
+    s.media_type.or_else(|| Some(if s.manifests.is_some() { OCI_INDEX } else { OCI_MANIFEST }.to_owned()))
 }
 
 #[cfg(test)]
@@ -208,28 +169,15 @@ mod tests {
     use super::*;
 
     fn blob(n: u8) -> Blob {
-        Blob {
-            media_type: OCI_MANIFEST.into(),
-            digest: Digest::of(&[n]),
-            size: 100 + u64::from(n),
-        }
+        Blob { media_type: OCI_MANIFEST.into(), digest: Digest::of(&[n]), size: 100 + u64::from(n) }
     }
 
     #[test]
     fn index_keeps_order_sets_media_type_and_is_canonical() {
         let children = vec![
-            Child {
-                platform: "linux/arm64".parse().unwrap(),
-                manifest: blob(1),
-            },
-            Child {
-                platform: "linux/amd64".parse().unwrap(),
-                manifest: blob(2),
-            },
-            Child {
-                platform: "linux/arm/v7".parse().unwrap(),
-                manifest: blob(3),
-            },
+            Child { platform: "linux/arm64".parse().unwrap(), manifest: blob(1) },
+            Child { platform: "linux/amd64".parse().unwrap(), manifest: blob(2) },
+            Child { platform: "linux/arm/v7".parse().unwrap(), manifest: blob(3) },
         ];
         let bytes = index_json(&children).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
@@ -249,26 +197,15 @@ mod tests {
         // Same input, same bytes; and keys sorted at every level.
         assert_eq!(index_json(&children).unwrap(), bytes);
         assert!(
-            text.find("\"manifests\"").unwrap()
-                < text
-                    .find("\"mediaType\":\"application/vnd.oci.image.index")
-                    .unwrap()
+            text.find("\"manifests\"").unwrap() < text.find("\"mediaType\":\"application/vnd.oci.image.index").unwrap()
         );
         assert!(text.find("\"digest\"").unwrap() < text.find("\"size\"").unwrap());
     }
 
     #[test]
     fn manifest_round_trips_its_config_digest() {
-        let config = Blob {
-            media_type: OCI_CONFIG.into(),
-            digest: Digest::of(b"c"),
-            size: 1,
-        };
-        let layer = Blob {
-            media_type: OCI_LAYER_GZIP.into(),
-            digest: Digest::of(b"l"),
-            size: 2,
-        };
+        let config = Blob { media_type: OCI_CONFIG.into(), digest: Digest::of(b"c"), size: 1 };
+        let layer = Blob { media_type: OCI_LAYER_GZIP.into(), digest: Digest::of(b"l"), size: 2 };
         let bytes = manifest_json(&config, &[layer]).unwrap();
         let (mt, cfg) = manifest_config(&bytes).unwrap();
         assert_eq!(mt.as_deref(), Some(OCI_MANIFEST));
@@ -278,14 +215,10 @@ mod tests {
 
     #[test]
     fn config_platform_is_normalised() {
-        let p =
-            config_platform(br#"{"os":"linux","architecture":"arm64","variant":"v8","rootfs":{}}"#)
-                .unwrap();
+        let p = config_platform(br#"{"os":"linux","architecture":"arm64","variant":"v8","rootfs":{}}"#).unwrap();
         assert_eq!(p.to_string(), "linux/arm64");
         let p = config_platform(br#"{"os":"linux","architecture":"arm","variant":"v7"}"#).unwrap();
         assert_eq!(p.to_string(), "linux/arm/v7");
-        assert!(config_platform(b"{}")
-            .unwrap_err()
-            .contains("os and architecture"));
+        assert!(config_platform(b"{}").unwrap_err().contains("os and architecture"));
     }
 }

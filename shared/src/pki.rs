@@ -2,8 +2,7 @@
 //! (rcgen). An agent's name is the common name of its certificate.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// A PEM certificate and its PEM private key.
@@ -17,9 +16,7 @@ pub struct CertifiedKey {
 
 impl std::fmt::Debug for CertifiedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertifiedKey")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
+        f.debug_struct("CertifiedKey").field("key_pem", &"<redacted>").finish_non_exhaustive()
     }
 }
 
@@ -32,10 +29,7 @@ pub enum PkiError {
 }
 
 fn year_now() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     1970 + (secs / 31_556_952) as i32
 }
 
@@ -48,25 +42,14 @@ fn validity(params: &mut CertificateParams, years: i32) {
 /// Creates a new self-signed farm CA.
 pub fn generate_ca(common_name: &str) -> Result<CertifiedKey, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "archfarm");
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, "archfarm");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 10);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// What a leaf certificate is for.
@@ -90,8 +73,7 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
     let mut params = match leaf {
         Leaf::Coordinator { names } => {
             let mut p = CertificateParams::new(names.to_vec())?;
-            p.distinguished_name
-                .push(DnType::CommonName, "archfarm coordinator");
+            p.distinguished_name.push(DnType::CommonName, "archfarm coordinator");
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             p
         }
@@ -102,17 +84,12 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
             p
         }
     };
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "archfarm");
+    params.distinguished_name.push(DnType::OrganizationName, "archfarm");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 2);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// A fresh client token: 32 random bytes, hex.

@@ -23,9 +23,7 @@ pub enum PlatformError {
         input: String,
     },
     /// A part holds characters no platform name has.
-    #[error(
-        "invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '_' and '.'"
-    )]
+    #[error("invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '_' and '.'")]
     Characters {
         /// What the user gave.
         input: String,
@@ -48,11 +46,7 @@ impl Platform {
     /// report it: `Linux`/`x86_64` is `linux/amd64`, `armv7l` is `linux/arm/v7`.
     pub fn from_host(os_type: &str, machine: &str) -> Result<Self, PlatformError> {
         let os = os_type.to_ascii_lowercase();
-        let os = if os.is_empty() {
-            "linux".to_owned()
-        } else {
-            os
-        };
+        let os = if os.is_empty() { "linux".to_owned() } else { os };
         Platform::new(&os, machine, None)
     }
 
@@ -105,22 +99,15 @@ impl FromStr for Platform {
     type Err = PlatformError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let shape = || PlatformError::Shape {
-            input: input.to_owned(),
-        };
+        let shape = || PlatformError::Shape { input: input.to_owned() };
         let lowered = input.trim().to_ascii_lowercase();
         let parts: Vec<&str> = lowered.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(shape());
         }
         for part in &parts {
-            if !part.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' || c == '-'
-            }) {
-                return Err(PlatformError::Characters {
-                    input: input.to_owned(),
-                    part: (*part).to_owned(),
-                });
+            if !part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' || c == '-') {
+                return Err(PlatformError::Characters { input: input.to_owned(), part: (*part).to_owned() });
             }
         }
         // A lone architecture means Linux, as containerd assumes on a Linux host.
@@ -131,11 +118,7 @@ impl FromStr for Platform {
             _ => return Err(shape()),
         };
         let (arch, variant) = normalize_arch(arch, variant);
-        Ok(Platform {
-            os: normalize_os(os),
-            arch,
-            variant: (!variant.is_empty()).then_some(variant),
-        })
+        Ok(Platform { os: normalize_os(os), arch, variant: (!variant.is_empty()).then_some(variant) })
     }
 }
 
@@ -153,11 +136,7 @@ pub fn list(platforms: &[Platform]) -> String {
     if platforms.is_empty() {
         return "none".to_owned();
     }
-    platforms
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -218,15 +197,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_names_with_the_input_in_the_message() {
-        for bad in [
-            "",
-            "/",
-            "linux/",
-            "linux//v7",
-            "a/b/c/d",
-            "linux/amd 64",
-            "linux/amd64;rm",
-        ] {
+        for bad in ["", "/", "linux/", "linux//v7", "a/b/c/d", "linux/amd 64", "linux/amd64;rm"] {
             let err = bad.parse::<Platform>().unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
@@ -235,14 +206,8 @@ mod tests {
     #[test]
     fn parts_are_exposed_normalised() {
         let arm: Platform = "linux/armhf".parse().unwrap();
-        assert_eq!(
-            (arm.os(), arm.arch(), arm.variant()),
-            ("linux", "arm", Some("v7"))
-        );
-        assert_eq!(
-            list(&[arm.clone(), "linux/amd64".parse().unwrap()]),
-            "linux/arm/v7, linux/amd64"
-        );
+        assert_eq!((arm.os(), arm.arch(), arm.variant()), ("linux", "arm", Some("v7")));
+        assert_eq!(list(&[arm.clone(), "linux/amd64".parse().unwrap()]), "linux/arm/v7, linux/amd64");
         assert_eq!(list(&[]), "none");
     }
 }

@@ -351,10 +351,7 @@ text_enum!(JobState { Queued => "queued", Running => "running", Verified => "ver
 impl BuildState {
     /// Whether the build will not change any more on its own.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            BuildState::Published | BuildState::Failed | BuildState::Cancelled
-        )
+        matches!(self, BuildState::Published | BuildState::Failed | BuildState::Cancelled)
     }
 }
 

@@ -37,10 +37,7 @@ pub enum RegistryError {
 
 /// Parses and validates an image reference (`registry/repo:tag` or `registry/repo@digest`).
 pub fn parse_reference(input: &str) -> Result<Reference, RegistryError> {
-    let err = |reason: String| RegistryError::Reference {
-        input: input.to_owned(),
-        reason,
-    };
+    let err = |reason: String| RegistryError::Reference { input: input.to_owned(), reason };
     if input.is_empty() {
         return Err(err("empty reference".into()));
     }
@@ -62,10 +59,7 @@ pub fn is_loopback(registry: &str) -> bool {
     } else {
         registry.rsplit_once(':').map_or(registry, |(h, _)| h)
     };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Credentials for `registry` from the Docker config and its credential helpers; anonymous when
@@ -79,9 +73,7 @@ pub fn credentials(registry: &str) -> RegistryAuth {
         Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
             RegistryAuth::Basic(user, password)
         }
-        Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
-            RegistryAuth::Bearer(token)
-        }
+        Ok(docker_credential::DockerCredential::IdentityToken(token)) => RegistryAuth::Bearer(token),
         Err(_) => RegistryAuth::Anonymous,
     }
 }
@@ -95,9 +87,7 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("host", &self.host)
-            .finish_non_exhaustive()
+        f.debug_struct("Registry").field("host", &self.host).finish_non_exhaustive()
     }
 }
 
@@ -105,34 +95,14 @@ impl Registry {
     /// A client for the registry of `reference`.
     pub fn for_reference(reference: &Reference) -> Self {
         let host = reference.resolve_registry().to_owned();
-        let protocol = if is_loopback(&host) {
-            ClientProtocol::HttpsExcept(vec![host.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            ..ClientConfig::default()
-        });
-        Registry {
-            auth: credentials(&host),
-            client,
-            host,
-        }
+        let protocol =
+            if is_loopback(&host) { ClientProtocol::HttpsExcept(vec![host.clone()]) } else { ClientProtocol::Https };
+        let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
+        Registry { auth: credentials(&host), client, host }
     }
 
-    fn fail(
-        &self,
-        op: &'static str,
-        reference: &Reference,
-        e: impl std::fmt::Display,
-    ) -> RegistryError {
-        RegistryError::Call {
-            registry: self.host.clone(),
-            op,
-            reference: reference.whole(),
-            message: e.to_string(),
-        }
+    fn fail(&self, op: &'static str, reference: &Reference, e: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Call { registry: self.host.clone(), op, reference: reference.whole(), message: e.to_string() }
     }
 
     /// Authenticates for pushing into the repository of `reference` (needed before raw pushes).
@@ -145,18 +115,8 @@ impl Registry {
     }
 
     /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
-    pub async fn push_blob(
-        &self,
-        repo: &Reference,
-        data: Bytes,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
-        if self
-            .client
-            .blob_exists(repo, digest.as_str())
-            .await
-            .unwrap_or(false)
-        {
+    pub async fn push_blob(&self, repo: &Reference, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
+        if self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false) {
             return Ok(false);
         }
         self.client
@@ -173,13 +133,9 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<(), RegistryError> {
-        let content_type = media_type.parse().map_err(|e| {
-            self.fail(
-                "push manifest",
-                reference,
-                format!("media type {media_type}: {e}"),
-            )
-        })?;
+        let content_type = media_type
+            .parse()
+            .map_err(|e| self.fail("push manifest", reference, format!("media type {media_type}: {e}")))?;
         self.client
             .push_manifest_raw(reference, bytes, content_type)
             .await
@@ -189,11 +145,7 @@ impl Registry {
 
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
     /// reference names a digest, the client checks the bytes against it.
-    pub async fn manifest(
-        &self,
-        reference: &Reference,
-        accept: &[&str],
-    ) -> Result<(Bytes, Digest), RegistryError> {
+    pub async fn manifest(&self, reference: &Reference, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
         let (bytes, digest) = self
             .client
             .pull_manifest_raw(reference, &self.auth, accept)
@@ -209,20 +161,13 @@ impl Registry {
     /// Fetches a blob (an image config) and checks its digest.
     pub async fn blob(&self, repo: &Reference, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         let mut out = Vec::new();
-        let layer = oci_client::manifest::OciDescriptor {
-            digest: digest.to_string(),
-            ..Default::default()
-        };
+        let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
         self.client
             .pull_blob(repo, &layer, &mut out)
             .await
             .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
         if Digest::of(&out) != *digest {
-            return Err(self.fail(
-                "fetch blob",
-                repo,
-                format!("{digest}: content does not match its digest"),
-            ));
+            return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
         }
         Ok(out)
     }
@@ -234,21 +179,10 @@ mod tests {
 
     #[test]
     fn loopback_hosts_allow_plain_http_and_nothing_else_does() {
-        for h in [
-            "127.0.0.1:5000",
-            "localhost:5000",
-            "localhost",
-            "[::1]:5000",
-            "127.3.4.5",
-        ] {
+        for h in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "127.3.4.5"] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in [
-            "registry.example.com",
-            "10.0.0.1:5000",
-            "192.168.1.2",
-            "localhost.example.com:5000",
-        ] {
+        for h in ["registry.example.com", "10.0.0.1:5000", "192.168.1.2", "localhost.example.com:5000"] {
             assert!(!is_loopback(h), "{h}");
         }
     }
@@ -258,18 +192,9 @@ mod tests {
         let r = parse_reference("127.0.0.1:5000/team/app:1.4").unwrap();
         assert_eq!(repository_of(&r), "127.0.0.1:5000/team/app");
         assert_eq!(r.tag(), Some("1.4"));
-        for bad in [
-            "",
-            "127.0.0.1:5000/App:1",
-            "127.0.0.1:5000/app:bad tag",
-            "127.0.0.1:5000/app:-x",
-            "app::1",
-        ] {
+        for bad in ["", "127.0.0.1:5000/App:1", "127.0.0.1:5000/app:bad tag", "127.0.0.1:5000/app:-x", "app::1"] {
             let err = parse_reference(bad).unwrap_err().to_string();
-            assert!(
-                err.contains("invalid image reference") && err.contains("REGISTRY/REPOSITORY:TAG"),
-                "{bad}: {err}"
-            );
+            assert!(err.contains("invalid image reference") && err.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {err}");
         }
     }
 }

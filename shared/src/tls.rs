@@ -42,32 +42,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect();
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            what: what.into(),
-            expected: "certificate",
-        });
+        return Err(TlsError::Pem { what: what.into(), expected: "certificate" });
     }
     Ok(certs)
 }
 
 fn key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem {
-        what: what.into(),
-        expected: "private key",
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| TlsError::Pem { what: what.into(), expected: "private key" })
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_pem, "farm CA")? {
-        roots.add(c).map_err(|source| TlsError::Rustls {
-            what: "farm CA".into(),
-            source,
-        })?;
+        roots.add(c).map_err(|source| TlsError::Rustls { what: "farm CA".into(), source })?;
     }
     Ok(Arc::new(roots))
 }
@@ -83,10 +73,7 @@ pub struct Transport {
 
 impl Default for Transport {
     fn default() -> Self {
-        Transport {
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
-        }
+        Transport { idle_timeout: Duration::from_secs(30), keep_alive: Duration::from_secs(5) }
     }
 }
 
@@ -94,8 +81,7 @@ impl Transport {
     fn config(self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(self.idle_timeout)
-                .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+            quinn::IdleTimeout::try_from(self.idle_timeout).unwrap_or(quinn::VarInt::from_u32(30_000).into()),
         ));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
@@ -111,26 +97,16 @@ pub fn server_config(
     key_pem: &str,
     transport: Transport,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::PeerName(format!("client verifier: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::PeerName(format!("client verifier: {e}")))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS versions".into(),
-            source,
-        })?
+        .map_err(|source| TlsError::Rustls { what: "TLS versions".into(), source })?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs(cert_pem, "coordinator certificate")?,
-            key(key_pem, "coordinator key")?,
-        )
-        .map_err(|source| TlsError::Rustls {
-            what: "coordinator certificate".into(),
-            source,
-        })?;
+        .with_single_cert(certs(cert_pem, "coordinator certificate")?, key(key_pem, "coordinator key")?)
+        .map_err(|source| TlsError::Rustls { what: "coordinator certificate".into(), source })?;
     tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::PeerName(format!("QUIC server config: {e}")))?;
@@ -149,21 +125,12 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS versions".into(),
-            source,
-        })?
+        .map_err(|source| TlsError::Rustls { what: "TLS versions".into(), source })?
         .with_root_certificates(roots(ca_pem)?);
     let mut tls = match identity {
         Some((cert_pem, key_pem)) => builder
-            .with_client_auth_cert(
-                certs(cert_pem, "agent certificate")?,
-                key(key_pem, "agent key")?,
-            )
-            .map_err(|source| TlsError::Rustls {
-                what: "agent certificate".into(),
-                source,
-            })?,
+            .with_client_auth_cert(certs(cert_pem, "agent certificate")?, key(key_pem, "agent key")?)
+            .map_err(|source| TlsError::Rustls { what: "agent certificate".into(), source })?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -176,10 +143,7 @@ pub fn client_config(
 
 /// The ALPN a connection negotiated.
 pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
+    conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
 /// The common name of the peer's (already verified) certificate, if it presented one.
@@ -198,8 +162,7 @@ pub fn peer_common_name(conn: &quinn::Connection) -> Result<Option<String>, TlsE
 
 /// The common name of a DER certificate.
 pub fn common_name(der: &CertificateDer<'_>) -> Result<String, TlsError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::PeerName(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::PeerName(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -215,10 +178,7 @@ pub fn explain(err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match err {
         E::ApplicationClosed(close) => {
-            format!(
-                "closed by the coordinator: {}",
-                String::from_utf8_lossy(&close.reason)
-            )
+            format!("closed by the coordinator: {}", String::from_utf8_lossy(&close.reason))
         }
         E::ConnectionClosed(close) => {
             let code = u64::from(close.error_code);
@@ -229,15 +189,16 @@ pub fn explain(err: &quinn::ConnectionError) -> String {
                     "the coordinator refused this agent's certificate (TLS alert {alert}: {reason}): it must be \
                      signed by the farm's CA (`archfarm ca issue-agent NAME` on the coordinator issues one)"
                 ),
-                Some(120) => "the peer speaks another protocol version (no common ALPN); upgrade the older side".to_owned(),
+                Some(120) => {
+                    "the peer speaks another protocol version (no common ALPN); upgrade the older side".to_owned()
+                }
                 Some(alert) if alert < 256 => format!("TLS handshake failed (alert {alert}): {reason}"),
                 _ => format!("connection closed: {close}"),
             }
         }
         E::TransportError(e) => format!("TLS/QUIC handshake failed: {e}"),
         E::TimedOut => {
-            "timed out: no answer from the coordinator (is it running, and is the address right?)"
-                .to_owned()
+            "timed out: no answer from the coordinator (is it running, and is the address right?)".to_owned()
         }
         E::Reset => "reset by the peer".to_owned(),
         E::LocallyClosed => "closed locally".to_owned(),
@@ -259,20 +220,8 @@ mod tests {
         install_crypto_provider();
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let server = pki::issue(&ca, pki::Leaf::Coordinator { names: &names }).unwrap();
-        server_config(
-            &ca.cert_pem,
-            &server.cert_pem,
-            &server.key_pem,
-            Transport::default(),
-        )
-        .unwrap();
-        client_config(
-            &ca.cert_pem,
-            Some((&agent.cert_pem, &agent.key_pem)),
-            ALPN_AGENT,
-            Transport::default(),
-        )
-        .unwrap();
+        server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default()).unwrap();
+        client_config(&ca.cert_pem, Some((&agent.cert_pem, &agent.key_pem)), ALPN_AGENT, Transport::default()).unwrap();
     }
 
     #[test]

@@ -37,11 +37,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            log,
-            child,
-        }
+        Proc { name: name.to_owned(), log, child }
     }
 
     /// The log so far.
@@ -63,13 +59,29 @@ impl Proc {
         })
     }
 
+    /// Kills the process with SIGKILL, as a crash or a power cut would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit on its own; returns whether it did.
+    pub fn terminate_and_wait(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while self.running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Sends SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         if self.running() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while self.running() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -93,38 +105,24 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// A free loopback TCP port.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A free loopback UDP port.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 /// A binary of the workspace, built by `cargo build --bins` (the test command does it).
@@ -142,15 +140,8 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The per-arch static busybox of `arch` (amd64 or arm64), from `scripts/setup.sh`.
 pub fn fixtures(arch: &str) -> PathBuf {
-    let path = workspace()
-        .join(".farm/fixtures")
-        .join(arch)
-        .join("busybox");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/setup.sh (scripts/test.sh does)",
-        path.display()
-    );
+    let path = workspace().join(".farm/fixtures").join(arch).join("busybox");
+    assert!(path.is_file(), "{} is missing: run scripts/setup.sh (scripts/test.sh does)", path.display());
     path
 }
 
@@ -160,11 +151,7 @@ pub fn context(dockerfile: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for arch in ["amd64", "arm64"] {
         std::fs::create_dir_all(dir.path().join("bin").join(arch)).unwrap();
-        std::fs::copy(
-            fixtures(arch),
-            dir.path().join("bin").join(arch).join("busybox"),
-        )
-        .unwrap();
+        std::fs::copy(fixtures(arch), dir.path().join("bin").join(arch).join("busybox")).unwrap();
     }
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     dir
@@ -187,20 +174,12 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// The native amd64 agent.
     pub fn amd64() -> Self {
-        AgentSpec {
-            name: "amd64-1",
-            native: None,
-            capacity: 2,
-        }
+        AgentSpec { name: "amd64-1", native: None, capacity: 2 }
     }
 
     /// An amd64 host declaring linux/arm64: a stand-in for arm64 hardware.
     pub fn arm64_standin() -> Self {
-        AgentSpec {
-            name: "arm64-1",
-            native: Some("linux/arm64"),
-            capacity: 2,
-        }
+        AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 2 }
     }
 }
 
@@ -225,39 +204,18 @@ impl Farm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
-        run_ok(
-            Command::new(bin("archfarm"))
-                .args(["ca", "init", "--dir"])
-                .arg(&ca),
-        );
+        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&ca));
         for a in agents {
-            run_ok(
-                Command::new(bin("archfarm"))
-                    .args(["ca", "issue-agent", a.name, "--dir"])
-                    .arg(&ca),
-            );
+            run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
         }
-        let token = std::fs::read_to_string(ca.join("client.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
         let registry = format!("127.0.0.1:{}", free_tcp_port());
         let coordinator = format!("127.0.0.1:{}", free_udp_port());
-        let mut farm = Farm {
-            dir,
-            registry,
-            coordinator,
-            token,
-            procs: Vec::new(),
-        };
+        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new() };
         farm.start_registry();
         farm.start_coordinator();
         for a in agents {
-            farm.start_agent(
-                a,
-                &ca.join(format!("{}.pem", a.name)),
-                &ca.join(format!("{}.key", a.name)),
-            );
+            farm.start_agent(a, &ca.join(format!("{}.pem", a.name)), &ca.join(format!("{}.key", a.name)));
         }
         let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
         farm.wait_for_agents(&names);
@@ -268,7 +226,28 @@ impl Farm {
         self.dir.path().join(p)
     }
 
-    fn start_registry(&mut self) {
+    /// Stops the registry and starts it again on the same address and storage.
+    pub fn restart_registry(&mut self) {
+        self.stop_registry();
+        self.start_registry();
+    }
+
+    /// Stops the registry process.
+    pub fn stop_registry(&mut self) {
+        if let Some(i) = self.procs.iter().position(|p| p.name == "registry") {
+            let mut old = self.procs.remove(i);
+            old.stop();
+            let _ = std::fs::rename(self.path("registry.log"), self.path(&format!("registry.{}.log", rand_suffix())));
+        }
+    }
+
+    /// The registry's storage directory of a repository's tags (for fault injection).
+    pub fn registry_tags_dir(&self, repo: &str) -> PathBuf {
+        self.path("registry-data/docker/registry/v2/repositories").join(repo).join("_manifests/tags")
+    }
+
+    /// Starts the registry.
+    pub fn start_registry(&mut self) {
         let config = self.path("registry.yml");
         let yaml = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
@@ -278,21 +257,14 @@ impl Farm {
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config);
-        self.procs
-            .push(Proc::start("registry", cmd, self.path("registry.log")));
+        self.procs.push(Proc::start("registry", cmd, self.path("registry.log")));
         let url = format!("http://{}/v2/", self.registry);
-        wait_until(Duration::from_secs(15), "the registry to answer", || {
-            ureq::get(&url).call().ok()
-        });
+        wait_until(Duration::from_secs(15), "the registry to answer", || ureq::get(&url).call().ok());
     }
 
     /// Stops the coordinator (SIGTERM) and starts a new one on the same address and state.
     pub fn restart_coordinator(&mut self) {
-        let i = self
-            .procs
-            .iter()
-            .position(|p| p.name == "coordinator")
-            .expect("a coordinator");
+        let i = self.procs.iter().position(|p| p.name == "coordinator").expect("a coordinator");
         let mut old = self.procs.remove(i);
         old.stop();
         let previous = self.path("coordinator.log");
@@ -300,19 +272,23 @@ impl Farm {
         self.start_coordinator();
     }
 
-    fn start_coordinator(&mut self) {
+    /// Starts the coordinator (again, after [`Proc::kill9`] for example) on the same address and state.
+    pub fn start_coordinator(&mut self) {
+        if let Some(i) = self.procs.iter().position(|p| p.name == "coordinator") {
+            let mut old = self.procs.remove(i);
+            old.stop();
+            let _ =
+                std::fs::rename(self.path("coordinator.log"), self.path(&format!("coordinator.{}.log", rand_suffix())));
+        }
         let config = self.path("coordinator.toml");
         let toml = format!(
-            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = 1\nheartbeat_timeout_secs = 5\n\
+            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = 1\nheartbeat_timeout_secs = 4\nagent_wait_secs = 8\n\
              [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\n",
             self.coordinator
         );
         std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(bin("archfarm"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info");
+        cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
         let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
         p.wait_for_log("coordinator listening", Duration::from_secs(15));
         self.procs.push(p);
@@ -339,37 +315,22 @@ impl Farm {
         std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(bin("archfarm-agent"));
         cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
-        self.procs.push(Proc::start(
-            &format!("agent {}", spec.name),
-            cmd,
-            dir.join("agent.log"),
-        ));
+        self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
     }
 
     /// Waits until `agents ls` lists every name.
     pub fn wait_for_agents(&self, names: &[&str]) {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("agents {names:?} to register"),
-            || {
-                let out = self.archfarm(&["agents", "ls", "--format", "json"]);
-                let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                let listed: Vec<&str> = listed
-                    .as_array()?
-                    .iter()
-                    .filter_map(|a| a["name"].as_str())
-                    .collect();
-                names.iter().all(|n| listed.contains(n)).then_some(())
-            },
-        );
+        wait_until(Duration::from_secs(30), &format!("agents {names:?} to register"), || {
+            let out = self.archfarm(&["agents", "ls", "--format", "json"]);
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let listed: Vec<&str> = listed.as_array()?.iter().filter_map(|a| a["name"].as_str()).collect();
+            names.iter().all(|n| listed.contains(n)).then_some(())
+        });
     }
 
     /// A process by name.
     pub fn proc(&mut self, name: &str) -> &mut Proc {
-        self.procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"))
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
     }
 
     /// An `archfarm` client command with the farm's coordinator, token and CA in its environment.
@@ -391,14 +352,7 @@ impl Farm {
     /// `archfarm build --push --progress plain` of `ctx` for `platforms` (comma-separated) under
     /// `tags`, with `extra` flags before the context.
     pub fn build(&self, platforms: &str, tags: &[&str], ctx: &Path, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "build",
-            "--platform",
-            platforms,
-            "--push",
-            "--progress",
-            "plain",
-        ];
+        let mut args = vec!["build", "--platform", platforms, "--push", "--progress", "plain"];
         for t in tags {
             args.extend(["-t", t]);
         }
@@ -406,6 +360,48 @@ impl Farm {
         let ctx = ctx.to_str().expect("utf-8 context path");
         args.push(ctx);
         self.archfarm(&args)
+    }
+
+    /// Starts `archfarm build` in the background (for faults injected mid-build).
+    pub fn spawn_build(&self, platforms: &str, tags: &[&str], ctx: &Path) -> Child {
+        let mut args =
+            vec!["build", "--platform", platforms, "--push", "--progress", "plain", "--on-interrupt", "detach"];
+        for t in tags {
+            args.extend(["-t", t]);
+        }
+        let ctx = ctx.to_str().expect("utf-8 context path");
+        args.push(ctx);
+        self.command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start archfarm build")
+    }
+
+    /// The id of the newest build, from `archfarm builds ls`.
+    pub fn newest_build(&self) -> String {
+        wait_until(Duration::from_secs(30), "a build to be recorded", || {
+            let out = self.archfarm(&["builds", "ls", "--format", "json", "--limit", "1"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v[0]["build"].as_str().map(str::to_owned)
+        })
+    }
+
+    /// `archfarm builds show ID --format json`: what the coordinator's database holds.
+    pub fn build_record(&self, id: &str) -> serde_json::Value {
+        let out = self.archfarm(&["builds", "show", id, "--format", "json"]);
+        assert!(out.status.success(), "builds show: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The agent the coordinator assigned attempt `attempt` of a job to, from its log.
+    pub fn assigned_agent(&mut self, attempt: u32) -> String {
+        let needle = format!(" attempt={attempt}");
+        let log = self.proc("coordinator").wait_for_log(&needle, Duration::from_secs(60));
+        let line = log.lines().find(|l| l.contains("job assigned") && l.contains(&needle)).expect("an assignment line");
+        let agent = line.split(" agent=").nth(1).expect("agent field");
+        agent.split_whitespace().next().unwrap().to_owned()
     }
 
     /// `REGISTRY/name` of a repository in this farm's registry.
@@ -430,19 +426,14 @@ impl Farm {
 
     /// The tags the registry lists for a repository (none if it does not exist).
     pub fn tags(&self, name: &str) -> Vec<String> {
-        let (status, _, body) =
-            self.registry_get(&format!("/v2/{name}/tags/list"), "application/json");
+        let (status, _, body) = self.registry_get(&format!("/v2/{name}/tags/list"), "application/json");
         if status == 404 {
             return vec![];
         }
         assert_eq!(status, 200, "tags/list: {}", String::from_utf8_lossy(&body));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let mut tags: Vec<String> = v["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect();
+        let mut tags: Vec<String> =
+            v["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
         tags.sort();
         tags
     }
@@ -451,13 +442,7 @@ impl Farm {
     pub fn dump_logs(&self) {
         let mut err = std::io::stderr().lock();
         for p in &self.procs {
-            let _ = writeln!(
-                err,
-                "===== {} ({}) =====\n{}",
-                p.name,
-                p.log.display(),
-                p.log_text()
-            );
+            let _ = writeln!(err, "===== {} ({}) =====\n{}", p.name, p.log.display(), p.log_text());
         }
     }
 }
@@ -472,6 +457,24 @@ impl Drop for Farm {
             p.stop();
         }
     }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Waits (bounded) for a spawned command and returns its output.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("command did not finish within {timeout:?}: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Runs a command to completion, killing it after `timeout`.
@@ -496,10 +499,7 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
 /// Runs a command and fails the test unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let program = format!("{cmd:?}");
-    let out = run_bounded(
-        std::mem::replace(cmd, Command::new("true")),
-        Duration::from_secs(300),
-    );
+    let out = run_bounded(std::mem::replace(cmd, Command::new("true")), Duration::from_secs(300));
     assert!(
         out.status.success(),
         "{program} failed: {}\n{}",
@@ -544,26 +544,15 @@ pub mod skopeo {
                 .arg(format!("dir:{}", dir.path().join("img").display())),
         );
         let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("img/manifest.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("img/manifest.json")).unwrap()).unwrap();
         let mut found = None;
         for layer in manifest["layers"].as_array().unwrap() {
-            let hex = layer["digest"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("sha256:");
+            let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
             let blob = std::fs::File::open(dir.path().join("img").join(hex)).unwrap();
             let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
             for entry in ar.entries().unwrap() {
                 let mut entry = entry.unwrap();
-                if entry
-                    .path()
-                    .unwrap()
-                    .to_string_lossy()
-                    .trim_start_matches("./")
-                    .trim_start_matches('/')
-                    == file
-                {
+                if entry.path().unwrap().to_string_lossy().trim_start_matches("./").trim_start_matches('/') == file {
                     let mut bytes = Vec::new();
                     std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
                     found = Some(bytes);
@@ -576,8 +565,7 @@ pub mod skopeo {
 
 /// The ELF machine of a binary: 62 is x86-64, 183 is AArch64.
 pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
-    (bytes.len() > 20 && bytes.starts_with(b"\x7fELF"))
-        .then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
+    (bytes.len() > 20 && bytes.starts_with(b"\x7fELF")).then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
 }
 
 /// ELF machine number of x86-64.
@@ -593,9 +581,5 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// Output as text, for assertions and messages.
 pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

@@ -2,9 +2,7 @@
 //! (the real coordinator never sends such a job, so it cannot provoke this path).
 
 use archfarm_shared::codec::{self, DEFAULT_MAX_FRAME};
-use archfarm_shared::protocol::{
-    AgentMessage, CoordinatorMessage, FailureKind, JobOutcome, JobSpec,
-};
+use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage, FailureKind, JobOutcome, JobSpec};
 use archfarm_shared::{tls, BuildId, Digest, JobId};
 use archfarm_tests::*;
 use std::process::Command;
@@ -15,16 +13,8 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
     tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
-    run_ok(
-        Command::new(bin("archfarm"))
-            .args(["ca", "init", "--dir"])
-            .arg(&ca),
-    );
-    run_ok(
-        Command::new(bin("archfarm"))
-            .args(["ca", "issue-agent", "amd64-1", "--dir"])
-            .arg(&ca),
-    );
+    run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&ca));
+    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "amd64-1", "--dir"]).arg(&ca));
     let read = |f: &str| std::fs::read_to_string(ca.join(f)).unwrap();
     let server = tls::server_config(
         &read("ca.pem"),
@@ -48,42 +38,19 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
     cmd.arg("--config").arg(&config);
     let agent = Proc::start("agent", cmd, dir.path().join("agent.log"));
 
-    let conn = tokio::time::timeout(Duration::from_secs(20), async {
-        endpoint.accept().await.unwrap().await.unwrap()
-    })
-    .await
-    .expect("the agent dials out");
-    assert_eq!(
-        tls::peer_common_name(&conn).unwrap().as_deref(),
-        Some("amd64-1"),
-        "name from the certificate"
-    );
+    let conn = tokio::time::timeout(Duration::from_secs(20), async { endpoint.accept().await.unwrap().await.unwrap() })
+        .await
+        .expect("the agent dials out");
+    assert_eq!(tls::peer_common_name(&conn).unwrap().as_deref(), Some("amd64-1"), "name from the certificate");
     let (mut control, mut control_rx) = conn.accept_bi().await.unwrap();
-    let registration =
-        match codec::expect_msg::<_, AgentMessage>(&mut control_rx, DEFAULT_MAX_FRAME)
-            .await
-            .unwrap()
-        {
-            AgentMessage::Register(r) => r,
-            other => panic!("expected Register, got {other:?}"),
-        };
-    assert_eq!(
-        registration
-            .platforms
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ["linux/amd64"]
-    );
-    codec::write_msg(
-        &mut control,
-        &CoordinatorMessage::Registered {
-            heartbeat_interval_ms: 1000,
-        },
-        DEFAULT_MAX_FRAME,
-    )
-    .await
-    .unwrap();
+    let registration = match codec::expect_msg::<_, AgentMessage>(&mut control_rx, DEFAULT_MAX_FRAME).await.unwrap() {
+        AgentMessage::Register(r) => r,
+        other => panic!("expected Register, got {other:?}"),
+    };
+    assert_eq!(registration.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(), ["linux/amd64"]);
+    codec::write_msg(&mut control, &CoordinatorMessage::Registered { heartbeat_interval_ms: 1000 }, DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
 
     let (mut job, mut job_rx) = conn.open_bi().await.unwrap();
     let spec = JobSpec {
@@ -98,19 +65,10 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
         repository: "127.0.0.1:1/never".into(),
         attempt: 1,
     };
-    codec::write_msg(
-        &mut job,
-        &CoordinatorMessage::AssignJob(Box::new(spec)),
-        DEFAULT_MAX_FRAME,
-    )
-    .await
-    .unwrap();
+    codec::write_msg(&mut job, &CoordinatorMessage::AssignJob(Box::new(spec)), DEFAULT_MAX_FRAME).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match codec::expect_msg::<_, AgentMessage>(&mut job_rx, DEFAULT_MAX_FRAME)
-                .await
-                .unwrap()
-            {
+            match codec::expect_msg::<_, AgentMessage>(&mut job_rx, DEFAULT_MAX_FRAME).await.unwrap() {
                 AgentMessage::JobFinished(o) => break o,
                 AgentMessage::JobLog { .. } => {}
                 other => panic!("unexpected {other:?}"),
@@ -122,12 +80,7 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
     match outcome {
         JobOutcome::Failed(f) => {
             assert_eq!(f.kind, FailureKind::PlatformNotDeclared);
-            assert!(
-                f.message
-                    .contains("asked to build linux/s390x but declares only linux/amd64"),
-                "{}",
-                f.message
-            );
+            assert!(f.message.contains("asked to build linux/s390x but declares only linux/amd64"), "{}", f.message);
         }
         JobOutcome::Pushed(p) => panic!("the agent built an undeclared platform: {p:?}"),
     }

@@ -16,15 +16,9 @@ fn a_platform_no_agent_declares_is_refused_at_once_naming_it_and_what_the_farm_h
     let out = farm.build("linux/amd64,linux/s390x", &[&tag], ctx.path(), &[]);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
-    assert!(
-        msg.contains("no agent builds linux/s390x natively; the farm has linux/amd64, linux/arm64"),
-        "{msg}"
-    );
+    assert!(msg.contains("no agent builds linux/s390x natively; the farm has linux/amd64, linux/arm64"), "{msg}");
     assert!(farm.tags("missing").is_empty());
-    assert!(
-        !coordinator_log(&mut farm).contains("job assigned"),
-        "no platform may start when one cannot"
-    );
+    assert!(!coordinator_log(&mut farm).contains("job assigned"), "no platform may start when one cannot");
 }
 
 #[test]
@@ -36,21 +30,11 @@ fn an_invalid_tag_is_refused_before_anything_is_sent() {
         format!("{}:bad tag", farm.repo("x")),
         format!("{}:-x", farm.repo("x")),
     ] {
-        let out = farm.archfarm(&[
-            "build",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &bad,
-            "--push",
-            ctx.path().to_str().unwrap(),
-        ]);
+        let out =
+            farm.archfarm(&["build", "--platform", "linux/amd64", "-t", &bad, "--push", ctx.path().to_str().unwrap()]);
         let msg = text(&out);
         assert!(!out.status.success(), "{bad}: {msg}");
-        assert!(
-            msg.contains("invalid image reference") && msg.contains("REGISTRY/REPOSITORY:TAG"),
-            "{bad}: {msg}"
-        );
+        assert!(msg.contains("invalid image reference") && msg.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {msg}");
     }
     // Tags in two repositories cannot share an index.
     let out = farm.archfarm(&[
@@ -65,11 +49,7 @@ fn an_invalid_tag_is_refused_before_anything_is_sent() {
         ctx.path().to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(
-        text(&out).contains("all tags must be in one repository"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("all tags must be in one repository"), "{}", text(&out));
     let log = coordinator_log(&mut farm);
     assert!(!log.contains("job assigned"), "{log}");
     assert!(farm.tags("a").is_empty() && farm.tags("x").is_empty());
@@ -81,21 +61,11 @@ fn a_missing_dockerfile_is_refused_with_what_to_pass() {
     let ctx = context(PER_ARCH_DOCKERFILE);
     std::fs::remove_file(ctx.path().join("Dockerfile")).unwrap();
     let tag = format!("{}:1", farm.repo("nodockerfile"));
-    let out = farm.archfarm(&[
-        "build",
-        "--platform",
-        "linux/amd64",
-        "-t",
-        &tag,
-        "--push",
-        ctx.path().to_str().unwrap(),
-    ]);
+    let out =
+        farm.archfarm(&["build", "--platform", "linux/amd64", "-t", &tag, "--push", ctx.path().to_str().unwrap()]);
     let msg = text(&out);
     assert!(!out.status.success());
-    assert!(
-        msg.contains("Dockerfile not found") && msg.contains("pass -f"),
-        "{msg}"
-    );
+    assert!(msg.contains("Dockerfile not found") && msg.contains("pass -f"), "{msg}");
     assert!(!coordinator_log(&mut farm).contains("stored build context"));
     assert!(farm.tags("nodockerfile").is_empty());
 }
@@ -130,63 +100,29 @@ fn a_failing_run_step_names_the_platform_the_agent_and_the_step_output_and_publi
     let out = farm.build("linux/amd64,linux/arm64", &[&tag], ctx.path(), &[]);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
-    assert!(
-        msg.contains("linux/amd64 failed on agent amd64-1 (build)"),
-        "{msg}"
-    );
+    assert!(msg.contains("linux/amd64 failed on agent amd64-1 (build)"), "{msg}");
     assert!(msg.contains("exit code: 3"), "{msg}");
-    assert!(
-        msg.contains("step-output-before-failure"),
-        "the failing step's log tail: {msg}"
-    );
+    assert!(msg.contains("step-output-before-failure"), "the failing step's log tail: {msg}");
     assert!(msg.contains("nothing was published"), "{msg}");
-    assert!(
-        farm.tags("failing").is_empty(),
-        "no tag may be written when a platform fails"
-    );
+    assert!(farm.tags("failing").is_empty(), "no tag may be written when a platform fails");
 }
 
 #[test]
 fn an_agent_with_a_certificate_from_another_ca_is_refused_on_both_sides() {
     let mut farm = Farm::start(&[AgentSpec::amd64()]);
     let other = farm.dir.path().join("other-ca");
-    run_ok(
-        Command::new(bin("archfarm"))
-            .args(["ca", "init", "--dir"])
-            .arg(&other),
-    );
-    run_ok(
-        Command::new(bin("archfarm"))
-            .args(["ca", "issue-agent", "intruder", "--dir"])
-            .arg(&other),
-    );
-    let spec = AgentSpec {
-        name: "intruder",
-        native: None,
-        capacity: 1,
-    };
-    farm.start_agent(
-        &spec,
-        &other.join("intruder.pem"),
-        &other.join("intruder.key"),
-    );
-    let agent_log = farm
-        .proc("agent intruder")
-        .wait_for_log("refused this agent's certificate", Duration::from_secs(20));
+    run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&other));
+    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "intruder", "--dir"]).arg(&other));
+    let spec = AgentSpec { name: "intruder", native: None, capacity: 1 };
+    farm.start_agent(&spec, &other.join("intruder.pem"), &other.join("intruder.key"));
+    let agent_log =
+        farm.proc("agent intruder").wait_for_log("refused this agent's certificate", Duration::from_secs(20));
     assert!(agent_log.contains("signed by the farm's CA"), "{agent_log}");
-    let log = farm
-        .proc("coordinator")
-        .wait_for_log("refused a connection", Duration::from_secs(10));
-    assert!(
-        log.contains("agents need a certificate signed by this farm's CA"),
-        "{log}"
-    );
+    let log = farm.proc("coordinator").wait_for_log("refused a connection", Duration::from_secs(10));
+    assert!(log.contains("agents need a certificate signed by this farm's CA"), "{log}");
     let out = farm.archfarm(&["agents", "ls"]);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        listed.contains("amd64-1") && !listed.contains("intruder"),
-        "{listed}"
-    );
+    assert!(listed.contains("amd64-1") && !listed.contains("intruder"), "{listed}");
 }
 
 #[test]
@@ -199,24 +135,12 @@ fn a_client_with_a_wrong_token_is_refused_and_the_token_is_not_logged() {
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
     assert!(msg.contains("refused the client token"), "{msg}");
-    let log = farm
-        .proc("coordinator")
-        .wait_for_log("refused client: invalid token", Duration::from_secs(10));
+    let log = farm.proc("coordinator").wait_for_log("refused client: invalid token", Duration::from_secs(10));
     assert!(!log.contains(wrong), "a token must never be logged");
     assert!(!log.contains(&farm.token), "a token must never be logged");
     // A client without the farm CA cannot even trust the coordinator.
     let mut cmd = farm.command(&["agents", "ls"]);
-    cmd.env(
-        "ARCHFARM_CA",
-        farm.dir
-            .path()
-            .join("ca/coordinator.pem")
-            .with_file_name("nope.pem"),
-    );
+    cmd.env("ARCHFARM_CA", farm.dir.path().join("ca/coordinator.pem").with_file_name("nope.pem"));
     let out = run_bounded(cmd, Duration::from_secs(60));
-    assert!(
-        text(&out).contains("cannot read the farm CA"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("cannot read the farm CA"), "{}", text(&out));
 }

@@ -8,38 +8,22 @@ use archfarm_tests::*;
 use std::process::Command;
 use std::time::Duration;
 
-async fn connect(
-    farm: &Farm,
-    alpn: &[u8],
-    identity: Option<(&str, &str)>,
-) -> (quinn::Endpoint, quinn::Connection) {
+async fn connect(farm: &Farm, alpn: &[u8], identity: Option<(&str, &str)>) -> (quinn::Endpoint, quinn::Connection) {
     let ca = std::fs::read_to_string(farm.dir.path().join("ca/ca.pem")).unwrap();
     let config = tls::client_config(&ca, identity, alpn, tls::Transport::default()).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
-    let conn = endpoint
-        .connect(farm.coordinator.parse().unwrap(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = endpoint.connect(farm.coordinator.parse().unwrap(), "localhost").unwrap().await.unwrap();
     (endpoint, conn)
 }
 
 async fn hello(farm: &Farm, conn: &quinn::Connection) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    codec::write_msg(
-        &mut send,
-        &ClientRequest::Hello {
-            token: farm.token.clone(),
-        },
-        codec::DEFAULT_MAX_FRAME,
-    )
-    .await
-    .unwrap();
+    codec::write_msg(&mut send, &ClientRequest::Hello { token: farm.token.clone() }, codec::DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
     let _: archfarm_shared::protocol::ClientResponse =
-        codec::expect_msg(&mut recv, codec::DEFAULT_MAX_FRAME)
-            .await
-            .unwrap();
+        codec::expect_msg(&mut recv, codec::DEFAULT_MAX_FRAME).await.unwrap();
 }
 
 /// Sends raw bytes on a new stream and returns the reason the coordinator closed with.
@@ -68,12 +52,8 @@ async fn malformed_frames_close_one_connection_and_the_coordinator_keeps_serving
 
     // Garbage as the very first frame.
     let (_e1, c1) = connect(&farm, ALPN_CLIENT, None).await;
-    let reason =
-        send_raw_and_get_close(&c1, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff], false).await;
-    assert!(
-        reason.contains("protocol error on hello stream: malformed message"),
-        "{reason}"
-    );
+    let reason = send_raw_and_get_close(&c1, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff], false).await;
+    assert!(reason.contains("protocol error on hello stream: malformed message"), "{reason}");
 
     // A length prefix far over the limit, after a valid hello.
     let (_e2, c2) = connect(&farm, ALPN_CLIENT, None).await;
@@ -105,31 +85,18 @@ async fn malformed_frames_close_one_connection_and_the_coordinator_keeps_serving
 
     // An agent (valid certificate) sending garbage on its control stream.
     let ca_dir = farm.dir.path().join("ca");
-    run_ok(
-        Command::new(bin("archfarm"))
-            .args(["ca", "issue-agent", "prober", "--dir"])
-            .arg(&ca_dir),
-    );
+    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "prober", "--dir"]).arg(&ca_dir));
     let cert = std::fs::read_to_string(ca_dir.join("prober.pem")).unwrap();
     let key = std::fs::read_to_string(ca_dir.join("prober.key")).unwrap();
     let (_e6, c6) = connect(&farm, ALPN_AGENT, Some((&cert, &key))).await;
     let reason = send_raw_and_get_close(&c6, &[0, 0, 0, 3, 9, 9, 9], false).await;
-    assert!(
-        reason.contains("protocol error on control stream"),
-        "{reason}"
-    );
+    assert!(reason.contains("protocol error on control stream"), "{reason}");
 
     // Everyone else is still served: the real agent is listed and a build goes through.
     let mut farm = farm;
-    assert!(
-        farm.proc("coordinator").running(),
-        "the coordinator must survive hostile input"
-    );
+    assert!(farm.proc("coordinator").running(), "the coordinator must survive hostile input");
     let log = farm.proc("coordinator").log_text();
-    assert!(
-        log.matches("closing connection: protocol error").count() >= 5,
-        "each refusal is logged:\n{log}"
-    );
+    assert!(log.matches("closing connection: protocol error").count() >= 5, "each refusal is logged:\n{log}");
     let ctx = context(PER_ARCH_DOCKERFILE);
     let tag = format!("{}:after", farm.repo("survivor"));
     let out = tokio::task::block_in_place(|| farm.build("linux/amd64", &[&tag], ctx.path(), &[]));

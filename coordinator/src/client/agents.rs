@@ -49,14 +49,8 @@ fn json(agents: &[AgentInfo]) -> serde_json::Value {
 
 /// The table `agents ls` prints.
 pub fn table(agents: &[AgentInfo]) -> String {
-    let mut rows = vec![[
-        "NAME".to_owned(),
-        "ADDRESS".into(),
-        "PLATFORMS".into(),
-        "STATE".into(),
-        "JOBS".into(),
-        "ENGINE".into(),
-    ]];
+    let mut rows =
+        vec![["NAME".to_owned(), "ADDRESS".into(), "PLATFORMS".into(), "STATE".into(), "JOBS".into(), "ENGINE".into()]];
     for a in agents {
         rows.push([
             a.name.to_string(),
@@ -67,16 +61,10 @@ pub fn table(agents: &[AgentInfo]) -> String {
             a.engine_version.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
@@ -95,10 +83,7 @@ mod tests {
         let agents = vec![AgentInfo {
             name: "arm64-1".parse().unwrap(),
             address: "10.0.0.2:4433".into(),
-            platforms: vec![
-                "linux/arm64".parse().unwrap(),
-                "linux/arm/v7".parse().unwrap(),
-            ],
+            platforms: vec!["linux/arm64".parse().unwrap(), "linux/arm/v7".parse().unwrap()],
             state: "ready".into(),
             running: 0,
             capacity: 2,
@@ -106,14 +91,8 @@ mod tests {
         }];
         let t = table(&agents);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(
-            lines[0],
-            "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE"
-        );
-        assert_eq!(
-            lines[1],
-            "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24"
-        );
+        assert_eq!(lines[0], "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE");
+        assert_eq!(lines[1], "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24");
         assert!(table(&[]).contains("(no agents connected)"));
     }
 }

@@ -68,10 +68,7 @@ fn pairs(values: &[String], flag: &str, from_env: bool) -> anyhow::Result<Vec<(S
             },
             None => bail!("{flag} {v:?} must be KEY=VALUE"),
         };
-        if k.is_empty()
-            || k.chars().any(|c| c.is_whitespace() || c.is_control())
-            || val.chars().any(|c| c == '\0')
-        {
+        if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) || val.chars().any(|c| c == '\0') {
             bail!("{flag} {v:?}: the key must be non-empty without whitespace, and the value without NUL");
         }
         out.push((k, val));
@@ -129,17 +126,11 @@ fn request_parts(args: &BuildArgs) -> anyhow::Result<Checked> {
 
 /// Runs `archfarm build`. Returns whether the index was published.
 pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
-    let Checked {
-        platforms,
-        build_args,
-        labels,
-    } = request_parts(&args)?;
+    let Checked { platforms, build_args, labels } = request_parts(&args)?;
     let (context_dir, file) = (args.context.clone(), args.file.clone());
-    let packed = tokio::task::spawn_blocking(move || {
-        context::pack(&context_dir, file.as_deref(), MAX_CONTEXT)
-    })
-    .await?
-    .map_err(|e| anyhow::anyhow!(e))?;
+    let packed = tokio::task::spawn_blocking(move || context::pack(&context_dir, file.as_deref(), MAX_CONTEXT))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
     let conn = Connection::open(&args.remote).await?;
     upload(&conn, &packed, args.progress != Mode::Quiet).await?;
 
@@ -155,51 +146,28 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
     let progress = Progress::new(args.progress, &platforms);
-    let ok = follow::follow(
-        &conn,
-        recv,
-        &progress,
-        args.on_interrupt,
-        args.metadata_file.as_deref(),
-    )
-    .await?;
+    let ok = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     conn.close().await;
     Ok(ok)
 }
 
 async fn upload(conn: &Connection, packed: &context::Packed, chatty: bool) -> anyhow::Result<()> {
-    let present = match conn
-        .call(&ClientRequest::HasContext {
-            digest: packed.digest.clone(),
-        })
-        .await?
-    {
+    let present = match conn.call(&ClientRequest::HasContext { digest: packed.digest.clone() }).await? {
         ClientResponse::ContextPresent(p) => p,
         other => bail!("unexpected answer: {other:?}"),
     };
     if present {
         if chatty {
-            eprintln!(
-                "context {} ({} bytes) is already on the coordinator",
-                packed.digest, packed.size
-            );
+            eprintln!("context {} ({} bytes) is already on the coordinator", packed.digest, packed.size);
         }
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let (mut send, mut recv) = conn
-        .request(&ClientRequest::UploadContext {
-            digest: packed.digest.clone(),
-            size: packed.size,
-        })
-        .await?;
+    let (mut send, mut recv) =
+        conn.request(&ClientRequest::UploadContext { digest: packed.digest.clone(), size: packed.size }).await?;
     let mut file = tokio::fs::File::open(packed.file.path()).await?;
-    tokio::io::copy(&mut file, &mut send)
-        .await
-        .context("uploading the build context")?;
-    send.shutdown()
-        .await
-        .context("uploading the build context")?;
+    tokio::io::copy(&mut file, &mut send).await.context("uploading the build context")?;
+    send.shutdown().await.context("uploading the build context")?;
     match conn.next(&mut recv).await? {
         Some(ClientResponse::ContextStored) => {
             if chatty {
@@ -230,73 +198,33 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> BuildArgs {
-        let mut argv = vec![
-            "archfarm",
-            "--coordinator",
-            "h:1",
-            "--token",
-            "t",
-            "--ca",
-            "ca.pem",
-        ];
+        let mut argv = vec!["archfarm", "--coordinator", "h:1", "--token", "t", "--ca", "ca.pem"];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).unwrap().args
     }
 
     #[test]
     fn refuses_builds_without_push_saying_what_to_add() {
-        let err = request_parts(&parse(&[
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "127.0.0.1:5000/a:1",
-            ".",
-        ]))
-        .unwrap_err();
+        let err = request_parts(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
         assert!(err.to_string().contains("Add --push"), "{err}");
     }
 
     #[test]
     fn validates_tags_platforms_and_pairs_up_front() {
-        let err = request_parts(&parse(&[
-            "--push",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "127.0.0.1:5000/a:bad tag",
-            ".",
-        ]))
-        .unwrap_err();
+        let err =
+            request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."]))
+                .unwrap_err();
         assert!(err.to_string().contains("invalid image reference"), "{err}");
-        let err = request_parts(&parse(&[
-            "--push",
-            "--platform",
-            "linux/amd64,linux/x86_64",
-            "-t",
-            "r/a:1",
-            ".",
-        ]))
-        .unwrap_err();
+        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."]))
+            .unwrap_err();
         assert_eq!(err.to_string(), "--platform lists linux/amd64 twice");
-        let err = request_parts(&parse(&[
-            "--push",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "r/a:1",
-            "--label",
-            "novalue",
-            ".",
-        ]))
-        .unwrap_err();
+        let err =
+            request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "r/a:1", "--label", "novalue", "."]))
+                .unwrap_err();
         assert!(err.to_string().contains("must be KEY=VALUE"), "{err}");
         let err = request_parts(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
         assert!(err.to_string().contains("add -t"), "{err}");
-        let Checked {
-            platforms: p,
-            build_args: args,
-            labels,
-        } = request_parts(&parse(&[
+        let Checked { platforms: p, build_args: args, labels } = request_parts(&parse(&[
             "--push",
             "--platform",
             "linux/arm64",
@@ -313,10 +241,7 @@ mod tests {
             ".",
         ]))
         .unwrap();
-        assert_eq!(
-            p.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["linux/arm64", "linux/amd64"]
-        );
+        assert_eq!(p.iter().map(ToString::to_string).collect::<Vec<_>>(), ["linux/arm64", "linux/amd64"]);
         assert_eq!(args, [("A".to_owned(), "1".to_owned())]);
         assert_eq!(labels, [("k".to_owned(), "v=w".to_owned())]);
     }

@@ -22,14 +22,8 @@ fn ago(ms: u64) -> String {
 
 /// The table `builds ls` prints.
 pub fn table(builds: &[BuildSummary]) -> String {
-    let mut rows = vec![[
-        "BUILD".to_owned(),
-        "STATE".into(),
-        "CREATED".into(),
-        "PLATFORMS".into(),
-        "TAGS".into(),
-        "INDEX".into(),
-    ]];
+    let mut rows =
+        vec![["BUILD".to_owned(), "STATE".into(), "CREATED".into(), "PLATFORMS".into(), "TAGS".into(), "INDEX".into()]];
     for b in builds {
         rows.push([
             b.build.to_string(),
@@ -37,21 +31,13 @@ pub fn table(builds: &[BuildSummary]) -> String {
             ago(b.created_ms),
             platform::list(&b.platforms),
             b.tags.join(","),
-            b.index
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string),
+            b.index.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
@@ -75,15 +61,8 @@ pub fn detail(d: &BuildDetail) -> String {
     for j in &d.jobs {
         let _ = writeln!(out, "\n{}  {}", j.platform, j.state);
         if let Some(digest) = &j.digest {
-            let took = j
-                .duration_ms
-                .map(|ms| format!(" in {:.1} s", ms as f64 / 1000.0))
-                .unwrap_or_default();
-            let agent = j
-                .agent
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let took = j.duration_ms.map(|ms| format!(" in {:.1} s", ms as f64 / 1000.0)).unwrap_or_default();
+            let agent = j.agent.as_ref().map(ToString::to_string).unwrap_or_default();
             let _ = writeln!(out, "  digest:  {digest} (agent {agent}{took})");
         }
         if let Some(e) = &j.error {
@@ -91,17 +70,8 @@ pub fn detail(d: &BuildDetail) -> String {
         }
         for a in &j.attempts {
             let outcome = a.outcome.as_deref().unwrap_or("running");
-            let detail = a
-                .detail
-                .as_deref()
-                .filter(|d| !d.is_empty())
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  attempt {} on {}: {outcome}{detail}",
-                a.number, a.agent
-            );
+            let detail = a.detail.as_deref().filter(|d| !d.is_empty()).map(|d| format!(": {d}")).unwrap_or_default();
+            let _ = writeln!(out, "  attempt {} on {}: {outcome}{detail}", a.number, a.agent);
         }
     }
     out
@@ -119,15 +89,11 @@ async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientRespo
 
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
-    let ClientResponse::Builds(builds) = call(remote, ClientRequest::ListBuilds { limit }).await?
-    else {
+    let ClientResponse::Builds(builds) = call(remote, ClientRequest::ListBuilds { limit }).await? else {
         bail!("unexpected answer to builds ls");
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&builds.iter().map(summary_json).collect::<Vec<_>>())?
-        );
+        println!("{}", serde_json::to_string_pretty(&builds.iter().map(summary_json).collect::<Vec<_>>())?);
     } else {
         print!("{}", table(&builds));
     }
@@ -149,8 +115,7 @@ fn summary_json(b: &BuildSummary) -> serde_json::Value {
 
 /// `builds show`.
 pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result<()> {
-    let ClientResponse::BuildDetail(d) = call(remote, ClientRequest::ShowBuild { build }).await?
-    else {
+    let ClientResponse::BuildDetail(d) = call(remote, ClientRequest::ShowBuild { build }).await? else {
         bail!("unexpected answer to builds show");
     };
     if json {
@@ -181,12 +146,7 @@ pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result
 }
 
 /// `builds watch`: the build as it stands, then its events to its end.
-pub async fn watch(
-    remote: &Remote,
-    build: BuildId,
-    mode: Mode,
-    on_interrupt: OnInterrupt,
-) -> anyhow::Result<bool> {
+pub async fn watch(remote: &Remote, build: BuildId, mode: Mode, on_interrupt: OnInterrupt) -> anyhow::Result<bool> {
     let conn = Connection::open(remote).await?;
     let (mut send, mut recv) = conn.request(&ClientRequest::WatchBuild { build }).await?;
     let _ = send.finish();
@@ -204,9 +164,7 @@ pub async fn watch(
 
 /// `builds publish`.
 pub async fn publish(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } =
-        call(remote, ClientRequest::PublishBuild { build }).await?
-    {
+    if let ClientResponse::Done { message } = call(remote, ClientRequest::PublishBuild { build }).await? {
         eprintln!("{message}");
     }
     Ok(())
@@ -214,9 +172,7 @@ pub async fn publish(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
 
 /// `builds cancel`.
 pub async fn cancel(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } =
-        call(remote, ClientRequest::CancelBuild { build }).await?
-    {
+    if let ClientResponse::Done { message } = call(remote, ClientRequest::CancelBuild { build }).await? {
         eprintln!("{message}");
     }
     Ok(())

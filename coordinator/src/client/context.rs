@@ -48,30 +48,19 @@ impl<W: Write> Write for Hashing<W> {
 /// Packs `context`, honouring its `.dockerignore`. `dockerfile` is the `-f` path as the user
 /// gave it (relative to the working directory), or `None` for `CONTEXT/Dockerfile`.
 pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result<Packed, String> {
-    let context = context
-        .canonicalize()
-        .map_err(|e| format!("build context {}: {e}", context.display()))?;
+    let context = context.canonicalize().map_err(|e| format!("build context {}: {e}", context.display()))?;
     if !context.is_dir() {
-        return Err(format!(
-            "build context {} is not a directory",
-            context.display()
-        ));
+        return Err(format!("build context {} is not a directory", context.display()));
     }
     let dockerfile_path = match dockerfile {
         Some(p) => p.to_path_buf(),
         None => context.join("Dockerfile"),
     };
-    let dockerfile_abs = dockerfile_path.canonicalize().map_err(|_| {
-        format!(
-            "Dockerfile not found: {} (pass -f to name another file)",
-            dockerfile_path.display()
-        )
-    })?;
+    let dockerfile_abs = dockerfile_path
+        .canonicalize()
+        .map_err(|_| format!("Dockerfile not found: {} (pass -f to name another file)", dockerfile_path.display()))?;
     if !dockerfile_abs.is_file() {
-        return Err(format!(
-            "Dockerfile {} is not a file",
-            dockerfile_abs.display()
-        ));
+        return Err(format!("Dockerfile {} is not a file", dockerfile_abs.display()));
     }
     let inside = dockerfile_abs.strip_prefix(&context).ok().map(rel_string);
 
@@ -82,10 +71,7 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
     let mut paths = Vec::new();
     walk(&context, &context, &ignore, &mut paths)?;
     // Docker always sends the Dockerfile and .dockerignore, whatever .dockerignore says.
-    for always in [inside.clone(), Some(".dockerignore".to_owned())]
-        .into_iter()
-        .flatten()
-    {
+    for always in [inside.clone(), Some(".dockerignore".to_owned())].into_iter().flatten() {
         let abs = context.join(&always);
         if abs.is_file() && !paths.iter().any(|(rel, _)| *rel == always) {
             paths.push((always, abs));
@@ -93,8 +79,7 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
     }
     paths.sort();
 
-    let file = tempfile::NamedTempFile::new()
-        .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+    let file = tempfile::NamedTempFile::new().map_err(|e| format!("cannot create a temporary file: {e}"))?;
     let mut out = Hashing {
         inner: std::io::BufWriter::new(file.reopen().map_err(|e| e.to_string())?),
         hasher: sha2::Sha256::new(),
@@ -104,19 +89,15 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
         let mut tar = tar::Builder::new(&mut out);
         tar.follow_symlinks(false);
         for (rel, abs) in &paths {
-            let meta =
-                std::fs::symlink_metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+            let meta = std::fs::symlink_metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?;
             append(&mut tar, rel, abs, &meta)?;
         }
         if inside.is_none() {
-            let data = std::fs::read(&dockerfile_abs)
-                .map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
+            let data = std::fs::read(&dockerfile_abs).map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
             let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-            tar.append_data(&mut h, OUTSIDE_DOCKERFILE, data.as_slice())
-                .map_err(|e| e.to_string())?;
+            tar.append_data(&mut h, OUTSIDE_DOCKERFILE, data.as_slice()).map_err(|e| e.to_string())?;
         }
-        tar.finish()
-            .map_err(|e| format!("packing the context: {e}"))?;
+        tar.finish().map_err(|e| format!("packing the context: {e}"))?;
     }
     out.flush().map_err(|e| e.to_string())?;
     if out.written > max_bytes {
@@ -135,18 +116,10 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
 }
 
 fn rel_string(p: &Path) -> String {
-    p.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+    p.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    ignore: &DockerIgnore,
-    out: &mut Vec<(String, PathBuf)>,
-) -> Result<(), String> {
+fn walk(root: &Path, dir: &Path, ignore: &DockerIgnore, out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("reading {}: {e}", dir.display()))?
         .collect::<Result<_, _>>()
@@ -155,9 +128,7 @@ fn walk(
     for entry in entries {
         let abs = entry.path();
         let rel = rel_string(abs.strip_prefix(root).unwrap_or(&abs));
-        let ty = entry
-            .file_type()
-            .map_err(|e| format!("{}: {e}", abs.display()))?;
+        let ty = entry.file_type().map_err(|e| format!("{}: {e}", abs.display()))?;
         let excluded = ignore.excluded(&rel);
         if ty.is_dir() {
             if !excluded {
@@ -192,18 +163,12 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn append<W: Write>(
-    tar: &mut tar::Builder<W>,
-    rel: &str,
-    abs: &Path,
-    meta: &Metadata,
-) -> Result<(), String> {
+fn append<W: Write>(tar: &mut tar::Builder<W>, rel: &str, abs: &Path, meta: &Metadata) -> Result<(), String> {
     let mode = meta.permissions().mode() & 0o7777;
     let err = |e: std::io::Error| format!("packing {rel}: {e}");
     if meta.is_dir() {
         let mut h = header(tar::EntryType::Directory, mode, 0);
-        tar.append_data(&mut h, format!("{rel}/"), std::io::empty())
-            .map_err(err)
+        tar.append_data(&mut h, format!("{rel}/"), std::io::empty()).map_err(err)
     } else if meta.file_type().is_symlink() {
         let target = std::fs::read_link(abs).map_err(err)?;
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
@@ -233,25 +198,16 @@ mod tests {
 
     fn names(packed: &Packed) -> Vec<String> {
         let mut ar = tar::Archive::new(std::fs::File::open(packed.file.path()).unwrap());
-        ar.entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect()
+        ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
     }
 
     #[test]
     fn honours_dockerignore_but_always_sends_the_dockerfile() {
         let d = tree();
         let packed = pack(d.path(), None, 1 << 20).unwrap();
-        assert_eq!(
-            names(&packed),
-            [".dockerignore", "Dockerfile", "src/", "src/main.rs"]
-        );
+        assert_eq!(names(&packed), [".dockerignore", "Dockerfile", "src/", "src/main.rs"]);
         assert_eq!(packed.dockerfile, "Dockerfile");
-        assert_eq!(
-            packed.size,
-            std::fs::metadata(packed.file.path()).unwrap().len()
-        );
+        assert_eq!(packed.size, std::fs::metadata(packed.file.path()).unwrap().len());
     }
 
     #[test]
@@ -287,19 +243,12 @@ mod tests {
         let d = tree();
         std::fs::remove_file(d.path().join("Dockerfile")).unwrap();
         let err = pack(d.path(), None, 1 << 20).unwrap_err();
-        assert!(
-            err.starts_with("Dockerfile not found:")
-                && err.ends_with("(pass -f to name another file)"),
-            "{err}"
-        );
+        assert!(err.starts_with("Dockerfile not found:") && err.ends_with("(pass -f to name another file)"), "{err}");
         let d = tree();
         let err = pack(d.path(), None, 100).unwrap_err();
         assert!(err.contains("over the limit of 100"), "{err}");
         let err = pack(Path::new("/nonexistent-context"), None, 100).unwrap_err();
-        assert!(
-            err.starts_with("build context /nonexistent-context"),
-            "{err}"
-        );
+        assert!(err.starts_with("build context /nonexistent-context"), "{err}");
     }
 
     #[test]
@@ -308,12 +257,7 @@ mod tests {
         std::os::unix::fs::symlink("main.rs", d.path().join("src/link.rs")).unwrap();
         let packed = pack(d.path(), None, 1 << 20).unwrap();
         let mut ar = tar::Archive::new(std::fs::File::open(packed.file.path()).unwrap());
-        let link = ar
-            .entries()
-            .unwrap()
-            .map(Result::unwrap)
-            .find(|e| e.path().unwrap().ends_with("link.rs"))
-            .unwrap();
+        let link = ar.entries().unwrap().map(Result::unwrap).find(|e| e.path().unwrap().ends_with("link.rs")).unwrap();
         assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
     }
 }

@@ -38,16 +38,8 @@ impl DockerIgnore {
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
-                .map_err(|e| {
-                    format!(
-                        ".dockerignore line {}: invalid pattern {line:?}: {e}",
-                        n + 1
-                    )
-                })?;
-            patterns.push(Pattern {
-                glob: glob.compile_matcher(),
-                negated,
-            });
+                .map_err(|e| format!(".dockerignore line {}: invalid pattern {line:?}: {e}", n + 1))?;
+            patterns.push(Pattern { glob: glob.compile_matcher(), negated });
         }
         Ok(DockerIgnore { patterns })
     }
@@ -103,16 +95,10 @@ mod tests {
         assert!(d.excluded("a.log"));
         assert!(!d.excluded("sub/a.log"), "* does not cross directories");
         assert!(d.excluded("build"));
-        assert!(
-            d.excluded("build/out/bin"),
-            "a matched directory excludes its contents"
-        );
+        assert!(d.excluded("build/out/bin"), "a matched directory excludes its contents");
         assert!(d.excluded("docs/x/y/z.md"));
         assert!(d.excluded("docs/a.md"), "** matches zero directories");
-        assert!(
-            !d.excluded("docs/keep.md"),
-            "! re-includes, last match wins"
-        );
+        assert!(!d.excluded("docs/keep.md"), "! re-includes, last match wins");
         assert!(d.excluded("secret1.txt"));
         assert!(!d.excluded("secret12.txt"));
         assert!(!d.excluded("src/main.rs"));
@@ -139,9 +125,6 @@ mod tests {
     #[test]
     fn bad_patterns_name_their_line() {
         let err = DockerIgnore::parse("ok\n[unclosed\n").unwrap_err();
-        assert!(
-            err.starts_with(".dockerignore line 2: invalid pattern \"[unclosed\""),
-            "{err}"
-        );
+        assert!(err.starts_with(".dockerignore line 2: invalid pattern \"[unclosed\""), "{err}");
     }
 }

@@ -50,7 +50,14 @@ pub async fn follow(
     let mut cancelling = false;
     loop {
         let response = tokio::select! {
-            r = conn.next(&mut recv) => r?,
+            r = conn.next(&mut recv) => match (r, &build) {
+                (Ok(r), _) => r,
+                (Err(e), Some(id)) => bail!(
+                    "{e:#}. Build {id} is in the coordinator's database and resumes when it is back: \
+                     `archfarm builds watch {id}` follows it again"
+                ),
+                (Err(e), None) => return Err(e),
+            },
             _ = tokio::signal::ctrl_c(), if !cancelling => {
                 let Some(id) = build.clone() else { bail!("interrupted before the build was accepted") };
                 match tokio::task::spawn_blocking(move || decide(on_interrupt)).await? {
@@ -81,11 +88,7 @@ pub async fn follow(
         progress.event(&event);
         match event {
             BuildEvent::Accepted { build: id } => build = Some(id),
-            BuildEvent::Published {
-                index,
-                tags,
-                platforms,
-            } => {
+            BuildEvent::Published { index, tags, platforms } => {
                 eprintln!("published index {index} as {}", tags.join(", "));
                 for p in &platforms {
                     eprintln!(

@@ -25,39 +25,21 @@ pub async fn inspect(reference: &str, raw: bool) -> anyhow::Result<()> {
         writeln!(out, "\nManifests:")?;
         for m in index["manifests"].as_array().into_iter().flatten() {
             let p = &m["platform"];
-            let mut platform = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or("?"),
-                p["architecture"].as_str().unwrap_or("?")
-            );
+            let mut platform =
+                format!("{}/{}", p["os"].as_str().unwrap_or("?"), p["architecture"].as_str().unwrap_or("?"));
             if let Some(v) = p["variant"].as_str() {
                 platform.push('/');
                 platform.push_str(v);
             }
-            writeln!(
-                out,
-                "  Name:      {}/{}@{}",
-                r.registry(),
-                r.repository(),
-                m["digest"].as_str().unwrap_or("?")
-            )?;
-            writeln!(
-                out,
-                "  MediaType: {}",
-                m["mediaType"].as_str().unwrap_or("?")
-            )?;
+            writeln!(out, "  Name:      {}/{}@{}", r.registry(), r.repository(), m["digest"].as_str().unwrap_or("?"))?;
+            writeln!(out, "  MediaType: {}", m["mediaType"].as_str().unwrap_or("?"))?;
             writeln!(out, "  Platform:  {platform}\n")?;
         }
     } else {
         let (_, config) = oci::manifest_config(&bytes)?;
-        let repo = ImageReference::with_tag(
-            r.registry().to_owned(),
-            r.repository().to_owned(),
-            "latest".to_owned(),
-        );
+        let repo = ImageReference::with_tag(r.registry().to_owned(), r.repository().to_owned(), "latest".to_owned());
         let config: Digest = config.parse()?;
-        let platform =
-            oci::config_platform(&reg.blob(&repo, &config).await?).map_err(anyhow::Error::msg)?;
+        let platform = oci::config_platform(&reg.blob(&repo, &config).await?).map_err(anyhow::Error::msg)?;
         writeln!(out, "Platform:  {platform}")?;
     }
     print!("{out}");

@@ -41,54 +41,28 @@ pub struct Connection {
 impl Connection {
     /// Connects and presents the token.
     pub async fn open(remote: &Remote) -> anyhow::Result<Self> {
-        let ca = std::fs::read_to_string(&remote.ca).with_context(|| {
-            format!(
-                "cannot read the farm CA {} (set ARCHFARM_CA or --ca)",
-                remote.ca.display()
-            )
-        })?;
+        let ca = std::fs::read_to_string(&remote.ca)
+            .with_context(|| format!("cannot read the farm CA {} (set ARCHFARM_CA or --ca)", remote.ca.display()))?;
         let config = tls::client_config(&ca, None, ALPN_CLIENT, tls::Transport::default())?;
-        let (host, _) = remote.coordinator.rsplit_once(':').with_context(|| {
-            format!(
-                "coordinator address {:?} is not host:port",
-                remote.coordinator
-            )
-        })?;
+        let (host, _) = remote
+            .coordinator
+            .rsplit_once(':')
+            .with_context(|| format!("coordinator address {:?} is not host:port", remote.coordinator))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addr = tokio::net::lookup_host(&remote.coordinator)
             .await
             .with_context(|| format!("cannot resolve coordinator address {}", remote.coordinator))?
             .next()
-            .with_context(|| {
-                format!(
-                    "coordinator address {} resolves to nothing",
-                    remote.coordinator
-                )
-            })?;
-        let bind: std::net::SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()?;
+            .with_context(|| format!("coordinator address {} resolves to nothing", remote.coordinator))?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, host)?.await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to the coordinator at {}: {}",
-                remote.coordinator,
-                tls::explain(&e)
-            )
+            anyhow::anyhow!("cannot connect to the coordinator at {}: {}", remote.coordinator, tls::explain(&e))
         })?;
         let max_frame = codec::DEFAULT_MAX_FRAME;
-        let this = Connection {
-            endpoint,
-            conn,
-            max_frame,
-        };
-        let hello = ClientRequest::Hello {
-            token: remote.token.trim().to_owned(),
-        };
+        let this = Connection { endpoint, conn, max_frame };
+        let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
         match this.call(&hello).await? {
             ClientResponse::Welcome { .. } => Ok(this),
             ClientResponse::Refused { reason } => bail!("{reason}"),
@@ -97,34 +71,22 @@ impl Connection {
     }
 
     /// Opens a stream and sends one request on it.
-    pub async fn request(
-        &self,
-        req: &ClientRequest,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
         let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
-        codec::write_msg(&mut send, req, self.max_frame)
-            .await
-            .map_err(|e| self.codec(e))?;
+        codec::write_msg(&mut send, req, self.max_frame).await.map_err(|e| self.codec(e))?;
         Ok((send, recv))
     }
 
     /// Reads the next response on a request's stream; `None` when the stream ended.
-    pub async fn next(
-        &self,
-        recv: &mut quinn::RecvStream,
-    ) -> anyhow::Result<Option<ClientResponse>> {
-        codec::read_msg(recv, self.max_frame)
-            .await
-            .map_err(|e| self.codec(e))
+    pub async fn next(&self, recv: &mut quinn::RecvStream) -> anyhow::Result<Option<ClientResponse>> {
+        codec::read_msg(recv, self.max_frame).await.map_err(|e| self.codec(e))
     }
 
     /// Sends one request and reads its single response.
     pub async fn call(&self, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
         let (mut send, mut recv) = self.request(req).await?;
         let _ = send.finish();
-        self.next(&mut recv)
-            .await?
-            .context("the coordinator closed the stream without answering")
+        self.next(&mut recv).await?.context("the coordinator closed the stream without answering")
     }
 
     /// Largest frame this connection sends.
@@ -146,7 +108,6 @@ impl Connection {
     /// Closes the connection politely.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

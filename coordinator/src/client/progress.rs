@@ -35,26 +35,16 @@ impl Progress {
         let multi = MultiProgress::new();
         let mut bars = HashMap::new();
         if live {
-            let style =
-                ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
             for p in platforms {
-                let bar = multi.add(
-                    ProgressBar::new_spinner()
-                        .with_style(style.clone())
-                        .with_prefix(format!("[{p}]")),
-                );
+                let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(format!("[{p}]")));
                 bar.set_message("waiting for an agent");
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(p.clone(), bar);
             }
         }
-        Progress {
-            plain: !live && mode != Mode::Quiet,
-            quiet: mode == Mode::Quiet,
-            multi,
-            bars,
-        }
+        Progress { plain: !live && mode != Mode::Quiet, quiet: mode == Mode::Quiet, multi, bars }
     }
 
     fn line(&self, platform: &Platform, text: &str) {
@@ -84,52 +74,27 @@ impl Progress {
                     eprintln!("build {build} accepted");
                 }
             }
-            BuildEvent::Started { platform, agent } => self.status(
-                platform,
-                format!("building natively on agent {agent}"),
-                false,
-            ),
+            BuildEvent::Started { platform, agent } => {
+                self.status(platform, format!("building natively on agent {agent}"), false)
+            }
             BuildEvent::Log { platform, line } => match self.bars.get(platform) {
                 Some(bar) => bar.set_message(line.clone()),
                 None => self.line(platform, line),
             },
             BuildEvent::PlatformDone(r) => self.status(
                 &r.platform,
-                format!(
-                    "pushed and verified {} (agent {}, {:.1} s)",
-                    r.digest,
-                    r.agent,
-                    r.duration_ms as f64 / 1000.0
-                ),
+                format!("pushed and verified {} (agent {}, {:.1} s)", r.digest, r.agent, r.duration_ms as f64 / 1000.0),
                 true,
             ),
-            BuildEvent::PlatformFailed {
-                platform,
-                agent,
-                failure,
-            } => {
-                let on = agent
-                    .as_ref()
-                    .map(|a| format!(" on agent {a}"))
-                    .unwrap_or_default();
-                self.status(
-                    platform,
-                    format!("FAILED{on} ({}): {}", failure.kind, failure.message),
-                    true,
-                );
+            BuildEvent::PlatformFailed { platform, agent, failure } => {
+                let on = agent.as_ref().map(|a| format!(" on agent {a}")).unwrap_or_default();
+                self.status(platform, format!("FAILED{on} ({}): {}", failure.kind, failure.message), true);
                 if !self.quiet {
                     self.tail(platform, failure);
                 }
             }
-            BuildEvent::Retrying {
-                platform,
-                agent,
-                reason,
-                next_attempt,
-            } => {
-                let text = format!(
-                    "attempt on agent {agent} ended: {reason}; retrying (attempt {next_attempt})"
-                );
+            BuildEvent::Retrying { platform, agent, reason, next_attempt } => {
+                let text = format!("attempt on agent {agent} ended: {reason}; retrying (attempt {next_attempt})");
                 match self.bars.get(platform) {
                     Some(bar) => {
                         self.multi.suspend(|| eprintln!("[{platform}] {text}"));
