@@ -11,7 +11,7 @@ use archfarm_shared::protocol::{
     close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
 use archfarm_shared::{platform, tls};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -150,6 +150,26 @@ impl Agent {
             Err(e) => return Err(lost(&e)),
         };
         info!(coordinator = %self.coordinator, "registered");
+        // The coordinator answers every heartbeat; a coordinator killed without closing the
+        // connection is noticed when the answers stop, long before QUIC's idle timeout.
+        let started = Instant::now();
+        let last_ack = Arc::new(AtomicU64::new(0));
+        let ack_timeout = interval * 3 + Duration::from_secs(2);
+        let reader = {
+            let last_ack = last_ack.clone();
+            tokio::spawn(async move {
+                loop {
+                    match codec::read_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+                        Ok(Some(CoordinatorMessage::HeartbeatAck)) => {
+                            last_ack.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
+                        }
+                        Ok(Some(other)) => warn!("unexpected message on the control stream: {other:?}"),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            })
+        };
+        let _stop_reader = AbortOnDrop(reader);
         // Jobs of this session stop when it ends: the coordinator reruns them.
         let session_jobs = self.abort.child_token();
         let _stop_jobs = session_jobs.clone().drop_guard();
@@ -168,6 +188,11 @@ impl Agent {
                     }
                 }
                 _ = ticker.tick() => {
+                    let silent = started.elapsed().saturating_sub(Duration::from_millis(last_ack.load(Ordering::Relaxed)));
+                    if silent > ack_timeout {
+                        conn.close(close::TIMEOUT.into(), b"no heartbeat answers");
+                        anyhow::bail!("the coordinator has not answered heartbeats for {} s", silent.as_secs());
+                    }
                     let running = self.running.load(Ordering::Relaxed);
                     if let Some(deadline) = drain_deadline {
                         if running == 0 {
@@ -277,6 +302,15 @@ impl Agent {
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

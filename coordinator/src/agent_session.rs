@@ -86,7 +86,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
             engine = %registration.engine_version,
             "agent registered"
         );
-        serve_registered(&shared, &conn, &name, &mut recv).await
+        serve_registered(&shared, &conn, &name, (&mut send, &mut recv)).await
     };
     shared.farm.unregister(&name, conn.stable_id());
     info!(reason = %reason, "agent disconnected");
@@ -96,42 +96,53 @@ async fn serve_registered(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     name: &AgentName,
-    control: &mut quinn::RecvStream,
+    control: (&mut quinn::SendStream, &mut quinn::RecvStream),
 ) -> String {
+    let (send, recv) = control;
     let max = shared.settings.max_frame;
     let timeout = shared.settings.heartbeat_timeout;
-    loop {
-        tokio::select! {
-            msg = tokio::time::timeout(timeout, codec::read_msg::<_, AgentMessage>(control, max)) => match msg {
-                Err(_) => {
-                    let reason = format!("no heartbeat for {} s", timeout.as_secs());
-                    conn.close(close::TIMEOUT.into(), reason.as_bytes());
-                    return reason;
-                }
-                Ok(Ok(Some(AgentMessage::Heartbeat { .. }))) => {}
-                Ok(Ok(Some(AgentMessage::Draining))) => {
-                    info!("agent is draining: no new jobs");
-                    shared.farm.set_standing(name, Standing::Draining);
-                }
-                Ok(Ok(Some(other))) => {
-                    let reason = format!("protocol error: unexpected {} on the control stream", variant(&other));
-                    warn!("{reason}");
-                    conn.close(close::PROTOCOL.into(), reason.as_bytes());
-                    return reason;
-                }
-                Ok(Ok(None)) => return "agent closed its control stream".to_owned(),
-                Ok(Err(e)) => return on_codec_error(conn, &e, "control stream"),
-            },
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
-                    let shared = shared.clone();
-                    let conn = conn.clone();
+    // Streams the agent opens are served by their own task: reading a frame must never race
+    // with anything that could cancel it halfway.
+    let acceptor = {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        tokio::spawn(
+            async move {
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (shared, conn) = (shared.clone(), conn.clone());
                     tokio::spawn(async move { serve_stream(&shared, &conn, send, recv).await }.in_current_span());
                 }
-                Err(e) => return tls::explain(&e),
-            },
+            }
+            .in_current_span(),
+        )
+    };
+    let reason = loop {
+        match tokio::time::timeout(timeout, codec::read_msg::<_, AgentMessage>(recv, max)).await {
+            Err(_) => {
+                let reason = format!("no heartbeat for {} s", timeout.as_secs());
+                conn.close(close::TIMEOUT.into(), reason.as_bytes());
+                break reason;
+            }
+            Ok(Ok(Some(AgentMessage::Heartbeat { .. }))) => {
+                if let Err(e) = codec::write_msg(send, &CoordinatorMessage::HeartbeatAck, max).await {
+                    break on_codec_error(conn, &e, "control stream");
+                }
+            }
+            Ok(Ok(Some(AgentMessage::Draining))) => {
+                info!("agent is draining: no new jobs");
+                shared.farm.set_standing(name, Standing::Draining);
+            }
+            Ok(Ok(Some(other))) => {
+                let reason = format!("protocol error: unexpected {} on the control stream", variant(&other));
+                warn!("{reason}");
+                conn.close(close::PROTOCOL.into(), reason.as_bytes());
+                break reason;
+            }
+            Ok(Ok(None)) => break "agent closed its control stream".to_owned(),
+            Ok(Err(e)) => break on_codec_error(conn, &e, "control stream"),
         }
-    }
+    };
+    acceptor.abort();
+    reason
 }
 
 /// A stream the agent opened: today only context fetches.

@@ -172,15 +172,15 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
             run_platform(shared, plan, spec, live).await
         }
     });
-    let results = tokio::select! {
-        results = join_all(work) => results,
-        () = live.cancel.cancelled() => {
-            for job in shared.store.jobs(id).unwrap_or_default() {
-                let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled");
-            }
-            return BuildEvent::Failed { reason: "the build was cancelled; nothing was published".into() };
+    // Each job watches the cancel token itself, so a running job's stream is reset (which stops
+    // it on the agent) rather than merely dropped.
+    let results = join_all(work).await;
+    if live.cancel.is_cancelled() {
+        for job in shared.store.jobs(id).unwrap_or_default() {
+            let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled");
         }
-    };
+        return BuildEvent::Failed { reason: "the build was cancelled; nothing was published".into() };
+    }
     let mut children = Vec::new();
     let mut verified = Vec::new();
     let mut failures = Vec::new();
@@ -268,7 +268,14 @@ async fn run_platform(
     let mut last: Option<(Option<AgentName>, JobFailure)> = None;
     while spec.attempt < max {
         spec.attempt += 1;
-        let agent = match shared.farm.acquire(&spec.job, &platform, avoid.clone()).await {
+        let acquired = tokio::select! {
+            a = shared.farm.acquire(&spec.job, &platform, avoid.clone()) => a,
+            () = live.cancel.cancelled() => {
+                shared.farm.release(&spec.job);
+                return Err(format!("  {platform}: cancelled"));
+            }
+        };
+        let agent = match acquired {
             Ok(agent) => agent,
             Err(e) => {
                 let mut message = e.to_string();
@@ -315,6 +322,10 @@ async fn run_platform(
             Attempt::Final(failure) => {
                 let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "failed", &failure.message);
                 return Err(fail(shared, live, &spec, Some(&agent.name), failure));
+            }
+            Attempt::Retry { outcome, .. } if outcome == "cancelled" && live.cancel.is_cancelled() => {
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "cancelled", "the build was cancelled");
+                return Err(format!("  {platform}: cancelled"));
             }
             Attempt::Retry { outcome, failure, blame } => {
                 let _ = shared.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message);

@@ -89,6 +89,9 @@ pub enum CoordinatorMessage {
         /// Why.
         reason: String,
     },
+    /// Answer to each [`AgentMessage::Heartbeat`] on the control stream, so the agent notices a
+    /// coordinator that died without closing the connection.
+    HeartbeatAck,
 }
 
 /// One platform of a build, as an agent receives it.

@@ -73,7 +73,9 @@ pub struct Transport {
 
 impl Default for Transport {
     fn default() -> Self {
-        Transport { idle_timeout: Duration::from_secs(30), keep_alive: Duration::from_secs(5) }
+        // Keep-alives every 2 s keep a quiet connection (a long RUN step) open; 10 s of silence
+        // (five lost keep-alives) means the peer or the path is gone.
+        Transport { idle_timeout: Duration::from_secs(10), keep_alive: Duration::from_secs(2) }
     }
 }
 

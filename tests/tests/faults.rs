@@ -1,0 +1,207 @@
+//! The fault suite on loopback: hosts dying, the coordinator restarting, the registry failing.
+//! Each scenario asserts what the registry and the coordinator's database hold afterwards.
+//! The agents here are amd64 processes; "amd64-2" is a second amd64 host.
+
+use archfarm_tests::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// A build slow enough to be interrupted: a native amd64 RUN step of a few seconds.
+fn slow_context(seconds: u32) -> tempfile::TempDir {
+    context(&format!(
+        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+    ))
+}
+
+fn attempts(record: &serde_json::Value, job: usize) -> Vec<(String, String)> {
+    record["jobs"][job]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["agent"].as_str().unwrap().to_owned(), a["outcome"].as_str().unwrap_or("running").to_owned()))
+        .collect()
+}
+
+fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
+    let (status, _, body) =
+        farm.registry_get(&format!("/v2/{repo}/manifests/{tag}"), "application/vnd.oci.image.index.v1+json");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
+    let second = AgentSpec { name: "amd64-2", native: None, capacity: 2 };
+    let mut farm = Farm::start(&[AgentSpec::amd64(), second]);
+    let ctx = slow_context(3);
+    let tag = format!("{}:1", farm.repo("failover"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    let victim = farm.assigned_agent(1);
+    farm.proc(&format!("agent {victim}")).wait_for_log("job started", Duration::from_secs(30));
+    farm.proc(&format!("agent {victim}")).kill9();
+
+    let out = wait_output(client, Duration::from_secs(120));
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("retrying (attempt 2)"), "the client is told: {log}");
+    assert_eq!(index_platforms(&farm, "failover", "1"), ["linux/amd64"]);
+    assert_eq!(farm.tags("failover"), ["1"]);
+
+    let record = farm.build_record(&farm.newest_build());
+    assert_eq!(record["state"], "published");
+    let survivor = if victim == "amd64-1" { "amd64-2" } else { "amd64-1" };
+    assert_eq!(
+        attempts(&record, 0),
+        [(victim.clone(), "lost".to_owned()), (survivor.to_owned(), "pushed".to_owned())],
+        "ran twice"
+    );
+    assert_eq!(record["jobs"][0]["agent"], survivor);
+}
+
+#[test]
+fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_published() {
+    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let ctx = slow_context(20);
+    let tag = format!("{}:1", farm.repo("orphan"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    farm.proc("agent amd64-1").kill9();
+
+    let out = wait_output(client, Duration::from_secs(120));
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("linux/amd64 failed on agent amd64-1"), "{log}");
+    assert!(log.contains("no agent building linux/amd64 has been connected"), "{log}");
+    assert!(log.contains("nothing was published"), "{log}");
+    assert!(farm.tags("orphan").is_empty());
+    let record = farm.build_record(&farm.newest_build());
+    assert_eq!(record["state"], "failed");
+    assert_eq!(record["jobs"][0]["state"], "failed");
+    assert_eq!(attempts(&record, 0), [("amd64-1".to_owned(), "lost".to_owned())]);
+}
+
+#[test]
+fn the_coordinator_killed_mid_build_resumes_it_from_its_database_after_a_restart() {
+    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let ctx = context(&format!(
+        "FROM scratch\nARG TARGETARCH\nCOPY bin/${{TARGETARCH}}/busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"[ $(/bin/busybox uname -m) != x86_64 ] || /bin/busybox sleep 3\"]\n"
+    ));
+    // The arm64 stand-in cannot RUN arm64 code; build amd64 (slow) only, and check it resumes.
+    let tag = format!("{}:1", farm.repo("restart"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    let id = farm.newest_build();
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    farm.proc("coordinator").kill9();
+    let out = wait_output(client, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("`archfarm builds watch {id}`")),
+        "the client says how to reattach: {}",
+        text(&out)
+    );
+
+    farm.start_coordinator();
+    let out = farm.archfarm(&["builds", "watch", &id, "--progress", "plain"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("published index"), "{log}");
+    assert_eq!(index_platforms(&farm, "restart", "1"), ["linux/amd64"]);
+    let record = farm.build_record(&id);
+    assert_eq!(record["state"], "published");
+    let tried = attempts(&record, 0);
+    assert_eq!(tried.first().unwrap().1, "lost", "the attempt cut off by the restart is recorded: {tried:?}");
+    assert_eq!(tried.last().unwrap().1, "pushed", "{tried:?}");
+    let log = farm.proc("coordinator").log_text();
+    assert!(log.contains("resuming build after restart"), "{log}");
+}
+
+#[test]
+fn a_registry_failing_the_index_publish_keeps_verified_digests_and_builds_publish_completes_it() {
+    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let tag = format!("{}:1", farm.repo("flaky"));
+    // The registry can store images by digest but answers 500 to any tag write.
+    let tags_dir = farm.registry_tags_dir("flaky");
+    std::fs::create_dir_all(&tags_dir).unwrap();
+    run_ok(Command::new("chattr").arg("+i").arg(&tags_dir));
+    let out = farm.build("linux/amd64,linux/arm64", &[&tag], ctx.path(), &[]);
+    run_ok(Command::new("chattr").arg("-i").arg(&tags_dir));
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("publishing the index failed") && log.contains("failed 5 times"),
+        "bounded retries, then a clear failure: {log}"
+    );
+    let id = farm.newest_build();
+    assert!(log.contains(&format!("`archfarm builds publish {id}`")), "{log}");
+    assert!(farm.tags("flaky").is_empty(), "nothing published");
+    let record = farm.build_record(&id);
+    assert_eq!(record["jobs"][0]["state"], "verified");
+    assert_eq!(record["jobs"][1]["state"], "verified");
+
+    // The registry is restarted (healed), and the build is published without rebuilding.
+    farm.restart_registry();
+    let out = farm.archfarm(&["builds", "publish", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(index_platforms(&farm, "flaky", "1"), ["linux/amd64", "linux/arm64"]);
+    let record = farm.build_record(&id);
+    assert_eq!(record["state"], "published");
+    assert_eq!(attempts(&record, 0).len(), 1, "no rebuild");
+    assert_eq!(attempts(&record, 1).len(), 1, "no rebuild");
+    // Publishing twice is harmless: same index.
+    let (_, first, _) = farm.registry_get("/v2/flaky/manifests/1", "application/vnd.oci.image.index.v1+json");
+    let out = farm.archfarm(&["builds", "publish", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, second, _) = farm.registry_get("/v2/flaky/manifests/1", "application/vnd.oci.image.index.v1+json");
+    assert_eq!(first, second);
+    assert_eq!(record["index"].as_str(), first.as_deref());
+}
+
+#[test]
+fn a_cancelled_build_stops_on_the_agent_and_publishes_nothing() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = slow_context(30);
+    let tag = format!("{}:1", farm.repo("cancelled"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    let id = farm.newest_build();
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    let out = farm.archfarm(&["builds", "cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = wait_output(client, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    farm.proc("agent amd64-1").wait_for_log("stopping the job: the coordinator cancelled it", Duration::from_secs(10));
+    let record = farm.build_record(&id);
+    assert_eq!(record["state"], "cancelled");
+    assert_eq!(record["jobs"][0]["state"], "cancelled");
+    assert!(farm.tags("cancelled").is_empty());
+    // The agent is free again: a new build runs at once.
+    let quick = context(PER_ARCH_DOCKERFILE);
+    let out = farm.build("linux/amd64", &[&format!("{}:2", farm.repo("cancelled"))], quick.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn an_agent_drains_on_sigterm_finishing_its_job_before_it_exits() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = slow_context(3);
+    let tag = format!("{}:1", farm.repo("drain"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    assert!(farm.proc("agent amd64-1").terminate_and_wait(Duration::from_secs(60)), "the agent exits after draining");
+    let out = wait_output(client, Duration::from_secs(60));
+    assert!(out.status.success(), "the running job finished: {}", text(&out));
+    let log = farm.proc("agent amd64-1").log_text();
+    assert!(log.contains("draining: no new jobs"), "{log}");
+    assert!(log.contains("job succeeded") && log.contains("disconnected: drained"), "{log}");
+    assert_eq!(farm.tags("drain"), ["1"]);
+}
