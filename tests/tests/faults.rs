@@ -91,11 +91,7 @@ fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_
 #[test]
 fn the_coordinator_killed_mid_build_resumes_it_from_its_database_after_a_restart() {
     let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
-    let ctx = context(&format!(
-        "FROM scratch\nARG TARGETARCH\nCOPY bin/${{TARGETARCH}}/busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"[ $(/bin/busybox uname -m) != x86_64 ] || /bin/busybox sleep 3\"]\n"
-    ));
-    // The arm64 stand-in cannot RUN arm64 code; build amd64 (slow) only, and check it resumes.
+    let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("restart"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
     let id = farm.newest_build();
