@@ -10,20 +10,20 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one client connection until it ends.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let max = shared.settings.max_frame;
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
-        return conn.close(close::REFUSED.into(), b"no hello within 10 s");
+        return conn.close(close::REFUSED.into(), b"no hello within 30 s");
     };
     let token = match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, max)).await {
         Ok(Ok(ClientRequest::Hello { token })) => token,
         Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
-        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
+        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 30 s"),
     };
     let accepted = crate::auth::token_accepted(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
         warn!("{e}");

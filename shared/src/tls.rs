@@ -73,9 +73,10 @@ pub struct Transport {
 
 impl Default for Transport {
     fn default() -> Self {
-        // Keep-alives every 2 s keep a quiet connection (a long RUN step) open; 10 s of silence
-        // (five lost keep-alives) means the peer or the path is gone.
-        Transport { idle_timeout: Duration::from_secs(10), keep_alive: Duration::from_secs(2) }
+        // Keep-alives every 2 s keep a quiet connection (a long RUN step) open; 20 s of silence
+        // means the peer or the path is gone. Shorter cuts off peers that a loaded host starves
+        // for a few seconds (seen with hundreds of clients on two cores).
+        Transport { idle_timeout: Duration::from_secs(20), keep_alive: Duration::from_secs(2) }
     }
 }
 

@@ -9,6 +9,9 @@
 //! - [`registry`](Farm::registry_get): the registry's HTTP API, as an independent client.
 //! - [`skopeo`]: skopeo, the second independent client.
 //! - [`fixtures`]: the per-arch static busybox binaries `scripts/setup.sh` provides.
+//! - [`scripted`]: a scripted agent, to play one that misbehaves.
+
+pub mod scripted;
 
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
@@ -463,37 +466,45 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// Waits (bounded) for a spawned command and returns its output.
+/// Waits (bounded) for a spawned command and returns its output. Its pipes are drained while
+/// it runs, so a command that prints more than a pipe holds cannot block.
 pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
-    while matches!(child.try_wait(), Ok(None)) {
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("command did not finish within {timeout:?}: {}", text(&out));
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("command did not finish within {timeout:?}: {out}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    };
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
 }
 
 /// Runs a command to completion, killing it after `timeout`.
 pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    wait_output(child, timeout)
 }
 
 /// Runs a command and fails the test unless it succeeds.

@@ -201,3 +201,111 @@ fn an_agent_drains_on_sigterm_finishing_its_job_before_it_exits() {
     assert!(log.contains("job succeeded") && log.contains("disconnected: drained"), "{log}");
     assert_eq!(farm.tags("drain"), ["1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reporting_a_wrong_architecture_is_caught_quarantined_and_the_platform_rebuilt_elsewhere() {
+    use archfarm_shared::protocol::{JobOutcome, PushedImage};
+    use archfarm_tests::scripted::ScriptedAgent;
+    let farm = tokio::task::block_in_place(|| Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]));
+    // A real amd64 image in the repository: what the lying agent will pass off as arm64.
+    let seed_ctx = context(PER_ARCH_DOCKERFILE);
+    let out = tokio::task::block_in_place(|| {
+        farm.build("linux/amd64", &[&format!("{}:seed", farm.repo("liar"))], seed_ctx.path(), &[])
+    });
+    assert!(out.status.success(), "{}", text(&out));
+    let seed: serde_json::Value = serde_json::from_slice(&skopeo::raw(&format!("{}:seed", farm.repo("liar")))).unwrap();
+    let amd64 = &seed["manifests"][0];
+
+    // "arm64-0" sorts before "arm64-1", so it is offered the arm64 job first.
+    let liar = ScriptedAgent::join(&farm, "arm64-0", &["linux/arm64"]).await;
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let tag = format!("{}:1", farm.repo("liar"));
+    let client = farm.spawn_build("linux/arm64", &[&tag], ctx.path());
+    let job = liar.next_job(Duration::from_secs(30)).await;
+    assert_eq!(job.spec.platform.to_string(), "linux/arm64");
+    job.finish(JobOutcome::Pushed(PushedImage {
+        digest: amd64["digest"].as_str().unwrap().parse().unwrap(),
+        media_type: amd64["mediaType"].as_str().unwrap().to_owned(),
+        size: amd64["size"].as_u64().unwrap(),
+    }))
+    .await;
+
+    let out = tokio::task::block_in_place(|| wait_output(client, Duration::from_secs(120)));
+    assert!(out.status.success(), "{}", text(&out));
+    let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(&tag)).unwrap();
+    let child = format!("{}@{}", farm.repo("liar"), index["manifests"][0]["digest"].as_str().unwrap());
+    assert_ne!(index["manifests"][0]["digest"], amd64["digest"], "the wrong image was not published");
+    assert_eq!(skopeo::config(&child)["architecture"], "arm64");
+
+    let record = tokio::task::block_in_place(|| farm.build_record(&farm.newest_build()));
+    assert_eq!(
+        attempts(&record, 0),
+        [("arm64-0".to_owned(), "wrong-image".to_owned()), ("arm64-1".to_owned(), "pushed".to_owned())]
+    );
+    let out = tokio::task::block_in_place(|| farm.archfarm(&["agents", "ls"]));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with("arm64-0")).expect("the liar is still listed");
+    assert!(row.contains("quarantined: agent arm64-0: pushed an image whose config says linux/amd64, but the job was for linux/arm64"), "{table}");
+    drop(liar);
+}
+
+#[test]
+fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_duplicated() {
+    const BUILDS: usize = 200;
+    let amd = AgentSpec { name: "amd64-1", native: None, capacity: 4 };
+    let arm = AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 4 };
+    let farm = Farm::start(&[amd, arm]);
+    // Each build has its own small context, so a mix-up between builds would show in an image.
+    let contexts: Vec<tempfile::TempDir> = (0..BUILDS)
+        .map(|i| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY id.txt /id.txt\n").unwrap();
+            std::fs::write(dir.path().join("id.txt"), format!("build {i}\n")).unwrap();
+            dir
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    // Every client is its own process with its own connection, all at once.
+    let clients: Vec<_> = contexts
+        .iter()
+        .enumerate()
+        .map(|(i, ctx)| {
+            farm.spawn_build("linux/amd64,linux/arm64", &[&format!("{}:b{i}", farm.repo("many"))], ctx.path())
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let out = wait_output(c, Duration::from_secs(600));
+        if !out.status.success() {
+            failed.push(format!("build {i}: {}", text(&out)));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {BUILDS} builds failed; the first: {}", failed.len(), failed[0]);
+    eprintln!("{BUILDS} two-platform builds in {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut want: Vec<String> = (0..BUILDS).map(|i| format!("b{i}")).collect();
+    want.sort();
+    assert_eq!(farm.tags("many"), want, "every build published its tag");
+    let out = farm.archfarm(&["builds", "ls", "--format", "json", "--limit", "1000"]);
+    let builds: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(builds.len(), BUILDS, "one record per build, no duplicates");
+    assert!(builds.iter().all(|b| b["state"] == "published"), "all published");
+    for b in builds.iter().take(20) {
+        let record = farm.build_record(b["build"].as_str().unwrap());
+        for job in 0..2 {
+            assert_eq!(attempts(&record, job).len(), 1, "each platform ran once: {record}");
+        }
+    }
+    // Each tag holds its own build's content on both platforms.
+    for i in (0..BUILDS).step_by(37) {
+        let tag = format!("b{i}");
+        assert_eq!(index_platforms(&farm, "many", &tag), ["linux/amd64", "linux/arm64"]);
+        let index: serde_json::Value =
+            serde_json::from_slice(&skopeo::raw(&format!("{}:{tag}", farm.repo("many")))).unwrap();
+        for child in index["manifests"].as_array().unwrap() {
+            let reference = format!("{}@{}", farm.repo("many"), child["digest"].as_str().unwrap());
+            let id = skopeo::file_from_image(&reference, "id.txt").expect("id.txt in the image");
+            assert_eq!(String::from_utf8_lossy(&id), format!("build {i}\n"));
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A scripted agent for tests of the coordinator's side: it registers over real QUIC with a
+//! real certificate, answers heartbeats, and hands each job to the test, which decides what to
+//! report. It never builds anything; tests use it to play an agent that misbehaves.
+
+use crate::{bin, run_ok, Farm};
+use archfarm_shared::codec::{self, DEFAULT_MAX_FRAME};
+use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, Registration, ALPN_AGENT};
+use archfarm_shared::tls;
+use std::process::Command;
+use std::time::Duration;
+
+/// A registered scripted agent.
+#[derive(Debug)]
+pub struct ScriptedAgent {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// A job given to a scripted agent, with the stream to answer on.
+#[derive(Debug)]
+pub struct Job {
+    /// What the coordinator asked for.
+    pub spec: JobSpec,
+    send: quinn::SendStream,
+    _recv: quinn::RecvStream,
+}
+
+impl Job {
+    /// Reports an outcome, as a real agent would at the end of a job.
+    pub async fn finish(mut self, outcome: JobOutcome) {
+        codec::write_msg(&mut self.send, &AgentMessage::JobFinished(outcome), DEFAULT_MAX_FRAME).await.unwrap();
+        let _ = self.send.finish();
+        // Let the frame leave before the stream is dropped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl ScriptedAgent {
+    /// Issues a certificate for `name` from the farm CA and registers with `platforms`.
+    pub async fn join(farm: &Farm, name: &str, platforms: &[&str]) -> ScriptedAgent {
+        tls::install_crypto_provider();
+        let ca_dir = farm.dir.path().join("ca");
+        run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", name, "--dir"]).arg(&ca_dir));
+        let read = |f: String| std::fs::read_to_string(ca_dir.join(f)).unwrap();
+        let (ca, cert, key) = (read("ca.pem".into()), read(format!("{name}.pem")), read(format!("{name}.key")));
+        let config = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default()).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        let conn = endpoint.connect(farm.coordinator.parse().unwrap(), "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let registration = Registration {
+            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
+            capacity: 1,
+            engine_version: "scripted".into(),
+            agent_version: "test".into(),
+        };
+        codec::write_msg(&mut send, &AgentMessage::Register(registration), DEFAULT_MAX_FRAME).await.unwrap();
+        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap() {
+            CoordinatorMessage::Registered { .. } => {}
+            other => panic!("scripted agent {name} not registered: {other:?}"),
+        }
+        let heartbeat = tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
+                while let Ok(Some(_)) = codec::read_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await {}
+            });
+            loop {
+                if codec::write_msg(&mut send, &AgentMessage::Heartbeat { running: 0 }, DEFAULT_MAX_FRAME)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            reader.abort();
+        });
+        ScriptedAgent { _endpoint: endpoint, conn, heartbeat }
+    }
+
+    /// Waits (bounded) for the coordinator to give this agent a job.
+    pub async fn next_job(&self, timeout: Duration) -> Job {
+        let (send, mut recv) =
+            tokio::time::timeout(timeout, self.conn.accept_bi()).await.expect("a job within the timeout").unwrap();
+        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap() {
+            CoordinatorMessage::AssignJob(spec) => Job { spec: *spec, send, _recv: recv },
+            other => panic!("expected a job, got {other:?}"),
+        }
+    }
+}
+
+impl Drop for ScriptedAgent {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        self.conn.close(0u32.into(), b"scripted agent done");
+    }
+}
