@@ -5,6 +5,7 @@ use crate::server::{on_codec_error, Shared};
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{close, BuildEvent, BuildState, BuildSummary, ClientRequest, ClientResponse};
 use archfarm_shared::tls;
+use archfarm_shared::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -73,8 +74,8 @@ async fn request(
         ClientRequest::ListAgents => ClientResponse::Agents(shared.farm.agents()),
         ClientRequest::HasContext { digest } => ClientResponse::ContextPresent(shared.contexts.contains(&digest)),
         ClientRequest::UploadContext { digest, size } => {
-            match shared.contexts.receive(&digest, size, &mut recv).await {
-                Ok(_) => {
+            match receive_context(&shared, &digest, size, &mut recv).await {
+                Ok(()) => {
                     info!(context = %digest, bytes = size, "stored build context");
                     ClientResponse::ContextStored
                 }
@@ -131,6 +132,32 @@ async fn request(
         },
     };
     respond(send, response, max).await;
+}
+
+/// Stores an uploaded context, then checks what it holds; a context that fails the check is
+/// deleted again.
+async fn receive_context(
+    shared: &Shared,
+    digest: &Digest,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), String> {
+    let path = shared.contexts.receive(digest, size, recv).await?;
+    let checked = path.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&checked).map_err(|e| format!("cannot read the stored context: {e}"))?;
+        archfarm_shared::tarball::check(std::io::BufReader::new(file))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match verdict {
+        Ok(_) => Ok(()),
+        Err(reason) => {
+            warn!(context = %digest, "refused build context: {reason}");
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(reason)
+        }
+    }
 }
 
 async fn respond(mut send: quinn::SendStream, response: ClientResponse, max: u32) {

@@ -13,6 +13,7 @@
 //! - [`registry`]: the registry adapter (the only user of oci-client).
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
+//! - [`tarball`]: what a build-context tarball may hold.
 
 pub mod codec;
 pub mod content;
@@ -23,6 +24,7 @@ pub mod platform;
 pub mod protocol;
 pub mod registry;
 pub mod shutdown;
+pub mod tarball;
 pub mod telemetry;
 pub mod tls;
 

@@ -103,3 +103,40 @@ async fn malformed_frames_close_one_connection_and_the_coordinator_keeps_serving
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(farm.tags("survivor"), ["after"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_build_contexts_are_refused_by_the_coordinator_and_not_kept() {
+    use archfarm_shared::protocol::ClientResponse;
+    use archfarm_shared::Digest;
+    tls::install_crypto_provider();
+    let farm = tokio::task::block_in_place(|| Farm::start(&[]));
+    let (_e, conn) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &conn).await;
+    // A tarball holding a symlink to /etc/shadow, built as a hostile client would.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.as_old_mut().name[..4].copy_from_slice(b"evil");
+    h.as_old_mut().linkname[..11].copy_from_slice(b"/etc/shadow");
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, std::io::empty()).unwrap();
+    let bytes = b.into_inner().unwrap();
+    let digest = Digest::of(&bytes);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let upload = ClientRequest::UploadContext { digest: digest.clone(), size: bytes.len() as u64 };
+    codec::write_msg(&mut send, &upload, codec::DEFAULT_MAX_FRAME).await.unwrap();
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    match codec::expect_msg::<_, ClientResponse>(&mut recv, codec::DEFAULT_MAX_FRAME).await.unwrap() {
+        ClientResponse::Error { message } => {
+            assert!(message.contains("\"evil\" is a link to \"/etc/shadow\", outside the context"), "{message}")
+        }
+        other => panic!("a hostile context was accepted: {other:?}"),
+    }
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    codec::write_msg(&mut send, &ClientRequest::HasContext { digest }, codec::DEFAULT_MAX_FRAME).await.unwrap();
+    let present: ClientResponse = codec::expect_msg(&mut recv, codec::DEFAULT_MAX_FRAME).await.unwrap();
+    assert_eq!(present, ClientResponse::ContextPresent(false), "a refused context is not kept");
+}

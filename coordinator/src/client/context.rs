@@ -142,6 +142,16 @@ fn walk(root: &Path, dir: &Path, ignore: &DockerIgnore, out: &mut Vec<(String, P
         if excluded {
             continue;
         }
+        if ty.is_symlink() {
+            let target = std::fs::read_link(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+            if !archfarm_shared::tarball::link_stays_inside(Path::new(&rel), &target) {
+                return Err(format!(
+                    "build context holds {rel}, a symlink to {}, outside the context; a build cannot follow it. \
+                     Copy the file in, or add the link to .dockerignore",
+                    target.display()
+                ));
+            }
+        }
         if ty.is_block_device() || ty.is_char_device() || ty.is_fifo() || ty.is_socket() {
             return Err(format!(
                 "build context holds {rel}, a device, pipe or socket, which cannot be sent; remove it or add it to .dockerignore"
@@ -249,6 +259,17 @@ mod tests {
         assert!(err.contains("over the limit of 100"), "{err}");
         let err = pack(Path::new("/nonexistent-context"), None, 100).unwrap_err();
         assert!(err.starts_with("build context /nonexistent-context"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_leading_outside_are_refused() {
+        let d = tree();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("src/abs")).unwrap();
+        let err = pack(d.path(), None, 1 << 20).unwrap_err();
+        assert!(err.contains("src/abs, a symlink to /etc/passwd, outside the context"), "{err}");
+        std::fs::remove_file(d.path().join("src/abs")).unwrap();
+        std::os::unix::fs::symlink("../../x", d.path().join("src/up")).unwrap();
+        assert!(pack(d.path(), None, 1 << 20).unwrap_err().contains("outside the context"));
     }
 
     #[test]
