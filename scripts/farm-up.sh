@@ -61,6 +61,7 @@ ca_cert = "../ca/ca.pem"
 cert = "../ca/coordinator.pem"
 key = "../ca/coordinator.key"
 client_tokens = "../ca/client-tokens"
+ca_key = "../ca/ca.key"
 TOML
 cat >"$farm/agent-amd64/agent.toml" <<TOML
 coordinator = "127.0.0.1:$coordinator_port"

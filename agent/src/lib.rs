@@ -6,11 +6,13 @@
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
 //! - [`host`]: which platforms this host declares.
 //! - [`docker`]: the Docker Engine adapter (the only user of bollard).
+//! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 
 pub mod context_cache;
 pub mod docker;
+pub mod enroll;
 pub mod executor;
 pub mod host;
 pub mod publish;
@@ -20,8 +22,19 @@ use archfarm_config::AgentConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the agent until `shutdown` is cancelled.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the agent until `shutdown` is cancelled. Without a certificate yet, it first enrolls
+/// with `join_token`.
+pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !config.tls.cert.exists() {
+        match join_token {
+            Some(token) => enroll::enroll(&config, token).await?,
+            None => anyhow::bail!(
+                "no agent certificate at {}: issue one with `archfarm ca issue-agent NAME`, or start with \
+                 --join-token from `archfarm agents token create`",
+                config.tls.cert.display()
+            ),
+        }
+    }
     let agent = Arc::new(session::Agent::new(&config).await?);
     agent.run(shutdown).await;
     Ok(())

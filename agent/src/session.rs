@@ -65,10 +65,7 @@ impl Agent {
 
         let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
         endpoint.set_default_client_config(client);
-        let server_name = config.server_name.clone().unwrap_or_else(|| {
-            let host = config.coordinator.rsplit_once(':').map_or(config.coordinator.as_str(), |(h, _)| h);
-            host.trim_start_matches('[').trim_end_matches(']').to_owned()
-        });
+        let server_name = crate::enroll::server_name(config);
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {
             registration: Registration {

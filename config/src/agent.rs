@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 pub struct AgentConfig {
     /// Coordinator address, `host:port`. Required.
     pub coordinator: String,
+    /// Name to enroll under with `--join-token`. Default: the host name. (Once enrolled, the
+    /// agent's name is the common name of its certificate.)
+    #[serde(default)]
+    pub name: Option<String>,
     /// Name to expect on the coordinator's certificate. Default: the host part of `coordinator`.
     #[serde(default)]
     pub server_name: Option<String>,

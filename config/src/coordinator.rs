@@ -52,7 +52,12 @@ pub struct CoordinatorTls {
     /// Coordinator key, PEM.
     pub key: PathBuf,
     /// File of accepted client token hashes (sha256 hex, one a line; `archfarm ca init` writes it).
+    /// Tokens made with `archfarm tokens create` live in the state database instead.
     pub client_tokens: PathBuf,
+    /// Farm CA key, PEM. Optional: with it the coordinator signs the certificates of agents that
+    /// join with a join token; without it agents are enrolled with `archfarm ca issue-agent` only.
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -99,6 +104,9 @@ impl Validate for CoordinatorConfig {
         resolve_path(base, &mut self.tls.cert);
         resolve_path(base, &mut self.tls.key);
         resolve_path(base, &mut self.tls.client_tokens);
+        if let Some(k) = &mut self.tls.ca_key {
+            resolve_path(base, k);
+        }
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {

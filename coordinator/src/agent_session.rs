@@ -35,6 +35,16 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         }
         Err(e) => return refuse(&conn, &e.to_string()),
     };
+    match shared.store.agent_revoked(&name) {
+        Ok(false) => {}
+        Ok(true) => {
+            return refuse(
+                &conn,
+                &format!("agent {name} is revoked (`archfarm agents revoke`); it is refused for good"),
+            )
+        }
+        Err(e) => return refuse(&conn, &format!("cannot check revocation: {e}")),
+    }
     let span = info_span!("agent", agent = %name, remote = %conn.remote_address());
     session(shared, conn, name).instrument(span).await;
 }

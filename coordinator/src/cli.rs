@@ -5,7 +5,7 @@ use crate::client::build::BuildArgs;
 use crate::client::follow::OnInterrupt;
 use crate::client::progress::Mode;
 use crate::client::Remote;
-use archfarm_shared::BuildId;
+use archfarm_shared::{AgentName, BuildId};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -42,6 +42,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
+    /// Client tokens for release engineers and pipelines.
+    Tokens {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Inspect images in a registry.
     Imagetools {
         /// What to do.
@@ -59,6 +65,20 @@ pub enum Command {
 /// `archfarm agents ...`
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
+    /// Join tokens for enrolling agents.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// Revoke an agent: disconnect it now and refuse it from now on.
+    Revoke {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name.
+        name: AgentName,
+    },
     /// List connected agents: name, address, platforms, state, running jobs.
     Ls {
         #[command(flatten)]
@@ -125,6 +145,41 @@ pub enum BuildsCommand {
         remote: Remote,
         /// Build id.
         build: BuildId,
+    },
+}
+
+/// `archfarm agents token ...`
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a one-time join token; an agent started with `--join-token` enrolls with it.
+    Create {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Seconds until the token expires (at most a week).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+/// `archfarm tokens ...`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a named client token (printed once; the coordinator keeps only its hash).
+    Create {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Who or what uses it, for example ci-release.
+        name: String,
+    },
+    /// Revoke a named client token.
+    Revoke {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Its name.
+        name: String,
     },
 }
 

@@ -26,10 +26,12 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
         Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 30 s"),
     };
+    // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
+    // in the database.
     let accepted = crate::auth::token_accepted(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
         warn!("{e}");
         false
-    });
+    }) || shared.store.client_token_live(&archfarm_shared::pki::token_hash(&token)).unwrap_or(false);
     if !accepted {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();
@@ -115,6 +117,55 @@ async fn request(
         ClientRequest::PublishBuild { build } => match build::republish(&shared, &build).await {
             Ok(index) => ClientResponse::Done { message: format!("published index {index} for build {build}") },
             Err(message) => ClientResponse::Error { message },
+        },
+        ClientRequest::CreateJoinToken { ttl_secs } => {
+            let token = archfarm_shared::pki::generate_token();
+            let expires_ms = crate::store::now_ms() + ttl_secs.clamp(1, 7 * 86_400) * 1000;
+            match shared.store.add_join_token(&archfarm_shared::pki::token_hash(&token), expires_ms) {
+                Ok(()) => {
+                    info!(expires_ms, "join token created");
+                    ClientResponse::Token { token, expires_ms: Some(expires_ms) }
+                }
+                Err(e) => ClientResponse::Error { message: e.to_string() },
+            }
+        }
+        ClientRequest::RevokeAgent { name } => match shared.store.revoke_agent(&name) {
+            Ok(()) => {
+                info!(agent = %name, "agent revoked");
+                if let Some(conn) = shared.farm.connection(&name) {
+                    conn.close(close::REFUSED.into(), b"this agent was revoked");
+                }
+                ClientResponse::Done { message: format!("agent {name} revoked: disconnected and refused from now on") }
+            }
+            Err(e) => ClientResponse::Error { message: e.to_string() },
+        },
+        ClientRequest::CreateClientToken { name } => {
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+            {
+                ClientResponse::Error {
+                    message: format!("token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"),
+                }
+            } else {
+                let token = archfarm_shared::pki::generate_token();
+                match shared.store.add_client_token(&name, &archfarm_shared::pki::token_hash(&token)) {
+                    Ok(Ok(())) => {
+                        info!(name = %name, "client token created");
+                        ClientResponse::Token { token, expires_ms: None }
+                    }
+                    Ok(Err(message)) => ClientResponse::Error { message },
+                    Err(e) => ClientResponse::Error { message: e.to_string() },
+                }
+            }
+        }
+        ClientRequest::RevokeClientToken { name } => match shared.store.revoke_client_token(&name) {
+            Ok(true) => {
+                info!(name = %name, "client token revoked");
+                ClientResponse::Done { message: format!("client token {name} revoked") }
+            }
+            Ok(false) => ClientResponse::Error { message: format!("no live client token named {name:?}") },
+            Err(e) => ClientResponse::Error { message: e.to_string() },
         },
         ClientRequest::CancelBuild { build } => match shared.live.get(&build) {
             Some(live) => {

@@ -13,6 +13,7 @@
 //! - [`build`]: one build from request to published index: retries, failover, resume.
 //! - [`publish`]: verifying pushed images in the registry and publishing the index.
 //! - [`auth`]: client token checks.
+//! - [`enroll`]: agents joining with a one-time join token (certificate signing requests).
 //! - [`ca`]: creating the farm CA and issuing certificates.
 //! - [`client`]: the release engineer's commands.
 
@@ -23,6 +24,7 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod client_session;
+pub mod enroll;
 pub mod farm;
 pub mod live;
 pub mod publish;

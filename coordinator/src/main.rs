@@ -1,8 +1,11 @@
 //! The `archfarm` binary: coordinator and release-engineer client.
 
-use archfarm_coordinator::cli::{AgentsCommand, BuildsCommand, CaCommand, Cli, Command, ImagetoolsCommand};
+use archfarm_coordinator::cli::{
+    AgentsCommand, BuildsCommand, CaCommand, Cli, Command, ImagetoolsCommand, JoinTokenCommand, TokensCommand,
+};
 use archfarm_coordinator::client::agents::Format;
 use archfarm_coordinator::{ca, client};
+use archfarm_shared::protocol::ClientRequest;
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -45,6 +48,18 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         },
         Command::Agents { command: AgentsCommand::Ls { remote, format } } => {
             client::agents::ls(&remote, format).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl } } } => {
+            client::agents::admin(&remote, ClientRequest::CreateJoinToken { ttl_secs: ttl }).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Revoke { remote, name } } => {
+            client::agents::admin(&remote, ClientRequest::RevokeAgent { name }).await.map(|()| true)
+        }
+        Command::Tokens { command: TokensCommand::Create { remote, name } } => {
+            client::agents::admin(&remote, ClientRequest::CreateClientToken { name }).await.map(|()| true)
+        }
+        Command::Tokens { command: TokensCommand::Revoke { remote, name } } => {
+            client::agents::admin(&remote, ClientRequest::RevokeClientToken { name }).await.map(|()| true)
         }
         Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw } } => {
             client::imagetools::inspect(&reference, raw).await.map(|()| true)

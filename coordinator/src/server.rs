@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
 use archfarm_shared::codec::CodecError;
 use archfarm_shared::content::ContentStore;
-use archfarm_shared::protocol::{close, ALPN_AGENT, ALPN_CLIENT};
+use archfarm_shared::protocol::{close, ALPN_AGENT, ALPN_CLIENT, ALPN_ENROLL};
 use archfarm_shared::tls;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Consecutive failures before quarantine.
     pub quarantine_after: u32,
+    /// The farm CA with its key, when this coordinator enrolls agents.
+    pub ca: Option<archfarm_shared::pki::CertifiedKey>,
 }
 
 /// What the sessions share.
@@ -76,6 +78,10 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             tokens_file: config.tls.client_tokens.clone(),
             max_attempts: config.max_attempts,
             quarantine_after: config.quarantine_after_failures,
+            ca: match &config.tls.ca_key {
+                Some(key) => Some(crate::enroll::load_ca(&config.tls.ca_cert, key)?),
+                None => None,
+            },
         },
     });
     let endpoint = quinn::Endpoint::server(server_config, config.listen_addr())
@@ -121,6 +127,7 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
     match tls::alpn(&conn).as_deref() {
         Some(ALPN_AGENT) => agent_session::serve(shared, conn).await,
         Some(ALPN_CLIENT) => client_session::serve(shared, conn).await,
+        Some(ALPN_ENROLL) => crate::enroll::serve(shared, conn).await,
         _ => conn.close(close::PROTOCOL.into(), b"unknown application protocol"),
     }
 }

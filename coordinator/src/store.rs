@@ -57,6 +57,22 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail      TEXT,
     PRIMARY KEY (job, number)
 );
+CREATE TABLE IF NOT EXISTS join_tokens (
+    hash        TEXT PRIMARY KEY,
+    expires_ms  INTEGER NOT NULL,
+    used_ms     INTEGER,
+    used_by     TEXT
+);
+CREATE TABLE IF NOT EXISTS client_tokens (
+    name        TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL UNIQUE,
+    created_ms  INTEGER NOT NULL,
+    revoked_ms  INTEGER
+);
+CREATE TABLE IF NOT EXISTS revoked_agents (
+    name        TEXT PRIMARY KEY,
+    revoked_ms  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     name        TEXT PRIMARY KEY,
     quarantined INTEGER NOT NULL DEFAULT 0,
@@ -414,6 +430,85 @@ impl Store {
             .optional()?
             .map(Option::unwrap_or_default))
     }
+
+    /// Records a join token (by hash) valid until `expires_ms`.
+    pub fn add_join_token(&self, hash: &str, expires_ms: u64) -> Result<()> {
+        self.conn()
+            .execute("INSERT INTO join_tokens (hash, expires_ms) VALUES (?1, ?2)", params![hash, expires_ms as i64])?;
+        Ok(())
+    }
+
+    /// Uses a join token for `name`: succeeds once, before it expires.
+    pub fn use_join_token(&self, hash: &str, name: &AgentName) -> Result<std::result::Result<(), &'static str>> {
+        let conn = self.conn();
+        let row: Option<(i64, Option<i64>)> = conn
+            .query_row("SELECT expires_ms, used_ms FROM join_tokens WHERE hash = ?1", params![hash], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let verdict = match row {
+            None => Err("unknown join token"),
+            Some((_, Some(_))) => Err("this join token was already used"),
+            Some((expires, None)) if expires as u64 <= now_ms() => Err("this join token has expired"),
+            Some(_) => {
+                let n = conn.execute(
+                    "UPDATE join_tokens SET used_ms = ?2, used_by = ?3 WHERE hash = ?1 AND used_ms IS NULL",
+                    params![hash, now_ms() as i64, name.as_str()],
+                )?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err("this join token was already used")
+                }
+            }
+        };
+        Ok(verdict)
+    }
+
+    /// Records a named client token (by hash). Fails if the name is taken.
+    pub fn add_client_token(&self, name: &str, hash: &str) -> Result<std::result::Result<(), String>> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO client_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, hash, now_ms() as i64],
+        )?;
+        Ok(if n == 1 { Ok(()) } else { Err(format!("a client token named {name:?} already exists")) })
+    }
+
+    /// Revokes a named client token; returns whether it existed and was live.
+    pub fn revoke_client_token(&self, name: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE client_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+            params![name, now_ms() as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Whether a live (not revoked) client token has this hash.
+    pub fn client_token_live(&self, hash: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM client_tokens WHERE hash = ?1 AND revoked_ms IS NULL", params![hash], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Revokes an agent by name, for good.
+    pub fn revoke_agent(&self, name: &AgentName) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
+            params![name.as_str(), now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Whether an agent is revoked.
+    pub fn agent_revoked(&self, name: &AgentName) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM revoked_agents WHERE name = ?1", params![name.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
 }
 
 #[cfg(test)]
@@ -496,5 +591,30 @@ mod tests {
         assert_eq!(s.quarantined(&a).unwrap(), None);
         s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").unwrap();
         assert_eq!(s.quarantined(&a).unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
+    }
+
+    #[test]
+    fn join_tokens_are_one_time_and_expire_client_tokens_and_agents_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let a: AgentName = "new-1".parse().unwrap();
+        s.add_join_token("h1", now_ms() + 60_000).unwrap();
+        assert_eq!(s.use_join_token("h1", &a).unwrap(), Ok(()));
+        assert_eq!(s.use_join_token("h1", &a).unwrap(), Err("this join token was already used"));
+        s.add_join_token("h2", now_ms() - 1).unwrap();
+        assert_eq!(s.use_join_token("h2", &a).unwrap(), Err("this join token has expired"));
+        assert_eq!(s.use_join_token("nope", &a).unwrap(), Err("unknown join token"));
+
+        assert_eq!(s.add_client_token("ci", "th").unwrap(), Ok(()));
+        assert!(s.add_client_token("ci", "other").unwrap().is_err());
+        assert!(s.client_token_live("th").unwrap());
+        assert!(s.revoke_client_token("ci").unwrap());
+        assert!(!s.revoke_client_token("ci").unwrap());
+        assert!(!s.client_token_live("th").unwrap());
+
+        assert!(!s.agent_revoked(&a).unwrap());
+        s.revoke_agent(&a).unwrap();
+        s.revoke_agent(&a).unwrap();
+        assert!(s.agent_revoked(&a).unwrap());
     }
 }

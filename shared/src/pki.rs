@@ -67,9 +67,7 @@ pub enum Leaf<'a> {
     },
 }
 
-/// Issues a certificate signed by the farm CA.
-pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError> {
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+fn leaf_params(leaf: &Leaf<'_>) -> Result<CertificateParams, PkiError> {
     let mut params = match leaf {
         Leaf::Coordinator { names } => {
             let mut p = CertificateParams::new(names.to_vec())?;
@@ -79,7 +77,7 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
         }
         Leaf::Agent { name } => {
             let mut p = CertificateParams::new(Vec::<String>::new())?;
-            p.distinguished_name.push(DnType::CommonName, name);
+            p.distinguished_name.push(DnType::CommonName, *name);
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             p
         }
@@ -87,9 +85,34 @@ pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError
     params.distinguished_name.push(DnType::OrganizationName, "archfarm");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 2);
+    Ok(params)
+}
+
+/// Issues a certificate signed by the farm CA, with a new key.
+pub fn issue(ca: &CertifiedKey, leaf: Leaf<'_>) -> Result<CertifiedKey, PkiError> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = leaf_params(&leaf)?.signed_by(&key, &issuer)?;
     Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// An enrolling agent's key and certificate signing request. The key never leaves the agent.
+pub fn agent_request(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Signs an agent's request after checking its signature (the agent holds the key). The
+/// certificate is ours: the agent's name as common name, client use only, whatever the request
+/// asked for.
+pub fn sign_agent_request(ca: &CertifiedKey, csr_pem: &str, name: &str) -> Result<String, PkiError> {
+    let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let cert = leaf_params(&Leaf::Agent { name })?.signed_by(&request.public_key, &issuer)?;
+    Ok(cert.pem())
 }
 
 /// A fresh client token: 32 random bytes, hex.

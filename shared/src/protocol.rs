@@ -12,6 +12,9 @@ pub const ALPN_AGENT: &[u8] = b"archfarm-agent/1";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
 pub const ALPN_CLIENT: &[u8] = b"archfarm-client/1";
 
+/// ALPN of agents enrolling with a join token (no certificate yet).
+pub const ALPN_ENROLL: &[u8] = b"archfarm-enroll/1";
+
 /// QUIC application close codes the coordinator and agents use.
 pub mod close {
     /// Orderly shutdown.
@@ -237,6 +240,26 @@ pub enum ClientRequest {
         /// Which build.
         build: BuildId,
     },
+    /// Create a one-time join token for enrolling an agent.
+    CreateJoinToken {
+        /// Seconds until it expires.
+        ttl_secs: u64,
+    },
+    /// Revoke an agent: disconnect it and refuse it from now on.
+    RevokeAgent {
+        /// The agent.
+        name: AgentName,
+    },
+    /// Create a named client token.
+    CreateClientToken {
+        /// A name for it (who or what uses it).
+        name: String,
+    },
+    /// Revoke a named client token.
+    RevokeClientToken {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// A build as the release engineer asked for it.
@@ -292,6 +315,39 @@ pub enum ClientResponse {
     Done {
         /// What happened.
         message: String,
+    },
+    /// A secret just created: shown once, stored only as a hash.
+    Token {
+        /// The token.
+        token: String,
+        /// When it expires, milliseconds since the Unix epoch.
+        expires_ms: Option<u64>,
+    },
+}
+
+/// The one message of an enrolling agent (ALPN `archfarm-enroll/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The one-time join token (never logged).
+    pub token: String,
+    /// The name the agent asks for; it becomes its certificate's common name.
+    pub name: AgentName,
+    /// A PEM certificate signing request for a key the agent generated and keeps.
+    pub csr_pem: String,
+}
+
+/// The coordinator's answer to an [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EnrollResponse {
+    /// The agent's certificate, signed by the farm CA.
+    Certificate {
+        /// PEM certificate.
+        cert_pem: String,
+    },
+    /// Refused, with why.
+    Refused {
+        /// Why, and what to do.
+        reason: String,
     },
 }
 

@@ -110,7 +110,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(cert_pem, "coordinator certificate")?, key(key_pem, "coordinator key")?)
         .map_err(|source| TlsError::Rustls { what: "coordinator certificate".into(), source })?;
-    tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec()];
+    tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec(), crate::protocol::ALPN_ENROLL.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::PeerName(format!("QUIC server config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -218,6 +218,13 @@ mod tests {
     fn issued_agent_certificates_carry_the_name() {
         let ca = pki::generate_ca("test CA").unwrap();
         let agent = pki::issue(&ca, pki::Leaf::Agent { name: "arm64-1" }).unwrap();
+        // An enrolled agent's certificate: its own key, our parameters.
+        let (csr, key) = pki::agent_request("new-1").unwrap();
+        let enrolled = pki::sign_agent_request(&ca, &csr, "new-1").unwrap();
+        let der = certs(&enrolled, "enrolled").unwrap().remove(0);
+        assert_eq!(common_name(&der).unwrap(), "new-1");
+        client_config(&ca.cert_pem, Some((&enrolled, &key)), ALPN_AGENT, Transport::default()).unwrap();
+        assert!(pki::sign_agent_request(&ca, "not a csr", "x").is_err());
         let der = certs(&agent.cert_pem, "agent").unwrap().remove(0);
         assert_eq!(common_name(&der).unwrap(), "arm64-1");
         install_crypto_provider();

@@ -286,7 +286,7 @@ impl Farm {
         let config = self.path("coordinator.toml");
         let toml = format!(
             "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = 1\nheartbeat_timeout_secs = 4\nagent_wait_secs = 8\n\
-             [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\n",
+             [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\nca_key = \"ca/ca.key\"\n",
             self.coordinator
         );
         std::fs::write(&config, toml).unwrap();
@@ -299,11 +299,25 @@ impl Farm {
 
     /// Starts an agent with the given certificate and key (normally issued by the farm CA).
     pub fn start_agent(&mut self, spec: &AgentSpec, cert: &Path, key: &Path) {
+        self.start_agent_with(spec, cert, key, &[]);
+    }
+
+    /// Starts an agent that has no certificate yet and enrolls with a join token; its key and
+    /// certificate go to its own directory.
+    pub fn start_joining_agent(&mut self, spec: &AgentSpec, token: &str) -> PathBuf {
+        let dir = self.path(&format!("agent-{}", spec.name));
+        let (cert, key) = (dir.join("tls/agent.pem"), dir.join("tls/agent.key"));
+        self.start_agent_with(spec, &cert, &key, &["--join-token", token]);
+        cert
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub fn start_agent_with(&mut self, spec: &AgentSpec, cert: &Path, key: &Path, args: &[&str]) {
         let dir = self.path(&format!("agent-{}", spec.name));
         std::fs::create_dir_all(&dir).unwrap();
         let mut toml = format!(
-            "coordinator = \"{}\"\nserver_name = \"localhost\"\ncapacity = {}\ncache_dir = \"cache\"\nmax_backoff_secs = 2\n",
-            self.coordinator, spec.capacity
+            "coordinator = \"{}\"\nname = \"{}\"\nserver_name = \"localhost\"\ncapacity = {}\ncache_dir = \"cache\"\nmax_backoff_secs = 2\n",
+            self.coordinator, spec.name, spec.capacity
         );
         if let Some(native) = spec.native {
             toml.push_str(&format!("native_platform = \"{native}\"\n"));
@@ -317,7 +331,7 @@ impl Farm {
         let config = dir.join("agent.toml");
         std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(bin("archfarm-agent"));
-        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+        cmd.arg("--config").arg(&config).args(args).env("RUST_LOG", "info");
         self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
     }
 

@@ -74,6 +74,31 @@ pub fn table(agents: &[AgentInfo]) -> String {
     out
 }
 
+/// Sends one request and prints what it answers: a secret on stdout, a message on stderr.
+pub async fn admin(remote: &Remote, request: ClientRequest) -> anyhow::Result<()> {
+    let conn = Connection::open(remote).await?;
+    let response = conn.call(&request).await;
+    conn.close().await;
+    match response? {
+        ClientResponse::Token { token, expires_ms } => {
+            println!("{token}");
+            if let Some(ms) = expires_ms {
+                let left = ms.saturating_sub(crate::store::now_ms()) / 1000;
+                eprintln!("valid once, for {left} s; it is shown only now");
+            } else {
+                eprintln!("shown only now; the coordinator keeps only its hash");
+            }
+            Ok(())
+        }
+        ClientResponse::Done { message } => {
+            eprintln!("{message}");
+            Ok(())
+        }
+        ClientResponse::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
