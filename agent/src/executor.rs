@@ -25,6 +25,8 @@ pub struct Executor {
     pub cache: ContextCache,
     /// Largest frame on the wire.
     pub max_frame: u32,
+    /// Registries pushed to over plain http although not on loopback.
+    pub insecure_registries: Vec<String>,
 }
 
 fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>) -> JobOutcome {
@@ -95,7 +97,7 @@ impl Executor {
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         let mut pause = std::time::Duration::from_millis(500);
         for attempt in 1..=PUSH_TRIES {
-            match publish::push(repository, &prepared).await {
+            match publish::push(repository, &prepared, &self.insecure_registries).await {
                 Ok(image) => return Ok(image),
                 Err(e) if attempt < PUSH_TRIES => {
                     tracing::warn!(

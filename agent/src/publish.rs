@@ -63,9 +63,9 @@ pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
 }
 
 /// Pushes the prepared image into `repository` (`registry/name`) by digest.
-pub async fn push(repository: &str, image: &Prepared) -> Result<PushedImage, String> {
+pub async fn push(repository: &str, image: &Prepared, insecure: &[String]) -> Result<PushedImage, String> {
     let repo: ImageReference = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
-    let reg = Registry::for_reference(&repo);
+    let reg = Registry::for_reference(&repo, insecure);
     reg.authorize_push(&repo).await.map_err(|e| e.to_string())?;
     let config =
         Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&image.config), size: image.config.len() as u64 };

@@ -47,6 +47,10 @@ pub struct AgentConfig {
     /// in seconds; then it stops what is left (the coordinator reruns it elsewhere). Default: 600.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// Registries (host:port) to push to over plain http although they are not on loopback.
+    /// Default: none.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
     /// TLS material: the farm CA and this agent's certificate and key.
     pub tls: TlsFiles,
 }
@@ -83,8 +87,8 @@ impl Validate for AgentConfig {
         if self.capacity == 0 {
             return Err(("capacity", "must be at least 1".into()));
         }
-        if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
-            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
+        if !(1024..=archfarm_shared::codec::MAX_FRAME_LIMIT).contains(&self.max_frame_bytes) {
+            return Err(("max_frame_bytes", "must be between 1024 and 16777216".into()));
         }
         if self.max_backoff_secs == 0 {
             return Err(("max_backoff_secs", "must be at least 1".into()));

@@ -37,6 +37,10 @@ pub struct CoordinatorConfig {
     /// seconds (covers agent restarts and coordinator restarts). Default: 60.
     #[serde(default = "default_agent_wait")]
     pub agent_wait_secs: u64,
+    /// Registries (host:port) to reach over plain http although they are not on loopback.
+    /// Default: none; loopback registries always use http, every other one https.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
     /// TLS material and the client token list.
     pub tls: CoordinatorTls,
 }
@@ -113,8 +117,8 @@ impl Validate for CoordinatorConfig {
         if self.listen.parse::<SocketAddr>().is_err() {
             return Err(("listen", format!("{:?} is not an IP:PORT address, for example 0.0.0.0:7000", self.listen)));
         }
-        if !(1024..=(64 << 20)).contains(&self.max_frame_bytes) {
-            return Err(("max_frame_bytes", "must be between 1024 and 67108864".into()));
+        if !(1024..=archfarm_shared::codec::MAX_FRAME_LIMIT).contains(&self.max_frame_bytes) {
+            return Err(("max_frame_bytes", "must be between 1024 and 16777216".into()));
         }
         if self.max_context_bytes == 0 {
             return Err(("max_context_bytes", "must be more than 0".into()));

@@ -35,7 +35,7 @@ struct Plan {
     registry: Registry,
 }
 
-fn plan(req: &BuildRequest) -> Result<Plan, String> {
+fn plan(req: &BuildRequest, insecure: &[String]) -> Result<Plan, String> {
     if req.platforms.is_empty() {
         return Err("no platform requested: pass --platform, for example linux/amd64,linux/arm64".into());
     }
@@ -78,7 +78,7 @@ fn plan(req: &BuildRequest) -> Result<Plan, String> {
     }
     let repo =
         ImageReference::with_tag(tags[0].registry().to_owned(), tags[0].repository().to_owned(), "latest".to_owned());
-    Ok(Plan { registry: Registry::for_reference(&repo), repo, tags })
+    Ok(Plan { registry: Registry::for_reference(&repo, insecure), repo, tags })
 }
 
 /// Build args and labels: bounded in number and size, keys without whitespace, control
@@ -103,7 +103,7 @@ fn check_pairs(pairs: &[(String, String)], what: &str) -> Result<(), String> {
 /// Accepts a new build: checks it, records it, starts it. The receiver is subscribed before
 /// the build starts, so it sees every event from `Accepted` on.
 pub fn submit(shared: &Arc<Shared>, req: BuildRequest) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
-    plan(&req)?;
+    plan(&req, &shared.settings.insecure_registries)?;
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
@@ -156,7 +156,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
 }
 
 async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live) -> BuildEvent {
-    let plan = match plan(req) {
+    let plan = match plan(req, &shared.settings.insecure_registries) {
         Ok(p) => p,
         Err(reason) => return BuildEvent::Failed { reason },
     };
@@ -251,7 +251,7 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<archfarm_shared:
     if shared.live.get(id).is_some() {
         return Err(format!("build {id} is still running; it publishes on its own when every platform is verified"));
     }
-    let plan = plan(&req)?;
+    let plan = plan(&req, &shared.settings.insecure_registries)?;
     let mut children = Vec::new();
     for job in shared.store.jobs(id).map_err(|e| e.to_string())? {
         match (job.state, job.verified) {
@@ -550,7 +550,7 @@ mod tests {
     fn refused(edit: impl FnOnce(&mut BuildRequest)) -> String {
         let mut r = request();
         edit(&mut r);
-        match plan(&r) {
+        match plan(&r, &[]) {
             Ok(_) => panic!("accepted"),
             Err(e) => e,
         }
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn requests_a_client_could_not_have_sent_are_refused_with_reasons() {
         archfarm_shared::tls::install_crypto_provider();
-        assert!(plan(&request()).is_ok());
+        assert!(plan(&request(), &[]).is_ok());
         assert!(refused(|r| r.platforms.clear()).contains("no platform"));
         assert!(refused(|r| r.platforms.push("linux/amd64".parse().unwrap())).contains("requested twice"));
         assert!(refused(|r| r.tags = vec!["127.0.0.1:5000/App:1".into()]).contains("invalid image reference"));

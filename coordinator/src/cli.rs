@@ -193,6 +193,9 @@ pub enum ImagetoolsCommand {
         /// Print the raw JSON.
         #[arg(long)]
         raw: bool,
+        /// A registry (host:port) to reach over plain http although it is not on loopback.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
     },
 }
 

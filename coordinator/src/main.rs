@@ -61,8 +61,8 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Tokens { command: TokensCommand::Revoke { remote, name } } => {
             client::agents::admin(&remote, ClientRequest::RevokeClientToken { name }).await.map(|()| true)
         }
-        Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw } } => {
-            client::imagetools::inspect(&reference, raw).await.map(|()| true)
+        Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw, insecure } } => {
+            client::imagetools::inspect(&reference, raw, &insecure).await.map(|()| true)
         }
         Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
         Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {

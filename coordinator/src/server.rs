@@ -34,6 +34,8 @@ pub struct Settings {
     pub quarantine_after: u32,
     /// The farm CA with its key, when this coordinator enrolls agents.
     pub ca: Option<archfarm_shared::pki::CertifiedKey>,
+    /// Registries reached over plain http although not on loopback.
+    pub insecure_registries: Vec<String>,
 }
 
 /// What the sessions share.
@@ -78,6 +80,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             tokens_file: config.tls.client_tokens.clone(),
             max_attempts: config.max_attempts,
             quarantine_after: config.quarantine_after_failures,
+            insecure_registries: config.insecure_registries.clone(),
             ca: match &config.tls.ca_key {
                 Some(key) => Some(crate::enroll::load_ca(&config.tls.ca_cert, key)?),
                 None => None,

@@ -8,8 +8,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Default largest frame, in bytes.
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
-/// Hard ceiling on what decoding one message may allocate, whatever the configured frame size.
-pub const DECODE_LIMIT: usize = 64 << 20;
+/// Largest frame any configuration may allow.
+pub const MAX_FRAME_LIMIT: u32 = 16 << 20;
+/// Hard ceiling on what decoding one message may allocate: a length field inside a payload
+/// cannot make the decoder reserve more than the largest frame could carry.
+pub const DECODE_LIMIT: usize = MAX_FRAME_LIMIT as usize;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -92,11 +92,15 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A client for the registry of `reference`.
-    pub fn for_reference(reference: &Reference) -> Self {
+    /// A client for the registry of `reference`. Plain http is used for loopback registries and
+    /// for those listed in `insecure` (configured `insecure_registries`); https for all others.
+    pub fn for_reference(reference: &Reference, insecure: &[String]) -> Self {
         let host = reference.resolve_registry().to_owned();
-        let protocol =
-            if is_loopback(&host) { ClientProtocol::HttpsExcept(vec![host.clone()]) } else { ClientProtocol::Https };
+        let protocol = if is_loopback(&host) || insecure.iter().any(|h| h == &host) {
+            ClientProtocol::HttpsExcept(vec![host.clone()])
+        } else {
+            ClientProtocol::Https
+        };
         let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
         Registry { auth: credentials(&host), client, host }
     }

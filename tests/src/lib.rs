@@ -10,7 +10,9 @@
 //! - [`skopeo`]: skopeo, the second independent client.
 //! - [`fixtures`]: the per-arch static busybox binaries `scripts/setup.sh` provides.
 //! - [`scripted`]: a scripted agent, to play one that misbehaves.
+//! - [`net`]: hosts in network namespaces, with links that can be cut.
 
+pub mod net;
 pub mod scripted;
 
 use std::io::Write;
@@ -18,6 +20,8 @@ use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub use net::{Host, Net};
 
 /// A running child process with its log file; killed and reaped on drop.
 #[derive(Debug)]
@@ -199,22 +203,47 @@ pub struct Farm {
     pub token: String,
     /// Processes: registry, coordinator, then agents.
     pub procs: Vec<Proc>,
+    /// With several hosts: the network, and each process's host (by process name).
+    pub net: Option<Net>,
+    hosts: std::collections::HashMap<String, Host>,
 }
 
 impl Farm {
     /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
     pub fn start(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, None)
+    }
+
+    /// Like [`Farm::start`], but the coordinator and each agent are separate hosts: each in its
+    /// own network namespace, reaching each other and the registry over a bridge.
+    pub fn start_on_hosts(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, Some(Net::new()))
+    }
+
+    fn start_inner(agents: &[AgentSpec], mut net: Option<Net>) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
-        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--dir"]).arg(&ca));
+        let mut hosts = std::collections::HashMap::new();
+        let (registry, coordinator) = match &mut net {
+            Some(n) => {
+                let coord = n.add_host("coord");
+                for a in agents {
+                    hosts.insert(format!("agent {}", a.name), n.add_host(a.name));
+                }
+                let addrs = (format!("{}:{}", n.bridge_ip(), free_tcp_port()), format!("{}:7000", coord.ip));
+                hosts.insert("coordinator".to_owned(), coord);
+                addrs
+            }
+            None => (format!("127.0.0.1:{}", free_tcp_port()), format!("127.0.0.1:{}", free_udp_port())),
+        };
+        let coordinator_ip = coordinator.rsplit_once(':').unwrap().0.to_owned();
+        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--name", &coordinator_ip, "--dir"]).arg(&ca));
         for a in agents {
             run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
         }
         let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
-        let registry = format!("127.0.0.1:{}", free_tcp_port());
-        let coordinator = format!("127.0.0.1:{}", free_udp_port());
-        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new() };
+        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new(), net, hosts };
         farm.start_registry();
         farm.start_coordinator();
         for a in agents {
@@ -223,6 +252,28 @@ impl Farm {
         let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
         farm.wait_for_agents(&names);
         farm
+    }
+
+    /// A command for process `name`: in its host's namespace when the farm has hosts.
+    fn host_command(&self, name: &str, program: &Path) -> Command {
+        match self.hosts.get(name) {
+            Some(h) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// The host a process runs on, when the farm has hosts.
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts.get(name).unwrap_or_else(|| panic!("{name} has no host of its own"))
+    }
+
+    /// `insecure_registries` for configs: the registry, when it is not on loopback.
+    fn insecure_line(&self) -> String {
+        if self.net.is_some() { format!("insecure_registries = [\"{}\"]\n", self.registry) } else { String::new() }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -289,8 +340,9 @@ impl Farm {
              [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\nca_key = \"ca/ca.key\"\n",
             self.coordinator
         );
+        let toml = self.insecure_line() + &toml;
         std::fs::write(&config, toml).unwrap();
-        let mut cmd = Command::new(bin("archfarm"));
+        let mut cmd = self.host_command("coordinator", &bin("archfarm"));
         cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
         let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
         p.wait_for_log("coordinator listening", Duration::from_secs(15));
@@ -322,6 +374,7 @@ impl Farm {
         if let Some(native) = spec.native {
             toml.push_str(&format!("native_platform = \"{native}\"\n"));
         }
+        toml.push_str(&self.insecure_line());
         toml.push_str(&format!(
             "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             self.path("ca/ca.pem").display(),
@@ -330,7 +383,7 @@ impl Farm {
         ));
         let config = dir.join("agent.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut cmd = Command::new(bin("archfarm-agent"));
+        let mut cmd = self.host_command(&format!("agent {}", spec.name), &bin("archfarm-agent"));
         cmd.arg("--config").arg(&config).args(args).env("RUST_LOG", "info");
         self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
     }

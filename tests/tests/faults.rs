@@ -1,6 +1,8 @@
-//! The fault suite on loopback: hosts dying, the coordinator restarting, the registry failing.
-//! Each scenario asserts what the registry and the coordinator's database hold afterwards.
-//! The agents here are amd64 processes; "amd64-2" is a second amd64 host.
+//! The fault suite: hosts dying, the coordinator restarting, the registry failing. Scenarios
+//! about hosts run the coordinator and each agent as separate hosts (network namespaces, see
+//! `tests/src/net.rs`); the others run on loopback. Each asserts what the registry and the
+//! coordinator's database hold afterwards. The agents are amd64 processes; "amd64-2" is a
+//! second amd64 host, and "arm64-1" an amd64 host standing in for arm64.
 
 use archfarm_tests::*;
 use std::process::Command;
@@ -40,7 +42,7 @@ fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
 #[test]
 fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
     let second = AgentSpec { name: "amd64-2", native: None, capacity: 2 };
-    let mut farm = Farm::start(&[AgentSpec::amd64(), second]);
+    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), second]);
     let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("failover"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
@@ -68,7 +70,7 @@ fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
 
 #[test]
 fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_published() {
-    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
     let ctx = slow_context(20);
     let tag = format!("{}:1", farm.repo("orphan"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
@@ -90,7 +92,7 @@ fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_
 
 #[test]
 fn the_coordinator_killed_mid_build_resumes_it_from_its_database_after_a_restart() {
-    let mut farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
     let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("restart"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());

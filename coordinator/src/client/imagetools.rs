@@ -7,9 +7,9 @@ use archfarm_shared::Digest;
 use std::fmt::Write;
 
 /// Prints the index (or manifest) at `reference` and its platforms, or the raw JSON.
-pub async fn inspect(reference: &str, raw: bool) -> anyhow::Result<()> {
+pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow::Result<()> {
     let r = registry::parse_reference(reference)?;
-    let reg = Registry::for_reference(&r);
+    let reg = Registry::for_reference(&r, insecure);
     let (bytes, digest) = reg.manifest(&r, oci::ANY_MANIFEST).await?;
     if raw {
         println!("{}", String::from_utf8_lossy(&bytes));
