@@ -90,7 +90,10 @@ impl Farm {
             return;
         }
         st.agents.remove(name);
-        st.scheduler.remove_agent(name);
+        let removed = st.scheduler.remove_agent(name);
+        if !removed.running.is_empty() {
+            tracing::info!(agent = %name, jobs = removed.running.len(), "agent left with jobs running; they run again");
+        }
         dispatch(&mut st);
     }
 

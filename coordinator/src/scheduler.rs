@@ -51,10 +51,8 @@ pub struct Assignment {
 /// What removing an agent left behind.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
-    /// Jobs that were running on it.
+    /// Jobs that were running on it (their attempts are lost; their builds rerun them).
     pub running: Vec<JobId>,
-    /// Queued jobs whose platform no remaining agent declares (they stay queued).
-    pub stranded: Vec<JobId>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,8 +119,8 @@ impl Scheduler {
         self.agents.get(name).map(|s| &s.standing)
     }
 
-    /// Removes an agent: its running jobs are reported lost, and queued jobs no one else can
-    /// build are reported (they stay queued, for an agent that may come back).
+    /// Removes an agent: its running jobs are reported lost. Queued jobs stay queued, also when
+    /// no agent of their platform is left: one may come back (the farm bounds the wait).
     pub fn remove_agent(&mut self, name: &AgentName) -> Removed {
         self.agents.remove(name);
         let mut running: Vec<JobId> = self.running.iter().filter(|(_, a)| *a == name).map(|(j, _)| j.clone()).collect();
@@ -130,8 +128,7 @@ impl Scheduler {
         for j in &running {
             self.running.remove(j);
         }
-        let stranded = self.queue.iter().filter(|q| !self.serves(&q.platform)).map(|q| q.job.clone()).collect();
-        Removed { running, stranded }
+        Removed { running }
     }
 
     /// Platforms some active agent declares, sorted and unique.
@@ -303,7 +300,7 @@ mod tests {
         s.enqueue(j(3), p("linux/amd64"), vec![]);
         s.dispatch();
         let removed = s.remove_agent(&a("arm-1"));
-        assert_eq!(removed, Removed { running: vec![j(1)], stranded: vec![j(2)] });
+        assert_eq!(removed, Removed { running: vec![j(1)] });
         assert_eq!(s.queued(), 1, "a stranded job stays queued: an agent may come back");
         assert!(s.check(&[p("linux/arm64")]).is_err());
         // The amd64 job is untouched.
