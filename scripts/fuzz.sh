@@ -6,7 +6,7 @@
 # toolchain is used with RUSTC_BOOTSTRAP=1 for the sanitizer flags cargo fuzz needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-runs=20000
+runs=100000
 max_time=60
 if [ "${1:-}" = "--long" ]; then
   runs=1000000

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every archfarm test on a fresh Debian/Ubuntu machine: installs and starts what the
 # end-to-end tests need (Docker Engine, the CNCF registry, skopeo, busybox fixtures) through
-# scripts/setup.sh, builds the binaries the tests start, then runs unit and end-to-end tests.
+# scripts/setup.sh, builds the binaries the tests start, then runs unit and end-to-end tests and
+# a short fuzz run.
 # A dockerd this script started is stopped again at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,3 +22,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked "$@"
 fi
+# A short bounded fuzz run of the frame reader and the message decoders (--long: 1M each).
+"$root/scripts/fuzz.sh"
