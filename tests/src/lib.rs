@@ -206,21 +206,29 @@ pub struct Farm {
     /// With several hosts: the network, and each process's host (by process name).
     pub net: Option<Net>,
     hosts: std::collections::HashMap<String, Host>,
+    heartbeat_timeout_secs: u64,
 }
 
 impl Farm {
     /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
     pub fn start(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, None)
+        Self::start_inner(agents, None, 4)
+    }
+
+    /// Like [`Farm::start`], with the coordinator's production heartbeat timeout (15 s) instead
+    /// of the short one the failover tests use: for tests that load the machine so much that a
+    /// healthy agent's heartbeat can be late by seconds.
+    pub fn start_patient(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, None, 15)
     }
 
     /// Like [`Farm::start`], but the coordinator and each agent are separate hosts: each in its
     /// own network namespace, reaching each other and the registry over a bridge.
     pub fn start_on_hosts(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, Some(Net::new()))
+        Self::start_inner(agents, Some(Net::new()), 4)
     }
 
-    fn start_inner(agents: &[AgentSpec], mut net: Option<Net>) -> Farm {
+    fn start_inner(agents: &[AgentSpec], mut net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
@@ -243,7 +251,8 @@ impl Farm {
             run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
         }
         let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
-        let mut farm = Farm { dir, registry, coordinator, token, procs: Vec::new(), net, hosts };
+        let mut farm =
+            Farm { dir, registry, coordinator, token, procs: Vec::new(), net, hosts, heartbeat_timeout_secs };
         farm.start_registry();
         farm.start_coordinator();
         for a in agents {
@@ -273,7 +282,11 @@ impl Farm {
 
     /// `insecure_registries` for configs: the registry, when it is not on loopback.
     fn insecure_line(&self) -> String {
-        if self.net.is_some() { format!("insecure_registries = [\"{}\"]\n", self.registry) } else { String::new() }
+        if self.net.is_some() {
+            format!("insecure_registries = [\"{}\"]\n", self.registry)
+        } else {
+            String::new()
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -336,9 +349,9 @@ impl Farm {
         }
         let config = self.path("coordinator.toml");
         let toml = format!(
-            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = 1\nheartbeat_timeout_secs = 4\nagent_wait_secs = 8\n\
+            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = {}\nheartbeat_timeout_secs = {}\nagent_wait_secs = 8\n\
              [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\nca_key = \"ca/ca.key\"\n",
-            self.coordinator
+            self.coordinator, (self.heartbeat_timeout_secs / 4).max(1), self.heartbeat_timeout_secs
         );
         let toml = self.insecure_line() + &toml;
         std::fs::write(&config, toml).unwrap();

@@ -33,7 +33,12 @@ impl Net {
     /// A new bridge with a subnet no other test uses.
     pub fn new() -> Net {
         let mut id = 20 + std::process::id() % 200;
-        while Command::new("ip").args(["link", "show", &format!("afb{id}")]).output().map(|o| o.status.success()).unwrap_or(false) {
+        while Command::new("ip")
+            .args(["link", "show", &format!("afb{id}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
             id = 20 + (id + 1 - 20) % 200;
         }
         let bridge = format!("afb{id}");

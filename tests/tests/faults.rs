@@ -256,7 +256,7 @@ fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_dup
     const BUILDS: usize = 200;
     let amd = AgentSpec { name: "amd64-1", native: None, capacity: 4 };
     let arm = AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 4 };
-    let farm = Farm::start(&[amd, arm]);
+    let farm = Farm::start_patient(&[amd, arm]);
     // Each build has its own small context, so a mix-up between builds would show in an image.
     let contexts: Vec<tempfile::TempDir> = (0..BUILDS)
         .map(|i| {

@@ -6,7 +6,9 @@ use archfarm_tests::*;
 use std::time::Duration;
 
 fn slow_context(seconds: u32) -> tempfile::TempDir {
-    context(&format!("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"))
+    context(&format!(
+        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+    ))
 }
 
 #[test]
@@ -20,10 +22,18 @@ fn a_two_platform_build_across_three_hosts_publishes_a_verified_index() {
     let (status, _, body) = farm.registry_get("/v2/hosts/manifests/1", "application/vnd.oci.image.index.v1+json");
     assert_eq!(status, 200);
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let archs: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
     assert_eq!(archs, ["amd64", "arm64"]);
     let agents = String::from_utf8_lossy(&farm.archfarm(&["agents", "ls"]).stdout).into_owned();
-    assert!(agents.contains(&farm.host("agent amd64-1").ip) && agents.contains(&farm.host("agent arm64-1").ip), "each agent from its own address: {agents}");
+    assert!(
+        agents.contains(&farm.host("agent amd64-1").ip) && agents.contains(&farm.host("agent arm64-1").ip),
+        "each agent from its own address: {agents}"
+    );
 }
 
 #[test]
@@ -49,7 +59,11 @@ fn an_agents_link_cut_mid_build_moves_the_platform_to_another_agent_and_the_agen
         .map(|a| (a["agent"].as_str().unwrap().to_owned(), a["outcome"].as_str().unwrap().to_owned()))
         .collect();
     let survivor = if victim == "amd64-1" { "amd64-2" } else { "amd64-1" };
-    assert_eq!(attempts, [(victim.clone(), "lost".to_owned()), (survivor.to_owned(), "pushed".to_owned())], "ran twice");
+    assert_eq!(
+        attempts,
+        [(victim.clone(), "lost".to_owned()), (survivor.to_owned(), "pushed".to_owned())],
+        "ran twice"
+    );
     assert_eq!(farm.tags("linkcut"), ["1"]);
     let (_, _, body) = farm.registry_get("/v2/linkcut/manifests/1", "application/vnd.oci.image.index.v1+json");
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
