@@ -225,7 +225,7 @@ impl Farm {
     /// Like [`Farm::start`], but the coordinator and each agent are separate hosts: each in its
     /// own network namespace, reaching each other and the registry over a bridge.
     pub fn start_on_hosts(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, Some(Net::new()), 4)
+        Self::start_inner(agents, Some(Net::create()), 4)
     }
 
     fn start_inner(agents: &[AgentSpec], mut net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {

@@ -31,7 +31,7 @@ pub struct Net {
 
 impl Net {
     /// A new bridge with a subnet no other test uses.
-    pub fn new() -> Net {
+    pub fn create() -> Net {
         let mut id = 20 + std::process::id() % 200;
         while Command::new("ip")
             .args(["link", "show", &format!("afb{id}")])
