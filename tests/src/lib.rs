@@ -447,8 +447,13 @@ impl Farm {
 
     /// Starts `archfarm build` in the background (for faults injected mid-build).
     pub fn spawn_build(&self, platforms: &str, tags: &[&str], ctx: &Path) -> Child {
+        self.spawn_build_on_interrupt(platforms, tags, ctx, "detach")
+    }
+
+    /// Starts `archfarm build` in the background with `--on-interrupt ACTION`.
+    pub fn spawn_build_on_interrupt(&self, platforms: &str, tags: &[&str], ctx: &Path, action: &str) -> Child {
         let mut args =
-            vec!["build", "--platform", platforms, "--push", "--progress", "plain", "--on-interrupt", "detach"];
+            vec!["build", "--platform", platforms, "--push", "--progress", "plain", "--on-interrupt", action];
         for t in tags {
             args.extend(["-t", t]);
         }

@@ -311,3 +311,42 @@ fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_dup
         }
     }
 }
+
+#[test]
+fn ctrl_c_in_the_client_cancels_or_detaches_as_asked() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let interrupt = |pid: u32| {
+        let ok = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "SIGINT delivered");
+    };
+    // --on-interrupt cancel: the build stops everywhere and nothing is published.
+    let ctx = slow_context(30);
+    let client = farm.spawn_build_on_interrupt(
+        "linux/amd64",
+        &[&format!("{}:cancel", farm.repo("ctrlc"))],
+        ctx.path(),
+        "cancel",
+    );
+    let id = farm.newest_build();
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    interrupt(client.id());
+    let out = wait_output(client, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&format!("build {id} cancelled")), "{}", text(&out));
+    assert_eq!(farm.build_record(&id)["state"], "cancelled");
+
+    // --on-interrupt detach: the client leaves, the build goes on and publishes.
+    let quick = slow_context(2);
+    let tag = format!("{}:detach", farm.repo("ctrlc"));
+    let client = farm.spawn_build_on_interrupt("linux/amd64", &[&tag], quick.path(), "detach");
+    wait_until(Duration::from_secs(30), "the second build to be recorded", || {
+        (farm.newest_build() != id).then_some(())
+    });
+    let detached = farm.newest_build();
+    interrupt(client.id());
+    let out = wait_output(client, Duration::from_secs(60));
+    assert!(text(&out).contains(&format!("`archfarm builds watch {detached}`")), "{}", text(&out));
+    let out = farm.archfarm(&["builds", "watch", &detached, "--progress", "plain"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(farm.tags("ctrlc"), ["detach"]);
+}
