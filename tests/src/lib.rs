@@ -483,6 +483,16 @@ impl Farm {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The (agent, outcome) of each attempt at job `job` of a build record, oldest first.
+    pub fn attempts(record: &serde_json::Value, job: usize) -> Vec<(String, String)> {
+        record["jobs"][job]["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .map(|a| (a["agent"].as_str().unwrap().to_owned(), a["outcome"].as_str().unwrap_or("running").to_owned()))
+            .collect()
+    }
+
     /// The agent the coordinator assigned attempt `attempt` of a job to, from its log.
     pub fn assigned_agent(&mut self, attempt: u32) -> String {
         let needle = format!(" attempt={attempt}");

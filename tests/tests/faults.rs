@@ -15,15 +15,6 @@ fn slow_context(seconds: u32) -> tempfile::TempDir {
     ))
 }
 
-fn attempts(record: &serde_json::Value, job: usize) -> Vec<(String, String)> {
-    record["jobs"][job]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["agent"].as_str().unwrap().to_owned(), a["outcome"].as_str().unwrap_or("running").to_owned()))
-        .collect()
-}
-
 fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
     let (status, _, body) =
         farm.registry_get(&format!("/v2/{repo}/manifests/{tag}"), "application/vnd.oci.image.index.v1+json");
@@ -61,7 +52,7 @@ fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
     assert_eq!(record["state"], "published");
     let survivor = if victim == "amd64-1" { "amd64-2" } else { "amd64-1" };
     assert_eq!(
-        attempts(&record, 0),
+        Farm::attempts(&record, 0),
         [(victim.clone(), "lost".to_owned()), (survivor.to_owned(), "pushed".to_owned())],
         "ran twice"
     );
@@ -87,7 +78,7 @@ fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_
     let record = farm.build_record(&farm.newest_build());
     assert_eq!(record["state"], "failed");
     assert_eq!(record["jobs"][0]["state"], "failed");
-    assert_eq!(attempts(&record, 0), [("amd64-1".to_owned(), "lost".to_owned())]);
+    assert_eq!(Farm::attempts(&record, 0), [("amd64-1".to_owned(), "lost".to_owned())]);
 }
 
 #[test]
@@ -115,7 +106,7 @@ fn the_coordinator_killed_mid_build_resumes_it_from_its_database_after_a_restart
     assert_eq!(index_platforms(&farm, "restart", "1"), ["linux/amd64"]);
     let record = farm.build_record(&id);
     assert_eq!(record["state"], "published");
-    let tried = attempts(&record, 0);
+    let tried = Farm::attempts(&record, 0);
     assert_eq!(tried.first().unwrap().1, "lost", "the attempt cut off by the restart is recorded: {tried:?}");
     assert_eq!(tried.last().unwrap().1, "pushed", "{tried:?}");
     let log = farm.proc("coordinator").log_text();
@@ -153,8 +144,8 @@ fn a_registry_failing_the_index_publish_keeps_verified_digests_and_builds_publis
     assert_eq!(index_platforms(&farm, "flaky", "1"), ["linux/amd64", "linux/arm64"]);
     let record = farm.build_record(&id);
     assert_eq!(record["state"], "published");
-    assert_eq!(attempts(&record, 0).len(), 1, "no rebuild");
-    assert_eq!(attempts(&record, 1).len(), 1, "no rebuild");
+    assert_eq!(Farm::attempts(&record, 0).len(), 1, "no rebuild");
+    assert_eq!(Farm::attempts(&record, 1).len(), 1, "no rebuild");
     // Publishing twice is harmless: same index.
     let (_, first, _) = farm.registry_get("/v2/flaky/manifests/1", "application/vnd.oci.image.index.v1+json");
     let out = farm.archfarm(&["builds", "publish", &id]);
@@ -241,7 +232,7 @@ async fn an_agent_reporting_a_wrong_architecture_is_caught_quarantined_and_the_p
 
     let record = tokio::task::block_in_place(|| farm.build_record(&farm.newest_build()));
     assert_eq!(
-        attempts(&record, 0),
+        Farm::attempts(&record, 0),
         [("arm64-0".to_owned(), "wrong-image".to_owned()), ("arm64-1".to_owned(), "pushed".to_owned())]
     );
     let out = tokio::task::block_in_place(|| farm.archfarm(&["agents", "ls"]));
@@ -295,7 +286,7 @@ fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_dup
     for b in builds.iter().take(20) {
         let record = farm.build_record(b["build"].as_str().unwrap());
         for job in 0..2 {
-            assert_eq!(attempts(&record, job).len(), 1, "each platform ran once: {record}");
+            assert_eq!(Farm::attempts(&record, job).len(), 1, "each platform ran once: {record}");
         }
     }
     // Each tag holds its own build's content on both platforms.

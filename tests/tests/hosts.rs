@@ -52,12 +52,7 @@ fn an_agents_link_cut_mid_build_moves_the_platform_to_another_agent_and_the_agen
     let out = wait_output(client, Duration::from_secs(120));
     assert!(out.status.success(), "{}", text(&out));
     let record = farm.build_record(&farm.newest_build());
-    let attempts: Vec<(String, String)> = record["jobs"][0]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["agent"].as_str().unwrap().to_owned(), a["outcome"].as_str().unwrap().to_owned()))
-        .collect();
+    let attempts = Farm::attempts(&record, 0);
     let survivor = if victim == "amd64-1" { "amd64-2" } else { "amd64-1" };
     assert_eq!(
         attempts,

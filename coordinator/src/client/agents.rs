@@ -61,13 +61,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             a.engine_version.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
+    let mut out = super::table::render(&rows);
     if agents.is_empty() {
         out.push_str("(no agents connected)\n");
     }

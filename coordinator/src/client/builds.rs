@@ -34,14 +34,7 @@ pub fn table(builds: &[BuildSummary]) -> String {
             b.index.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::table::render(&rows)
 }
 
 /// What `builds show` prints.

@@ -9,6 +9,7 @@ pub mod dockerignore;
 pub mod follow;
 pub mod imagetools;
 pub mod progress;
+pub mod table;
 
 use anyhow::{bail, Context as _};
 use archfarm_shared::codec;
