@@ -408,6 +408,9 @@ async fn attempt(
                 FailureKind::Build => Attempt::Final(failure),
                 FailureKind::AgentLost => Attempt::Retry { outcome: "lost", failure, blame: false },
                 FailureKind::Cancelled => Attempt::Retry { outcome: "cancelled", failure, blame: false },
+                // A failing push says more about the registry than the agent: an outage must not
+                // quarantine the whole farm.
+                FailureKind::Push => Attempt::Retry { outcome: "failed", failure, blame: false },
                 _ => Attempt::Retry { outcome: "failed", failure, blame: true },
             };
         }

@@ -310,7 +310,12 @@ impl Farm {
 
     /// The registry's storage directory of a repository's tags (for fault injection).
     pub fn registry_tags_dir(&self, repo: &str) -> PathBuf {
-        self.path("registry-data/docker/registry/v2/repositories").join(repo).join("_manifests/tags")
+        self.registry_repo_dir(repo).join("_manifests/tags")
+    }
+
+    /// The registry's storage directory of a repository (uploads go to its `_uploads`).
+    pub fn registry_repo_dir(&self, repo: &str) -> PathBuf {
+        self.path("registry-data/docker/registry/v2/repositories").join(repo)
     }
 
     /// Starts the registry.

@@ -341,3 +341,35 @@ fn ctrl_c_in_the_client_cancels_or_detaches_as_asked() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(farm.tags("ctrlc"), ["detach"]);
 }
+
+#[test]
+fn a_registry_refusing_child_pushes_fails_the_build_clearly_without_quarantining_agents() {
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    // The registry answers 500 to every blob upload into this repository.
+    let uploads = farm.registry_repo_dir("pushfail").join("_uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    run_ok(Command::new("chattr").arg("+i").arg(&uploads));
+    let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("pushfail"))], ctx.path(), &[]);
+    run_ok(Command::new("chattr").arg("-i").arg(&uploads));
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("gave up after 3 attempts") && log.contains("push failed 4 times"),
+        "bounded retries on both sides: {log}"
+    );
+    assert!(farm.tags("pushfail").is_empty());
+    let record = farm.build_record(&farm.newest_build());
+    assert_eq!(
+        Farm::attempts(&record, 0).iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>(),
+        ["failed", "failed", "failed"]
+    );
+    let agents = String::from_utf8_lossy(&farm.archfarm(&["agents", "ls"]).stdout).into_owned();
+    assert!(
+        agents.contains("ready") && !agents.contains("quarantined"),
+        "a registry outage is not the agent's fault: {agents}"
+    );
+    // Healed, the same build goes through.
+    let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("pushfail"))], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
