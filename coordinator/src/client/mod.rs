@@ -13,9 +13,20 @@ pub mod table;
 
 use anyhow::{bail, Context as _};
 use archfarm_shared::codec;
-use archfarm_shared::protocol::{ClientRequest, ClientResponse, ALPN_CLIENT};
+use archfarm_shared::protocol::{close, ClientRequest, ClientResponse, ALPN_CLIENT};
 use archfarm_shared::tls;
 use std::path::PathBuf;
+
+/// Connection attempts before a client gives up on the coordinator.
+const CONNECT_TRIES: u32 = 3;
+
+/// How a hello ended badly.
+enum Hello {
+    /// The coordinator said no: trying again would not help.
+    Refused(String),
+    /// The connection failed before an answer: worth another try.
+    Failed(anyhow::Error),
+}
 
 /// Where the coordinator is and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,16 +69,59 @@ impl Connection {
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(config);
-        let conn = endpoint.connect(addr, host)?.await.map_err(|e| {
-            anyhow::anyhow!("cannot connect to the coordinator at {}: {}", remote.coordinator, tls::explain(&e))
-        })?;
-        let max_frame = codec::DEFAULT_MAX_FRAME;
-        let this = Connection { endpoint, conn, max_frame };
+        // Nothing exists on the coordinator until the hello is answered, so a connection lost
+        // before then (a handshake timed out on a loaded coordinator) is safe to try again.
+        let mut pause = std::time::Duration::from_millis(500);
+        for attempt in 1..=CONNECT_TRIES {
+            match Self::hello(&endpoint, addr, host, remote).await {
+                Ok(conn) => return Ok(Connection { endpoint, conn, max_frame: codec::DEFAULT_MAX_FRAME }),
+                Err(Hello::Refused(reason)) => bail!("{reason}"),
+                Err(Hello::Failed(e)) if attempt == CONNECT_TRIES => {
+                    return Err(e.context(format!("cannot reach the coordinator at {}", remote.coordinator)))
+                }
+                Err(Hello::Failed(e)) => {
+                    tracing::warn!("connecting to the coordinator failed (try {attempt} of {CONNECT_TRIES}): {e:#}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn hello(
+        endpoint: &quinn::Endpoint,
+        addr: std::net::SocketAddr,
+        host: &str,
+        remote: &Remote,
+    ) -> Result<quinn::Connection, Hello> {
+        let failed = |e: anyhow::Error| Hello::Failed(e);
+        let conn = endpoint
+            .connect(addr, host)
+            .map_err(|e| failed(e.into()))?
+            .await
+            .map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
+        let max = codec::DEFAULT_MAX_FRAME;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
         let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
-        match this.call(&hello).await? {
-            ClientResponse::Welcome { .. } => Ok(this),
-            ClientResponse::Refused { reason } => bail!("{reason}"),
-            other => bail!("unexpected answer to hello: {other:?}"),
+        let answer = async {
+            codec::write_msg(&mut send, &hello, max).await?;
+            let _ = send.finish();
+            codec::expect_msg::<_, ClientResponse>(&mut recv, max).await
+        }
+        .await;
+        match answer {
+            Ok(ClientResponse::Welcome { .. }) => Ok(conn),
+            Ok(ClientResponse::Refused { reason }) => Err(Hello::Refused(reason)),
+            Ok(other) => Err(Hello::Refused(format!("unexpected answer to hello: {other:?}"))),
+            Err(e) => Err(failed(match conn.close_reason() {
+                // Closed with a reason (a refused token closes right after its answer): say it.
+                Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == close::REFUSED.into() => {
+                    return Err(Hello::Refused(String::from_utf8_lossy(&c.reason).into_owned()))
+                }
+                Some(reason) => anyhow::anyhow!("{}", tls::explain(&reason)),
+                None => anyhow::anyhow!("hello: {e}"),
+            })),
         }
     }
 
