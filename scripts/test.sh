@@ -16,11 +16,12 @@ stop_engine() {
 }
 trap stop_engine EXIT
 "$root/scripts/setup.sh"
+# A short bounded fuzz run of the frame reader and the message decoders (--long: 1M each).
+# It runs first so that the test runner's summary is the last thing printed.
+"$root/scripts/fuzz.sh"
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked "$@"
 else
   cargo test --workspace --locked "$@"
 fi
-# A short bounded fuzz run of the frame reader and the message decoders (--long: 1M each).
-"$root/scripts/fuzz.sh"
