@@ -164,6 +164,17 @@ pub fn context(dockerfile: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A build that takes at least `seconds` on an amd64 agent: a native RUN step after a COPY of a
+/// file unique to this call, so BuildKit's cache (which outlives test runs) never skips it.
+pub fn slow_context(seconds: u32) -> tempfile::TempDir {
+    let dir = context(&format!(
+        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY nonce /nonce\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
+    ));
+    let nonce = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+    std::fs::write(dir.path().join("nonce"), nonce).unwrap();
+    dir
+}
+
 /// The Dockerfile of the end-to-end build: a per-arch static binary chosen by TARGETARCH.
 pub const PER_ARCH_DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nARG TARGETPLATFORM\nCOPY bin/${TARGETARCH}/busybox /bin/busybox\nENV BUILT_FOR=${TARGETPLATFORM}\nCMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo built for $BUILT_FOR\"]\n";
 

@@ -8,13 +8,6 @@ use archfarm_tests::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// A build slow enough to be interrupted: a native amd64 RUN step of a few seconds.
-fn slow_context(seconds: u32) -> tempfile::TempDir {
-    context(&format!(
-        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
-    ))
-}
-
 fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
     let (status, _, body) =
         farm.registry_get(&format!("/v2/{repo}/manifests/{tag}"), "application/vnd.oci.image.index.v1+json");
@@ -327,7 +320,7 @@ fn ctrl_c_in_the_client_cancels_or_detaches_as_asked() {
     assert_eq!(farm.build_record(&id)["state"], "cancelled");
 
     // --on-interrupt detach: the client leaves, the build goes on and publishes.
-    let quick = slow_context(2);
+    let quick = slow_context(4);
     let tag = format!("{}:detach", farm.repo("ctrlc"));
     let client = farm.spawn_build_on_interrupt("linux/amd64", &[&tag], quick.path(), "detach");
     wait_until(Duration::from_secs(30), "the second build to be recorded", || {

@@ -5,12 +5,6 @@
 use archfarm_tests::*;
 use std::time::Duration;
 
-fn slow_context(seconds: u32) -> tempfile::TempDir {
-    context(&format!(
-        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n"
-    ))
-}
-
 #[test]
 fn a_two_platform_build_across_three_hosts_publishes_a_verified_index() {
     let farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);

@@ -48,6 +48,8 @@ pub async fn follow(
 ) -> anyhow::Result<bool> {
     let mut build: Option<BuildId> = None;
     let mut cancelling = false;
+    // One stream for the whole follow: a SIGINT arriving between two loop turns is kept, not lost.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let response = tokio::select! {
             r = conn.next(&mut recv) => match (r, &build) {
@@ -58,7 +60,7 @@ pub async fn follow(
                 ),
                 (Err(e), None) => return Err(e),
             },
-            _ = tokio::signal::ctrl_c(), if !cancelling => {
+            _ = interrupts.recv(), if !cancelling => {
                 let Some(id) = build.clone() else { bail!("interrupted before the build was accepted") };
                 match tokio::task::spawn_blocking(move || decide(on_interrupt)).await? {
                     OnInterrupt::Cancel => {
