@@ -103,6 +103,8 @@ pub struct StoredJob {
     pub duration_ms: Option<u64>,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A `builds` row: id, created, finished, state, request, index, error.
@@ -242,43 +244,7 @@ impl Store {
 
     /// A build's jobs, in platform order.
     pub fn jobs(&self, build: &BuildId) -> Result<Vec<StoredJob>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT j.id, j.platform, j.state, j.digest, j.media_type, j.size, j.agent, j.duration_ms, \
-             (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id) \
-             FROM jobs j WHERE j.build = ?1 ORDER BY j.position",
-        )?;
-        let rows = stmt.query_map(params![build.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<i64>>(7)?,
-                r.get::<_, i64>(8)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, platform, state, digest, media_type, size, agent, duration, attempts) = row?;
-            let verified = match (digest, media_type, size) {
-                (Some(d), Some(m), Some(s)) => Some((parse(&d, "digest")?, m, s as u64)),
-                _ => None,
-            };
-            out.push(StoredJob {
-                job: parse(&id, "job id")?,
-                platform: parse(&platform, "platform")?,
-                state: parse(&state, "job state")?,
-                verified,
-                agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
-                duration_ms: duration.map(|d| d as u64),
-                attempts: attempts as u32,
-            });
-        }
-        Ok(out)
+        read_jobs(&self.conn(), build)
     }
 
     /// Builds that have not reached a final state, oldest first (recovered at start).
@@ -333,29 +299,14 @@ impl Store {
             .optional()?;
         let Some(row) = row else { return Ok(None) };
         let summary = Self::summary(row)?;
-        let mut jobs_stmt = conn.prepare(
-            "SELECT id, platform, state, digest, agent, duration_ms, error FROM jobs WHERE build = ?1 ORDER BY position",
-        )?;
-        let jobs = jobs_stmt
-            .query_map(params![build.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let jobs = read_jobs(&conn, build)?;
         let mut attempts_stmt = conn.prepare(
             "SELECT number, agent, started_ms, finished_ms, outcome, detail FROM attempts WHERE job = ?1 ORDER BY number",
         )?;
         let mut out = Vec::new();
-        for (id, platform, state, digest, agent, duration, error) in jobs {
+        for job in jobs {
             let attempts = attempts_stmt
-                .query_map(params![id], |r| {
+                .query_map(params![job.job.as_str()], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -379,13 +330,13 @@ impl Store {
                 })
                 .collect::<Result<Vec<_>>>()?;
             out.push(JobDetail {
-                job: parse(&id, "job id")?,
-                platform: parse(&platform, "platform")?,
-                state: parse(&state, "job state")?,
-                digest: digest.map(|d| parse(&d, "digest")).transpose()?,
-                agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
-                duration_ms: duration.map(|d| d as u64),
-                error,
+                digest: job.verified.map(|(d, _, _)| d),
+                job: job.job,
+                platform: job.platform,
+                state: job.state,
+                agent: job.agent,
+                duration_ms: job.duration_ms,
+                error: job.error,
                 attempts,
             });
         }
@@ -509,6 +460,46 @@ impl Store {
             .optional()?
             .is_some())
     }
+}
+
+/// A build's job rows, in platform order: what recovery and `builds show` both read.
+fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
+    let mut stmt = conn.prepare(
+        "SELECT j.id, j.platform, j.state, j.digest, j.media_type, j.size, j.agent, j.duration_ms, \
+         (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id), j.error \
+         FROM jobs j WHERE j.build = ?1 ORDER BY j.position",
+    )?;
+    let rows = stmt.query_map(params![build.as_str()], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+            (r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<i64>>(5)?),
+            (
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, Option<String>>(9)?,
+            ),
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let ((id, platform, state), (digest, media_type, size), (agent, duration, attempts, error)) = row?;
+        let verified = match (digest, media_type, size) {
+            (Some(d), Some(m), Some(s)) => Some((parse(&d, "digest")?, m, s as u64)),
+            _ => None,
+        };
+        out.push(StoredJob {
+            job: parse(&id, "job id")?,
+            platform: parse(&platform, "platform")?,
+            state: parse(&state, "job state")?,
+            verified,
+            agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
+            duration_ms: duration.map(|d| d as u64),
+            attempts: attempts as u32,
+            error,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
