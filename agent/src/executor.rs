@@ -27,6 +27,31 @@ pub struct Executor {
     pub max_frame: u32,
     /// Registries pushed to over plain http although not on loopback.
     pub insecure_registries: Vec<String>,
+    /// Layers compressed and pushed before.
+    pub layers: publish::LayerCache,
+}
+
+/// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane
+/// benchmark plugs in one that completes jobs at once.
+pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `spec`, sending output lines to `log`; every outcome is a [`JobOutcome`].
+    fn run(
+        &self,
+        conn: &quinn::Connection,
+        spec: JobSpec,
+        log: mpsc::UnboundedSender<String>,
+    ) -> impl std::future::Future<Output = JobOutcome> + Send;
+}
+
+impl Runner for Executor {
+    fn run(
+        &self,
+        conn: &quinn::Connection,
+        spec: JobSpec,
+        log: mpsc::UnboundedSender<String>,
+    ) -> impl std::future::Future<Output = JobOutcome> + Send {
+        self.execute(conn, spec, log)
+    }
 }
 
 fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>) -> JobOutcome {
@@ -35,7 +60,12 @@ fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>)
 
 impl Executor {
     /// Runs `spec`, sending build output lines to `log`.
-    pub async fn run(&self, conn: &quinn::Connection, spec: JobSpec, log: mpsc::UnboundedSender<String>) -> JobOutcome {
+    pub async fn execute(
+        &self,
+        conn: &quinn::Connection,
+        spec: JobSpec,
+        log: mpsc::UnboundedSender<String>,
+    ) -> JobOutcome {
         if !self.platforms.contains(&spec.platform) {
             return failure(
                 FailureKind::PlatformNotDeclared,
@@ -66,15 +96,18 @@ impl Executor {
         let mut sink = |line: String| {
             let _ = log.send(line);
         };
+        let started = std::time::Instant::now();
         if let Err(e) = self.engine.build(build, &mut sink).await {
             return failure(FailureKind::Build, e.message, e.tail);
         }
+        let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
         let outcome = self.export_and_push(&tag, &spec.repository).await;
         self.engine.untag(&tag).await;
         match outcome {
             Ok(image) => {
-                info!(job = %spec.job, digest = %image.digest, "pushed by digest");
+                let (build_ms, push_ms) = (built.as_millis(), (started.elapsed() - built).as_millis());
+                info!(job = %spec.job, digest = %image.digest, build_ms, push_ms, "pushed by digest");
                 let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
                 JobOutcome::Pushed(image)
             }
@@ -97,7 +130,7 @@ impl Executor {
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         let mut pause = std::time::Duration::from_millis(500);
         for attempt in 1..=PUSH_TRIES {
-            match publish::push(repository, &prepared, &self.insecure_registries).await {
+            match publish::push(repository, &prepared, &self.layers, &self.insecure_registries).await {
                 Ok(image) => return Ok(image),
                 Err(e) if attempt < PUSH_TRIES => {
                     tracing::warn!(

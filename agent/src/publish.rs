@@ -1,6 +1,10 @@
 //! Pushing a built image into the target repository by digest, with no tag: the image is
 //! exported from the engine (`docker save`), each layer gzip-compressed and uploaded as a blob,
 //! then an OCI manifest over the config and layers is pushed under its own digest.
+//!
+//! Like `docker push`, the agent remembers which compressed blob it made of each uncompressed
+//! layer: a layer the repository already holds (a base layer, a cached step) is neither
+//! compressed nor uploaded again.
 
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
@@ -9,7 +13,9 @@ use archfarm_shared::Digest;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Deserialize)]
 struct SaveEntry {
@@ -19,17 +25,65 @@ struct SaveEntry {
     layers: Vec<String>,
 }
 
-/// An exported image, ready to push: config bytes and compressed layers.
+/// An exported image, ready to push: config bytes and its uncompressed layers.
 #[derive(Debug)]
 pub struct Prepared {
     /// The image config, byte for byte as the engine holds it (its digest is the image id).
     pub config: Bytes,
-    /// gzip-compressed layers with their descriptors.
-    pub layers: Vec<(Blob, Bytes)>,
+    /// Layers in order, unpacked from the export.
+    pub layers: Vec<Layer>,
 }
 
-/// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json)
-/// and compresses its layers.
+/// One uncompressed layer of an export.
+#[derive(Debug)]
+pub struct Layer {
+    /// Its tar file in the work directory.
+    pub path: PathBuf,
+    /// The digest of its uncompressed bytes (its diff id).
+    pub diff_id: Digest,
+}
+
+/// Compressed descriptors of layers this agent pushed, by the digest of their uncompressed bytes.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache(Arc<Mutex<HashMap<Digest, Blob>>>);
+
+/// Entries the cache holds before it starts again (a descriptor is about 200 bytes).
+const LAYER_CACHE_ENTRIES: usize = 16_384;
+
+impl LayerCache {
+    fn get(&self, diff_id: &Digest) -> Option<Blob> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(diff_id).cloned()
+    }
+
+    fn insert(&self, diff_id: Digest, blob: Blob) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= LAYER_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(diff_id, blob);
+    }
+}
+
+/// gzip-compresses a layer file.
+pub fn compress(path: &Path) -> Result<(Blob, Bytes), String> {
+    let mut raw = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::copy(&mut raw, &mut gz).map_err(|e| format!("compressing layer {}: {e}", path.display()))?;
+    let bytes = gz.finish().map_err(|e| format!("compressing layer {}: {e}", path.display()))?;
+    let blob = Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&bytes), size: bytes.len() as u64 };
+    Ok((blob, Bytes::from(bytes)))
+}
+
+fn digest_file(path: &Path) -> Result<Digest, String> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
+    Ok(Digest::from_sha256(hasher.finalize().into()))
+}
+
+/// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json),
+/// unpacked under `workdir`, which must outlive the push.
 pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
     let file = std::fs::File::open(saved).map_err(|e| format!("opening the exported image: {e}"))?;
     let dir = workdir.join("unpacked");
@@ -50,28 +104,39 @@ pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
     let config = std::fs::read(inside(&entry.config)?).map_err(|e| format!("reading the image config: {e}"))?;
     let mut layers = Vec::with_capacity(entry.layers.len());
     for rel in &entry.layers {
-        let mut raw = std::fs::File::open(inside(rel)?).map_err(|e| format!("reading layer {rel}: {e}"))?;
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-        std::io::copy(&mut raw, &mut gz).map_err(|e| format!("compressing layer {rel}: {e}"))?;
-        let bytes = gz.finish().map_err(|e| format!("compressing layer {rel}: {e}"))?;
-        let blob =
-            Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&bytes), size: bytes.len() as u64 };
-        layers.push((blob, Bytes::from(bytes)));
+        let path = inside(rel)?;
+        layers.push(Layer { diff_id: digest_file(&path)?, path });
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(Prepared { config: Bytes::from(config), layers })
 }
 
-/// Pushes the prepared image into `repository` (`registry/name`) by digest.
-pub async fn push(repository: &str, image: &Prepared, insecure: &[String]) -> Result<PushedImage, String> {
+/// Pushes the prepared image into `repository` (`registry/name`) by digest. Layers the
+/// repository holds already (by `cache`) are not compressed or sent again.
+pub async fn push(
+    repository: &str,
+    image: &Prepared,
+    cache: &LayerCache,
+    insecure: &[String],
+) -> Result<PushedImage, String> {
     let repo: ImageReference = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
-    let reg = Registry::for_reference(&repo, insecure);
+    let reg = Registry::shared(&repo, insecure);
     reg.authorize_push(&repo).await.map_err(|e| e.to_string())?;
     let config =
         Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&image.config), size: image.config.len() as u64 };
-    let descriptors: Vec<Blob> = image.layers.iter().map(|(b, _)| b.clone()).collect();
-    for (blob, bytes) in &image.layers {
-        reg.push_blob(&repo, bytes.clone(), &blob.digest).await.map_err(|e| e.to_string())?;
+    let mut descriptors: Vec<Blob> = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        if let Some(blob) = cache.get(&layer.diff_id) {
+            if reg.has_blob(&repo, &blob.digest).await {
+                descriptors.push(blob);
+                continue;
+            }
+        }
+        let path = layer.path.clone();
+        let (blob, bytes) =
+            tokio::task::spawn_blocking(move || compress(&path)).await.map_err(|e| format!("compressing: {e}"))??;
+        reg.push_blob(&repo, bytes, &blob.digest).await.map_err(|e| e.to_string())?;
+        cache.insert(layer.diff_id.clone(), blob.clone());
+        descriptors.push(blob);
     }
     reg.push_blob(&repo, image.config.clone(), &config.digest).await.map_err(|e| e.to_string())?;
     let manifest = oci::manifest_json(&config, &descriptors).map_err(|e| e.to_string())?;
@@ -96,6 +161,20 @@ mod tests {
     }
 
     #[test]
+    fn layer_cache_remembers_by_uncompressed_digest_and_stays_bounded() {
+        let cache = LayerCache::default();
+        let blob =
+            |n: u64| Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&n.to_be_bytes()), size: n };
+        cache.insert(Digest::of(b"raw"), blob(1));
+        assert_eq!(cache.get(&Digest::of(b"raw")), Some(blob(1)));
+        assert_eq!(cache.get(&Digest::of(b"other")), None);
+        for n in 0..LAYER_CACHE_ENTRIES as u64 {
+            cache.insert(Digest::of(&n.to_be_bytes()), blob(n));
+        }
+        assert!(cache.0.lock().unwrap().len() <= LAYER_CACHE_ENTRIES);
+    }
+
+    #[test]
     fn reads_a_docker_save_tarball_and_compresses_layers() {
         let dir = tempfile::tempdir().unwrap();
         let config = br#"{"architecture":"arm64","os":"linux"}"#;
@@ -112,8 +191,9 @@ mod tests {
         let p = prepare(&path, dir.path()).unwrap();
         assert_eq!(&p.config[..], &config[..]);
         assert_eq!(p.layers.len(), 1);
-        let (blob, gz) = &p.layers[0];
-        assert_eq!(blob.digest, Digest::of(gz));
+        assert_eq!(p.layers[0].diff_id, Digest::of(&layer), "the diff id is the uncompressed layer's digest");
+        let (blob, gz) = compress(&p.layers[0].path).unwrap();
+        assert_eq!(blob.digest, Digest::of(&gz));
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_ref()), &mut plain).unwrap();
         assert_eq!(plain, layer, "the compressed layer decompresses to the exported one");

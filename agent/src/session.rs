@@ -3,7 +3,7 @@
 //! SIGTERM it drains: it tells the coordinator, takes no new jobs, finishes what it runs (up to
 //! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Runner};
 use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
@@ -18,19 +18,26 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-/// Everything a session needs, built once at start.
+/// Everything a session needs, built once at start. `R` runs the jobs: the Docker
+/// [`Executor`] in the product.
 #[derive(Debug)]
-pub struct Agent {
+pub struct Agent<R: Runner = Executor> {
     /// Runs jobs.
-    pub executor: Executor,
+    pub executor: R,
+    /// This agent's name (its certificate's common name).
+    pub name: archfarm_shared::AgentName,
+    /// Largest frame on the wire.
+    pub max_frame: u32,
     /// What is registered.
     pub registration: Registration,
     /// Coordinator address as configured.
     pub coordinator: String,
     /// Name on the coordinator's certificate.
     pub server_name: String,
-    /// QUIC client endpoint with the agent's certificate.
+    /// QUIC client endpoint (may be shared by several agents).
     pub endpoint: quinn::Endpoint,
+    /// TLS with the agent's certificate.
+    pub client_config: quinn::ClientConfig,
     /// Longest backoff.
     pub max_backoff: Duration,
     /// Longest drain.
@@ -41,7 +48,7 @@ pub struct Agent {
     pub abort: CancellationToken,
 }
 
-impl Agent {
+impl Agent<Executor> {
     /// Prepares the agent from its configuration: certificates, engine, declared platforms.
     pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
         let read =
@@ -51,7 +58,7 @@ impl Agent {
             .context("invalid agent TLS material")?;
         let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
             .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
-        let name =
+        let name: archfarm_shared::AgentName =
             tls::common_name(&own)?.parse().context("the agent certificate's common name is not a valid agent name")?;
 
         let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
@@ -63,8 +70,7 @@ impl Agent {
         let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
             .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
-        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
-        endpoint.set_default_client_config(client);
+        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
         let server_name = crate::enroll::server_name(config);
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {
@@ -74,6 +80,8 @@ impl Agent {
                 engine_version: info.version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
+            name: name.clone(),
+            max_frame: config.max_frame_bytes,
             executor: Executor {
                 name,
                 platforms,
@@ -81,17 +89,21 @@ impl Agent {
                 cache,
                 max_frame: config.max_frame_bytes,
                 insecure_registries: config.insecure_registries.clone(),
+                layers: crate::publish::LayerCache::default(),
             },
             coordinator: config.coordinator.clone(),
             server_name,
             endpoint,
+            client_config: client,
             max_backoff: Duration::from_secs(config.max_backoff_secs),
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             running: Arc::new(AtomicU32::new(0)),
             abort: CancellationToken::new(),
         })
     }
+}
 
+impl<R: Runner> Agent<R> {
     /// Connects, serves and reconnects until `shutdown`; then drains and returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
@@ -124,13 +136,13 @@ impl Agent {
     }
 
     async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<String> {
-        let max = self.executor.max_frame;
+        let max = self.max_frame;
         let addr = tokio::net::lookup_host(&self.coordinator)
             .await
             .with_context(|| format!("cannot resolve coordinator {}", self.coordinator))?
             .next()
             .with_context(|| format!("coordinator {} resolves to nothing", self.coordinator))?;
-        let connecting = self.endpoint.connect(addr, &self.server_name)?;
+        let connecting = self.endpoint.connect_with(self.client_config.clone(), addr, &self.server_name)?;
         let conn = tokio::select! {
             c = connecting => c.map_err(|e| anyhow::anyhow!("cannot connect to the coordinator at {}: {}", self.coordinator, tls::explain(&e)))?,
             () = shutdown.cancelled() => return Ok("shut down before connecting".into()),
@@ -233,7 +245,7 @@ impl Agent {
         stop: CancellationToken,
         draining: bool,
     ) {
-        let max = self.executor.max_frame;
+        let max = self.max_frame;
         let spec = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
             Ok(CoordinatorMessage::AssignJob(spec)) => *spec,
             Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
@@ -245,7 +257,7 @@ impl Agent {
             if draining {
                 let refusal = JobOutcome::Failed(JobFailure {
                     kind: FailureKind::Cancelled,
-                    message: format!("agent {} is draining and takes no new jobs", self.executor.name),
+                    message: format!("agent {} is draining and takes no new jobs", self.name),
                     log_tail: vec![],
                 });
                 let _ = codec::write_msg(&mut send, &AgentMessage::JobFinished(refusal), max).await;
@@ -281,7 +293,7 @@ impl Agent {
                         info!("stopping the job: the agent is stopping");
                         break Some(JobOutcome::Failed(JobFailure {
                             kind: FailureKind::Cancelled,
-                            message: format!("agent {} stopped the job while shutting down", self.executor.name),
+                            message: format!("agent {} stopped the job while shutting down", self.name),
                             log_tail: vec![],
                         }));
                     }

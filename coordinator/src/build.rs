@@ -32,7 +32,7 @@ pub const STREAM_CANCEL: u32 = 1;
 struct Plan {
     repo: ImageReference,
     tags: Vec<ImageReference>,
-    registry: Registry,
+    registry: std::sync::Arc<Registry>,
 }
 
 fn plan(req: &BuildRequest, insecure: &[String]) -> Result<Plan, String> {
@@ -78,7 +78,7 @@ fn plan(req: &BuildRequest, insecure: &[String]) -> Result<Plan, String> {
     }
     let repo =
         ImageReference::with_tag(tags[0].registry().to_owned(), tags[0].repository().to_owned(), "latest".to_owned());
-    Ok(Plan { registry: Registry::for_reference(&repo, insecure), repo, tags })
+    Ok(Plan { registry: Registry::shared(&repo, insecure), repo, tags })
 }
 
 /// Build args and labels: bounded in number and size, keys without whitespace, control

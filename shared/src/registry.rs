@@ -7,6 +7,9 @@ use bytes::Bytes;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use oci_client::Reference as ImageReference;
 
@@ -78,6 +81,9 @@ pub fn credentials(registry: &str) -> RegistryAuth {
     }
 }
 
+/// How long a [`Registry::shared`] client is used before a new one is made.
+pub const SHARED_CLIENT_TTL: Duration = Duration::from_secs(600);
+
 /// A client for one registry, authenticated with the Docker config's credentials.
 pub struct Registry {
     client: Client,
@@ -105,6 +111,26 @@ impl Registry {
         Registry { auth: credentials(&host), client, host }
     }
 
+    /// A client for the registry of `reference`, shared by everyone in this process who talks
+    /// to that registry. A client loads the TLS roots and keeps connections and tokens: one per
+    /// request (per build, per push) pays for all of that every time. It is made again after
+    /// [`SHARED_CLIENT_TTL`], so rotated credentials are picked up.
+    pub fn shared(reference: &Reference, insecure: &[String]) -> Arc<Registry> {
+        type Clients = Mutex<HashMap<(String, bool), (Instant, Arc<Registry>)>>;
+        static CLIENTS: OnceLock<Clients> = OnceLock::new();
+        let host = reference.resolve_registry().to_owned();
+        let plain = insecure.iter().any(|h| h == &host);
+        let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&(host.clone(), plain)) {
+            Some((made, client)) if made.elapsed() < SHARED_CLIENT_TTL => client.clone(),
+            _ => {
+                let client = Arc::new(Registry::for_reference(reference, insecure));
+                clients.insert((host, plain), (Instant::now(), client.clone()));
+                client
+            }
+        }
+    }
+
     fn fail(&self, op: &'static str, reference: &Reference, e: impl std::fmt::Display) -> RegistryError {
         RegistryError::Call { registry: self.host.clone(), op, reference: reference.whole(), message: e.to_string() }
     }
@@ -118,9 +144,14 @@ impl Registry {
             .map_err(|e| self.fail("authenticate for push to", reference, e))
     }
 
+    /// Whether the repository holds a blob (an error counts as no: the caller uploads it).
+    pub async fn has_blob(&self, repo: &Reference, digest: &Digest) -> bool {
+        self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false)
+    }
+
     /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
     pub async fn push_blob(&self, repo: &Reference, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
-        if self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false) {
+        if self.has_blob(repo, digest).await {
             return Ok(false);
         }
         self.client
