@@ -84,6 +84,19 @@ async fn request(
                 Err(message) => ClientResponse::Error { message },
             }
         }
+        ClientRequest::UploadChunked { digest, size, chunks } => {
+            let count = chunks.len();
+            match crate::context_upload::receive(&shared, &digest, size, chunks, &mut send, &mut recv).await {
+                Ok(sent) => {
+                    info!(context = %digest, bytes = size, chunks = count, received = sent, "stored build context");
+                    ClientResponse::ContextStored
+                }
+                Err(message) => {
+                    warn!(context = %digest, "refused build context: {message}");
+                    ClientResponse::Error { message }
+                }
+            }
+        }
         ClientRequest::Build(req) => match build::submit(&shared, req) {
             Ok((_, events)) => return follow(events, send, max).await,
             Err(reason) => ClientResponse::Build(BuildEvent::Failed { reason }),

@@ -6,6 +6,7 @@
 //! - [`server`]: the QUIC endpoint; routes connections by ALPN; shutdown.
 //! - [`agent_session`]: one agent's connection: identity, registration, heartbeats, context fetches.
 //! - [`client_session`]: one client's connection: token check, then one request per stream.
+//! - [`context_upload`]: receiving a context as content-defined chunks, checked as it is written.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
 //! - [`live`]: running builds: their event channels and cancellation.
 //! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
@@ -24,6 +25,7 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod client_session;
+pub mod context_upload;
 pub mod enroll;
 pub mod farm;
 pub mod live;

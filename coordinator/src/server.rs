@@ -45,6 +45,8 @@ pub struct Shared {
     pub farm: Arc<Farm>,
     /// Uploaded build contexts.
     pub contexts: ContentStore,
+    /// Chunks of uploaded contexts, for uploads of changed contexts.
+    pub chunks: crate::context_upload::ChunkStore,
     /// Durable state.
     pub store: Store,
     /// Builds running now.
@@ -66,11 +68,15 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let contexts_dir = config.data_dir.join("contexts");
     let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
         .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
+    let chunks_dir = config.data_dir.join("chunks");
+    let chunks = crate::context_upload::ChunkStore::open(&chunks_dir)
+        .with_context(|| format!("cannot create {}", chunks_dir.display()))?;
     let db = config.data_dir.join("state.db");
     let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
     let shared = Arc::new(Shared {
         farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
         contexts,
+        chunks,
         store,
         live: LiveBuilds::default(),
         settings: Settings {

@@ -20,6 +20,11 @@ impl ContentStore {
         Ok(ContentStore { dir: dir.to_owned(), max_bytes })
     }
 
+    /// The largest file accepted.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Where the file of `digest` lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("sha256-{}.tar", digest.hex()))

@@ -7,6 +7,7 @@
 //! - [`protocol`]: the messages, one enum per direction and role, and the ALPN strings.
 //! - [`codec`]: length-prefixed bincode frames with size limits (the only user of bincode).
 //! - [`content`]: sha256-addressed files (build contexts), written only once verified.
+//! - [`chunking`]: content-defined chunks of a context, so a re-upload sends what changed.
 //! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
@@ -15,6 +16,7 @@
 //! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
 //! - [`tarball`]: what a build-context tarball may hold.
 
+pub mod chunking;
 pub mod codec;
 pub mod content;
 pub mod ids;

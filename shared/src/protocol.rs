@@ -260,6 +260,17 @@ pub enum ClientRequest {
         /// Its name.
         name: String,
     },
+    /// Upload a context as content-defined chunks. The coordinator answers
+    /// [`ClientResponse::ChunksWanted`]; exactly the bytes of the wanted chunks follow, in that
+    /// order; then it answers `ContextStored` or `Error`.
+    UploadChunked {
+        /// Content digest of the whole tarball.
+        digest: Digest,
+        /// Length of the whole tarball.
+        size: u64,
+        /// Its chunks in order; their sizes add up to `size`.
+        chunks: Vec<crate::chunking::Chunk>,
+    },
 }
 
 /// A build as the release engineer asked for it.
@@ -323,6 +334,8 @@ pub enum ClientResponse {
         /// When it expires, milliseconds since the Unix epoch.
         expires_ms: Option<u64>,
     },
+    /// Answer to [`ClientRequest::UploadChunked`]: indexes of the chunks to send, ascending.
+    ChunksWanted(Vec<u32>),
 }
 
 /// The one message of an enrolling agent (ALPN `archfarm-enroll/1`).

@@ -5,12 +5,11 @@ use super::context;
 use super::follow;
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
-use anyhow::{bail, Context as _};
-use archfarm_shared::protocol::{BuildRequest, ClientRequest, ClientResponse};
+use anyhow::bail;
+use archfarm_shared::protocol::{BuildRequest, ClientRequest};
 use archfarm_shared::registry;
 use archfarm_shared::Platform;
 use std::path::PathBuf;
-use tokio::io::AsyncWriteExt;
 
 /// Default largest context the client packs (the coordinator has its own limit).
 const MAX_CONTEXT: u64 = 8 << 30;
@@ -132,7 +131,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
         .await?
         .map_err(|e| anyhow::anyhow!(e))?;
     let conn = Connection::open(&args.remote).await?;
-    upload(&conn, &packed, args.progress != Mode::Quiet).await?;
+    super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
 
     let request = BuildRequest {
         platforms: platforms.clone(),
@@ -149,41 +148,6 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let ok = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     conn.close().await;
     Ok(ok)
-}
-
-async fn upload(conn: &Connection, packed: &context::Packed, chatty: bool) -> anyhow::Result<()> {
-    let present = match conn.call(&ClientRequest::HasContext { digest: packed.digest.clone() }).await? {
-        ClientResponse::ContextPresent(p) => p,
-        other => bail!("unexpected answer: {other:?}"),
-    };
-    if present {
-        if chatty {
-            eprintln!("context {} ({} bytes) is already on the coordinator", packed.digest, packed.size);
-        }
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let (mut send, mut recv) =
-        conn.request(&ClientRequest::UploadContext { digest: packed.digest.clone(), size: packed.size }).await?;
-    let mut file = tokio::fs::File::open(packed.file.path()).await?;
-    tokio::io::copy(&mut file, &mut send).await.context("uploading the build context")?;
-    send.shutdown().await.context("uploading the build context")?;
-    match conn.next(&mut recv).await? {
-        Some(ClientResponse::ContextStored) => {
-            if chatty {
-                eprintln!(
-                    "context {} uploaded ({} bytes, {} entries, {:.1} s)",
-                    packed.digest,
-                    packed.size,
-                    packed.entries,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Ok(())
-        }
-        Some(ClientResponse::Error { message }) => bail!("{message}"),
-        other => bail!("unexpected answer to the upload: {other:?}"),
-    }
 }
 
 #[cfg(test)]

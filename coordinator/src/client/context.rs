@@ -21,6 +21,8 @@ pub struct Packed {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// Its content-defined chunks, in order.
+    pub chunks: Vec<archfarm_shared::chunking::Chunk>,
     /// Files and directories it holds.
     pub entries: usize,
     /// Path of the Dockerfile inside the tarball.
@@ -30,6 +32,7 @@ pub struct Packed {
 struct Hashing<W> {
     inner: W,
     hasher: sha2::Sha256,
+    chunker: archfarm_shared::chunking::Chunker,
     written: u64,
 }
 
@@ -37,6 +40,7 @@ impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.chunker.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -83,6 +87,7 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
     let mut out = Hashing {
         inner: std::io::BufWriter::new(file.reopen().map_err(|e| e.to_string())?),
         hasher: sha2::Sha256::new(),
+        chunker: Default::default(),
         written: 0,
     };
     {
@@ -108,6 +113,7 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
     }
     Ok(Packed {
         digest: Digest::from_sha256(out.hasher.finalize().into()),
+        chunks: out.chunker.finish(),
         size: out.written,
         entries: paths.len(),
         file,
