@@ -15,33 +15,42 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v file >/dev/null || need+=(file)
 command -v ip >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ]; then
+if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ] || [ ! -x "$fixtures/386/busybox" ]; then
   export DEBIAN_FRONTEND=noninteractive
-  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    log "adding the arm64 package architecture (for busybox-static:arm64)"
-    dpkg --add-architecture arm64
-  fi
+  for arch in arm64 i386; do
+    if ! dpkg --print-foreign-architectures | grep -qx $arch; then
+      log "adding the $arch package architecture (for busybox-static:$arch)"
+      dpkg --add-architecture $arch
+    fi
+  done
   log "apt-get update"
-  apt-get update -qq
+  # A mirror caught mid-sync fails one index (seen: debian-security's i386 list); the others are
+  # still good, and a package that is really missing fails clearly below.
+  apt-get update -qq || log "apt-get update reported errors (above); continuing with the indexes it has"
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 fi
 
-# Per-arch static busybox binaries: amd64 from the host's busybox-static, arm64 unpacked from the
-# arm64 package (the two cannot be installed side by side).
-mkdir -p "$fixtures/amd64" "$fixtures/arm64"
+# Per-arch static busybox binaries: amd64 from the host's busybox-static; arm64 and 386 (the
+# benchmarks' second native platform) unpacked from those architectures' packages (they cannot
+# be installed side by side).
+mkdir -p "$fixtures/amd64" "$fixtures/arm64" "$fixtures/386"
 if [ ! -x "$fixtures/amd64/busybox" ]; then
   cp /bin/busybox "$fixtures/amd64/busybox"
 fi
-if [ ! -x "$fixtures/arm64/busybox" ]; then
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq busybox-static:arm64 2>/dev/null && dpkg-deb -x ./*.deb root)
-  cp "$tmp/root/bin/busybox" "$fixtures/arm64/busybox"
-  rm -rf "$tmp"
-fi
+for pair in arm64:arm64 386:i386; do
+  dir=${pair%%:*} debarch=${pair#*:}
+  if [ ! -x "$fixtures/$dir/busybox" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "busybox-static:$debarch" 2>/dev/null && dpkg-deb -x ./*.deb root)
+    cp "$tmp/root/bin/busybox" "$fixtures/$dir/busybox"
+    rm -rf "$tmp"
+  fi
+done
 file -L "$fixtures/arm64/busybox" | grep -q 'ARM aarch64' || { log "fixtures/arm64/busybox is not an aarch64 binary"; exit 1; }
+file -L "$fixtures/386/busybox" | grep -q 'Intel 80386' || { log "fixtures/386/busybox is not an i386 binary"; exit 1; }
 for arch in amd64 arm64; do
   mkdir -p "$here/examples/hello/bin/$arch"
   cmp -s "$fixtures/$arch/busybox" "$here/examples/hello/bin/$arch/busybox" || cp "$fixtures/$arch/busybox" "$here/examples/hello/bin/$arch/busybox"

@@ -11,7 +11,9 @@
 //! - [`fixtures`]: the per-arch static busybox binaries `scripts/setup.sh` provides.
 //! - [`scripted`]: a scripted agent, to play one that misbehaves.
 //! - [`net`]: hosts in network namespaces, with links that can be cut.
+//! - [`bench`]: the benchmark harness behind `scripts/bench.sh` (ratios, not timed tests).
 
+pub mod bench;
 pub mod net;
 pub mod scripted;
 
@@ -44,7 +46,13 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        running().lock().unwrap_or_else(|e| e.into_inner()).insert(child.id());
         Proc { name: name.to_owned(), log, child }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The log so far.
@@ -102,6 +110,21 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
+        running().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.child.id());
+    }
+}
+
+fn running() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
+    static RUNNING: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> = std::sync::OnceLock::new();
+    RUNNING.get_or_init(Default::default)
+}
+
+/// Kills every process a [`Proc`] started and has not stopped yet: for a harness interrupted by
+/// a signal, which unwinds no stack and so runs no `Drop`.
+pub fn kill_started_processes() {
+    let pids: Vec<u32> = running().lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    for pid in pids {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
     }
 }
 
@@ -132,10 +155,12 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// A binary of the workspace, built by `cargo build --bins` (the test command does it).
+/// A binary of the workspace, built by `cargo build --bins` (the test command does it): beside
+/// a test binary's `deps/` directory, or beside the running binary (the benchmark harness).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
+    let beside = exe.parent().unwrap();
+    let dir = if beside.ends_with("deps") { beside.parent().unwrap() } else { beside };
     let path = dir.join(name);
     assert!(
         path.is_file(),

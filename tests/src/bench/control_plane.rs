@@ -1,0 +1,356 @@
+//! P5: the control plane with a thousand agents. The agents are the product's own agent
+//! sessions ([`archfarm_agent::session::Agent`]) in this process, each on its own QUIC
+//! connection with its own certificate (mTLS), sharing one UDP socket. Their runner is
+//! [`InstantExecutor`], a benchmark-only stand-in that reports a pushed image at once, so the
+//! figure measures the coordinator, not BuildKit. The image it reports is real: pushed to the
+//! registry once, and verified there by the coordinator for every job, as any image is.
+//!
+//! Two phases of one-platform builds, each job's dispatch stamped when the agent receives it:
+//! a burst (every build submitted at once: the dispatch rate at saturation) and a paced run at
+//! the target rate of 5,000 jobs/s (the dispatch latency, submit to agent, when keeping up).
+
+use super::report::{at_least, at_most, Figure, Series};
+use super::Options;
+use crate::Farm;
+use archfarm_agent::executor::Runner;
+use archfarm_agent::session::Agent;
+use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_shared::oci::{self, Blob};
+use archfarm_shared::pki::{self, CertifiedKey, Leaf};
+use archfarm_shared::protocol::{
+    BuildEvent, BuildRequest, ClientRequest, ClientResponse, JobOutcome, JobSpec, PushedImage, Registration, ALPN_AGENT,
+};
+use archfarm_shared::registry::{self, Registry};
+use archfarm_shared::{tls, Digest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Benchmark-only job runner: completes every job at once with the same pushed image, and
+/// stamps when each job arrived. Never part of the product binaries.
+#[derive(Debug, Clone)]
+pub struct InstantExecutor {
+    image: PushedImage,
+    arrivals: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+impl Runner for InstantExecutor {
+    fn run(
+        &self,
+        _conn: &quinn::Connection,
+        spec: JobSpec,
+        _log: mpsc::UnboundedSender<String>,
+    ) -> impl std::future::Future<Output = JobOutcome> + Send {
+        let now = Instant::now();
+        if let Some(seq) = spec.labels.iter().find(|(k, _)| k == "bench.seq").and_then(|(_, v)| v.parse().ok()) {
+            self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, now);
+        }
+        let image = self.image.clone();
+        async move { JobOutcome::Pushed(image) }
+    }
+}
+
+/// Pushes a minimal linux/amd64 image (one empty layer) into `repository` by digest.
+async fn push_image(repository: &str) -> anyhow::Result<PushedImage> {
+    let repo = registry::parse_reference(&format!("{repository}:latest"))?;
+    let reg = Registry::for_reference(&repo, &[]);
+    reg.authorize_push(&repo).await?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &[0u8; 1024])?;
+    let layer = gz.finish()?;
+    let diff = Digest::of(&[0u8; 1024]);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{diff}"]}}}}"#
+    );
+    let layer_blob =
+        Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&layer), size: layer.len() as u64 };
+    let config_blob =
+        Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(config.as_bytes()), size: config.len() as u64 };
+    reg.push_blob(&repo, layer.into(), &layer_blob.digest).await?;
+    reg.push_blob(&repo, config.into_bytes().into(), &config_blob.digest).await?;
+    let manifest = oci::manifest_json(&config_blob, &[layer_blob])?;
+    let digest = Digest::of(&manifest);
+    let size = manifest.len() as u64;
+    let by_digest = registry::ImageReference::with_digest(
+        repo.registry().to_owned(),
+        repo.repository().to_owned(),
+        digest.to_string(),
+    );
+    reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await?;
+    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One phase's stamps: when each build was submitted and when its job reached an agent.
+struct Phase {
+    submitted: Vec<Instant>,
+    arrived: Vec<Instant>,
+    published: usize,
+    elapsed: f64,
+}
+
+/// Submits `jobs` one-platform builds over `clients`, all at once or paced at `rate` per second,
+/// and waits (bounded) until every build has ended.
+async fn fire(
+    clients: &[Arc<Connection>],
+    registry: &str,
+    arrivals: &Arc<Mutex<HashMap<u64, Instant>>>,
+    first_seq: u64,
+    jobs: u64,
+    rate: Option<f64>,
+    context: &Digest,
+) -> anyhow::Result<Phase> {
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(jobs as usize);
+    let mut submitted = Vec::with_capacity(jobs as usize);
+    for n in 0..jobs {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let seq = first_seq + n;
+        let conn = clients[n as usize % clients.len()].clone();
+        let request = BuildRequest {
+            platforms: vec!["linux/amd64".parse()?],
+            tags: vec![format!("{registry}/bench/p5:j{seq}")],
+            context: context.clone(),
+            dockerfile: "Dockerfile".into(),
+            build_args: vec![],
+            target: None,
+            labels: vec![("bench.seq".into(), seq.to_string())],
+        };
+        submitted.push(Instant::now());
+        tasks.push(tokio::spawn(async move {
+            let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
+            let _ = send.finish();
+            while let Some(response) = conn.next(&mut recv).await? {
+                match response {
+                    ClientResponse::Build(BuildEvent::Published { .. }) => return Ok(true),
+                    ClientResponse::Build(BuildEvent::Failed { reason }) => {
+                        anyhow::bail!("build {seq} failed: {reason}")
+                    }
+                    ClientResponse::Error { message } => anyhow::bail!("build {seq} refused: {message}"),
+                    _ => {}
+                }
+            }
+            Ok(false)
+        }));
+    }
+    let mut published = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(600), t).await {
+            Ok(Ok(Ok(true))) => published += 1,
+            Ok(Ok(Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let seen = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+    let mut arrived = Vec::with_capacity(jobs as usize);
+    for n in 0..jobs {
+        match seen.get(&(first_seq + n)) {
+            Some(t) => arrived.push(*t),
+            None => anyhow::bail!(
+                "job {} never reached an agent ({published} of {jobs} published){}",
+                first_seq + n,
+                first_error.map(|e| format!("; first error: {e:#}")).unwrap_or_default()
+            ),
+        }
+    }
+    Ok(Phase { submitted, arrived, published, elapsed })
+}
+
+/// Runs P5.
+pub fn run(o: &Options) -> anyhow::Result<Figure> {
+    let (agents, jobs, capacity) = o.size((1000u32, 10_000u64, 10u32), (50, 500, 10));
+    let farm = Farm::start_patient(&[]);
+    tls::install_crypto_provider();
+    let rt = tokio::runtime::Runtime::new()?;
+    let coordinator_pid = farm.procs.iter().find(|p| p.name == "coordinator").expect("a coordinator").pid();
+    let ca_dir = farm.dir.path().join("ca");
+    let ca = CertifiedKey {
+        cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))?,
+        key_pem: std::fs::read_to_string(ca_dir.join("ca.key"))?,
+    };
+    eprintln!("bench: P5 issuing {agents} agent certificates");
+    let mut certs = Vec::new();
+    for i in 0..agents {
+        let name = format!("bench-{i:04}");
+        certs.push((name.clone(), pki::issue(&ca, Leaf::Agent { name: &name })?));
+    }
+    let image = rt.block_on(push_image(&format!("{}/bench/p5", farm.registry)))?;
+    let arrivals: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let remote = Remote { coordinator: farm.coordinator.clone(), token: farm.token.clone(), ca: ca_dir.join("ca.pem") };
+    let idle_rss = rss_kib(coordinator_pid);
+    let shutdown = CancellationToken::new();
+
+    let result = rt.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        for (name, cert) in &certs {
+            let client_config = tls::client_config(
+                &ca.cert_pem,
+                Some((&cert.cert_pem, &cert.key_pem)),
+                ALPN_AGENT,
+                tls::Transport::default(),
+            )?;
+            let agent = Arc::new(Agent {
+                executor: InstantExecutor { image: image.clone(), arrivals: arrivals.clone() },
+                name: name.parse()?,
+                max_frame: archfarm_shared::codec::DEFAULT_MAX_FRAME,
+                registration: Registration {
+                    platforms: vec!["linux/amd64".parse()?],
+                    capacity,
+                    engine_version: "bench".into(),
+                    agent_version: "bench".into(),
+                },
+                coordinator: farm.coordinator.clone(),
+                server_name: "localhost".into(),
+                endpoint: endpoint.clone(),
+                client_config,
+                max_backoff: Duration::from_secs(2),
+                drain_timeout: Duration::from_secs(5),
+                running: Default::default(),
+                abort: CancellationToken::new(),
+            });
+            tokio::spawn(agent.run(shutdown.child_token()));
+        }
+        let admin = Connection::open(&remote).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let listed = match admin.call(&ClientRequest::ListAgents).await? {
+                ClientResponse::Agents(a) => a.len(),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            };
+            if listed == agents as usize {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "only {listed} of {agents} agents registered within 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Settle: let registration and the first heartbeats pass before reading memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connected_rss = rss_kib(coordinator_pid);
+        eprintln!(
+            "bench: P5 {agents} agents connected; coordinator RSS {idle_rss:.0} KiB before, {connected_rss:.0} KiB now"
+        );
+
+        // Every build uses one tiny context, uploaded once.
+        let ctx = tempfile::tempdir()?;
+        std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n")?;
+        let packed =
+            archfarm_coordinator::client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
+        archfarm_coordinator::client::upload::upload(&admin, &packed, false).await?;
+        let mut clients = Vec::new();
+        for _ in 0..32 {
+            clients.push(Arc::new(Connection::open(&remote).await?));
+        }
+        // Warm-up: a few hundred builds through every path.
+        let warm = (jobs / 20).max(50);
+        fire(&clients, &farm.registry, &arrivals, 0, warm, None, &packed.digest).await?;
+        let mut bursts = Vec::new();
+        let mut paced = Vec::new();
+        let mut seq = warm;
+        // Each run is two phases of `jobs` whole builds: one run of each is the figure.
+        for run in 0..o.runs.min(2) {
+            let burst = fire(&clients, &farm.registry, &arrivals, seq, jobs, None, &packed.digest).await?;
+            seq += jobs;
+            let pace = fire(&clients, &farm.registry, &arrivals, seq, jobs, Some(5000.0), &packed.digest).await?;
+            seq += jobs;
+            eprintln!(
+                "bench: P5 run {run}: burst {} published in {:.1} s; paced {} published in {:.1} s",
+                burst.published, burst.elapsed, pace.published, pace.elapsed
+            );
+            bursts.push(burst);
+            paced.push(pace);
+        }
+        let after_rss = rss_kib(coordinator_pid);
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            }
+        }
+        admin.close().await;
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::Ok((bursts, paced, connected_rss, after_rss))
+    });
+    let (bursts, paced, connected_rss, after_rss) = result?;
+
+    let rate = |p: &Phase| {
+        let first = p.submitted.iter().min().copied().unwrap_or_else(Instant::now);
+        let last = p.arrived.iter().max().copied().unwrap_or(first);
+        p.arrived.len() as f64 / last.saturating_duration_since(first).as_secs_f64().max(1e-9)
+    };
+    let latencies = |p: &Phase| {
+        let mut l: Vec<f64> = p
+            .submitted
+            .iter()
+            .zip(&p.arrived)
+            .map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+            .collect();
+        l.sort_by(f64::total_cmp);
+        l
+    };
+    let headline =
+        Series::new("dispatches per second (burst of all jobs at once)", "/s", bursts.iter().map(rate).collect());
+    let p99 = Series::new(
+        "p99 dispatch latency, submit → agent, at 5,000 jobs/s offered",
+        "ms",
+        paced.iter().map(|p| percentile(&latencies(p), 0.99)).collect(),
+    );
+    let per_agent =
+        Series::new("coordinator RSS per connected agent", "KiB", vec![(connected_rss - idle_rss) / agents as f64]);
+    Ok(Figure {
+        id: "P5",
+        measure: format!("control plane: {agents} agents over QUIC + mTLS, {jobs} one-platform jobs"),
+        target: "≥ 5,000 /s".into(),
+        verdict: at_least(headline.median(), 5000.0),
+        also: vec![
+            (p99.clone(), "≤ 10 ms".into(), at_most(p99.median(), 10.0)),
+            (per_agent.clone(), "≤ 64 KiB".into(), at_most(per_agent.median(), 64.0)),
+        ],
+        headline,
+        details: vec![
+            Series::new("dispatch rate at 5,000 jobs/s offered", "/s", paced.iter().map(rate).collect()),
+            Series::new("p50 dispatch latency at 5,000 jobs/s offered", "ms", paced.iter().map(|p| percentile(&latencies(p), 0.5)).collect()),
+            Series::new("p99 dispatch latency in the burst", "ms", bursts.iter().map(|p| percentile(&latencies(p), 0.99)).collect()),
+            Series::new(
+                "builds verified and published per second (burst)",
+                "/s",
+                bursts.iter().map(|p| p.published as f64 / p.elapsed).collect(),
+            ),
+            Series::new("coordinator RSS, no agents", "MiB", vec![idle_rss / 1024.0]),
+            Series::new("coordinator RSS, agents connected", "MiB", vec![connected_rss / 1024.0]),
+            Series::new("coordinator RSS after every run", "MiB", vec![after_rss / 1024.0]),
+        ],
+        notes: vec![format!(
+            "{agents} agent sessions (the product's session code, capacity {capacity} each) run in the harness process \
+             over real QUIC connections with their own certificates; their runner is the benchmark-only \
+             `InstantExecutor`, which reports a real, pre-pushed linux/amd64 image at once. Every job is a whole build: \
+             the coordinator records it, dispatches it, verifies the reported digest in the registry and publishes an \
+             index under its own tag. A dispatch is stamped when the agent receives the job. The burst submits all \
+             {jobs} builds at once over 32 client connections; its rate is jobs over the time from the first \
+             submission to the last arrival. The paced phase offers 5,000 jobs/s; its latency is submit → arrival."
+        )],
+    })
+}
