@@ -48,7 +48,7 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the farm CA {}", config.tls.ca_cert.display()))?;
     let (csr_pem, key_pem) = pki::agent_request(name.as_str())?;
     let client = tls::client_config(&ca, None, ALPN_ENROLL, tls::Transport::default())?;
-    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    let mut endpoint = archfarm_shared::tls::endpoint("0.0.0.0:0".parse()?, None)?;
     endpoint.set_default_client_config(client);
     let addr = tokio::net::lookup_host(&config.coordinator)
         .await

@@ -70,7 +70,7 @@ impl Agent<Executor> {
         let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
             .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
-        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("cannot open a UDP socket")?;
+        let endpoint = tls::endpoint("0.0.0.0:0".parse()?, None).context("cannot open a UDP socket")?;
         let server_name = crate::enroll::server_name(config);
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {

@@ -40,6 +40,8 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         return conn.close(close::REFUSED.into(), reason.as_bytes());
     }
+    // Every connection starts with an agent's few streams; an authenticated client gets more.
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(archfarm_shared::tls::PEER_STREAMS_CLIENT));
     let welcome = ClientResponse::Welcome { version: env!("CARGO_PKG_VERSION").to_owned() };
     if codec::write_msg(&mut send, &welcome, max).await.is_err() {
         return;

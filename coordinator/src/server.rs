@@ -62,7 +62,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         &read(&config.tls.ca_cert)?,
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
-        tls::Transport::default(),
+        tls::Transport { peer_streams: tls::PEER_STREAMS_AGENT, ..tls::Transport::default() },
     )
     .context("invalid coordinator TLS material")?;
     let contexts_dir = config.data_dir.join("contexts");
@@ -93,7 +93,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             },
         },
     });
-    let endpoint = quinn::Endpoint::server(server_config, config.listen_addr())
+    let endpoint = tls::endpoint(config.listen_addr(), Some(server_config))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
     // Builds the last run did not finish continue; agents reconnect on their own.

@@ -62,22 +62,53 @@ fn roots(ca_pem: &str) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// QUIC timing shared by all roles.
+/// QUIC timing and limits shared by all roles.
 #[derive(Debug, Clone, Copy)]
 pub struct Transport {
     /// Close the connection after this long without any packet.
     pub idle_timeout: Duration,
     /// Send QUIC keep-alives this often; must be shorter than `idle_timeout`.
     pub keep_alive: Duration,
+    /// Streams the peer may have open at once. quinn keeps state for every stream a peer may
+    /// open, allocated up front (about 100 bytes each): the coordinator allows its many agents
+    /// a few ([`PEER_STREAMS_AGENT`]) and raises the limit for a client once it is authenticated.
+    pub peer_streams: u32,
 }
+
+/// Streams an agent may open at once on the coordinator (its control stream and context fetches).
+pub const PEER_STREAMS_AGENT: u32 = 32;
+/// Requests an authenticated client may have open at once (builds it follows, mostly).
+pub const PEER_STREAMS_CLIENT: u32 = 1024;
 
 impl Default for Transport {
     fn default() -> Self {
         // Keep-alives every 2 s keep a quiet connection (a long RUN step) open; 20 s of silence
         // means the peer or the path is gone. Shorter cuts off peers that a loaded host starves
         // for a few seconds (seen with hundreds of clients on two cores).
-        Transport { idle_timeout: Duration::from_secs(20), keep_alive: Duration::from_secs(2) }
+        Transport {
+            idle_timeout: Duration::from_secs(20),
+            keep_alive: Duration::from_secs(2),
+            peer_streams: PEER_STREAMS_CLIENT,
+        }
     }
+}
+
+/// UDP socket buffer asked for, each way.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A QUIC endpoint bound to `bind`, serving `server` when given, with UDP buffers large enough
+/// for a fast upload.
+pub fn endpoint(bind: std::net::SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let config = quinn::EndpointConfig::default();
+    let socket = std::net::UdpSocket::bind(bind)?;
+    // The kernel's default buffers (about 200 KiB) overflow during a fast upload: the losses shrink
+    // the congestion window and stall MTU discovery. Ask for more; the kernel caps it at
+    // net.core.rmem_max / wmem_max (docs/operations.md).
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(config, server, socket, runtime)
 }
 
 impl Transport {
@@ -87,7 +118,13 @@ impl Transport {
             quinn::IdleTimeout::try_from(self.idle_timeout).unwrap_or(quinn::VarInt::from_u32(30_000).into()),
         ));
         t.keep_alive_interval(Some(self.keep_alive));
-        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.peer_streams));
+        // No role uses unidirectional streams.
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        // A context upload is one stream: let it have more in flight than quinn's defaults
+        // (1.25 MB per stream) so a briefly busy receiver does not stall the sender.
+        t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+        t.send_window(64 << 20);
         Arc::new(t)
     }
 }

@@ -68,7 +68,7 @@ impl Connection {
             .next()
             .with_context(|| format!("coordinator address {} resolves to nothing", remote.coordinator))?;
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let mut endpoint = tls::endpoint(bind, None)?;
         endpoint.set_default_client_config(config);
         // Nothing exists on the coordinator until the hello is answered, so a connection lost
         // before then (a handshake timed out on a loaded coordinator) is safe to try again.
