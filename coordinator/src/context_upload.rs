@@ -1,8 +1,9 @@
 //! Receiving a build context as content-defined chunks: the client names every chunk, the
 //! coordinator asks only for those it lacks, and rebuilds the whole tarball in one pass that
 //! checks each chunk's digest, the whole digest and what the tarball holds, while it is written.
-//! Chunks stay in `data_dir/chunks`, so the next upload of a slightly changed context sends
-//! only the chunks around the change.
+//! `data_dir/chunks` remembers where each chunk lies in a stored context (a reference, not a
+//! copy), so the next upload of a slightly changed context sends only the chunks around the
+//! change. Chunks are hashed as they arrive, beside the thread that writes the tarball.
 
 use crate::server::Shared;
 use archfarm_shared::chunking::Chunk;
@@ -10,7 +11,7 @@ use archfarm_shared::protocol::ClientResponse;
 use archfarm_shared::{codec, tarball, Digest};
 use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -20,8 +21,9 @@ pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 /// Chunks the coordinator will read ahead of the one being written.
 const READ_AHEAD: usize = 4;
 
-/// Chunks of uploaded contexts, by digest. Written without fsync: a damaged chunk is found by
-/// its digest the next time it is read, removed, and asked for again.
+/// Where chunks of stored contexts lie, by chunk digest: a small file per chunk naming the
+/// context file, offset and length. Nothing is copied. A reference whose context was pruned, or
+/// whose bytes no longer match, is found when read, removed, and the chunk asked for again.
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     dir: PathBuf,
@@ -38,15 +40,41 @@ impl ChunkStore {
         self.dir.join(digest.hex())
     }
 
-    fn contains(&self, digest: &Digest) -> bool {
-        self.path(digest).is_file()
+    fn reference(&self, digest: &Digest) -> Option<(PathBuf, u64)> {
+        let text = std::fs::read_to_string(self.path(digest)).ok()?;
+        let (file, offset) = text.trim_end().rsplit_once(' ')?;
+        Some((PathBuf::from(file), offset.parse().ok()?))
     }
 
-    fn put(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+    fn contains(&self, digest: &Digest) -> bool {
+        self.reference(digest).is_some_and(|(file, _)| file.is_file())
+    }
+
+    /// Records that `digest` lies at `offset` in `file`.
+    fn remember(&self, digest: &Digest, file: &Path, offset: u64) -> std::io::Result<()> {
         let tmp = self.dir.join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
-        std::fs::write(&tmp, bytes)?;
+        std::fs::write(&tmp, format!("{} {offset}\n", file.display()))?;
         std::fs::rename(&tmp, self.path(digest))
     }
+
+    fn forget(&self, digest: &Digest) {
+        let _ = std::fs::remove_file(self.path(digest));
+    }
+
+    /// The bytes of a chunk, read from the context that holds it.
+    fn read(&self, chunk: &Chunk) -> Option<Bytes> {
+        use std::io::{Seek, SeekFrom};
+        let (file, offset) = self.reference(&chunk.digest)?;
+        let mut f = std::fs::File::open(file).ok()?;
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let mut buf = vec![0u8; chunk.size as usize];
+        f.read_exact(&mut buf).ok()?;
+        Some(Bytes::from(buf))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Digest {
+    Digest::from_sha256(sha2::Sha256::digest(bytes).into())
 }
 
 /// Checks an announced chunk list against the announced size and the limits.
@@ -119,31 +147,58 @@ pub async fn receive(
     let expected = digest.clone();
     let assembler = tokio::task::spawn_blocking(move || assembly.run(&target, &expected, size));
     let mut received = 0u64;
-    for i in &want {
-        let len = chunks[*i as usize].size as usize;
+    // Chunks being hashed (on the blocking pool, beside the assembler), in arrival order.
+    let mut hashing: VecDeque<(u32, tokio::task::JoinHandle<(Bytes, Digest)>)> = VecDeque::new();
+    let mut failure: Option<String> = None;
+    let mut next = want.iter().copied();
+    loop {
+        let more = failure.is_none() && next.len() > 0;
+        // Forward the oldest chunk once enough are hashing, or when no more will arrive.
+        if hashing.len() >= READ_AHEAD || (!more && !hashing.is_empty()) {
+            let (i, task) = hashing.pop_front().expect("not empty");
+            let (bytes, got) = task.await.map_err(|e| format!("hashing chunk {i}: {e}"))?;
+            if failure.is_some() {
+                continue;
+            }
+            if got != chunks[i as usize].digest {
+                failure = Some(format!(
+                    "transfer corrupt: chunk {i} does not match its digest {}",
+                    chunks[i as usize].digest
+                ));
+            } else if tx.send(bytes).await.is_err() {
+                // The assembler stopped on an error; it says which.
+                break;
+            }
+            continue;
+        }
+        let Some(i) = next.next().filter(|_| more) else { break };
+        let len = chunks[i as usize].size as usize;
         let mut buf = BytesMut::with_capacity(len);
-        while buf.len() < len {
+        while buf.len() < len && failure.is_none() {
             match recv.read_chunk(len - buf.len(), true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    drop(tx);
-                    let _ = assembler.await;
-                    return Err(format!("the upload ended inside chunk {i}, after {received} bytes"));
-                }
-                Err(e) => {
-                    drop(tx);
-                    let _ = assembler.await;
-                    return Err(format!("the upload was interrupted: {e}"));
-                }
+                Ok(None) => failure = Some(format!("the upload ended inside chunk {i}, after {received} bytes")),
+                Err(e) => failure = Some(format!("the upload was interrupted: {e}")),
             }
         }
-        received += len as u64;
-        if tx.send(buf.freeze()).await.is_err() {
-            // The assembler stopped on an error; it says which.
-            break;
+        if failure.is_none() {
+            received += len as u64;
+            let bytes = buf.freeze();
+            hashing.push_back((
+                i,
+                tokio::task::spawn_blocking(move || {
+                    let digest = sha256(&bytes);
+                    (bytes, digest)
+                }),
+            ));
         }
     }
     drop(tx);
+    if let Some(message) = failure {
+        let _ = assembler.await;
+        let _ = recv.stop(0u32.into());
+        return Err(message);
+    }
     let result = assembler.await.map_err(|e| format!("assembling the context: {e}"))?;
     if result.is_err() {
         let _ = recv.stop(0u32.into());
@@ -174,28 +229,20 @@ impl Assembly {
         let i = self.next;
         let chunk = &self.chunks[i];
         let bytes = if self.from_client[i] {
+            // Hashed and checked against its digest as it arrived.
             self.rx.blocking_recv().ok_or_else(|| io_err(format!("chunk {i} never arrived")))?
         } else {
-            let path = self.store.path(&chunk.digest);
-            Bytes::from(
-                std::fs::read(&path).map_err(|e| io_err(format!("reading stored chunk {}: {e}", chunk.digest)))?,
-            )
-        };
-        if bytes.len() != chunk.size as usize
-            || Digest::from_sha256(sha2::Sha256::digest(&bytes).into()) != chunk.digest
-        {
-            if self.from_client[i] {
-                return Err(io_err(format!("transfer corrupt: chunk {i} does not match its digest {}", chunk.digest)));
+            match self.store.read(chunk).filter(|b| sha256(b) == chunk.digest) {
+                Some(bytes) => bytes,
+                None => {
+                    self.store.forget(&chunk.digest);
+                    return Err(io_err(format!(
+                        "a stored chunk ({}) was pruned or damaged and is forgotten; run the build again to send it",
+                        chunk.digest
+                    )));
+                }
             }
-            let _ = std::fs::remove_file(self.store.path(&chunk.digest));
-            return Err(io_err(format!(
-                "a stored chunk ({}) was damaged and is removed; run the build again to send it",
-                chunk.digest
-            )));
-        }
-        if self.from_client[i] {
-            self.store.put(&chunk.digest, &bytes).map_err(|e| io_err(format!("storing chunk {i}: {e}")))?;
-        }
+        };
         self.whole.update(&bytes);
         if let Some(out) = &mut self.out {
             out.write_all(&bytes)?;
@@ -222,6 +269,14 @@ impl Assembly {
             let file = self.out.take().expect("set above").into_inner().map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&tmp, target).map_err(io)?;
+            // Only now can the new chunks be found again: in the stored context.
+            let mut offset = 0u64;
+            for (c, new) in self.chunks.iter().zip(&self.from_client) {
+                if *new {
+                    self.store.remember(&c.digest, target, offset).map_err(io)?;
+                }
+                offset += u64::from(c.size);
+            }
             Ok(size)
         })();
         if result.is_err() {
@@ -269,7 +324,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
         let (a, b) = (chunks_of(b"aaaa")[0].clone(), chunks_of(b"bbbb")[0].clone());
-        store.put(&a.digest, b"aaaa").unwrap();
+        let held = dir.path().join("context.tar");
+        std::fs::write(&held, b"xxaaaa").unwrap();
+        store.remember(&a.digest, &held, 2).unwrap();
+        assert_eq!(store.read(&a).as_deref(), Some(&b"aaaa"[..]));
         let (want, from_client) = wanted(&store, &[a.clone(), b.clone(), b.clone(), a]);
         assert_eq!(want, [1]);
         assert_eq!(from_client, [false, true, false, false], "the repeat of b is read back from the store");
@@ -302,7 +360,7 @@ mod tests {
         }
         drop(tx);
         let a = Assembly {
-            chunks,
+            chunks: chunks.clone(),
             from_client,
             next: 0,
             current: Bytes::new(),
@@ -324,14 +382,23 @@ mod tests {
         let target = dir.path().join("ctx.tar");
         assert_eq!(assemble(&data, &store, &target).unwrap(), data.len() as u64);
         assert_eq!(std::fs::read(&target).unwrap(), data);
-        // A stored chunk that rotted is found, removed and asked for again next time.
-        let victim = chunks_of(&data)[0].digest.clone();
-        std::fs::write(store.path(&victim), b"rot").unwrap();
+        // The chunks are found again in the stored context, not copied.
+        assert!(chunks_of(&data).iter().all(|c| store.contains(&c.digest)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the context and the chunk references");
+        // A context changed behind the store's back: its chunk is forgotten and asked for again.
+        let other = dir.path().join("other.tar");
+        let victim = chunks_of(&data)[0].clone();
+        let mut rotten = data.clone();
+        rotten[100] ^= 0xff;
+        std::fs::write(&target, &rotten).unwrap();
+        let err = assemble(&data, &store, &other).unwrap_err();
+        assert!(err.contains("pruned or damaged and is forgotten"), "{err}");
+        assert!(!store.contains(&victim.digest) && !other.exists());
+        // A pruned context: its chunks are no longer offered.
         std::fs::remove_file(&target).unwrap();
-        let err = assemble(&data, &store, &target).unwrap_err();
-        assert!(err.contains("was damaged and is removed"), "{err}");
-        assert!(!store.contains(&victim) && !target.exists());
-        assert!(assemble(&data, &store, &target).is_ok());
+        assert!(!chunks_of(&data).iter().any(|c| store.contains(&c.digest)));
+        assert!(assemble(&data, &store, &other).is_ok());
+        assert_eq!(std::fs::read(&other).unwrap(), data);
     }
 
     #[test]

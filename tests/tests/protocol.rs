@@ -140,3 +140,107 @@ async fn hostile_build_contexts_are_refused_by_the_coordinator_and_not_kept() {
     let present: ClientResponse = codec::expect_msg(&mut recv, codec::DEFAULT_MAX_FRAME).await.unwrap();
     assert_eq!(present, ClientResponse::ContextPresent(false), "a refused context is not kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_send_only_missing_chunks_and_refuse_lying_ones() {
+    use archfarm_shared::chunking::{chunks_of, Chunk};
+    use archfarm_shared::protocol::ClientResponse;
+    use archfarm_shared::Digest;
+    tls::install_crypto_provider();
+    let farm = tokio::task::block_in_place(|| Farm::start(&[]));
+    let (_e, conn) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &conn).await;
+    let max = codec::DEFAULT_MAX_FRAME;
+    // A real tarball of several chunks: one file of pseudo-random bytes.
+    let tarball = |seed: u8| {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
+        let data: Vec<u8> = (0..8 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "data.bin", data.as_slice()).unwrap();
+        b.into_inner().unwrap()
+    };
+    // Sends an upload; `send` gives the bytes of each wanted chunk. Returns the wanted indexes
+    // and the final answer.
+    let upload = |bytes: Vec<u8>, chunks: Vec<Chunk>, send: Box<dyn Fn(usize, &[u8]) -> Vec<u8> + Send>| {
+        let conn = conn.clone();
+        async move {
+            let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+            let request = ClientRequest::UploadChunked {
+                digest: Digest::of(&bytes),
+                size: bytes.len() as u64,
+                chunks: chunks.clone(),
+            };
+            codec::write_msg(&mut tx, &request, max).await.unwrap();
+            let wanted = match codec::expect_msg::<_, ClientResponse>(&mut rx, max).await.unwrap() {
+                ClientResponse::ChunksWanted(w) => w,
+                other => return (vec![], other),
+            };
+            let mut offsets = vec![0usize];
+            for c in &chunks {
+                offsets.push(offsets.last().unwrap() + c.size as usize);
+            }
+            for &i in &wanted {
+                let i = i as usize;
+                let _ = tx.write_all(&send(i, &bytes[offsets[i]..offsets[i + 1]])).await;
+            }
+            let _ = tx.finish();
+            (wanted, codec::expect_msg::<_, ClientResponse>(&mut rx, max).await.unwrap())
+        }
+    };
+    let first = tarball(1);
+    let chunks = chunks_of(&first);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+
+    // A plan whose sizes do not add up is refused before any byte is asked for.
+    let mut short = chunks.clone();
+    short[0].size -= 1;
+    let (_, answer) = upload(first.clone(), short, Box::new(|_, b| b.to_vec())).await;
+    assert!(matches!(&answer, ClientResponse::Error { message } if message.contains("add up to")), "{answer:?}");
+
+    // A chunk whose bytes are not what its digest says is refused, and nothing is kept.
+    let (_, answer) = upload(
+        first.clone(),
+        chunks.clone(),
+        Box::new(|i, b| {
+            let mut b = b.to_vec();
+            if i == 1 {
+                b[10] ^= 0xff;
+            }
+            b
+        }),
+    )
+    .await;
+    assert!(
+        matches!(&answer, ClientResponse::Error { message } if message.contains("transfer corrupt: chunk 1")),
+        "{answer:?}"
+    );
+
+    // An honest upload asks for every chunk and stores the context.
+    let (wanted, answer) = upload(first.clone(), chunks.clone(), Box::new(|_, b| b.to_vec())).await;
+    assert_eq!(answer, ClientResponse::ContextStored);
+    assert_eq!(wanted.len(), chunks.len());
+
+    // The same file with a few bytes changed in the middle: only the chunks around the change travel.
+    let mut second = first.clone();
+    let middle = second.len() / 2;
+    second[middle..middle + 8].copy_from_slice(b"changed!");
+    let second_chunks = chunks_of(&second);
+    let (wanted, answer) = upload(second.clone(), second_chunks.clone(), Box::new(|_, b| b.to_vec())).await;
+    assert_eq!(answer, ClientResponse::ContextStored);
+    assert!(!wanted.is_empty() && wanted.len() <= 2, "wanted {wanted:?} of {} chunks", second_chunks.len());
+    let stored =
+        std::fs::read(farm.dir.path().join("data/contexts").join(format!("sha256-{}.tar", Digest::of(&second).hex())))
+            .unwrap();
+    assert!(stored == second, "the stored context is the changed tarball, byte for byte");
+}
