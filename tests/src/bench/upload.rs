@@ -88,8 +88,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         token: farm.token.clone(),
         ca: farm.dir.path().join("ca/ca.pem"),
     };
-    let (mut quic, mut tcp_durable, mut tcp_plain, mut resent, mut resent_payload) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut quic, mut tcp_durable, mut tcp_plain, mut resent, mut resent_payload, mut datagrams) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Run 0 warms the page cache, the allocator and the connection path; it is not counted.
     for run in 0..=o.runs {
         clear_stores(&farm);
@@ -99,6 +99,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         let started = Instant::now();
         rt.block_on(upload(&conn, &packed, false))?;
         let q = started.elapsed().as_secs_f64();
+        let stats = conn.stats();
+        let (packets, lost) = (stats.udp_tx.datagrams, stats.path.lost_packets);
         rt.block_on(conn.close());
         let durable = tcp_copy(packed.file.path(), farm.dir.path(), true)?;
         let plain = tcp_copy(packed.file.path(), farm.dir.path(), false)?;
@@ -118,7 +120,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         rt.block_on(conn.close());
         let mb = size as f64 / (1 << 20) as f64;
         eprintln!(
-            "bench: P4 run {run}: upload {:.0} MiB/s, TCP copy {:.0} MiB/s (no fsync {:.0}); re-upload {} bytes on the wire",
+            "bench: P4 run {run}: upload {:.0} MiB/s ({packets} datagrams, {lost} lost), TCP copy {:.0} MiB/s (no \
+             fsync {:.0}); re-upload {} bytes on the wire",
             mb / q,
             mb / durable,
             mb / plain,
@@ -130,6 +133,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
             tcp_plain.push(plain);
             resent.push(on_wire as f64 * 100.0 / changed.size as f64);
             resent_payload.push(sent.bytes as f64 / (1 << 20) as f64);
+            datagrams.push(packets as f64);
         }
     }
     let mib = |secs: &[f64]| secs.iter().map(|s| size as f64 / (1 << 20) as f64 / s).collect::<Vec<_>>();
@@ -148,6 +152,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
             Series::new("TCP copy into a file, then fsync", "MiB/s", mib(&tcp_durable)),
             Series::new("TCP copy into a file, no fsync", "MiB/s", mib(&tcp_plain)),
             Series::new("chunk bytes sent by the re-upload", "MiB", resent_payload),
+            Series::new("UDP datagrams the upload sent", "", datagrams),
         ],
         notes: vec![format!(
             "Each run uploads a new context of {} MiB of random (incompressible) bytes in 16 MiB files into stores \
