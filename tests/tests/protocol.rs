@@ -172,7 +172,8 @@ async fn chunked_uploads_send_only_missing_chunks_and_refuse_lying_ones() {
     };
     // Sends an upload; `send` gives the bytes of each wanted chunk. Returns the wanted indexes
     // and the final answer.
-    let upload = |bytes: Vec<u8>, chunks: Vec<Chunk>, send: Box<dyn Fn(usize, &[u8]) -> Vec<u8> + Send>| {
+    type Tamper = Box<dyn Fn(usize, &[u8]) -> Vec<u8> + Send>;
+    let upload = |bytes: Vec<u8>, chunks: Vec<Chunk>, send: Tamper| {
         let conn = conn.clone();
         async move {
             let (mut tx, mut rx) = conn.open_bi().await.unwrap();
