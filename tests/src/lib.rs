@@ -243,6 +243,7 @@ pub struct Farm {
     pub net: Option<Net>,
     hosts: std::collections::HashMap<String, Host>,
     heartbeat_timeout_secs: u64,
+    registry_storage: Option<tempfile::TempDir>,
 }
 
 impl Farm {
@@ -264,7 +265,24 @@ impl Farm {
         Self::start_inner(agents, Some(Net::create()), 4)
     }
 
-    fn start_inner(agents: &[AgentSpec], mut net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {
+    /// Like [`Farm::start_patient`], with the registry's storage in memory (tmpfs under
+    /// /dev/shm): for the control-plane benchmark, which must measure the coordinator rather than
+    /// the registry's disk syncs.
+    pub fn start_patient_with_registry_in_memory(agents: &[AgentSpec]) -> Farm {
+        let storage = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
+        Self::start_full(agents, None, 15, Some(storage))
+    }
+
+    fn start_inner(agents: &[AgentSpec], net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {
+        Self::start_full(agents, net, heartbeat_timeout_secs, None)
+    }
+
+    fn start_full(
+        agents: &[AgentSpec],
+        mut net: Option<Net>,
+        heartbeat_timeout_secs: u64,
+        registry_storage: Option<tempfile::TempDir>,
+    ) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
@@ -287,8 +305,17 @@ impl Farm {
             run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
         }
         let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
-        let mut farm =
-            Farm { dir, registry, coordinator, token, procs: Vec::new(), net, hosts, heartbeat_timeout_secs };
+        let mut farm = Farm {
+            dir,
+            registry,
+            coordinator,
+            token,
+            procs: Vec::new(),
+            net,
+            hosts,
+            heartbeat_timeout_secs,
+            registry_storage,
+        };
         farm.start_registry();
         farm.start_coordinator();
         for a in agents {
@@ -351,7 +378,14 @@ impl Farm {
 
     /// The registry's storage directory of a repository (uploads go to its `_uploads`).
     pub fn registry_repo_dir(&self, repo: &str) -> PathBuf {
-        self.path("registry-data/docker/registry/v2/repositories").join(repo)
+        self.registry_root().join("docker/registry/v2/repositories").join(repo)
+    }
+
+    fn registry_root(&self) -> PathBuf {
+        match &self.registry_storage {
+            Some(dir) => dir.path().to_owned(),
+            None => self.path("registry-data"),
+        }
     }
 
     /// Starts the registry.
@@ -359,7 +393,7 @@ impl Farm {
         let config = self.path("registry.yml");
         let yaml = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
-            self.path("registry-data").display(),
+            self.registry_root().display(),
             self.registry
         );
         std::fs::write(&config, yaml).unwrap();
