@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every archfarm test on a fresh Debian/Ubuntu machine: installs and starts what the
 # end-to-end tests need (Docker Engine, the CNCF registry, skopeo, busybox fixtures) through
-# scripts/setup.sh, builds the binaries the tests start, then runs unit and end-to-end tests and
-# a short fuzz run.
+# scripts/setup.sh, builds the binaries the tests start, then runs a short fuzz run, the
+# benchmark harness's smoke run (scripts/bench.sh --quick: it proves the harness works; its
+# numbers mean nothing), and unit and end-to-end tests.
 # A dockerd this script started is stopped again at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,12 @@ trap stop_engine EXIT
 # It runs first so that the test runner's summary is the last thing printed.
 "$root/scripts/fuzz.sh"
 cargo build --workspace --bins --locked
+ARCHFARM_PROFILE=debug "$root/scripts/bench.sh" --quick >"$root/.farm/bench-quick.log" 2>&1 || {
+  tail -60 "$root/.farm/bench-quick.log"
+  echo "test.sh: the benchmark smoke run failed (log above, whole log in .farm/bench-quick.log)"
+  exit 1
+}
+echo "test.sh: benchmark smoke run passed ($(grep -c '^| P' "$root/.farm/bench-quick.md") figures in .farm/bench-quick.md)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked "$@"
 else
