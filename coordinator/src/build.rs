@@ -8,6 +8,7 @@ use crate::live::Live;
 use crate::publish::{self, VerifyError};
 use crate::scheduler::Standing;
 use crate::server::{on_codec_error, Shared};
+use crate::store::VerifiedImage;
 use archfarm_shared::codec;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::protocol::{
@@ -102,7 +103,10 @@ fn check_pairs(pairs: &[(String, String)], what: &str) -> Result<(), String> {
 
 /// Accepts a new build: checks it, records it, starts it. The receiver is subscribed before
 /// the build starts, so it sees every event from `Accepted` on.
-pub fn submit(shared: &Arc<Shared>, req: BuildRequest) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
+pub async fn submit(
+    shared: &Arc<Shared>,
+    req: BuildRequest,
+) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
     plan(&req, &shared.settings.insecure_registries)?;
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
@@ -110,7 +114,11 @@ pub fn submit(shared: &Arc<Shared>, req: BuildRequest) -> Result<(BuildId, broad
     shared.farm.check(&req.platforms).map_err(|e| e.to_string())?;
     let id = BuildId::random();
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
-    shared.store.create_build(&id, &req, &jobs).map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
+    shared
+        .store
+        .create_build(&id, &req, &jobs)
+        .await
+        .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
     let live = shared.live.start(&id);
     let rx = live.events.subscribe();
     spawn(shared.clone(), id.clone(), req, live);
@@ -145,7 +153,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
                 BuildEvent::Failed { reason } => (BuildState::Failed, None, Some(reason.as_str())),
                 _ => unreachable!("run ends with Published or Failed"),
             };
-            if let Err(e) = shared.store.set_build_state(&id, state, index, error) {
+            if let Err(e) = shared.store.set_build_state(&id, state, index, error).await {
                 error!("cannot record the end of the build: {e}");
             }
             live.emit(end);
@@ -184,7 +192,7 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
             }
             if job.state == JobState::Running {
                 // Its attempt was cut off by the coordinator's restart.
-                let _ = shared.store.finish_attempt(&job.job, job.attempts, "lost", "the coordinator restarted");
+                let _ = shared.store.finish_attempt(&job.job, job.attempts, "lost", "the coordinator restarted").await;
             }
             let spec = JobSpec {
                 job: job.job.clone(),
@@ -206,7 +214,7 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
     let results = join_all(work).await;
     if live.cancel.is_cancelled() {
         for job in shared.store.jobs(id).unwrap_or_default() {
-            let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled");
+            let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled").await;
         }
         return BuildEvent::Failed { reason: "the build was cancelled; nothing was published".into() };
     }
@@ -226,7 +234,7 @@ async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &Live
         warn!("build failed");
         return BuildEvent::Failed { reason: format!("nothing was published:\n{}", failures.join("\n")) };
     }
-    let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None);
+    let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None).await;
     match publish::publish(&plan.registry, &plan.tags, &children).await {
         Ok(index) => {
             info!(index = %index, "index published");
@@ -264,7 +272,7 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<archfarm_shared:
         }
     }
     let index = publish::publish(&plan.registry, &plan.tags, &children).await?;
-    shared.store.set_build_state(id, BuildState::Published, Some(&index), None).map_err(|e| e.to_string())?;
+    shared.store.set_build_state(id, BuildState::Published, Some(&index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");
     Ok(index)
 }
@@ -321,10 +329,10 @@ async fn run_platform(
             }
         };
         let slot = Slot { shared, job: spec.job.clone() };
-        if let Err(e) = shared.store.start_attempt(&spec.job, spec.attempt, &agent.name) {
+        if let Err(e) = shared.store.start_attempt(&spec.job, spec.attempt, &agent.name).await {
             error!("cannot record an attempt: {e}");
             let failure = JobFailure { kind: FailureKind::AgentLost, message: e.to_string(), log_tail: vec![] };
-            return Err(fail(shared, live, &spec, Some(&agent.name), failure));
+            return Err(fail(shared, live, &spec, Some(&agent.name), failure).await);
         }
         info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
@@ -332,16 +340,14 @@ async fn run_platform(
         drop(slot);
         match attempt {
             Attempt::Verified(child, result) => {
-                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "pushed", result.digest.as_str());
-                let _ = shared.store.agent_succeeded(&agent.name);
-                if let Err(e) = shared.store.job_verified(
-                    &spec.job,
-                    &result.digest,
-                    &child.manifest.media_type,
-                    child.manifest.size,
-                    &agent.name,
-                    result.duration_ms,
-                ) {
+                let image = VerifiedImage {
+                    digest: result.digest.clone(),
+                    media_type: child.manifest.media_type.clone(),
+                    size: child.manifest.size,
+                    agent: agent.name.clone(),
+                    duration_ms: result.duration_ms,
+                };
+                if let Err(e) = shared.store.attempt_verified(&spec.job, spec.attempt, image).await {
                     error!("cannot record a verified digest: {e}");
                 }
                 info!(platform = %platform, digest = %result.digest, "platform verified");
@@ -349,18 +355,19 @@ async fn run_platform(
                 return Ok((child, result));
             }
             Attempt::Final(failure) => {
-                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "failed", &failure.message);
-                return Err(fail(shared, live, &spec, Some(&agent.name), failure));
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "failed", &failure.message).await;
+                return Err(fail(shared, live, &spec, Some(&agent.name), failure).await);
             }
             Attempt::Retry { outcome, .. } if outcome == "cancelled" && live.cancel.is_cancelled() => {
-                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, "cancelled", "the build was cancelled");
+                let _ =
+                    shared.store.finish_attempt(&spec.job, spec.attempt, "cancelled", "the build was cancelled").await;
                 return Err(format!("  {platform}: cancelled"));
             }
             Attempt::Retry { outcome, failure, blame } => {
-                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message);
-                let _ = shared.store.requeue(&spec.job);
+                let _ = shared.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message).await;
+                let _ = shared.store.requeue(&spec.job).await;
                 if blame {
-                    count_failure(shared, &agent.name, outcome, &failure.message);
+                    count_failure(shared, &agent.name, outcome, &failure.message).await;
                 }
                 warn!(platform = %platform, agent = %agent.name, attempt = spec.attempt, "attempt ended without an image: {}", failure.message);
                 if spec.attempt < max {
@@ -389,7 +396,7 @@ async fn run_platform(
     if spec.attempt >= max {
         failure.message = format!("gave up after {} attempts; the last: {}", spec.attempt, failure.message);
     }
-    Err(fail(shared, live, &spec, agent.as_ref(), failure))
+    Err(fail(shared, live, &spec, agent.as_ref(), failure).await)
 }
 
 /// One attempt: run on the agent, then verify what it pushed.
@@ -426,7 +433,7 @@ async fn attempt(
             Attempt::Verified(child, result)
         }
         Err(VerifyError::Wrong(message)) => {
-            quarantine(shared, &agent.name, &message);
+            quarantine(shared, &agent.name, &message).await;
             let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
             Attempt::Retry { outcome: "wrong-image", failure, blame: false }
         }
@@ -437,18 +444,18 @@ async fn attempt(
     }
 }
 
-fn quarantine(shared: &Shared, agent: &AgentName, reason: &str) {
+async fn quarantine(shared: &Shared, agent: &AgentName, reason: &str) {
     warn!(agent = %agent, "quarantining agent: {reason}");
-    if let Err(e) = shared.store.quarantine(agent, reason) {
+    if let Err(e) = shared.store.quarantine(agent, reason).await {
         error!("cannot record the quarantine: {e}");
     }
     shared.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
 }
 
-fn count_failure(shared: &Shared, agent: &AgentName, outcome: &str, message: &str) {
-    match shared.store.agent_failed(agent) {
+async fn count_failure(shared: &Shared, agent: &AgentName, outcome: &str, message: &str) {
+    match shared.store.agent_failed(agent).await {
         Ok(n) if n >= shared.settings.quarantine_after => {
-            quarantine(shared, agent, &format!("{n} jobs in a row {outcome}; the last: {message}"));
+            quarantine(shared, agent, &format!("{n} jobs in a row {outcome}; the last: {message}")).await;
         }
         Ok(_) => {}
         Err(e) => error!("cannot record an agent failure: {e}"),
@@ -467,7 +474,7 @@ impl Drop for Slot<'_> {
     }
 }
 
-fn fail(shared: &Shared, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
+async fn fail(shared: &Shared, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
     let platform = &spec.platform;
     let who = agent.map_or_else(|| "before reaching an agent".to_owned(), |a| format!("on agent {a}"));
     let mut summary = format!("  {platform} failed {who} ({}): {}", failure.kind, failure.message);
@@ -479,7 +486,7 @@ fn fail(shared: &Shared, live: &Live, spec: &JobSpec, agent: Option<&AgentName>,
         }
     }
     warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
-    if let Err(e) = shared.store.job_ended(&spec.job, JobState::Failed, &failure.message) {
+    if let Err(e) = shared.store.job_ended(&spec.job, JobState::Failed, &failure.message).await {
         error!("cannot record a failed job: {e}");
     }
     live.emit(BuildEvent::PlatformFailed { platform: platform.clone(), agent: agent.cloned(), failure });

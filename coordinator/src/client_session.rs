@@ -99,7 +99,7 @@ async fn request(
                 }
             }
         }
-        ClientRequest::Build(req) => match build::submit(&shared, req) {
+        ClientRequest::Build(req) => match build::submit(&shared, req).await {
             Ok((_, events)) => return follow(events, send, max).await,
             Err(reason) => ClientResponse::Build(BuildEvent::Failed { reason }),
         },
@@ -136,7 +136,7 @@ async fn request(
         ClientRequest::CreateJoinToken { ttl_secs } => {
             let token = archfarm_shared::pki::generate_token();
             let expires_ms = crate::store::now_ms() + ttl_secs.clamp(1, 7 * 86_400) * 1000;
-            match shared.store.add_join_token(&archfarm_shared::pki::token_hash(&token), expires_ms) {
+            match shared.store.add_join_token(&archfarm_shared::pki::token_hash(&token), expires_ms).await {
                 Ok(()) => {
                     info!(expires_ms, "join token created");
                     ClientResponse::Token { token, expires_ms: Some(expires_ms) }
@@ -144,7 +144,7 @@ async fn request(
                 Err(e) => ClientResponse::Error { message: e.to_string() },
             }
         }
-        ClientRequest::RevokeAgent { name } => match shared.store.revoke_agent(&name) {
+        ClientRequest::RevokeAgent { name } => match shared.store.revoke_agent(&name).await {
             Ok(()) => {
                 info!(agent = %name, "agent revoked");
                 if let Some(conn) = shared.farm.connection(&name) {
@@ -164,7 +164,7 @@ async fn request(
                 }
             } else {
                 let token = archfarm_shared::pki::generate_token();
-                match shared.store.add_client_token(&name, &archfarm_shared::pki::token_hash(&token)) {
+                match shared.store.add_client_token(&name, &archfarm_shared::pki::token_hash(&token)).await {
                     Ok(Ok(())) => {
                         info!(name = %name, "client token created");
                         ClientResponse::Token { token, expires_ms: None }
@@ -174,7 +174,7 @@ async fn request(
                 }
             }
         }
-        ClientRequest::RevokeClientToken { name } => match shared.store.revoke_client_token(&name) {
+        ClientRequest::RevokeClientToken { name } => match shared.store.revoke_client_token(&name).await {
             Ok(true) => {
                 info!(name = %name, "client token revoked");
                 ClientResponse::Done { message: format!("client token {name} revoked") }

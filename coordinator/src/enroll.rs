@@ -20,7 +20,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         Ok(r) => r,
         Err(e) => return drop(on_codec_error(&conn, &e, "enrollment stream")),
     };
-    let response = match enroll(&shared, &request) {
+    let response = match enroll(&shared, &request).await {
         Ok(cert_pem) => {
             info!(agent = %request.name, remote = %conn.remote_address(), "agent enrolled with a join token");
             EnrollResponse::Certificate { cert_pem }
@@ -36,7 +36,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
 
-fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, String> {
+async fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, String> {
     let Some(ca) = &shared.settings.ca else {
         return Err("this coordinator cannot enroll agents: its configuration has no tls.ca_key. \
                     Issue a certificate with `archfarm ca issue-agent NAME` instead"
@@ -50,6 +50,7 @@ fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, String> {
     shared
         .store
         .use_join_token(&hash, &request.name)
+        .await
         .map_err(store_error)?
         .map_err(|why| format!("{why}; create a new one with `archfarm agents token create` on a client"))?;
     pki::sign_agent_request(ca, &request.csr_pem, request.name.as_str())

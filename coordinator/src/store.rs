@@ -1,6 +1,11 @@
 //! The coordinator's durable state: builds, jobs, attempts, verified digests, published
 //! indexes and agent standing, in one SQLite file (WAL, synchronous=FULL). Every change is
-//! committed before the coordinator acts on it or acknowledges it. The only user of rusqlite.
+//! committed before the coordinator acts on it or acknowledges it: changes go to one writer
+//! thread that commits whatever is waiting together ([`writer`]), so a thousand builds share
+//! disk syncs and no async task blocks on one. Reads use their own connection. The only user
+//! of rusqlite.
+
+mod writer;
 
 use archfarm_shared::protocol::{
     AttemptDetail, BuildDetail, BuildRequest, BuildState, BuildSummary, JobDetail, JobState,
@@ -19,6 +24,12 @@ pub enum StoreError {
     /// A row holds something this version cannot read.
     #[error("state database: {0}")]
     Corrupt(String),
+    /// The transaction holding a change could not be committed.
+    #[error("state database: {0}")]
+    Commit(String),
+    /// The writer thread is gone (the coordinator is stopping).
+    #[error("state database: the writer has stopped")]
+    Closed,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -113,7 +124,8 @@ type SummaryRow = (String, i64, Option<i64>, String, String, Option<String>, Opt
 /// The state database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    writer: writer::Writer,
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T>
@@ -132,91 +144,113 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Store { reader: Mutex::new(reader), writer: writer::Writer::start(conn)? })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a new build and its jobs (one per platform, in order), all queued.
-    pub fn create_build(&self, build: &BuildId, req: &BuildRequest, jobs: &[(JobId, Platform)]) -> Result<()> {
+    pub async fn create_build(&self, build: &BuildId, req: &BuildRequest, jobs: &[(JobId, Platform)]) -> Result<()> {
         let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO builds (id, created_ms, state, request) VALUES (?1, ?2, ?3, ?4)",
-            params![build.as_str(), now_ms() as i64, BuildState::Running.as_str(), request],
-        )?;
-        for (position, (job, platform)) in jobs.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO jobs (id, build, position, platform, state) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![job.as_str(), build.as_str(), position as i64, platform.to_string(), JobState::Queued.as_str()],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        let build = build.to_string();
+        let jobs: Vec<(String, String)> = jobs.iter().map(|(j, p)| (j.to_string(), p.to_string())).collect();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO builds (id, created_ms, state, request) VALUES (?1, ?2, ?3, ?4)",
+                    params![build, now_ms() as i64, BuildState::Running.as_str(), request],
+                )?;
+                for (position, (job, platform)) in jobs.iter().enumerate() {
+                    c.execute(
+                        "INSERT INTO jobs (id, build, position, platform, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![job, build, position as i64, platform, JobState::Queued.as_str()],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Starts attempt `number` of `job` on `agent`.
-    pub fn start_attempt(&self, job: &JobId, number: u32, agent: &AgentName) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO attempts (job, number, agent, started_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![job.as_str(), number, agent.as_str(), now_ms() as i64],
-        )?;
-        tx.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.as_str(), JobState::Running.as_str()])?;
-        tx.commit()?;
-        Ok(())
+    pub async fn start_attempt(&self, job: &JobId, number: u32, agent: &AgentName) -> Result<()> {
+        let (job, agent) = (job.to_string(), agent.to_string());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO attempts (job, number, agent, started_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![job, number, agent, now_ms() as i64],
+                )?;
+                c.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job, JobState::Running.as_str()])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Ends an attempt. Only the first end counts: a late report for an attempt already ended
     /// (fenced) changes nothing, and the call returns false.
-    pub fn finish_attempt(&self, job: &JobId, number: u32, outcome: &str, detail: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE attempts SET finished_ms = ?3, outcome = ?4, detail = ?5 \
-             WHERE job = ?1 AND number = ?2 AND finished_ms IS NULL",
-            params![job.as_str(), number, now_ms() as i64, outcome, detail],
-        )?;
-        Ok(n == 1)
+    pub async fn finish_attempt(&self, job: &JobId, number: u32, outcome: &str, detail: &str) -> Result<bool> {
+        let (job, outcome, detail) = (job.to_string(), outcome.to_owned(), detail.to_owned());
+        self.writer.write(move |c| Ok(finish_attempt(c, &job, number, &outcome, &detail)?)).await
     }
 
     /// Marks a job queued again (after a lost or failed attempt).
-    pub fn requeue(&self, job: &JobId) -> Result<()> {
-        self.conn()
-            .execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.as_str(), JobState::Queued.as_str()])?;
-        Ok(())
+    pub async fn requeue(&self, job: &JobId) -> Result<()> {
+        let job = job.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job, JobState::Queued.as_str()])?;
+                Ok(())
+            })
+            .await
     }
 
-    /// Records a job's verified image.
-    pub fn job_verified(
-        &self,
-        job: &JobId,
-        digest: &Digest,
-        media_type: &str,
-        size: u64,
-        agent: &AgentName,
-        duration_ms: u64,
-    ) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET state = ?2, digest = ?3, media_type = ?4, size = ?5, agent = ?6, duration_ms = ?7, error = NULL WHERE id = ?1",
-            params![job.as_str(), JobState::Verified.as_str(), digest.as_str(), media_type, size as i64, agent.as_str(), duration_ms as i64],
-        )?;
-        Ok(())
+    /// Records in one change that an attempt pushed an image which was verified: the attempt
+    /// ends as pushed, the job holds the image, the agent's run of failures is reset.
+    pub async fn attempt_verified(&self, job: &JobId, number: u32, image: VerifiedImage) -> Result<()> {
+        let job = job.to_string();
+        self.writer
+            .write(move |c| {
+                let VerifiedImage { digest, media_type, size, agent, duration_ms } = image;
+                finish_attempt(c, &job, number, "pushed", digest.as_str())?;
+                c.execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent.as_str()])?;
+                c.execute(
+                    "UPDATE jobs SET state = ?2, digest = ?3, media_type = ?4, size = ?5, agent = ?6, duration_ms = ?7, \
+                     error = NULL WHERE id = ?1",
+                    params![
+                        job,
+                        JobState::Verified.as_str(),
+                        digest.as_str(),
+                        media_type,
+                        size as i64,
+                        agent.as_str(),
+                        duration_ms as i64
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Ends a job without an image (failed or cancelled).
-    pub fn job_ended(&self, job: &JobId, state: JobState, error: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
-            params![job.as_str(), state.as_str(), error],
-        )?;
-        Ok(())
+    pub async fn job_ended(&self, job: &JobId, state: JobState, error: &str) -> Result<()> {
+        let (job, error) = (job.to_string(), error.to_owned());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
+                    params![job, state.as_str(), error],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Sets a build's state; a final state also records when, and the index or the error.
-    pub fn set_build_state(
+    pub async fn set_build_state(
         &self,
         build: &BuildId,
         state: BuildState,
@@ -224,12 +258,17 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         let finished = state.is_final().then(|| now_ms() as i64);
-        self.conn().execute(
-            "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
-             index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
-            params![build.as_str(), state.as_str(), finished, index.map(Digest::as_str), error],
-        )?;
-        Ok(())
+        let (build, index, error) = (build.to_string(), index.map(Digest::to_string), error.map(str::to_owned));
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
+                     index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
+                    params![build, state.as_str(), finished, index, error],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// The request a build was started with.
@@ -344,31 +383,45 @@ impl Store {
     }
 
     /// Counts an infrastructure failure against an agent; returns its consecutive failures.
-    pub fn agent_failed(&self, agent: &AgentName) -> Result<u32> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO agents (name, failures) VALUES (?1, 1) ON CONFLICT(name) DO UPDATE SET failures = failures + 1",
-            params![agent.as_str()],
-        )?;
-        Ok(conn
-            .query_row("SELECT failures FROM agents WHERE name = ?1", params![agent.as_str()], |r| r.get::<_, i64>(0))?
-            as u32)
+    pub async fn agent_failed(&self, agent: &AgentName) -> Result<u32> {
+        let agent = agent.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO agents (name, failures) VALUES (?1, 1) \
+                     ON CONFLICT(name) DO UPDATE SET failures = failures + 1",
+                    params![agent],
+                )?;
+                Ok(c.query_row("SELECT failures FROM agents WHERE name = ?1", params![agent], |r| r.get::<_, i64>(0))?
+                    as u32)
+            })
+            .await
     }
 
     /// Resets an agent's consecutive failures after a success.
-    pub fn agent_succeeded(&self, agent: &AgentName) -> Result<()> {
-        self.conn().execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent.as_str()])?;
-        Ok(())
+    pub async fn agent_succeeded(&self, agent: &AgentName) -> Result<()> {
+        let agent = agent.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Quarantines an agent: it stays connected but gets no jobs.
-    pub fn quarantine(&self, agent: &AgentName, reason: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
-             ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
-            params![agent.as_str(), reason],
-        )?;
-        Ok(())
+    pub async fn quarantine(&self, agent: &AgentName, reason: &str) -> Result<()> {
+        let (agent, reason) = (agent.to_string(), reason.to_owned());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
+                     ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
+                    params![agent, reason],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Why an agent is quarantined, if it is.
@@ -383,55 +436,71 @@ impl Store {
     }
 
     /// Records a join token (by hash) valid until `expires_ms`.
-    pub fn add_join_token(&self, hash: &str, expires_ms: u64) -> Result<()> {
-        self.conn()
-            .execute("INSERT INTO join_tokens (hash, expires_ms) VALUES (?1, ?2)", params![hash, expires_ms as i64])?;
-        Ok(())
+    pub async fn add_join_token(&self, hash: &str, expires_ms: u64) -> Result<()> {
+        let hash = hash.to_owned();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO join_tokens (hash, expires_ms) VALUES (?1, ?2)",
+                    params![hash, expires_ms as i64],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Uses a join token for `name`: succeeds once, before it expires.
-    pub fn use_join_token(&self, hash: &str, name: &AgentName) -> Result<std::result::Result<(), &'static str>> {
-        let conn = self.conn();
-        let row: Option<(i64, Option<i64>)> = conn
-            .query_row("SELECT expires_ms, used_ms FROM join_tokens WHERE hash = ?1", params![hash], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+    pub async fn use_join_token(&self, hash: &str, name: &AgentName) -> Result<std::result::Result<(), &'static str>> {
+        let (hash, name) = (hash.to_owned(), name.to_string());
+        self.writer
+            .write(move |c| {
+                let row: Option<(i64, Option<i64>)> = c
+                    .query_row("SELECT expires_ms, used_ms FROM join_tokens WHERE hash = ?1", params![hash], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                Ok(match row {
+                    None => Err("unknown join token"),
+                    Some((_, Some(_))) => Err("this join token was already used"),
+                    Some((expires, None)) if expires as u64 <= now_ms() => Err("this join token has expired"),
+                    Some(_) => {
+                        c.execute(
+                            "UPDATE join_tokens SET used_ms = ?2, used_by = ?3 WHERE hash = ?1 AND used_ms IS NULL",
+                            params![hash, now_ms() as i64, name],
+                        )?;
+                        Ok(())
+                    }
+                })
             })
-            .optional()?;
-        let verdict = match row {
-            None => Err("unknown join token"),
-            Some((_, Some(_))) => Err("this join token was already used"),
-            Some((expires, None)) if expires as u64 <= now_ms() => Err("this join token has expired"),
-            Some(_) => {
-                let n = conn.execute(
-                    "UPDATE join_tokens SET used_ms = ?2, used_by = ?3 WHERE hash = ?1 AND used_ms IS NULL",
-                    params![hash, now_ms() as i64, name.as_str()],
-                )?;
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err("this join token was already used")
-                }
-            }
-        };
-        Ok(verdict)
+            .await
     }
 
     /// Records a named client token (by hash). Fails if the name is taken.
-    pub fn add_client_token(&self, name: &str, hash: &str) -> Result<std::result::Result<(), String>> {
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO client_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
-            params![name, hash, now_ms() as i64],
-        )?;
-        Ok(if n == 1 { Ok(()) } else { Err(format!("a client token named {name:?} already exists")) })
+    pub async fn add_client_token(&self, name: &str, hash: &str) -> Result<std::result::Result<(), String>> {
+        let (name, hash) = (name.to_owned(), hash.to_owned());
+        self.writer
+            .write(move |c| {
+                let n = c.execute(
+                    "INSERT OR IGNORE INTO client_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
+                    params![name, hash, now_ms() as i64],
+                )?;
+                Ok(if n == 1 { Ok(()) } else { Err(format!("a client token named {name:?} already exists")) })
+            })
+            .await
     }
 
     /// Revokes a named client token; returns whether it existed and was live.
-    pub fn revoke_client_token(&self, name: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE client_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-            params![name, now_ms() as i64],
-        )?;
-        Ok(n == 1)
+    pub async fn revoke_client_token(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE client_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                    params![name, now_ms() as i64],
+                )?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     /// Whether a live (not revoked) client token has this hash.
@@ -444,12 +513,17 @@ impl Store {
     }
 
     /// Revokes an agent by name, for good.
-    pub fn revoke_agent(&self, name: &AgentName) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
-            params![name.as_str(), now_ms() as i64],
-        )?;
-        Ok(())
+    pub async fn revoke_agent(&self, name: &AgentName) -> Result<()> {
+        let name = name.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
+                    params![name, now_ms() as i64],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Whether an agent is revoked.
@@ -460,6 +534,30 @@ impl Store {
             .optional()?
             .is_some())
     }
+}
+
+/// What a verified attempt records.
+#[derive(Debug, Clone)]
+pub struct VerifiedImage {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The agent that pushed it.
+    pub agent: AgentName,
+    /// Time from the job's start to verification.
+    pub duration_ms: u64,
+}
+
+fn finish_attempt(c: &Connection, job: &str, number: u32, outcome: &str, detail: &str) -> rusqlite::Result<bool> {
+    let n = c.execute(
+        "UPDATE attempts SET finished_ms = ?3, outcome = ?4, detail = ?5 \
+         WHERE job = ?1 AND number = ?2 AND finished_ms IS NULL",
+        params![job, number, now_ms() as i64, outcome, detail],
+    )?;
+    Ok(n == 1)
 }
 
 /// A build's job rows, in platform order: what recovery and `builds show` both read.
@@ -518,8 +616,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_build_survives_reopening_with_jobs_attempts_and_digests() {
+    #[tokio::test]
+    async fn a_build_survives_reopening_with_jobs_attempts_and_digests() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let build = BuildId::random();
@@ -533,15 +631,21 @@ mod tests {
                 &req,
                 &[(j1.clone(), req.platforms[0].clone()), (j2.clone(), req.platforms[1].clone())],
             )
+            .await
             .unwrap();
-            s.start_attempt(&j1, 1, &agent).unwrap();
-            assert!(s.finish_attempt(&j1, 1, "lost", "agent went away").unwrap());
-            assert!(!s.finish_attempt(&j1, 1, "pushed", "late").unwrap(), "a late report is fenced");
-            s.requeue(&j1).unwrap();
-            s.start_attempt(&j1, 2, &agent).unwrap();
-            assert!(s.finish_attempt(&j1, 2, "pushed", "").unwrap());
-            s.job_verified(&j1, &Digest::of(b"m"), "application/vnd.oci.image.manifest.v1+json", 400, &agent, 1234)
-                .unwrap();
+            s.start_attempt(&j1, 1, &agent).await.unwrap();
+            assert!(s.finish_attempt(&j1, 1, "lost", "agent went away").await.unwrap());
+            assert!(!s.finish_attempt(&j1, 1, "pushed", "late").await.unwrap(), "a late report is fenced");
+            s.requeue(&j1).await.unwrap();
+            s.start_attempt(&j1, 2, &agent).await.unwrap();
+            let image = VerifiedImage {
+                digest: Digest::of(b"m"),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: 400,
+                agent: agent.clone(),
+                duration_ms: 1234,
+            };
+            s.attempt_verified(&j1, 2, image).await.unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.unfinished().unwrap(), vec![build.clone()]);
@@ -558,54 +662,54 @@ mod tests {
         );
         assert_eq!(detail.jobs[0].attempts[0].detail.as_deref(), Some("agent went away"));
 
-        s.job_ended(&j2, JobState::Failed, "exit code: 1").unwrap();
-        s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed")).unwrap();
+        s.job_ended(&j2, JobState::Failed, "exit code: 1").await.unwrap();
+        s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed")).await.unwrap();
         assert!(s.unfinished().unwrap().is_empty());
         let listed = s.list(10).unwrap();
         assert_eq!(listed[0].state, BuildState::Failed);
         assert!(listed[0].finished_ms.is_some());
         assert_eq!(listed[0].error.as_deref(), Some("linux/arm64 failed"));
         // A verified job is never turned back into a failure.
-        s.job_ended(&j1, JobState::Cancelled, "x").unwrap();
+        s.job_ended(&j1, JobState::Cancelled, "x").await.unwrap();
         assert_eq!(s.jobs(&build).unwrap()[0].state, JobState::Verified);
     }
 
-    #[test]
-    fn agent_standing_persists() {
+    #[tokio::test]
+    async fn agent_standing_persists() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let a: AgentName = "arm64-2".parse().unwrap();
-        assert_eq!(s.agent_failed(&a).unwrap(), 1);
-        assert_eq!(s.agent_failed(&a).unwrap(), 2);
-        s.agent_succeeded(&a).unwrap();
-        assert_eq!(s.agent_failed(&a).unwrap(), 1);
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 1);
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 2);
+        s.agent_succeeded(&a).await.unwrap();
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 1);
         assert_eq!(s.quarantined(&a).unwrap(), None);
-        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").unwrap();
+        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").await.unwrap();
         assert_eq!(s.quarantined(&a).unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
     }
 
-    #[test]
-    fn join_tokens_are_one_time_and_expire_client_tokens_and_agents_revoke() {
+    #[tokio::test]
+    async fn join_tokens_are_one_time_and_expire_client_tokens_and_agents_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let a: AgentName = "new-1".parse().unwrap();
-        s.add_join_token("h1", now_ms() + 60_000).unwrap();
-        assert_eq!(s.use_join_token("h1", &a).unwrap(), Ok(()));
-        assert_eq!(s.use_join_token("h1", &a).unwrap(), Err("this join token was already used"));
-        s.add_join_token("h2", now_ms() - 1).unwrap();
-        assert_eq!(s.use_join_token("h2", &a).unwrap(), Err("this join token has expired"));
-        assert_eq!(s.use_join_token("nope", &a).unwrap(), Err("unknown join token"));
+        s.add_join_token("h1", now_ms() + 60_000).await.unwrap();
+        assert_eq!(s.use_join_token("h1", &a).await.unwrap(), Ok(()));
+        assert_eq!(s.use_join_token("h1", &a).await.unwrap(), Err("this join token was already used"));
+        s.add_join_token("h2", now_ms() - 1).await.unwrap();
+        assert_eq!(s.use_join_token("h2", &a).await.unwrap(), Err("this join token has expired"));
+        assert_eq!(s.use_join_token("nope", &a).await.unwrap(), Err("unknown join token"));
 
-        assert_eq!(s.add_client_token("ci", "th").unwrap(), Ok(()));
-        assert!(s.add_client_token("ci", "other").unwrap().is_err());
+        assert_eq!(s.add_client_token("ci", "th").await.unwrap(), Ok(()));
+        assert!(s.add_client_token("ci", "other").await.unwrap().is_err());
         assert!(s.client_token_live("th").unwrap());
-        assert!(s.revoke_client_token("ci").unwrap());
-        assert!(!s.revoke_client_token("ci").unwrap());
+        assert!(s.revoke_client_token("ci").await.unwrap());
+        assert!(!s.revoke_client_token("ci").await.unwrap());
         assert!(!s.client_token_live("th").unwrap());
 
         assert!(!s.agent_revoked(&a).unwrap());
-        s.revoke_agent(&a).unwrap();
-        s.revoke_agent(&a).unwrap();
+        s.revoke_agent(&a).await.unwrap();
+        s.revoke_agent(&a).await.unwrap();
         assert!(s.agent_revoked(&a).unwrap());
     }
 }
