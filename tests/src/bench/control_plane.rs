@@ -91,16 +91,19 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// User plus system CPU seconds a process has used.
+/// User plus system CPU seconds a process (all its threads) has used.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    match (f.get(11), f.get(12)) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => f64::NAN,
-    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| stat_cpu_secs(&s)).unwrap_or(f64::NAN)
+}
+
+/// utime + stime from a `/proc/PID/stat` line, in seconds. The command name may hold spaces
+/// and parentheses; counting starts after its last ')', at the state (field 3): utime is field
+/// 14, stime 15, in clock ticks (USER_HZ, 100 on Linux).
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -377,4 +380,16 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
              syncs do not set the pace; the build figures use a registry on disk."
         )],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_time_is_read_after_the_command_name_from_the_state_on() {
+        let line = "4242 (docker (re)gistry) S 1 4242 4242 0 -1 4194560 9000 0 3 0 1234 567 8 9 20 0 12 0 100";
+        assert_eq!(super::stat_cpu_secs(line), Some(18.01));
+        assert_eq!(super::stat_cpu_secs("garbage"), None);
+        let own = super::cpu_secs(std::process::id());
+        assert!(own.is_finite() && own >= 0.0, "{own}");
+    }
 }
