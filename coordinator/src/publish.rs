@@ -107,10 +107,6 @@ pub async fn publish(registry: &Registry, tags: &[ImageReference], children: &[C
     let bytes = oci::index_json(children).map_err(|e| e.to_string())?;
     let digest = Digest::of(&bytes);
     let first = tags.first().ok_or("no tag to publish under")?;
-    with_retries("authenticating to the registry", || async {
-        registry.authorize_push(first).await.map_err(|e| e.to_string())
-    })
-    .await?;
     for tag in tags {
         with_retries(&format!("publishing the index under {}", tag.whole()), || async {
             registry.push_manifest(tag, bytes.clone().into(), oci::OCI_INDEX).await.map_err(|e| e.to_string())

@@ -89,7 +89,13 @@ pub struct Registry {
     client: Client,
     auth: RegistryAuth,
     host: String,
+    calls: tokio::sync::Semaphore,
 }
+
+/// Calls one client makes to its registry at the same time, at most. A coordinator verifying
+/// thousands of builds at once would otherwise open a connection for each; past a few dozen
+/// a registry only answers slower, and spends its CPU on connections instead of answers.
+pub const MAX_CONCURRENT_CALLS: usize = 64;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,7 +114,7 @@ impl Registry {
             ClientProtocol::Https
         };
         let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
-        Registry { auth: credentials(&host), client, host }
+        Registry { auth: credentials(&host), client, host, calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS) }
     }
 
     /// A client for the registry of `reference`, shared by everyone in this process who talks
@@ -131,12 +137,17 @@ impl Registry {
         }
     }
 
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.calls.acquire().await.unwrap_or_else(|_| unreachable!("the semaphore is never closed"))
+    }
+
     fn fail(&self, op: &'static str, reference: &Reference, e: impl std::fmt::Display) -> RegistryError {
         RegistryError::Call { registry: self.host.clone(), op, reference: reference.whole(), message: e.to_string() }
     }
 
     /// Authenticates for pushing into the repository of `reference` (needed before raw pushes).
     pub async fn authorize_push(&self, reference: &Reference) -> Result<(), RegistryError> {
+        let _permit = self.permit().await;
         self.client
             .auth(reference, &self.auth, RegistryOperation::Push)
             .await
@@ -146,6 +157,7 @@ impl Registry {
 
     /// Whether the repository holds a blob (an error counts as no: the caller uploads it).
     pub async fn has_blob(&self, repo: &Reference, digest: &Digest) -> bool {
+        let _permit = self.permit().await;
         self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false)
     }
 
@@ -154,6 +166,7 @@ impl Registry {
         if self.has_blob(repo, digest).await {
             return Ok(false);
         }
+        let _permit = self.permit().await;
         self.client
             .push_blob(repo, data, digest.as_str())
             .await
@@ -171,6 +184,9 @@ impl Registry {
         let content_type = media_type
             .parse()
             .map_err(|e| self.fail("push manifest", reference, format!("media type {media_type}: {e}")))?;
+        let _permit = self.permit().await;
+        // Credentials only: a token, if the registry wants one, is fetched by the push itself.
+        self.client.store_auth_if_needed(&self.host, &self.auth).await;
         self.client
             .push_manifest_raw(reference, bytes, content_type)
             .await
@@ -181,6 +197,7 @@ impl Registry {
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
     /// reference names a digest, the client checks the bytes against it.
     pub async fn manifest(&self, reference: &Reference, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
+        let _permit = self.permit().await;
         let (bytes, digest) = self
             .client
             .pull_manifest_raw(reference, &self.auth, accept)
@@ -197,10 +214,12 @@ impl Registry {
     pub async fn blob(&self, repo: &Reference, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         let mut out = Vec::new();
         let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
+        let permit = self.permit().await;
         self.client
             .pull_blob(repo, &layer, &mut out)
             .await
             .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
+        drop(permit);
         if Digest::of(&out) != *digest {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
         }
