@@ -153,6 +153,11 @@ impl Store {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// One statement as one change; returns the rows it changed.
+    async fn execute(&self, sql: &'static str, params: impl rusqlite::Params + Send + 'static) -> Result<usize> {
+        self.writer.write(move |c| Ok(c.execute(sql, params)?)).await
+    }
+
     /// Records a new build and its jobs (one per platform, in order), all queued.
     pub async fn create_build(&self, build: &BuildId, req: &BuildRequest, jobs: &[(JobId, Platform)]) -> Result<()> {
         let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -199,13 +204,8 @@ impl Store {
 
     /// Marks a job queued again (after a lost or failed attempt).
     pub async fn requeue(&self, job: &JobId) -> Result<()> {
-        let job = job.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job, JobState::Queued.as_str()])?;
-                Ok(())
-            })
-            .await
+        self.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", (job.to_string(), JobState::Queued.as_str())).await?;
+        Ok(())
     }
 
     /// Records in one change that an attempt pushed an image which was verified: the attempt
@@ -237,16 +237,12 @@ impl Store {
 
     /// Ends a job without an image (failed or cancelled).
     pub async fn job_ended(&self, job: &JobId, state: JobState, error: &str) -> Result<()> {
-        let (job, error) = (job.to_string(), error.to_owned());
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
-                    params![job, state.as_str(), error],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute(
+            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
+            (job.to_string(), state.as_str(), error.to_owned()),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Sets a build's state; a final state also records when, and the index or the error.
@@ -258,17 +254,13 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         let finished = state.is_final().then(|| now_ms() as i64);
-        let (build, index, error) = (build.to_string(), index.map(Digest::to_string), error.map(str::to_owned));
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
-                     index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
-                    params![build, state.as_str(), finished, index, error],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute(
+            "UPDATE builds SET state = ?2, finished_ms = COALESCE(?3, finished_ms), \
+             index_digest = COALESCE(?4, index_digest), error = ?5 WHERE id = ?1",
+            (build.to_string(), state.as_str(), finished, index.map(Digest::to_string), error.map(str::to_owned)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The request a build was started with.
@@ -398,30 +390,15 @@ impl Store {
             .await
     }
 
-    /// Resets an agent's consecutive failures after a success.
-    pub async fn agent_succeeded(&self, agent: &AgentName) -> Result<()> {
-        let agent = agent.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent])?;
-                Ok(())
-            })
-            .await
-    }
-
     /// Quarantines an agent: it stays connected but gets no jobs.
     pub async fn quarantine(&self, agent: &AgentName, reason: &str) -> Result<()> {
-        let (agent, reason) = (agent.to_string(), reason.to_owned());
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
-                     ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
-                    params![agent, reason],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute(
+            "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
+            (agent.to_string(), reason.to_owned()),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Why an agent is quarantined, if it is.
@@ -437,16 +414,12 @@ impl Store {
 
     /// Records a join token (by hash) valid until `expires_ms`.
     pub async fn add_join_token(&self, hash: &str, expires_ms: u64) -> Result<()> {
-        let hash = hash.to_owned();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO join_tokens (hash, expires_ms) VALUES (?1, ?2)",
-                    params![hash, expires_ms as i64],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute(
+            "INSERT INTO join_tokens (hash, expires_ms) VALUES (?1, ?2)",
+            (hash.to_owned(), expires_ms as i64),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Uses a join token for `name`: succeeds once, before it expires.
@@ -477,30 +450,24 @@ impl Store {
 
     /// Records a named client token (by hash). Fails if the name is taken.
     pub async fn add_client_token(&self, name: &str, hash: &str) -> Result<std::result::Result<(), String>> {
-        let (name, hash) = (name.to_owned(), hash.to_owned());
-        self.writer
-            .write(move |c| {
-                let n = c.execute(
-                    "INSERT OR IGNORE INTO client_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
-                    params![name, hash, now_ms() as i64],
-                )?;
-                Ok(if n == 1 { Ok(()) } else { Err(format!("a client token named {name:?} already exists")) })
-            })
-            .await
+        let n = self
+            .execute(
+                "INSERT OR IGNORE INTO client_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
+                (name.to_owned(), hash.to_owned(), now_ms() as i64),
+            )
+            .await?;
+        Ok(if n == 1 { Ok(()) } else { Err(format!("a client token named {name:?} already exists")) })
     }
 
     /// Revokes a named client token; returns whether it existed and was live.
     pub async fn revoke_client_token(&self, name: &str) -> Result<bool> {
-        let name = name.to_owned();
-        self.writer
-            .write(move |c| {
-                let n = c.execute(
-                    "UPDATE client_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-                    params![name, now_ms() as i64],
-                )?;
-                Ok(n == 1)
-            })
-            .await
+        let n = self
+            .execute(
+                "UPDATE client_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                (name.to_owned(), now_ms() as i64),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Whether a live (not revoked) client token has this hash.
@@ -514,16 +481,12 @@ impl Store {
 
     /// Revokes an agent by name, for good.
     pub async fn revoke_agent(&self, name: &AgentName) -> Result<()> {
-        let name = name.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
-                    params![name, now_ms() as i64],
-                )?;
-                Ok(())
-            })
-            .await
+        self.execute(
+            "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
+            (name.to_string(), now_ms() as i64),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Whether an agent is revoked.
@@ -638,6 +601,7 @@ mod tests {
             assert!(!s.finish_attempt(&j1, 1, "pushed", "late").await.unwrap(), "a late report is fenced");
             s.requeue(&j1).await.unwrap();
             s.start_attempt(&j1, 2, &agent).await.unwrap();
+            assert_eq!(s.agent_failed(&agent).await.unwrap(), 1);
             let image = VerifiedImage {
                 digest: Digest::of(b"m"),
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -646,6 +610,8 @@ mod tests {
                 duration_ms: 1234,
             };
             s.attempt_verified(&j1, 2, image).await.unwrap();
+            // A verified image ends the agent's run of failures.
+            assert_eq!(s.agent_failed(&agent).await.unwrap(), 1);
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.unfinished().unwrap(), vec![build.clone()]);
@@ -681,8 +647,6 @@ mod tests {
         let a: AgentName = "arm64-2".parse().unwrap();
         assert_eq!(s.agent_failed(&a).await.unwrap(), 1);
         assert_eq!(s.agent_failed(&a).await.unwrap(), 2);
-        s.agent_succeeded(&a).await.unwrap();
-        assert_eq!(s.agent_failed(&a).await.unwrap(), 1);
         assert_eq!(s.quarantined(&a).unwrap(), None);
         s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").await.unwrap();
         assert_eq!(s.quarantined(&a).unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
