@@ -14,13 +14,17 @@
 //! - [`registry`]: the registry adapter (the only user of oci-client).
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
+//! - [`clock`]: wall-clock milliseconds, as recorded and shown.
+//! - [`outcome`]: how an attempt at a job ended.
 //! - [`tarball`]: what a build-context tarball may hold.
 
 pub mod chunking;
+pub mod clock;
 pub mod codec;
 pub mod content;
 pub mod ids;
 pub mod oci;
+pub mod outcome;
 pub mod pki;
 pub mod platform;
 pub mod protocol;

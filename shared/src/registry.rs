@@ -8,7 +8,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use oci_client::Reference as ImageReference;
@@ -81,7 +81,7 @@ pub fn credentials(registry: &str) -> RegistryAuth {
     }
 }
 
-/// How long a [`Registry::shared`] client is used before a new one is made.
+/// How long a [`RegistryClients`] client is used before a new one is made.
 pub const SHARED_CLIENT_TTL: Duration = Duration::from_secs(600);
 
 /// A client for one registry, authenticated with the Docker config's credentials.
@@ -117,24 +117,12 @@ impl Registry {
         Registry { auth: credentials(&host), client, host, calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS) }
     }
 
-    /// A client for the registry of `reference`, shared by everyone in this process who talks
-    /// to that registry. A client loads the TLS roots and keeps connections and tokens: one per
-    /// request (per build, per push) pays for all of that every time. It is made again after
-    /// [`SHARED_CLIENT_TTL`], so rotated credentials are picked up.
+    /// Temporary: the agent's process-wide client cache, until the agent owns a
+    /// [`RegistryClients`].
     pub fn shared(reference: &Reference, insecure: &[String]) -> Arc<Registry> {
-        type Clients = Mutex<HashMap<(String, bool), (Instant, Arc<Registry>)>>;
-        static CLIENTS: OnceLock<Clients> = OnceLock::new();
-        let host = reference.resolve_registry().to_owned();
-        let plain = insecure.iter().any(|h| h == &host);
-        let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        match clients.get(&(host.clone(), plain)) {
-            Some((made, client)) if made.elapsed() < SHARED_CLIENT_TTL => client.clone(),
-            _ => {
-                let client = Arc::new(Registry::for_reference(reference, insecure));
-                clients.insert((host, plain), (Instant::now(), client.clone()));
-                client
-            }
-        }
+        type Clients = std::sync::OnceLock<RegistryClients>;
+        static CLIENTS: Clients = Clients::new();
+        CLIENTS.get_or_init(|| RegistryClients::new(insecure.to_vec())).get(reference)
     }
 
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
@@ -224,6 +212,39 @@ impl Registry {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
         }
         Ok(out)
+    }
+}
+
+/// One client per registry, made on first use and kept: a client loads the TLS roots and keeps
+/// connections and tokens, and one per request (per build, per push) would pay for all of that
+/// every time. A client is made again after [`SHARED_CLIENT_TTL`], so rotated credentials are
+/// picked up. Owned by whoever talks to registries (the coordinator's state, an agent's
+/// executor); nothing is process-wide.
+#[derive(Debug)]
+pub struct RegistryClients {
+    insecure: Vec<String>,
+    clients: Mutex<HashMap<String, (Instant, Arc<Registry>)>>,
+}
+
+impl RegistryClients {
+    /// No clients yet. Registries in `insecure` (configured `insecure_registries`) are reached
+    /// over plain http, as loopback registries are.
+    pub fn new(insecure: Vec<String>) -> Self {
+        RegistryClients { insecure, clients: Mutex::default() }
+    }
+
+    /// The client for the registry of `reference`.
+    pub fn get(&self, reference: &Reference) -> Arc<Registry> {
+        let host = reference.resolve_registry().to_owned();
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&host) {
+            Some((made, client)) if made.elapsed() < SHARED_CLIENT_TTL => client.clone(),
+            _ => {
+                let client = Arc::new(Registry::for_reference(reference, &self.insecure));
+                clients.insert(host, (Instant::now(), client.clone()));
+                client
+            }
+        }
     }
 }
 
