@@ -77,7 +77,7 @@ pub async fn admin(remote: &Remote, request: ClientRequest) -> anyhow::Result<()
         ClientResponse::Token { token, expires_ms } => {
             println!("{token}");
             if let Some(ms) = expires_ms {
-                let left = ms.saturating_sub(crate::store::now_ms()) / 1000;
+                let left = ms.saturating_sub(archfarm_shared::clock::now_ms()) / 1000;
                 eprintln!("valid once, for {left} s; it is shown only now");
             } else {
                 eprintln!("shown only now; the coordinator keeps only its hash");

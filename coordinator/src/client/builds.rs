@@ -11,7 +11,7 @@ use archfarm_shared::BuildId;
 use std::fmt::Write;
 
 fn ago(ms: u64) -> String {
-    let secs = crate::store::now_ms().saturating_sub(ms) / 1000;
+    let secs = archfarm_shared::clock::now_ms().saturating_sub(ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),

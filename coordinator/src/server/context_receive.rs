@@ -1,11 +1,12 @@
 //! Receiving a build context as content-defined chunks: the client names every chunk, the
 //! coordinator asks only for those it lacks, and rebuilds the whole tarball in one pass that
 //! checks each chunk's digest, the whole digest and what the tarball holds, while it is written.
-//! `data_dir/chunks` remembers where each chunk lies in a stored context (a reference, not a
-//! copy), so the next upload of a slightly changed context sends only the chunks around the
-//! change. Chunks are hashed as they arrive, beside the thread that writes the tarball.
+//! Stored chunks ([`ChunkStore`]) are read back instead of sent again. Chunks are hashed as they
+//! arrive, beside the thread that writes the tarball. A context sent whole (`UploadContext`) is
+//! stored, then checked the same way.
 
-use crate::server::Shared;
+use super::chunk_store::ChunkStore;
+use super::state::Shared;
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::ClientResponse;
 use archfarm_shared::{codec, tarball, Digest};
@@ -13,65 +14,13 @@ use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tokio::sync::mpsc;
 
 /// Largest chunk accepted (the client's chunker makes at most 4 MiB).
 pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 /// Chunks the coordinator will read ahead of the one being written.
 const READ_AHEAD: usize = 4;
-
-/// Where chunks of stored contexts lie, by chunk digest: a small file per chunk naming the
-/// context file, offset and length. Nothing is copied. A reference whose context was pruned, or
-/// whose bytes no longer match, is found when read, removed, and the chunk asked for again.
-#[derive(Debug, Clone)]
-pub struct ChunkStore {
-    dir: PathBuf,
-}
-
-impl ChunkStore {
-    /// Opens (and creates) `dir`.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        Ok(ChunkStore { dir: dir.to_owned() })
-    }
-
-    fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(digest.hex())
-    }
-
-    fn reference(&self, digest: &Digest) -> Option<(PathBuf, u64)> {
-        let text = std::fs::read_to_string(self.path(digest)).ok()?;
-        let (file, offset) = text.trim_end().rsplit_once(' ')?;
-        Some((PathBuf::from(file), offset.parse().ok()?))
-    }
-
-    fn contains(&self, digest: &Digest) -> bool {
-        self.reference(digest).is_some_and(|(file, _)| file.is_file())
-    }
-
-    /// Records that `digest` lies at `offset` in `file`.
-    fn remember(&self, digest: &Digest, file: &Path, offset: u64) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
-        std::fs::write(&tmp, format!("{} {offset}\n", file.display()))?;
-        std::fs::rename(&tmp, self.path(digest))
-    }
-
-    fn forget(&self, digest: &Digest) {
-        let _ = std::fs::remove_file(self.path(digest));
-    }
-
-    /// The bytes of a chunk, read from the context that holds it.
-    fn read(&self, chunk: &Chunk) -> Option<Bytes> {
-        use std::io::{Seek, SeekFrom};
-        let (file, offset) = self.reference(&chunk.digest)?;
-        let mut f = std::fs::File::open(file).ok()?;
-        f.seek(SeekFrom::Start(offset)).ok()?;
-        let mut buf = vec![0u8; chunk.size as usize];
-        f.read_exact(&mut buf).ok()?;
-        Some(Bytes::from(buf))
-    }
-}
 
 fn sha256(bytes: &[u8]) -> Digest {
     Digest::from_sha256(sha2::Sha256::digest(bytes).into())
@@ -98,6 +47,32 @@ pub fn check_plan(size: u64, chunks: &[Chunk], max_bytes: u64) -> Result<(), Str
     Ok(())
 }
 
+/// Serves `UploadContext`: the whole tarball follows on the stream. It is stored, then checked;
+/// a context that fails the check is deleted again.
+pub async fn receive_whole(
+    shared: &Shared,
+    digest: &Digest,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), String> {
+    let path = shared.contexts.receive(digest, size, recv).await?;
+    let checked = path.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&checked).map_err(|e| format!("cannot read the stored context: {e}"))?;
+        tarball::check(std::io::BufReader::new(file))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match verdict {
+        Ok(_) => Ok(()),
+        Err(reason) => {
+            tracing::warn!(context = %digest, "refused build context: {reason}");
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(reason)
+        }
+    }
+}
+
 /// Indexes of the chunks to ask for: those the store lacks, each digest once.
 fn wanted(store: &ChunkStore, chunks: &[Chunk]) -> (Vec<u32>, Vec<bool>) {
     let mut seen = HashSet::new();
@@ -114,7 +89,7 @@ fn wanted(store: &ChunkStore, chunks: &[Chunk]) -> (Vec<u32>, Vec<bool>) {
 
 /// Serves `UploadChunked` on its stream: asks for the missing chunks, receives them, and
 /// stores the context once every check passed. Returns the answer to send last.
-pub async fn receive(
+pub async fn receive_chunked(
     shared: &Shared,
     digest: &Digest,
     size: u64,

@@ -2,7 +2,9 @@
 //! a key it generated, and gets back a certificate signed by the farm CA. Needs the CA key
 //! (`tls.ca_key`); without it the coordinator refuses enrollment and says so.
 
-use crate::server::{on_codec_error, Shared};
+use super::state::Shared;
+use super::store::StoreError;
+use super::wire::on_codec_error;
 use archfarm_shared::codec;
 use archfarm_shared::pki::{self, CertifiedKey};
 use archfarm_shared::protocol::{close, EnrollRequest, EnrollResponse};
@@ -42,7 +44,7 @@ async fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, Stri
                     Issue a certificate with `archfarm ca issue-agent NAME` instead"
             .into());
     };
-    let store_error = |e: crate::store::StoreError| e.to_string();
+    let store_error = |e: StoreError| e.to_string();
     if shared.store.agent_revoked(&request.name).map_err(store_error)? {
         return Err(format!("agent {} is revoked; enroll under another name", request.name));
     }

@@ -1,14 +1,16 @@
 //! The live farm: connected agents, the scheduler, and jobs waiting for an agent. A thin,
 //! lock-protected shell around [`Scheduler`]: every placement decision is the scheduler's.
 
-use crate::scheduler::{NoAgent, Scheduler, Standing};
+use super::ports::AgentLink;
+use super::scheduler::{NoAgent, Scheduler, Standing};
 use archfarm_shared::protocol::{AgentInfo, Registration};
 use archfarm_shared::{AgentName, JobId, Platform};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// A connected agent, as jobs see it.
 #[derive(Debug, Clone)]
@@ -19,8 +21,8 @@ pub struct AgentHandle {
     pub address: SocketAddr,
     /// What it registered.
     pub registration: Registration,
-    /// Its QUIC connection; jobs open streams on it.
-    pub conn: quinn::Connection,
+    /// Its link: jobs run over it.
+    pub link: Arc<dyn AgentLink>,
 }
 
 /// Why a job could not get an agent.
@@ -68,7 +70,7 @@ impl Farm {
     pub fn register(&self, agent: AgentHandle, standing: Standing) -> Result<(), String> {
         let mut st = self.lock();
         if let Some(old) = st.agents.get(&agent.name) {
-            if old.conn.close_reason().is_none() {
+            if old.link.is_open() {
                 return Err(format!(
                     "an agent named {} is already connected from {}; each host needs its own certificate \
                      (`archfarm ca issue-agent NAME`)",
@@ -86,7 +88,7 @@ impl Farm {
     /// Removes an agent's connection (only if it is still the registered one).
     pub fn unregister(&self, name: &AgentName, conn_id: usize) {
         let mut st = self.lock();
-        if st.agents.get(name).map(|a| a.conn.stable_id()) != Some(conn_id) {
+        if st.agents.get(name).map(|a| a.link.id()) != Some(conn_id) {
             return;
         }
         st.agents.remove(name);
@@ -161,9 +163,12 @@ impl Farm {
         dispatch(&mut st);
     }
 
-    /// The connection of a connected agent.
-    pub fn connection(&self, name: &AgentName) -> Option<quinn::Connection> {
-        self.lock().agents.get(name).map(|a| a.conn.clone())
+    /// Closes a connected agent's link (revocation). The agent's session then unregisters it.
+    pub fn disconnect(&self, name: &AgentName, code: u32, reason: &str) {
+        let link = self.lock().agents.get(name).map(|a| a.link.clone());
+        if let Some(link) = link {
+            link.close(code, reason);
+        }
     }
 
     /// Connected agents for `archfarm agents ls`, sorted by name.

@@ -2,7 +2,7 @@
 //! Clients that start or watch a build subscribe here; the build's history is in the store.
 
 use archfarm_shared::protocol::BuildEvent;
-use archfarm_shared::BuildId;
+use archfarm_shared::{BuildId, Platform};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
@@ -26,6 +26,11 @@ impl Live {
     /// Sends an event to whoever watches (nobody is fine).
     pub fn emit(&self, event: BuildEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Sends a line of a platform's build log.
+    pub fn log(&self, platform: &Platform, line: String) {
+        self.emit(BuildEvent::Log { platform: platform.clone(), line });
     }
 }
 

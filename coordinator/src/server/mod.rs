@@ -1,59 +1,59 @@
-//! `archfarm serve`: one QUIC endpoint for agents and clients, told apart by ALPN.
+//! `archfarm serve`: the coordinator. One QUIC endpoint for agents, clients and enrolling
+//! agents, told apart by ALPN; each connection is served by its own module.
+//!
+//! # Layout
+//! - [`state`]: settings and the state every session shares.
+//! - [`wire`]: a protocol error closes that one connection, with its reason.
+//! - [`agent_link`]: one agent's connection: identity, registration, heartbeats, and its job
+//!   and context streams.
+//! - [`enroll`]: agents joining with a one-time join token.
+//! - [`client_session`]: one client's connection: the token check, then a stream per request.
+//! - [`handlers`]: one handler per client request.
+//! - [`context_receive`]: receiving a build context, checked as it is written.
+//! - [`chunk_store`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`auth`]: client tokens in the token file.
+//! - [`farm`]: connected agents and waiting jobs around the scheduler.
+//! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
+//! - [`live`]: running builds: their event channels and cancellation.
+//! - [`ports`]: the seams of orchestration: the agent link and the registry, as traits.
+//! - [`build`]: one build from request to published index; one platform's attempts.
+//! - [`publish`]: verifying pushed images in the registry and publishing the index.
+//! - [`store`]: durable state in SQLite (the only user of rusqlite).
 
-use crate::farm::Farm;
-use crate::live::LiveBuilds;
-use crate::store::Store;
-use crate::{agent_session, client_session};
+pub mod agent_link;
+pub mod auth;
+pub mod build;
+pub mod chunk_store;
+pub mod client_session;
+pub mod context_receive;
+pub mod enroll;
+pub mod farm;
+pub mod handlers;
+pub mod live;
+pub mod ports;
+pub mod publish;
+pub mod scheduler;
+pub mod state;
+pub mod store;
+pub mod wire;
+
 use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
-use archfarm_shared::codec::CodecError;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::protocol::{close, ALPN_AGENT, ALPN_CLIENT, ALPN_ENROLL};
+use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::tls;
+use chunk_store::ChunkStore;
+use farm::Farm;
+use live::LiveBuilds;
+use state::{Settings, Shared};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
-
-/// Settings every session needs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Largest frame accepted.
-    pub max_frame: u32,
-    /// How often agents must send heartbeats.
-    pub heartbeat_interval: Duration,
-    /// Silence after which an agent is dropped.
-    pub heartbeat_timeout: Duration,
-    /// File of accepted client token hashes.
-    pub tokens_file: PathBuf,
-    /// Attempts per platform.
-    pub max_attempts: u32,
-    /// Consecutive failures before quarantine.
-    pub quarantine_after: u32,
-    /// The farm CA with its key, when this coordinator enrolls agents.
-    pub ca: Option<archfarm_shared::pki::CertifiedKey>,
-    /// Registries reached over plain http although not on loopback.
-    pub insecure_registries: Vec<String>,
-}
-
-/// What the sessions share.
-#[derive(Debug)]
-pub struct Shared {
-    /// Live agents and the scheduler.
-    pub farm: Arc<Farm>,
-    /// Uploaded build contexts.
-    pub contexts: ContentStore,
-    /// Chunks of uploaded contexts, for uploads of changed contexts.
-    pub chunks: crate::context_upload::ChunkStore,
-    /// Durable state.
-    pub store: Store,
-    /// Builds running now.
-    pub live: LiveBuilds,
-    /// Settings.
-    pub settings: Settings,
-}
+use tracing::{error, info, warn};
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -69,8 +69,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
         .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
     let chunks_dir = config.data_dir.join("chunks");
-    let chunks = crate::context_upload::ChunkStore::open(&chunks_dir)
-        .with_context(|| format!("cannot create {}", chunks_dir.display()))?;
+    let chunks = ChunkStore::open(&chunks_dir).with_context(|| format!("cannot create {}", chunks_dir.display()))?;
     let db = config.data_dir.join("state.db");
     let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
     let shared = Arc::new(Shared {
@@ -79,6 +78,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         chunks,
         store,
         live: LiveBuilds::default(),
+        registries: RegistryClients::new(config.insecure_registries.clone()),
         settings: Settings {
             max_frame: config.max_frame_bytes,
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
@@ -88,7 +88,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             quarantine_after: config.quarantine_after_failures,
             insecure_registries: config.insecure_registries.clone(),
             ca: match &config.tls.ca_key {
-                Some(key) => Some(crate::enroll::load_ca(&config.tls.ca_cert, key)?),
+                Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
                 None => None,
             },
         },
@@ -98,8 +98,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     info!(address = %endpoint.local_addr()?, "coordinator listening");
     // Builds the last run did not finish continue; agents reconnect on their own.
     for id in shared.store.unfinished().context("reading unfinished builds")? {
-        if let Err(e) = crate::build::resume(&shared, &id) {
-            tracing::error!(build = %id, "cannot resume: {e}");
+        if let Err(e) = build::resume(&shared, &id) {
+            error!(build = %id, "cannot resume: {e}");
         }
     }
 
@@ -134,9 +134,9 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     match tls::alpn(&conn).as_deref() {
-        Some(ALPN_AGENT) => agent_session::serve(shared, conn).await,
+        Some(ALPN_AGENT) => agent_link::serve(shared, conn).await,
         Some(ALPN_CLIENT) => client_session::serve(shared, conn).await,
-        Some(ALPN_ENROLL) => crate::enroll::serve(shared, conn).await,
+        Some(ALPN_ENROLL) => enroll::serve(shared, conn).await,
         _ => conn.close(close::PROTOCOL.into(), b"unknown application protocol"),
     }
 }
@@ -147,22 +147,5 @@ fn handshake_refusal(e: &quinn::ConnectionError) -> String {
             format!("TLS handshake failed: {} (agents need a certificate signed by this farm's CA)", t.reason)
         }
         other => format!("handshake failed: {other}"),
-    }
-}
-
-/// Turns a codec error on `conn` into a reason, closing the connection if the peer broke the
-/// protocol. A disconnect is not a protocol error.
-pub fn on_codec_error(conn: &quinn::Connection, err: &CodecError, stream: &str) -> String {
-    if let Some(reason) = conn.close_reason() {
-        return tls::explain(&reason);
-    }
-    match err {
-        CodecError::Io(e) => format!("{stream} failed: {e}"),
-        _ => {
-            let reason = format!("protocol error on {stream}: {err}");
-            warn!(remote = %conn.remote_address(), "closing connection: {reason}");
-            conn.close(close::PROTOCOL.into(), reason.as_bytes());
-            reason
-        }
     }
 }

@@ -2,28 +2,20 @@
 //! index over the verified children under every requested tag. Registry calls that fail are
 //! retried with backoff a bounded number of times.
 
+use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::registry::{ImageReference, Registry};
 use archfarm_shared::{AgentName, Digest, Platform};
+use futures_util::future::BoxFuture;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
 /// Registry calls per step, and the first pause between them (doubling each time).
 pub const REGISTRY_TRIES: u32 = 5;
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
-
-/// Why a pushed image was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    /// The image is not what the job asked for: the agent is at fault.
-    #[error("{0}")]
-    Wrong(String),
-    /// The registry could not be asked (down, 5xx): nobody's fault yet.
-    #[error("{0}")]
-    Unavailable(String),
-}
 
 /// Runs `op` up to [`REGISTRY_TRIES`] times with exponential backoff while it fails.
 pub async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, String>
@@ -50,6 +42,26 @@ where
         }
     }
     Err(format!("{what} failed {REGISTRY_TRIES} times; last error: {last}"))
+}
+
+/// The registry as the orchestration sees it: checks images pushed into one repository.
+#[derive(Debug)]
+pub struct RegistryImages {
+    /// The registry's client.
+    pub registry: Arc<Registry>,
+    /// The build's repository.
+    pub repo: ImageReference,
+}
+
+impl ImageCheck for RegistryImages {
+    fn verify<'a>(
+        &'a self,
+        platform: &'a Platform,
+        agent: &'a AgentName,
+        pushed: &'a PushedImage,
+    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+        Box::pin(verify(&self.registry, &self.repo, platform, agent, pushed))
+    }
 }
 
 /// Fetches the manifest an agent reported and its config from the registry, and checks the

@@ -1,14 +1,24 @@
-//! One agent's connection: identify it by its certificate, register it, keep it alive by
-//! heartbeats, and serve its context fetches. Jobs run on streams the coordinator opens
-//! (see [`crate::build`]).
+//! The whole link to one agent: identify it by its certificate, register it, keep it alive by
+//! heartbeats on the control stream, serve the context fetches it opens streams for
+//! ([`context`]), and run jobs on streams the coordinator opens ([`job`]).
+//!
+//! # Layout
+//! - this file: identity, registration, the control stream, accepting the agent's streams.
+//! - [`job`]: one job attempt on its own stream ([`QuicLink`], the real [`AgentLink`]).
+//! - [`context`]: sending a build context to the agent that fetches it.
 
-use crate::farm::AgentHandle;
-use crate::scheduler::Standing;
-use crate::server::{on_codec_error, Shared};
+pub mod context;
+pub mod job;
+
+use super::farm::AgentHandle;
+use super::scheduler::Standing;
+use super::state::Shared;
+use super::wire::{on_codec_error, unexpected};
 use archfarm_shared::codec;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage};
 use archfarm_shared::{tls, AgentName};
+use job::QuicLink;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
@@ -60,7 +70,8 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         match tokio::time::timeout(REGISTER_TIMEOUT, codec::expect_msg::<_, AgentMessage>(&mut recv, max)).await {
             Ok(Ok(AgentMessage::Register(r))) => r,
             Ok(Ok(other)) => {
-                return refuse(&conn, &format!("expected Register as the first message, got {}", variant(&other)))
+                let name = super::wire::agent_message_name(&other);
+                return refuse(&conn, &format!("expected Register as the first message, got {name}"));
             }
             Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
             Err(_) => return refuse(&conn, "no registration within 10 s"),
@@ -72,7 +83,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         name: name.clone(),
         address: conn.remote_address(),
         registration: registration.clone(),
-        conn: conn.clone(),
+        link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max }),
     };
     let standing = match shared.store.quarantined(&name) {
         Ok(Some(reason)) => Standing::Quarantined(reason),
@@ -119,7 +130,7 @@ async fn serve_registered(
             async move {
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let (shared, conn) = (shared.clone(), conn.clone());
-                    tokio::spawn(async move { serve_stream(&shared, &conn, send, recv).await }.in_current_span());
+                    tokio::spawn(async move { context::serve(&shared, &conn, send, recv).await }.in_current_span());
                 }
             }
             .in_current_span(),
@@ -141,60 +152,11 @@ async fn serve_registered(
                 info!("agent is draining: no new jobs");
                 shared.farm.set_standing(name, Standing::Draining);
             }
-            Ok(Ok(Some(other))) => {
-                let reason = format!("protocol error: unexpected {} on the control stream", variant(&other));
-                warn!("{reason}");
-                conn.close(close::PROTOCOL.into(), reason.as_bytes());
-                break reason;
-            }
+            Ok(Ok(Some(other))) => break unexpected(conn, &other, "the control stream"),
             Ok(Ok(None)) => break "agent closed its control stream".to_owned(),
             Ok(Err(e)) => break on_codec_error(conn, &e, "control stream"),
         }
     };
     acceptor.abort();
     reason
-}
-
-/// A stream the agent opened: today only context fetches.
-async fn serve_stream(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let max = shared.settings.max_frame;
-    let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
-        Ok(AgentMessage::FetchContext { digest }) => digest,
-        Ok(other) => {
-            let reason = format!("protocol error: unexpected {} on a new stream", variant(&other));
-            warn!("{reason}");
-            return conn.close(close::PROTOCOL.into(), reason.as_bytes());
-        }
-        Err(e) => return drop(on_codec_error(conn, &e, "context stream")),
-    };
-    let Some(size) = shared.contexts.size(&digest).await else {
-        let reason = format!("the coordinator does not hold build context {digest}");
-        let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
-        let _ = send.finish();
-        return;
-    };
-    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max).await.is_ok() {
-        match shared.contexts.send(&digest, &mut send).await {
-            Ok(_) => info!(context = %digest, bytes = size, "sent build context"),
-            Err(e) => warn!(context = %digest, "sending build context failed: {e}"),
-        }
-        let _ = send.finish();
-    }
-}
-
-/// The name of a message variant, for protocol errors.
-pub(crate) fn variant(msg: &AgentMessage) -> &'static str {
-    match msg {
-        AgentMessage::Register(_) => "Register",
-        AgentMessage::Heartbeat { .. } => "Heartbeat",
-        AgentMessage::FetchContext { .. } => "FetchContext",
-        AgentMessage::JobLog { .. } => "JobLog",
-        AgentMessage::JobFinished(_) => "JobFinished",
-        AgentMessage::Draining => "Draining",
-    }
 }

@@ -7,6 +7,8 @@
 
 mod writer;
 
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{
     AttemptDetail, BuildDetail, BuildRequest, BuildState, BuildSummary, JobDetail, JobState,
 };
@@ -91,11 +93,6 @@ CREATE TABLE IF NOT EXISTS agents (
     failures    INTEGER NOT NULL DEFAULT 0
 );
 ";
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A job as recovery needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,9 +194,15 @@ impl Store {
 
     /// Ends an attempt. Only the first end counts: a late report for an attempt already ended
     /// (fenced) changes nothing, and the call returns false.
-    pub async fn finish_attempt(&self, job: &JobId, number: u32, outcome: &str, detail: &str) -> Result<bool> {
-        let (job, outcome, detail) = (job.to_string(), outcome.to_owned(), detail.to_owned());
-        self.writer.write(move |c| Ok(finish_attempt(c, &job, number, &outcome, &detail)?)).await
+    pub async fn finish_attempt(
+        &self,
+        job: &JobId,
+        number: u32,
+        outcome: AttemptOutcome,
+        detail: &str,
+    ) -> Result<bool> {
+        let (job, detail) = (job.to_string(), detail.to_owned());
+        self.writer.write(move |c| Ok(finish_attempt(c, &job, number, outcome, &detail)?)).await
     }
 
     /// Marks a job queued again (after a lost or failed attempt).
@@ -215,7 +218,7 @@ impl Store {
         self.writer
             .write(move |c| {
                 let VerifiedImage { digest, media_type, size, agent, duration_ms } = image;
-                finish_attempt(c, &job, number, "pushed", digest.as_str())?;
+                finish_attempt(c, &job, number, AttemptOutcome::Pushed, digest.as_str())?;
                 c.execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent.as_str()])?;
                 c.execute(
                     "UPDATE jobs SET state = ?2, digest = ?3, media_type = ?4, size = ?5, agent = ?6, duration_ms = ?7, \
@@ -514,11 +517,17 @@ pub struct VerifiedImage {
     pub duration_ms: u64,
 }
 
-fn finish_attempt(c: &Connection, job: &str, number: u32, outcome: &str, detail: &str) -> rusqlite::Result<bool> {
+fn finish_attempt(
+    c: &Connection,
+    job: &str,
+    number: u32,
+    outcome: AttemptOutcome,
+    detail: &str,
+) -> rusqlite::Result<bool> {
     let n = c.execute(
         "UPDATE attempts SET finished_ms = ?3, outcome = ?4, detail = ?5 \
          WHERE job = ?1 AND number = ?2 AND finished_ms IS NULL",
-        params![job, number, now_ms() as i64, outcome, detail],
+        params![job, number, now_ms() as i64, outcome.as_str(), detail],
     )?;
     Ok(n == 1)
 }
@@ -597,8 +606,11 @@ mod tests {
             .await
             .unwrap();
             s.start_attempt(&j1, 1, &agent).await.unwrap();
-            assert!(s.finish_attempt(&j1, 1, "lost", "agent went away").await.unwrap());
-            assert!(!s.finish_attempt(&j1, 1, "pushed", "late").await.unwrap(), "a late report is fenced");
+            assert!(s.finish_attempt(&j1, 1, AttemptOutcome::Lost, "agent went away").await.unwrap());
+            assert!(
+                !s.finish_attempt(&j1, 1, AttemptOutcome::Pushed, "late").await.unwrap(),
+                "a late report is fenced"
+            );
             s.requeue(&j1).await.unwrap();
             s.start_attempt(&j1, 2, &agent).await.unwrap();
             assert_eq!(s.agent_failed(&agent).await.unwrap(), 1);

@@ -1,0 +1,36 @@
+//! Context streams: an agent opens a stream, names the build context it needs by digest, and
+//! the coordinator sends the stored tarball (or says it does not hold it).
+
+use super::super::state::Shared;
+use super::super::wire::{on_codec_error, unexpected};
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
+use tracing::{info, warn};
+
+/// Serves a stream the agent opened: today only context fetches.
+pub async fn serve(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = shared.settings.max_frame;
+    let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
+        Ok(AgentMessage::FetchContext { digest }) => digest,
+        Ok(other) => return drop(unexpected(conn, &other, "a new stream")),
+        Err(e) => return drop(on_codec_error(conn, &e, "context stream")),
+    };
+    let Some(size) = shared.contexts.size(&digest).await else {
+        let reason = format!("the coordinator does not hold build context {digest}");
+        let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
+        let _ = send.finish();
+        return;
+    };
+    if codec::write_msg(&mut send, &CoordinatorMessage::ContextFollows { size }, max).await.is_ok() {
+        match shared.contexts.send(&digest, &mut send).await {
+            Ok(_) => info!(context = %digest, bytes = size, "sent build context"),
+            Err(e) => warn!(context = %digest, "sending build context failed: {e}"),
+        }
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,89 @@
+//! Job streams: the coordinator opens one stream per attempt, sends the job, and follows the
+//! agent's log to the result. Cancelling the build resets the stream, which stops the job on
+//! the agent.
+
+use super::super::live::Live;
+use super::super::ports::AgentLink;
+use super::super::wire::{on_codec_error, unexpected};
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{
+    AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec, PushedImage,
+};
+use archfarm_shared::{tls, AgentName};
+use futures_util::future::BoxFuture;
+use std::collections::VecDeque;
+
+/// Lines of a failing step's output kept for the error message.
+pub const LOG_TAIL: usize = 20;
+/// Stream error code the coordinator resets a job stream with to cancel the job.
+pub const STREAM_CANCEL: u32 = 1;
+
+/// A registered agent's QUIC connection, as the orchestration uses it.
+#[derive(Debug)]
+pub struct QuicLink {
+    /// The agent's name.
+    pub name: AgentName,
+    /// Its connection.
+    pub conn: quinn::Connection,
+    /// Largest frame sent or accepted.
+    pub max_frame: u32,
+}
+
+impl AgentLink for QuicLink {
+    fn run_job<'a>(&'a self, spec: JobSpec, live: &'a Live) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
+        Box::pin(self.run(spec, live))
+    }
+
+    fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
+    fn id(&self) -> usize {
+        self.conn.stable_id()
+    }
+
+    fn close(&self, code: u32, reason: &str) {
+        self.conn.close(code.into(), reason.as_bytes());
+    }
+}
+
+impl QuicLink {
+    async fn run(&self, spec: JobSpec, live: &Live) -> Result<PushedImage, JobFailure> {
+        let (conn, max) = (&self.conn, self.max_frame);
+        let platform = spec.platform.clone();
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
+        let lost = |why: String, tail: &VecDeque<String>| JobFailure {
+            kind: FailureKind::AgentLost,
+            message: format!("agent {} went away while building {platform}: {why}", self.name),
+            log_tail: tail.iter().cloned().collect(),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(tls::explain(&e), &tail))?;
+        if let Err(e) = codec::write_msg(&mut send, &CoordinatorMessage::AssignJob(Box::new(spec)), max).await {
+            return Err(lost(on_codec_error(conn, &e, "job stream"), &tail));
+        }
+        loop {
+            let msg = tokio::select! {
+                msg = codec::read_msg::<_, AgentMessage>(&mut recv, max) => msg,
+                () = live.cancel.cancelled() => {
+                    let _ = send.reset(STREAM_CANCEL.into());
+                    let _ = recv.stop(STREAM_CANCEL.into());
+                    return Err(JobFailure { kind: FailureKind::Cancelled, message: "cancelled".into(), log_tail: vec![] });
+                }
+            };
+            match msg {
+                Ok(Some(AgentMessage::JobLog { line })) => {
+                    if tail.len() == LOG_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                    live.log(&platform, line);
+                }
+                Ok(Some(AgentMessage::JobFinished(JobOutcome::Pushed(image)))) => return Ok(image),
+                Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(failure),
+                Ok(Some(other)) => return Err(lost(unexpected(conn, &other, "a job stream"), &tail)),
+                Ok(None) => return Err(lost("the job stream ended without a result".into(), &tail)),
+                Err(e) => return Err(lost(on_codec_error(conn, &e, "job stream"), &tail)),
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! One platform of a build, from queued to a verified image: get an agent that declares the
+//! platform, run an attempt on it, verify what it pushed, and after a lost or failed attempt try
+//! again on another agent, up to the limit. Agents that push wrong images, or keep failing for
+//! reasons of their own, are quarantined. Every step is in the store before it is acted on.
+//!
+//! The agent and the registry are reached through [`AgentLink`](crate::server::ports::AgentLink)
+//! and [`ImageCheck`], so all of this runs in-process in unit tests.
+
+use crate::server::farm::{AgentHandle, Farm};
+use crate::server::live::Live;
+use crate::server::ports::{ImageCheck, VerifyError};
+use crate::server::scheduler::Standing;
+use crate::server::store::{Store, VerifiedImage};
+use archfarm_shared::oci::Child;
+use archfarm_shared::outcome::AttemptOutcome;
+use archfarm_shared::protocol::{BuildEvent, FailureKind, JobFailure, JobSpec, JobState, PlatformResult};
+use archfarm_shared::{AgentName, JobId};
+use std::time::Instant;
+use tracing::{error, info, warn};
+
+/// What running one platform needs: agents, the store, the registry, and the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Runner<'a> {
+    /// Where agents come from.
+    pub farm: &'a Farm,
+    /// Where every attempt is recorded.
+    pub store: &'a Store,
+    /// Checks pushed images in the registry.
+    pub images: &'a dyn ImageCheck,
+    /// Attempts per platform.
+    pub max_attempts: u32,
+    /// Failures in a row, for reasons of the agent's own, before it is quarantined.
+    pub quarantine_after: u32,
+}
+
+/// A verified platform: the child for the index, and what the client is told.
+pub type Verified = (Child, PlatformResult);
+
+/// How an attempt ended, for the retry decision.
+enum Attempt {
+    Verified(Verified),
+    /// The Dockerfile itself failed: running it again elsewhere gives the same answer.
+    Final(JobFailure),
+    /// The agent or its path failed: try again, elsewhere if possible.
+    Retry {
+        outcome: AttemptOutcome,
+        failure: JobFailure,
+        blame: bool,
+    },
+}
+
+/// What one turn of the loop leads to.
+enum Step {
+    /// The platform is finished: verified, or failed for good (with its summary).
+    Done(Result<Verified, String>),
+    /// Try again; this is why the last attempt ended.
+    Again(JobFailure),
+}
+
+/// The failure behind the last attempt, and the agent it ran on.
+type Last = Option<(Option<AgentName>, JobFailure)>;
+
+impl Runner<'_> {
+    /// Runs one platform to a verified image, retrying lost and failed attempts on other agents
+    /// up to the limit. On failure returns a one-paragraph summary for the client.
+    pub async fn run(&self, mut spec: JobSpec, live: &Live) -> Result<Verified, String> {
+        let platform = spec.platform.clone();
+        let started = Instant::now();
+        let mut avoid: Vec<AgentName> = Vec::new();
+        let mut last: Last = None;
+        while spec.attempt < self.max_attempts {
+            spec.attempt += 1;
+            let acquired = tokio::select! {
+                a = self.farm.acquire(&spec.job, &platform, avoid.clone()) => a,
+                () = live.cancel.cancelled() => {
+                    self.farm.release(&spec.job);
+                    return Err(format!("  {platform}: cancelled"));
+                }
+            };
+            let agent = match acquired {
+                Ok(agent) => agent,
+                Err(e) => {
+                    spec.attempt -= 1;
+                    last = Some(no_agent(e.to_string(), last, spec.attempt));
+                    break;
+                }
+            };
+            match self.step(&agent, &spec, live, started).await {
+                Step::Done(result) => return result,
+                Step::Again(failure) => {
+                    avoid.push(agent.name.clone());
+                    last = Some((Some(agent.name.clone()), failure));
+                }
+            }
+        }
+        let (agent, mut failure) = last.unwrap_or_else(|| {
+            let message = format!("no attempts left (limit {})", self.max_attempts);
+            (None, JobFailure { kind: FailureKind::AgentLost, message, log_tail: vec![] })
+        });
+        if spec.attempt >= self.max_attempts {
+            failure.message = format!("gave up after {} attempts; the last: {}", spec.attempt, failure.message);
+        }
+        Err(self.fail(live, &spec, agent.as_ref(), failure).await)
+    }
+
+    /// One attempt on `agent`, recorded before and after, and what it leads to.
+    async fn step(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Step {
+        let platform = &spec.platform;
+        let slot = Slot { farm: self.farm, job: spec.job.clone() };
+        if let Err(e) = self.store.start_attempt(&spec.job, spec.attempt, &agent.name).await {
+            error!("cannot record an attempt: {e}");
+            let failure = JobFailure { kind: FailureKind::AgentLost, message: e.to_string(), log_tail: vec![] };
+            return Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await));
+        }
+        info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
+        live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
+        let attempt = self.attempt(agent, spec, live, started).await;
+        drop(slot);
+        match attempt {
+            Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
+            Attempt::Final(failure) => {
+                let _ =
+                    self.store.finish_attempt(&spec.job, spec.attempt, AttemptOutcome::Failed, &failure.message).await;
+                Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await))
+            }
+            Attempt::Retry { outcome: AttemptOutcome::Cancelled, .. } if live.cancel.is_cancelled() => {
+                let detail = "the build was cancelled";
+                let _ = self.store.finish_attempt(&spec.job, spec.attempt, AttemptOutcome::Cancelled, detail).await;
+                Step::Done(Err(format!("  {platform}: cancelled")))
+            }
+            Attempt::Retry { outcome, failure, blame } => {
+                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message).await;
+                let _ = self.store.requeue(&spec.job).await;
+                if blame {
+                    self.count_failure(&agent.name, outcome, &failure.message).await;
+                }
+                warn!(platform = %platform, agent = %agent.name, attempt = spec.attempt, "attempt ended without an image: {}", failure.message);
+                if spec.attempt < self.max_attempts {
+                    live.emit(BuildEvent::Retrying {
+                        platform: platform.clone(),
+                        agent: agent.name.clone(),
+                        reason: failure.message.clone(),
+                        next_attempt: spec.attempt + 1,
+                    });
+                }
+                Step::Again(failure)
+            }
+        }
+    }
+
+    /// Runs the attempt on the agent, then verifies what it pushed.
+    async fn attempt(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Attempt {
+        let pushed = match agent.link.run_job(spec.clone(), live).await {
+            Ok(p) => p,
+            Err(failure) => return after_failure(failure),
+        };
+        match self.images.verify(&spec.platform, &agent.name, &pushed).await {
+            Ok(child) => {
+                let result = PlatformResult {
+                    platform: spec.platform.clone(),
+                    digest: child.manifest.digest.clone(),
+                    agent: agent.name.clone(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                Attempt::Verified((child, result))
+            }
+            Err(VerifyError::Wrong(message)) => {
+                self.quarantine(&agent.name, &message).await;
+                let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
+                Attempt::Retry { outcome: AttemptOutcome::WrongImage, failure, blame: false }
+            }
+            Err(VerifyError::Unavailable(message)) => {
+                let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
+                Attempt::Retry { outcome: AttemptOutcome::Unverified, failure, blame: false }
+            }
+        }
+    }
+
+    async fn verified(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, verified: Verified) -> Verified {
+        let (child, result) = &verified;
+        let image = VerifiedImage {
+            digest: result.digest.clone(),
+            media_type: child.manifest.media_type.clone(),
+            size: child.manifest.size,
+            agent: agent.name.clone(),
+            duration_ms: result.duration_ms,
+        };
+        if let Err(e) = self.store.attempt_verified(&spec.job, spec.attempt, image).await {
+            error!("cannot record a verified digest: {e}");
+        }
+        info!(platform = %spec.platform, digest = %result.digest, "platform verified");
+        live.emit(BuildEvent::PlatformDone(result.clone()));
+        verified
+    }
+
+    async fn quarantine(&self, agent: &AgentName, reason: &str) {
+        warn!(agent = %agent, "quarantining agent: {reason}");
+        if let Err(e) = self.store.quarantine(agent, reason).await {
+            error!("cannot record the quarantine: {e}");
+        }
+        self.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
+    }
+
+    async fn count_failure(&self, agent: &AgentName, outcome: AttemptOutcome, message: &str) {
+        match self.store.agent_failed(agent).await {
+            Ok(n) if n >= self.quarantine_after => {
+                self.quarantine(agent, &format!("{n} jobs in a row {outcome}; the last: {message}")).await;
+            }
+            Ok(_) => {}
+            Err(e) => error!("cannot record an agent failure: {e}"),
+        }
+    }
+
+    /// Records the platform as failed for good, tells the watchers, and returns its summary.
+    async fn fail(&self, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
+        let platform = &spec.platform;
+        let who = agent.map_or_else(|| "before reaching an agent".to_owned(), |a| format!("on agent {a}"));
+        let mut summary = format!("  {platform} failed {who} ({}): {}", failure.kind, failure.message);
+        if !failure.log_tail.is_empty() {
+            summary.push_str("\n    last lines of the failing step:");
+            for line in &failure.log_tail {
+                summary.push_str("\n      ");
+                summary.push_str(line);
+            }
+        }
+        warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
+        if let Err(e) = self.store.job_ended(&spec.job, JobState::Failed, &failure.message).await {
+            error!("cannot record a failed job: {e}");
+        }
+        live.emit(BuildEvent::PlatformFailed { platform: platform.clone(), agent: agent.cloned(), failure });
+        summary
+    }
+}
+
+/// What a job failure reported by the agent means for the retry decision.
+fn after_failure(failure: JobFailure) -> Attempt {
+    match failure.kind {
+        FailureKind::Build => Attempt::Final(failure),
+        FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },
+        FailureKind::Cancelled => Attempt::Retry { outcome: AttemptOutcome::Cancelled, failure, blame: false },
+        // A failing push says more about the registry than the agent: an outage must not
+        // quarantine the whole farm.
+        FailureKind::Push => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false },
+        _ => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: true },
+    }
+}
+
+/// No agent came for the platform: the failure to report, naming the previous attempt's end.
+fn no_agent(message: String, last: Last, attempts_made: u32) -> (Option<AgentName>, JobFailure) {
+    let mut message = message;
+    let mut agent = None;
+    if let Some((previous, f)) = last {
+        if let Some(a) = &previous {
+            message = format!("{message}; attempt {attempts_made} on agent {a} ended: {}", f.message);
+        }
+        agent = previous;
+    }
+    (agent, JobFailure { kind: FailureKind::AgentLost, message, log_tail: vec![] })
+}
+
+/// Gives a job's slot back however the attempt ends.
+struct Slot<'a> {
+    farm: &'a Farm,
+    job: JobId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.farm.release(&self.job);
+    }
+}

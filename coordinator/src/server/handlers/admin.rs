@@ -1,0 +1,67 @@
+//! The farm's administration: join tokens for new agents, revoking agents, client tokens.
+
+use super::reply::Reply;
+use crate::server::state::Shared;
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::pki::{generate_token, token_hash};
+use archfarm_shared::protocol::{close, ClientResponse};
+use archfarm_shared::AgentName;
+use tracing::info;
+
+/// Longest life of a join token: a week.
+const MAX_JOIN_TOKEN_SECS: u64 = 7 * 86_400;
+
+/// `archfarm agents token create`: a one-time join token, valid for `ttl_secs` (1 s to a week).
+pub async fn create_join_token(shared: &Shared, ttl_secs: u64) -> Reply {
+    let token = generate_token();
+    let expires_ms = now_ms() + ttl_secs.clamp(1, MAX_JOIN_TOKEN_SECS) * 1000;
+    match shared.store.add_join_token(&token_hash(&token), expires_ms).await {
+        Ok(()) => {
+            info!(expires_ms, "join token created");
+            Reply::one(ClientResponse::Token { token, expires_ms: Some(expires_ms) })
+        }
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
+/// `archfarm agents revoke`: refused for good, and disconnected now.
+pub async fn revoke_agent(shared: &Shared, name: &AgentName) -> Reply {
+    match shared.store.revoke_agent(name).await {
+        Ok(()) => {
+            info!(agent = %name, "agent revoked");
+            shared.farm.disconnect(name, close::REFUSED, "this agent was revoked");
+            Reply::one(ClientResponse::Done {
+                message: format!("agent {name} revoked: disconnected and refused from now on"),
+            })
+        }
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
+/// `archfarm tokens create`: a named client token; only its hash is kept.
+pub async fn create_client_token(shared: &Shared, name: &str) -> Reply {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+        return Reply::error(format!("token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"));
+    }
+    let token = generate_token();
+    match shared.store.add_client_token(name, &token_hash(&token)).await {
+        Ok(Ok(())) => {
+            info!(name = %name, "client token created");
+            Reply::one(ClientResponse::Token { token, expires_ms: None })
+        }
+        Ok(Err(message)) => Reply::error(message),
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
+/// `archfarm tokens revoke`.
+pub async fn revoke_client_token(shared: &Shared, name: &str) -> Reply {
+    match shared.store.revoke_client_token(name).await {
+        Ok(true) => {
+            info!(name = %name, "client token revoked");
+            Reply::one(ClientResponse::Done { message: format!("client token {name} revoked") })
+        }
+        Ok(false) => Reply::error(format!("no live client token named {name:?}")),
+        Err(e) => Reply::error(e.to_string()),
+    }
+}

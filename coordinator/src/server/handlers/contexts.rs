@@ -1,0 +1,47 @@
+//! Build contexts: whether the coordinator holds one, and uploads (whole or in chunks).
+
+use super::reply::Reply;
+use crate::server::context_receive;
+use crate::server::state::Shared;
+use archfarm_shared::chunking::Chunk;
+use archfarm_shared::protocol::ClientResponse;
+use archfarm_shared::Digest;
+use tracing::{info, warn};
+
+/// Whether the context is stored already (then the client skips the upload).
+pub fn has(shared: &Shared, digest: &Digest) -> Reply {
+    Reply::one(ClientResponse::ContextPresent(shared.contexts.contains(digest)))
+}
+
+/// A context sent whole on this stream.
+pub async fn upload(shared: &Shared, digest: &Digest, size: u64, recv: &mut quinn::RecvStream) -> Reply {
+    match context_receive::receive_whole(shared, digest, size, recv).await {
+        Ok(()) => {
+            info!(context = %digest, bytes = size, "stored build context");
+            Reply::one(ClientResponse::ContextStored)
+        }
+        Err(message) => Reply::error(message),
+    }
+}
+
+/// A context sent as content-defined chunks: only those the coordinator lacks travel.
+pub async fn upload_chunked(
+    shared: &Shared,
+    digest: &Digest,
+    size: u64,
+    chunks: Vec<Chunk>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Reply {
+    let count = chunks.len();
+    match context_receive::receive_chunked(shared, digest, size, chunks, send, recv).await {
+        Ok(sent) => {
+            info!(context = %digest, bytes = size, chunks = count, received = sent, "stored build context");
+            Reply::one(ClientResponse::ContextStored)
+        }
+        Err(message) => {
+            warn!(context = %digest, "refused build context: {message}");
+            Reply::error(message)
+        }
+    }
+}

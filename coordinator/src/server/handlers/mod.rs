@@ -1,0 +1,55 @@
+//! One handler per client request. The client session reads a request from its stream and
+//! [`handle`] routes it; each handler returns a [`Reply`], which is written back on the same
+//! stream.
+//!
+//! # Layout
+//! - [`builds`]: starting, listing, showing, watching, publishing and cancelling builds.
+//! - [`contexts`]: asking for and uploading build contexts.
+//! - [`admin`]: join tokens, client tokens, revoking agents.
+//! - [`reply`]: writing a reply, following a build's events.
+
+pub mod admin;
+pub mod builds;
+pub mod contexts;
+pub mod reply;
+
+use super::state::Shared;
+use super::wire::on_codec_error;
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{ClientRequest, ClientResponse};
+use reply::Reply;
+use std::sync::Arc;
+
+/// Serves one request stream of an authenticated client.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = shared.settings.max_frame;
+    let req = match codec::expect_msg::<_, ClientRequest>(&mut recv, max).await {
+        Ok(req) => req,
+        Err(e) => return drop(on_codec_error(&conn, &e, "request stream")),
+    };
+    let reply = match req {
+        ClientRequest::Hello { .. } => Reply::error("already authenticated"),
+        ClientRequest::ListAgents => Reply::one(ClientResponse::Agents(shared.farm.agents())),
+        ClientRequest::HasContext { digest } => contexts::has(&shared, &digest),
+        ClientRequest::UploadContext { digest, size } => contexts::upload(&shared, &digest, size, &mut recv).await,
+        ClientRequest::UploadChunked { digest, size, chunks } => {
+            contexts::upload_chunked(&shared, &digest, size, chunks, &mut send, &mut recv).await
+        }
+        ClientRequest::Build(req) => builds::submit(&shared, req).await,
+        ClientRequest::ListBuilds { limit } => builds::list(&shared, limit),
+        ClientRequest::ShowBuild { build } => builds::show(&shared, &build),
+        ClientRequest::WatchBuild { build } => builds::watch(&shared, &build),
+        ClientRequest::PublishBuild { build } => builds::publish(&shared, &build).await,
+        ClientRequest::CancelBuild { build } => builds::cancel(&shared, &build),
+        ClientRequest::CreateJoinToken { ttl_secs } => admin::create_join_token(&shared, ttl_secs).await,
+        ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
+        ClientRequest::CreateClientToken { name } => admin::create_client_token(&shared, &name).await,
+        ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
+    };
+    reply.send(send, max).await;
+}

@@ -1,0 +1,64 @@
+//! What a handler answers: one response, or a snapshot followed by a build's live events.
+
+use archfarm_shared::codec;
+use archfarm_shared::protocol::{BuildEvent, ClientResponse};
+use tokio::sync::broadcast;
+
+/// The answer to one request, written on its stream by [`Reply::send`].
+#[derive(Debug)]
+pub struct Reply {
+    responses: Vec<ClientResponse>,
+    events: Option<broadcast::Receiver<BuildEvent>>,
+}
+
+impl Reply {
+    /// One response.
+    pub fn one(response: ClientResponse) -> Self {
+        Reply { responses: vec![response], events: None }
+    }
+
+    /// Several responses, in order.
+    pub fn many(responses: Vec<ClientResponse>) -> Self {
+        Reply { responses, events: None }
+    }
+
+    /// An error the client shows as it is.
+    pub fn error(message: impl Into<String>) -> Self {
+        Reply::one(ClientResponse::Error { message: message.into() })
+    }
+
+    /// `first` responses, then every event of a running build until its last one.
+    pub fn follow(first: Vec<ClientResponse>, events: broadcast::Receiver<BuildEvent>) -> Self {
+        Reply { responses: first, events: Some(events) }
+    }
+
+    /// Writes the reply and finishes the stream. A client that goes away detaches; the build
+    /// runs on to its end.
+    pub async fn send(self, mut send: quinn::SendStream, max: u32) {
+        for response in &self.responses {
+            if codec::write_msg(&mut send, response, max).await.is_err() {
+                return;
+            }
+        }
+        if let Some(events) = self.events {
+            forward(events, &mut send, max).await;
+        }
+        let _ = send.finish();
+    }
+}
+
+/// Forwards a build's events until its last one.
+async fn forward(mut events: broadcast::Receiver<BuildEvent>, send: &mut quinn::SendStream, max: u32) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // A slow client misses old log lines, never the end.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let last = matches!(event, BuildEvent::Published { .. } | BuildEvent::Failed { .. });
+        if codec::write_msg(send, &ClientResponse::Build(event), max).await.is_err() || last {
+            break;
+        }
+    }
+}

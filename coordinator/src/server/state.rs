@@ -1,0 +1,53 @@
+//! What every part of the server shares: its settings and the state of the farm (connected
+//! agents, running builds, stored contexts, the state database, registry clients).
+
+use super::chunk_store::ChunkStore;
+use super::farm::Farm;
+use super::live::LiveBuilds;
+use super::store::Store;
+use archfarm_shared::content::ContentStore;
+use archfarm_shared::pki::CertifiedKey;
+use archfarm_shared::registry::RegistryClients;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings every session needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest frame accepted.
+    pub max_frame: u32,
+    /// How often agents must send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent is dropped.
+    pub heartbeat_timeout: Duration,
+    /// File of accepted client token hashes.
+    pub tokens_file: PathBuf,
+    /// Attempts per platform.
+    pub max_attempts: u32,
+    /// Consecutive failures before quarantine.
+    pub quarantine_after: u32,
+    /// The farm CA with its key, when this coordinator enrolls agents.
+    pub ca: Option<CertifiedKey>,
+    /// Registries reached over plain http although not on loopback.
+    pub insecure_registries: Vec<String>,
+}
+
+/// What the sessions share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Live agents and the scheduler.
+    pub farm: Arc<Farm>,
+    /// Uploaded build contexts.
+    pub contexts: ContentStore,
+    /// Chunks of uploaded contexts, for uploads of changed contexts.
+    pub chunks: ChunkStore,
+    /// Durable state.
+    pub store: Store,
+    /// Builds running now.
+    pub live: LiveBuilds,
+    /// One client per registry, kept between builds.
+    pub registries: RegistryClients,
+    /// Settings.
+    pub settings: Settings,
+}
