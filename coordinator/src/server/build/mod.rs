@@ -9,6 +9,8 @@
 //!   quarantine, give up, cancel.
 
 pub mod platform;
+#[cfg(test)]
+mod platform_tests;
 
 use super::live::Live;
 use super::publish::{self, RegistryImages};

@@ -1,0 +1,335 @@
+//! One platform's orchestration, in-process on paused tokio time: scripted agent links and a
+//! scripted registry in place of QUIC and the distribution API; the real farm, scheduler and
+//! state database (SQLite in a temporary directory) around them.
+
+use super::platform::{Runner, Verified};
+use crate::server::farm::{AgentHandle, Farm};
+use crate::server::live::{Live, LiveBuilds};
+use crate::server::ports::{AgentLink, ImageCheck, VerifyError};
+use crate::server::scheduler::Standing;
+use crate::server::store::Store;
+use archfarm_shared::oci::{Blob, Child};
+use archfarm_shared::protocol::{
+    BuildEvent, BuildRequest, FailureKind, JobFailure, JobSpec, JobState, PushedImage, Registration,
+};
+use archfarm_shared::{AgentName, BuildId, Digest, JobId, Platform};
+use futures_util::future::BoxFuture;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the next attempt on any scripted agent does.
+#[derive(Debug, Clone)]
+enum Act {
+    /// Pushes an image (digest from the agent's name and the attempt).
+    Push,
+    /// Reports a failure of this kind.
+    Fail(FailureKind),
+    /// The connection drops mid-job: the agent leaves the farm and the attempt is lost.
+    Vanish,
+    /// Builds until the build is cancelled.
+    Hang,
+}
+
+/// The script every scripted agent takes its next act from, in order.
+type Script = Arc<Mutex<VecDeque<Act>>>;
+
+#[derive(Debug)]
+struct ScriptedLink {
+    name: AgentName,
+    id: usize,
+    open: AtomicBool,
+    script: Script,
+    farm: Arc<Farm>,
+}
+
+impl AgentLink for ScriptedLink {
+    fn run_job<'a>(&'a self, spec: JobSpec, live: &'a Live) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
+        Box::pin(async move {
+            let act = self.script.lock().unwrap().pop_front().expect("the script has an act for every attempt");
+            let failure = |kind, message: &str| JobFailure { kind, message: message.to_owned(), log_tail: vec![] };
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match act {
+                Act::Push => {
+                    live.log(&spec.platform, format!("#1 built on {}", self.name));
+                    let digest = Digest::of(format!("{}-{}", self.name, spec.attempt).as_bytes());
+                    Ok(PushedImage { digest, media_type: MANIFEST.into(), size: 500 })
+                }
+                Act::Fail(kind) => {
+                    let log_tail = vec!["step 2/3: RUN make".to_owned(), "exit code: 2".to_owned()];
+                    Err(JobFailure { kind, message: format!("{kind} failed"), log_tail })
+                }
+                Act::Vanish => {
+                    self.open.store(false, Ordering::SeqCst);
+                    self.farm.unregister(&self.name, self.id);
+                    Err(failure(FailureKind::AgentLost, "the connection was lost"))
+                }
+                Act::Hang => {
+                    live.cancel.cancelled().await;
+                    Err(failure(FailureKind::Cancelled, "cancelled"))
+                }
+            }
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn close(&self, _code: u32, _reason: &str) {
+        self.open.store(false, Ordering::SeqCst);
+    }
+}
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A registry in which the first `wrong` images checked are of another platform.
+#[derive(Debug, Default)]
+struct ScriptedRegistry {
+    wrong: AtomicUsize,
+}
+
+impl ImageCheck for ScriptedRegistry {
+    fn verify<'a>(
+        &'a self,
+        platform: &'a Platform,
+        agent: &'a AgentName,
+        pushed: &'a PushedImage,
+    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+        Box::pin(async move {
+            if self.wrong.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(VerifyError::Wrong(format!(
+                    "agent {agent}: pushed an image whose config says linux/s390x, but the job was for {platform}"
+                )));
+            }
+            let manifest =
+                Blob { media_type: pushed.media_type.clone(), digest: pushed.digest.clone(), size: pushed.size };
+            Ok(Child { platform: platform.clone(), manifest })
+        })
+    }
+}
+
+/// A farm of scripted agents for linux/amd64, a store with one build of that platform, and its job.
+struct Rig {
+    farm: Arc<Farm>,
+    store: Store,
+    registry: ScriptedRegistry,
+    script: Script,
+    live: Live,
+    spec: JobSpec,
+    max_attempts: u32,
+    quarantine_after: u32,
+    _dir: tempfile::TempDir,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+impl Rig {
+    async fn new(agents: &[&str], acts: &[Act]) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let farm = Farm::new(Duration::from_secs(30));
+        let script: Script = Arc::new(Mutex::new(acts.iter().cloned().collect()));
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        for name in agents {
+            let name: AgentName = name.parse().unwrap();
+            let link = ScriptedLink {
+                name: name.clone(),
+                id: NEXT_ID.fetch_add(1, Ordering::SeqCst),
+                open: AtomicBool::new(true),
+                script: script.clone(),
+                farm: farm.clone(),
+            };
+            let registration = Registration {
+                platforms: vec![platform.clone()],
+                capacity: 1,
+                engine_version: "test".into(),
+                agent_version: "test".into(),
+            };
+            let address = "127.0.0.1:1".parse().unwrap();
+            let handle = AgentHandle { name, address, registration, link: Arc::new(link) };
+            farm.register(handle, Standing::Active).unwrap();
+        }
+        let (build, job) = (BuildId::random(), JobId::random());
+        let request = BuildRequest {
+            platforms: vec![platform.clone()],
+            tags: vec!["127.0.0.1:5000/app:1".into()],
+            context: Digest::of(b"context"),
+            dockerfile: "Dockerfile".into(),
+            build_args: vec![],
+            target: None,
+            labels: vec![],
+        };
+        store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
+        let spec = JobSpec {
+            job,
+            build: build.clone(),
+            platform,
+            context: request.context,
+            dockerfile: request.dockerfile,
+            build_args: vec![],
+            target: None,
+            labels: vec![],
+            repository: "127.0.0.1:5000/app".into(),
+            attempt: 0,
+        };
+        let live = LiveBuilds::default().start(&build);
+        let registry = ScriptedRegistry::default();
+        Rig { farm, store, registry, script, live, spec, max_attempts: 3, quarantine_after: 3, _dir: dir }
+    }
+
+    fn runner(&self) -> Runner<'_> {
+        Runner {
+            farm: &self.farm,
+            store: &self.store,
+            images: &self.registry,
+            max_attempts: self.max_attempts,
+            quarantine_after: self.quarantine_after,
+        }
+    }
+
+    async fn run(&self) -> Result<Verified, String> {
+        self.runner().run(self.spec.clone(), &self.live).await
+    }
+
+    /// Each attempt's agent and outcome, from the store, as `builds show` reads them.
+    fn attempts(&self) -> Vec<(String, String)> {
+        let detail = self.store.detail(&self.spec.build).unwrap().unwrap();
+        let attempts = &detail.jobs[0].attempts;
+        attempts.iter().map(|a| (a.agent.to_string(), a.outcome.clone().unwrap_or_default())).collect()
+    }
+
+    fn job_state(&self) -> JobState {
+        self.store.jobs(&self.spec.build).unwrap()[0].state
+    }
+
+    fn agent_state(&self, name: &str) -> String {
+        self.farm.agents().into_iter().find(|a| a.name.as_str() == name).map(|a| a.state).unwrap_or_default()
+    }
+
+    fn acts_left(&self) -> usize {
+        self.script.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_lost_mid_job_is_replaced_by_a_peer() {
+    let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Vanish, Act::Push]).await;
+    let mut events = rig.live.events.subscribe();
+    let (child, result) = rig.run().await.expect("the peer's image is verified");
+    let attempts = rig.attempts();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].1, "lost");
+    assert_eq!(attempts[1].1, "pushed");
+    assert_ne!(attempts[0].0, attempts[1].0, "the second attempt runs on the other agent");
+    assert_eq!(result.agent.as_str(), attempts[1].0);
+    assert_eq!(child.manifest.digest, Digest::of(format!("{}-2", attempts[1].0).as_bytes()));
+    assert_eq!(rig.job_state(), JobState::Verified);
+    let mut retried = false;
+    while let Ok(event) = events.try_recv() {
+        retried |= matches!(event, BuildEvent::Retrying { next_attempt: 2, .. });
+    }
+    assert!(retried, "watchers are told the platform is tried again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_pushes_the_wrong_platform_is_quarantined_and_the_platform_retried() {
+    let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Push, Act::Push]).await;
+    rig.registry.wrong.store(1, Ordering::SeqCst);
+    let (_, result) = rig.run().await.expect("the healthy agent's image is verified");
+    let attempts = rig.attempts();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].1, "wrong-image");
+    assert_eq!(attempts[1].1, "pushed");
+    let culprit: AgentName = attempts[0].0.parse().unwrap();
+    assert_ne!(result.agent, culprit);
+    let reason = rig.store.quarantined(&culprit).unwrap().expect("the quarantine is recorded");
+    assert!(reason.contains("linux/s390x"), "{reason}");
+    let state = rig.agent_state(culprit.as_str());
+    assert!(state.starts_with("quarantined: "), "{state}");
+    assert_eq!(rig.agent_state(result.agent.as_str()), "ready");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dockerfile_failure_is_final_and_blames_no_agent() {
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Build), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("linux/amd64 failed on agent amd64-"), "{summary}");
+    assert!(summary.contains("(build): build failed"), "{summary}");
+    assert!(summary.contains("exit code: 2"), "the failing step's last lines are shown: {summary}");
+    assert_eq!(rig.attempts().len(), 1, "the Dockerfile would fail anywhere: not retried");
+    assert_eq!(rig.acts_left(), 1);
+    assert_eq!(rig.job_state(), JobState::Failed);
+    for agent in ["amd64-a", "amd64-b"] {
+        assert_eq!(rig.store.quarantined(&agent.parse().unwrap()).unwrap(), None);
+        assert_eq!(rig.agent_state(agent), "ready");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_failing_for_its_own_reasons_is_quarantined_after_the_limit() {
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Engine), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let (_, result) = rig.run().await.expect("the other agent builds it");
+    let attempts = rig.attempts();
+    assert_eq!(attempts[0].1, "failed");
+    let failed: AgentName = attempts[0].0.parse().unwrap();
+    assert_ne!(result.agent, failed);
+    let reason = rig.store.quarantined(&failed).unwrap().expect("quarantined after 1 failure");
+    assert!(reason.contains("1 jobs in a row failed"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_reached_fails_the_platform_clearly() {
+    let acts = [Act::Fail(FailureKind::Push), Act::Fail(FailureKind::Push), Act::Push];
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &acts).await;
+    rig.max_attempts = 2;
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("gave up after 2 attempts; the last: push failed"), "{summary}");
+    assert_eq!(rig.attempts().iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
+    assert_eq!(rig.acts_left(), 1, "no third attempt");
+    assert_eq!(rig.job_state(), JobState::Failed);
+    // A failing push says more about the registry than the agents: nobody is quarantined.
+    assert_eq!(rig.agent_state("amd64-a"), "ready");
+    assert_eq!(rig.agent_state("amd64-b"), "ready");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_during_an_attempt_stops_it_and_frees_the_agent() {
+    let rig = Rig::new(&["amd64-a"], &[Act::Hang]).await;
+    let mut events = rig.live.events.subscribe();
+    let cancel = rig.live.cancel.clone();
+    let watcher = async move {
+        while let Ok(event) = events.recv().await {
+            if matches!(event, BuildEvent::Started { .. }) {
+                cancel.cancel();
+                return;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(rig.run(), watcher);
+    assert_eq!(result.unwrap_err(), "  linux/amd64: cancelled");
+    assert_eq!(rig.attempts(), [("amd64-a".to_owned(), "cancelled".to_owned())]);
+    let agent = rig.farm.agents().remove(0);
+    assert_eq!((agent.running, agent.state.as_str()), (0, "ready"), "the slot is given back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_platform_no_agent_serves_fails_after_the_agent_wait() {
+    let mut rig = Rig::new(&["amd64-a"], &[]).await;
+    rig.spec.platform = "linux/arm64".parse().unwrap();
+    let started = tokio::time::Instant::now();
+    let summary = rig.run().await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(summary.contains("linux/arm64 failed before reaching an agent (agent lost)"), "{summary}");
+    assert!(summary.contains("no agent building linux/arm64 has been connected for 30 s"), "{summary}");
+    assert!((Duration::from_secs(30)..Duration::from_secs(32)).contains(&waited), "{waited:?}");
+    assert!(rig.attempts().is_empty());
+    assert_eq!(rig.job_state(), JobState::Failed);
+}
