@@ -7,10 +7,12 @@ use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::protocol::{BuildRequest, ClientRequest};
-use archfarm_shared::registry;
-use archfarm_shared::Platform;
+use archfarm_shared::request;
+use archfarm_shared::{Digest, Platform};
 use std::path::PathBuf;
 
+/// The Dockerfile's path in the context unless `-f` says otherwise.
+const DEFAULT_DOCKERFILE: &str = "Dockerfile";
 /// Default largest context the client packs (the coordinator has its own limit).
 const MAX_CONTEXT: u64 = 8 << 30;
 
@@ -67,24 +69,15 @@ fn pairs(values: &[String], flag: &str, from_env: bool) -> anyhow::Result<Vec<(S
             },
             None => bail!("{flag} {v:?} must be KEY=VALUE"),
         };
-        if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) || val.chars().any(|c| c == '\0') {
-            bail!("{flag} {v:?}: the key must be non-empty without whitespace, and the value without NUL");
-        }
         out.push((k, val));
     }
     Ok(out)
 }
 
-/// The parts of a request checked on the client.
-#[derive(Debug)]
-struct Checked {
-    platforms: Vec<Platform>,
-    build_args: Vec<(String, String)>,
-    labels: Vec<(String, String)>,
-}
-
-/// Checks everything that can be checked before anything is sent.
-fn request_parts(args: &BuildArgs) -> anyhow::Result<Checked> {
+/// The request the flags ask for, checked by the rules the coordinator applies
+/// ([`request::validate`]) before anything is packed or sent. Its context and Dockerfile path
+/// are filled in once the context is packed.
+fn request_from(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
     if !args.push {
         bail!(
             "no output: the build result would be thrown away. Add --push to push the per-platform images and \
@@ -94,57 +87,39 @@ fn request_parts(args: &BuildArgs) -> anyhow::Result<Checked> {
     if args.tags.is_empty() {
         bail!("--push needs a name: add -t REGISTRY/REPOSITORY:TAG");
     }
-    for t in &args.tags {
-        let r = registry::parse_reference(t)?;
-        if r.digest().is_some() {
-            bail!("-t {t:?} names a digest; give a tag");
-        }
-    }
-    let mut platforms: Vec<Platform> = Vec::new();
-    for p in args.platform.iter().filter(|p| !p.trim().is_empty()) {
-        let p: Platform = p.parse()?;
-        if platforms.contains(&p) {
-            bail!("--platform lists {p} twice");
-        }
-        platforms.push(p);
-    }
-    if platforms.is_empty() {
-        bail!("--platform is empty: name at least one, for example linux/amd64,linux/arm64");
-    }
-    if let Some(t) = &args.target {
-        if t.is_empty() || t.chars().any(char::is_whitespace) {
-            bail!("--target {t:?} is not a stage name");
-        }
-    }
-    Ok(Checked {
+    let platforms = args
+        .platform
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.parse::<Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let req = BuildRequest {
         platforms,
+        tags: args.tags.clone(),
+        context: Digest::of(&[]),
+        dockerfile: DEFAULT_DOCKERFILE.to_owned(),
         build_args: pairs(&args.build_args, "--build-arg", true)?,
+        target: args.target.clone(),
         labels: pairs(&args.labels, "--label", false)?,
-    })
+    };
+    request::validate(&req)?;
+    Ok(req)
 }
 
 /// Runs `archfarm build`. Returns whether the index was published.
 pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
-    let Checked { platforms, build_args, labels } = request_parts(&args)?;
+    let mut request = request_from(&args)?;
     let (context_dir, file) = (args.context.clone(), args.file.clone());
     let packed = tokio::task::spawn_blocking(move || context::pack(&context_dir, file.as_deref(), MAX_CONTEXT))
         .await?
         .map_err(|e| anyhow::anyhow!(e))?;
+    request.context = packed.digest.clone();
+    request.dockerfile = packed.dockerfile.clone();
     let conn = Connection::open(&args.remote).await?;
     super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
-
-    let request = BuildRequest {
-        platforms: platforms.clone(),
-        tags: args.tags.clone(),
-        context: packed.digest.clone(),
-        dockerfile: packed.dockerfile.clone(),
-        build_args,
-        target: args.target.clone(),
-        labels,
-    };
+    let progress = Progress::new(args.progress, &request.platforms);
     let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
-    let progress = Progress::new(args.progress, &platforms);
     let ok = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     conn.close().await;
     Ok(ok)
@@ -169,26 +144,25 @@ mod tests {
 
     #[test]
     fn refuses_builds_without_push_saying_what_to_add() {
-        let err = request_parts(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
+        let err = request_from(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
         assert!(err.to_string().contains("Add --push"), "{err}");
     }
 
     #[test]
     fn validates_tags_platforms_and_pairs_up_front() {
-        let err =
-            request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."]))
-                .unwrap_err();
+        let err = request_from(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."]))
+            .unwrap_err();
         assert!(err.to_string().contains("invalid image reference"), "{err}");
-        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."]))
+        let err = request_from(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."]))
             .unwrap_err();
         assert_eq!(err.to_string(), "--platform lists linux/amd64 twice");
         let err =
-            request_parts(&parse(&["--push", "--platform", "linux/amd64", "-t", "r/a:1", "--label", "novalue", "."]))
+            request_from(&parse(&["--push", "--platform", "linux/amd64", "-t", "r/a:1", "--label", "novalue", "."]))
                 .unwrap_err();
         assert!(err.to_string().contains("must be KEY=VALUE"), "{err}");
-        let err = request_parts(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
+        let err = request_from(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
         assert!(err.to_string().contains("add -t"), "{err}");
-        let Checked { platforms: p, build_args: args, labels } = request_parts(&parse(&[
+        let BuildRequest { platforms: p, build_args: args, labels, .. } = request_from(&parse(&[
             "--push",
             "--platform",
             "linux/arm64",

@@ -20,6 +20,7 @@ use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
 use archfarm_shared::registry::{self, ImageReference, Registry, RegistryClients};
+use archfarm_shared::request;
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
 use futures_util::future::join_all;
 use platform::{Runner, Verified};
@@ -35,68 +36,8 @@ struct Plan {
 }
 
 fn plan(req: &BuildRequest, registries: &RegistryClients) -> Result<Plan, String> {
-    if req.platforms.is_empty() {
-        return Err("no platform requested: pass --platform, for example linux/amd64,linux/arm64".into());
-    }
-    for (i, p) in req.platforms.iter().enumerate() {
-        if req.platforms[..i].contains(p) {
-            return Err(format!("platform {p} is requested twice"));
-        }
-    }
-    if req.tags.is_empty() {
-        return Err("no tag given: pass -t REGISTRY/REPOSITORY:TAG".into());
-    }
-    let mut tags = Vec::new();
-    for t in &req.tags {
-        let r = registry::parse_reference(t).map_err(|e| e.to_string())?;
-        if r.digest().is_some() {
-            return Err(format!("tag {t:?} names a digest; the farm publishes under tags only"));
-        }
-        tags.push(r);
-    }
-    let repository = registry::repository_of(&tags[0]);
-    if let Some(other) = tags.iter().find(|t| registry::repository_of(t) != repository) {
-        return Err(format!(
-            "all tags must be in one repository (the per-platform images live beside the index): {} and {}",
-            tags[0].whole(),
-            other.whole()
-        ));
-    }
-    check_pairs(&req.build_args, "build arg")?;
-    check_pairs(&req.labels, "label")?;
-    if let Some(t) = &req.target {
-        let ok = (1..=128).contains(&t.len())
-            && t.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !ok {
-            return Err(format!("target stage {t:?} is not a stage name (letters, digits, '_', '-', '.')"));
-        }
-    }
-    if req.dockerfile.is_empty() || req.dockerfile.starts_with('/') || req.dockerfile.split('/').any(|c| c == "..") {
-        return Err(format!("Dockerfile path {:?} must be relative to the context, without '..'", req.dockerfile));
-    }
-    let repo =
-        ImageReference::with_tag(tags[0].registry().to_owned(), tags[0].repository().to_owned(), "latest".to_owned());
-    Ok(Plan { registry: registries.get(&repo), repo, tags })
-}
-
-/// Build args and labels: bounded in number and size, keys without whitespace, control
-/// characters or '=', values without NUL. The client checks the same; a hostile one is refused here.
-fn check_pairs(pairs: &[(String, String)], what: &str) -> Result<(), String> {
-    if pairs.len() > 256 {
-        return Err(format!("{} {what}s given; at most 256", pairs.len()));
-    }
-    for (k, v) in pairs {
-        if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_whitespace() || c.is_control() || c == '=') {
-            return Err(format!(
-                "{what} name {k:?} must be 1-256 characters without whitespace, control characters or '='"
-            ));
-        }
-        if v.len() > 64 << 10 || v.contains('\0') {
-            return Err(format!("{what} {k}: the value must be at most 64 KiB, without NUL"));
-        }
-    }
-    Ok(())
+    let dest = request::validate(req).map_err(|e| e.to_string())?;
+    Ok(Plan { registry: registries.get(&dest.repository), repo: dest.repository, tags: dest.tags })
 }
 
 /// How a build ended.
@@ -300,52 +241,4 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> 
     shared.store.set_build_state(id, BuildState::Published, Some(&index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");
     Ok(index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use archfarm_shared::Digest;
-
-    fn request() -> BuildRequest {
-        BuildRequest {
-            platforms: vec!["linux/amd64".parse().unwrap()],
-            tags: vec!["127.0.0.1:5000/app:1".into()],
-            context: Digest::of(b"c"),
-            dockerfile: "Dockerfile".into(),
-            build_args: vec![],
-            target: None,
-            labels: vec![],
-        }
-    }
-
-    fn refused(edit: impl FnOnce(&mut BuildRequest)) -> String {
-        let mut r = request();
-        edit(&mut r);
-        match plan(&r, &RegistryClients::new(vec![])) {
-            Ok(_) => panic!("accepted"),
-            Err(e) => e,
-        }
-    }
-
-    #[test]
-    fn requests_a_client_could_not_have_sent_are_refused_with_reasons() {
-        archfarm_shared::tls::install_crypto_provider();
-        assert!(plan(&request(), &RegistryClients::new(vec![])).is_ok());
-        assert!(refused(|r| r.platforms.clear()).contains("no platform"));
-        assert!(refused(|r| r.platforms.push("linux/amd64".parse().unwrap())).contains("requested twice"));
-        assert!(refused(|r| r.tags = vec!["127.0.0.1:5000/App:1".into()]).contains("invalid image reference"));
-        assert!(refused(|r| r.tags.push("127.0.0.1:5000/other:1".into())).contains("one repository"));
-        assert!(
-            refused(|r| r.tags = vec![format!("127.0.0.1:5000/app@{}", Digest::of(b"x"))]).contains("names a digest")
-        );
-        assert!(refused(|r| r.dockerfile = "../Dockerfile".into()).contains("without '..'"));
-        assert!(refused(|r| r.dockerfile = "/etc/Dockerfile".into()).contains("relative"));
-        assert!(refused(|r| r.build_args = vec![("A B".into(), "1".into())]).contains("build arg name \"A B\""));
-        assert!(refused(|r| r.build_args = vec![("A".into(), "x\0y".into())]).contains("without NUL"));
-        assert!(refused(|r| r.labels = vec![("k=v".into(), "1".into())]).contains("label name"));
-        assert!(refused(|r| r.build_args = (0..300).map(|i| (format!("K{i}"), String::new())).collect())
-            .contains("at most 256"));
-        assert!(refused(|r| r.target = Some("stage; rm -rf".into())).contains("not a stage name"));
-    }
 }

@@ -1,0 +1,239 @@
+//! The one set of rules a build request must meet. The client checks them before it uploads
+//! anything; the coordinator checks them again when the request arrives, since a client may be
+//! hostile. Both give the same messages, worded for the `archfarm build` flags.
+
+use crate::protocol::BuildRequest;
+use crate::registry::{self, ImageReference};
+
+/// Most build args, or labels, in one request.
+pub const MAX_PAIRS: usize = 256;
+/// Longest build-arg or label name.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest build-arg or label value.
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
+/// Longest `--target` stage name.
+pub const MAX_TARGET_BYTES: usize = 128;
+
+/// Where a valid request's images go.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The repository of every tag, as `REGISTRY/REPOSITORY:latest`: the per-platform images
+    /// are pushed there by digest.
+    pub repository: ImageReference,
+    /// Every requested tag, parsed, in order.
+    pub tags: Vec<ImageReference>,
+}
+
+/// Why a build request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No platform.
+    #[error("no platform requested: pass --platform, for example linux/amd64,linux/arm64")]
+    NoPlatform,
+    /// A platform listed twice.
+    #[error("--platform lists {0} twice")]
+    PlatformTwice(String),
+    /// No tag.
+    #[error("no tag given: pass -t REGISTRY/REPOSITORY:TAG")]
+    NoTag,
+    /// A tag that is not an image reference.
+    #[error("{0}")]
+    BadTag(String),
+    /// A tag naming a digest.
+    #[error("-t {0:?} names a digest; the farm publishes under tags only")]
+    DigestTag(String),
+    /// Tags in two repositories.
+    #[error("all tags must be in one repository (the per-platform images live beside the index): {0} and {1}")]
+    TwoRepositories(String, String),
+    /// Too many build args or labels.
+    #[error("{count} {flag} values given; at most {MAX_PAIRS}")]
+    TooManyPairs {
+        /// `--build-arg` or `--label`.
+        flag: &'static str,
+        /// How many were given.
+        count: usize,
+    },
+    /// A build-arg or label name that is empty, long, or holds whitespace, control characters or '='.
+    #[error("{flag} name {key:?} must be 1-{MAX_KEY_BYTES} characters without whitespace, control characters or '='")]
+    BadKey {
+        /// `--build-arg` or `--label`.
+        flag: &'static str,
+        /// The name.
+        key: String,
+    },
+    /// A build-arg or label value that is too large or holds NUL.
+    #[error("{flag} {key}: the value must be at most 64 KiB, without NUL")]
+    BadValue {
+        /// `--build-arg` or `--label`.
+        flag: &'static str,
+        /// The name.
+        key: String,
+    },
+    /// A `--target` that is not a stage name.
+    #[error(
+        "--target {0:?} is not a stage name (1-128 letters, digits, '_', '-', '.', starting with a letter or digit)"
+    )]
+    BadTarget(String),
+    /// A Dockerfile path outside the context.
+    #[error("Dockerfile path {0:?} must be relative to the context, without '..'")]
+    BadDockerfile(String),
+}
+
+/// Checks every field of `req` but its context digest (which its type already guarantees).
+pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
+    if req.platforms.is_empty() {
+        return Err(RequestError::NoPlatform);
+    }
+    for (i, p) in req.platforms.iter().enumerate() {
+        if req.platforms[..i].contains(p) {
+            return Err(RequestError::PlatformTwice(p.to_string()));
+        }
+    }
+    let destination = destination(&req.tags)?;
+    check_pairs(&req.build_args, "--build-arg")?;
+    check_pairs(&req.labels, "--label")?;
+    if let Some(t) = &req.target {
+        let ok = (1..=MAX_TARGET_BYTES).contains(&t.len())
+            && t.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(RequestError::BadTarget(t.clone()));
+        }
+    }
+    let d = &req.dockerfile;
+    if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == "..") || d.contains('\0') {
+        return Err(RequestError::BadDockerfile(d.clone()));
+    }
+    Ok(destination)
+}
+
+fn destination(tags: &[String]) -> Result<Destination, RequestError> {
+    let mut parsed: Vec<ImageReference> = Vec::with_capacity(tags.len());
+    for t in tags {
+        let r = registry::parse_reference(t).map_err(|e| RequestError::BadTag(e.to_string()))?;
+        if r.digest().is_some() {
+            return Err(RequestError::DigestTag(t.clone()));
+        }
+        parsed.push(r);
+    }
+    let first = parsed.first().ok_or(RequestError::NoTag)?;
+    let repository = registry::repository_of(first);
+    if let Some(other) = parsed.iter().find(|t| registry::repository_of(t) != repository) {
+        return Err(RequestError::TwoRepositories(first.whole(), other.whole()));
+    }
+    let repository =
+        ImageReference::with_tag(first.registry().to_owned(), first.repository().to_owned(), "latest".into());
+    Ok(Destination { repository, tags: parsed })
+}
+
+/// Build args and labels: bounded in number and size, names without whitespace, control
+/// characters or '=', values without NUL.
+fn check_pairs(pairs: &[(String, String)], flag: &'static str) -> Result<(), RequestError> {
+    if pairs.len() > MAX_PAIRS {
+        return Err(RequestError::TooManyPairs { flag, count: pairs.len() });
+    }
+    for (k, v) in pairs {
+        let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '=';
+        if k.is_empty() || k.len() > MAX_KEY_BYTES || k.chars().any(bad_char) {
+            return Err(RequestError::BadKey { flag, key: k.clone() });
+        }
+        if v.len() > MAX_VALUE_BYTES || v.contains('\0') {
+            return Err(RequestError::BadValue { flag, key: k.clone() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Digest;
+
+    fn request() -> BuildRequest {
+        BuildRequest {
+            platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
+            tags: vec!["127.0.0.1:5000/team/app:1".into(), "127.0.0.1:5000/team/app:latest".into()],
+            context: Digest::of(b"c"),
+            dockerfile: "docker/Dockerfile".into(),
+            build_args: vec![("VERSION".into(), "1.4".into()), ("EMPTY".into(), String::new())],
+            target: Some("release-stage_2.x".into()),
+            labels: vec![("org.opencontainers.image.source".into(), "https://example.com/a=b".into())],
+        }
+    }
+
+    fn refused(edit: impl FnOnce(&mut BuildRequest)) -> RequestError {
+        let mut r = request();
+        edit(&mut r);
+        validate(&r).expect_err("refused")
+    }
+
+    #[test]
+    fn a_valid_request_names_its_repository_and_tags() {
+        let d = validate(&request()).unwrap();
+        assert_eq!(d.repository.whole(), "127.0.0.1:5000/team/app:latest");
+        assert_eq!(d.tags.iter().map(|t| t.tag().unwrap()).collect::<Vec<_>>(), ["1", "latest"]);
+    }
+
+    #[test]
+    fn platforms_must_be_given_once_each() {
+        assert_eq!(refused(|r| r.platforms.clear()), RequestError::NoPlatform);
+        let twice = refused(|r| r.platforms.push("linux/amd64".parse().unwrap()));
+        assert_eq!(twice.to_string(), "--platform lists linux/amd64 twice");
+    }
+
+    #[test]
+    fn tags_must_be_valid_tag_references_in_one_repository() {
+        assert_eq!(refused(|r| r.tags.clear()).to_string(), "no tag given: pass -t REGISTRY/REPOSITORY:TAG");
+        for bad in ["127.0.0.1:5000/App:1", "127.0.0.1:5000/app:bad tag", "", "app::1"] {
+            let e = refused(|r| r.tags = vec![bad.into()]).to_string();
+            assert!(e.contains("invalid image reference") && e.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {e}");
+        }
+        let by_digest = format!("127.0.0.1:5000/team/app@{}", Digest::of(b"x"));
+        assert!(refused(|r| r.tags.push(by_digest)).to_string().contains("names a digest"));
+        let e = refused(|r| r.tags.push("127.0.0.1:5000/other:1".into())).to_string();
+        assert!(e.contains("all tags must be in one repository"), "{e}");
+        assert!(e.contains("127.0.0.1:5000/team/app:1 and 127.0.0.1:5000/other:1"), "{e}");
+        let e = refused(|r| r.tags.push("127.0.0.2:5000/team/app:1".into())).to_string();
+        assert!(e.contains("one repository"), "another registry is another repository: {e}");
+    }
+
+    #[test]
+    fn build_args_and_labels_are_bounded_and_clean() {
+        let e = refused(|r| r.build_args = vec![("A B".into(), "1".into())]);
+        assert_eq!(
+            e.to_string(),
+            "--build-arg name \"A B\" must be 1-256 characters without whitespace, control characters or '='"
+        );
+        assert!(refused(|r| r.build_args = vec![(String::new(), "1".into())]).to_string().contains("name \"\""));
+        assert!(refused(|r| r.build_args = vec![("A\u{1}".into(), "1".into())]).to_string().contains("must be"));
+        assert!(refused(|r| r.build_args = vec![("K".repeat(257), "1".into())]).to_string().contains("1-256"));
+        let e = refused(|r| r.build_args = vec![("A".into(), "x\0y".into())]);
+        assert_eq!(e.to_string(), "--build-arg A: the value must be at most 64 KiB, without NUL");
+        let e = refused(|r| r.build_args = vec![("A".into(), "x".repeat(MAX_VALUE_BYTES + 1))]);
+        assert!(e.to_string().contains("at most 64 KiB"), "{e}");
+        let e = refused(|r| r.labels = vec![("k=v".into(), "1".into())]);
+        assert!(e.to_string().starts_with("--label name \"k=v\""), "{e}");
+        let e = refused(|r| r.build_args = (0..=MAX_PAIRS).map(|i| (format!("K{i}"), String::new())).collect());
+        assert_eq!(e.to_string(), "257 --build-arg values given; at most 256");
+        let e = refused(|r| r.labels = (0..=MAX_PAIRS).map(|i| (format!("K{i}"), String::new())).collect());
+        assert!(e.to_string().starts_with("257 --label values"), "{e}");
+    }
+
+    #[test]
+    fn target_must_be_a_stage_name() {
+        for bad in ["", "stage; rm -rf /", "-x", ".x", "a b", &"s".repeat(129)] {
+            let e = refused(|r| r.target = Some(bad.into()));
+            assert!(e.to_string().starts_with("--target") && e.to_string().contains("is not a stage name"), "{e}");
+        }
+        assert!(validate(&BuildRequest { target: None, ..request() }).is_ok());
+    }
+
+    #[test]
+    fn the_dockerfile_stays_inside_the_context() {
+        for bad in ["", "/etc/Dockerfile", "../Dockerfile", "a/../../Dockerfile", "a\0b"] {
+            let e = refused(|r| r.dockerfile = bad.into()).to_string();
+            assert!(e.contains("must be relative to the context, without '..'"), "{bad:?}: {e}");
+        }
+        assert!(validate(&BuildRequest { dockerfile: "a/..b/Dockerfile".into(), ..request() }).is_ok());
+    }
+}
