@@ -1,0 +1,324 @@
+//! One farm per test: a registry, a coordinator and agents on free ports in a temporary
+//! directory, stopped (logs dumped on failure) when the [`Farm`] drops.
+
+use crate::{bin, run_ok, wait_until, Host, Net, Proc};
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A free loopback TCP port.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One agent to start.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Its name (certificate common name).
+    pub name: &'static str,
+    /// `native_platform` override (to stand in for another host), if any.
+    pub native: Option<&'static str>,
+    /// Builds at once.
+    pub capacity: u32,
+}
+
+impl AgentSpec {
+    /// The native amd64 agent.
+    pub fn amd64() -> Self {
+        AgentSpec { name: "amd64-1", native: None, capacity: 2 }
+    }
+
+    /// An amd64 host declaring linux/arm64: a stand-in for arm64 hardware.
+    pub fn arm64_standin() -> Self {
+        AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 2 }
+    }
+}
+
+/// A farm for one test.
+#[derive(Debug)]
+pub struct Farm {
+    /// Temporary directory holding certificates, configs, data and logs.
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT` of the registry.
+    pub registry: String,
+    /// `127.0.0.1:PORT` of the coordinator.
+    pub coordinator: String,
+    /// The client token.
+    pub token: String,
+    /// Processes: registry, coordinator, then agents.
+    pub procs: Vec<Proc>,
+    /// With several hosts: the network, and each process's host (by process name).
+    pub net: Option<Net>,
+    hosts: std::collections::HashMap<String, Host>,
+    heartbeat_timeout_secs: u64,
+    registry_storage: Option<tempfile::TempDir>,
+}
+
+impl Farm {
+    /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
+    pub fn start(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, None, 4)
+    }
+
+    /// Like [`Farm::start`], with the coordinator's production heartbeat timeout (15 s) instead
+    /// of the short one the failover tests use: for tests that load the machine so much that a
+    /// healthy agent's heartbeat can be late by seconds.
+    pub fn start_patient(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, None, 15)
+    }
+
+    /// Like [`Farm::start`], but the coordinator and each agent are separate hosts: each in its
+    /// own network namespace, reaching each other and the registry over a bridge.
+    pub fn start_on_hosts(agents: &[AgentSpec]) -> Farm {
+        Self::start_inner(agents, Some(Net::create()), 4)
+    }
+
+    /// Like [`Farm::start_patient`], with the registry's storage in memory (tmpfs under
+    /// /dev/shm): for the control-plane benchmark, which must measure the coordinator rather than
+    /// the registry's disk syncs.
+    pub fn start_patient_with_registry_in_memory(agents: &[AgentSpec]) -> Farm {
+        let storage = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
+        Self::start_full(agents, None, 15, Some(storage))
+    }
+
+    fn start_inner(agents: &[AgentSpec], net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {
+        Self::start_full(agents, net, heartbeat_timeout_secs, None)
+    }
+
+    fn start_full(
+        agents: &[AgentSpec],
+        mut net: Option<Net>,
+        heartbeat_timeout_secs: u64,
+        registry_storage: Option<tempfile::TempDir>,
+    ) -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = d.join("ca");
+        let mut hosts = std::collections::HashMap::new();
+        let (registry, coordinator) = match &mut net {
+            Some(n) => {
+                let coord = n.add_host("coord");
+                for a in agents {
+                    hosts.insert(format!("agent {}", a.name), n.add_host(a.name));
+                }
+                let addrs = (format!("{}:{}", n.bridge_ip(), free_tcp_port()), format!("{}:7000", coord.ip));
+                hosts.insert("coordinator".to_owned(), coord);
+                addrs
+            }
+            None => (format!("127.0.0.1:{}", free_tcp_port()), format!("127.0.0.1:{}", free_udp_port())),
+        };
+        let coordinator_ip = coordinator.rsplit_once(':').unwrap().0.to_owned();
+        run_ok(Command::new(bin("archfarm")).args(["ca", "init", "--name", &coordinator_ip, "--dir"]).arg(&ca));
+        for a in agents {
+            run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", a.name, "--dir"]).arg(&ca));
+        }
+        let token = std::fs::read_to_string(ca.join("client.token")).unwrap().trim().to_owned();
+        let mut farm = Farm {
+            dir,
+            registry,
+            coordinator,
+            token,
+            procs: Vec::new(),
+            net,
+            hosts,
+            heartbeat_timeout_secs,
+            registry_storage,
+        };
+        farm.start_registry();
+        farm.start_coordinator();
+        for a in agents {
+            farm.start_agent(a, &ca.join(format!("{}.pem", a.name)), &ca.join(format!("{}.key", a.name)));
+        }
+        let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
+        farm.wait_for_agents(&names);
+        farm
+    }
+
+    /// A command for process `name`: in its host's namespace when the farm has hosts.
+    fn host_command(&self, name: &str, program: &Path) -> Command {
+        match self.hosts.get(name) {
+            Some(h) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// The host a process runs on, when the farm has hosts.
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts.get(name).unwrap_or_else(|| panic!("{name} has no host of its own"))
+    }
+
+    /// `insecure_registries` for configs: the registry, when it is not on loopback.
+    fn insecure_line(&self) -> String {
+        if self.net.is_some() {
+            format!("insecure_registries = [\"{}\"]\n", self.registry)
+        } else {
+            String::new()
+        }
+    }
+
+    /// A path in the farm's directory.
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Stops the registry and starts it again on the same address and storage.
+    pub fn restart_registry(&mut self) {
+        self.stop_registry();
+        self.start_registry();
+    }
+
+    /// Stops the registry process.
+    pub fn stop_registry(&mut self) {
+        if let Some(i) = self.procs.iter().position(|p| p.name == "registry") {
+            let mut old = self.procs.remove(i);
+            old.stop();
+            let _ = std::fs::rename(self.path("registry.log"), self.path(&format!("registry.{}.log", rand_suffix())));
+        }
+    }
+
+    /// The registry's storage root: in the farm's directory, or in memory.
+    pub(crate) fn registry_root(&self) -> PathBuf {
+        match &self.registry_storage {
+            Some(dir) => dir.path().to_owned(),
+            None => self.path("registry-data"),
+        }
+    }
+
+    /// Starts the registry.
+    pub fn start_registry(&mut self) {
+        let config = self.path("registry.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
+            self.registry_root().display(),
+            self.registry
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config);
+        self.procs.push(Proc::start("registry", cmd, self.path("registry.log")));
+        let url = format!("http://{}/v2/", self.registry);
+        wait_until(Duration::from_secs(15), "the registry to answer", || ureq::get(&url).call().ok());
+    }
+
+    /// Stops the coordinator (SIGTERM) and starts a new one on the same address and state.
+    pub fn restart_coordinator(&mut self) {
+        let i = self.procs.iter().position(|p| p.name == "coordinator").expect("a coordinator");
+        let mut old = self.procs.remove(i);
+        old.stop();
+        let previous = self.path("coordinator.log");
+        std::fs::rename(&previous, self.path("coordinator.before-restart.log")).unwrap();
+        self.start_coordinator();
+    }
+
+    /// Starts the coordinator (again, after [`Proc::kill9`] for example) on the same address and state.
+    pub fn start_coordinator(&mut self) {
+        if let Some(i) = self.procs.iter().position(|p| p.name == "coordinator") {
+            let mut old = self.procs.remove(i);
+            old.stop();
+            let _ =
+                std::fs::rename(self.path("coordinator.log"), self.path(&format!("coordinator.{}.log", rand_suffix())));
+        }
+        let config = self.path("coordinator.toml");
+        let toml = format!(
+            "listen = \"{}\"\ndata_dir = \"data\"\nheartbeat_interval_secs = {}\nheartbeat_timeout_secs = {}\nagent_wait_secs = 8\n\
+             [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\nca_key = \"ca/ca.key\"\n",
+            self.coordinator, (self.heartbeat_timeout_secs / 4).max(1), self.heartbeat_timeout_secs
+        );
+        let toml = self.insecure_line() + &toml;
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = self.host_command("coordinator", &bin("archfarm"));
+        cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+        let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
+        p.wait_for_log("coordinator listening", Duration::from_secs(15));
+        self.procs.push(p);
+    }
+
+    /// Starts an agent with the given certificate and key (normally issued by the farm CA).
+    pub fn start_agent(&mut self, spec: &AgentSpec, cert: &Path, key: &Path) {
+        self.start_agent_with(spec, cert, key, &[]);
+    }
+
+    /// Starts an agent that has no certificate yet and enrolls with a join token; its key and
+    /// certificate go to its own directory.
+    pub fn start_joining_agent(&mut self, spec: &AgentSpec, token: &str) -> PathBuf {
+        let dir = self.path(&format!("agent-{}", spec.name));
+        let (cert, key) = (dir.join("tls/agent.pem"), dir.join("tls/agent.key"));
+        self.start_agent_with(spec, &cert, &key, &["--join-token", token]);
+        cert
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub fn start_agent_with(&mut self, spec: &AgentSpec, cert: &Path, key: &Path, args: &[&str]) {
+        let dir = self.path(&format!("agent-{}", spec.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml = format!(
+            "coordinator = \"{}\"\nname = \"{}\"\nserver_name = \"localhost\"\ncapacity = {}\ncache_dir = \"cache\"\nmax_backoff_secs = 2\n",
+            self.coordinator, spec.name, spec.capacity
+        );
+        if let Some(native) = spec.native {
+            toml.push_str(&format!("native_platform = \"{native}\"\n"));
+        }
+        toml.push_str(&self.insecure_line());
+        toml.push_str(&format!(
+            "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.path("ca/ca.pem").display(),
+            cert.display(),
+            key.display()
+        ));
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = self.host_command(&format!("agent {}", spec.name), &bin("archfarm-agent"));
+        cmd.arg("--config").arg(&config).args(args).env("RUST_LOG", "info");
+        self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
+    }
+
+    /// Waits until `agents ls` lists every name.
+    pub fn wait_for_agents(&self, names: &[&str]) {
+        wait_until(Duration::from_secs(30), &format!("agents {names:?} to register"), || {
+            let out = self.archfarm(&["agents", "ls", "--format", "json"]);
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let listed: Vec<&str> = listed.as_array()?.iter().filter_map(|a| a["name"].as_str()).collect();
+            names.iter().all(|n| listed.contains(n)).then_some(())
+        });
+    }
+
+    /// A process by name.
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Every process's log, for a failing test.
+    pub fn dump_logs(&self) {
+        let mut err = std::io::stderr().lock();
+        for p in &self.procs {
+            let _ = writeln!(err, "===== {} ({}) =====\n{}", p.name, p.log.display(), p.log_text());
+        }
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        // Agents first, the registry last.
+        while let Some(mut p) = self.procs.pop() {
+            p.stop();
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
