@@ -1,5 +1,6 @@
 //! One farm per test: a registry, a coordinator and agents on free ports in a temporary
-//! directory, stopped (logs dumped on failure) when the [`Farm`] drops.
+//! directory, started through [`FarmBuilder`] and stopped (logs dumped on failure) when the
+//! [`Farm`] drops.
 
 use crate::{bin, run_ok, wait_until, Host, Net, Proc};
 use std::io::Write;
@@ -7,6 +8,11 @@ use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// The coordinator's heartbeat timeout in the failover tests, so that a lost agent is noticed soon.
+const SHORT_HEARTBEAT_TIMEOUT_SECS: u64 = 4;
+/// The coordinator's heartbeat timeout in production, for [`FarmBuilder::patient`].
+const PRODUCTION_HEARTBEAT_TIMEOUT_SECS: u64 = 15;
 
 /// A free loopback TCP port.
 pub fn free_tcp_port() -> u16 {
@@ -61,43 +67,52 @@ pub struct Farm {
     registry_storage: Option<tempfile::TempDir>,
 }
 
-impl Farm {
-    /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
-    pub fn start(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, None, 4)
+/// How to start a [`Farm`]: made by [`Farm::builder`], started by [`FarmBuilder::start`].
+#[derive(Debug, Default)]
+pub struct FarmBuilder {
+    agents: Vec<AgentSpec>,
+    patient: bool,
+    on_hosts: bool,
+    registry_in_memory: bool,
+}
+
+impl FarmBuilder {
+    /// The agents to start (none by default).
+    pub fn agents(mut self, agents: &[AgentSpec]) -> Self {
+        self.agents = agents.to_vec();
+        self
     }
 
-    /// Like [`Farm::start`], with the coordinator's production heartbeat timeout (15 s) instead
-    /// of the short one the failover tests use: for tests that load the machine so much that a
-    /// healthy agent's heartbeat can be late by seconds.
-    pub fn start_patient(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, None, 15)
+    /// The coordinator's production heartbeat timeout (15 s) instead of the short one (4 s) the
+    /// failover tests use: for tests that load the machine so much that a healthy agent's
+    /// heartbeat can be late by seconds.
+    pub fn patient(mut self) -> Self {
+        self.patient = true;
+        self
     }
 
-    /// Like [`Farm::start`], but the coordinator and each agent are separate hosts: each in its
-    /// own network namespace, reaching each other and the registry over a bridge.
-    pub fn start_on_hosts(agents: &[AgentSpec]) -> Farm {
-        Self::start_inner(agents, Some(Net::create()), 4)
+    /// The coordinator and each agent are separate hosts: each in its own network namespace,
+    /// reaching each other and the registry over a bridge.
+    pub fn on_hosts(mut self) -> Self {
+        self.on_hosts = true;
+        self
     }
 
-    /// Like [`Farm::start_patient`], with the registry's storage in memory (tmpfs under
-    /// /dev/shm): for the control-plane benchmark, which must measure the coordinator rather than
-    /// the registry's disk syncs.
-    pub fn start_patient_with_registry_in_memory(agents: &[AgentSpec]) -> Farm {
-        let storage = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
-        Self::start_full(agents, None, 15, Some(storage))
+    /// The registry's storage in memory (tmpfs under /dev/shm): for the control-plane
+    /// benchmark, which must measure the coordinator rather than the registry's disk syncs.
+    pub fn registry_in_memory(mut self) -> Self {
+        self.registry_in_memory = true;
+        self
     }
 
-    fn start_inner(agents: &[AgentSpec], net: Option<Net>, heartbeat_timeout_secs: u64) -> Farm {
-        Self::start_full(agents, net, heartbeat_timeout_secs, None)
-    }
-
-    fn start_full(
-        agents: &[AgentSpec],
-        mut net: Option<Net>,
-        heartbeat_timeout_secs: u64,
-        registry_storage: Option<tempfile::TempDir>,
-    ) -> Farm {
+    /// Starts a registry, a coordinator and the agents, and waits until every agent is registered.
+    pub fn start(self) -> Farm {
+        let agents = &self.agents;
+        let heartbeat_timeout_secs =
+            if self.patient { PRODUCTION_HEARTBEAT_TIMEOUT_SECS } else { SHORT_HEARTBEAT_TIMEOUT_SECS };
+        let mut net = self.on_hosts.then(Net::create);
+        let registry_storage =
+            self.registry_in_memory.then(|| tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm"));
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ca = d.join("ca");
@@ -139,6 +154,19 @@ impl Farm {
         let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
         farm.wait_for_agents(&names);
         farm
+    }
+}
+
+impl Farm {
+    /// How to start a farm; unless told otherwise: no agents, the short heartbeat timeout, every
+    /// process on loopback, the registry's storage on disk.
+    pub fn builder() -> FarmBuilder {
+        FarmBuilder::default()
+    }
+
+    /// Starts a registry, a coordinator and `agents`, and waits until every agent is registered.
+    pub fn start(agents: &[AgentSpec]) -> Farm {
+        Farm::builder().agents(agents).start()
     }
 
     /// A command for process `name`: in its host's namespace when the farm has hosts.

@@ -4,14 +4,14 @@
 //! test failed. Tests `use archfarm_tests::*`: what they call is re-exported here.
 //!
 //! # Layout
-//! - `farm`: [`Farm`], one farm per test on free ports in a temporary directory.
+//! - `farm`: [`Farm`] and its [`FarmBuilder`], one farm per test on free ports in a temporary directory.
 //! - `client`: running the `archfarm` client against a farm and reading back its build records.
 //! - `process`: [`Proc`], a child process with its log file killed on drop; bounded waits and runs.
 //! - `fixtures`: the workspace's binaries, the per-arch busybox of `scripts/setup.sh`, build contexts.
 //! - `registry_checks`: the registry's HTTP API and storage, [`skopeo`], ELF machines and digests.
 //! - [`scripted`]: a scripted agent, to play one that misbehaves.
 //! - [`net`]: hosts in network namespaces, with links that can be cut.
-//! - [`bench`]: the benchmark harness behind `scripts/bench.sh` (ratios, not timed tests).
+//! - [`bench`](mod@bench): the benchmark harness behind `scripts/bench.sh` (ratios, not timed tests).
 
 pub mod bench;
 pub mod net;
@@ -23,7 +23,7 @@ mod fixtures;
 mod process;
 mod registry_checks;
 
-pub use farm::{free_tcp_port, free_udp_port, AgentSpec, Farm};
+pub use farm::{free_tcp_port, free_udp_port, AgentSpec, Farm, FarmBuilder};
 pub use fixtures::{bin, context, fixtures, slow_context, workspace, PER_ARCH_DOCKERFILE};
 pub use net::{Host, Net};
 pub use process::{kill_started_processes, run_bounded, run_ok, text, wait_output, wait_until, Proc};

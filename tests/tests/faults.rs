@@ -26,7 +26,7 @@ fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
 #[test]
 fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
     let second = AgentSpec { name: "amd64-2", native: None, capacity: 2 };
-    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), second]);
+    let mut farm = Farm::builder().agents(&[AgentSpec::amd64(), second]).on_hosts().start();
     let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("failover"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
@@ -54,7 +54,7 @@ fn an_agent_killed_mid_build_is_replaced_by_another_of_its_platform() {
 
 #[test]
 fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_published() {
-    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let mut farm = Farm::builder().agents(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]).on_hosts().start();
     let ctx = slow_context(20);
     let tag = format!("{}:1", farm.repo("orphan"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
@@ -76,7 +76,7 @@ fn the_only_agent_of_a_platform_killed_fails_the_build_naming_it_and_nothing_is_
 
 #[test]
 fn the_coordinator_killed_mid_build_resumes_it_from_its_database_after_a_restart() {
-    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let mut farm = Farm::builder().agents(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]).on_hosts().start();
     let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("restart"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
@@ -240,7 +240,7 @@ fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_dup
     const BUILDS: usize = 200;
     let amd = AgentSpec { name: "amd64-1", native: None, capacity: 4 };
     let arm = AgentSpec { name: "arm64-1", native: Some("linux/arm64"), capacity: 4 };
-    let farm = Farm::start_patient(&[amd, arm]);
+    let farm = Farm::builder().agents(&[amd, arm]).patient().start();
     // Each build has its own small context, so a mix-up between builds would show in an image.
     let contexts: Vec<tempfile::TempDir> = (0..BUILDS)
         .map(|i| {

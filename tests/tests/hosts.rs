@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[test]
 fn a_two_platform_build_across_three_hosts_publishes_a_verified_index() {
-    let farm = Farm::start_on_hosts(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let farm = Farm::builder().agents(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]).on_hosts().start();
     assert!(farm.coordinator.starts_with("10.231."), "the coordinator is a host of its own: {}", farm.coordinator);
     let ctx = context(PER_ARCH_DOCKERFILE);
     let tag = format!("{}:1", farm.repo("hosts"));
@@ -33,7 +33,7 @@ fn a_two_platform_build_across_three_hosts_publishes_a_verified_index() {
 #[test]
 fn an_agents_link_cut_mid_build_moves_the_platform_to_another_agent_and_the_agent_returns_when_healed() {
     let second = AgentSpec { name: "amd64-2", native: None, capacity: 2 };
-    let mut farm = Farm::start_on_hosts(&[AgentSpec::amd64(), second]);
+    let mut farm = Farm::builder().agents(&[AgentSpec::amd64(), second]).on_hosts().start();
     let ctx = slow_context(3);
     let tag = format!("{}:1", farm.repo("linkcut"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());

@@ -112,7 +112,7 @@ pub fn run(o: &Options) -> anyhow::Result<Vec<Figure>> {
     let amd64 = AgentSpec { capacity: 1, ..AgentSpec::amd64() };
     let arm64 = AgentSpec { capacity: 1, ..AgentSpec::arm64_standin() };
     eprintln!("bench: starting a farm (registry, coordinator, agents amd64-1, i386-1, arm64-1)");
-    let farm = Farm::start_patient(&[amd64, i386, arm64]);
+    let farm = Farm::builder().agents(&[amd64, i386, arm64]).patient().start();
     let rt = tokio::runtime::Runtime::new()?;
     archfarm_shared::tls::install_crypto_provider();
     let engine = rt.block_on(Engine::connect(None)).map_err(anyhow::Error::msg)?;

@@ -203,7 +203,7 @@ async fn fire(
 /// Runs P5.
 pub fn run(o: &Options) -> anyhow::Result<Figure> {
     let (agents, jobs, capacity) = o.size((1000u32, 10_000u64, 10u32), (50, 500, 10));
-    let farm = Farm::start_patient_with_registry_in_memory(&[]);
+    let farm = Farm::builder().patient().registry_in_memory().start();
     tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new()?;
     let coordinator_pid = farm.procs.iter().find(|p| p.name == "coordinator").expect("a coordinator").pid();

@@ -80,7 +80,7 @@ fn clear_stores(farm: &Farm) {
 pub fn run(o: &Options) -> anyhow::Result<Figure> {
     let size = o.size(1u64 << 30, 64 << 20);
     eprintln!("bench: P4 with a {} MiB context", size >> 20);
-    let farm = Farm::start_patient(&[]);
+    let farm = Farm::builder().patient().start();
     archfarm_shared::tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new()?;
     let remote = Remote {
