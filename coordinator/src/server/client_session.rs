@@ -33,7 +33,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let accepted = auth::token_accepted(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
         warn!("{e}");
         false
-    }) || shared.store.client_token_live(&token_hash(&token)).unwrap_or(false);
+    }) || shared.store.client_token_live(&token_hash(&token)).await.unwrap_or(false);
     if !accepted {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();

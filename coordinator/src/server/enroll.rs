@@ -45,7 +45,7 @@ async fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, Stri
             .into());
     };
     let store_error = |e: StoreError| e.to_string();
-    if shared.store.agent_revoked(&request.name).map_err(store_error)? {
+    if shared.store.agent_revoked(&request.name).await.map_err(store_error)? {
         return Err(format!("agent {} is revoked; enroll under another name", request.name));
     }
     let hash = pki::token_hash(&request.token);

@@ -97,8 +97,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
     // Builds the last run did not finish continue; agents reconnect on their own.
-    for id in shared.store.unfinished().context("reading unfinished builds")? {
-        if let Err(e) = build::resume(&shared, &id) {
+    for id in shared.store.unfinished().await.context("reading unfinished builds")? {
+        if let Err(e) = build::resume(&shared, &id).await {
             error!(build = %id, "cannot resume: {e}");
         }
     }

@@ -45,7 +45,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         }
         Err(e) => return refuse(&conn, &e.to_string()),
     };
-    match shared.store.agent_revoked(&name) {
+    match shared.store.agent_revoked(&name).await {
         Ok(false) => {}
         Ok(true) => {
             return refuse(
@@ -85,7 +85,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
         registration: registration.clone(),
         link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max }),
     };
-    let standing = match shared.store.quarantined(&name) {
+    let standing = match shared.store.quarantined(&name).await {
         Ok(Some(reason)) => Standing::Quarantined(reason),
         _ => Standing::Active,
     };

@@ -15,7 +15,7 @@ mod platform_tests;
 use super::live::Live;
 use super::publish::{self, RegistryImages};
 use super::state::Shared;
-use super::store::StoredJob;
+use super::store::builds::StoredJob;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
@@ -82,10 +82,11 @@ pub async fn submit(
 
 /// Resumes a build found unfinished in the store after a restart. Verified platforms are kept;
 /// the others run again.
-pub fn resume(shared: &Arc<Shared>, id: &BuildId) -> Result<(), String> {
+pub async fn resume(shared: &Arc<Shared>, id: &BuildId) -> Result<(), String> {
     let req = shared
         .store
         .request(id)
+        .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("build {id} is not in the store"))?;
     let live = shared.live.start(id);
@@ -133,7 +134,7 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
     };
     live.emit(BuildEvent::Accepted { build: id.clone() });
     info!(platforms = %platforms::list(&req.platforms), tags = %req.tags.join(","), "build running");
-    let jobs = match shared.store.jobs(id) {
+    let jobs = match shared.store.jobs(id).await {
         Ok(jobs) => jobs,
         Err(e) => return BuildEnd::Failed(e.to_string()),
     };
@@ -149,7 +150,7 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
     // it on the agent) rather than merely dropped.
     let results = join_all(jobs.into_iter().map(|job| run_job(runner, &plan, id, req, job, live))).await;
     if live.cancel.is_cancelled() {
-        for job in shared.store.jobs(id).unwrap_or_default() {
+        for job in shared.store.jobs(id).await.unwrap_or_default() {
             let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled").await;
         }
         return BuildEnd::Cancelled("the build was cancelled; nothing was published".into());
@@ -221,13 +222,13 @@ async fn run_job(
 /// Publishes the index of a build whose platforms are all verified, without rebuilding.
 /// Publishing a published build again writes the same bytes: harmless.
 pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> {
-    let req = shared.store.request(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no build {id}"))?;
+    let req = shared.store.request(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no build {id}"))?;
     if shared.live.get(id).is_some() {
         return Err(format!("build {id} is still running; it publishes on its own when every platform is verified"));
     }
     let plan = plan(&req, &shared.registries)?;
     let mut children = Vec::new();
-    for job in shared.store.jobs(id).map_err(|e| e.to_string())? {
+    for job in shared.store.jobs(id).await.map_err(|e| e.to_string())? {
         match (job.state, job.verified) {
             (JobState::Verified, Some((digest, media_type, size))) => {
                 children.push(Child { platform: job.platform, manifest: Blob { media_type, digest, size } })

@@ -198,14 +198,14 @@ impl Rig {
     }
 
     /// Each attempt's agent and outcome, from the store, as `builds show` reads them.
-    fn attempts(&self) -> Vec<(String, String)> {
-        let detail = self.store.detail(&self.spec.build).unwrap().unwrap();
+    async fn attempts(&self) -> Vec<(String, String)> {
+        let detail = self.store.detail(&self.spec.build).await.unwrap().unwrap();
         let attempts = &detail.jobs[0].attempts;
         attempts.iter().map(|a| (a.agent.to_string(), a.outcome.clone().unwrap_or_default())).collect()
     }
 
-    fn job_state(&self) -> JobState {
-        self.store.jobs(&self.spec.build).unwrap()[0].state
+    async fn job_state(&self) -> JobState {
+        self.store.jobs(&self.spec.build).await.unwrap()[0].state
     }
 
     fn agent_state(&self, name: &str) -> String {
@@ -222,14 +222,14 @@ async fn an_agent_lost_mid_job_is_replaced_by_a_peer() {
     let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Vanish, Act::Push]).await;
     let mut events = rig.live.events.subscribe();
     let (child, result) = rig.run().await.expect("the peer's image is verified");
-    let attempts = rig.attempts();
+    let attempts = rig.attempts().await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].1, "lost");
     assert_eq!(attempts[1].1, "pushed");
     assert_ne!(attempts[0].0, attempts[1].0, "the second attempt runs on the other agent");
     assert_eq!(result.agent.as_str(), attempts[1].0);
     assert_eq!(child.manifest.digest, Digest::of(format!("{}-2", attempts[1].0).as_bytes()));
-    assert_eq!(rig.job_state(), JobState::Verified);
+    assert_eq!(rig.job_state().await, JobState::Verified);
     let mut retried = false;
     while let Ok(event) = events.try_recv() {
         retried |= matches!(event, BuildEvent::Retrying { next_attempt: 2, .. });
@@ -242,13 +242,13 @@ async fn an_agent_that_pushes_the_wrong_platform_is_quarantined_and_the_platform
     let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Push, Act::Push]).await;
     rig.registry.wrong.store(1, Ordering::SeqCst);
     let (_, result) = rig.run().await.expect("the healthy agent's image is verified");
-    let attempts = rig.attempts();
+    let attempts = rig.attempts().await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].1, "wrong-image");
     assert_eq!(attempts[1].1, "pushed");
     let culprit: AgentName = attempts[0].0.parse().unwrap();
     assert_ne!(result.agent, culprit);
-    let reason = rig.store.quarantined(&culprit).unwrap().expect("the quarantine is recorded");
+    let reason = rig.store.quarantined(&culprit).await.unwrap().expect("the quarantine is recorded");
     assert!(reason.contains("linux/s390x"), "{reason}");
     let state = rig.agent_state(culprit.as_str());
     assert!(state.starts_with("quarantined: "), "{state}");
@@ -263,11 +263,11 @@ async fn a_dockerfile_failure_is_final_and_blames_no_agent() {
     assert!(summary.contains("linux/amd64 failed on agent amd64-"), "{summary}");
     assert!(summary.contains("(build): build failed"), "{summary}");
     assert!(summary.contains("exit code: 2"), "the failing step's last lines are shown: {summary}");
-    assert_eq!(rig.attempts().len(), 1, "the Dockerfile would fail anywhere: not retried");
+    assert_eq!(rig.attempts().await.len(), 1, "the Dockerfile would fail anywhere: not retried");
     assert_eq!(rig.acts_left(), 1);
-    assert_eq!(rig.job_state(), JobState::Failed);
+    assert_eq!(rig.job_state().await, JobState::Failed);
     for agent in ["amd64-a", "amd64-b"] {
-        assert_eq!(rig.store.quarantined(&agent.parse().unwrap()).unwrap(), None);
+        assert_eq!(rig.store.quarantined(&agent.parse().unwrap()).await.unwrap(), None);
         assert_eq!(rig.agent_state(agent), "ready");
     }
 }
@@ -277,11 +277,11 @@ async fn an_agent_failing_for_its_own_reasons_is_quarantined_after_the_limit() {
     let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Engine), Act::Push]).await;
     rig.quarantine_after = 1;
     let (_, result) = rig.run().await.expect("the other agent builds it");
-    let attempts = rig.attempts();
+    let attempts = rig.attempts().await;
     assert_eq!(attempts[0].1, "failed");
     let failed: AgentName = attempts[0].0.parse().unwrap();
     assert_ne!(result.agent, failed);
-    let reason = rig.store.quarantined(&failed).unwrap().expect("quarantined after 1 failure");
+    let reason = rig.store.quarantined(&failed).await.unwrap().expect("quarantined after 1 failure");
     assert!(reason.contains("1 jobs in a row failed"), "{reason}");
 }
 
@@ -292,9 +292,9 @@ async fn max_attempts_reached_fails_the_platform_clearly() {
     rig.max_attempts = 2;
     let summary = rig.run().await.unwrap_err();
     assert!(summary.contains("gave up after 2 attempts; the last: push failed"), "{summary}");
-    assert_eq!(rig.attempts().iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
+    assert_eq!(rig.attempts().await.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
     assert_eq!(rig.acts_left(), 1, "no third attempt");
-    assert_eq!(rig.job_state(), JobState::Failed);
+    assert_eq!(rig.job_state().await, JobState::Failed);
     // A failing push says more about the registry than the agents: nobody is quarantined.
     assert_eq!(rig.agent_state("amd64-a"), "ready");
     assert_eq!(rig.agent_state("amd64-b"), "ready");
@@ -315,7 +315,7 @@ async fn cancelling_during_an_attempt_stops_it_and_frees_the_agent() {
     };
     let (result, ()) = tokio::join!(rig.run(), watcher);
     assert_eq!(result.unwrap_err(), "  linux/amd64: cancelled");
-    assert_eq!(rig.attempts(), [("amd64-a".to_owned(), "cancelled".to_owned())]);
+    assert_eq!(rig.attempts().await, [("amd64-a".to_owned(), "cancelled".to_owned())]);
     let agent = rig.farm.agents().remove(0);
     assert_eq!((agent.running, agent.state.as_str()), (0, "ready"), "the slot is given back");
 }
@@ -330,6 +330,6 @@ async fn a_platform_no_agent_serves_fails_after_the_agent_wait() {
     assert!(summary.contains("linux/arm64 failed before reaching an agent (agent lost)"), "{summary}");
     assert!(summary.contains("no agent building linux/arm64 has been connected for 30 s"), "{summary}");
     assert!((Duration::from_secs(30)..Duration::from_secs(32)).contains(&waited), "{waited:?}");
-    assert!(rig.attempts().is_empty());
-    assert_eq!(rig.job_state(), JobState::Failed);
+    assert!(rig.attempts().await.is_empty());
+    assert_eq!(rig.job_state().await, JobState::Failed);
 }

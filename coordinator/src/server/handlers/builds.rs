@@ -17,16 +17,16 @@ pub async fn submit(shared: &Arc<Shared>, req: BuildRequest) -> Reply {
 }
 
 /// `archfarm builds ls`: the newest builds, at most 1000.
-pub fn list(shared: &Shared, limit: u32) -> Reply {
-    match shared.store.list(limit.min(1000)) {
+pub async fn list(shared: &Shared, limit: u32) -> Reply {
+    match shared.store.list(limit.min(1000)).await {
         Ok(builds) => Reply::one(ClientResponse::Builds(builds)),
         Err(e) => Reply::error(e.to_string()),
     }
 }
 
 /// `archfarm builds show`.
-pub fn show(shared: &Shared, build: &BuildId) -> Reply {
-    match shared.store.detail(build) {
+pub async fn show(shared: &Shared, build: &BuildId) -> Reply {
+    match shared.store.detail(build).await {
         Ok(Some(detail)) => Reply::one(ClientResponse::BuildDetail(detail)),
         Ok(None) => unknown(build),
         Err(e) => Reply::error(e.to_string()),
@@ -35,10 +35,10 @@ pub fn show(shared: &Shared, build: &BuildId) -> Reply {
 
 /// `archfarm builds watch`: the build as it stands, then its events to the end; for a build
 /// that already ended, its last event.
-pub fn watch(shared: &Shared, build: &BuildId) -> Reply {
+pub async fn watch(shared: &Shared, build: &BuildId) -> Reply {
     // Subscribe before reading the snapshot, so no event falls between the two.
     let events = shared.live.get(build).map(|live| live.events.subscribe());
-    let detail = match shared.store.detail(build) {
+    let detail = match shared.store.detail(build).await {
         Ok(Some(detail)) => detail,
         Ok(None) => return unknown(build),
         Err(e) => return Reply::error(e.to_string()),
@@ -60,7 +60,7 @@ pub async fn publish(shared: &Shared, build: &BuildId) -> Reply {
 }
 
 /// `archfarm builds cancel`.
-pub fn cancel(shared: &Shared, build: &BuildId) -> Reply {
+pub async fn cancel(shared: &Shared, build: &BuildId) -> Reply {
     if let Some(live) = shared.live.get(build) {
         info!(build = %build, "cancelling build on request");
         live.cancel.cancel();
@@ -68,7 +68,7 @@ pub fn cancel(shared: &Shared, build: &BuildId) -> Reply {
             message: format!("build {build} cancelled; its jobs are being stopped"),
         });
     }
-    match shared.store.detail(build) {
+    match shared.store.detail(build).await {
         Ok(Some(d)) => Reply::error(format!("build {build} already ended: {}", d.summary.state)),
         Ok(None) => unknown(build),
         Err(e) => Reply::error(e.to_string()),

@@ -41,11 +41,11 @@ pub async fn handle(
             contexts::upload_chunked(&shared, &digest, size, chunks, &mut send, &mut recv).await
         }
         ClientRequest::Build(req) => builds::submit(&shared, req).await,
-        ClientRequest::ListBuilds { limit } => builds::list(&shared, limit),
-        ClientRequest::ShowBuild { build } => builds::show(&shared, &build),
-        ClientRequest::WatchBuild { build } => builds::watch(&shared, &build),
+        ClientRequest::ListBuilds { limit } => builds::list(&shared, limit).await,
+        ClientRequest::ShowBuild { build } => builds::show(&shared, &build).await,
+        ClientRequest::WatchBuild { build } => builds::watch(&shared, &build).await,
         ClientRequest::PublishBuild { build } => builds::publish(&shared, &build).await,
-        ClientRequest::CancelBuild { build } => builds::cancel(&shared, &build),
+        ClientRequest::CancelBuild { build } => builds::cancel(&shared, &build).await,
         ClientRequest::CreateJoinToken { ttl_secs } => admin::create_join_token(&shared, ttl_secs).await,
         ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
         ClientRequest::CreateClientToken { name } => admin::create_client_token(&shared, &name).await,

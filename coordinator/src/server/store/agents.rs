@@ -1,0 +1,97 @@
+//! Agent standing: failures in a row, quarantine, and revocation.
+
+use super::{Result, Store};
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::AgentName;
+use rusqlite::{params, OptionalExtension};
+
+impl Store {
+    /// Counts an infrastructure failure against an agent; returns its consecutive failures.
+    pub async fn agent_failed(&self, agent: &AgentName) -> Result<u32> {
+        let agent = agent.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO agents (name, failures) VALUES (?1, 1) \
+                     ON CONFLICT(name) DO UPDATE SET failures = failures + 1",
+                    params![agent],
+                )?;
+                Ok(c.query_row("SELECT failures FROM agents WHERE name = ?1", params![agent], |r| r.get::<_, i64>(0))?
+                    as u32)
+            })
+            .await
+    }
+
+    /// Quarantines an agent: it stays connected but gets no jobs.
+    pub async fn quarantine(&self, agent: &AgentName, reason: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO agents (name, quarantined, reason) VALUES (?1, 1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET quarantined = 1, reason = ?2",
+            (agent.to_string(), reason.to_owned()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Why an agent is quarantined, if it is.
+    pub async fn quarantined(&self, agent: &AgentName) -> Result<Option<String>> {
+        let agent = agent.to_string();
+        self.read(move |c| {
+            Ok(c.query_row("SELECT reason FROM agents WHERE name = ?1 AND quarantined = 1", params![agent], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?
+            .map(Option::unwrap_or_default))
+        })
+        .await
+    }
+
+    /// Revokes an agent by name, for good.
+    pub async fn revoke_agent(&self, name: &AgentName) -> Result<()> {
+        self.execute(
+            "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
+            (name.to_string(), now_ms() as i64),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an agent is revoked.
+    pub async fn agent_revoked(&self, name: &AgentName) -> Result<bool> {
+        let name = name.to_string();
+        self.read(move |c| {
+            Ok(c.query_row("SELECT 1 FROM revoked_agents WHERE name = ?1", params![name], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn agent_standing_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let a: AgentName = "arm64-2".parse().unwrap();
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 1);
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 2);
+        assert_eq!(s.quarantined(&a).await.unwrap(), None);
+        s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").await.unwrap();
+        assert_eq!(s.quarantined(&a).await.unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
+    }
+
+    #[tokio::test]
+    async fn agents_revoke_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let a: AgentName = "new-1".parse().unwrap();
+        assert!(!s.agent_revoked(&a).await.unwrap());
+        s.revoke_agent(&a).await.unwrap();
+        s.revoke_agent(&a).await.unwrap();
+        assert!(s.agent_revoked(&a).await.unwrap());
+    }
+}
