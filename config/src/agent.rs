@@ -1,6 +1,6 @@
 //! `archfarm-agent` configuration.
 
-use crate::{resolve_path, serde_platform, TlsFiles, Validate};
+use crate::loading::{resolve_path, serde_platform, TlsFiles, Validate};
 use archfarm_shared::Platform;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! `archfarm serve` configuration.
 
-use crate::{resolve_path, TlsFiles, Validate};
+use crate::loading::{resolve_path, TlsFiles, Validate};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
