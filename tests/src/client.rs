@@ -1,7 +1,9 @@
 //! Running the `archfarm` client against a [`Farm`], and reading back what the coordinator
 //! recorded about builds.
 
-use crate::{bin, run_bounded, text, wait_until, Farm};
+use crate::farm::Farm;
+use crate::fixtures::bin;
+use crate::process::{run_bounded, text, wait_until};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;

@@ -2,7 +2,9 @@
 //! directory, started through [`FarmBuilder`] and stopped (logs dumped on failure) when the
 //! [`Farm`] drops.
 
-use crate::{bin, run_ok, wait_until, Host, Net, Proc};
+use crate::fixtures::bin;
+use crate::net::{Host, Net};
+use crate::process::{run_ok, wait_until, Proc};
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The registry's side, checked through independent clients: its HTTP API, its storage layout
 //! (for fault injection), skopeo, and what a pulled binary is built for.
 
-use crate::Farm;
+use crate::farm::Farm;
 use std::path::PathBuf;
 
 impl Farm {
@@ -52,7 +52,7 @@ impl Farm {
 
 /// skopeo against a plain-http loopback registry.
 pub mod skopeo {
-    use crate::run_ok;
+    use crate::process::run_ok;
     use std::process::Command;
 
     /// `skopeo inspect --raw` of a reference: the manifest or index bytes as served.

@@ -2,7 +2,9 @@
 //! real certificate, answers heartbeats, and hands each job to the test, which decides what to
 //! report. It never builds anything; tests use it to play an agent that misbehaves.
 
-use crate::{bin, run_ok, Farm};
+use crate::farm::Farm;
+use crate::fixtures::bin;
+use crate::process::run_ok;
 use archfarm_shared::codec::{self, DEFAULT_MAX_FRAME};
 use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, Registration, ALPN_AGENT};
 use archfarm_shared::tls;
