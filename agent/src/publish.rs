@@ -8,7 +8,8 @@
 
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
-use archfarm_shared::registry::{self, ImageReference, Registry};
+use archfarm_shared::reference::ImageRef;
+use archfarm_shared::registry::{self, Registry};
 use archfarm_shared::Digest;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -118,7 +119,7 @@ pub async fn push(
     cache: &LayerCache,
     insecure: &[String],
 ) -> Result<PushedImage, String> {
-    let repo: ImageReference = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
+    let repo: ImageRef = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
     let reg = Registry::shared(&repo, insecure);
     reg.authorize_push(&repo).await.map_err(|e| e.to_string())?;
     let config =
@@ -142,8 +143,7 @@ pub async fn push(
     let manifest = oci::manifest_json(&config, &descriptors).map_err(|e| e.to_string())?;
     let digest = Digest::of(&manifest);
     let size = manifest.len() as u64;
-    let by_digest =
-        ImageReference::with_digest(repo.registry().to_owned(), repo.repository().to_owned(), digest.to_string());
+    let by_digest = repo.with_digest(&digest);
     reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())?;
     Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
 }

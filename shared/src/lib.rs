@@ -13,6 +13,7 @@
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
 //! - [`registry`]: the registry adapter (the only user of oci-client).
+//! - [`reference`]: image references and what the farm derives from them.
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
 //! - [`clock`]: wall-clock milliseconds, as recorded and shown.
@@ -29,6 +30,7 @@ pub mod outcome;
 pub mod pki;
 pub mod platform;
 pub mod protocol;
+pub mod reference;
 pub mod registry;
 pub mod request;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 //! plain http is used for loopback registries only.
 
 use crate::ids::Digest;
+use crate::reference::ImageRef;
 use bytes::Bytes;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -10,8 +11,6 @@ use oci_client::{Client, Reference, RegistryOperation};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-pub use oci_client::Reference as ImageReference;
 
 /// A registry call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +37,9 @@ pub enum RegistryError {
     },
 }
 
-/// Parses and validates an image reference (`registry/repo:tag` or `registry/repo@digest`).
-pub fn parse_reference(input: &str) -> Result<Reference, RegistryError> {
+/// Parses and validates an image reference (`registry/repo:tag` or `registry/repo@digest`),
+/// by the distribution grammar. A reference with neither tag nor digest means `:latest`.
+pub fn parse_reference(input: &str) -> Result<ImageRef, RegistryError> {
     let err = |reason: String| RegistryError::Reference { input: input.to_owned(), reason };
     if input.is_empty() {
         return Err(err("empty reference".into()));
@@ -47,12 +47,26 @@ pub fn parse_reference(input: &str) -> Result<Reference, RegistryError> {
     if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(err("it contains whitespace".into()));
     }
-    input.parse::<Reference>().map_err(|e| err(e.to_string()))
+    let r = input.parse::<Reference>().map_err(|e| err(e.to_string()))?;
+    let digest = r.digest().map(str::parse::<Digest>).transpose().map_err(|e| err(e.to_string()))?;
+    let tag = r.tag().map(str::to_owned).or_else(|| digest.is_none().then(|| "latest".to_owned()));
+    Ok(ImageRef::from_parts(r.registry().to_owned(), r.repository().to_owned(), tag, digest))
 }
 
-/// `registry/repository` of a reference, without tag or digest.
-pub fn repository_of(r: &Reference) -> String {
-    format!("{}/{}", r.registry(), r.repository())
+/// The oci-client form of a reference.
+fn oci(r: &ImageRef) -> Reference {
+    match (r.tag(), r.digest()) {
+        (Some(tag), Some(d)) => Reference::with_tag_and_digest(
+            r.registry().to_owned(),
+            r.repository().to_owned(),
+            tag.to_owned(),
+            d.to_string(),
+        ),
+        (None, Some(d)) => Reference::with_digest(r.registry().to_owned(), r.repository().to_owned(), d.to_string()),
+        (tag, None) => {
+            Reference::with_tag(r.registry().to_owned(), r.repository().to_owned(), tag.unwrap_or("latest").to_owned())
+        }
+    }
 }
 
 /// Whether a registry host (`host[:port]`) is on this machine, where plain http is allowed.
@@ -106,8 +120,8 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// A client for the registry of `reference`. Plain http is used for loopback registries and
     /// for those listed in `insecure` (configured `insecure_registries`); https for all others.
-    pub fn for_reference(reference: &Reference, insecure: &[String]) -> Self {
-        let host = reference.resolve_registry().to_owned();
+    pub fn for_reference(reference: &ImageRef, insecure: &[String]) -> Self {
+        let host = oci(reference).resolve_registry().to_owned();
         let protocol = if is_loopback(&host) || insecure.iter().any(|h| h == &host) {
             ClientProtocol::HttpsExcept(vec![host.clone()])
         } else {
@@ -119,7 +133,7 @@ impl Registry {
 
     /// Temporary: the agent's process-wide client cache, until the agent owns a
     /// [`RegistryClients`].
-    pub fn shared(reference: &Reference, insecure: &[String]) -> Arc<Registry> {
+    pub fn shared(reference: &ImageRef, insecure: &[String]) -> Arc<Registry> {
         type Clients = std::sync::OnceLock<RegistryClients>;
         static CLIENTS: Clients = Clients::new();
         CLIENTS.get_or_init(|| RegistryClients::new(insecure.to_vec())).get(reference)
@@ -129,34 +143,34 @@ impl Registry {
         self.calls.acquire().await.unwrap_or_else(|_| unreachable!("the semaphore is never closed"))
     }
 
-    fn fail(&self, op: &'static str, reference: &Reference, e: impl std::fmt::Display) -> RegistryError {
+    fn fail(&self, op: &'static str, reference: &ImageRef, e: impl std::fmt::Display) -> RegistryError {
         RegistryError::Call { registry: self.host.clone(), op, reference: reference.whole(), message: e.to_string() }
     }
 
     /// Authenticates for pushing into the repository of `reference` (needed before raw pushes).
-    pub async fn authorize_push(&self, reference: &Reference) -> Result<(), RegistryError> {
+    pub async fn authorize_push(&self, reference: &ImageRef) -> Result<(), RegistryError> {
         let _permit = self.permit().await;
         self.client
-            .auth(reference, &self.auth, RegistryOperation::Push)
+            .auth(&oci(reference), &self.auth, RegistryOperation::Push)
             .await
             .map(drop)
             .map_err(|e| self.fail("authenticate for push to", reference, e))
     }
 
     /// Whether the repository holds a blob (an error counts as no: the caller uploads it).
-    pub async fn has_blob(&self, repo: &Reference, digest: &Digest) -> bool {
+    pub async fn has_blob(&self, repo: &ImageRef, digest: &Digest) -> bool {
         let _permit = self.permit().await;
-        self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false)
+        self.client.blob_exists(&oci(repo), digest.as_str()).await.unwrap_or(false)
     }
 
     /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
-    pub async fn push_blob(&self, repo: &Reference, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
+    pub async fn push_blob(&self, repo: &ImageRef, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
         if self.has_blob(repo, digest).await {
             return Ok(false);
         }
         let _permit = self.permit().await;
         self.client
-            .push_blob(repo, data, digest.as_str())
+            .push_blob(&oci(repo), data, digest.as_str())
             .await
             .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))?;
         Ok(true)
@@ -165,7 +179,7 @@ impl Registry {
     /// Pushes manifest bytes as they are, under the tag or digest of `reference`.
     pub async fn push_manifest(
         &self,
-        reference: &Reference,
+        reference: &ImageRef,
         bytes: Bytes,
         media_type: &str,
     ) -> Result<(), RegistryError> {
@@ -176,7 +190,7 @@ impl Registry {
         // Credentials only: a token, if the registry wants one, is fetched by the push itself.
         self.client.store_auth_if_needed(&self.host, &self.auth).await;
         self.client
-            .push_manifest_raw(reference, bytes, content_type)
+            .push_manifest_raw(&oci(reference), bytes, content_type)
             .await
             .map(drop)
             .map_err(|e| self.fail("push manifest", reference, e))
@@ -184,11 +198,11 @@ impl Registry {
 
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
     /// reference names a digest, the client checks the bytes against it.
-    pub async fn manifest(&self, reference: &Reference, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
+    pub async fn manifest(&self, reference: &ImageRef, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
         let _permit = self.permit().await;
         let (bytes, digest) = self
             .client
-            .pull_manifest_raw(reference, &self.auth, accept)
+            .pull_manifest_raw(&oci(reference), &self.auth, accept)
             .await
             .map_err(|e| self.fail("fetch manifest", reference, e))?;
         let digest = match digest.parse() {
@@ -199,12 +213,12 @@ impl Registry {
     }
 
     /// Fetches a blob (an image config) and checks its digest.
-    pub async fn blob(&self, repo: &Reference, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
+    pub async fn blob(&self, repo: &ImageRef, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         let mut out = Vec::new();
         let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
         let permit = self.permit().await;
         self.client
-            .pull_blob(repo, &layer, &mut out)
+            .pull_blob(&oci(repo), &layer, &mut out)
             .await
             .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
         drop(permit);
@@ -234,8 +248,8 @@ impl RegistryClients {
     }
 
     /// The client for the registry of `reference`.
-    pub fn get(&self, reference: &Reference) -> Arc<Registry> {
-        let host = reference.resolve_registry().to_owned();
+    pub fn get(&self, reference: &ImageRef) -> Arc<Registry> {
+        let host = oci(reference).resolve_registry().to_owned();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         match clients.get(&host) {
             Some((made, client)) if made.elapsed() < SHARED_CLIENT_TTL => client.clone(),
@@ -265,8 +279,14 @@ mod tests {
     #[test]
     fn references_are_validated_with_a_useful_message() {
         let r = parse_reference("127.0.0.1:5000/team/app:1.4").unwrap();
-        assert_eq!(repository_of(&r), "127.0.0.1:5000/team/app");
+        assert_eq!(r.name(), "127.0.0.1:5000/team/app");
         assert_eq!(r.tag(), Some("1.4"));
+        assert_eq!(parse_reference("127.0.0.1:5000/app").unwrap().whole(), "127.0.0.1:5000/app:latest");
+        let d = crate::Digest::of(b"x");
+        let by_digest = parse_reference(&format!("127.0.0.1:5000/app@{d}")).unwrap();
+        assert_eq!((by_digest.tag(), by_digest.digest()), (None, Some(&d)));
+        assert_eq!(oci(&by_digest).whole(), by_digest.whole());
+        assert_eq!(parse_reference("app:1").unwrap().whole(), "docker.io/library/app:1");
         for bad in ["", "127.0.0.1:5000/App:1", "127.0.0.1:5000/app:bad tag", "127.0.0.1:5000/app:-x", "app::1"] {
             let err = parse_reference(bad).unwrap_err().to_string();
             assert!(err.contains("invalid image reference") && err.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {err}");

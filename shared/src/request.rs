@@ -3,7 +3,8 @@
 //! hostile. Both give the same messages, worded for the `archfarm build` flags.
 
 use crate::protocol::BuildRequest;
-use crate::registry::{self, ImageReference};
+use crate::reference::ImageRef;
+use crate::registry;
 
 /// Most build args, or labels, in one request.
 pub const MAX_PAIRS: usize = 256;
@@ -19,9 +20,9 @@ pub const MAX_TARGET_BYTES: usize = 128;
 pub struct Destination {
     /// The repository of every tag, as `REGISTRY/REPOSITORY:latest`: the per-platform images
     /// are pushed there by digest.
-    pub repository: ImageReference,
+    pub repository: ImageRef,
     /// Every requested tag, parsed, in order.
-    pub tags: Vec<ImageReference>,
+    pub tags: Vec<ImageRef>,
 }
 
 /// Why a build request was refused.
@@ -108,7 +109,7 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
 }
 
 fn destination(tags: &[String]) -> Result<Destination, RequestError> {
-    let mut parsed: Vec<ImageReference> = Vec::with_capacity(tags.len());
+    let mut parsed: Vec<ImageRef> = Vec::with_capacity(tags.len());
     for t in tags {
         let r = registry::parse_reference(t).map_err(|e| RequestError::BadTag(e.to_string()))?;
         if r.digest().is_some() {
@@ -117,13 +118,10 @@ fn destination(tags: &[String]) -> Result<Destination, RequestError> {
         parsed.push(r);
     }
     let first = parsed.first().ok_or(RequestError::NoTag)?;
-    let repository = registry::repository_of(first);
-    if let Some(other) = parsed.iter().find(|t| registry::repository_of(t) != repository) {
+    if let Some(other) = parsed.iter().find(|t| !t.same_repository(first)) {
         return Err(RequestError::TwoRepositories(first.whole(), other.whole()));
     }
-    let repository =
-        ImageReference::with_tag(first.registry().to_owned(), first.repository().to_owned(), "latest".into());
-    Ok(Destination { repository, tags: parsed })
+    Ok(Destination { repository: first.with_tag("latest"), tags: parsed })
 }
 
 /// Build args and labels: bounded in number and size, names without whitespace, control

@@ -2,7 +2,7 @@
 //! the registry (like `docker buildx imagetools inspect`).
 
 use archfarm_shared::oci;
-use archfarm_shared::registry::{self, ImageReference, Registry};
+use archfarm_shared::registry::{self, Registry};
 use archfarm_shared::Digest;
 use std::fmt::Write;
 
@@ -37,7 +37,7 @@ pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow:
         }
     } else {
         let (_, config) = oci::manifest_config(&bytes)?;
-        let repo = ImageReference::with_tag(r.registry().to_owned(), r.repository().to_owned(), "latest".to_owned());
+        let repo = r.with_tag("latest");
         let config: Digest = config.parse()?;
         let platform = oci::config_platform(&reg.blob(&repo, &config).await?).map_err(anyhow::Error::msg)?;
         writeln!(out, "Platform:  {platform}")?;

@@ -5,7 +5,8 @@
 use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
-use archfarm_shared::registry::{ImageReference, Registry};
+use archfarm_shared::reference::ImageRef;
+use archfarm_shared::registry::Registry;
 use archfarm_shared::{AgentName, Digest, Platform};
 use futures_util::future::BoxFuture;
 use std::future::Future;
@@ -50,7 +51,7 @@ pub struct RegistryImages {
     /// The registry's client.
     pub registry: Arc<Registry>,
     /// The build's repository.
-    pub repo: ImageReference,
+    pub repo: ImageRef,
 }
 
 impl ImageCheck for RegistryImages {
@@ -68,16 +69,12 @@ impl ImageCheck for RegistryImages {
 /// digest, size and os/architecture/variant against the job. Returns the verified child.
 pub async fn verify(
     registry: &Registry,
-    repo: &ImageReference,
+    repo: &ImageRef,
     platform: &Platform,
     agent: &AgentName,
     pushed: &PushedImage,
 ) -> Result<Child, VerifyError> {
-    let by_digest = ImageReference::with_digest(
-        repo.registry().to_owned(),
-        repo.repository().to_owned(),
-        pushed.digest.to_string(),
-    );
+    let by_digest = repo.with_digest(&pushed.digest);
     let (bytes, digest) = with_retries(&format!("fetching {} from the registry", pushed.digest), || async {
         registry.manifest(&by_digest, oci::IMAGE_MANIFESTS).await.map_err(|e| e.to_string())
     })
@@ -115,7 +112,7 @@ pub async fn verify(
 /// Publishes the index over `children` (in order) under every tag, then reads it back through
 /// the first tag to confirm the registry serves exactly the bytes that were hashed. The same
 /// children always give the same bytes, so publishing again is harmless.
-pub async fn publish(registry: &Registry, tags: &[ImageReference], children: &[Child]) -> Result<Digest, String> {
+pub async fn publish(registry: &Registry, tags: &[ImageRef], children: &[Child]) -> Result<Digest, String> {
     let bytes = oci::index_json(children).map_err(|e| e.to_string())?;
     let digest = Digest::of(&bytes);
     let first = tags.first().ok_or("no tag to publish under")?;

@@ -73,11 +73,7 @@ async fn push_image(repository: &str) -> anyhow::Result<PushedImage> {
     let manifest = oci::manifest_json(&config_blob, &[layer_blob])?;
     let digest = Digest::of(&manifest);
     let size = manifest.len() as u64;
-    let by_digest = registry::ImageReference::with_digest(
-        repo.registry().to_owned(),
-        repo.repository().to_owned(),
-        digest.to_string(),
-    );
+    let by_digest = repo.with_digest(&digest);
     reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await?;
     Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
 }

@@ -19,7 +19,8 @@ use super::store::builds::StoredJob;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
-use archfarm_shared::registry::{self, ImageReference, Registry, RegistryClients};
+use archfarm_shared::reference::ImageRef;
+use archfarm_shared::registry::{Registry, RegistryClients};
 use archfarm_shared::request;
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
 use futures_util::future::join_all;
@@ -30,8 +31,8 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 /// Where a build's images go: the repository, the tags, and the registry's client.
 struct Plan {
-    repo: ImageReference,
-    tags: Vec<ImageReference>,
+    repo: ImageRef,
+    tags: Vec<ImageRef>,
     registry: Arc<Registry>,
 }
 
@@ -213,7 +214,7 @@ async fn run_job(
         build_args: req.build_args.clone(),
         target: req.target.clone(),
         labels: req.labels.clone(),
-        repository: registry::repository_of(&plan.repo),
+        repository: plan.repo.name(),
         attempt: job.attempts,
     };
     runner.run(spec, live).await
