@@ -107,23 +107,13 @@ pub async fn receive_chunked(
     let (want, from_client) = wanted(&store, &chunks);
     codec::write_msg(send, &ClientResponse::ChunksWanted(want.clone()), max).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
-    let assembly = Assembly {
-        chunks: chunks.clone(),
-        from_client,
-        next: 0,
-        current: Bytes::new(),
-        pos: 0,
-        rx,
-        store,
-        whole: sha2::Sha256::new(),
-        out: None,
-    };
+    let assembly = Assembly::new(chunks.clone(), from_client, rx, store);
     let target = shared.contexts.path(digest);
     let expected = digest.clone();
     let assembler = tokio::task::spawn_blocking(move || assembly.run(&target, &expected, size));
     let mut received = 0u64;
     // Chunks being hashed (on the blocking pool, beside the assembler), in arrival order.
-    let mut hashing: VecDeque<(u32, tokio::task::JoinHandle<(Bytes, Digest)>)> = VecDeque::new();
+    let mut hashing: VecDeque<(u32, tokio::task::JoinHandle<(Digest, Bytes)>)> = VecDeque::new();
     let mut failure: Option<String> = None;
     let mut next = want.iter().copied();
     loop {
@@ -131,7 +121,7 @@ pub async fn receive_chunked(
         // Forward the oldest chunk once enough are hashing, or when no more will arrive.
         if hashing.len() >= READ_AHEAD || (!more && !hashing.is_empty()) {
             let (i, task) = hashing.pop_front().expect("not empty");
-            let (bytes, got) = task.await.map_err(|e| format!("hashing chunk {i}: {e}"))?;
+            let (got, bytes) = task.await.map_err(|e| format!("hashing chunk {i}: {e}"))?;
             if failure.is_some() {
                 continue;
             }
@@ -148,24 +138,12 @@ pub async fn receive_chunked(
         }
         let Some(i) = next.next().filter(|_| more) else { break };
         let len = chunks[i as usize].size as usize;
-        let mut buf = BytesMut::with_capacity(len);
-        while buf.len() < len && failure.is_none() {
-            match recv.read_chunk(len - buf.len(), true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => failure = Some(format!("the upload ended inside chunk {i}, after {received} bytes")),
-                Err(e) => failure = Some(format!("the upload was interrupted: {e}")),
+        match read_chunk(recv, i, len, received).await {
+            Ok(bytes) => {
+                received += len as u64;
+                hashing.push_back((i, tokio::task::spawn_blocking(move || (sha256(&bytes), bytes))));
             }
-        }
-        if failure.is_none() {
-            received += len as u64;
-            let bytes = buf.freeze();
-            hashing.push_back((
-                i,
-                tokio::task::spawn_blocking(move || {
-                    let digest = sha256(&bytes);
-                    (bytes, digest)
-                }),
-            ));
+            Err(message) => failure = Some(message),
         }
     }
     drop(tx);
@@ -179,6 +157,19 @@ pub async fn receive_chunked(
         let _ = recv.stop(0u32.into());
     }
     result.map(|_| received)
+}
+
+/// Reads chunk `i` (`len` bytes) from the upload stream.
+async fn read_chunk(recv: &mut quinn::RecvStream, i: u32, len: usize, received: u64) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(format!("the upload ended inside chunk {i}, after {received} bytes")),
+            Err(e) => return Err(format!("the upload was interrupted: {e}")),
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// The tarball, rebuilt chunk by chunk, read by the tar checker: every byte it reads is also
@@ -200,6 +191,21 @@ fn io_err(message: String) -> std::io::Error {
 }
 
 impl Assembly {
+    /// Rebuilds `chunks`: those marked `from_client` arrive on `rx`, the others are read from `store`.
+    fn new(chunks: Vec<Chunk>, from_client: Vec<bool>, rx: mpsc::Receiver<Bytes>, store: ChunkStore) -> Self {
+        Assembly {
+            chunks,
+            from_client,
+            next: 0,
+            current: Bytes::new(),
+            pos: 0,
+            rx,
+            store,
+            whole: sha2::Sha256::new(),
+            out: None,
+        }
+    }
+
     fn load(&mut self) -> std::io::Result<()> {
         let i = self.next;
         let chunk = &self.chunks[i];
@@ -334,17 +340,7 @@ mod tests {
             offset += c.size as usize;
         }
         drop(tx);
-        let a = Assembly {
-            chunks: chunks.clone(),
-            from_client,
-            next: 0,
-            current: Bytes::new(),
-            pos: 0,
-            rx,
-            store: store.clone(),
-            whole: sha2::Sha256::new(),
-            out: None,
-        };
+        let a = Assembly::new(chunks.clone(), from_client, rx, store.clone());
         a.run(target, &Digest::of(data), data.len() as u64)
     }
 
