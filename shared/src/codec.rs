@@ -66,10 +66,16 @@ pub fn encode<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, CodecError> {
     Ok(frame)
 }
 
-/// Decodes one message from a frame's payload, refusing trailing bytes.
+/// Decodes one message from a frame's payload, refusing trailing bytes. An id, digest or
+/// platform that fails its check is [`CodecError::Malformed`] with that check's message.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
-    let (msg, used) =
-        bincode::serde::decode_from_slice(payload, config()).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (msg, used) = bincode::serde::decode_from_slice(payload, config()).map_err(|e| {
+        CodecError::Malformed(match e {
+            // A value refused by its own type (an invalid digest): its message, not bincode's Debug.
+            bincode::error::DecodeError::OtherString(reason) => reason,
+            other => other.to_string(),
+        })
+    })?;
     if used != payload.len() {
         return Err(CodecError::TrailingBytes { extra: payload.len() - used });
     }

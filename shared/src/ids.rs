@@ -1,4 +1,7 @@
 //! Newtype identifiers: builds, jobs, agents and content digests, each validated on parse.
+//! Deserialising goes through the same check as [`FromStr`], so an id from the network or from
+//! a stored document is as valid as one typed by a user. On the wire and in JSON each is its
+//! plain string, exactly as a derived newtype would be.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -25,11 +28,33 @@ pub enum IdError {
     },
 }
 
+/// The conversions serde goes through: from a `String` only by [`FromStr`]'s check, and back
+/// to the same `String`.
+macro_rules! validated_string {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
 macro_rules! random_id {
     ($name:ident, $prefix:literal, $kind:literal, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        validated_string!($name);
 
         impl $name {
             /// A fresh random id.
@@ -70,7 +95,10 @@ random_id!(JobId, "j-", "job", "One platform of one build.");
 
 /// An agent's name, taken from the common name of its certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct AgentName(String);
+
+validated_string!(AgentName);
 
 impl AgentName {
     /// The name as text.
@@ -102,7 +130,10 @@ impl FromStr for AgentName {
 
 /// A content digest, `sha256:<64 hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
+
+validated_string!(Digest);
 
 impl Digest {
     /// The sha256 digest of `bytes`.

@@ -6,11 +6,29 @@ use std::fmt;
 use std::str::FromStr;
 
 /// An OCI platform: operating system, CPU architecture and optional variant, always normalised.
+/// It is deserialised through [`Platform::new`]'s checks, never taken as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "PlatformFields")]
 pub struct Platform {
     os: String,
     arch: String,
     variant: Option<String>,
+}
+
+/// [`Platform`]'s fields as they are serialised (same names, same order, so the same bytes on
+/// the wire and in JSON), before they are checked.
+#[derive(Deserialize)]
+struct PlatformFields {
+    os: String,
+    arch: String,
+    variant: Option<String>,
+}
+
+impl TryFrom<PlatformFields> for Platform {
+    type Error = PlatformError;
+    fn try_from(f: PlatformFields) -> Result<Self, PlatformError> {
+        Platform::new(&f.os, &f.arch, f.variant.as_deref())
+    }
 }
 
 /// Why a platform string was refused.
@@ -23,7 +41,7 @@ pub enum PlatformError {
         input: String,
     },
     /// A part holds characters no platform name has.
-    #[error("invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '_' and '.'")]
+    #[error("invalid platform {input:?}: {part:?} may hold only lowercase letters, digits, '-', '_' and '.'")]
     Characters {
         /// What the user gave.
         input: String,
@@ -33,12 +51,16 @@ pub enum PlatformError {
 }
 
 impl Platform {
-    /// Builds a platform from parts, normalising them.
+    /// Builds a platform from parts, normalising them. A part holding `/` is refused: it would
+    /// otherwise be read as two parts.
     pub fn new(os: &str, arch: &str, variant: Option<&str>) -> Result<Self, PlatformError> {
         let input = match variant {
             Some(v) => format!("{os}/{arch}/{v}"),
             None => format!("{os}/{arch}"),
         };
+        if let Some(part) = [Some(os), Some(arch), variant].into_iter().flatten().find(|p| p.contains('/')) {
+            return Err(PlatformError::Characters { input, part: part.to_owned() });
+        }
         input.parse()
     }
 
