@@ -5,12 +5,10 @@ use crate::context_cache::ContextCache;
 use crate::docker::{BuildSpec, Engine};
 use crate::publish;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
+use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
 use tokio::sync::mpsc;
 use tracing::info;
-
-/// Push attempts before a job fails.
-const PUSH_TRIES: u32 = 4;
 
 /// What a job needs from the agent.
 #[derive(Debug, Clone)]
@@ -128,21 +126,10 @@ impl Executor {
             .await
             .map_err(|e| format!("preparing the image: {e}"))??;
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
-        let mut pause = std::time::Duration::from_millis(500);
-        for attempt in 1..=PUSH_TRIES {
-            match publish::push(repository, &prepared, &self.layers, &self.insecure_registries).await {
-                Ok(image) => return Ok(image),
-                Err(e) if attempt < PUSH_TRIES => {
-                    tracing::warn!(
-                        "push failed (try {attempt} of {PUSH_TRIES}), retrying in {:.1} s: {e}",
-                        pause.as_secs_f64()
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => return Err(format!("push failed {PUSH_TRIES} times; last error: {e}")),
-            }
-        }
-        unreachable!("the loop returns")
+        retry(Policy::IMAGE_PUSH, "push", || {
+            publish::push(repository, &prepared, &self.layers, &self.insecure_registries)
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 }

@@ -10,6 +10,7 @@ use archfarm_shared::codec;
 use archfarm_shared::protocol::{
     close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
+use archfarm_shared::retry::Policy;
 use archfarm_shared::{platform, tls};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,7 +107,8 @@ impl Agent<Executor> {
 impl<R: Runner> Agent<R> {
     /// Connects, serves and reconnects until `shutdown`; then drains and returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
+        let policy = Policy::agent_reconnect(self.max_backoff);
+        let mut delays = policy.delays();
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             match self.clone().session(&shutdown).await {
@@ -118,10 +120,9 @@ impl<R: Runner> Agent<R> {
             }
             // A session that lasted resets the backoff; repeated quick failures grow it.
             if started.elapsed() > Duration::from_secs(60) {
-                failures = 0;
+                delays = policy.delays();
             }
-            let delay = backoff(failures, self.max_backoff);
-            failures = failures.saturating_add(1);
+            let delay = delays.next().unwrap_or(self.max_backoff);
             info!("reconnecting in {:.1} s", delay.as_secs_f64());
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -327,30 +328,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Exponential backoff from 0.5 s up to `max`, with full jitter on the upper half so a farm of
-/// agents does not reconnect in lockstep after a coordinator restart.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1u32 << failures.min(16)).min(max);
-    base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let max = Duration::from_secs(30);
-        for _ in 0..100 {
-            let first = backoff(0, max);
-            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500), "{first:?}");
-            let late = backoff(40, max);
-            assert!(late >= Duration::from_secs(15) && late <= max, "{late:?}");
-        }
-        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(3, max)).collect();
-        assert!(spread.len() > 1, "jitter must vary the delay");
     }
 }

@@ -14,6 +14,7 @@
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
 //! - [`registry`]: the registry adapter (the only user of oci-client).
 //! - [`reference`]: image references and what the farm derives from them.
+//! - [`retry`]: one backoff policy per kind of call, and the loop that retries under one.
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`shutdown`]: the cancellation token SIGINT/SIGTERM trip.
 //! - [`clock`]: wall-clock milliseconds, as recorded and shown.
@@ -33,6 +34,7 @@ pub mod protocol;
 pub mod reference;
 pub mod registry;
 pub mod request;
+pub mod retry;
 pub mod shutdown;
 pub mod tarball;
 pub mod telemetry;
