@@ -5,17 +5,14 @@ use anyhow::{bail, Context as _};
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec::{self, DEFAULT_MAX_FRAME};
 use archfarm_shared::protocol::{EnrollRequest, EnrollResponse, ALPN_ENROLL};
-use archfarm_shared::{pki, tls, AgentName};
+use archfarm_shared::{dial, pki, tls, AgentName};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use tracing::info;
 
 /// The name on the coordinator's certificate: `server_name`, else the host part of `coordinator`.
-pub fn server_name(config: &AgentConfig) -> String {
-    config.server_name.clone().unwrap_or_else(|| {
-        let host = config.coordinator.rsplit_once(':').map_or(config.coordinator.as_str(), |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']').to_owned()
-    })
+pub fn server_name(config: &AgentConfig) -> anyhow::Result<String> {
+    Ok(dial::server_name(&config.coordinator, config.server_name.as_deref())?)
 }
 
 /// The name this agent enrolls under: `name` from the configuration, else the host name.
@@ -48,17 +45,9 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the farm CA {}", config.tls.ca_cert.display()))?;
     let (csr_pem, key_pem) = pki::agent_request(name.as_str())?;
     let client = tls::client_config(&ca, None, ALPN_ENROLL, tls::Transport::default())?;
-    let mut endpoint = archfarm_shared::tls::endpoint("0.0.0.0:0".parse()?, None)?;
-    endpoint.set_default_client_config(client);
-    let addr = tokio::net::lookup_host(&config.coordinator)
+    let (_endpoint, conn) = dial::dial(&config.coordinator, config.server_name.as_deref(), client, dial::DEADLINE)
         .await
-        .with_context(|| format!("cannot resolve coordinator {}", config.coordinator))?
-        .next()
-        .with_context(|| format!("coordinator {} resolves to nothing", config.coordinator))?;
-    let conn = endpoint
-        .connect(addr, &server_name(config))?
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator to enroll: {}", tls::explain(&e)))?;
+        .context("cannot enroll")?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let request = EnrollRequest { token: token.trim().to_owned(), name: name.clone(), csr_pem };
     codec::write_msg(&mut send, &request, DEFAULT_MAX_FRAME).await?;

@@ -11,7 +11,7 @@ use archfarm_shared::protocol::{
     close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
 use archfarm_shared::retry::Policy;
-use archfarm_shared::{platform, tls};
+use archfarm_shared::{dial, platform, tls};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,8 +71,14 @@ impl Agent<Executor> {
         let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
             .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
-        let endpoint = tls::endpoint("0.0.0.0:0".parse()?, None).context("cannot open a UDP socket")?;
-        let server_name = crate::enroll::server_name(config);
+        // One endpoint for every session, of the family the coordinator's address has now
+        // (IPv4 if it does not resolve yet: the sessions retry that).
+        let family = match dial::resolve(&config.coordinator).await {
+            Ok(addrs) => addrs[0],
+            Err(_) => ([0, 0, 0, 0], 0).into(),
+        };
+        let endpoint = dial::bind_for(family).context("cannot open a UDP socket")?;
+        let server_name = crate::enroll::server_name(config)?;
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {
             registration: Registration {
@@ -138,14 +144,15 @@ impl<R: Runner> Agent<R> {
 
     async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<String> {
         let max = self.max_frame;
-        let addr = tokio::net::lookup_host(&self.coordinator)
-            .await
-            .with_context(|| format!("cannot resolve coordinator {}", self.coordinator))?
-            .next()
-            .with_context(|| format!("coordinator {} resolves to nothing", self.coordinator))?;
-        let connecting = self.endpoint.connect_with(self.client_config.clone(), addr, &self.server_name)?;
+        let dialling = dial::dial_on(
+            &self.endpoint,
+            &self.coordinator,
+            Some(&self.server_name),
+            self.client_config.clone(),
+            dial::DEADLINE,
+        );
         let conn = tokio::select! {
-            c = connecting => c.map_err(|e| anyhow::anyhow!("cannot connect to the coordinator at {}: {}", self.coordinator, tls::explain(&e)))?,
+            c = dialling => c?,
             () = shutdown.cancelled() => return Ok("shut down before connecting".into()),
         };
         let lost = |e: &codec::CodecError| match conn.close_reason() {

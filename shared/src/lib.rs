@@ -10,6 +10,7 @@
 //! - [`content`]: sha256-addressed files (build contexts), written only once verified.
 //! - [`chunking`]: content-defined chunks of a context, so a re-upload sends what changed.
 //! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
+//! - [`dial`]: resolving, binding and connecting to the coordinator within a deadline.
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
 //! - [`registry`]: the registry adapter (the only user of oci-client).
@@ -25,6 +26,7 @@ pub mod chunking;
 pub mod clock;
 pub mod codec;
 pub mod content;
+pub mod dial;
 pub mod ids;
 pub mod oci;
 pub mod outcome;
