@@ -1,0 +1,123 @@
+//! An agent's connection: what it sends on its control, job and context streams, and what the
+//! coordinator answers.
+
+use super::JobFailure;
+use crate::ids::{BuildId, Digest, JobId};
+use crate::platform::Platform;
+use serde::{Deserialize, Serialize};
+
+/// Messages an agent sends to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First frame on the control stream.
+    Register(Registration),
+    /// Periodic liveness on the control stream.
+    Heartbeat {
+        /// Jobs the agent is running right now.
+        running: u32,
+    },
+    /// First frame on a context stream opened by the agent: send me this build context.
+    FetchContext {
+        /// Content digest of the context tarball.
+        digest: Digest,
+    },
+    /// One line of build output, on a job stream.
+    JobLog {
+        /// The line, without its newline.
+        line: String,
+    },
+    /// Last frame on a job stream.
+    JobFinished(JobOutcome),
+    /// On the control stream: the agent is shutting down; it finishes what it runs and takes no
+    /// new jobs.
+    Draining,
+}
+
+/// What an agent declares when it registers. Its name comes from its certificate, not from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Platforms this agent builds natively, its engine's own first.
+    pub platforms: Vec<Platform>,
+    /// How many builds it runs at once.
+    pub capacity: u32,
+    /// Docker Engine version, for `archfarm agents ls`.
+    pub engine_version: String,
+    /// The agent's own version.
+    pub agent_version: String,
+}
+
+/// Messages the coordinator sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Reply to [`AgentMessage::Register`]: the agent is in the farm.
+    Registered {
+        /// How often the agent must send a heartbeat, in milliseconds.
+        heartbeat_interval_ms: u64,
+    },
+    /// Reply to [`AgentMessage::Register`]: the agent is refused; the connection closes next.
+    Refused {
+        /// Why, in words meant for the agent's operator.
+        reason: String,
+    },
+    /// First frame on a job stream opened by the coordinator.
+    AssignJob(Box<JobSpec>),
+    /// Reply to [`AgentMessage::FetchContext`]: exactly `size` raw bytes follow on the stream.
+    ContextFollows {
+        /// Length of the tarball.
+        size: u64,
+    },
+    /// Reply to [`AgentMessage::FetchContext`]: the coordinator does not hold that context.
+    ContextMissing {
+        /// Why.
+        reason: String,
+    },
+    /// Answer to each [`AgentMessage::Heartbeat`] on the control stream, so the agent notices a
+    /// coordinator that died without closing the connection.
+    HeartbeatAck,
+}
+
+/// One platform of a build, as an agent receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// This job.
+    pub job: JobId,
+    /// The build it belongs to.
+    pub build: BuildId,
+    /// The platform to build; the agent must have declared it.
+    pub platform: Platform,
+    /// The build context tarball, fetched from the coordinator by digest.
+    pub context: Digest,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile: String,
+    /// `--build-arg` pairs, in the order given.
+    pub build_args: Vec<(String, String)>,
+    /// `--target` stage.
+    pub target: Option<String>,
+    /// `--label` pairs.
+    pub labels: Vec<(String, String)>,
+    /// Repository to push into by digest, `registry/name` (the repository of the requested tags).
+    pub repository: String,
+    /// Attempt number of this job, from 1. Each attempt has its own stream; a result is only
+    /// ever read from the stream of the attempt it belongs to.
+    pub attempt: u32,
+}
+
+/// How a job ended on the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// Built and pushed by digest.
+    Pushed(PushedImage),
+    /// Did not produce an image.
+    Failed(JobFailure),
+}
+
+/// The per-arch image an agent pushed. The coordinator checks all of it against the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedImage {
+    /// Digest of the image manifest.
+    pub digest: Digest,
+    /// Media type of the manifest.
+    pub media_type: String,
+    /// Size of the manifest in bytes.
+    pub size: u64,
+}

@@ -1,0 +1,173 @@
+//! A release engineer's client: one request per stream, and the coordinator's answers.
+
+use super::{BuildDetail, BuildEvent, BuildSummary};
+use crate::ids::{AgentName, BuildId, Digest};
+use crate::platform::Platform;
+use serde::{Deserialize, Serialize};
+
+/// Messages a client sends to the coordinator. Each request opens its own bidirectional stream;
+/// the first stream of a connection carries [`ClientRequest::Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Authenticate this connection with a bearer token.
+    Hello {
+        /// The client token from `archfarm ca init` (never logged).
+        token: String,
+    },
+    /// Does the coordinator already hold this build context?
+    HasContext {
+        /// Content digest of the tarball.
+        digest: Digest,
+    },
+    /// Upload a context: exactly `size` raw bytes follow this frame.
+    UploadContext {
+        /// Content digest the bytes must hash to.
+        digest: Digest,
+        /// Length of the tarball.
+        size: u64,
+    },
+    /// Start a build and stream its events on this stream.
+    Build(BuildRequest),
+    /// List connected agents.
+    ListAgents,
+    /// The most recent builds, newest first.
+    ListBuilds {
+        /// How many.
+        limit: u32,
+    },
+    /// One build with each platform's state, agent, attempts, digest and error.
+    ShowBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Follow a build: a `BuildDetail` snapshot, then its events until it ends.
+    WatchBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Publish (again) the index of a build whose platforms are all verified, without rebuilding.
+    PublishBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Cancel a build: stop its jobs on the agents; nothing is published.
+    CancelBuild {
+        /// Which build.
+        build: BuildId,
+    },
+    /// Create a one-time join token for enrolling an agent.
+    CreateJoinToken {
+        /// Seconds until it expires.
+        ttl_secs: u64,
+    },
+    /// Revoke an agent: disconnect it and refuse it from now on.
+    RevokeAgent {
+        /// The agent.
+        name: AgentName,
+    },
+    /// Create a named client token.
+    CreateClientToken {
+        /// A name for it (who or what uses it).
+        name: String,
+    },
+    /// Revoke a named client token.
+    RevokeClientToken {
+        /// Its name.
+        name: String,
+    },
+    /// Upload a context as content-defined chunks. The coordinator answers
+    /// [`ClientResponse::ChunksWanted`]; exactly the bytes of the wanted chunks follow, in that
+    /// order; then it answers `ContextStored` or `Error`.
+    UploadChunked {
+        /// Content digest of the whole tarball.
+        digest: Digest,
+        /// Length of the whole tarball.
+        size: u64,
+        /// Its chunks in order; their sizes add up to `size`.
+        chunks: Vec<crate::chunking::Chunk>,
+    },
+}
+
+/// A build as the release engineer asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Platforms in command-line order; the index lists children in this order.
+    pub platforms: Vec<Platform>,
+    /// Full references to publish the index under, all in one repository.
+    pub tags: Vec<String>,
+    /// Digest of the uploaded context.
+    pub context: Digest,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile: String,
+    /// `--build-arg` pairs.
+    pub build_args: Vec<(String, String)>,
+    /// `--target` stage.
+    pub target: Option<String>,
+    /// `--label` pairs.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Messages the coordinator sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The token was accepted.
+    Welcome {
+        /// Coordinator version.
+        version: String,
+    },
+    /// The token was refused; the connection closes next.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Answer to [`ClientRequest::HasContext`].
+    ContextPresent(bool),
+    /// The uploaded context was stored.
+    ContextStored,
+    /// Progress of a build.
+    Build(BuildEvent),
+    /// Answer to [`ClientRequest::ListAgents`].
+    Agents(Vec<AgentInfo>),
+    /// The request failed.
+    Error {
+        /// What failed and what to do.
+        message: String,
+    },
+    /// Answer to [`ClientRequest::ListBuilds`].
+    Builds(Vec<BuildSummary>),
+    /// Answer to [`ClientRequest::ShowBuild`], and the first answer to `WatchBuild`.
+    BuildDetail(BuildDetail),
+    /// The request was carried out.
+    Done {
+        /// What happened.
+        message: String,
+    },
+    /// A secret just created: shown once, stored only as a hash.
+    Token {
+        /// The token.
+        token: String,
+        /// When it expires, milliseconds since the Unix epoch.
+        expires_ms: Option<u64>,
+    },
+    /// Answer to [`ClientRequest::UploadChunked`]: indexes of the chunks to send, ascending.
+    ChunksWanted(Vec<u32>),
+}
+
+/// One agent as `archfarm agents ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Name from its certificate.
+    pub name: AgentName,
+    /// Remote address of its connection.
+    pub address: String,
+    /// Platforms it declared.
+    pub platforms: Vec<Platform>,
+    /// `ready` or `busy`.
+    pub state: String,
+    /// Jobs running on it.
+    pub running: u32,
+    /// How many it runs at once.
+    pub capacity: u32,
+    /// Its Docker Engine version.
+    pub engine_version: String,
+}
