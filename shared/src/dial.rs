@@ -67,8 +67,8 @@ pub enum DialError {
         addr: SocketAddr,
         /// The name the coordinator's certificate was checked against.
         server_name: String,
-        /// quinn's error; [`crate::tls::explain`] words it for an operator.
-        error: quinn::ConnectionError,
+        /// quinn's error (boxed: it is large); [`crate::tls::explain`] words it for an operator.
+        error: Box<quinn::ConnectionError>,
     },
     /// Resolving and connecting took longer than the deadline.
     #[error("no connection to the coordinator at {address} as {server_name:?} within {} s", .deadline.as_secs_f64())]
@@ -178,7 +178,12 @@ async fn connect(
     let (address, server_name) = (address.to_owned(), server_name.to_owned());
     match endpoint.connect_with(config, addr, &server_name) {
         Err(error) => Err(DialError::Connect { address, addr, server_name, error }),
-        Ok(connecting) => connecting.await.map_err(|error| DialError::Handshake { address, addr, server_name, error }),
+        Ok(connecting) => connecting.await.map_err(|error| DialError::Handshake {
+            address,
+            addr,
+            server_name,
+            error: Box::new(error),
+        }),
     }
 }
 
