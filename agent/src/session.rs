@@ -155,45 +155,14 @@ impl<R: Runner> Agent<R> {
             c = dialling => c?,
             () = shutdown.cancelled() => return Ok("shut down before connecting".into()),
         };
-        let lost = |e: &codec::CodecError| match conn.close_reason() {
-            Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
-            None => anyhow::anyhow!("control stream: {e}"),
-        };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
-        codec::write_msg(&mut send, &AgentMessage::Register(self.registration.clone()), max)
-            .await
-            .map_err(|e| lost(&e))?;
-        let interval = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
-            Ok(CoordinatorMessage::Registered { heartbeat_interval_ms }) => {
-                Duration::from_millis(heartbeat_interval_ms.max(100))
-            }
-            Ok(CoordinatorMessage::Refused { reason }) => {
-                anyhow::bail!("the coordinator refused this agent: {reason}")
-            }
-            Ok(other) => anyhow::bail!("unexpected answer to registration: {other:?}"),
-            Err(e) => return Err(lost(&e)),
-        };
-        info!(coordinator = %self.coordinator, "registered");
+        let lost = |e: &codec::CodecError| control_lost(&conn, e);
+        let (mut send, recv, interval) = self.register(&conn).await?;
         // The coordinator answers every heartbeat; a coordinator killed without closing the
         // connection is noticed when the answers stop, long before QUIC's idle timeout.
         let started = Instant::now();
         let last_ack = Arc::new(AtomicU64::new(0));
         let ack_timeout = interval * 3 + Duration::from_secs(2);
-        let reader = {
-            let last_ack = last_ack.clone();
-            tokio::spawn(async move {
-                loop {
-                    match codec::read_msg::<_, CoordinatorMessage>(&mut recv, max).await {
-                        Ok(Some(CoordinatorMessage::HeartbeatAck)) => {
-                            last_ack.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
-                        }
-                        Ok(Some(other)) => warn!("unexpected message on the control stream: {other:?}"),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            })
-        };
-        let _stop_reader = AbortOnDrop(reader);
+        let _stop_reader = AbortOnDrop(tokio::spawn(read_acks(recv, max, started, last_ack.clone())));
         // Jobs of this session stop when it ends: the coordinator reruns them.
         let session_jobs = self.abort.child_token();
         let _stop_jobs = session_jobs.clone().drop_guard();
@@ -243,6 +212,30 @@ impl<R: Runner> Agent<R> {
                 },
             }
         }
+    }
+
+    /// Opens the control stream and registers; returns it with the heartbeat interval.
+    async fn register(
+        &self,
+        conn: &quinn::Connection,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, Duration)> {
+        let max = self.max_frame;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
+        codec::write_msg(&mut send, &AgentMessage::Register(self.registration.clone()), max)
+            .await
+            .map_err(|e| control_lost(conn, &e))?;
+        let interval = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+            Ok(CoordinatorMessage::Registered { heartbeat_interval_ms }) => {
+                Duration::from_millis(heartbeat_interval_ms.max(100))
+            }
+            Ok(CoordinatorMessage::Refused { reason }) => {
+                anyhow::bail!("the coordinator refused this agent: {reason}")
+            }
+            Ok(other) => anyhow::bail!("unexpected answer to registration: {other:?}"),
+            Err(e) => return Err(control_lost(conn, &e)),
+        };
+        info!(coordinator = %self.coordinator, "registered");
+        Ok((send, recv, interval))
     }
 
     async fn job(
@@ -326,6 +319,29 @@ impl<R: Runner> Agent<R> {
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// Reads the control stream, noting in `last_ack` when (since `started`) the last heartbeat
+/// answer came.
+async fn read_acks(mut recv: quinn::RecvStream, max: u32, started: Instant, last_ack: Arc<AtomicU64>) {
+    loop {
+        match codec::read_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+            Ok(Some(CoordinatorMessage::HeartbeatAck)) => {
+                last_ack.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
+            }
+            Ok(Some(other)) => warn!("unexpected message on the control stream: {other:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+/// Why the control stream failed: the connection's close reason when it has one, which says
+/// more than the stream error it caused.
+fn control_lost(conn: &quinn::Connection, e: &codec::CodecError) -> anyhow::Error {
+    match conn.close_reason() {
+        Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
+        None => anyhow::anyhow!("control stream: {e}"),
     }
 }
 
