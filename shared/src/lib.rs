@@ -3,12 +3,10 @@
 //!
 //! # Layout
 //! - [`platform`]: `os/arch[/variant]` names, normalised by containerd's rules.
-//! - [`ids`]: build, job, agent and digest identifiers.
-//! - [`protocol`]: the messages, one enum per direction and role, and the ALPN strings.
-//! - [`request`]: the rules a build request must meet, on the client and the coordinator alike.
 //! - [`ids`]: build, job, agent and digest identifiers, checked when parsed and when decoded.
 //! - [`protocol`]: the messages, one enum per direction and role (a file per role), the ALPN
 //!   strings and close codes.
+//! - [`request`]: the rules a build request must meet, on the client and the coordinator alike.
 //! - [`codec`]: length-prefixed bincode frames with size limits (the only user of bincode).
 //! - [`content`]: sha256-addressed files (build contexts), written only once verified.
 //! - [`chunking`]: content-defined chunks of a context, so a re-upload sends what changed.
