@@ -245,3 +245,67 @@ async fn chunked_uploads_send_only_missing_chunks_and_refuse_lying_ones() {
             .unwrap();
     assert!(stored == second, "the stored context is the changed tarball, byte for byte");
 }
+
+/// Swaps `from` for `to` (the same length) inside an encoded frame: a well-formed frame whose
+/// id no longer passes its check.
+fn patched(frame: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len(), "the swap must keep the frame's lengths");
+    let at = frame.windows(from.len()).position(|w| w == from.as_bytes()).expect("the value is in the frame");
+    let mut out = frame.clone();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_id_in_a_frame_closes_that_connection_and_panics_nothing() {
+    use archfarm_shared::protocol::{AgentMessage, Registration};
+    use archfarm_shared::{BuildId, Digest};
+    tls::install_crypto_provider();
+    let mut farm = tokio::task::block_in_place(|| Farm::start(&[AgentSpec::amd64()]));
+
+    // A digest that would walk out of the context directory if joined into a path.
+    let (_e1, c1) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c1).await;
+    let good = Digest::of(b"context");
+    let evil = format!("sha256:../{}", "a".repeat(good.as_str().len() - "sha256:../".len()));
+    let frame = codec::encode(&ClientRequest::HasContext { digest: good.clone() }, codec::DEFAULT_MAX_FRAME).unwrap();
+    let frame = patched(frame, good.as_str(), &evil);
+    let reason = send_raw_and_get_close(&c1, &frame, false).await;
+    assert!(reason.contains("protocol error on request stream: malformed message"), "{reason}");
+    assert!(reason.contains("invalid digest") && reason.contains("sha256:../"), "{reason}");
+
+    // A build id that is not one this farm hands out.
+    let (_e2, c2) = connect(&farm, ALPN_CLIENT, None).await;
+    hello(&farm, &c2).await;
+    let build = BuildId::random();
+    let bad = format!("b-{}", "z".repeat(build.as_str().len() - 2));
+    let frame = codec::encode(&ClientRequest::ShowBuild { build: build.clone() }, codec::DEFAULT_MAX_FRAME).unwrap();
+    let frame = patched(frame, build.as_str(), &bad);
+    let reason = send_raw_and_get_close(&c2, &frame, false).await;
+    assert!(reason.contains("invalid build id"), "{reason}");
+
+    // An agent registering a platform that is no platform.
+    let ca_dir = farm.dir.path().join("ca");
+    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "prober", "--dir"]).arg(&ca_dir));
+    let cert = std::fs::read_to_string(ca_dir.join("prober.pem")).unwrap();
+    let key = std::fs::read_to_string(ca_dir.join("prober.key")).unwrap();
+    let (_e3, c3) = connect(&farm, ALPN_AGENT, Some((&cert, &key))).await;
+    let register = AgentMessage::Register(Registration {
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        capacity: 1,
+        engine_version: "prober".into(),
+        agent_version: "prober".into(),
+    });
+    let frame = patched(codec::encode(&register, codec::DEFAULT_MAX_FRAME).unwrap(), "amd64", "am/64");
+    let reason = send_raw_and_get_close(&c3, &frame, false).await;
+    assert!(reason.contains("protocol error on control stream: malformed message"), "{reason}");
+    assert!(reason.contains("am/64"), "{reason}");
+
+    // Nothing panicked, and the coordinator still serves everyone else.
+    let coordinator = farm.proc("coordinator");
+    assert!(coordinator.running(), "the coordinator must survive malformed ids");
+    let log = coordinator.log_text();
+    assert!(!log.contains("panicked"), "a malformed id panicked a task:\n{log}");
+    let out = tokio::task::block_in_place(|| farm.archfarm(&["agents", "ls"]));
+    assert!(out.status.success() && text(&out).contains("amd64-1"), "{}", text(&out));
+}
