@@ -13,20 +13,27 @@ pub mod table;
 pub mod upload;
 
 use anyhow::{bail, Context as _};
-use archfarm_shared::codec;
+use archfarm_shared::dial::{self, DialError};
 use archfarm_shared::protocol::{close, ClientRequest, ClientResponse, ALPN_CLIENT};
-use archfarm_shared::tls;
+use archfarm_shared::retry::{retry_if, Policy};
+use archfarm_shared::{codec, tls};
 use std::path::PathBuf;
-
-/// Connection attempts before a client gives up on the coordinator.
-const CONNECT_TRIES: u32 = 3;
 
 /// How a hello ended badly.
 enum Hello {
-    /// The coordinator said no: trying again would not help.
+    /// The coordinator said no, or the address is unusable: trying again would not help.
     Refused(String),
     /// The connection failed before an answer: worth another try.
     Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hello::Refused(reason) => f.write_str(reason),
+            Hello::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
 }
 
 /// Where the coordinator is and how to prove who we are.
@@ -57,51 +64,29 @@ impl Connection {
         let ca = std::fs::read_to_string(&remote.ca)
             .with_context(|| format!("cannot read the farm CA {} (set ARCHFARM_CA or --ca)", remote.ca.display()))?;
         let config = tls::client_config(&ca, None, ALPN_CLIENT, tls::Transport::default())?;
-        let (host, _) = remote
-            .coordinator
-            .rsplit_once(':')
-            .with_context(|| format!("coordinator address {:?} is not host:port", remote.coordinator))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addr = tokio::net::lookup_host(&remote.coordinator)
-            .await
-            .with_context(|| format!("cannot resolve coordinator address {}", remote.coordinator))?
-            .next()
-            .with_context(|| format!("coordinator address {} resolves to nothing", remote.coordinator))?;
-        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
-        let mut endpoint = tls::endpoint(bind, None)?;
-        endpoint.set_default_client_config(config);
         // Nothing exists on the coordinator until the hello is answered, so a connection lost
         // before then (a handshake timed out on a loaded coordinator) is safe to try again.
-        let mut pause = std::time::Duration::from_millis(500);
-        for attempt in 1..=CONNECT_TRIES {
-            match Self::hello(&endpoint, addr, host, remote).await {
-                Ok(conn) => return Ok(Connection { endpoint, conn, max_frame: codec::DEFAULT_MAX_FRAME }),
-                Err(Hello::Refused(reason)) => bail!("{reason}"),
-                Err(Hello::Failed(e)) if attempt == CONNECT_TRIES => {
-                    return Err(e.context(format!("cannot reach the coordinator at {}", remote.coordinator)))
-                }
-                Err(Hello::Failed(e)) => {
-                    tracing::warn!("connecting to the coordinator failed (try {attempt} of {CONNECT_TRIES}): {e:#}");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
+        let hello = || Self::hello(remote, config.clone());
+        let transient = |e: &Hello| matches!(e, Hello::Failed(_));
+        match retry_if(Policy::COORDINATOR_CONNECT, "connecting to the coordinator", hello, transient).await {
+            Ok((endpoint, conn)) => Ok(Connection { endpoint, conn, max_frame: codec::DEFAULT_MAX_FRAME }),
+            Err(e) => match e.into_last() {
+                Hello::Refused(reason) => bail!("{reason}"),
+                Hello::Failed(e) => Err(e.context(format!("cannot reach the coordinator at {}", remote.coordinator))),
+            },
         }
-        unreachable!("the loop returns")
     }
 
     async fn hello(
-        endpoint: &quinn::Endpoint,
-        addr: std::net::SocketAddr,
-        host: &str,
         remote: &Remote,
-    ) -> Result<quinn::Connection, Hello> {
+        config: quinn::ClientConfig,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), Hello> {
         let failed = |e: anyhow::Error| Hello::Failed(e);
-        let conn = endpoint
-            .connect(addr, host)
-            .map_err(|e| failed(e.into()))?
-            .await
-            .map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
+        let (endpoint, conn) = match dial::dial(&remote.coordinator, None, config, dial::DEADLINE).await {
+            Ok(dialled) => dialled,
+            Err(e @ (DialError::Handshake { .. } | DialError::TimedOut { .. })) => return Err(failed(e.into())),
+            Err(e) => return Err(Hello::Refused(e.to_string())),
+        };
         let max = codec::DEFAULT_MAX_FRAME;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
         let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
@@ -112,7 +97,7 @@ impl Connection {
         }
         .await;
         match answer {
-            Ok(ClientResponse::Welcome { .. }) => Ok(conn),
+            Ok(ClientResponse::Welcome { .. }) => Ok((endpoint, conn)),
             Ok(ClientResponse::Refused { reason }) => Err(Hello::Refused(reason)),
             Ok(other) => Err(Hello::Refused(format!("unexpected answer to hello: {other:?}"))),
             Err(e) => Err(failed(match conn.close_reason() {

@@ -1,48 +1,25 @@
 //! Trust nothing an agent says: check each pushed image in the registry, then publish one
 //! index over the verified children under every requested tag. Registry calls that fail are
-//! retried with backoff a bounded number of times.
+//! retried under the registry's policy ([`Policy::REGISTRY`]).
 
 use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::Registry;
+use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{AgentName, Digest, Platform};
 use futures_util::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-use tracing::warn;
 
-/// Registry calls per step, and the first pause between them (doubling each time).
-pub const REGISTRY_TRIES: u32 = 5;
-const FIRST_PAUSE: Duration = Duration::from_millis(500);
-
-/// Runs `op` up to [`REGISTRY_TRIES`] times with exponential backoff while it fails.
-pub async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, String>
+/// Runs a registry call under the registry's retry policy; the error says what failed how often.
+async fn with_retries<T, F, Fut>(what: &str, op: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let mut pause = FIRST_PAUSE;
-    let mut last = String::new();
-    for attempt in 1..=REGISTRY_TRIES {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                if attempt < REGISTRY_TRIES {
-                    warn!(
-                        "{what} failed (try {attempt} of {REGISTRY_TRIES}), retrying in {:.1} s: {e}",
-                        pause.as_secs_f64()
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                last = e;
-            }
-        }
-    }
-    Err(format!("{what} failed {REGISTRY_TRIES} times; last error: {last}"))
+    retry(Policy::REGISTRY, what, op).await.map_err(|e| e.to_string())
 }
 
 /// The registry as the orchestration sees it: checks images pushed into one repository.
@@ -130,37 +107,4 @@ pub async fn publish(registry: &Registry, tags: &[ImageRef], children: &[Child])
         return Err(format!("{} resolves to {served} after publishing {digest}", first.whole()));
     }
     Ok(digest)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_with_backoff_then_gives_a_clear_error() {
-        let calls = AtomicU32::new(0);
-        let started = tokio::time::Instant::now();
-        let err = with_retries("publishing", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>("503 Service Unavailable".to_owned())
-        })
-        .await
-        .unwrap_err();
-        assert_eq!(calls.load(Ordering::SeqCst), REGISTRY_TRIES);
-        assert_eq!(err, "publishing failed 5 times; last error: 503 Service Unavailable");
-        // 0.5 + 1 + 2 + 4 seconds of backoff.
-        assert_eq!(started.elapsed(), Duration::from_millis(7500));
-
-        let calls = AtomicU32::new(0);
-        let ok = with_retries("publishing", || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err("down".to_owned())
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
-        assert_eq!(ok, Ok(7));
-    }
 }
