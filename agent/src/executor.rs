@@ -5,8 +5,10 @@ use crate::context_cache::ContextCache;
 use crate::docker::{BuildSpec, Engine};
 use crate::publish;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
+use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -23,8 +25,8 @@ pub struct Executor {
     pub cache: ContextCache,
     /// Largest frame on the wire.
     pub max_frame: u32,
-    /// Registries pushed to over plain http although not on loopback.
-    pub insecure_registries: Vec<String>,
+    /// One client per registry pushed to, kept between jobs.
+    pub registries: Arc<RegistryClients>,
     /// Layers compressed and pushed before.
     pub layers: publish::LayerCache,
 }
@@ -126,10 +128,8 @@ impl Executor {
             .await
             .map_err(|e| format!("preparing the image: {e}"))??;
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
-        retry(Policy::IMAGE_PUSH, "push", || {
-            publish::push(repository, &prepared, &self.layers, &self.insecure_registries)
-        })
-        .await
-        .map_err(|e| e.to_string())
+        retry(Policy::IMAGE_PUSH, "push", || publish::push(repository, &prepared, &self.layers, &self.registries))
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -9,7 +9,7 @@
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
-use archfarm_shared::registry::{self, Registry};
+use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::Digest;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -117,10 +117,10 @@ pub async fn push(
     repository: &str,
     image: &Prepared,
     cache: &LayerCache,
-    insecure: &[String],
+    registries: &RegistryClients,
 ) -> Result<PushedImage, String> {
     let repo: ImageRef = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
-    let reg = Registry::shared(&repo, insecure);
+    let reg = registries.get(&repo);
     reg.authorize_push(&repo).await.map_err(|e| e.to_string())?;
     let config =
         Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&image.config), size: image.config.len() as u64 };

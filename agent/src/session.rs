@@ -10,6 +10,7 @@ use archfarm_shared::codec;
 use archfarm_shared::protocol::{
     close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
+use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::retry::Policy;
 use archfarm_shared::{dial, platform, tls};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -95,7 +96,7 @@ impl Agent<Executor> {
                 engine,
                 cache,
                 max_frame: config.max_frame_bytes,
-                insecure_registries: config.insecure_registries.clone(),
+                registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
                 layers: crate::publish::LayerCache::default(),
             },
             coordinator: config.coordinator.clone(),

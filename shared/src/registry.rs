@@ -131,14 +131,6 @@ impl Registry {
         Registry { auth: credentials(&host), client, host, calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS) }
     }
 
-    /// Temporary: the agent's process-wide client cache, until the agent owns a
-    /// [`RegistryClients`].
-    pub fn shared(reference: &ImageRef, insecure: &[String]) -> Arc<Registry> {
-        type Clients = std::sync::OnceLock<RegistryClients>;
-        static CLIENTS: Clients = Clients::new();
-        CLIENTS.get_or_init(|| RegistryClients::new(insecure.to_vec())).get(reference)
-    }
-
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.calls.acquire().await.unwrap_or_else(|_| unreachable!("the semaphore is never closed"))
     }
