@@ -5,6 +5,7 @@ use super::follow::{self, OnInterrupt};
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
 use anyhow::bail;
+use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{BuildDetail, BuildSummary, ClientRequest, ClientResponse};
 use archfarm_shared::BuildId;
@@ -62,7 +63,7 @@ pub fn detail(d: &BuildDetail) -> String {
             let _ = writeln!(out, "  error:   {e}");
         }
         for a in &j.attempts {
-            let outcome = a.outcome.as_deref().unwrap_or("running");
+            let outcome = a.outcome.map_or("running", AttemptOutcome::as_str);
             let detail = a.detail.as_deref().filter(|d| !d.is_empty()).map(|d| format!(": {d}")).unwrap_or_default();
             let _ = writeln!(out, "  attempt {} on {}: {outcome}{detail}", a.number, a.agent);
         }

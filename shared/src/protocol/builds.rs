@@ -3,6 +3,7 @@
 
 use super::JobFailure;
 use crate::ids::{AgentName, BuildId, Digest, JobId};
+use crate::outcome::AttemptOutcome;
 use crate::platform::Platform;
 use serde::{Deserialize, Serialize};
 
@@ -131,8 +132,8 @@ pub struct AttemptDetail {
     pub started_ms: u64,
     /// When it ended.
     pub finished_ms: Option<u64>,
-    /// `pushed`, `failed`, `lost`, `wrong-platform`, `cancelled`, or none while running.
-    pub outcome: Option<String>,
+    /// How it ended; none while it runs. Sent as its text (`pushed`, `lost`, …).
+    pub outcome: Option<AttemptOutcome>,
     /// What happened.
     pub detail: Option<String>,
 }

@@ -201,7 +201,7 @@ impl Rig {
     async fn attempts(&self) -> Vec<(String, String)> {
         let detail = self.store.detail(&self.spec.build).await.unwrap().unwrap();
         let attempts = &detail.jobs[0].attempts;
-        attempts.iter().map(|a| (a.agent.to_string(), a.outcome.clone().unwrap_or_default())).collect()
+        attempts.iter().map(|a| (a.agent.to_string(), a.outcome.map(|o| o.to_string()).unwrap_or_default())).collect()
     }
 
     async fn job_state(&self) -> JobState {

@@ -282,7 +282,7 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
                     agent: parse(&agent, "agent name")?,
                     started_ms: started as u64,
                     finished_ms: finished.map(|f| f as u64),
-                    outcome,
+                    outcome: outcome.map(|o| parse(&o, "attempt outcome")).transpose()?,
                     detail,
                 })
             })
@@ -404,8 +404,8 @@ mod tests {
         assert_eq!(jobs[1].state, JobState::Queued);
         let detail = s.detail(&build).await.unwrap().unwrap();
         assert_eq!(
-            detail.jobs[0].attempts.iter().map(|a| a.outcome.clone().unwrap()).collect::<Vec<_>>(),
-            ["lost", "pushed"]
+            detail.jobs[0].attempts.iter().map(|a| a.outcome.unwrap()).collect::<Vec<_>>(),
+            [AttemptOutcome::Lost, AttemptOutcome::Pushed]
         );
         assert_eq!(detail.jobs[0].attempts[0].detail.as_deref(), Some("agent went away"));
 
