@@ -257,11 +257,9 @@ impl<R: Runner> Agent<R> {
             info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
         async move {
             if draining {
-                let refusal = JobOutcome::Failed(JobFailure {
-                    kind: FailureKind::Cancelled,
-                    message: format!("agent {} is draining and takes no new jobs", self.name),
-                    log_tail: vec![],
-                });
+                let message = format!("agent {} is draining and takes no new jobs", self.name);
+                let refusal =
+                    JobOutcome::Failed(JobFailure { kind: FailureKind::Cancelled, message, log_tail: vec![] });
                 let _ = codec::write_msg(&mut send, &AgentMessage::JobFinished(refusal), max).await;
                 let _ = send.finish();
                 return;
@@ -303,24 +301,36 @@ impl<R: Runner> Agent<R> {
             };
             drop(run);
             self.running.fetch_sub(1, Ordering::Relaxed);
-            let Some(outcome) = outcome else { return };
-            while let Ok(line) = rx.try_recv() {
-                if stream_ok {
-                    stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
-                }
+            if let Some(outcome) = outcome {
+                report(&mut send, &mut rx, stream_ok, outcome, max).await;
             }
-            match &outcome {
-                JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
-                JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
-            }
-            if codec::write_msg(&mut send, &AgentMessage::JobFinished(outcome), max).await.is_err() {
-                warn!("could not report the job's result: the coordinator is gone");
-            }
-            let _ = send.finish();
         }
         .instrument(span)
         .await;
     }
+}
+
+/// Sends the job's log lines still queued, then its result, and finishes the stream.
+async fn report(
+    send: &mut quinn::SendStream,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    mut stream_ok: bool,
+    outcome: JobOutcome,
+    max: u32,
+) {
+    while let Ok(line) = rx.try_recv() {
+        if stream_ok {
+            stream_ok = codec::write_msg(send, &AgentMessage::JobLog { line }, max).await.is_ok();
+        }
+    }
+    match &outcome {
+        JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
+        JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
+    }
+    if codec::write_msg(send, &AgentMessage::JobFinished(outcome), max).await.is_err() {
+        warn!("could not report the job's result: the coordinator is gone");
+    }
+    let _ = send.finish();
 }
 
 /// Reads the control stream, noting in `last_ack` when (since `started`) the last heartbeat
