@@ -1,7 +1,7 @@
 //! An agent's connection: what it sends on its control, job and context streams, and what the
 //! coordinator answers.
 
-use super::JobFailure;
+use super::failure::JobFailure;
 use crate::ids::{BuildId, Digest, JobId};
 use crate::platform::Platform;
 use serde::{Deserialize, Serialize};

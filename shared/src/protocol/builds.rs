@@ -1,7 +1,7 @@
 //! Builds and their jobs as clients see them: states, summaries, details and the events of a
 //! running build.
 
-use super::JobFailure;
+use super::failure::JobFailure;
 use crate::ids::{AgentName, BuildId, Digest, JobId};
 use crate::outcome::AttemptOutcome;
 use crate::platform::Platform;

@@ -1,6 +1,6 @@
 //! A release engineer's client: one request per stream, and the coordinator's answers.
 
-use super::{BuildDetail, BuildEvent, BuildSummary};
+use super::builds::{BuildDetail, BuildEvent, BuildSummary};
 use crate::ids::{AgentName, BuildId, Digest};
 use crate::platform::Platform;
 use serde::{Deserialize, Serialize};

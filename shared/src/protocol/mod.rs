@@ -7,12 +7,14 @@
 //! - `client`: a release engineer's requests and their answers;
 //! - `builds`: builds, jobs and their events as clients see them;
 //! - `enroll`: an agent joining with a join token;
-//! - this file: ALPNs, close codes and the job failure every role reports.
+//! - `failure`: the job failure every role reports;
+//! - this file: ALPNs and close codes.
 
 mod agent;
 mod builds;
 mod client;
 mod enroll;
+mod failure;
 
 pub use agent::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, PushedImage, Registration};
 pub use builds::{
@@ -20,8 +22,7 @@ pub use builds::{
 };
 pub use client::{AgentInfo, BuildRequest, ClientRequest, ClientResponse};
 pub use enroll::{EnrollRequest, EnrollResponse};
-
-use serde::{Deserialize, Serialize};
+pub use failure::{FailureKind, JobFailure};
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
@@ -42,51 +43,4 @@ pub mod close {
     pub const REFUSED: u32 = 2;
     /// The peer stopped sending heartbeats.
     pub const TIMEOUT: u32 = 3;
-}
-
-/// A job failure small enough to cross the wire and be shown to the release engineer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobFailure {
-    /// Which step failed.
-    pub kind: FailureKind,
-    /// One-line explanation.
-    pub message: String,
-    /// The last lines of the failing step's output.
-    pub log_tail: Vec<String>,
-}
-
-/// The step of a job that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureKind {
-    /// The agent was asked for a platform it did not declare.
-    PlatformNotDeclared,
-    /// The build context could not be fetched or was corrupt.
-    Context,
-    /// The Dockerfile build failed.
-    Build,
-    /// Exporting or pushing the image failed.
-    Push,
-    /// The Docker Engine could not be reached.
-    Engine,
-    /// The coordinator found the pushed image does not match the job (wrong platform, missing).
-    Verification,
-    /// The agent went away before finishing.
-    AgentLost,
-    /// The job was cancelled (its build was cancelled, or its agent stopped it while draining).
-    Cancelled,
-}
-
-impl std::fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FailureKind::PlatformNotDeclared => "platform not declared",
-            FailureKind::Context => "build context",
-            FailureKind::Build => "build",
-            FailureKind::Push => "push",
-            FailureKind::Engine => "docker engine",
-            FailureKind::Verification => "verification",
-            FailureKind::AgentLost => "agent lost",
-            FailureKind::Cancelled => "cancelled",
-        })
-    }
 }

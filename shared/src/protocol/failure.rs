@@ -1,0 +1,51 @@
+//! The job failure every role reports: small enough to cross the wire and be shown to the
+//! release engineer.
+
+use serde::{Deserialize, Serialize};
+
+/// A job failure small enough to cross the wire and be shown to the release engineer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// Which step failed.
+    pub kind: FailureKind,
+    /// One-line explanation.
+    pub message: String,
+    /// The last lines of the failing step's output.
+    pub log_tail: Vec<String>,
+}
+
+/// The step of a job that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The agent was asked for a platform it did not declare.
+    PlatformNotDeclared,
+    /// The build context could not be fetched or was corrupt.
+    Context,
+    /// The Dockerfile build failed.
+    Build,
+    /// Exporting or pushing the image failed.
+    Push,
+    /// The Docker Engine could not be reached.
+    Engine,
+    /// The coordinator found the pushed image does not match the job (wrong platform, missing).
+    Verification,
+    /// The agent went away before finishing.
+    AgentLost,
+    /// The job was cancelled (its build was cancelled, or its agent stopped it while draining).
+    Cancelled,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureKind::PlatformNotDeclared => "platform not declared",
+            FailureKind::Context => "build context",
+            FailureKind::Build => "build",
+            FailureKind::Push => "push",
+            FailureKind::Engine => "docker engine",
+            FailureKind::Verification => "verification",
+            FailureKind::AgentLost => "agent lost",
+            FailureKind::Cancelled => "cancelled",
+        })
+    }
+}
