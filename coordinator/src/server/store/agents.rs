@@ -58,13 +58,7 @@ impl Store {
 
     /// Whether an agent is revoked.
     pub async fn agent_revoked(&self, name: &AgentName) -> Result<bool> {
-        let name = name.to_string();
-        self.read(move |c| {
-            Ok(c.query_row("SELECT 1 FROM revoked_agents WHERE name = ?1", params![name], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
-        .await
+        self.exists("SELECT 1 FROM revoked_agents WHERE name = ?1", name.to_string()).await
     }
 }
 

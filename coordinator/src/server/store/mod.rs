@@ -17,10 +17,10 @@ pub mod builds;
 mod tokens;
 mod writer;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::Mutex;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +109,25 @@ CREATE TABLE IF NOT EXISTS agents (
 /// The state database.
 #[derive(Debug)]
 pub struct Store {
-    readers: Mutex<Vec<Connection>>,
-    reading: Semaphore,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    reading: Arc<Semaphore>,
     writer: writer::Writer,
+}
+
+/// A reader connection lent to one read. However the read ends (done, panicked, or its caller
+/// gone), dropping the lease puts the connection back in the pool before its permit is freed.
+struct Lease {
+    conn: Option<Connection>,
+    pool: Arc<Mutex<Vec<Connection>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
+    }
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T>
@@ -138,8 +154,8 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Store {
-            readers: Mutex::new(readers),
-            reading: Semaphore::new(READERS),
+            readers: Arc::new(Mutex::new(readers)),
+            reading: Arc::new(Semaphore::new(READERS)),
             writer: writer::Writer::start(conn)?,
         })
     }
@@ -150,30 +166,60 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let permit = self.reading.acquire().await.map_err(|e| StoreError::Read(e.to_string()))?;
+        let permit = self.reading.clone().acquire_owned().await.map_err(|e| StoreError::Read(e.to_string()))?;
         let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("a reader per permit");
-        let done = tokio::task::spawn_blocking(move || {
-            let result = read(&conn);
-            (conn, result)
-        })
-        .await;
-        match done {
-            Ok((conn, result)) => {
-                // Back in the pool before the permit is.
-                self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-                drop(permit);
-                result
-            }
-            Err(e) => {
-                // The connection went down with the read: one reader fewer from now on.
-                permit.forget();
-                Err(StoreError::Read(e.to_string()))
-            }
-        }
+        let lease = Lease { conn: Some(conn), pool: self.readers.clone(), _permit: permit };
+        tokio::task::spawn_blocking(move || read(lease.conn.as_ref().expect("lent until dropped")))
+            .await
+            .map_err(|e| StoreError::Read(e.to_string()))?
+    }
+
+    /// Whether `sql` (`SELECT 1 … WHERE … = ?1`) finds a row for `param`.
+    async fn exists(&self, sql: &'static str, param: String) -> Result<bool> {
+        self.read(move |c| Ok(c.query_row(sql, [param], |_| Ok(())).optional()?.is_some())).await
     }
 
     /// One statement as one change; returns the rows it changed.
     async fn execute(&self, sql: &'static str, params: impl rusqlite::Params + Send + 'static) -> Result<usize> {
         self.writer.write(move |c| Ok(c.execute(sql, params)?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_survive_panics_abandoned_callers_and_bursts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state.db")).unwrap());
+        let err = store.read(|_| -> Result<()> { panic!("a read that panics") }).await.unwrap_err();
+        assert!(matches!(err, StoreError::Read(_)), "{err}");
+        // Callers that give up while their read still runs on the blocking pool.
+        for _ in 0..READERS * 2 {
+            let slow = store.read(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            });
+            assert!(tokio::time::timeout(Duration::from_millis(1), slow).await.is_err());
+        }
+        // More reads at once than there are readers: each waits its turn and gets its answer.
+        let reads = (0..READERS as i64 * 4).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.read(move |c| Ok(c.query_row("SELECT ?1", [i], |r| r.get::<_, i64>(0))?)).await
+            })
+        });
+        for (i, read) in futures_util::future::join_all(reads).await.into_iter().enumerate() {
+            assert_eq!(read.unwrap().unwrap(), i as i64);
+        }
+        // Every connection came back to the pool.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.readers.lock().unwrap().len() < READERS {
+            assert!(tokio::time::Instant::now() < deadline, "a reader connection was lost");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.reading.available_permits(), READERS);
     }
 }

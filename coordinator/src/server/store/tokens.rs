@@ -67,15 +67,7 @@ impl Store {
 
     /// Whether a live (not revoked) client token has this hash.
     pub async fn client_token_live(&self, hash: &str) -> Result<bool> {
-        let hash = hash.to_owned();
-        self.read(move |c| {
-            Ok(c.query_row("SELECT 1 FROM client_tokens WHERE hash = ?1 AND revoked_ms IS NULL", params![hash], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some())
-        })
-        .await
+        self.exists("SELECT 1 FROM client_tokens WHERE hash = ?1 AND revoked_ms IS NULL", hash.to_owned()).await
     }
 }
 
