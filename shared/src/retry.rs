@@ -30,17 +30,17 @@ pub struct Policy {
 
 impl Policy {
     /// A registry call (a manifest or blob fetched or pushed, the index published): 5 tries,
-    /// pauses up to 0.5, 1, 2 and 4 s, so a registry restart of a few seconds is ridden out.
-    pub const REGISTRY: Policy = Policy::new(5, Duration::from_millis(500), Duration::from_secs(4));
+    /// pauses of 0.5-1, 1-2, 2-4 and 4-8 s, so a registry restart of 7.5 s at least is ridden out.
+    pub const REGISTRY: Policy = Policy::new(5, Duration::from_secs(1), Duration::from_secs(8));
 
-    /// A client connecting to the coordinator and saying hello: 3 tries, pauses up to 0.5 and 1 s.
-    /// A handshake lost on a loaded coordinator is worth another try; a refusal is not (see
-    /// [`retry_if`]).
-    pub const COORDINATOR_CONNECT: Policy = Policy::new(3, Duration::from_millis(500), Duration::from_secs(1));
+    /// A client connecting to the coordinator and saying hello: 3 tries, pauses of 0.5-1 and
+    /// 1-2 s. A handshake lost on a loaded coordinator is worth another try; a refusal is not
+    /// (see [`retry_if`]).
+    pub const COORDINATOR_CONNECT: Policy = Policy::new(3, Duration::from_secs(1), Duration::from_secs(2));
 
-    /// An agent pushing a built image by digest: 4 tries, pauses up to 0.5, 1 and 2 s. The push
-    /// is idempotent, and a registry blip should not cost a rebuild.
-    pub const IMAGE_PUSH: Policy = Policy::new(4, Duration::from_millis(500), Duration::from_secs(2));
+    /// An agent pushing a built image by digest: 4 tries, pauses of 0.5-1, 1-2 and 2-4 s. The
+    /// push is idempotent, and a registry blip should not cost a rebuild.
+    pub const IMAGE_PUSH: Policy = Policy::new(4, Duration::from_secs(1), Duration::from_secs(4));
 
     /// An agent reconnecting to the coordinator: for ever, pauses from up to 0.5 s growing to
     /// up to `max_backoff` (its `max_backoff_secs`).
@@ -199,8 +199,9 @@ mod tests {
             let err = result.unwrap_err();
             assert_eq!(err.to_string(), "fetching x failed 5 times; last error: boom 5");
             assert_eq!(err.tries(), 5);
-            // Pauses of 0.25-0.5, 0.5-1, 1-2 and 2-4 s, each rounded up to the timer's millisecond.
-            let (low, high) = (Duration::from_millis(3750), Duration::from_millis(7500 + 10));
+            // Pauses of 0.5-1, 1-2, 2-4 and 4-8 s, each rounded up to the timer's millisecond: never
+            // less in all than the fixed 0.5, 1, 2 and 4 s registry calls had before jitter.
+            let (low, high) = (Duration::from_millis(7500), Duration::from_millis(15000 + 10));
             assert!(elapsed >= low && elapsed <= high, "{elapsed:?}");
         }
     }
@@ -210,7 +211,7 @@ mod tests {
         let (result, calls, elapsed) = failing(Policy::IMAGE_PUSH, 2).await;
         assert_eq!(result.unwrap(), 3);
         assert_eq!(calls, 3);
-        assert!(elapsed >= Duration::from_millis(750) && elapsed <= Duration::from_millis(1500 + 10), "{elapsed:?}");
+        assert!(elapsed >= Duration::from_millis(1500) && elapsed <= Duration::from_millis(3000 + 10), "{elapsed:?}");
 
         let (result, calls, elapsed) = failing(Policy::COORDINATOR_CONNECT, 0).await;
         assert_eq!((result.unwrap(), calls, elapsed), (1, 1, Duration::ZERO));
