@@ -333,3 +333,15 @@ async fn a_platform_no_agent_serves_fails_after_the_agent_wait() {
     assert!(rig.attempts().await.is_empty());
     assert_eq!(rig.job_state().await, JobState::Failed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_runs_again_on_another_agent_when_one_is_free() {
+    // Both agents stay connected and unblamed: only the retry rule moves the job.
+    let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Push), Act::Push]).await;
+    let (_, result) = rig.run().await.expect("the second attempt is verified");
+    let attempts = rig.attempts().await;
+    assert_eq!(attempts.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["failed", "pushed"]);
+    assert_ne!(attempts[0].0, attempts[1].0, "the retry avoids the agent whose attempt just failed");
+    assert_eq!(result.agent.as_str(), attempts[1].0);
+    assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
+}
