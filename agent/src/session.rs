@@ -74,11 +74,15 @@ impl Agent<Executor> {
 
         // One endpoint for every session, of the family the coordinator's address has now
         // (IPv4 if it does not resolve yet: the sessions retry that).
-        let family = match dial::resolve(&config.coordinator).await {
-            Ok(addrs) => addrs[0],
-            Err(_) => ([0, 0, 0, 0], 0).into(),
+        let ipv4: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
+        let family = match tokio::time::timeout(dial::DEADLINE, dial::resolve(&config.coordinator)).await {
+            Ok(Ok(addrs)) => addrs[0],
+            _ => ipv4,
         };
-        let endpoint = dial::bind_for(family).context("cannot open a UDP socket")?;
+        // A host without IPv6 cannot bind it even when a name resolves to it first.
+        let endpoint = dial::bind_for(family)
+            .or_else(|e| if family.is_ipv6() { dial::bind_for(ipv4) } else { Err(e) })
+            .context("cannot open a UDP socket")?;
         let server_name = crate::enroll::server_name(config)?;
         info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
         Ok(Agent {
