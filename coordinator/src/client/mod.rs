@@ -1,5 +1,16 @@
 //! The release engineer's side: connecting to the coordinator with a token, and the `build`,
-//! `agents` and `imagetools` commands.
+//! `builds`, `agents`, `tokens` and `imagetools` commands. Nothing here imports the server.
+//!
+//! # Layout
+//! - this file: an authenticated connection to the coordinator.
+//! - [`build`]: `archfarm build`: flags, request, pack, upload, follow.
+//! - [`context`], [`dockerignore`]: packing a deterministic context tarball.
+//! - [`upload`]: uploading it as content-defined chunks.
+//! - [`follow`], [`progress`]: following a build's events; Ctrl-C; `--progress`.
+//! - [`builds`]: `archfarm builds ls|show|watch|publish|cancel`.
+//! - [`agents`]: `archfarm agents ...` and `archfarm tokens ...`.
+//! - [`imagetools`]: `archfarm imagetools inspect`.
+//! - [`table`]: the tables `ls` commands print.
 
 pub mod agents;
 pub mod build;

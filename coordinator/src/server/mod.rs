@@ -86,7 +86,6 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             tokens_file: config.tls.client_tokens.clone(),
             max_attempts: config.max_attempts,
             quarantine_after: config.quarantine_after_failures,
-            insecure_registries: config.insecure_registries.clone(),
             ca: match &config.tls.ca_key {
                 Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
                 None => None,

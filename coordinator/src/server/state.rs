@@ -29,8 +29,6 @@ pub struct Settings {
     pub quarantine_after: u32,
     /// The farm CA with its key, when this coordinator enrolls agents.
     pub ca: Option<CertifiedKey>,
-    /// Registries reached over plain http although not on loopback.
-    pub insecure_registries: Vec<String>,
 }
 
 /// What the sessions share.
