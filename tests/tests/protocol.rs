@@ -17,6 +17,15 @@ async fn connect(farm: &Farm, alpn: &[u8], identity: Option<(&str, &str)>) -> (q
     (endpoint, conn)
 }
 
+/// Connects as an agent with a certificate the farm's CA issues for `name` now.
+async fn connect_agent(farm: &Farm, name: &str) -> (quinn::Endpoint, quinn::Connection) {
+    let ca_dir = farm.dir.path().join("ca");
+    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", name, "--dir"]).arg(&ca_dir));
+    let cert = std::fs::read_to_string(ca_dir.join(format!("{name}.pem"))).unwrap();
+    let key = std::fs::read_to_string(ca_dir.join(format!("{name}.key"))).unwrap();
+    connect(farm, ALPN_AGENT, Some((&cert, &key))).await
+}
+
 async fn hello(farm: &Farm, conn: &quinn::Connection) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     codec::write_msg(&mut send, &ClientRequest::Hello { token: farm.token.clone() }, codec::DEFAULT_MAX_FRAME)
@@ -84,11 +93,7 @@ async fn malformed_frames_close_one_connection_and_the_coordinator_keeps_serving
     assert!(reason.contains("malformed message"), "{reason}");
 
     // An agent (valid certificate) sending garbage on its control stream.
-    let ca_dir = farm.dir.path().join("ca");
-    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "prober", "--dir"]).arg(&ca_dir));
-    let cert = std::fs::read_to_string(ca_dir.join("prober.pem")).unwrap();
-    let key = std::fs::read_to_string(ca_dir.join("prober.key")).unwrap();
-    let (_e6, c6) = connect(&farm, ALPN_AGENT, Some((&cert, &key))).await;
+    let (_e6, c6) = connect_agent(&farm, "prober").await;
     let reason = send_raw_and_get_close(&c6, &[0, 0, 0, 3, 9, 9, 9], false).await;
     assert!(reason.contains("protocol error on control stream"), "{reason}");
 
@@ -285,11 +290,7 @@ async fn a_malformed_id_in_a_frame_closes_that_connection_and_panics_nothing() {
     assert!(reason.contains("invalid build id"), "{reason}");
 
     // An agent registering a platform that is no platform.
-    let ca_dir = farm.dir.path().join("ca");
-    run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", "prober", "--dir"]).arg(&ca_dir));
-    let cert = std::fs::read_to_string(ca_dir.join("prober.pem")).unwrap();
-    let key = std::fs::read_to_string(ca_dir.join("prober.key")).unwrap();
-    let (_e3, c3) = connect(&farm, ALPN_AGENT, Some((&cert, &key))).await;
+    let (_e3, c3) = connect_agent(&farm, "prober").await;
     let register = AgentMessage::Register(Registration {
         platforms: vec!["linux/amd64".parse().unwrap()],
         capacity: 1,
