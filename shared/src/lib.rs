@@ -15,6 +15,7 @@
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
 //! - [`oci`]: media types, canonical index and manifest bytes, image config platforms.
 //! - [`registry`]: the registry adapter (the only user of oci-client).
+//! - [`credentials`]: registry credentials from the Docker config and its helpers.
 //! - [`reference`]: image references and what the farm derives from them.
 //! - [`retry`]: one backoff policy per kind of call, and the loop that retries under one.
 //! - [`telemetry`]: tracing setup for the binaries.
@@ -27,6 +28,7 @@ pub mod chunking;
 pub mod clock;
 pub mod codec;
 pub mod content;
+pub mod credentials;
 pub mod dial;
 pub mod ids;
 pub mod oci;

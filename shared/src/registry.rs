@@ -2,6 +2,7 @@
 //! Credentials come from the usual Docker config (`~/.docker/config.json`, credential helpers);
 //! plain http is used for loopback registries only.
 
+use crate::credentials::Credential;
 use crate::ids::Digest;
 use crate::reference::ImageRef;
 use bytes::Bytes;
@@ -79,19 +80,13 @@ pub fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Credentials for `registry` from the Docker config and its credential helpers; anonymous when
-/// none are configured.
+/// Credentials for `registry` from the Docker config and its credential helpers
+/// ([`crate::credentials`]); anonymous when none are configured.
 pub fn credentials(registry: &str) -> RegistryAuth {
-    let server = match registry {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
-        other => other,
-    };
-    match docker_credential::get_credential(server) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
-            RegistryAuth::Basic(user, password)
-        }
-        Ok(docker_credential::DockerCredential::IdentityToken(token)) => RegistryAuth::Bearer(token),
-        Err(_) => RegistryAuth::Anonymous,
+    match crate::credentials::for_registry(registry) {
+        Some(Credential::Basic { username, password }) => RegistryAuth::Basic(username, password),
+        Some(Credential::IdentityToken(token)) => RegistryAuth::Bearer(token),
+        None => RegistryAuth::Anonymous,
     }
 }
 
