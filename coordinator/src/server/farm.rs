@@ -106,6 +106,11 @@ impl Farm {
         dispatch(&mut st);
     }
 
+    /// Whether a connected, active agent other than those in `avoid` declares `platform`.
+    pub fn serves_other(&self, platform: &Platform, avoid: &[AgentName]) -> bool {
+        self.lock().scheduler.serves_other(platform, avoid)
+    }
+
     /// Refuses platforms no connected, active agent declares.
     pub fn check(&self, platforms: &[Platform]) -> Result<(), NoAgent> {
         self.lock().scheduler.check(platforms)

@@ -143,6 +143,11 @@ impl Scheduler {
         self.agents.values().any(|s| s.serves(platform))
     }
 
+    /// Whether an active agent other than those in `avoid` declares `platform`.
+    pub fn serves_other(&self, platform: &Platform, avoid: &[AgentName]) -> bool {
+        self.agents.iter().any(|(name, s)| !avoid.contains(name) && s.serves(platform))
+    }
+
     /// Refuses a request naming a platform no active agent declares.
     pub fn check(&self, requested: &[Platform]) -> Result<(), NoAgent> {
         let missing: Vec<Platform> = requested.iter().filter(|p| !self.serves(p)).cloned().collect();

@@ -33,6 +33,9 @@ pub enum FailureKind {
     AgentLost,
     /// The job was cancelled (its build was cancelled, or its agent stopped it while draining).
     Cancelled,
+    /// A registry refused to let the agent pull an image the build starts from (no credentials,
+    /// or credentials it does not accept). Appended last: variants are encoded by position.
+    PullRefused,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -46,6 +49,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Verification => "verification",
             FailureKind::AgentLost => "agent lost",
             FailureKind::Cancelled => "cancelled",
+            FailureKind::PullRefused => "pull refused",
         })
     }
 }

@@ -153,6 +153,13 @@ impl Runner<'_> {
     async fn attempt(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Attempt {
         let pushed = match agent.link.run_job(spec.clone(), live).await {
             Ok(p) => p,
+            // Another agent may hold credentials this one lacks; this one would be refused again.
+            Err(failure) if failure.kind == FailureKind::PullRefused => {
+                return match self.farm.serves_other(&spec.platform, std::slice::from_ref(&agent.name)) {
+                    true => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false },
+                    false => Attempt::Final(failure),
+                };
+            }
             Err(failure) => return after_failure(failure),
         };
         match self.images.verify(&spec.platform, &agent.name, &pushed).await {

@@ -345,3 +345,23 @@ async fn a_failed_attempt_runs_again_on_another_agent_when_one_is_free() {
     assert_eq!(result.agent.as_str(), attempts[1].0);
     assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_pull_moves_to_a_peer_that_may_have_credentials_and_blames_nobody() {
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::PullRefused), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let (_, result) = rig.run().await.expect("the peer pulls and builds");
+    let attempts = rig.attempts().await;
+    assert_eq!(attempts.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["failed", "pushed"]);
+    assert_ne!(attempts[0].0, attempts[1].0);
+    assert_eq!(result.agent.as_str(), attempts[1].0);
+    assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
+
+    // With no peer for the platform, the same agent would only be refused again: final.
+    let rig = Rig::new(&["amd64-a"], &[Act::Fail(FailureKind::PullRefused), Act::Push]).await;
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("(pull refused)"), "{summary}");
+    assert_eq!(rig.attempts().await.len(), 1);
+    assert_eq!(rig.acts_left(), 1);
+    assert_eq!(rig.agent_state("amd64-a"), "ready");
+}
