@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what archfarm's local farm and test suite need on a Debian/Ubuntu machine:
-# Docker Engine (dockerd), the CNCF registry (Debian's docker-registry), skopeo, and the per-arch
+# Docker Engine (dockerd), the CNCF registry (Debian's docker-registry), skopeo, htpasswd (for a
+# registry that wants a login), and the per-arch
 # static busybox binaries the test image copies. Idempotent: it only adds what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +16,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v file >/dev/null || need+=(file)
 command -v ip >/dev/null || need+=(iproute2)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ] || [ ! -x "$fixtures/386/busybox" ]; then
   export DEBIAN_FRONTEND=noninteractive
   for arch in arm64 i386; do

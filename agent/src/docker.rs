@@ -1,14 +1,18 @@
 //! The Docker Engine adapter: the only place bollard is used. Builds always go through the
 //! engine's BuildKit (the classic builder mislabels cross-platform `FROM scratch` images).
 
+use archfarm_shared::credentials::{self, Credential};
 use archfarm_shared::Platform;
+use bollard::auth::DockerCredentials;
 use bollard::models::BuildInfoAux;
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tracing::warn;
 
 /// A Docker Engine.
 #[derive(Debug, Clone)]
@@ -101,7 +105,8 @@ impl Engine {
             rm: true,
             ..Default::default()
         };
-        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        let credentials = pull_credentials().await;
+        let mut stream = self.docker.build_image(options, Some(credentials), Some(bollard::body_full(context.into())));
         let mut steps = Steps::default();
         // Read the whole stream: status, logs and errors interleave until the end.
         while let Some(item) = stream.next().await {
@@ -147,6 +152,68 @@ impl Engine {
             .remove_image(tag, Some(RemoveImageOptions { force: true, noprune: false, ..Default::default() }), None)
             .await;
     }
+}
+
+/// The registry that refused a pull, when a build failed for that reason: BuildKit says
+/// `pulling from host HOST failed with status code …: 401 Unauthorized`, or `failed to
+/// authorize` / `pull access denied` / `insufficient_scope` naming the image it resolved.
+pub fn refused_pull(message: &str) -> Option<String> {
+    const REFUSALS: [&str; 6] = [
+        "401 Unauthorized",
+        "403 Forbidden",
+        "failed to authorize",
+        "pull access denied",
+        "insufficient_scope",
+        "denied: requested access",
+    ];
+    if !REFUSALS.iter().any(|r| message.contains(r)) {
+        return None;
+    }
+    let after = |marker: &str| message.split_once(marker).map(|(_, rest)| rest.split([' ', ',']).next().unwrap_or(""));
+    if let Some(host) = after("pulling from host ").filter(|h| !h.is_empty()) {
+        return Some(credentials::host_of(host));
+    }
+    // `failed to resolve source metadata for 127.0.0.1:5001/base:1: …` names the image.
+    let image = message.split_once("source metadata for ").map(|(_, rest)| rest.split(' ').next().unwrap_or(""))?;
+    let first = image.split('/').next().unwrap_or("");
+    let registry = if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
+        first
+    } else {
+        "docker.io"
+    };
+    Some(credentials::host_of(registry))
+}
+
+/// How long reading the Docker config and its credential helpers may take before a build.
+const CREDENTIALS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Credentials for every registry this agent's Docker config knows, keyed by host as BuildKit
+/// asks for them through the build's session, so `FROM` and `COPY --from` images in private
+/// registries pull. Read for each build: a `docker login` counts from the next build on.
+async fn pull_credentials() -> HashMap<String, DockerCredentials> {
+    let read = tokio::task::spawn_blocking(credentials::all);
+    let found = match tokio::time::timeout(CREDENTIALS_DEADLINE, read).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            warn!("reading registry credentials failed: {e}; pulls are anonymous");
+            return HashMap::new();
+        }
+        Err(_) => {
+            warn!("reading registry credentials took over {CREDENTIALS_DEADLINE:?}; pulls are anonymous");
+            return HashMap::new();
+        }
+    };
+    found
+        .into_iter()
+        .map(|(host, credential)| {
+            let mut c = DockerCredentials { serveraddress: Some(host.clone()), ..Default::default() };
+            match credential {
+                Credential::Basic { username, password } => (c.username, c.password) = (Some(username), Some(password)),
+                Credential::IdentityToken(token) => c.identitytoken = Some(token),
+            }
+            (host, c)
+        })
+        .collect()
 }
 
 fn stream_error(e: bollard::errors::Error) -> String {
@@ -240,4 +307,28 @@ fn truncate(line: &str) -> &str {
         end -= 1;
     }
     &line[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_pull_names_its_registry() {
+        let dockerd_20 =
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: pulling from host \
+                          127.0.0.1:45037 failed with status code [manifests 1]: 401 Unauthorized";
+        assert_eq!(refused_pull(dockerd_20).as_deref(), Some("127.0.0.1:45037"));
+        let token = "failed to resolve source metadata for registry.example.com/team/base:1: failed to authorize: \
+                     failed to fetch anonymous token: unexpected status: 401 Unauthorized";
+        assert_eq!(refused_pull(token).as_deref(), Some("registry.example.com"));
+        let hub = "failed to resolve source metadata for docker.io/library/privateimage:1: pull access denied, \
+                   repository does not exist or may require authorization";
+        assert_eq!(refused_pull(hub).as_deref(), Some(credentials::HUB_HOST));
+        assert_eq!(refused_pull("process \"/bin/sh -c make\" did not complete successfully: exit code: 2"), None);
+        assert_eq!(
+            refused_pull("pulling from host 127.0.0.1:5000 failed with status code [manifests 1]: 404 Not Found"),
+            None
+        );
+    }
 }

@@ -4,6 +4,7 @@
 use crate::context_cache::ContextCache;
 use crate::docker::{BuildSpec, Engine};
 use crate::publish;
+use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
 use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::retry::{retry, Policy};
@@ -98,7 +99,10 @@ impl Executor {
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.engine.build(build, &mut sink).await {
-            return failure(FailureKind::Build, e.message, e.tail);
+            return match crate::docker::refused_pull(&e.message) {
+                Some(registry) => failure(FailureKind::PullRefused, self.pull_refused(&registry, &e.message), e.tail),
+                None => failure(FailureKind::Build, e.message, e.tail),
+            };
         }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
@@ -113,6 +117,22 @@ impl Executor {
             }
             Err(e) => failure(FailureKind::Push, e, vec![]),
         }
+    }
+
+    /// Why a pull from `registry` was refused, and what the platform team can do about it.
+    fn pull_refused(&self, registry: &str, engine_said: &str) -> String {
+        let config =
+            credentials::config_path().map_or_else(|| "~/.docker/config.json".to_owned(), |p| p.display().to_string());
+        let why = if credentials::for_registry(registry).is_some() {
+            format!("agent {} has credentials for it in {config}, but the registry did not accept them", self.name)
+        } else {
+            format!("agent {} has no credentials for it", self.name)
+        };
+        format!(
+            "pulling from {registry} was refused: {why}. Run `docker login {registry}` as the user the agent runs \
+             as (or give it a credential helper, or point DOCKER_CONFIG at a config that has them); the agent reads \
+             them at every build. The engine said: {engine_said}"
+        )
     }
 
     async fn export_and_push(

@@ -225,6 +225,55 @@ impl Farm {
         }
     }
 
+    /// The Docker config directory of the farm's coordinator and agents (`DOCKER_CONFIG`): its
+    /// own, so no test sees or changes the machine user's `~/.docker`. Empty unless a test logs in.
+    pub fn docker_config(&self) -> PathBuf {
+        let dir = self.path("docker");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Writes the farm's Docker config with a login for each `(registry, user, password)`, as
+    /// `docker login` would; an empty list logs out of everything. Agents read it at each build.
+    pub fn set_logins(&self, logins: &[(&str, &str, &str)]) {
+        use base64::Engine as _;
+        let auths: serde_json::Map<String, serde_json::Value> = logins
+            .iter()
+            .map(|(registry, user, password)| {
+                let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                (registry.to_string(), serde_json::json!({ "auth": auth }))
+            })
+            .collect();
+        let config = serde_json::json!({ "auths": auths });
+        std::fs::write(self.docker_config().join("config.json"), config.to_string()).unwrap();
+    }
+
+    /// Starts a second registry, on loopback, that wants a login (htpasswd, `user`/`password`),
+    /// and returns its `127.0.0.1:PORT`. It is stopped with the farm.
+    pub fn start_private_registry(&mut self, user: &str, password: &str) -> String {
+        let address = format!("127.0.0.1:{}", free_tcp_port());
+        let htpasswd = run_ok(Command::new("htpasswd").args(["-Bbn", user, password])).stdout;
+        std::fs::write(self.path("private.htpasswd"), htpasswd).unwrap();
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n\
+             auth:\n  htpasswd:\n    realm: archfarm-private\n    path: {}\n",
+            self.path("private-registry").display(),
+            address,
+            self.path("private.htpasswd").display()
+        );
+        std::fs::write(self.path("private-registry.yml"), yaml).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(self.path("private-registry.yml"));
+        self.procs.push(Proc::start("private registry", cmd, self.path("private-registry.log")));
+        let url = format!("http://{address}/v2/");
+        // Up when it answers at all: without a login that is 401.
+        wait_until(Duration::from_secs(15), "the private registry to answer", || match ureq::get(&url).call() {
+            Err(ureq::Error::Status(401, _)) => Some(()),
+            _ => None,
+        });
+        address
+    }
+
     /// Starts the registry.
     pub fn start_registry(&mut self) {
         let config = self.path("registry.yml");
@@ -268,7 +317,11 @@ impl Farm {
         let toml = self.insecure_line() + &toml;
         std::fs::write(&config, toml).unwrap();
         let mut cmd = self.host_command("coordinator", &bin("archfarm"));
-        cmd.arg("serve").arg("--config").arg(&config).env("RUST_LOG", "info");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("DOCKER_CONFIG", self.docker_config());
         let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
         p.wait_for_log("coordinator listening", Duration::from_secs(15));
         self.procs.push(p);
@@ -309,7 +362,7 @@ impl Farm {
         let config = dir.join("agent.toml");
         std::fs::write(&config, toml).unwrap();
         let mut cmd = self.host_command(&format!("agent {}", spec.name), &bin("archfarm-agent"));
-        cmd.arg("--config").arg(&config).args(args).env("RUST_LOG", "info");
+        cmd.arg("--config").arg(&config).args(args).env("RUST_LOG", "info").env("DOCKER_CONFIG", self.docker_config());
         self.procs.push(Proc::start(&format!("agent {}", spec.name), cmd, dir.join("agent.log")));
     }
 
