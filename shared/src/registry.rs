@@ -93,12 +93,34 @@ pub fn credentials(registry: &str) -> RegistryAuth {
 /// How long a [`RegistryClients`] client is used before a new one is made.
 pub const SHARED_CLIENT_TTL: Duration = Duration::from_secs(600);
 
+/// Largest manifest or image config the farm reads: real ones are a few KiB.
+pub const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+
+/// How long registry calls may take. Every call has all three; callers retry under their own
+/// policy (`crate::retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection.
+    pub connect: Duration,
+    /// Between two reads of an answer.
+    pub read: Duration,
+    /// A whole call, request to last byte; a blob upload gets a second more per MiB.
+    pub call: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(30), call: Duration::from_secs(60) }
+    }
+}
+
 /// A client for one registry, authenticated with the Docker config's credentials.
 pub struct Registry {
     client: Client,
     auth: RegistryAuth,
     host: String,
     calls: tokio::sync::Semaphore,
+    timeouts: Timeouts,
 }
 
 /// Calls one client makes to its registry at the same time, at most. A coordinator verifying
@@ -116,14 +138,25 @@ impl Registry {
     /// A client for the registry of `reference`. Plain http is used for loopback registries and
     /// for those listed in `insecure` (configured `insecure_registries`); https for all others.
     pub fn for_reference(reference: &ImageRef, insecure: &[String]) -> Self {
+        Self::with_timeouts(reference, insecure, Timeouts::default())
+    }
+
+    /// [`Registry::for_reference`] with other [`Timeouts`].
+    pub fn with_timeouts(reference: &ImageRef, insecure: &[String], timeouts: Timeouts) -> Self {
         let host = oci(reference).resolve_registry().to_owned();
         let protocol = if is_loopback(&host) || insecure.iter().any(|h| h == &host) {
             ClientProtocol::HttpsExcept(vec![host.clone()])
         } else {
             ClientProtocol::Https
         };
-        let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
-        Registry { auth: credentials(&host), client, host, calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS) }
+        let client = Client::new(ClientConfig {
+            protocol,
+            connect_timeout: Some(timeouts.connect),
+            read_timeout: Some(timeouts.read),
+            ..ClientConfig::default()
+        });
+        let calls = tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS);
+        Registry { auth: credentials(&host), client, host, calls, timeouts }
     }
 
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
@@ -134,20 +167,34 @@ impl Registry {
         RegistryError::Call { registry: self.host.clone(), op, reference: reference.whole(), message: e.to_string() }
     }
 
+    /// Runs one call of `op` within `deadline`.
+    async fn within<T, E: std::fmt::Display>(
+        &self,
+        op: &'static str,
+        reference: &ImageRef,
+        deadline: Duration,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result.map_err(|e| self.fail(op, reference, e)),
+            Err(_) => Err(self.fail(op, reference, format!("no answer within {} s", deadline.as_secs()))),
+        }
+    }
+
     /// Authenticates for pushing into the repository of `reference` (needed before raw pushes).
     pub async fn authorize_push(&self, reference: &ImageRef) -> Result<(), RegistryError> {
         let _permit = self.permit().await;
-        self.client
-            .auth(&oci(reference), &self.auth, RegistryOperation::Push)
-            .await
-            .map(drop)
-            .map_err(|e| self.fail("authenticate for push to", reference, e))
+        let target = oci(reference);
+        let call = self.client.auth(&target, &self.auth, RegistryOperation::Push);
+        self.within("authenticate for push to", reference, self.timeouts.call, call).await.map(drop)
     }
 
     /// Whether the repository holds a blob (an error counts as no: the caller uploads it).
     pub async fn has_blob(&self, repo: &ImageRef, digest: &Digest) -> bool {
         let _permit = self.permit().await;
-        self.client.blob_exists(&oci(repo), digest.as_str()).await.unwrap_or(false)
+        let target = oci(repo);
+        let call = self.client.blob_exists(&target, digest.as_str());
+        self.within("check blob in", repo, self.timeouts.call, call).await.unwrap_or(false)
     }
 
     /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
@@ -156,8 +203,10 @@ impl Registry {
             return Ok(false);
         }
         let _permit = self.permit().await;
-        self.client
-            .push_blob(&oci(repo), data, digest.as_str())
+        let deadline = self.timeouts.call + Duration::from_secs(data.len() as u64 >> 20);
+        let target = oci(repo);
+        let call = self.client.push_blob(&target, data, digest.as_str());
+        self.within("push blob to", repo, deadline, call)
             .await
             .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))?;
         Ok(true)
@@ -176,22 +225,25 @@ impl Registry {
         let _permit = self.permit().await;
         // Credentials only: a token, if the registry wants one, is fetched by the push itself.
         self.client.store_auth_if_needed(&self.host, &self.auth).await;
-        self.client
-            .push_manifest_raw(&oci(reference), bytes, content_type)
-            .await
-            .map(drop)
-            .map_err(|e| self.fail("push manifest", reference, e))
+        let target = oci(reference);
+        let call = self.client.push_manifest_raw(&target, bytes, content_type);
+        self.within("push manifest", reference, self.timeouts.call, call).await.map(drop)
     }
 
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
     /// reference names a digest, the client checks the bytes against it.
     pub async fn manifest(&self, reference: &ImageRef, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
         let _permit = self.permit().await;
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&oci(reference), &self.auth, accept)
-            .await
-            .map_err(|e| self.fail("fetch manifest", reference, e))?;
+        let target = oci(reference);
+        let call = self.client.pull_manifest_raw(&target, &self.auth, accept);
+        let (bytes, digest) = self.within("fetch manifest", reference, self.timeouts.call, call).await?;
+        if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+            return Err(self.fail(
+                "fetch manifest",
+                reference,
+                format!("{} bytes; at most {MAX_DOCUMENT_BYTES}", bytes.len()),
+            ));
+        }
         let digest = match digest.parse() {
             Ok(d) => d,
             Err(_) => Digest::of(&bytes),
@@ -199,15 +251,30 @@ impl Registry {
         Ok((bytes, digest))
     }
 
-    /// Fetches a blob (an image config) and checks its digest.
+    /// Fetches a small blob (an image config) of at most [`MAX_DOCUMENT_BYTES`] and checks its
+    /// digest. A larger one is refused before it is read, or as soon as it turns out larger.
     pub async fn blob(&self, repo: &ImageRef, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
-        let mut out = Vec::new();
+        use futures_util::StreamExt as _;
         let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
+        let too_big =
+            |n: u64| self.fail("fetch blob", repo, format!("{digest}: {n} bytes; at most {MAX_DOCUMENT_BYTES}"));
+        let target = oci(repo);
         let permit = self.permit().await;
-        self.client
-            .pull_blob(&oci(repo), &layer, &mut out)
-            .await
-            .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
+        let read = async {
+            let mut stream = self.client.pull_blob_stream(&target, &layer).await.map_err(|e| e.to_string())?;
+            if let Some(n) = stream.content_length.filter(|n| *n > MAX_DOCUMENT_BYTES) {
+                return Ok(Err(too_big(n)));
+            }
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.stream.next().await {
+                out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+                if out.len() as u64 > MAX_DOCUMENT_BYTES {
+                    return Ok(Err(too_big(out.len() as u64)));
+                }
+            }
+            Ok::<_, String>(Ok(out))
+        };
+        let out = self.within("fetch blob", repo, self.timeouts.call, read).await??;
         drop(permit);
         if Digest::of(&out) != *digest {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
@@ -278,5 +345,59 @@ mod tests {
             let err = parse_reference(bad).unwrap_err().to_string();
             assert!(err.contains("invalid image reference") && err.contains("REGISTRY/REPOSITORY:TAG"), "{bad}: {err}");
         }
+    }
+
+    /// A loopback server that accepts connections and answers each request with `answer` (or
+    /// never, when it is empty), until the returned handle is aborted.
+    async fn fake_registry(answer: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        crate::tls::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if !answer.is_empty() {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+                held.push(socket);
+            }
+        });
+        (address, task)
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_never_answers_fails_within_the_deadline() {
+        let (address, server) = fake_registry("").await;
+        let short =
+            Timeouts { connect: Duration::from_secs(1), read: Duration::from_secs(1), call: Duration::from_secs(2) };
+        let reference = parse_reference(&format!("{address}/app:1")).unwrap();
+        let registry = Registry::with_timeouts(&reference, &[], short);
+        let started = Instant::now();
+        let err = registry.manifest(&reference, crate::oci::ANY_MANIFEST).await.unwrap_err().to_string();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert!(err.contains(&format!("registry {address}: fetch manifest {address}/app:1")), "{err}");
+        assert!(err.contains("no answer within 2 s") || err.contains("timed out"), "{err}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_blob_larger_than_a_document_may_be_is_refused_before_it_is_read() {
+        // Announces 5 MiB and sends none of it: only the announcement may be read.
+        let (address, server) = fake_registry(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 5242880\r\n\r\n",
+        )
+        .await;
+        let repo = parse_reference(&format!("{address}/app:1")).unwrap();
+        let registry = Registry::for_reference(&repo, &[]);
+        let digest = crate::Digest::of(b"config");
+        let started = Instant::now();
+        let err = registry.blob(&repo, &digest).await.unwrap_err().to_string();
+        assert!(err.contains("5242880 bytes; at most 4194304"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "refused without waiting for the body");
+        server.abort();
     }
 }

@@ -6,7 +6,7 @@ use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
-use archfarm_shared::registry::Registry;
+use archfarm_shared::registry::{Registry, MAX_DOCUMENT_BYTES};
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{AgentName, Digest, Platform};
 use futures_util::future::BoxFuture;
@@ -51,6 +51,10 @@ pub async fn verify(
     agent: &AgentName,
     pushed: &PushedImage,
 ) -> Result<Child, VerifyError> {
+    if pushed.size > MAX_DOCUMENT_BYTES {
+        let message = format!("agent {agent}: reported a {}-byte manifest; at most {MAX_DOCUMENT_BYTES}", pushed.size);
+        return Err(VerifyError::Wrong(message));
+    }
     let by_digest = repo.with_digest(&pushed.digest);
     let (bytes, digest) = with_retries(&format!("fetching {} from the registry", pushed.digest), || async {
         registry.manifest(&by_digest, oci::IMAGE_MANIFESTS).await.map_err(|e| e.to_string())
