@@ -37,6 +37,15 @@ pub struct CoordinatorConfig {
     /// seconds (covers agent restarts and coordinator restarts). Default: 60.
     #[serde(default = "default_agent_wait")]
     pub agent_wait_secs: u64,
+    /// Longest an attempt at a job may run on an agent, in seconds; past it the job is stopped
+    /// on the agent and the attempt ends `timed-out`. A build may ask for another limit
+    /// (`archfarm build --job-timeout`). Default: 3600.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_secs: u64,
+    /// Longest an attempt may run without a line of build output, in seconds; past it the job
+    /// is stopped the same way (`--idle-timeout`). Default: 900.
+    #[serde(default = "default_job_idle_timeout")]
+    pub job_idle_timeout_secs: u64,
     /// Registries (host:port) to reach over plain http although they are not on loopback.
     /// Default: none; loopback registries always use http, every other one https.
     #[serde(default)]
@@ -88,6 +97,12 @@ fn default_quarantine_after() -> u32 {
 fn default_agent_wait() -> u64 {
     60
 }
+fn default_job_timeout() -> u64 {
+    3600
+}
+fn default_job_idle_timeout() -> u64 {
+    900
+}
 
 impl CoordinatorConfig {
     /// The parsed listen address (validated at load).
@@ -128,6 +143,12 @@ impl Validate for CoordinatorConfig {
         }
         if self.max_attempts == 0 {
             return Err(("max_attempts", "must be at least 1".into()));
+        }
+        if self.job_timeout_secs == 0 {
+            return Err(("job_timeout_secs", "must be at least 1".into()));
+        }
+        if self.job_idle_timeout_secs == 0 {
+            return Err(("job_idle_timeout_secs", "must be at least 1".into()));
         }
         if self.quarantine_after_failures == 0 {
             return Err(("quarantine_after_failures", "must be at least 1".into()));

@@ -23,17 +23,20 @@ pub enum AttemptOutcome {
     Unverified,
     /// The build was cancelled, or the agent stopped the job while draining.
     Cancelled,
+    /// The attempt ran past its time limit, or too long without output, and was stopped.
+    TimedOut,
 }
 
 impl AttemptOutcome {
     /// Every outcome, in the order the docs list them.
-    pub const ALL: [AttemptOutcome; 6] = [
+    pub const ALL: [AttemptOutcome; 7] = [
         AttemptOutcome::Pushed,
         AttemptOutcome::Lost,
         AttemptOutcome::Failed,
         AttemptOutcome::WrongImage,
         AttemptOutcome::Unverified,
         AttemptOutcome::Cancelled,
+        AttemptOutcome::TimedOut,
     ];
 
     /// The outcome as stored and shown.
@@ -45,6 +48,7 @@ impl AttemptOutcome {
             AttemptOutcome::WrongImage => "wrong-image",
             AttemptOutcome::Unverified => "unverified",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::TimedOut => "timed-out",
         }
     }
 }

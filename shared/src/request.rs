@@ -14,6 +14,8 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 64 << 10;
 /// Longest `--target` stage name.
 pub const MAX_TARGET_BYTES: usize = 128;
+/// Longest `--job-timeout` or `--idle-timeout`: a week.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
 
 /// Where a valid request's images go.
 #[derive(Debug, Clone)]
@@ -75,6 +77,14 @@ pub enum RequestError {
         "--target {0:?} is not a stage name (1-128 letters, digits, '_', '-', '.', starting with a letter or digit)"
     )]
     BadTarget(String),
+    /// A `--job-timeout` or `--idle-timeout` out of range.
+    #[error("{flag} must be between 1 s and 7 days; {secs} s was given")]
+    BadTimeout {
+        /// `--job-timeout` or `--idle-timeout`.
+        flag: &'static str,
+        /// What was given.
+        secs: u64,
+    },
     /// A Dockerfile path outside the context.
     #[error("Dockerfile path {0:?} must be relative to the context, without '..'")]
     BadDockerfile(String),
@@ -99,6 +109,11 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
             && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
             return Err(RequestError::BadTarget(t.clone()));
+        }
+    }
+    for (flag, secs) in [("--job-timeout", req.job_timeout_secs), ("--idle-timeout", req.idle_timeout_secs)] {
+        if let Some(secs) = secs.filter(|s| !(1..=MAX_TIMEOUT_SECS).contains(s)) {
+            return Err(RequestError::BadTimeout { flag, secs });
         }
     }
     let d = &req.dockerfile;
@@ -156,6 +171,8 @@ mod tests {
             build_args: vec![("VERSION".into(), "1.4".into()), ("EMPTY".into(), String::new())],
             target: Some("release-stage_2.x".into()),
             labels: vec![("org.opencontainers.image.source".into(), "https://example.com/a=b".into())],
+            job_timeout_secs: None,
+            idle_timeout_secs: None,
         }
     }
 
@@ -224,6 +241,16 @@ mod tests {
             assert!(e.to_string().starts_with("--target") && e.to_string().contains("is not a stage name"), "{e}");
         }
         assert!(validate(&BuildRequest { target: None, ..request() }).is_ok());
+    }
+
+    #[test]
+    fn time_limits_are_at_least_a_second_and_at_most_a_week() {
+        let e = refused(|r| r.job_timeout_secs = Some(0));
+        assert_eq!(e.to_string(), "--job-timeout must be between 1 s and 7 days; 0 s was given");
+        let e = refused(|r| r.idle_timeout_secs = Some(MAX_TIMEOUT_SECS + 1));
+        assert!(e.to_string().starts_with("--idle-timeout must be between"), "{e}");
+        let limits = BuildRequest { job_timeout_secs: Some(1), idle_timeout_secs: Some(MAX_TIMEOUT_SECS), ..request() };
+        assert!(validate(&limits).is_ok());
     }
 
     #[test]

@@ -76,6 +76,8 @@ struct PlainBuildRequest {
     build_args: Vec<(String, String)>,
     target: Option<String>,
     labels: Vec<(String, String)>,
+    job_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -158,6 +160,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         build_args: vec![],
         target: None,
         labels: vec![("k".into(), "v".into())],
+        job_timeout_secs: None,
+        idle_timeout_secs: None,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -167,6 +171,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         build_args: vec![],
         target: None,
         labels: vec![("k".into(), "v".into())],
+        job_timeout_secs: None,
+        idle_timeout_secs: None,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

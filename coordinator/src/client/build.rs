@@ -10,6 +10,7 @@ use archfarm_shared::protocol::{BuildRequest, ClientRequest};
 use archfarm_shared::request;
 use archfarm_shared::{Digest, Platform};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The Dockerfile's path in the context unless `-f` says otherwise.
 const DEFAULT_DOCKERFILE: &str = "Dockerfile";
@@ -54,6 +55,15 @@ pub struct BuildArgs {
     /// `archfarm builds watch ID` reattaches) or cancel (stop the build everywhere).
     #[arg(long, value_enum, default_value = "ask")]
     on_interrupt: follow::OnInterrupt,
+    /// Longest one attempt of a platform may run, for example 90m or 2h; past it the job is
+    /// stopped on its agent and tried again elsewhere if another agent can take it. Default: the
+    /// coordinator's job_timeout_secs (1 h unless configured).
+    #[arg(long = "job-timeout", value_parser = humantime::parse_duration)]
+    job_timeout: Option<Duration>,
+    /// Longest one attempt may go without a line of build output, for example 15m. Default: the
+    /// coordinator's job_idle_timeout_secs (15 min unless configured).
+    #[arg(long = "idle-timeout", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -101,6 +111,8 @@ fn request_from(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
         build_args: pairs(&args.build_args, "--build-arg", true)?,
         target: args.target.clone(),
         labels: pairs(&args.labels, "--label", false)?,
+        job_timeout_secs: args.job_timeout.map(|d| d.as_secs()),
+        idle_timeout_secs: args.idle_timeout.map(|d| d.as_secs()),
     };
     request::validate(&req)?;
     Ok(req)

@@ -86,6 +86,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             tokens_file: config.tls.client_tokens.clone(),
             max_attempts: config.max_attempts,
             quarantine_after: config.quarantine_after_failures,
+            job_timeout: Duration::from_secs(config.job_timeout_secs),
+            job_idle_timeout: Duration::from_secs(config.job_idle_timeout_secs),
             ca: match &config.tls.ca_key {
                 Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
                 None => None,

@@ -8,13 +8,20 @@ use archfarm_shared::oci::Child;
 use archfarm_shared::protocol::{JobFailure, JobSpec, PushedImage};
 use archfarm_shared::{AgentName, Platform};
 use futures_util::future::BoxFuture;
+use std::time::Duration;
 
 /// What the coordinator asks of a connected agent.
 pub trait AgentLink: Send + Sync + std::fmt::Debug {
     /// Runs one attempt of a job on the agent. Log lines go to `live`'s watchers; cancelling
-    /// `live.cancel` stops the job on the agent. Ends with the image the agent pushed, or why
-    /// there is none.
-    fn run_job<'a>(&'a self, spec: JobSpec, live: &'a Live) -> BoxFuture<'a, Result<PushedImage, JobFailure>>;
+    /// `live.cancel` stops the job on the agent, and so does `idle` passing without a line of
+    /// output (a `TimedOut` failure). Dropping the future stops it too. Ends with the image the
+    /// agent pushed, or why there is none.
+    fn run_job<'a>(
+        &'a self,
+        spec: JobSpec,
+        live: &'a Live,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<PushedImage, JobFailure>>;
 
     /// Whether the link is still up.
     fn is_open(&self) -> bool;

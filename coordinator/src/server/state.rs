@@ -27,6 +27,10 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Consecutive failures before quarantine.
     pub quarantine_after: u32,
+    /// How long one attempt may run, unless a build asks otherwise.
+    pub job_timeout: Duration,
+    /// How long one attempt may go without output, unless a build asks otherwise.
+    pub job_idle_timeout: Duration,
     /// The farm CA with its key, when this coordinator enrolls agents.
     pub ca: Option<CertifiedKey>,
 }

@@ -227,6 +227,8 @@ fn templates() -> &'static [Vec<u8>] {
                 build_args: vec![],
                 target: None,
                 labels: vec![],
+                job_timeout_secs: Some(3600),
+                idle_timeout_secs: None,
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),

@@ -105,6 +105,15 @@ pub struct BuildRequest {
     pub target: Option<String>,
     /// `--label` pairs.
     pub labels: Vec<(String, String)>,
+    /// `--job-timeout`, in seconds: the longest one attempt of this build may run; the
+    /// coordinator's `job_timeout_secs` when absent. (Fields are encoded in order: new ones go
+    /// last, and builds stored before them read as absent.)
+    #[serde(default)]
+    pub job_timeout_secs: Option<u64>,
+    /// `--idle-timeout`, in seconds: the longest one attempt may go without a line of output;
+    /// the coordinator's `job_idle_timeout_secs` when absent.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Messages the coordinator sends to a client.

@@ -36,6 +36,9 @@ pub enum FailureKind {
     /// A registry refused to let the agent pull an image the build starts from (no credentials,
     /// or credentials it does not accept). Appended last: variants are encoded by position.
     PullRefused,
+    /// The attempt ran past its time limit, or too long without output, and was stopped on
+    /// its agent. Appended last.
+    TimedOut,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -50,6 +53,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::AgentLost => "agent lost",
             FailureKind::Cancelled => "cancelled",
             FailureKind::PullRefused => "pull refused",
+            FailureKind::TimedOut => "timed out",
         })
     }
 }

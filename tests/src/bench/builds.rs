@@ -336,6 +336,8 @@ async fn timed_build(
         build_args: vec![],
         target: None,
         labels: vec![("org.archfarm.bench.run".into(), tag.to_owned())],
+        job_timeout_secs: None,
+        idle_timeout_secs: None,
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

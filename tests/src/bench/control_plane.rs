@@ -144,6 +144,8 @@ async fn fire(
             build_args: vec![],
             target: None,
             labels: vec![("bench.seq".into(), seq.to_string())],
+            job_timeout_secs: None,
+            idle_timeout_secs: None,
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

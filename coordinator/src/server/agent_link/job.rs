@@ -12,6 +12,7 @@ use archfarm_shared::protocol::{
 use archfarm_shared::{tls, AgentName};
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// Lines of a failing step's output kept for the error message.
 pub const LOG_TAIL: usize = 20;
@@ -30,8 +31,13 @@ pub struct QuicLink {
 }
 
 impl AgentLink for QuicLink {
-    fn run_job<'a>(&'a self, spec: JobSpec, live: &'a Live) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
-        Box::pin(self.run(spec, live))
+    fn run_job<'a>(
+        &'a self,
+        spec: JobSpec,
+        live: &'a Live,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
+        Box::pin(self.run(spec, live, idle))
     }
 
     fn is_open(&self) -> bool {
@@ -48,7 +54,7 @@ impl AgentLink for QuicLink {
 }
 
 impl QuicLink {
-    async fn run(&self, spec: JobSpec, live: &Live) -> Result<PushedImage, JobFailure> {
+    async fn run(&self, spec: JobSpec, live: &Live, idle: Duration) -> Result<PushedImage, JobFailure> {
         let (conn, max) = (&self.conn, self.max_frame);
         let platform = spec.platform.clone();
         let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
@@ -63,7 +69,20 @@ impl QuicLink {
         }
         loop {
             let msg = tokio::select! {
-                msg = codec::read_msg::<_, AgentMessage>(&mut recv, max) => msg,
+                msg = tokio::time::timeout(idle, codec::read_msg::<_, AgentMessage>(&mut recv, max)) => match msg {
+                    Ok(msg) => msg,
+                    Err(_) => {
+                        let _ = send.reset(STREAM_CANCEL.into());
+                        let _ = recv.stop(STREAM_CANCEL.into());
+                        let message = format!(
+                            "no build output for {} s: the job was stopped on agent {} (a build that is quiet for \
+                             longer needs --idle-timeout)",
+                            idle.as_secs(),
+                            self.name
+                        );
+                        return Err(JobFailure { kind: FailureKind::TimedOut, message, log_tail: tail.into() });
+                    }
+                },
                 () = live.cancel.cancelled() => {
                     let _ = send.reset(STREAM_CANCEL.into());
                     let _ = recv.stop(STREAM_CANCEL.into());

@@ -24,8 +24,9 @@ use archfarm_shared::registry::{Registry, RegistryClients};
 use archfarm_shared::request;
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
 use futures_util::future::join_all;
-use platform::{Runner, Verified};
+use platform::{JobLimits, Runner, Verified};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -146,6 +147,10 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         images: &images,
         max_attempts: shared.settings.max_attempts,
         quarantine_after: shared.settings.quarantine_after,
+        limits: JobLimits {
+            timeout: req.job_timeout_secs.map_or(shared.settings.job_timeout, Duration::from_secs),
+            idle: req.idle_timeout_secs.map_or(shared.settings.job_idle_timeout, Duration::from_secs),
+        },
     };
     // Each job watches the cancel token itself, so a running job's stream is reset (which stops
     // it on the agent) rather than merely dropped.

@@ -16,7 +16,7 @@ use archfarm_shared::oci::Child;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, FailureKind, JobFailure, JobSpec, JobState, PlatformResult};
 use archfarm_shared::{AgentName, JobId};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// What running one platform needs: agents, the store, the registry, and the limits.
@@ -32,6 +32,17 @@ pub struct Runner<'a> {
     pub max_attempts: u32,
     /// Failures in a row, for reasons of the agent's own, before it is quarantined.
     pub quarantine_after: u32,
+    /// How long one attempt may take.
+    pub limits: JobLimits,
+}
+
+/// How long one attempt may run in all, and without a line of output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// The whole attempt.
+    pub timeout: Duration,
+    /// Between two lines of output.
+    pub idle: Duration,
 }
 
 /// A verified platform: the child for the index, and what the client is told.
@@ -40,8 +51,12 @@ pub type Verified = (Child, PlatformResult);
 /// How an attempt ended, for the retry decision.
 enum Attempt {
     Verified(Verified),
-    /// The Dockerfile itself failed: running it again elsewhere gives the same answer.
-    Final(JobFailure),
+    /// Running it again elsewhere would give the same answer (the Dockerfile failed, or no other
+    /// agent can take it).
+    Final {
+        outcome: AttemptOutcome,
+        failure: JobFailure,
+    },
     /// The agent or its path failed: try again, elsewhere if possible.
     Retry {
         outcome: AttemptOutcome,
@@ -119,9 +134,8 @@ impl Runner<'_> {
         drop(slot);
         match attempt {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
-            Attempt::Final(failure) => {
-                let _ =
-                    self.store.finish_attempt(&spec.job, spec.attempt, AttemptOutcome::Failed, &failure.message).await;
+            Attempt::Final { outcome, failure } => {
+                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message).await;
                 Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await))
             }
             Attempt::Retry { outcome: AttemptOutcome::Cancelled, .. } if live.cancel.is_cancelled() => {
@@ -151,16 +165,29 @@ impl Runner<'_> {
 
     /// Runs the attempt on the agent, then verifies what it pushed.
     async fn attempt(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Attempt {
-        let pushed = match agent.link.run_job(spec.clone(), live).await {
-            Ok(p) => p,
+        let run = agent.link.run_job(spec.clone(), live, self.limits.idle);
+        let pushed = match tokio::time::timeout(self.limits.timeout, run).await {
+            Ok(Ok(p)) => p,
             // Another agent may hold credentials this one lacks; this one would be refused again.
-            Err(failure) if failure.kind == FailureKind::PullRefused => {
-                return match self.farm.serves_other(&spec.platform, std::slice::from_ref(&agent.name)) {
-                    true => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false },
-                    false => Attempt::Final(failure),
-                };
+            Ok(Err(failure)) if failure.kind == FailureKind::PullRefused => {
+                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::Failed, failure);
             }
-            Err(failure) => return after_failure(failure),
+            // A slow Dockerfile and a stuck engine look alike: another agent tells them apart.
+            Ok(Err(failure)) if failure.kind == FailureKind::TimedOut => {
+                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::TimedOut, failure);
+            }
+            Ok(Err(failure)) => return after_failure(failure),
+            Err(_) => {
+                // Dropping the run closed the job's stream, which stops the job on the agent.
+                let message = format!(
+                    "the attempt ran past its limit of {} s: the job was stopped on agent {} (a longer build needs \
+                     --job-timeout)",
+                    self.limits.timeout.as_secs(),
+                    agent.name
+                );
+                let failure = JobFailure { kind: FailureKind::TimedOut, message, log_tail: vec![] };
+                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::TimedOut, failure);
+            }
         };
         match self.images.verify(&spec.platform, &agent.name, &pushed).await {
             Ok(child) => {
@@ -181,6 +208,22 @@ impl Runner<'_> {
                 let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
                 Attempt::Retry { outcome: AttemptOutcome::Unverified, failure, blame: false }
             }
+        }
+    }
+
+    /// Another try on another agent of the platform if there is one, blaming nobody; with no
+    /// other agent the same one would fail the same way, so the platform ends here.
+    fn elsewhere_if_possible(
+        &self,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        outcome: AttemptOutcome,
+        failure: JobFailure,
+    ) -> Attempt {
+        if self.farm.serves_other(&spec.platform, std::slice::from_ref(&agent.name)) {
+            Attempt::Retry { outcome, failure, blame: false }
+        } else {
+            Attempt::Final { outcome, failure }
         }
     }
 
@@ -243,7 +286,7 @@ impl Runner<'_> {
 /// What a job failure reported by the agent means for the retry decision.
 fn after_failure(failure: JobFailure) -> Attempt {
     match failure.kind {
-        FailureKind::Build => Attempt::Final(failure),
+        FailureKind::Build => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
         FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },
         FailureKind::Cancelled => Attempt::Retry { outcome: AttemptOutcome::Cancelled, failure, blame: false },
         // A failing push says more about the registry than the agent: an outage must not

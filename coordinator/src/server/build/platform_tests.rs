@@ -2,7 +2,7 @@
 //! scripted registry in place of QUIC and the distribution API; the real farm, scheduler and
 //! state database (SQLite in a temporary directory) around them.
 
-use super::platform::{Runner, Verified};
+use super::platform::{JobLimits, Runner, Verified};
 use crate::server::farm::{AgentHandle, Farm};
 use crate::server::live::{Live, LiveBuilds};
 use crate::server::ports::{AgentLink, ImageCheck, VerifyError};
@@ -45,7 +45,12 @@ struct ScriptedLink {
 }
 
 impl AgentLink for ScriptedLink {
-    fn run_job<'a>(&'a self, spec: JobSpec, live: &'a Live) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
+    fn run_job<'a>(
+        &'a self,
+        spec: JobSpec,
+        live: &'a Live,
+        _idle: Duration,
+    ) -> BoxFuture<'a, Result<PushedImage, JobFailure>> {
         Box::pin(async move {
             let act = self.script.lock().unwrap().pop_front().expect("the script has an act for every attempt");
             let failure = |kind, message: &str| JobFailure { kind, message: message.to_owned(), log_tail: vec![] };
@@ -124,6 +129,7 @@ struct Rig {
     spec: JobSpec,
     max_attempts: u32,
     quarantine_after: u32,
+    limits: JobLimits,
     _dir: tempfile::TempDir,
 }
 
@@ -164,6 +170,8 @@ impl Rig {
             build_args: vec![],
             target: None,
             labels: vec![],
+            job_timeout_secs: None,
+            idle_timeout_secs: None,
         };
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
@@ -180,7 +188,8 @@ impl Rig {
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();
-        Rig { farm, store, registry, script, live, spec, max_attempts: 3, quarantine_after: 3, _dir: dir }
+        let limits = JobLimits { timeout: Duration::from_secs(3600), idle: Duration::from_secs(900) };
+        Rig { farm, store, registry, script, live, spec, max_attempts: 3, quarantine_after: 3, limits, _dir: dir }
     }
 
     fn runner(&self) -> Runner<'_> {
@@ -190,6 +199,7 @@ impl Rig {
             images: &self.registry,
             max_attempts: self.max_attempts,
             quarantine_after: self.quarantine_after,
+            limits: self.limits,
         }
     }
 
@@ -364,4 +374,26 @@ async fn a_refused_pull_moves_to_a_peer_that_may_have_credentials_and_blames_nob
     assert_eq!(rig.attempts().await.len(), 1);
     assert_eq!(rig.acts_left(), 1);
     assert_eq!(rig.agent_state("amd64-a"), "ready");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_past_its_time_limit_is_stopped_and_tried_on_a_peer_or_ends() {
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Hang, Act::Push]).await;
+    rig.limits.timeout = Duration::from_secs(60);
+    let started = tokio::time::Instant::now();
+    let (_, result) = rig.run().await.expect("the peer builds it in time");
+    let attempts = rig.attempts().await;
+    assert_eq!(attempts.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(), ["timed-out", "pushed"]);
+    assert_ne!(attempts[0].0, attempts[1].0);
+    assert_eq!(result.agent.as_str(), attempts[1].0);
+    assert!(started.elapsed() >= Duration::from_secs(60), "{:?}", started.elapsed());
+    assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
+
+    // Alone on its platform, the agent would only time out again: the platform ends.
+    let mut rig = Rig::new(&["amd64-a"], &[Act::Hang, Act::Push]).await;
+    rig.limits.timeout = Duration::from_secs(60);
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("(timed out): the attempt ran past its limit of 60 s"), "{summary}");
+    assert_eq!(rig.attempts().await, [("amd64-a".to_owned(), "timed-out".to_owned())]);
+    assert_eq!(rig.farm.agents()[0].running, 0, "the slot is given back");
 }

@@ -354,6 +354,8 @@ mod tests {
             build_args: vec![("A".into(), "1".into())],
             target: None,
             labels: vec![],
+            job_timeout_secs: None,
+            idle_timeout_secs: None,
         }
     }
 
