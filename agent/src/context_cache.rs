@@ -7,6 +7,15 @@ use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
 use archfarm_shared::Digest;
 use std::path::PathBuf;
 
+/// Why a context could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The coordinator does not hold it (any more): the coordinator's fault.
+    Missing(String),
+    /// Asking, receiving or storing it failed.
+    Failed(String),
+}
+
 /// The local context cache.
 #[derive(Debug, Clone)]
 pub struct ContextCache {
@@ -21,20 +30,28 @@ impl ContextCache {
     }
 
     /// The context's path, fetching it over `conn` first if it is not cached.
-    pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, String> {
+    pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
         if self.store.contains(digest) {
             return Ok(self.store.path(digest));
         }
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot ask for the context: {e}"))?;
+        self.fetch(conn, digest, max_frame).await
+    }
+
+    async fn fetch(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
+        use FetchError::Failed;
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
         codec::write_msg(&mut send, &AgentMessage::FetchContext { digest: digest.clone() }, max_frame)
             .await
-            .map_err(|e| format!("cannot ask for the context: {e}"))?;
+            .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
         let _ = send.finish();
         match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max_frame).await {
-            Ok(CoordinatorMessage::ContextFollows { size }) => self.store.receive(digest, size, &mut recv).await,
-            Ok(CoordinatorMessage::ContextMissing { reason }) => Err(reason),
-            Ok(_) => Err("unexpected answer to a context fetch".into()),
-            Err(e) => Err(format!("fetching the context: {e}")),
+            Ok(CoordinatorMessage::ContextFollows { size }) => {
+                self.store.receive(digest, size, &mut recv).await.map_err(Failed)
+            }
+            Ok(CoordinatorMessage::ContextMissing { reason }) => Err(FetchError::Missing(reason)),
+            Ok(_) => Err(Failed("unexpected answer to a context fetch".into())),
+            Err(e) => Err(Failed(format!("fetching the context: {e}"))),
         }
     }
 }

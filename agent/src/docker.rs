@@ -57,6 +57,8 @@ pub struct BuildError {
     pub message: String,
     /// The failing step's last lines (or the build's, if no step is named).
     pub tail: Vec<String>,
+    /// The engine could not be reached or stopped answering (as opposed to reporting a failed build).
+    pub engine_unreachable: bool,
 }
 
 impl Engine {
@@ -90,9 +92,11 @@ impl Engine {
 
     /// Builds with BuildKit, sending every output line to `log`.
     pub async fn build(&self, spec: BuildSpec<'_>, log: &mut (dyn FnMut(String) + Send)) -> Result<(), BuildError> {
-        let context = tokio::fs::read(spec.context)
-            .await
-            .map_err(|e| BuildError { message: format!("cannot read the build context: {e}"), tail: vec![] })?;
+        let context = tokio::fs::read(spec.context).await.map_err(|e| BuildError {
+            message: format!("cannot read the build context: {e}"),
+            tail: vec![],
+            engine_unreachable: false,
+        })?;
         let options = BuildImageOptions {
             dockerfile: spec.dockerfile.to_owned(),
             t: Some(spec.tag.to_owned()),
@@ -124,7 +128,14 @@ impl Engine {
                         return Err(steps.failure(detail.message.unwrap_or_else(|| "build failed".into())));
                     }
                 }
-                Err(e) => return Err(steps.failure(stream_error(e))),
+                Err(e) => {
+                    let unreachable = !matches!(
+                        e,
+                        bollard::errors::Error::DockerStreamError { .. }
+                            | bollard::errors::Error::DockerResponseServerError { .. }
+                    );
+                    return Err(BuildError { engine_unreachable: unreachable, ..steps.failure(stream_error(e)) });
+                }
             }
         }
         if let Some(message) = steps.error.take() {
@@ -293,7 +304,7 @@ impl Steps {
     fn failure(&mut self, message: String) -> BuildError {
         let tail =
             self.failed_vertex.as_ref().and_then(|v| self.tails.get(v)).cloned().unwrap_or_else(|| self.recent.clone());
-        BuildError { message, tail }
+        BuildError { message, tail, engine_unreachable: false }
     }
 }
 

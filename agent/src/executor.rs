@@ -1,8 +1,9 @@
 //! Runs one job: check the platform was declared, get the context, build with BuildKit, push
 //! by digest. Every outcome, good or bad, becomes a [`JobOutcome`] for the coordinator.
 
-use crate::context_cache::ContextCache;
+use crate::context_cache::{ContextCache, FetchError};
 use crate::docker::{BuildSpec, Engine};
+use crate::fault;
 use crate::publish;
 use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
@@ -81,7 +82,8 @@ impl Executor {
         }
         let context = match self.cache.get(conn, &spec.context, self.max_frame).await {
             Ok(path) => path,
-            Err(e) => return failure(FailureKind::Context, e, vec![]),
+            Err(FetchError::Missing(reason)) => return failure(FailureKind::ContextMissing, reason, vec![]),
+            Err(FetchError::Failed(e)) => return failure(fault::kind_of(&e, FailureKind::Context), e, vec![]),
         };
         let tag = format!("archfarm/{}:build", spec.job);
         let build = BuildSpec {
@@ -99,10 +101,12 @@ impl Executor {
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.engine.build(build, &mut sink).await {
-            return match crate::docker::refused_pull(&e.message) {
-                Some(registry) => failure(FailureKind::PullRefused, self.pull_refused(&registry, &e.message), e.tail),
-                None => failure(FailureKind::Build, e.message, e.tail),
-            };
+            if let Some(registry) = crate::docker::refused_pull(&e.message) {
+                return failure(FailureKind::PullRefused, self.pull_refused(&registry, &e.message), e.tail);
+            }
+            // The engine not answering is the host's trouble; what the engine reports is the build's.
+            let otherwise = if e.engine_unreachable { FailureKind::Engine } else { FailureKind::Build };
+            return failure(fault::kind_of(&e.message, otherwise), e.message, e.tail);
         }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
@@ -115,7 +119,7 @@ impl Executor {
                 let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
                 JobOutcome::Pushed(image)
             }
-            Err(e) => failure(FailureKind::Push, e, vec![]),
+            Err(e) => failure(fault::kind_of(&e, FailureKind::Push), e, vec![]),
         }
     }
 

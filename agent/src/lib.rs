@@ -9,11 +9,13 @@
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
+//! - [`fault`]: whose fault a failure is (a full disk, no memory), from what the host said.
 
 pub mod context_cache;
 pub mod docker;
 pub mod enroll;
 pub mod executor;
+pub mod fault;
 pub mod host;
 pub mod publish;
 pub mod session;

@@ -39,6 +39,13 @@ pub enum FailureKind {
     /// The attempt ran past its time limit, or too long without output, and was stopped on
     /// its agent. Appended last.
     TimedOut,
+    /// The coordinator no longer holds the build context the job names: its fault, not the
+    /// agent's.
+    ContextMissing,
+    /// The agent's disk (context cache, engine storage) is full.
+    DiskFull,
+    /// The agent or its engine ran out of memory.
+    OutOfMemory,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -54,6 +61,9 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Cancelled => "cancelled",
             FailureKind::PullRefused => "pull refused",
             FailureKind::TimedOut => "timed out",
+            FailureKind::ContextMissing => "context missing",
+            FailureKind::DiskFull => "disk full",
+            FailureKind::OutOfMemory => "out of memory",
         })
     }
 }

@@ -21,7 +21,10 @@ pub async fn serve(
         Err(e) => return drop(on_codec_error(conn, &e, "context stream")),
     };
     let Some(size) = shared.contexts.size(&digest).await else {
-        let reason = format!("the coordinator does not hold build context {digest}");
+        let reason = format!(
+            "the coordinator does not hold build context {digest} any more (its storage lost it): run the build \
+             again, which uploads it"
+        );
         let _ = codec::write_msg(&mut send, &CoordinatorMessage::ContextMissing { reason }, max).await;
         let _ = send.finish();
         return;

@@ -135,7 +135,8 @@ impl Runner<'_> {
         match attempt {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
             Attempt::Final { outcome, failure } => {
-                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message).await;
+                let detail = format!("{}: {}", failure.kind, failure.message);
+                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await;
                 Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await))
             }
             Attempt::Retry { outcome: AttemptOutcome::Cancelled, .. } if live.cancel.is_cancelled() => {
@@ -144,7 +145,9 @@ impl Runner<'_> {
                 Step::Done(Err(format!("  {platform}: cancelled")))
             }
             Attempt::Retry { outcome, failure, blame } => {
-                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &failure.message).await;
+                // builds show names whose fault each attempt's end was.
+                let detail = format!("{}: {}", failure.kind, failure.message);
+                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await;
                 let _ = self.store.requeue(&spec.job).await;
                 if blame {
                     self.count_failure(&agent.name, outcome, &failure.message).await;
@@ -168,8 +171,9 @@ impl Runner<'_> {
         let run = agent.link.run_job(spec.clone(), live, self.limits.idle);
         let pushed = match tokio::time::timeout(self.limits.timeout, run).await {
             Ok(Ok(p)) => p,
-            // Another agent may hold credentials this one lacks; this one would be refused again.
-            Ok(Err(failure)) if failure.kind == FailureKind::PullRefused => {
+            // Another agent may hold credentials this one lacks, or more memory; this one would
+            // fail the same way again, and it is not broken.
+            Ok(Err(failure)) if matches!(failure.kind, FailureKind::PullRefused | FailureKind::OutOfMemory) => {
                 return self.elsewhere_if_possible(agent, spec, AttemptOutcome::Failed, failure);
             }
             // A slow Dockerfile and a stuck engine look alike: another agent tells them apart.
@@ -287,6 +291,8 @@ impl Runner<'_> {
 fn after_failure(failure: JobFailure) -> Attempt {
     match failure.kind {
         FailureKind::Build => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
+        // The coordinator lost the context: no agent can build it until it is uploaded again.
+        FailureKind::ContextMissing => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
         FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },
         FailureKind::Cancelled => Attempt::Retry { outcome: AttemptOutcome::Cancelled, failure, blame: false },
         // A failing push says more about the registry than the agent: an outage must not

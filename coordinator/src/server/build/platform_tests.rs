@@ -397,3 +397,28 @@ async fn an_attempt_past_its_time_limit_is_stopped_and_tried_on_a_peer_or_ends()
     assert_eq!(rig.attempts().await, [("amd64-a".to_owned(), "timed-out".to_owned())]);
     assert_eq!(rig.farm.agents()[0].running, 0, "the slot is given back");
 }
+
+#[tokio::test(start_paused = true)]
+async fn whose_fault_a_failure_is_decides_where_it_runs_again_and_who_is_blamed() {
+    // A lost context is the coordinator's: no agent can build it, and none is blamed.
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::ContextMissing), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("(context missing)"), "{summary}");
+    assert_eq!((rig.attempts().await.len(), rig.acts_left()), (1, 1));
+    assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
+
+    // A full disk is the agent's own: counted against it, and the platform runs elsewhere.
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::DiskFull), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let (_, result) = rig.run().await.expect("the peer builds it");
+    let full = rig.attempts().await[0].0.clone();
+    assert_ne!(result.agent.as_str(), full);
+    assert!(rig.agent_state(&full).starts_with("quarantined: 1 jobs in a row failed"), "{}", rig.agent_state(&full));
+
+    // Out of memory may be the Dockerfile's appetite: tried elsewhere, nobody blamed.
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::OutOfMemory), Act::Push]).await;
+    rig.quarantine_after = 1;
+    rig.run().await.expect("the peer builds it");
+    assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
+}
