@@ -92,11 +92,13 @@ impl Engine {
 
     /// Builds with BuildKit, sending every output line to `log`.
     pub async fn build(&self, spec: BuildSpec<'_>, log: &mut (dyn FnMut(String) + Send)) -> Result<(), BuildError> {
-        let context = tokio::fs::read(spec.context).await.map_err(|e| BuildError {
+        // Streamed from the cache file: an agent holds a chunk of a context, never all of it.
+        let context = tokio::fs::File::open(spec.context).await.map_err(|e| BuildError {
             message: format!("cannot read the build context: {e}"),
             tail: vec![],
             engine_unreachable: false,
         })?;
+        let context = tokio_util::io::ReaderStream::with_capacity(context, CONTEXT_CHUNK);
         let options = BuildImageOptions {
             dockerfile: spec.dockerfile.to_owned(),
             t: Some(spec.tag.to_owned()),
@@ -110,7 +112,7 @@ impl Engine {
             ..Default::default()
         };
         let credentials = pull_credentials().await;
-        let mut stream = self.docker.build_image(options, Some(credentials), Some(bollard::body_full(context.into())));
+        let mut stream = self.docker.build_image(options, Some(credentials), Some(bollard::body_try_stream(context)));
         let mut steps = Steps::default();
         // Read the whole stream: status, logs and errors interleave until the end.
         while let Some(item) = stream.next().await {
@@ -194,6 +196,9 @@ pub fn refused_pull(message: &str) -> Option<String> {
     };
     Some(credentials::host_of(registry))
 }
+
+/// Bytes of a build context read at a time while it streams to the engine.
+const CONTEXT_CHUNK: usize = 256 << 10;
 
 /// How long reading the Docker config and its credential helpers may take before a build.
 const CREDENTIALS_DEADLINE: Duration = Duration::from_secs(10);
