@@ -1,11 +1,18 @@
 //! Build contexts fetched from the coordinator by digest and kept on disk, so a context shared
-//! by several platforms or rebuilds crosses the network once per agent.
+//! by several platforms or rebuilds crosses the network once per agent. The cache has a size:
+//! past it the contexts used least recently are deleted, never one used in the last
+//! [`IN_USE`] (a build may still be reading it).
 
 use archfarm_shared::codec;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
 use archfarm_shared::Digest;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+/// A context used this recently may belong to a running build, and is never evicted.
+pub const IN_USE: Duration = Duration::from_secs(600);
 
 /// Why a context could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,21 +27,32 @@ pub enum FetchError {
 #[derive(Debug, Clone)]
 pub struct ContextCache {
     store: ContentStore,
+    dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl ContextCache {
-    /// Opens (and creates) the cache directory.
-    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+    /// Opens (and creates) the cache directory, which may hold `max_bytes`.
+    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         // The coordinator enforces the size limit when a context is uploaded.
-        Ok(ContextCache { store: ContentStore::open(&dir, u64::MAX)? })
+        Ok(ContextCache { store: ContentStore::open(&dir, u64::MAX)?, dir, max_bytes })
     }
 
     /// The context's path, fetching it over `conn` first if it is not cached.
     pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
+        let path = self.store.path(digest);
         if self.store.contains(digest) {
-            return Ok(self.store.path(digest));
+            touch(&path);
+            return Ok(path);
         }
-        self.fetch(conn, digest, max_frame).await
+        let fetched = self.fetch(conn, digest, max_frame).await?;
+        let (dir, max) = (self.dir.clone(), self.max_bytes);
+        match tokio::task::spawn_blocking(move || evict(&dir, max, SystemTime::now())).await {
+            Ok(Ok(gone)) if !gone.is_empty() => info!(contexts = gone.len(), "evicted contexts used least recently"),
+            Ok(Err(e)) => warn!("cannot keep the context cache under its size: {e}"),
+            _ => {}
+        }
+        Ok(fetched)
     }
 
     async fn fetch(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
@@ -53,5 +71,71 @@ impl ContextCache {
             Ok(_) => Err(Failed("unexpected answer to a context fetch".into())),
             Err(e) => Err(Failed(format!("fetching the context: {e}"))),
         }
+    }
+}
+
+/// Marks a context as used now.
+fn touch(path: &Path) {
+    let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// Deletes the contexts used least recently in `dir` until it holds at most `max_bytes`, keeping
+/// any used within [`IN_USE`] of `now`. Returns what it deleted.
+fn evict(dir: &Path, max_bytes: u64, now: SystemTime) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        // Partial downloads belong to a fetch under way.
+        if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
+            files.push((meta.modified()?, meta.len(), entry.path()));
+        }
+    }
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    let mut gone = Vec::new();
+    for (used, len, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if now.duration_since(used).unwrap_or_default() < IN_USE {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        total -= len;
+        gone.push(path);
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_least_recently_used_go_first_and_recent_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = file(dir.path(), "old", Duration::from_secs(3600));
+        let older = file(dir.path(), "older", Duration::from_secs(7200));
+        let recent = file(dir.path(), "recent", Duration::from_secs(60));
+        file(dir.path(), ".partial-x", Duration::from_secs(9999));
+        // 300 bytes of contexts, room for 150: the two old ones go, oldest first.
+        assert_eq!(evict(dir.path(), 150, SystemTime::now()).unwrap(), [older, old]);
+        assert!(recent.exists());
+        // Over the limit with only recent contexts: nothing is deleted.
+        file(dir.path(), "recent2", Duration::from_secs(1));
+        assert!(evict(dir.path(), 50, SystemTime::now()).unwrap().is_empty());
+        // Using a context makes it recent.
+        let used = file(dir.path(), "used", Duration::from_secs(3600));
+        touch(&used);
+        assert!(evict(dir.path(), 0, SystemTime::now()).unwrap().is_empty());
     }
 }

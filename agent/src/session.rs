@@ -69,7 +69,7 @@ impl Agent<Executor> {
             warn!("{w}");
         }
         let platforms = crate::host::declared(&info.platform, config.native_platform.as_ref(), &config.extra_platforms);
-        let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone())
+        let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone(), config.cache_max.as_u64())
             .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
         // One endpoint for every session, of the family the coordinator's address has now

@@ -2,6 +2,7 @@
 
 use crate::loading::{resolve_path, serde_platform, TlsFiles, Validate};
 use archfarm_shared::Platform;
+use bytesize::ByteSize;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,10 @@ pub struct AgentConfig {
     /// Where fetched build contexts are cached. Default: `cache` beside the configuration file.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// Most the context cache may hold, for example `"20GiB"`; past it the contexts used least
+    /// recently are deleted (never one used in the last ten minutes). Default: 10 GiB.
+    #[serde(default = "default_cache_max")]
+    pub cache_max: ByteSize,
     /// Largest protocol frame accepted, in bytes. Default: 1 MiB.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: u32,
@@ -60,6 +65,9 @@ fn default_capacity() -> u32 {
 }
 fn default_cache_dir() -> PathBuf {
     PathBuf::from("cache")
+}
+fn default_cache_max() -> ByteSize {
+    ByteSize::gib(10)
 }
 fn default_max_frame() -> u32 {
     archfarm_shared::codec::DEFAULT_MAX_FRAME
