@@ -146,6 +146,41 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the engine answers and its BuildKit still builds: `/_ping`, then a one-line
+    /// build (`FROM scratch` and a label, cached after the first time). Either failing means the
+    /// engine cannot take jobs.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.docker.ping().await.map_err(|e| format!("the engine does not answer /_ping: {e}"))?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let dockerfile = b"FROM scratch\nLABEL org.archfarm.probe=1\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(dockerfile.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "Dockerfile", &dockerfile[..]).map_err(|e| e.to_string())?;
+        let context = tar.into_inner().map_err(|e| e.to_string())?;
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".into(),
+            t: Some(PROBE_TAG.into()),
+            version: BuilderVersion::BuilderBuildKit,
+            session: Some(format!("archfarm-probe-{:x}", rand::random::<u64>())),
+            rm: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) if info.error_detail.is_some() => {
+                    let message = info.error_detail.and_then(|d| d.message).unwrap_or_default();
+                    return Err(format!("the engine's BuildKit fails a one-line build: {message}"));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("the engine's BuildKit fails a one-line build: {}", stream_error(e))),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `docker save` of `tag` to `out`.
     pub async fn save(&self, tag: &str, out: &Path) -> Result<(), String> {
         let mut file =
@@ -196,6 +231,9 @@ pub fn refused_pull(message: &str) -> Option<String> {
     };
     Some(credentials::host_of(registry))
 }
+
+/// The image the health probe builds, again and again.
+const PROBE_TAG: &str = "archfarm-probe:latest";
 
 /// Bytes of a build context read at a time while it streams to the engine.
 const CONTEXT_CHUNK: usize = 256 << 10;

@@ -9,6 +9,7 @@
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
+//! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`fault`]: whose fault a failure is (a full disk, no memory), from what the host said.
 
 pub mod context_cache;
@@ -16,6 +17,7 @@ pub mod docker;
 pub mod enroll;
 pub mod executor;
 pub mod fault;
+pub mod health;
 pub mod host;
 pub mod publish;
 pub mod session;

@@ -4,6 +4,7 @@
 //! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
 
 use crate::executor::{Executor, Runner};
+use crate::health::HealthWatch;
 use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
@@ -48,6 +49,8 @@ pub struct Agent<R: Runner = Executor> {
     pub running: Arc<AtomicU32>,
     /// Stops every running job (end of a drain).
     pub abort: CancellationToken,
+    /// The engine's health; jobs stop, and none are taken, while it is unhealthy.
+    pub health: HealthWatch,
 }
 
 impl Agent<Executor> {
@@ -94,6 +97,11 @@ impl Agent<Executor> {
             },
             name: name.clone(),
             max_frame: config.max_frame_bytes,
+            health: HealthWatch::start(
+                engine.clone(),
+                Duration::from_secs(config.health_interval_secs),
+                Duration::from_secs(config.health_timeout_secs),
+            ),
             executor: Executor {
                 name,
                 platforms,
@@ -173,8 +181,17 @@ impl<R: Runner> Agent<R> {
         let _stop_jobs = session_jobs.clone().drop_guard();
         let mut ticker = tokio::time::interval(interval);
         let mut drain_deadline: Option<Instant> = None;
+        let mut health = self.health.clone();
+        if let Some(problem) = health.problem() {
+            codec::write_msg(&mut send, &AgentMessage::Health { problem: Some(problem) }, max)
+                .await
+                .map_err(|e| lost(&e))?;
+        }
         loop {
             tokio::select! {
+                problem = health.changed() => {
+                    codec::write_msg(&mut send, &AgentMessage::Health { problem }, max).await.map_err(|e| lost(&e))?;
+                }
                 () = shutdown.cancelled(), if drain_deadline.is_none() => {
                     let n = self.running.load(Ordering::Relaxed);
                     info!(running = n, "draining: no new jobs; finishing what runs (at most {} s)", self.drain_timeout.as_secs());
@@ -243,6 +260,20 @@ impl<R: Runner> Agent<R> {
         Ok((send, recv, interval))
     }
 
+    /// Why a job is refused before it starts: the agent drains, or its engine is unhealthy.
+    fn refusal(&self, draining: bool) -> Option<JobOutcome> {
+        if draining {
+            return Some(failed(
+                FailureKind::Cancelled,
+                format!("agent {} is draining and takes no new jobs", self.name),
+            ));
+        }
+        let problem = self.health.problem()?;
+        let why =
+            format!("the engine of agent {} is unhealthy ({problem}); it takes no jobs until it recovers", self.name);
+        Some(failed(FailureKind::Engine, why))
+    }
+
     async fn job(
         self: Arc<Self>,
         conn: quinn::Connection,
@@ -260,10 +291,7 @@ impl<R: Runner> Agent<R> {
         let span =
             info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
         async move {
-            if draining {
-                let message = format!("agent {} is draining and takes no new jobs", self.name);
-                let refusal =
-                    JobOutcome::Failed(JobFailure { kind: FailureKind::Cancelled, message, log_tail: vec![] });
+            if let Some(refusal) = self.refusal(draining) {
                 let _ = codec::write_msg(&mut send, &AgentMessage::JobFinished(refusal), max).await;
                 let _ = send.finish();
                 return;
@@ -275,6 +303,7 @@ impl<R: Runner> Agent<R> {
             let mut run = Box::pin(self.executor.run(&conn, spec, tx));
             let mut stream_ok = true;
             let mut probe = [0u8; 1];
+            let mut sick = self.health.clone();
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut run => break Some(outcome),
@@ -295,11 +324,12 @@ impl<R: Runner> Agent<R> {
                     }
                     () = stop.cancelled() => {
                         info!("stopping the job: the agent is stopping");
-                        break Some(JobOutcome::Failed(JobFailure {
-                            kind: FailureKind::Cancelled,
-                            message: format!("agent {} stopped the job while shutting down", self.name),
-                            log_tail: vec![],
-                        }));
+                        break Some(failed(FailureKind::Cancelled, format!("agent {} stopped the job while shutting down", self.name)));
+                    }
+                    problem = sick.sick() => {
+                        info!("stopping the job: the engine is unhealthy");
+                        let why = format!("the engine of agent {} failed its health probe ({problem}); the job was stopped so it can run elsewhere", self.name);
+                        break Some(failed(FailureKind::Engine, why));
                     }
                 }
             };
@@ -312,6 +342,11 @@ impl<R: Runner> Agent<R> {
         .instrument(span)
         .await;
     }
+}
+
+/// A job that ends without an image, for `kind`'s reason.
+fn failed(kind: FailureKind, message: String) -> JobOutcome {
+    JobOutcome::Failed(JobFailure { kind, message, log_tail: vec![] })
 }
 
 /// Sends the job's log lines still queued, then its result, and finishes the stream.

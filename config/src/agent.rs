@@ -52,6 +52,13 @@ pub struct AgentConfig {
     /// in seconds; then it stops what is left (the coordinator reruns it elsewhere). Default: 600.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// How often the engine's health is probed (`/_ping` and a one-line BuildKit build), in
+    /// seconds. Default: 30.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_secs: u64,
+    /// How long a probe may take before the engine counts as unhealthy, in seconds. Default: 60.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_secs: u64,
     /// Registries (host:port) to push to over plain http although they are not on loopback.
     /// Default: none.
     #[serde(default)]
@@ -75,6 +82,12 @@ fn default_max_frame() -> u32 {
 fn default_max_backoff() -> u64 {
     30
 }
+fn default_health_interval() -> u64 {
+    30
+}
+fn default_health_timeout() -> u64 {
+    60
+}
 fn default_drain_timeout() -> u64 {
     600
 }
@@ -97,6 +110,12 @@ impl Validate for AgentConfig {
         }
         if !(1024..=archfarm_shared::codec::MAX_FRAME_LIMIT).contains(&self.max_frame_bytes) {
             return Err(("max_frame_bytes", "must be between 1024 and 16777216".into()));
+        }
+        if self.health_interval_secs == 0 || self.health_timeout_secs == 0 {
+            return Err((
+                "health_interval_secs",
+                "health_interval_secs and health_timeout_secs must be at least 1".into(),
+            ));
         }
         if self.max_backoff_secs == 0 {
             return Err(("max_backoff_secs", "must be at least 1".into()));

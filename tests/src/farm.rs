@@ -341,8 +341,21 @@ impl Farm {
         cert
     }
 
+    /// Issues a certificate for a new agent and starts it with `extra_toml` (top-level keys, one
+    /// a line) added to its configuration, for example another `docker_host`.
+    pub fn start_agent_configured(&mut self, spec: &AgentSpec, extra_toml: &str) {
+        let ca = self.path("ca");
+        run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", spec.name, "--dir"]).arg(&ca));
+        let (cert, key) = (ca.join(format!("{}.pem", spec.name)), ca.join(format!("{}.key", spec.name)));
+        self.start_agent_full(spec, &cert, &key, &[], extra_toml);
+    }
+
     /// Starts an agent with extra command-line arguments.
     pub fn start_agent_with(&mut self, spec: &AgentSpec, cert: &Path, key: &Path, args: &[&str]) {
+        self.start_agent_full(spec, cert, key, args, "");
+    }
+
+    fn start_agent_full(&mut self, spec: &AgentSpec, cert: &Path, key: &Path, args: &[&str], extra_toml: &str) {
         let dir = self.path(&format!("agent-{}", spec.name));
         std::fs::create_dir_all(&dir).unwrap();
         let mut toml = format!(
@@ -353,6 +366,12 @@ impl Farm {
             toml.push_str(&format!("native_platform = \"{native}\"\n"));
         }
         toml.push_str(&self.insecure_line());
+        toml.push_str(extra_toml);
+        // Tests load the shared engine hard (two hundred builds at once): a slow probe there is
+        // load, not sickness. The health test sets its own.
+        if !extra_toml.contains("health_timeout_secs") {
+            toml.push_str("health_timeout_secs = 120\n");
+        }
         toml.push_str(&format!(
             "[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             self.path("ca/ca.pem").display(),

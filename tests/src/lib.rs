@@ -7,6 +7,7 @@
 //! - `farm`: [`Farm`] and its [`FarmBuilder`], one farm per test on free ports in a temporary directory.
 //! - `client`: running the `archfarm` client against a farm and reading back its build records.
 //! - `process`: [`Proc`], a child process with its log file killed on drop; bounded waits and runs.
+//! - `engine`: a second Docker Engine of a test's own, to pause without touching the shared one.
 //! - `fixtures`: the workspace's binaries, the per-arch busybox of `scripts/setup.sh`, build contexts.
 //! - `registry_checks`: the registry's HTTP API and storage, [`skopeo`], ELF machines and digests.
 //! - [`scripted`]: a scripted agent, to play one that misbehaves.
@@ -18,11 +19,13 @@ pub mod net;
 pub mod scripted;
 
 mod client;
+mod engine;
 mod farm;
 mod fixtures;
 mod process;
 mod registry_checks;
 
+pub use engine::Engine;
 pub use farm::{free_tcp_port, free_udp_port, AgentSpec, Farm, FarmBuilder};
 pub use fixtures::{bin, context, fixtures, slow_context, workspace, PER_ARCH_DOCKERFILE};
 pub use net::{Host, Net};

@@ -111,6 +111,20 @@ impl Farm {
         self.lock().scheduler.serves_other(platform, avoid)
     }
 
+    /// Records what an agent says of its engine's health. Only an active or unhealthy agent
+    /// changes: a quarantine or a drain stands whatever the engine does.
+    pub fn set_health(&self, name: &AgentName, problem: Option<String>) {
+        let mut st = self.lock();
+        match (st.scheduler.standing(name), problem) {
+            (Some(Standing::Active | Standing::Unhealthy(_)), Some(why)) => {
+                st.scheduler.set_standing(name, Standing::Unhealthy(why))
+            }
+            (Some(Standing::Unhealthy(_)), None) => st.scheduler.set_standing(name, Standing::Active),
+            _ => return,
+        }
+        dispatch(&mut st);
+    }
+
     /// Refuses platforms no connected, active agent declares.
     pub fn check(&self, platforms: &[Platform]) -> Result<(), NoAgent> {
         self.lock().scheduler.check(platforms)
@@ -187,6 +201,7 @@ impl Farm {
                 let state = match st.scheduler.standing(&a.name) {
                     Some(Standing::Quarantined(why)) => format!("quarantined: {why}"),
                     Some(Standing::Draining) => "draining".to_owned(),
+                    Some(Standing::Unhealthy(why)) => format!("unhealthy: {why}"),
                     _ if running >= capacity => "busy".to_owned(),
                     _ => "ready".to_owned(),
                 };

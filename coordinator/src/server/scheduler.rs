@@ -37,6 +37,8 @@ pub enum Standing {
     Draining,
     /// Misbehaved (wrong-platform images, repeated failures); takes no jobs.
     Quarantined(String),
+    /// Its engine fails its health probe (it says why); takes no jobs until it passes again.
+    Unhealthy(String),
 }
 
 /// A job handed to an agent.

@@ -45,5 +45,6 @@ pub fn agent_message_name(msg: &AgentMessage) -> &'static str {
         AgentMessage::JobLog { .. } => "JobLog",
         AgentMessage::JobFinished(_) => "JobFinished",
         AgentMessage::Draining => "Draining",
+        AgentMessage::Health { .. } => "Health",
     }
 }

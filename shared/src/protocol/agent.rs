@@ -31,6 +31,12 @@ pub enum AgentMessage {
     /// On the control stream: the agent is shutting down; it finishes what it runs and takes no
     /// new jobs.
     Draining,
+    /// On the control stream: the engine's health changed. With a problem the agent takes no
+    /// jobs (and has stopped those it ran); without one it takes jobs again. Appended last.
+    Health {
+        /// What is wrong with the engine; none when it is healthy again.
+        problem: Option<String>,
+    },
 }
 
 /// What an agent declares when it registers. Its name comes from its certificate, not from here.

@@ -252,6 +252,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                 drain_timeout: Duration::from_secs(5),
                 running: Default::default(),
                 abort: CancellationToken::new(),
+                health: archfarm_agent::health::HealthWatch::always_healthy(),
             });
             tokio::spawn(agent.run(shutdown.child_token()));
         }

@@ -152,6 +152,13 @@ async fn serve_registered(
                 info!("agent is draining: no new jobs");
                 shared.farm.set_standing(name, Standing::Draining);
             }
+            Ok(Ok(Some(AgentMessage::Health { problem }))) => {
+                match &problem {
+                    Some(why) => warn!("agent's engine is unhealthy: {why}; no jobs until it recovers"),
+                    None => info!("agent's engine is healthy again"),
+                }
+                shared.farm.set_health(name, problem);
+            }
             Ok(Ok(Some(other))) => break unexpected(conn, &other, "the control stream"),
             Ok(Ok(None)) => break "agent closed its control stream".to_owned(),
             Ok(Err(e)) => break on_codec_error(conn, &e, "control stream"),

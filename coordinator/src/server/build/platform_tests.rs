@@ -422,3 +422,19 @@ async fn whose_fault_a_failure_is_decides_where_it_runs_again_and_who_is_blamed(
     rig.run().await.expect("the peer builds it");
     assert_eq!((rig.agent_state("amd64-a"), rig.agent_state("amd64-b")), ("ready".into(), "ready".into()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_agent_gets_no_jobs_and_health_never_lifts_a_quarantine() {
+    let rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Push]).await;
+    let a: AgentName = "amd64-a".parse().unwrap();
+    rig.farm.set_health(&a, Some("the engine does not answer /_ping".into()));
+    assert_eq!(rig.agent_state("amd64-a"), "unhealthy: the engine does not answer /_ping");
+    let (_, result) = rig.run().await.expect("the healthy agent builds it");
+    assert_eq!(result.agent.as_str(), "amd64-b");
+    rig.farm.set_health(&a, None);
+    assert_eq!(rig.agent_state("amd64-a"), "ready");
+    rig.farm.set_standing(&a, Standing::Quarantined("pushed linux/s390x".into()));
+    rig.farm.set_health(&a, Some("no /_ping".into()));
+    rig.farm.set_health(&a, None);
+    assert_eq!(rig.agent_state("amd64-a"), "quarantined: pushed linux/s390x");
+}

@@ -1,0 +1,81 @@
+//! A second Docker Engine, for a test that must make an engine sick without touching the one
+//! every other test shares: its own data root, exec root and socket under the test's
+//! directory, and its own network namespace (two dockerds in one namespace fight over the
+//! `docker0` bridge: the second one's shutdown deletes the first one's). Stopped (and resumed
+//! first, if paused) when dropped, and its namespace deleted.
+
+use crate::process::{wait_until, Proc};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A dockerd of the test's own.
+#[derive(Debug)]
+pub struct Engine {
+    proc: Proc,
+    // Dropped after the engine is stopped (fields drop after `Drop::drop`, and in order).
+    _netns: Netns,
+    /// `unix:///…/docker.sock`, for an agent's `docker_host`.
+    pub host: String,
+    paused: bool,
+}
+
+impl Engine {
+    /// Starts a dockerd with everything under `dir`, and waits (bounded) until it answers.
+    pub fn start(dir: &Path) -> Engine {
+        let root = |p: &str| -> PathBuf { dir.join(p) };
+        std::fs::create_dir_all(dir).unwrap();
+        let host = format!("unix://{}", root("docker.sock").display());
+        let netns = format!("archfarm-engine-{}-{:x}", std::process::id(), rand::random::<u32>());
+        crate::process::run_ok(Command::new("ip").args(["netns", "add", &netns]));
+        let netns = Netns(netns);
+        crate::process::run_ok(Command::new("ip").args(["netns", "exec", &netns.0, "ip", "link", "set", "lo", "up"]));
+        let mut cmd = Command::new("nsenter");
+        // nsenter joins only the network namespace: `ip netns exec` also remounts /sys, which
+        // hides the cgroups dockerd needs.
+        cmd.arg(format!("--net=/var/run/netns/{}", netns.0)).arg("dockerd");
+        cmd.arg("--data-root").arg(root("data")).arg("--exec-root").arg(root("exec"));
+        cmd.arg("--pidfile").arg(root("docker.pid")).args(["-H", &host, "--iptables=false"]);
+        let proc = Proc::start("second dockerd", cmd, root("dockerd.log"));
+        wait_until(Duration::from_secs(30), "the second dockerd to answer", || {
+            let out = Command::new("docker")
+                .env("DOCKER_HOST", &host)
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+        Engine { proc, _netns: netns, host, paused: false }
+    }
+
+    /// Freezes the engine (SIGSTOP): it accepts connections and answers nothing.
+    pub fn pause(&mut self) {
+        crate::process::run_ok(Command::new("kill").args(["-STOP", &self.proc.pid().to_string()]));
+        self.paused = true;
+    }
+
+    /// Lets a paused engine run again (SIGCONT).
+    pub fn resume(&mut self) {
+        crate::process::run_ok(Command::new("kill").args(["-CONT", &self.proc.pid().to_string()]));
+        self.paused = false;
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        self.proc.stop();
+    }
+}
+
+/// A network namespace of the test's own, deleted when dropped (also when a test panics).
+#[derive(Debug)]
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -1,0 +1,63 @@
+//! A sick engine costs one agent, never the build: an agent whose engine stops answering is
+//! unhealthy, its running job moves to a peer, it takes no new jobs, and it rejoins once the
+//! engine answers again. The sick engine is a dockerd of the test's own, paused with SIGSTOP.
+
+use archfarm_tests::*;
+use std::time::Duration;
+
+/// The state `agents ls` shows for `name`.
+fn state(farm: &Farm, name: &str) -> Option<String> {
+    let out = farm.archfarm(&["agents", "ls", "--format", "json"]);
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let agent = agents.as_array()?.iter().find(|a| a["name"] == name)?;
+    agent["state"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_when_it_answers() {
+    // amd64-1 on the shared engine, one job at a time; amd64-2 on an engine of its own.
+    let mut farm = Farm::start(&[AgentSpec { name: "amd64-1", native: None, capacity: 1 }]);
+    let mut engine = Engine::start(&farm.dir.path().join("engine2"));
+    let sick = AgentSpec { name: "amd64-2", native: None, capacity: 1 };
+    farm.start_agent_configured(
+        &sick,
+        &format!("docker_host = \"{}\"\nhealth_interval_secs = 1\nhealth_timeout_secs = 3\n", engine.host),
+    );
+    farm.wait_for_agents(&["amd64-1", "amd64-2"]);
+
+    // One build per agent: the first fills amd64-1, the second lands on amd64-2.
+    let first = slow_context(8);
+    let a = farm.spawn_build("linux/amd64", &[&format!("{}:a", farm.repo("sick"))], first.path());
+    farm.proc("agent amd64-1").wait_for_log("job started", Duration::from_secs(30));
+    let second = slow_context(8);
+    let b = farm.spawn_build("linux/amd64", &[&format!("{}:b", farm.repo("sick"))], second.path());
+    farm.proc("agent amd64-2").wait_for_log("job started", Duration::from_secs(30));
+
+    // The engine under amd64-2 freezes mid-build.
+    engine.pause();
+    wait_until(Duration::from_secs(20), "amd64-2 to be unhealthy", || {
+        state(&farm, "amd64-2").filter(|s| s.starts_with("unhealthy: ")).map(drop)
+    });
+    farm.proc("agent amd64-2").wait_for_log("stopping the job: the engine is unhealthy", Duration::from_secs(10));
+
+    // Both builds publish: b on amd64-1 once it is free.
+    for (child, tag) in [(a, "a"), (b, "b")] {
+        let out = wait_output(child, Duration::from_secs(120));
+        assert!(out.status.success(), "build {tag}:\n{}", text(&out));
+    }
+    let record = farm.build_record(&farm.newest_build());
+    assert_eq!(
+        Farm::attempts(&record, 0),
+        [("amd64-2".to_owned(), "failed".to_owned()), ("amd64-1".to_owned(), "pushed".to_owned())],
+        "{record}"
+    );
+    let detail = record["jobs"][0]["attempts"][0]["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.starts_with("docker engine: ") && detail.contains("health probe"), "{detail}");
+
+    // While the engine is frozen the agent takes nothing; it rejoins once the engine answers.
+    assert!(state(&farm, "amd64-2").is_some_and(|s| s.starts_with("unhealthy")));
+    engine.resume();
+    wait_until(Duration::from_secs(30), "amd64-2 to be ready again", || {
+        state(&farm, "amd64-2").filter(|s| s == "ready").map(drop)
+    });
+}
