@@ -4,7 +4,8 @@
 # scripts/setup.sh, builds the binaries the tests start, then runs a short fuzz run, the
 # benchmark harness's smoke run (scripts/bench.sh --quick: it proves the harness works; its
 # numbers mean nothing), and unit and end-to-end tests.
-# A dockerd this script started is stopped again at the end.
+# The engine is probed before the tests (a dockerd this script started is restarted if it is
+# wedged), and a dockerd this script started is stopped again at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,6 +22,22 @@ trap stop_engine EXIT
 # It runs first so that the test runner's summary is the last thing printed.
 "$root/scripts/fuzz.sh"
 cargo build --workspace --bins --locked
+# An engine that answers but no longer builds (a wedged BuildKit) would fail dozens of tests
+# with timeouts: probe it first. One this script started is restarted; another is reported.
+if ! "$root/target/debug/archfarm-agent" --probe-engine; then
+  if [ "$engine_was_up" = false ] && [ -f /var/run/docker.pid ]; then
+    echo "test.sh: restarting the Docker Engine this script started"
+    pid=$(cat /var/run/docker.pid)
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    "$root/scripts/setup.sh"
+    "$root/target/debug/archfarm-agent" --probe-engine || { echo "test.sh: the Docker Engine is still unhealthy after a restart"; exit 1; }
+  else
+    echo "test.sh: the Docker Engine answers but does not build (see above). It was running before this script;"
+    echo "test.sh: restart it (kill -TERM \$(cat /var/run/docker.pid); scripts/setup.sh) and run the tests again."
+    exit 1
+  fi
+fi
 ARCHFARM_PROFILE=debug "$root/scripts/bench.sh" --quick >"$root/.farm/bench-quick.log" 2>&1 || {
   tail -60 "$root/.farm/bench-quick.log"
   echo "test.sh: the benchmark smoke run failed (log above, whole log in .farm/bench-quick.log)"

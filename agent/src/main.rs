@@ -9,8 +9,13 @@ use std::process::ExitCode;
 #[command(name = "archfarm-agent", version)]
 struct Cli {
     /// Agent configuration file (TOML).
-    #[arg(short, long, env = "ARCHFARM_AGENT_CONFIG")]
-    config: PathBuf,
+    #[arg(short, long, env = "ARCHFARM_AGENT_CONFIG", required_unless_present = "probe_engine")]
+    config: Option<PathBuf>,
+    /// Probe the Docker Engine at DOCKER_HOST (or the default socket) as the agent's health
+    /// check does (`/_ping` and a one-line BuildKit build, within 60 s), say whether it is
+    /// healthy, and exit: 0 when it is.
+    #[arg(long)]
+    probe_engine: bool,
     /// One-time join token (`archfarm agents token create`): when there is no certificate yet,
     /// enroll with it first.
     #[arg(long, env = "ARCHFARM_JOIN_TOKEN", hide_env_values = true)]
@@ -22,14 +27,37 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     archfarm_shared::telemetry::init("info");
     archfarm_shared::tls::install_crypto_provider();
+    if cli.probe_engine {
+        return probe().await;
+    }
     let result = async {
-        let config = archfarm_config::load(&cli.config)?;
+        let config = archfarm_config::load(cli.config.as_deref().expect("required by clap"))?;
         archfarm_agent::run(config, cli.join_token.as_deref(), archfarm_shared::shutdown::on_signal()).await
     };
     match result.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn probe() -> ExitCode {
+    let verdict = async {
+        let engine = archfarm_agent::docker::Engine::connect(None).await?;
+        match tokio::time::timeout(std::time::Duration::from_secs(60), engine.probe()).await {
+            Ok(result) => result,
+            Err(_) => Err("the engine did not pass the probe within 60 s (is its BuildKit wedged?)".into()),
+        }
+    };
+    match verdict.await {
+        Ok(()) => {
+            println!("engine healthy: it answers and builds");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("engine unhealthy: {e}");
             ExitCode::FAILURE
         }
     }
