@@ -3,8 +3,9 @@
 //! then an OCI manifest over the config and layers is pushed under its own digest.
 //!
 //! Like `docker push`, the agent remembers which compressed blob it made of each uncompressed
-//! layer: a layer the repository already holds (a base layer, a cached step) is neither
-//! compressed nor uploaded again.
+//! layer, and which repositories hold it: a layer the repository already holds (a base layer, a
+//! cached step) is neither compressed nor uploaded again, and one that another repository of
+//! the same registry holds is mounted from there (a cross-repository mount), not uploaded.
 
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
@@ -44,25 +45,46 @@ pub struct Layer {
     pub diff_id: Digest,
 }
 
-/// Compressed descriptors of layers this agent pushed, by the digest of their uncompressed bytes.
+/// Compressed descriptors of layers this agent pushed, by the digest of their uncompressed
+/// bytes, with the repositories (`registry/name`) known to hold each.
 #[derive(Debug, Clone, Default)]
-pub struct LayerCache(Arc<Mutex<HashMap<Digest, Blob>>>);
+pub struct LayerCache(Arc<Mutex<HashMap<Digest, (Blob, Vec<String>)>>>);
 
 /// Entries the cache holds before it starts again (a descriptor is about 200 bytes).
 const LAYER_CACHE_ENTRIES: usize = 16_384;
+/// Repositories remembered per layer, the latest kept.
+const REPOSITORIES_PER_LAYER: usize = 8;
 
 impl LayerCache {
-    fn get(&self, diff_id: &Digest) -> Option<Blob> {
+    fn get(&self, diff_id: &Digest) -> Option<(Blob, Vec<String>)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(diff_id).cloned()
     }
 
-    fn insert(&self, diff_id: Digest, blob: Blob) {
+    /// Records that `repository` holds `blob`, the compressed form of layer `diff_id`.
+    fn insert(&self, diff_id: Digest, blob: Blob, repository: &str) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= LAYER_CACHE_ENTRIES {
+        if map.len() >= LAYER_CACHE_ENTRIES && !map.contains_key(&diff_id) {
             map.clear();
         }
-        map.insert(diff_id, blob);
+        let (known, repositories) = map.entry(diff_id).or_insert_with(|| (blob.clone(), Vec::new()));
+        *known = blob;
+        repositories.retain(|r| r != repository);
+        repositories.push(repository.to_owned());
+        if repositories.len() > REPOSITORIES_PER_LAYER {
+            repositories.remove(0);
+        }
     }
+}
+
+/// How the layers of one push got into the repository.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LayerCounts {
+    /// Already there.
+    pub present: usize,
+    /// Mounted from another repository of the registry.
+    pub mounted: usize,
+    /// Compressed and uploaded.
+    pub uploaded: usize,
 }
 
 /// gzip-compresses a layer file.
@@ -111,6 +133,39 @@ pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
     Ok(Prepared { config: Bytes::from(config), layers })
 }
 
+/// A layer this agent compressed before, when `repo` holds it or it can be mounted there from
+/// another repository of the registry that does.
+async fn known_layer(
+    reg: &registry::Registry,
+    repo: &ImageRef,
+    cache: &LayerCache,
+    diff_id: &Digest,
+    counts: &mut LayerCounts,
+) -> Option<Blob> {
+    let (blob, holders) = cache.get(diff_id)?;
+    let name = repo.name();
+    if reg.has_blob(repo, &blob.digest).await {
+        cache.insert(diff_id.clone(), blob.clone(), &name);
+        counts.present += 1;
+        return Some(blob);
+    }
+    for holder in holders.iter().rev().filter(|h| **h != name) {
+        // Mounts work within one registry only.
+        let Some(from) = registry::parse_reference(holder).ok().filter(|f| f.registry() == repo.registry()) else {
+            continue;
+        };
+        match reg.mount_blob(repo, &from, &blob.digest).await {
+            Ok(()) => {
+                cache.insert(diff_id.clone(), blob.clone(), &name);
+                counts.mounted += 1;
+                return Some(blob);
+            }
+            Err(e) => tracing::debug!("mounting {} from {holder} failed, uploading instead: {e}", blob.digest),
+        }
+    }
+    None
+}
+
 /// Pushes the prepared image into `repository` (`registry/name`) by digest. Layers the
 /// repository holds already (by `cache`) are not compressed or sent again.
 pub async fn push(
@@ -125,20 +180,27 @@ pub async fn push(
     let config =
         Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&image.config), size: image.config.len() as u64 };
     let mut descriptors: Vec<Blob> = Vec::with_capacity(image.layers.len());
+    let mut counts = LayerCounts::default();
     for layer in &image.layers {
-        if let Some(blob) = cache.get(&layer.diff_id) {
-            if reg.has_blob(&repo, &blob.digest).await {
-                descriptors.push(blob);
-                continue;
-            }
+        if let Some(blob) = known_layer(&reg, &repo, cache, &layer.diff_id, &mut counts).await {
+            descriptors.push(blob);
+            continue;
         }
         let path = layer.path.clone();
         let (blob, bytes) =
             tokio::task::spawn_blocking(move || compress(&path)).await.map_err(|e| format!("compressing: {e}"))??;
         reg.push_blob(&repo, bytes, &blob.digest).await.map_err(|e| e.to_string())?;
-        cache.insert(layer.diff_id.clone(), blob.clone());
+        cache.insert(layer.diff_id.clone(), blob.clone(), &repository);
+        counts.uploaded += 1;
         descriptors.push(blob);
     }
+    tracing::info!(
+        repository,
+        present = counts.present,
+        mounted = counts.mounted,
+        uploaded = counts.uploaded,
+        "layers in place"
+    );
     reg.push_blob(&repo, image.config.clone(), &config.digest).await.map_err(|e| e.to_string())?;
     let manifest = oci::manifest_json(&config, &descriptors).map_err(|e| e.to_string())?;
     let digest = Digest::of(&manifest);
@@ -165,11 +227,18 @@ mod tests {
         let cache = LayerCache::default();
         let blob =
             |n: u64| Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&n.to_be_bytes()), size: n };
-        cache.insert(Digest::of(b"raw"), blob(1));
-        assert_eq!(cache.get(&Digest::of(b"raw")), Some(blob(1)));
+        cache.insert(Digest::of(b"raw"), blob(1), "r:5000/a");
+        cache.insert(Digest::of(b"raw"), blob(1), "r:5000/b");
+        cache.insert(Digest::of(b"raw"), blob(1), "r:5000/a");
+        let holders = vec!["r:5000/b".to_owned(), "r:5000/a".to_owned()];
+        assert_eq!(cache.get(&Digest::of(b"raw")), Some((blob(1), holders)), "each repository once, latest last");
         assert_eq!(cache.get(&Digest::of(b"other")), None);
+        for n in 0..REPOSITORIES_PER_LAYER + 3 {
+            cache.insert(Digest::of(b"raw"), blob(1), &format!("r:5000/repo{n}"));
+        }
+        assert_eq!(cache.get(&Digest::of(b"raw")).unwrap().1.len(), REPOSITORIES_PER_LAYER);
         for n in 0..LAYER_CACHE_ENTRIES as u64 {
-            cache.insert(Digest::of(&n.to_be_bytes()), blob(n));
+            cache.insert(Digest::of(&n.to_be_bytes()), blob(n), "r:5000/a");
         }
         assert!(cache.0.lock().unwrap().len() <= LAYER_CACHE_ENTRIES);
     }

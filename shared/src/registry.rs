@@ -212,6 +212,17 @@ impl Registry {
         Ok(true)
     }
 
+    /// Mounts a blob the registry holds in repository `from` into repository `repo` (the
+    /// distribution API's cross-repository mount: nothing is uploaded). An error means the
+    /// registry did not mount it (it may not support mounts, or the credentials cover only one
+    /// repository): upload it instead.
+    pub async fn mount_blob(&self, repo: &ImageRef, from: &ImageRef, digest: &Digest) -> Result<(), RegistryError> {
+        let _permit = self.permit().await;
+        let (target, source) = (oci(repo), oci(from));
+        let call = self.client.mount_blob(&target, &source, digest.as_str());
+        self.within("mount blob into", repo, self.timeouts.call, call).await
+    }
+
     /// Pushes manifest bytes as they are, under the tag or digest of `reference`.
     pub async fn push_manifest(
         &self,

@@ -1,0 +1,72 @@
+//! A push costs what changed: a rebuild uploads only its new layer, and the same image in
+//! another repository of the registry is mounted there, not uploaded. Checked in the registry's
+//! own request log.
+
+use archfarm_tests::*;
+use std::time::Duration;
+
+const DOCKERFILE: &str = "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY app.txt /app.txt\n";
+
+/// The layer digests of a single-platform image, from its manifest (skopeo).
+fn layers(reference: &str) -> Vec<String> {
+    let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(reference)).unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let repo = reference.rsplit_once(':').unwrap().0;
+    let manifest: serde_json::Value = serde_json::from_slice(&skopeo::raw(&format!("{repo}@{child}"))).unwrap();
+    manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Requests in the registry's log that upload (`PUT …?digest=`) `digest` into `repo`.
+fn uploads(log: &str, repo: &str, digest: &str) -> usize {
+    let digest = digest.replace(':', "%3A");
+    log.lines().filter(|l| l.contains(&format!("\"PUT /v2/{repo}/blobs/uploads/")) && l.contains(&digest)).count()
+}
+
+/// The last `layers in place` line the agent logged.
+fn last_counts(farm: &mut Farm) -> String {
+    let log = farm.proc("agent amd64-1").wait_for_log("layers in place", Duration::from_secs(10));
+    log.lines().filter(|l| l.contains("layers in place")).last().unwrap().to_owned()
+}
+
+#[test]
+fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = context(DOCKERFILE);
+    std::fs::write(ctx.path().join("app.txt"), format!("app 1 {:?}\n", std::time::SystemTime::now())).unwrap();
+    let v1 = format!("{}:1", farm.repo("team/a"));
+    let out = farm.build("linux/amd64", &[&v1], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Only the application file changes: its layer is the only one uploaded.
+    std::fs::write(ctx.path().join("app.txt"), format!("app 2 {:?}\n", std::time::SystemTime::now())).unwrap();
+    let v2 = format!("{}:2", farm.repo("team/a"));
+    let out = farm.build("linux/amd64", &[&v2], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let counts = last_counts(&mut farm);
+    assert!(counts.contains("present=1") && counts.contains("uploaded=1"), "{counts}");
+    let (old, new) = (layers(&v1), layers(&v2));
+    assert_eq!(old[0], new[0], "the busybox layer is the same blob");
+    assert_ne!(old[1], new[1]);
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    assert_eq!(uploads(&log, "team/a", &new[0]), 1, "the unchanged layer was uploaded once, by the first build");
+    assert_eq!(uploads(&log, "team/a", &new[1]), 1);
+
+    // The same image in another repository: both layers are mounted from team/a.
+    let other = format!("{}:1", farm.repo("team/b"));
+    let out = farm.build("linux/amd64", &[&other], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let counts = last_counts(&mut farm);
+    assert!(counts.contains("mounted=2") && counts.contains("uploaded=0"), "{counts}");
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    for layer in &new {
+        assert_eq!(uploads(&log, "team/b", layer), 0, "{layer} was mounted, not uploaded");
+        let mounted = log.lines().any(|l| {
+            l.contains("\"POST /v2/team/b/blobs/uploads/?")
+                && l.contains(&layer.replace(':', "%3A"))
+                && l.contains("from=team%2Fa")
+                && l.contains("\" 201 ")
+        });
+        assert!(mounted, "no mount of {layer} from team/a in the registry's log:\n{log}");
+    }
+    assert_eq!(layers(&other), new, "team/b holds the same layers");
+}
