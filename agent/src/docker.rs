@@ -2,7 +2,7 @@
 //! engine's BuildKit (the classic builder mislabels cross-platform `FROM scratch` images).
 
 use archfarm_shared::credentials::{self, Credential};
-use archfarm_shared::Platform;
+use archfarm_shared::{Digest, Platform};
 use bollard::auth::DockerCredentials;
 use bollard::models::BuildInfoAux;
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions};
@@ -179,6 +179,11 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The image id of `tag`: the digest of its config.
+    pub async fn image_id(&self, tag: &str) -> Option<Digest> {
+        self.docker.inspect_image(tag).await.ok()?.id?.parse().ok()
     }
 
     /// Writes `docker save` of `tag` to `out`.

@@ -5,9 +5,10 @@ use crate::context_cache::{ContextCache, FetchError};
 use crate::docker::{BuildSpec, Engine};
 use crate::fault;
 use crate::publish;
+use crate::reuse::ImageCache;
 use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
-use archfarm_shared::registry::RegistryClients;
+use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Executor {
     pub registries: Arc<RegistryClients>,
     /// Layers compressed and pushed before.
     pub layers: publish::LayerCache,
+    /// Images pushed before.
+    pub images: ImageCache,
 }
 
 /// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane
@@ -144,6 +147,14 @@ impl Executor {
         tag: &str,
         repository: &str,
     ) -> Result<archfarm_shared::protocol::PushedImage, String> {
+        if let Some(id) = self.engine.image_id(tag).await {
+            let repo = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
+            let reg = self.registries.get(&repo);
+            if let Some((image, how)) = self.images.push_again(&reg, &repo, &id).await {
+                info!(image = %id, "pushed again without an export ({how})");
+                return Ok(image);
+            }
+        }
         let work = tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
         let saved = work.path().join("image.tar");
         self.engine.save(tag, &saved).await?;
@@ -152,8 +163,10 @@ impl Executor {
             .await
             .map_err(|e| format!("preparing the image: {e}"))??;
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
-        retry(Policy::IMAGE_PUSH, "push", || publish::push(repository, &prepared, &self.layers, &self.registries))
-            .await
-            .map_err(|e| e.to_string())
+        retry(Policy::IMAGE_PUSH, "push", || {
+            publish::push(repository, &prepared, &self.layers, &self.images, &self.registries)
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 }

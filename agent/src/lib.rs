@@ -8,6 +8,7 @@
 //! - [`docker`]: the Docker Engine adapter (the only user of bollard).
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
+//! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`fault`]: whose fault a failure is (a full disk, no memory), from what the host said.
@@ -20,6 +21,7 @@ pub mod fault;
 pub mod health;
 pub mod host;
 pub mod publish;
+pub mod reuse;
 pub mod session;
 
 use archfarm_config::AgentConfig;

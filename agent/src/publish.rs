@@ -7,6 +7,7 @@
 //! cached step) is neither compressed nor uploaded again, and one that another repository of
 //! the same registry holds is mounted from there (a cross-repository mount), not uploaded.
 
+use crate::reuse::ImageCache;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
@@ -172,6 +173,7 @@ pub async fn push(
     repository: &str,
     image: &Prepared,
     cache: &LayerCache,
+    images: &ImageCache,
     registries: &RegistryClients,
 ) -> Result<PushedImage, String> {
     let repo: ImageRef = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
@@ -206,7 +208,10 @@ pub async fn push(
     let digest = Digest::of(&manifest);
     let size = manifest.len() as u64;
     let by_digest = repo.with_digest(&digest);
-    reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())?;
+    let manifest = Bytes::from(manifest);
+    reg.push_manifest(&by_digest, manifest.clone(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())?;
+    let blobs = std::iter::once(config.clone()).chain(descriptors).collect();
+    images.insert(&config.digest, manifest, blobs, repository);
     Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
 }
 

@@ -110,6 +110,7 @@ impl Agent<Executor> {
                 max_frame: config.max_frame_bytes,
                 registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
                 layers: crate::publish::LayerCache::default(),
+                images: crate::reuse::ImageCache::default(),
             },
             coordinator: config.coordinator.clone(),
             server_name,

@@ -51,22 +51,45 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
     assert_eq!(uploads(&log, "team/a", &new[0]), 1, "the unchanged layer was uploaded once, by the first build");
     assert_eq!(uploads(&log, "team/a", &new[1]), 1);
 
-    // The same image in another repository: both layers are mounted from team/a.
+    // An unchanged rebuild: nothing is exported, compressed or uploaded.
+    let again = format!("{}:3", farm.repo("team/a"));
+    let out = farm.build("linux/amd64", &[&again], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    farm.proc("agent amd64-1").wait_for_log("pushed again without an export (unchanged", Duration::from_secs(10));
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    assert_eq!((uploads(&log, "team/a", &new[0]), uploads(&log, "team/a", &new[1])), (1, 1), "no upload");
+    assert_eq!(layers(&again), new);
+
+    // The same image in another repository: its layers and config are mounted from team/a.
     let other = format!("{}:1", farm.repo("team/b"));
     let out = farm.build("linux/amd64", &[&other], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let counts = last_counts(&mut farm);
-    assert!(counts.contains("mounted=2") && counts.contains("uploaded=0"), "{counts}");
+    farm.proc("agent amd64-1").wait_for_log("pushed again without an export (mounted", Duration::from_secs(10));
     let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
     for layer in &new {
         assert_eq!(uploads(&log, "team/b", layer), 0, "{layer} was mounted, not uploaded");
-        let mounted = log.lines().any(|l| {
-            l.contains("\"POST /v2/team/b/blobs/uploads/?")
-                && l.contains(&layer.replace(':', "%3A"))
-                && l.contains("from=team%2Fa")
-                && l.contains("\" 201 ")
-        });
-        assert!(mounted, "no mount of {layer} from team/a in the registry's log:\n{log}");
+        assert!(mounted(&log, "team/b", layer), "no mount of {layer} from team/a in the registry's log:\n{log}");
     }
     assert_eq!(layers(&other), new, "team/b holds the same layers");
+
+    // A new application layer in a third repository: the unchanged base layer is mounted.
+    std::fs::write(ctx.path().join("app.txt"), format!("app 3 {:?}\n", std::time::SystemTime::now())).unwrap();
+    let third = format!("{}:1", farm.repo("team/c"));
+    let out = farm.build("linux/amd64", &[&third], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let counts = last_counts(&mut farm);
+    assert!(counts.contains("mounted=1") && counts.contains("uploaded=1"), "{counts}");
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    assert_eq!(uploads(&log, "team/c", &new[0]), 0);
+    assert!(layers(&third)[0] == new[0]);
+}
+
+/// Whether the registry's log holds a successful mount of `digest` into `repo` from another.
+fn mounted(log: &str, repo: &str, digest: &str) -> bool {
+    log.lines().any(|l| {
+        l.contains(&format!("\"POST /v2/{repo}/blobs/uploads/?"))
+            && l.contains(&digest.replace(':', "%3A"))
+            && l.contains("from=team%2F")
+            && l.contains("\" 201 ")
+    })
 }
