@@ -16,6 +16,7 @@ use archfarm_shared::Digest;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
+use sha2::Digest as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -88,18 +89,42 @@ pub struct LayerCounts {
     pub uploaded: usize,
 }
 
-/// gzip-compresses a layer file.
-pub fn compress(path: &Path) -> Result<(Blob, Bytes), String> {
+/// gzip-compresses a layer file into `out`, hashing the compressed bytes as they are written:
+/// the layer streams from disk to disk, never whole in memory.
+pub fn compress(path: &Path, out: &Path) -> Result<Blob, String> {
+    let failed = |e: std::io::Error| format!("compressing layer {}: {e}", path.display());
     let mut raw = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
-    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::copy(&mut raw, &mut gz).map_err(|e| format!("compressing layer {}: {e}", path.display()))?;
-    let bytes = gz.finish().map_err(|e| format!("compressing layer {}: {e}", path.display()))?;
-    let blob = Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(&bytes), size: bytes.len() as u64 };
-    Ok((blob, Bytes::from(bytes)))
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).map_err(failed)?);
+    let hashing = Hashing { inner: file, hasher: sha2::Sha256::new(), size: 0 };
+    let mut gz = GzEncoder::new(hashing, flate2::Compression::default());
+    std::io::copy(&mut raw, &mut gz).map_err(failed)?;
+    let Hashing { inner, hasher, size } = gz.finish().map_err(failed)?;
+    inner.into_inner().map_err(|e| failed(e.into_error()))?;
+    let digest = Digest::from_sha256(hasher.finalize().into());
+    Ok(Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest, size })
+}
+
+/// Writes through to `inner`, hashing and counting what passes.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn digest_file(path: &Path) -> Result<Digest, String> {
-    use sha2::Digest as _;
     let mut file = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
@@ -188,10 +213,13 @@ pub async fn push(
             descriptors.push(blob);
             continue;
         }
-        let path = layer.path.clone();
-        let (blob, bytes) =
-            tokio::task::spawn_blocking(move || compress(&path)).await.map_err(|e| format!("compressing: {e}"))??;
-        reg.push_blob(&repo, bytes, &blob.digest).await.map_err(|e| e.to_string())?;
+        let (path, gz) = (layer.path.clone(), layer.path.with_extension("tar.gz"));
+        let out = gz.clone();
+        let blob = tokio::task::spawn_blocking(move || compress(&path, &out))
+            .await
+            .map_err(|e| format!("compressing: {e}"))??;
+        reg.push_blob_file(&repo, &gz, &blob.digest, blob.size).await.map_err(|e| e.to_string())?;
+        let _ = tokio::fs::remove_file(&gz).await;
         cache.insert(layer.diff_id.clone(), blob.clone(), &repository);
         counts.uploaded += 1;
         descriptors.push(blob);
@@ -266,10 +294,12 @@ mod tests {
         assert_eq!(&p.config[..], &config[..]);
         assert_eq!(p.layers.len(), 1);
         assert_eq!(p.layers[0].diff_id, Digest::of(&layer), "the diff id is the uncompressed layer's digest");
-        let (blob, gz) = compress(&p.layers[0].path).unwrap();
-        assert_eq!(blob.digest, Digest::of(&gz));
+        let out = dir.path().join("layer.tar.gz");
+        let blob = compress(&p.layers[0].path, &out).unwrap();
+        let gz = std::fs::read(&out).unwrap();
+        assert_eq!((blob.digest, blob.size), (Digest::of(&gz), gz.len() as u64));
         let mut plain = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_ref()), &mut plain).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
         assert_eq!(plain, layer, "the compressed layer decompresses to the exported one");
     }
 
