@@ -13,6 +13,8 @@ use tracing::{info, warn};
 #[derive(Debug, Clone)]
 pub struct HealthWatch {
     rx: watch::Receiver<Option<String>>,
+    /// Wakes the prober before its next tick.
+    now: Arc<tokio::sync::Notify>,
     /// Keeps the channel open when nothing probes (an engine taken as healthy).
     _keep: Option<Arc<watch::Sender<Option<String>>>>,
 }
@@ -21,13 +23,15 @@ impl HealthWatch {
     /// An engine that is never probed: always healthy.
     pub fn always_healthy() -> Self {
         let (tx, rx) = watch::channel(None);
-        HealthWatch { rx, _keep: Some(Arc::new(tx)) }
+        HealthWatch { rx, now: Arc::default(), _keep: Some(Arc::new(tx)) }
     }
 
     /// Probes `engine` every `interval`, each probe bounded by `timeout`, for as long as the
     /// returned watch (or a clone) lives.
     pub fn start(engine: Engine, interval: Duration, timeout: Duration) -> Self {
         let (tx, rx) = watch::channel(None);
+        let now: Arc<tokio::sync::Notify> = Arc::default();
+        let wake = now.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,6 +39,7 @@ impl HealthWatch {
                 tokio::select! {
                     () = tx.closed() => return,
                     _ = ticker.tick() => {}
+                    () = wake.notified() => info!("probing the engine now: a build went silent"),
                 }
                 let problem = match tokio::time::timeout(timeout, engine.probe()).await {
                     Ok(Ok(())) => None,
@@ -54,7 +59,13 @@ impl HealthWatch {
                 });
             }
         });
-        HealthWatch { rx, _keep: None }
+        HealthWatch { rx, now, _keep: None }
+    }
+
+    /// Probes at once rather than at the next tick: a build went silent, which a wedged engine
+    /// would explain.
+    pub fn probe_now(&self) {
+        self.now.notify_one();
     }
 
     /// What is wrong with the engine now, if anything.

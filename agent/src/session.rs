@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{
-    close, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
+    close, reset, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
 };
 use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::retry::Policy;
@@ -316,6 +316,10 @@ impl<R: Runner> Agent<R> {
                     // The coordinator sends nothing more on a job stream: any read result means
                     // it cancelled the job (reset) or went away.
                     r = recv.read(&mut probe) => {
+                        if matches!(r, Err(quinn::ReadError::Reset(code)) if code == reset::SILENT.into()) {
+                            // Silent for the idle limit: a wedged engine would explain it.
+                            self.health.probe_now();
+                        }
                         info!("stopping the job: the coordinator {}", match r {
                             Err(quinn::ReadError::Reset(_)) => "cancelled it".to_owned(),
                             Err(e) => format!("is gone ({e})"),

@@ -45,6 +45,8 @@ fn a_run_step_that_hangs_is_stopped_at_the_job_deadline_and_at_the_idle_deadline
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("(timed out): no build output for 3 s: the job was stopped on agent amd64-1"), "{said}");
+    // A silent build is what a wedged engine looks like: the agent probes it at once.
+    farm.proc("agent amd64-1").wait_for_log("probing the engine now: a build went silent", Duration::from_secs(10));
     wait_idle(&farm, "amd64-1");
 
     // A limit out of range is refused before anything is sent.

@@ -44,3 +44,11 @@ pub mod close {
     /// The peer stopped sending heartbeats.
     pub const TIMEOUT: u32 = 3;
 }
+
+/// Error codes the coordinator resets a job stream with; the agent stops the job on either.
+pub mod reset {
+    /// The job is cancelled (its build was cancelled).
+    pub const CANCELLED: u32 = 1;
+    /// The job went without output past its idle limit: the agent probes its engine at once.
+    pub const SILENT: u32 = 2;
+}

@@ -7,7 +7,7 @@ use super::super::ports::AgentLink;
 use super::super::wire::{on_codec_error, unexpected};
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{
-    AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec, PushedImage,
+    reset, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec, PushedImage,
 };
 use archfarm_shared::{tls, AgentName};
 use futures_util::future::BoxFuture;
@@ -16,8 +16,6 @@ use std::time::Duration;
 
 /// Lines of a failing step's output kept for the error message.
 pub const LOG_TAIL: usize = 20;
-/// Stream error code the coordinator resets a job stream with to cancel the job.
-pub const STREAM_CANCEL: u32 = 1;
 
 /// A registered agent's QUIC connection, as the orchestration uses it.
 #[derive(Debug)]
@@ -72,8 +70,8 @@ impl QuicLink {
                 msg = tokio::time::timeout(idle, codec::read_msg::<_, AgentMessage>(&mut recv, max)) => match msg {
                     Ok(msg) => msg,
                     Err(_) => {
-                        let _ = send.reset(STREAM_CANCEL.into());
-                        let _ = recv.stop(STREAM_CANCEL.into());
+                        let _ = send.reset(reset::SILENT.into());
+                        let _ = recv.stop(reset::SILENT.into());
                         let message = format!(
                             "no build output for {} s: the job was stopped on agent {} (a build that is quiet for \
                              longer needs --idle-timeout)",
@@ -84,8 +82,8 @@ impl QuicLink {
                     }
                 },
                 () = live.cancel.cancelled() => {
-                    let _ = send.reset(STREAM_CANCEL.into());
-                    let _ = recv.stop(STREAM_CANCEL.into());
+                    let _ = send.reset(reset::CANCELLED.into());
+                    let _ = recv.stop(reset::CANCELLED.into());
                     return Err(JobFailure { kind: FailureKind::Cancelled, message: "cancelled".into(), log_tail: vec![] });
                 }
             };
