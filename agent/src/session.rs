@@ -4,7 +4,7 @@
 //! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
 
 use crate::executor::{Executor, Runner};
-use crate::health::HealthWatch;
+use crate::health::{HealthSettings, HealthWatch};
 use anyhow::Context as _;
 use archfarm_config::AgentConfig;
 use archfarm_shared::codec;
@@ -99,8 +99,11 @@ impl Agent<Executor> {
             max_frame: config.max_frame_bytes,
             health: HealthWatch::start(
                 engine.clone(),
-                Duration::from_secs(config.health_interval_secs),
-                Duration::from_secs(config.health_timeout_secs),
+                HealthSettings {
+                    interval: Duration::from_secs(config.health_interval_secs),
+                    timeout: Duration::from_secs(config.health_timeout_secs),
+                    restart_command: config.engine_restart_command.clone(),
+                },
             ),
             executor: Executor {
                 name,

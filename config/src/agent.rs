@@ -59,6 +59,11 @@ pub struct AgentConfig {
     /// How long a probe may take before the engine counts as unhealthy, in seconds. Default: 60.
     #[serde(default = "default_health_timeout")]
     pub health_timeout_secs: u64,
+    /// A command that restarts the engine, for an agent that manages its dockerd (for example
+    /// `["systemctl", "restart", "docker"]`): run after three failed health probes in a row, at
+    /// most every ten minutes. Default: none (a sick engine only makes the agent unhealthy).
+    #[serde(default)]
+    pub engine_restart_command: Vec<String>,
     /// Registries (host:port) to push to over plain http although they are not on loopback.
     /// Default: none.
     #[serde(default)]

@@ -48,6 +48,11 @@ impl Engine {
         Engine { proc, _netns: netns, host, paused: false }
     }
 
+    /// The engine's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Freezes the engine (SIGSTOP): it accepts connections and answers nothing.
     pub fn pause(&mut self) {
         crate::process::run_ok(Command::new("kill").args(["-STOP", &self.proc.pid().to_string()]));

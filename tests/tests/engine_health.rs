@@ -1,6 +1,7 @@
 //! A sick engine costs one agent, never the build: an agent whose engine stops answering is
 //! unhealthy, its running job moves to a peer, it takes no new jobs, and it rejoins once the
-//! engine answers again. The sick engine is a dockerd of the test's own, paused with SIGSTOP.
+//! engine answers again, here because the agent ran its engine restart command. The sick engine
+//! is a dockerd of the test's own, paused with SIGSTOP.
 
 use archfarm_tests::*;
 use std::time::Duration;
@@ -19,9 +20,15 @@ fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_whe
     let mut farm = Farm::start(&[AgentSpec { name: "amd64-1", native: None, capacity: 1 }]);
     let mut engine = Engine::start(&farm.dir.path().join("engine2"));
     let sick = AgentSpec { name: "amd64-2", native: None, capacity: 1 };
+    // The agent "manages" that engine: its restart command lets a frozen engine run again.
+    let marker = farm.dir.path().join("engine-restarted");
+    let restart = format!("kill -CONT {} && touch {}", engine.pid(), marker.display());
     farm.start_agent_configured(
         &sick,
-        &format!("docker_host = \"{}\"\nhealth_interval_secs = 1\nhealth_timeout_secs = 3\n", engine.host),
+        &format!(
+            "docker_host = \"{}\"\nhealth_interval_secs = 1\nhealth_timeout_secs = 3\nengine_restart_command = [\"sh\", \"-c\", \"{restart}\"]\n",
+            engine.host
+        ),
     );
     farm.wait_for_agents(&["amd64-1", "amd64-2"]);
 
@@ -54,10 +61,12 @@ fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_whe
     let detail = record["jobs"][0]["attempts"][0]["detail"].as_str().unwrap_or_default().to_owned();
     assert!(detail.starts_with("docker engine: ") && detail.contains("health probe"), "{detail}");
 
-    // While the engine is frozen the agent takes nothing; it rejoins once the engine answers.
-    assert!(state(&farm, "amd64-2").is_some_and(|s| s.starts_with("unhealthy")));
-    engine.resume();
+    // After three failed probes the agent runs its restart command, and rejoins once the
+    // engine answers again.
+    farm.proc("agent amd64-2").wait_for_log("probes in a row: restarting it", Duration::from_secs(30));
     wait_until(Duration::from_secs(30), "amd64-2 to be ready again", || {
         state(&farm, "amd64-2").filter(|s| s == "ready").map(drop)
     });
+    assert!(marker.exists(), "the agent ran its engine restart command");
+    engine.resume();
 }
