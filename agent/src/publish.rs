@@ -7,7 +7,7 @@
 //! cached step) is neither compressed nor uploaded again, and one that another repository of
 //! the same registry holds is mounted from there (a cross-repository mount), not uploaded.
 
-use crate::reuse::ImageCache;
+use crate::reuse::{mount_from_any, ImageCache};
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
@@ -194,19 +194,10 @@ async fn known_layer(
         counts.present += 1;
         return Some(blob);
     }
-    for holder in holders.iter().rev().filter(|h| **h != name) {
-        // Mounts work within one registry only.
-        let Some(from) = registry::parse_reference(holder).ok().filter(|f| f.registry() == repo.registry()) else {
-            continue;
-        };
-        match reg.mount_blob(repo, &from, &blob.digest).await {
-            Ok(()) => {
-                cache.insert(diff_id.clone(), blob.clone(), &name);
-                counts.mounted += 1;
-                return Some(blob);
-            }
-            Err(e) => tracing::debug!("mounting {} from {holder} failed, uploading instead: {e}", blob.digest),
-        }
+    if mount_from_any(reg, repo, &holders, &blob.digest).await {
+        cache.insert(diff_id.clone(), blob.clone(), &name);
+        counts.mounted += 1;
+        return Some(blob);
     }
     None
 }

@@ -68,18 +68,7 @@ impl ImageCache {
             if reg.has_blob(repo, &blob.digest).await {
                 continue;
             }
-            let mut mounted = false;
-            for holder in pushed.repositories.iter().rev() {
-                let Some(from) = registry::parse_reference(holder).ok().filter(|f| f.registry() == repo.registry())
-                else {
-                    continue;
-                };
-                if reg.mount_blob(repo, &from, &blob.digest).await.is_ok() {
-                    mounted = true;
-                    break;
-                }
-            }
-            if !mounted {
+            if !mount_from_any(reg, repo, &pushed.repositories, &blob.digest).await {
                 return None;
             }
         }
@@ -87,6 +76,22 @@ impl ImageCache {
         self.insert(id, pushed.manifest, pushed.blobs, &repo.name());
         Some((image, "mounted from another repository"))
     }
+}
+
+/// Mounts `digest` into `repo` from the first of `holders` (latest first, same registry only)
+/// that lets it; false when none does.
+pub async fn mount_from_any(reg: &Registry, repo: &ImageRef, holders: &[String], digest: &Digest) -> bool {
+    for holder in holders.iter().rev().filter(|h| **h != repo.name()) {
+        // Mounts work within one registry only.
+        let Some(from) = registry::parse_reference(holder).ok().filter(|f| f.registry() == repo.registry()) else {
+            continue;
+        };
+        match reg.mount_blob(repo, &from, digest).await {
+            Ok(()) => return true,
+            Err(e) => tracing::debug!("mounting {digest} from {holder} failed: {e}"),
+        }
+    }
+    false
 }
 
 #[cfg(test)]
