@@ -106,8 +106,9 @@ pub struct BuildRequest {
     /// `--label` pairs.
     pub labels: Vec<(String, String)>,
     /// `--job-timeout`, in seconds: the longest one attempt of this build may run; the
-    /// coordinator's `job_timeout_secs` when absent. (Fields are encoded in order: new ones go
-    /// last, and builds stored before them read as absent.)
+    /// coordinator's `job_timeout_secs` when absent. On the wire every field is always present
+    /// (bincode has no optional fields: the ALPN version changed with them); `default` lets
+    /// builds stored before them read as absent.
     #[serde(default)]
     pub job_timeout_secs: Option<u64>,
     /// `--idle-timeout`, in seconds: the longest one attempt may go without a line of output;
