@@ -21,6 +21,10 @@ pub struct HealthSettings {
     pub restart_command: Vec<String>,
 }
 
+/// Failed probes in a row before the engine counts as unhealthy: one slow probe on a loaded
+/// engine must not stop every build on it.
+pub const UNHEALTHY_AFTER: u32 = 2;
+
 /// Failed probes in a row before the engine is restarted, when a command is configured.
 pub const RESTART_AFTER: u32 = 3;
 /// Least time between two restarts.
@@ -95,6 +99,8 @@ impl HealthWatch {
                     Err(_) => Some(format!("the engine did not pass its health probe within {} s", timeout.as_secs())),
                 };
                 restarts.after_probe(problem.is_some(), &settings.restart_command).await;
+                // Sick only after enough failures in a row; healthy again at the first pass.
+                let problem = problem.filter(|_| restarts.failures >= UNHEALTHY_AFTER);
                 tx.send_if_modified(|current| {
                     if *current == problem {
                         return false;

@@ -275,7 +275,7 @@ impl<R: Runner> Agent<R> {
         let problem = self.health.problem()?;
         let why =
             format!("the engine of agent {} is unhealthy ({problem}); it takes no jobs until it recovers", self.name);
-        Some(failed(FailureKind::Engine, why))
+        Some(failed(FailureKind::EngineUnhealthy, why))
     }
 
     async fn job(
@@ -337,7 +337,7 @@ impl<R: Runner> Agent<R> {
                     problem = sick.sick() => {
                         info!("stopping the job: the engine is unhealthy");
                         let why = format!("the engine of agent {} failed its health probe ({problem}); the job was stopped so it can run elsewhere", self.name);
-                        break Some(failed(FailureKind::Engine, why));
+                        break Some(failed(FailureKind::EngineUnhealthy, why));
                     }
                 }
             };

@@ -59,7 +59,7 @@ fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_whe
         "{record}"
     );
     let detail = record["jobs"][0]["attempts"][0]["detail"].as_str().unwrap_or_default().to_owned();
-    assert!(detail.starts_with("docker engine: ") && detail.contains("health probe"), "{detail}");
+    assert!(detail.starts_with("engine unhealthy: ") && detail.contains("health probe"), "{detail}");
 
     // After three failed probes the agent runs its restart command, and rejoins once the
     // engine answers again.

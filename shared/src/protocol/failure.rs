@@ -46,6 +46,11 @@ pub enum FailureKind {
     DiskFull,
     /// The agent or its engine ran out of memory.
     OutOfMemory,
+    /// The agent's engine fails its health probe: the agent stopped (or refused) the job so it
+    /// runs elsewhere. Its standing already keeps jobs away; nobody is blamed.
+    EngineUnhealthy,
+    /// A registry a build pulls from could not be reached (down, 5xx, no route).
+    RegistryUnavailable,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -64,6 +69,8 @@ impl std::fmt::Display for FailureKind {
             FailureKind::ContextMissing => "context missing",
             FailureKind::DiskFull => "disk full",
             FailureKind::OutOfMemory => "out of memory",
+            FailureKind::EngineUnhealthy => "engine unhealthy",
+            FailureKind::RegistryUnavailable => "registry unavailable",
         })
     }
 }

@@ -101,7 +101,7 @@ impl Runner<'_> {
                     break;
                 }
             };
-            match self.step(&agent, &spec, live, started).await {
+            match self.step(&agent, &spec, live, started, &avoid).await {
                 Step::Done(result) => return result,
                 Step::Again(failure) => {
                     avoid.push(agent.name.clone());
@@ -120,7 +120,14 @@ impl Runner<'_> {
     }
 
     /// One attempt on `agent`, recorded before and after, and what it leads to.
-    async fn step(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Step {
+    async fn step(
+        &self,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        live: &Live,
+        started: Instant,
+        tried: &[AgentName],
+    ) -> Step {
         let platform = &spec.platform;
         let slot = Slot { farm: self.farm, job: spec.job.clone() };
         if let Err(e) = self.store.start_attempt(&spec.job, spec.attempt, &agent.name).await {
@@ -130,7 +137,7 @@ impl Runner<'_> {
         }
         info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
-        let attempt = self.attempt(agent, spec, live, started).await;
+        let attempt = self.attempt(agent, spec, live, started, tried).await;
         drop(slot);
         match attempt {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
@@ -167,18 +174,25 @@ impl Runner<'_> {
     }
 
     /// Runs the attempt on the agent, then verifies what it pushed.
-    async fn attempt(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, started: Instant) -> Attempt {
+    async fn attempt(
+        &self,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        live: &Live,
+        started: Instant,
+        tried: &[AgentName],
+    ) -> Attempt {
         let run = agent.link.run_job(spec.clone(), live, self.limits.idle);
         let pushed = match tokio::time::timeout(self.limits.timeout, run).await {
             Ok(Ok(p)) => p,
             // Another agent may hold credentials this one lacks, or more memory; this one would
             // fail the same way again, and it is not broken.
             Ok(Err(failure)) if matches!(failure.kind, FailureKind::PullRefused | FailureKind::OutOfMemory) => {
-                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::Failed, failure);
+                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::Failed, failure);
             }
             // A slow Dockerfile and a stuck engine look alike: another agent tells them apart.
             Ok(Err(failure)) if failure.kind == FailureKind::TimedOut => {
-                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::TimedOut, failure);
+                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::TimedOut, failure);
             }
             Ok(Err(failure)) => return after_failure(failure),
             Err(_) => {
@@ -190,7 +204,7 @@ impl Runner<'_> {
                     agent.name
                 );
                 let failure = JobFailure { kind: FailureKind::TimedOut, message, log_tail: vec![] };
-                return self.elsewhere_if_possible(agent, spec, AttemptOutcome::TimedOut, failure);
+                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::TimedOut, failure);
             }
         };
         match self.images.verify(&spec.platform, &agent.name, &pushed).await {
@@ -221,10 +235,13 @@ impl Runner<'_> {
         &self,
         agent: &AgentHandle,
         spec: &JobSpec,
+        tried: &[AgentName],
         outcome: AttemptOutcome,
         failure: JobFailure,
     ) -> Attempt {
-        if self.farm.serves_other(&spec.platform, std::slice::from_ref(&agent.name)) {
+        let mut tried = tried.to_vec();
+        tried.push(agent.name.clone());
+        if self.farm.serves_other(&spec.platform, &tried) {
             Attempt::Retry { outcome, failure, blame: false }
         } else {
             Attempt::Final { outcome, failure }
@@ -295,9 +312,11 @@ fn after_failure(failure: JobFailure) -> Attempt {
         FailureKind::ContextMissing => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
         FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },
         FailureKind::Cancelled => Attempt::Retry { outcome: AttemptOutcome::Cancelled, failure, blame: false },
-        // A failing push says more about the registry than the agent: an outage must not
-        // quarantine the whole farm.
-        FailureKind::Push => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false },
+        // A failing push or pull says more about the registry than the agent: an outage must
+        // not quarantine the whole farm. An unhealthy engine already keeps its agent from jobs.
+        FailureKind::Push | FailureKind::RegistryUnavailable | FailureKind::EngineUnhealthy => {
+            Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false }
+        }
         _ => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: true },
     }
 }
