@@ -30,6 +30,9 @@ if ! "$root/target/debug/archfarm-agent" --probe-engine; then
     pid=$(cat /var/run/docker.pid)
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # A wedged daemon may not stop on SIGTERM.
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     "$root/scripts/setup.sh"
     "$root/target/debug/archfarm-agent" --probe-engine || { echo "test.sh: the Docker Engine is still unhealthy after a restart"; exit 1; }
   else

@@ -41,8 +41,8 @@ impl ContextCache {
     /// The context's path, fetching it over `conn` first if it is not cached.
     pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
         let path = self.store.path(digest);
-        if self.store.contains(digest) {
-            touch(&path);
+        // Marking it used fails when another job's eviction just took it: fetch it again.
+        if self.store.contains(digest) && touch(&path).is_ok() {
             return Ok(path);
         }
         let fetched = self.fetch(conn, digest, max_frame).await?;
@@ -75,8 +75,8 @@ impl ContextCache {
 }
 
 /// Marks a context as used now.
-fn touch(path: &Path) {
-    let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+fn touch(path: &Path) -> std::io::Result<()> {
+    std::fs::File::options().write(true).open(path)?.set_modified(SystemTime::now())
 }
 
 /// Deletes the contexts used least recently in `dir` until it holds at most `max_bytes`, keeping
@@ -86,9 +86,11 @@ fn evict(dir: &Path, max_bytes: u64, now: SystemTime) -> std::io::Result<Vec<Pat
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        // Partial downloads belong to a fetch under way.
-        if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
-            files.push((meta.modified()?, meta.len(), entry.path()));
+        // Partial downloads belong to a fetch under way, unless one was left behind long ago.
+        let partial = entry.file_name().to_string_lossy().starts_with('.');
+        let modified = meta.modified()?;
+        if meta.is_file() && (!partial || now.duration_since(modified).unwrap_or_default() > 24 * IN_USE) {
+            files.push((modified, meta.len(), entry.path()));
         }
     }
     let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -127,15 +129,17 @@ mod tests {
         let older = file(dir.path(), "older", Duration::from_secs(7200));
         let recent = file(dir.path(), "recent", Duration::from_secs(60));
         file(dir.path(), ".partial-x", Duration::from_secs(9999));
+        let stale = file(dir.path(), ".partial-stale", Duration::from_secs(25 * 3600));
         // 300 bytes of contexts, room for 150: the two old ones go, oldest first.
-        assert_eq!(evict(dir.path(), 150, SystemTime::now()).unwrap(), [older, old]);
+        // A partial download left a day ago goes first; a recent one is a fetch under way.
+        assert_eq!(evict(dir.path(), 150, SystemTime::now()).unwrap(), [stale, older, old]);
         assert!(recent.exists());
         // Over the limit with only recent contexts: nothing is deleted.
         file(dir.path(), "recent2", Duration::from_secs(1));
         assert!(evict(dir.path(), 50, SystemTime::now()).unwrap().is_empty());
         // Using a context makes it recent.
         let used = file(dir.path(), "used", Duration::from_secs(3600));
-        touch(&used);
+        touch(&used).unwrap();
         assert!(evict(dir.path(), 0, SystemTime::now()).unwrap().is_empty());
     }
 }

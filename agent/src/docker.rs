@@ -93,10 +93,11 @@ impl Engine {
     /// Builds with BuildKit, sending every output line to `log`.
     pub async fn build(&self, spec: BuildSpec<'_>, log: &mut (dyn FnMut(String) + Send)) -> Result<(), BuildError> {
         // Streamed from the cache file: an agent holds a chunk of a context, never all of it.
+        // Reading the cached context is the host's business: reported as the engine's, not the build's.
         let context = tokio::fs::File::open(spec.context).await.map_err(|e| BuildError {
             message: format!("cannot read the build context: {e}"),
             tail: vec![],
-            engine_unreachable: false,
+            engine_unreachable: true,
         })?;
         let context = tokio_util::io::ReaderStream::with_capacity(context, CONTEXT_CHUNK);
         let options = BuildImageOptions {
@@ -131,11 +132,13 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    let unreachable = !matches!(
-                        e,
-                        bollard::errors::Error::DockerStreamError { .. }
-                            | bollard::errors::Error::DockerResponseServerError { .. }
-                    );
+                    // A build the engine reports failed is the build's; the engine failing to
+                    // answer, or answering with its own 5xx, is the host's.
+                    let unreachable = match &e {
+                        bollard::errors::Error::DockerStreamError { .. } => false,
+                        bollard::errors::Error::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+                        _ => true,
+                    };
                     return Err(BuildError { engine_unreachable: unreachable, ..steps.failure(stream_error(e)) });
                 }
             }

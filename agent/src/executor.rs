@@ -83,7 +83,8 @@ impl Executor {
                 vec![],
             );
         }
-        let context = match self.cache.get(conn, &spec.context, self.max_frame).await {
+        let fetch = self.cache.get(conn, &spec.context, self.max_frame);
+        let context = match with_progress(fetch, &log, "fetching the build context").await {
             Ok(path) => path,
             Err(FetchError::Missing(reason)) => return failure(FailureKind::ContextMissing, reason, vec![]),
             Err(FetchError::Failed(e)) => return failure(fault::kind_of(&e, FailureKind::Context), e, vec![]),
@@ -107,13 +108,12 @@ impl Executor {
             if let Some(registry) = crate::docker::refused_pull(&e.message) {
                 return failure(FailureKind::PullRefused, self.pull_refused(&registry, &e.message), e.tail);
             }
-            // The engine not answering is the host's trouble; what the engine reports is the build's.
-            let otherwise = if e.engine_unreachable { FailureKind::Engine } else { FailureKind::Build };
-            return failure(fault::kind_of(&e.message, otherwise), e.message, e.tail);
+            return failure(fault::of_build(&e.message, e.engine_unreachable), e.message, e.tail);
         }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
-        let outcome = self.export_and_push(&tag, &spec.repository).await;
+        let push = self.export_and_push(&tag, &spec.repository);
+        let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
             Ok(image) => {
@@ -122,7 +122,7 @@ impl Executor {
                 let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
                 JobOutcome::Pushed(image)
             }
-            Err(e) => failure(fault::kind_of(&e, FailureKind::Push), e, vec![]),
+            Err((kind, e)) => failure(kind, e, vec![]),
         }
     }
 
@@ -146,27 +146,78 @@ impl Executor {
         &self,
         tag: &str,
         repository: &str,
-    ) -> Result<archfarm_shared::protocol::PushedImage, String> {
+    ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
         if let Some(id) = self.engine.image_id(tag).await {
-            let repo = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| e.to_string())?;
+            let repo = registry::parse_reference(&format!("{repository}:latest"))
+                .map_err(|e| (FailureKind::Push, e.to_string()))?;
             let reg = self.registries.get(&repo);
             if let Some((image, how)) = self.images.push_again(&reg, &repo, &id).await {
                 info!(image = %id, "pushed again without an export ({how})");
                 return Ok(image);
             }
         }
-        let work = tempfile::tempdir().map_err(|e| format!("cannot create a work directory: {e}"))?;
+        // Exporting and unpacking are this host's work: a full disk there is the host's.
+        let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
+        let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
         let saved = work.path().join("image.tar");
-        self.engine.save(tag, &saved).await?;
+        self.engine.save(tag, &saved).await.map_err(local)?;
         let dir = work.path().to_owned();
         let prepared = tokio::task::spawn_blocking(move || publish::prepare(&saved, &dir))
             .await
-            .map_err(|e| format!("preparing the image: {e}"))??;
+            .map_err(|e| local(format!("preparing the image: {e}")))?
+            .map_err(local)?;
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         retry(Policy::IMAGE_PUSH, "push", || {
             publish::push(repository, &prepared, &self.layers, &self.images, &self.registries)
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            // What the registry answered is the registry's; only compressing is this host's.
+            let e = e.into_last();
+            let kind =
+                if e.starts_with("compressing") { fault::kind_of(&e, FailureKind::Push) } else { FailureKind::Push };
+            (kind, format!("push failed {} times; last error: {e}", Policy::IMAGE_PUSH.tries().unwrap_or(1)))
+        })
+    }
+}
+
+/// How often a long quiet step says it is still at work.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `work`, saying in the job's log every [`PROGRESS_EVERY`] that it is still at it: a
+/// long fetch, export or upload is quiet otherwise, and must not look like a hung build to
+/// the coordinator's idle limit.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    log: &mpsc::UnboundedSender<String>,
+    what: &str,
+) -> T {
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let _ = log.send(format!("{what}: still at it after {} s", started.elapsed().as_secs()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_quiet_step_says_it_is_still_at_work() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let out = with_progress(tokio::time::sleep(std::time::Duration::from_secs(95)), &tx, "pushing").await;
+        assert_eq!(out, ());
+        let lines: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            lines,
+            ["pushing: still at it after 30 s", "pushing: still at it after 60 s", "pushing: still at it after 90 s"]
+        );
     }
 }

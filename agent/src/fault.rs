@@ -22,6 +22,38 @@ pub fn kind_of(message: &str, otherwise: FailureKind) -> FailureKind {
     }
 }
 
+/// The kind of a failed build from the engine's message. A `RUN` that exits is the
+/// Dockerfile's (its message quotes the command, so it is not searched further), except exit
+/// code 137, the kernel's out-of-memory kill. A registry the build pulls from that cannot be
+/// reached is the registry's; an engine that does not answer is the host's.
+pub fn of_build(message: &str, engine_unreachable: bool) -> FailureKind {
+    let run_exited = message.contains("did not complete successfully") || message.contains("executor failed running");
+    if run_exited {
+        return if message.contains("exit code: 137") { FailureKind::OutOfMemory } else { FailureKind::Build };
+    }
+    if registry_unreachable(message) {
+        return FailureKind::RegistryUnavailable;
+    }
+    kind_of(message, if engine_unreachable { FailureKind::Engine } else { FailureKind::Build })
+}
+
+/// Whether resolving or pulling an image failed because its registry could not be reached.
+fn registry_unreachable(message: &str) -> bool {
+    const PULLING: [&str; 3] = ["failed to resolve source metadata", "pulling from host", "failed to do request"];
+    const UNREACHABLE: [&str; 9] = [
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "connection reset",
+        "TLS handshake timeout",
+        "500 Internal Server Error",
+        "502 Bad Gateway",
+        "503 Service Unavailable",
+        "504 Gateway Timeout",
+    ];
+    PULLING.iter().any(|p| message.contains(p)) && UNREACHABLE.iter().any(|u| message.contains(u))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +68,20 @@ mod tests {
         let run = "process \"/bin/sh -c make\" did not complete successfully: exit code: 2";
         assert_eq!(kind_of(run, FailureKind::Build), FailureKind::Build);
         assert_eq!(kind_of("transfer of sha256:ab interrupted: reset", FailureKind::Context), FailureKind::Context);
+    }
+
+    #[test]
+    fn a_build_failure_is_the_dockerfiles_unless_the_engine_the_host_or_a_registry_says_otherwise() {
+        let run = r#"process "/bin/sh -c ./configure --out-of-memory-ok" did not complete successfully: exit code: 1"#;
+        assert_eq!(of_build(run, false), FailureKind::Build, "the command's text is not searched");
+        let killed = r#"process "/bin/sh -c make -j64" did not complete successfully: exit code: 137"#;
+        assert_eq!(of_build(killed, false), FailureKind::OutOfMemory);
+        let down = "failed to solve: failed to resolve source metadata for 127.0.0.1:5999/base:1: failed to do \
+                    request: Head \"http://127.0.0.1:5999/v2/base/manifests/1\": dial tcp 127.0.0.1:5999: connect: connection refused";
+        assert_eq!(of_build(down, false), FailureKind::RegistryUnavailable);
+        let full = "failed to copy files: copy file range failed: no space left on device";
+        assert_eq!(of_build(full, false), FailureKind::DiskFull);
+        assert_eq!(of_build("error during connect: connection refused", true), FailureKind::Engine);
+        assert_eq!(of_build("dockerfile parse error line 3: unknown instruction: RUNN", false), FailureKind::Build);
     }
 }

@@ -108,7 +108,7 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Between two reads of an answer.
     pub read: Duration,
-    /// A whole call, request to last byte; a blob upload gets a second more per MiB.
+    /// A whole call, request to last byte; a blob upload gets a second more per 256 KiB.
     pub call: Duration,
 }
 
@@ -207,7 +207,7 @@ impl Registry {
             return Ok(false);
         }
         let _permit = self.permit().await;
-        let deadline = self.timeouts.call + Duration::from_secs(data.len() as u64 >> 20);
+        let deadline = self.timeouts.call + Duration::from_secs(data.len() as u64 >> 18);
         let target = oci(repo);
         let call = self.client.push_blob(&target, data, digest.as_str());
         self.within("push blob to", repo, deadline, call)
@@ -246,7 +246,7 @@ impl Registry {
             .map_err(|e| self.fail("push blob to", repo, format!("{digest}: reading {}: {e}", path.display())))?;
         let chunks = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK).map_err(Into::into);
         let _permit = self.permit().await;
-        let deadline = self.timeouts.call + Duration::from_secs(size >> 20);
+        let deadline = self.timeouts.call + Duration::from_secs(size >> 18);
         let target = oci(repo);
         let call = self.client.push_blob_stream(&target, chunks, digest.as_str(), Some(size));
         self.within("push blob to", repo, deadline, call)

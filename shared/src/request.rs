@@ -254,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn a_request_stored_before_time_limits_existed_still_reads() {
+        let mut stored = serde_json::to_value(request()).unwrap();
+        let fields = stored.as_object_mut().unwrap();
+        fields.remove("job_timeout_secs");
+        fields.remove("idle_timeout_secs");
+        let read: BuildRequest = serde_json::from_value(stored).unwrap();
+        assert_eq!((read.job_timeout_secs, read.idle_timeout_secs), (None, None));
+        assert_eq!(read.platforms, request().platforms);
+    }
+
+    #[test]
     fn the_dockerfile_stays_inside_the_context() {
         for bad in ["", "/etc/Dockerfile", "../Dockerfile", "a/../../Dockerfile", "a\0b"] {
             let e = refused(|r| r.dockerfile = bad.into()).to_string();

@@ -71,6 +71,9 @@ impl Drop for Engine {
         if self.paused {
             self.resume();
         }
+        // dockerd stops the containerd it started on SIGTERM; give it the time that takes
+        // rather than the harness's usual five seconds before SIGKILL would orphan it.
+        let _ = self.proc.terminate_and_wait(Duration::from_secs(30));
         self.proc.stop();
     }
 }
