@@ -105,7 +105,7 @@ impl Executor {
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.engine.build(build, &mut sink).await {
-            if let Some(registry) = crate::docker::refused_pull(&e.message) {
+            if let Some(registry) = fault::refused_pull(&e.message) {
                 return failure(FailureKind::PullRefused, self.pull_refused(&registry, &e.message), e.tail);
             }
             return failure(fault::of_build(&e.message, e.engine_unreachable), e.message, e.tail);

@@ -1,7 +1,9 @@
-//! Whose fault a failure is, from what the operating system or the engine said: a full disk
-//! or exhausted memory is the host's, not the Dockerfile's, and is reported as such so the
-//! coordinator can try another agent.
+//! Whose fault a failure is, from what the operating system or the engine said: a full disk or
+//! exhausted memory is the host's, a refused or unreachable registry is the registry's, and
+//! neither is the Dockerfile's. Each is reported as such, so the coordinator can try another
+//! agent and blame the right party.
 
+use archfarm_shared::credentials;
 use archfarm_shared::protocol::FailureKind;
 
 /// `DiskFull` or `OutOfMemory` when `message` says so, else `otherwise`.
@@ -54,9 +56,58 @@ fn registry_unreachable(message: &str) -> bool {
     PULLING.iter().any(|p| message.contains(p)) && UNREACHABLE.iter().any(|u| message.contains(u))
 }
 
+/// The registry that refused a pull, when a build failed for that reason: BuildKit says
+/// `pulling from host HOST failed with status code …: 401 Unauthorized`, or `failed to
+/// authorize` / `pull access denied` / `insufficient_scope` naming the image it resolved.
+pub fn refused_pull(message: &str) -> Option<String> {
+    const REFUSALS: [&str; 6] = [
+        "401 Unauthorized",
+        "403 Forbidden",
+        "failed to authorize",
+        "pull access denied",
+        "insufficient_scope",
+        "denied: requested access",
+    ];
+    if !REFUSALS.iter().any(|r| message.contains(r)) {
+        return None;
+    }
+    let after = |marker: &str| message.split_once(marker).map(|(_, rest)| rest.split([' ', ',']).next().unwrap_or(""));
+    if let Some(host) = after("pulling from host ").filter(|h| !h.is_empty()) {
+        return Some(credentials::host_of(host));
+    }
+    // `failed to resolve source metadata for 127.0.0.1:5001/base:1: …` names the image.
+    let image = message.split_once("source metadata for ").map(|(_, rest)| rest.split(' ').next().unwrap_or(""))?;
+    let first = image.split('/').next().unwrap_or("");
+    let registry = if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
+        first
+    } else {
+        "docker.io"
+    };
+    Some(credentials::host_of(registry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_pull_names_its_registry() {
+        let dockerd_20 =
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: pulling from host \
+                          127.0.0.1:45037 failed with status code [manifests 1]: 401 Unauthorized";
+        assert_eq!(refused_pull(dockerd_20).as_deref(), Some("127.0.0.1:45037"));
+        let token = "failed to resolve source metadata for registry.example.com/team/base:1: failed to authorize: \
+                     failed to fetch anonymous token: unexpected status: 401 Unauthorized";
+        assert_eq!(refused_pull(token).as_deref(), Some("registry.example.com"));
+        let hub = "failed to resolve source metadata for docker.io/library/privateimage:1: pull access denied, \
+                   repository does not exist or may require authorization";
+        assert_eq!(refused_pull(hub).as_deref(), Some(credentials::HUB_HOST));
+        assert_eq!(refused_pull("process \"/bin/sh -c make\" did not complete successfully: exit code: 2"), None);
+        assert_eq!(
+            refused_pull("pulling from host 127.0.0.1:5000 failed with status code [manifests 1]: 404 Not Found"),
+            None
+        );
+    }
 
     #[test]
     fn the_host_is_blamed_only_for_what_is_the_hosts() {

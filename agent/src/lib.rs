@@ -11,7 +11,8 @@
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
-//! - [`fault`]: whose fault a failure is (a full disk, no memory), from what the host said.
+//! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
+//!   registry), from what the host or the engine said.
 
 pub mod context_cache;
 pub mod docker;
