@@ -276,7 +276,14 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         let _ = failing(Policy::COORDINATOR_CONNECT, u32::MAX).await;
         let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert!(log.contains("fetching x failed (try 1 of 3), retrying in 0."), "{log}");
+        // The first pause is drawn from 0.5-1 s, and printed to a tenth.
+        let pause = |try_: u32| -> f64 {
+            let marker = format!("fetching x failed (try {try_} of 3), retrying in ");
+            let rest = &log[log.find(&marker).unwrap_or_else(|| panic!("no {marker:?} in {log}")) + marker.len()..];
+            rest.split(' ').next().unwrap().parse().unwrap()
+        };
+        assert!((0.5..=1.0).contains(&pause(1)), "{log}");
+        assert!((1.0..=2.0).contains(&pause(2)), "{log}");
         assert!(log.contains(" s: boom 1"), "{log}");
         assert!(log.contains("fetching x failed (try 2 of 3), retrying in "), "{log}");
         assert!(!log.contains("try 3 of 3"), "the last failure is the error, not a retry: {log}");
