@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
 /// A Docker Engine.
@@ -189,16 +188,21 @@ impl Engine {
         self.docker.inspect_image(tag).await.ok()?.id?.parse().ok()
     }
 
-    /// Writes `docker save` of `tag` to `out`.
-    pub async fn save(&self, tag: &str, out: &Path) -> Result<(), String> {
-        let mut file =
-            tokio::fs::File::create(out).await.map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-        let mut stream = self.docker.export_image(tag);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("exporting {tag} from the engine: {e}"))?;
-            file.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", out.display()))?;
-        }
-        file.flush().await.map_err(|e| format!("writing {}: {e}", out.display()))
+    /// The diff ids of `tag`'s layers (`RootFS.Layers`), in order.
+    pub async fn diff_ids(&self, tag: &str) -> Option<Vec<Digest>> {
+        let layers = self.docker.inspect_image(tag).await.ok()?.root_fs?.layers?;
+        layers.iter().map(|l| l.parse().ok()).collect()
+    }
+
+    /// `docker save` of `tag`, as a stream to read: nothing of it is held whole.
+    pub fn export(&self, tag: &str) -> impl tokio::io::AsyncRead + Send + Unpin + 'static {
+        use futures_util::TryStreamExt as _;
+        let what = tag.to_owned();
+        let stream = self
+            .docker
+            .export_image(tag)
+            .map_err(move |e| std::io::Error::other(format!("exporting {what} from the engine: {e}")));
+        tokio_util::io::StreamReader::new(Box::pin(stream))
     }
 
     /// Removes a local tag (the layers stay in the build cache).

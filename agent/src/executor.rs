@@ -1,6 +1,7 @@
 //! Runs one job: check the platform was declared, get the context, build with BuildKit, push
 //! by digest. Every outcome, good or bad, becomes a [`JobOutcome`] for the coordinator.
 
+use crate::bases;
 use crate::context_cache::{ContextCache, FetchError};
 use crate::docker::{BuildSpec, Engine};
 use crate::fault;
@@ -83,6 +84,7 @@ impl Executor {
                 vec![],
             );
         }
+        let fetching = std::time::Instant::now();
         let fetch = self.cache.get(conn, &spec.context, self.max_frame);
         let context = match with_progress(fetch, &log, "fetching the build context").await {
             Ok(path) => path,
@@ -112,13 +114,14 @@ impl Executor {
         }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
-        let push = self.export_and_push(&tag, &spec.repository);
+        let push = self.export_and_push(&tag, &spec, &context);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
             Ok(image) => {
                 let (build_ms, push_ms) = (built.as_millis(), (started.elapsed() - built).as_millis());
-                info!(job = %spec.job, digest = %image.digest, build_ms, push_ms, "pushed by digest");
+                let fetch_ms = (started - fetching).as_millis();
+                info!(job = %spec.job, digest = %image.digest, fetch_ms, build_ms, push_ms, "pushed by digest");
                 let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
                 JobOutcome::Pushed(image)
             }
@@ -142,11 +145,36 @@ impl Executor {
         )
     }
 
+    /// Teaches the layer cache the layers of the build's base images, unless it knows every
+    /// layer of the image already. Best effort: what it cannot learn is compressed and uploaded.
+    async fn learn_bases(&self, tag: &str, spec: &JobSpec, context: &std::path::Path) {
+        let known =
+            self.engine.diff_ids(tag).await.is_some_and(|ids| ids.iter().all(|id| self.layers.get(id).is_some()));
+        if known {
+            return;
+        }
+        let (path, name) = (context.to_owned(), spec.dockerfile.clone());
+        let Ok(Some(dockerfile)) = tokio::task::spawn_blocking(move || bases::read_dockerfile(&path, &name)).await
+        else {
+            return;
+        };
+        for image in bases::base_images(&dockerfile, &spec.build_args) {
+            let seeding = bases::seed(&self.layers, &self.registries, &image, &spec.platform);
+            match tokio::time::timeout(BASE_LOOKUP, seeding).await {
+                Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
+                Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),
+                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
+            }
+        }
+    }
+
     async fn export_and_push(
         &self,
         tag: &str,
-        repository: &str,
+        spec: &JobSpec,
+        context: &std::path::Path,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
+        let repository = spec.repository.as_str();
         if let Some(id) = self.engine.image_id(tag).await {
             let repo = registry::parse_reference(&format!("{repository}:latest"))
                 .map_err(|e| (FailureKind::Push, e.to_string()))?;
@@ -156,16 +184,20 @@ impl Executor {
                 return Ok(image);
             }
         }
+        self.learn_bases(tag, spec, context).await;
         // Exporting and unpacking are this host's work: a full disk there is the host's.
         let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
         let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
-        let saved = work.path().join("image.tar");
-        self.engine.save(tag, &saved).await.map_err(local)?;
+        // The export streams straight into unpacking: it is never written whole first.
+        let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
         let dir = work.path().to_owned();
-        let prepared = tokio::task::spawn_blocking(move || publish::prepare(&saved, &dir))
+        let exporting = std::time::Instant::now();
+        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;
+        let export_ms = exporting.elapsed().as_millis();
+        info!(export_ms, layers = prepared.layers.len(), "exported the image from the engine");
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         retry(Policy::IMAGE_PUSH, "push", || {
             publish::push(repository, &prepared, &self.layers, &self.images, &self.registries)
@@ -180,6 +212,9 @@ impl Executor {
         })
     }
 }
+
+/// How long the agent asks a registry about one base image before it gives up on it.
+const BASE_LOOKUP: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How often a long quiet step says it is still at work.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);

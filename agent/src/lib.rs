@@ -9,11 +9,13 @@
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
+//! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
 //!   registry), from what the host or the engine said.
 
+pub mod bases;
 pub mod context_cache;
 pub mod docker;
 pub mod enroll;

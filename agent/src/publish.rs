@@ -58,12 +58,12 @@ const LAYER_CACHE_ENTRIES: usize = 16_384;
 const REPOSITORIES_PER_LAYER: usize = 8;
 
 impl LayerCache {
-    fn get(&self, diff_id: &Digest) -> Option<(Blob, Vec<String>)> {
+    pub(crate) fn get(&self, diff_id: &Digest) -> Option<(Blob, Vec<String>)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(diff_id).cloned()
     }
 
     /// Records that `repository` holds `blob`, the compressed form of layer `diff_id`.
-    fn insert(&self, diff_id: Digest, blob: Blob, repository: &str) {
+    pub(crate) fn insert(&self, diff_id: Digest, blob: Blob, repository: &str) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= LAYER_CACHE_ENTRIES && !map.contains_key(&diff_id) {
             map.clear();
@@ -125,7 +125,7 @@ impl<W: std::io::Write> std::io::Write for Hashing<W> {
 }
 
 /// The `rootfs.diff_ids` of an image config, when it has valid ones.
-fn diff_ids(config: &[u8]) -> Option<Vec<Digest>> {
+pub(crate) fn diff_ids(config: &[u8]) -> Option<Vec<Digest>> {
     #[derive(Deserialize)]
     struct Config {
         rootfs: RootFs,
@@ -144,12 +144,11 @@ fn digest_file(path: &Path) -> Result<Digest, String> {
     Ok(Digest::from_sha256(hasher.finalize().into()))
 }
 
-/// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json),
-/// unpacked under `workdir`, which must outlive the push.
-pub fn prepare(saved: &Path, workdir: &Path) -> Result<Prepared, String> {
-    let file = std::fs::File::open(saved).map_err(|e| format!("opening the exported image: {e}"))?;
+/// Reads a `docker save` tarball (legacy layout; newer engines write the same manifest.json)
+/// as it streams from `saved`, unpacked under `workdir`, which must outlive the push.
+pub fn prepare(saved: impl std::io::Read, workdir: &Path) -> Result<Prepared, String> {
     let dir = workdir.join("unpacked");
-    tar::Archive::new(file).unpack(&dir).map_err(|e| format!("unpacking the exported image: {e}"))?;
+    tar::Archive::new(saved).unpack(&dir).map_err(|e| format!("unpacking the exported image: {e}"))?;
     let manifest =
         std::fs::read(dir.join("manifest.json")).map_err(|e| format!("exported image has no manifest.json: {e}"))?;
     let entries: Vec<SaveEntry> =
@@ -300,7 +299,7 @@ mod tests {
         let path = dir.path().join("saved.tar");
         std::fs::write(&path, saved.into_inner().unwrap()).unwrap();
 
-        let p = prepare(&path, dir.path()).unwrap();
+        let p = prepare(std::fs::File::open(&path).unwrap(), dir.path()).unwrap();
         assert_eq!(&p.config[..], &config[..]);
         assert_eq!(p.layers.len(), 1);
         assert_eq!(p.layers[0].diff_id, Digest::of(&layer), "without rootfs, the layer is hashed");
@@ -330,6 +329,6 @@ mod tests {
         add(&mut saved, "manifest.json", br#"[{"Config":"../../etc/passwd","Layers":[]}]"#);
         let path = dir.path().join("saved.tar");
         std::fs::write(&path, saved.into_inner().unwrap()).unwrap();
-        assert!(prepare(&path, dir.path()).unwrap_err().contains("unsafe path"));
+        assert!(prepare(std::fs::File::open(&path).unwrap(), dir.path()).unwrap_err().contains("unsafe path"));
     }
 }

@@ -35,6 +35,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Where its output goes.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

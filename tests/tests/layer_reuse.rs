@@ -86,10 +86,49 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
 
 /// Whether the registry's log holds a successful mount of `digest` into `repo` from another.
 fn mounted(log: &str, repo: &str, digest: &str) -> bool {
+    mounted_from(log, repo, digest, "team%2F")
+}
+
+/// Whether the registry's log holds a successful mount of `digest` into `repo` from a
+/// repository whose escaped name starts with `from`.
+fn mounted_from(log: &str, repo: &str, digest: &str, from: &str) -> bool {
     log.lines().any(|l| {
         l.contains(&format!("\"POST /v2/{repo}/blobs/uploads/?"))
             && l.contains(&digest.replace(':', "%3A"))
-            && l.contains("from=team%2F")
+            && l.contains(&format!("from={from}"))
             && l.contains("\" 201 ")
     })
+}
+
+fn docker(args: &[&str]) {
+    run_ok(std::process::Command::new("docker").env("DOCKER_BUILDKIT", "0").args(args));
+}
+
+#[test]
+fn a_base_image_pushed_by_docker_is_mounted_from_its_repository_not_uploaded_again() {
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+    // The base: built and pushed by docker, so the agent has never pushed its layer.
+    let base_ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY base.txt /base.txt\n");
+    std::fs::write(base_ctx.path().join("base.txt"), format!("base {:?}\n", std::time::SystemTime::now())).unwrap();
+    let base = format!("{}:1", farm.repo("base/img"));
+    docker(&["build", "-q", "-t", &base, &base_ctx.path().to_string_lossy()]);
+    docker(&["push", "-q", &base]);
+    let manifest: serde_json::Value = serde_json::from_slice(&skopeo::raw(&base)).unwrap();
+    let base_layers: Vec<String> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect();
+    docker(&["rmi", "-f", &base]);
+
+    let ctx = context(&format!("FROM {base}\nCOPY app.txt /app.txt\n"));
+    std::fs::write(ctx.path().join("app.txt"), "app\n").unwrap();
+    let target = format!("{}:1", farm.repo("team/app"));
+    let out = farm.build("linux/amd64", &[&target], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let built = layers(&target);
+    assert_eq!(built[..base_layers.len()], base_layers[..], "the base layers are docker's blobs, not recompressed");
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    for layer in &base_layers {
+        assert_eq!(uploads(&log, "team/app", layer), 0, "{layer} was uploaded again:\n{log}");
+        assert!(mounted_from(&log, "team/app", layer, "base%2Fimg"), "no mount of {layer} from base/img:\n{log}");
+    }
+    assert_eq!(uploads(&log, "team/app", &built[built.len() - 1]), 1, "the new layer is uploaded");
 }

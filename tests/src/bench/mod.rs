@@ -10,10 +10,12 @@
 //! - [`binfmt`]: registering `qemu-aarch64` for the emulated baseline, and undoing it.
 //! - [`upload`]: P4, context upload throughput and re-upload size.
 //! - [`control_plane`]: P5, a thousand in-process agents over real QUIC and mTLS.
+//! - [`release_image`]: P7, a 300 MB three-layer image built, rebuilt and pushed again.
 
 pub mod binfmt;
 pub mod builds;
 pub mod control_plane;
+pub mod release_image;
 pub mod report;
 pub mod upload;
 
@@ -26,7 +28,7 @@ pub struct Options {
     pub quick: bool,
     /// Measured runs per figure (after a warm-up).
     pub runs: usize,
-    /// Figures to run (P1…P6); all when empty.
+    /// Figures to run (P1…P7); all when empty.
     pub only: Vec<String>,
     /// Where the markdown report goes.
     pub out: PathBuf,
@@ -63,6 +65,9 @@ pub fn run(options: &Options) -> anyhow::Result<String> {
     }
     if options.wants("P5") {
         figures.push(control_plane::run(options)?);
+    }
+    if options.wants("P7") {
+        figures.push(release_image::run(options)?);
     }
     figures.sort_by(|a, b| a.id.cmp(b.id));
     let text = report::render(options, &machine, &figures);

@@ -1,0 +1,228 @@
+//! What the agent learns of a build's base images, so their layers are mounted, not pushed
+//! again. An image built `FROM` a registry image holds that image's layers unchanged; the base's
+//! manifest and config in the registry say which compressed blob each of them is. The agent
+//! reads the `FROM` lines of the Dockerfile, fetches each base's manifest and config for the
+//! job's platform, and seeds its layer cache with them: the push then finds the base layers
+//! already in the target repository, or mounts them from the base's repository, like
+//! `docker push` does with the layers it pulled. Without this, a 200 MB base is recompressed
+//! (to different bytes) and uploaded on every new repository.
+
+use crate::publish::LayerCache;
+use archfarm_shared::oci::{self, Blob};
+use archfarm_shared::registry::{self, RegistryClients};
+use archfarm_shared::{Digest, Platform};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::Path;
+
+/// Base images looked up per build, at most.
+const MAX_BASES: usize = 8;
+/// The Dockerfile read from the context, at most.
+const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
+
+/// The registry images a Dockerfile's stages start from, in order and without repeats: not
+/// `scratch`, not an earlier stage, and not one whose name still holds a variable after the
+/// build arguments and the global `ARG` defaults are put in.
+pub fn base_images(dockerfile: &str, build_args: &[(String, String)]) -> Vec<String> {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    let (mut stages, mut bases) = (Vec::<String>::new(), Vec::<String>::new());
+    let mut seen_from = false;
+    for line in logical_lines(dockerfile) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(instruction) = words.first() else { continue };
+        if instruction.eq_ignore_ascii_case("ARG") && !seen_from {
+            for arg in &words[1..] {
+                let (name, default) = arg.split_once('=').unwrap_or((arg, ""));
+                let given = build_args.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                vars.insert(name.to_owned(), given.unwrap_or_else(|| default.trim_matches('"').to_owned()));
+            }
+        }
+        if !instruction.eq_ignore_ascii_case("FROM") {
+            continue;
+        }
+        seen_from = true;
+        let mut rest = words[1..].iter().skip_while(|w| w.starts_with("--"));
+        let Some(image) = rest.next().map(|i| substitute(i, &vars)) else { continue };
+        let earlier_stage = stages.contains(&image.to_ascii_lowercase());
+        if let (Some(as_), Some(name)) = (rest.next(), rest.next()) {
+            if as_.eq_ignore_ascii_case("AS") {
+                stages.push(name.to_ascii_lowercase());
+            }
+        }
+        if image.contains('$') || image.eq_ignore_ascii_case("scratch") || earlier_stage || bases.contains(&image) {
+            continue;
+        }
+        bases.push(image);
+    }
+    bases.truncate(MAX_BASES);
+    bases
+}
+
+/// The Dockerfile's instructions, one per line: comments dropped, continuations joined.
+fn logical_lines(dockerfile: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out.push(current);
+    out
+}
+
+/// `$NAME` and `${NAME}` replaced from `vars` (an unknown name is left as it is).
+fn substitute(word: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = word.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+    }
+    out
+}
+
+/// Reads `dockerfile` out of the context tarball at `context`.
+pub fn read_dockerfile(context: &Path, dockerfile: &str) -> Option<String> {
+    let file = std::fs::File::open(context).ok()?;
+    let mut archive = tar::Archive::new(file);
+    let wanted = dockerfile.trim_start_matches("./");
+    for entry in archive.entries_with_seek().ok()? {
+        let entry = entry.ok()?;
+        let path = entry.path().ok()?.to_string_lossy().trim_start_matches("./").to_owned();
+        if path == wanted {
+            let mut text = String::new();
+            entry.take(MAX_DOCKERFILE_BYTES).read_to_string(&mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    manifests: Vec<Child>,
+    config: Option<Described>,
+    #[serde(default)]
+    layers: Vec<Described>,
+}
+
+#[derive(Deserialize)]
+struct Child {
+    digest: Digest,
+    platform: Option<ChildPlatform>,
+}
+
+#[derive(Deserialize)]
+struct ChildPlatform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Described {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: Digest,
+    size: u64,
+}
+
+/// The media type to name a base layer by in an OCI manifest: a Docker gzip layer is the same
+/// bytes as an OCI gzip layer. Other kinds (foreign layers) are not seeded.
+fn layer_media_type(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" | oci::OCI_LAYER_GZIP => Some(oci::OCI_LAYER_GZIP),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+        _ => None,
+    }
+}
+
+/// Seeds `cache` with the layers of `image` for `platform`: returns how many it learned.
+pub async fn seed(
+    cache: &LayerCache,
+    registries: &RegistryClients,
+    image: &str,
+    platform: &Platform,
+) -> Result<usize, String> {
+    let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+    let reg = registries.get(&reference);
+    let (bytes, _) = reg.manifest(&reference, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())?;
+    let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+    if !manifest.manifests.is_empty() {
+        let child = manifest
+            .manifests
+            .iter()
+            .find(|c| c.platform.as_ref().is_some_and(|p| matches(p, platform)))
+            .ok_or_else(|| format!("{image} has no child for {platform}"))?;
+        let (bytes, _) = reg
+            .manifest(&reference.with_digest(&child.digest), oci::IMAGE_MANIFESTS)
+            .await
+            .map_err(|e| e.to_string())?;
+        manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+    }
+    let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
+    let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
+    let diff_ids = crate::publish::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));
+    }
+    let repository = reference.name();
+    let mut learned = 0;
+    for (diff_id, layer) in diff_ids.into_iter().zip(manifest.layers) {
+        if let Some(media_type) = layer_media_type(&layer.media_type) {
+            let blob = Blob { media_type: media_type.into(), digest: layer.digest, size: layer.size };
+            cache.insert(diff_id, blob, &repository);
+            learned += 1;
+        }
+    }
+    Ok(learned)
+}
+
+fn matches(p: &ChildPlatform, platform: &Platform) -> bool {
+    p.os == platform.os()
+        && p.architecture == platform.arch()
+        && (platform.variant().is_none() || p.variant.as_deref() == platform.variant())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn finds_registry_bases_and_skips_scratch_and_stages() {
+        let dockerfile = "# syntax note\nARG BASE=reg.example/team/base:1\nFROM --platform=$BUILDPLATFORM golang:1.22 AS build\nRUN make\nFROM ${BASE} AS final\nCOPY --from=build /out /out\nFROM build AS again\nFROM scratch\nFROM $UNKNOWN\n";
+        assert_eq!(base_images(dockerfile, &[]), ["golang:1.22", "reg.example/team/base:1"]);
+        assert_eq!(
+            base_images(dockerfile, &args(&[("BASE", "127.0.0.1:5000/other:2")])),
+            ["golang:1.22", "127.0.0.1:5000/other:2"]
+        );
+    }
+
+    #[test]
+    fn joins_continued_lines_and_ignores_case() {
+        let dockerfile = "from \\\n  alpine:3.20 \\\n  as base\nFrom base\n";
+        assert_eq!(base_images(dockerfile, &[]), ["alpine:3.20"]);
+    }
+
+    #[test]
+    fn docker_gzip_layers_are_named_as_oci_gzip_and_foreign_ones_are_skipped() {
+        assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), Some(oci::OCI_LAYER_GZIP));
+        assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"), None);
+    }
+}
