@@ -45,6 +45,10 @@ pub struct BuildSpec<'a> {
     pub labels: &'a [(String, String)],
     /// Target stage.
     pub target: Option<&'a str>,
+    /// Build every step again, without the cache.
+    pub no_cache: bool,
+    /// Fetch base images again even when the engine has them.
+    pub pull: bool,
     /// BuildKit session id, unique per build.
     pub session: String,
 }
@@ -109,6 +113,8 @@ impl Engine {
             version: BuilderVersion::BuilderBuildKit,
             session: Some(spec.session),
             rm: true,
+            nocache: spec.no_cache,
+            pull: spec.pull.then(|| "1".to_owned()),
             ..Default::default()
         };
         let credentials = pull_credentials().await;

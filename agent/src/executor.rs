@@ -100,6 +100,8 @@ impl Executor {
             build_args: &spec.build_args,
             labels: &spec.labels,
             target: spec.target.as_deref(),
+            no_cache: spec.no_cache,
+            pull: spec.pull,
             session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
         };
         let mut sink = |line: String| {

@@ -173,6 +173,8 @@ mod tests {
             labels: vec![("org.opencontainers.image.source".into(), "https://example.com/a=b".into())],
             job_timeout_secs: None,
             idle_timeout_secs: None,
+            no_cache: false,
+            pull: false,
         }
     }
 

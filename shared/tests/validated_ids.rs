@@ -33,6 +33,8 @@ struct PlainJobSpec {
     labels: Vec<(String, String)>,
     repository: String,
     attempt: u32,
+    no_cache: bool,
+    pull: bool,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -78,6 +80,8 @@ struct PlainBuildRequest {
     labels: Vec<(String, String)>,
     job_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    no_cache: bool,
+    pull: bool,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -94,6 +98,8 @@ fn plain_spec() -> PlainJobSpec {
         labels: vec![],
         repository: "127.0.0.1:5000/app".into(),
         attempt: 2,
+        no_cache: true,
+        pull: false,
     }
 }
 
@@ -109,6 +115,8 @@ fn spec() -> JobSpec {
         labels: vec![],
         repository: "127.0.0.1:5000/app".into(),
         attempt: 2,
+        no_cache: true,
+        pull: false,
     }
 }
 
@@ -162,6 +170,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         labels: vec![("k".into(), "v".into())],
         job_timeout_secs: None,
         idle_timeout_secs: None,
+        no_cache: false,
+        pull: false,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -173,6 +183,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         labels: vec![("k".into(), "v".into())],
         job_timeout_secs: None,
         idle_timeout_secs: None,
+        no_cache: false,
+        pull: false,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

@@ -64,6 +64,12 @@ pub struct BuildArgs {
     /// coordinator's job_idle_timeout_secs (15 min unless configured).
     #[arg(long = "idle-timeout", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
+    /// Do not use BuildKit's cache: every step runs again, on every platform's agent.
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Always fetch base images from their registry, even when an agent's engine has them.
+    #[arg(long)]
+    pull: bool,
     /// Build context directory.
     context: PathBuf,
 }
@@ -113,6 +119,8 @@ fn request_from(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
         labels: pairs(&args.labels, "--label", false)?,
         job_timeout_secs: args.job_timeout.map(|d| d.as_secs()),
         idle_timeout_secs: args.idle_timeout.map(|d| d.as_secs()),
+        no_cache: args.no_cache,
+        pull: args.pull,
     };
     request::validate(&req)?;
     Ok(req)

@@ -229,6 +229,8 @@ fn templates() -> &'static [Vec<u8>] {
                 labels: vec![],
                 job_timeout_secs: Some(3600),
                 idle_timeout_secs: None,
+                no_cache: false,
+                pull: false,
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),

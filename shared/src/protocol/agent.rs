@@ -106,6 +106,10 @@ pub struct JobSpec {
     /// Attempt number of this job, from 1. Each attempt has its own stream; a result is only
     /// ever read from the stream of the attempt it belongs to.
     pub attempt: u32,
+    /// `--no-cache`: build every step again.
+    pub no_cache: bool,
+    /// `--pull`: fetch base images again.
+    pub pull: bool,
 }
 
 /// How a job ended on the agent.

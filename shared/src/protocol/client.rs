@@ -115,6 +115,12 @@ pub struct BuildRequest {
     /// the coordinator's `job_idle_timeout_secs` when absent.
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
+    /// `--no-cache`: build every step again, without BuildKit's cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// `--pull`: fetch base images again even when the agent's engine has them.
+    #[serde(default)]
+    pub pull: bool,
 }
 
 /// Messages the coordinator sends to a client.

@@ -26,9 +26,9 @@ pub use failure::{FailureKind, JobFailure};
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN_AGENT: &[u8] = b"archfarm-agent/2";
+pub const ALPN_AGENT: &[u8] = b"archfarm-agent/3";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
-pub const ALPN_CLIENT: &[u8] = b"archfarm-client/2";
+pub const ALPN_CLIENT: &[u8] = b"archfarm-client/3";
 
 /// ALPN of agents enrolling with a join token (no certificate yet).
 pub const ALPN_ENROLL: &[u8] = b"archfarm-enroll/1";

@@ -96,6 +96,8 @@ impl Bench<'_> {
             build_args: &args(iter, &nonce("direct")),
             labels: &[],
             target: None,
+            no_cache: false,
+            pull: false,
             session: nonce("archfarm-bench"),
         };
         let result = self.rt.block_on(self.engine.build(spec, &mut |_| {}));
@@ -338,6 +340,8 @@ async fn timed_build(
         labels: vec![("org.archfarm.bench.run".into(), tag.to_owned())],
         job_timeout_secs: None,
         idle_timeout_secs: None,
+        no_cache: false,
+        pull: false,
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

@@ -146,6 +146,8 @@ async fn fire(
             labels: vec![("bench.seq".into(), seq.to_string())],
             job_timeout_secs: None,
             idle_timeout_secs: None,
+            no_cache: false,
+            pull: false,
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

@@ -104,6 +104,8 @@ impl Release<'_> {
             build_args: &[],
             labels: &[],
             target: None,
+            no_cache: false,
+            pull: false,
             session: format!("archfarm-bench-{}", nonce()),
         };
         self.rt

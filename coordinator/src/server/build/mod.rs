@@ -221,6 +221,8 @@ async fn run_job(
         labels: req.labels.clone(),
         repository: plan.repo.name(),
         attempt: job.attempts,
+        no_cache: req.no_cache,
+        pull: req.pull,
     };
     runner.run(spec, live).await
 }

@@ -172,6 +172,8 @@ impl Rig {
             labels: vec![],
             job_timeout_secs: None,
             idle_timeout_secs: None,
+            no_cache: false,
+            pull: false,
         };
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
@@ -185,6 +187,8 @@ impl Rig {
             labels: vec![],
             repository: "127.0.0.1:5000/app".into(),
             attempt: 0,
+            no_cache: false,
+            pull: false,
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();

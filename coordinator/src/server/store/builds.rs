@@ -356,6 +356,8 @@ mod tests {
             labels: vec![],
             job_timeout_secs: None,
             idle_timeout_secs: None,
+            no_cache: false,
+            pull: false,
         }
     }
 
