@@ -2,7 +2,7 @@
 # Runs archfarm's benchmarks side by side with their baselines and writes the table into
 # docs/benchmarks.md (between its generated-block markers; the prose around it is kept).
 # Sets up what it needs like scripts/test.sh: Docker Engine, the CNCF registry, qemu-user-static
-# and the per-arch busybox fixtures. A full run takes about 15 minutes on 2 cores.
+# and the per-arch busybox fixtures. A full run takes about 20 minutes on 2 cores.
 #
 #   scripts/bench.sh                 every figure, 3 measured runs each after a warm-up
 #   scripts/bench.sh --runs 5        more runs
