@@ -175,6 +175,7 @@ mod tests {
             idle_timeout_secs: None,
             no_cache: false,
             pull: false,
+            push: true,
         }
     }
 

@@ -82,6 +82,7 @@ struct PlainBuildRequest {
     idle_timeout_secs: Option<u64>,
     no_cache: bool,
     pull: bool,
+    push: bool,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -172,6 +173,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         idle_timeout_secs: None,
         no_cache: false,
         pull: false,
+        push: true,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -185,6 +187,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         idle_timeout_secs: None,
         no_cache: false,
         pull: false,
+        push: true,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

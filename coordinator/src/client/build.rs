@@ -2,7 +2,9 @@
 //! follow it, and report the published index (or why nothing was published).
 
 use super::context;
+use super::export;
 use super::follow;
+use super::output::{self, Output};
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
 use anyhow::bail;
@@ -44,6 +46,20 @@ pub struct BuildArgs {
     /// Push the per-platform images and the index to the registry.
     #[arg(long)]
     push: bool,
+    /// Load the image into the local Docker Engine under the -t names: the platform that
+    /// matches the engine when the build has several.
+    #[arg(long)]
+    load: bool,
+    /// Where the result goes, as in buildx (repeatable): type=oci,dest=FILE (every platform);
+    /// type=docker,dest=FILE (one platform, for docker load); type=local,dest=DIR (each
+    /// platform's filesystem); type=registry or type=image,push=true (as --push); dest=- is
+    /// standard output.
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// A registry (host:port) the client reads over plain http for --load and --output
+    /// although it is not on loopback (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Write the result as JSON to this file (index digest; per platform the digest, agent and
     /// duration).
     #[arg(long = "metadata-file")]
@@ -93,15 +109,22 @@ fn pairs(values: &[String], flag: &str, from_env: bool) -> anyhow::Result<Vec<(S
 /// The request the flags ask for, checked by the rules the coordinator applies
 /// ([`request::validate`]) before anything is packed or sent. Its context and Dockerfile path
 /// are filled in once the context is packed.
-fn request_from(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
-    if !args.push {
+fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildRequest> {
+    if outputs.is_empty() {
         bail!(
             "no output: the build result would be thrown away. Add --push to push the per-platform images and \
-             the index to the registry named by -t"
+             the index to the registry named by -t, --load to load it here, or --output type=oci,dest=FILE"
         );
     }
-    if args.tags.is_empty() {
+    let push = outputs.contains(&Output::Push);
+    if args.tags.is_empty() && push {
         bail!("--push needs a name: add -t REGISTRY/REPOSITORY:TAG");
+    }
+    if args.tags.is_empty() {
+        bail!(
+            "--load and --output need -t REGISTRY/REPOSITORY:TAG: the agents hand their images over through that \
+             repository (pushed by digest; without --push no tag is written there)"
+        );
     }
     let platforms = args
         .platform
@@ -121,14 +144,27 @@ fn request_from(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
         idle_timeout_secs: args.idle_timeout.map(|d| d.as_secs()),
         no_cache: args.no_cache,
         pull: args.pull,
+        push,
     };
     request::validate(&req)?;
+    if outputs.iter().any(|o| matches!(o, Output::Docker(_))) && req.platforms.len() > 1 {
+        bail!(
+            "--output type=docker holds one platform, and the build asks for {}: build one --platform, or use \
+             --output type=oci for all of them",
+            archfarm_shared::platform::list(&req.platforms)
+        );
+    }
     Ok(req)
 }
 
-/// Runs `archfarm build`. Returns whether the index was published.
+/// Runs `archfarm build`. Returns whether every output was written.
 pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
-    let mut request = request_from(&args)?;
+    let outputs = output::outputs(args.push, args.load, &args.outputs)?;
+    let mut request = request_from(&args, &outputs)?;
+    if outputs.contains(&Output::Load) {
+        // Before anything is built: the local engine must be there and run one of the platforms.
+        export::load::Engine::connect().await?.check(&request.platforms)?;
+    }
     let (context_dir, file) = (args.context.clone(), args.file.clone());
     let packed = tokio::task::spawn_blocking(move || context::pack(&context_dir, file.as_deref(), MAX_CONTEXT))
         .await?
@@ -138,11 +174,14 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let conn = Connection::open(&args.remote).await?;
     super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
     let progress = Progress::new(args.progress, &request.platforms);
+    let request_tags = request.tags.clone();
     let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
-    let ok = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
+    let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     conn.close().await;
-    Ok(ok)
+    let Some(platforms) = built else { return Ok(false) };
+    export::write(&outputs, &request_tags, &platforms, &args.insecure_registries).await?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -156,6 +195,10 @@ mod tests {
         args: BuildArgs,
     }
 
+    fn request_from_flags(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
+        request_from(args, &output::outputs(args.push, args.load, &args.outputs)?)
+    }
+
     fn parse(extra: &[&str]) -> BuildArgs {
         let mut argv = vec!["archfarm", "--coordinator", "h:1", "--token", "t", "--ca", "ca.pem"];
         argv.extend_from_slice(extra);
@@ -164,25 +207,42 @@ mod tests {
 
     #[test]
     fn refuses_builds_without_push_saying_what_to_add() {
-        let err = request_from(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
+        let err =
+            request_from_flags(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
         assert!(err.to_string().contains("Add --push"), "{err}");
+        let err = request_from_flags(&parse(&["--platform", "linux/amd64", "--load", "."])).unwrap_err();
+        assert!(err.to_string().contains("--load and --output need -t"), "{err}");
+        let req =
+            request_from_flags(&parse(&["--platform", "linux/amd64", "-o", "type=oci,dest=a.tar", "-t", "r/a:1", "."]));
+        assert!(!req.unwrap().push, "an OCI archive alone writes no tag");
+        let req = request_from_flags(&parse(&["--platform", "linux/amd64", "-o", "type=registry", "-t", "r/a:1", "."]));
+        assert!(req.unwrap().push, "type=registry means --push");
     }
 
     #[test]
     fn validates_tags_platforms_and_pairs_up_front() {
-        let err = request_from(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."]))
-            .unwrap_err();
+        let err =
+            request_from_flags(&parse(&["--push", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:bad tag", "."]))
+                .unwrap_err();
         assert!(err.to_string().contains("invalid image reference"), "{err}");
-        let err = request_from(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."]))
+        let err = request_from_flags(&parse(&["--push", "--platform", "linux/amd64,linux/x86_64", "-t", "r/a:1", "."]))
             .unwrap_err();
         assert_eq!(err.to_string(), "--platform lists linux/amd64 twice");
-        let err =
-            request_from(&parse(&["--push", "--platform", "linux/amd64", "-t", "r/a:1", "--label", "novalue", "."]))
-                .unwrap_err();
+        let err = request_from_flags(&parse(&[
+            "--push",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "r/a:1",
+            "--label",
+            "novalue",
+            ".",
+        ]))
+        .unwrap_err();
         assert!(err.to_string().contains("must be KEY=VALUE"), "{err}");
-        let err = request_from(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
+        let err = request_from_flags(&parse(&["--push", "--platform", "linux/amd64", "."])).unwrap_err();
         assert!(err.to_string().contains("add -t"), "{err}");
-        let BuildRequest { platforms: p, build_args: args, labels, .. } = request_from(&parse(&[
+        let BuildRequest { platforms: p, build_args: args, labels, .. } = request_from_flags(&parse(&[
             "--push",
             "--platform",
             "linux/arm64",

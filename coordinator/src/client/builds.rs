@@ -151,9 +151,9 @@ pub async fn watch(remote: &Remote, build: BuildId, mode: Mode, on_interrupt: On
     };
     eprint!("{}", detail(&snapshot));
     let progress = Progress::new(mode, &snapshot.summary.platforms);
-    let ok = follow::follow(&conn, recv, &progress, on_interrupt, None).await?;
+    let built = follow::follow(&conn, recv, &progress, on_interrupt, None).await?;
     conn.close().await;
-    Ok(ok)
+    Ok(built.is_some())
 }
 
 /// `builds publish`.

@@ -38,14 +38,15 @@ fn decide(choice: OnInterrupt) -> OnInterrupt {
     }
 }
 
-/// Shows events from `recv` until the build ends. Returns whether the index was published.
+/// Shows events from `recv` until the build ends. Returns each platform's verified image when
+/// every platform was built (and the index published, if the build pushes); `None` otherwise.
 pub async fn follow(
     conn: &Connection,
     mut recv: quinn::RecvStream,
     progress: &Progress,
     on_interrupt: OnInterrupt,
     metadata: Option<&Path>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Vec<PlatformResult>>> {
     let mut build: Option<BuildId> = None;
     let mut cancelling = false;
     // One stream for the whole follow: a SIGINT arriving between two loop turns is kept, not lost.
@@ -74,7 +75,7 @@ pub async fn follow(
                     }
                     _ => {
                         eprintln!("detached from build {id}; it goes on. `archfarm builds watch {id}` follows it again, `archfarm builds cancel {id}` stops it");
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
@@ -92,42 +93,52 @@ pub async fn follow(
             BuildEvent::Accepted { build: id } => build = Some(id),
             BuildEvent::Published { index, tags, platforms } => {
                 eprintln!("published index {index} as {}", tags.join(", "));
-                for p in &platforms {
-                    eprintln!(
-                        "  {:<14} {}  (agent {}, {:.1} s)",
-                        p.platform.to_string(),
-                        p.digest,
-                        p.agent,
-                        p.duration_ms as f64 / 1000.0
-                    );
-                }
+                list(&platforms);
                 if let Some(path) = metadata {
-                    write_metadata(path, build.as_ref(), &index, &tags, &platforms).await?;
+                    write_metadata(path, build.as_ref(), Some(&index), &tags, &platforms).await?;
                 }
-                return Ok(true);
+                return Ok(Some(platforms));
+            }
+            BuildEvent::Built { platforms } => {
+                let id = build.as_ref().map_or_else(|| "ID".to_owned(), ToString::to_string);
+                eprintln!(
+                    "every platform was built and verified; no tag was written (no --push):                      `archfarm builds publish {id}` publishes them"
+                );
+                list(&platforms);
+                if let Some(path) = metadata {
+                    write_metadata(path, build.as_ref(), None, &[], &platforms).await?;
+                }
+                return Ok(Some(platforms));
             }
             BuildEvent::Failed { reason } => {
                 eprintln!("error: build failed, {reason}");
-                return Ok(false);
+                return Ok(None);
             }
             _ => {}
         }
     }
 }
 
+fn list(platforms: &[PlatformResult]) {
+    for p in platforms {
+        eprintln!(
+            "  {:<14} {}  (agent {}, {:.1} s)",
+            p.platform.to_string(),
+            p.digest,
+            p.agent,
+            p.duration_ms as f64 / 1000.0
+        );
+    }
+}
+
 async fn write_metadata(
     path: &Path,
     build: Option<&BuildId>,
-    index: &Digest,
+    index: Option<&Digest>,
     tags: &[String],
     platforms: &[PlatformResult],
 ) -> anyhow::Result<()> {
-    let doc = serde_json::json!({
-        "containerimage.digest": index.as_str(),
-        "containerimage.descriptor": {
-            "mediaType": archfarm_shared::oci::OCI_INDEX,
-            "digest": index.as_str(),
-        },
+    let mut doc = serde_json::json!({
         "image.name": tags.join(","),
         "archfarm.build": build.map(BuildId::as_str),
         "archfarm.platforms": platforms.iter().map(|p| serde_json::json!({
@@ -137,6 +148,11 @@ async fn write_metadata(
             "duration_ms": p.duration_ms,
         })).collect::<Vec<_>>(),
     });
+    if let Some(index) = index {
+        doc["containerimage.digest"] = index.as_str().into();
+        doc["containerimage.descriptor"] =
+            serde_json::json!({ "mediaType": archfarm_shared::oci::OCI_INDEX, "digest": index.as_str() });
+    }
     let text = serde_json::to_string_pretty(&doc)?;
     tokio::fs::write(path, text + "\n")
         .await

@@ -103,7 +103,7 @@ impl Progress {
                     None => self.line(platform, &text),
                 }
             }
-            BuildEvent::Published { .. } | BuildEvent::Failed { .. } => {
+            BuildEvent::Published { .. } | BuildEvent::Built { .. } | BuildEvent::Failed { .. } => {
                 for bar in self.bars.values() {
                     if !bar.is_finished() {
                         bar.finish();

@@ -231,6 +231,7 @@ fn templates() -> &'static [Vec<u8>] {
                 idle_timeout_secs: None,
                 no_cache: false,
                 pull: false,
+                push: true,
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),

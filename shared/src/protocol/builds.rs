@@ -21,6 +21,9 @@ pub enum BuildState {
     Failed,
     /// Cancelled; nothing was published.
     Cancelled,
+    /// Every platform is verified, and the build did not ask to push: no tag was written
+    /// (`archfarm builds publish` tags it).
+    Built,
 }
 
 /// Where a platform's job is.
@@ -60,13 +63,13 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(BuildState { Running => "running", Publishing => "publishing", Published => "published", Failed => "failed", Cancelled => "cancelled" });
+text_enum!(BuildState { Running => "running", Publishing => "publishing", Published => "published", Failed => "failed", Cancelled => "cancelled", Built => "built" });
 text_enum!(JobState { Queued => "queued", Running => "running", Verified => "verified", Failed => "failed", Cancelled => "cancelled" });
 
 impl BuildState {
     /// Whether the build will not change any more on its own.
     pub fn is_final(self) -> bool {
-        matches!(self, BuildState::Published | BuildState::Failed | BuildState::Cancelled)
+        matches!(self, BuildState::Published | BuildState::Failed | BuildState::Cancelled | BuildState::Built)
     }
 }
 
@@ -195,6 +198,12 @@ pub enum BuildEvent {
         reason: String,
         /// The number of the next attempt.
         next_attempt: u32,
+    },
+    /// Every platform was verified in the registry, and the build did not ask to push: no tag
+    /// was written. Last event of such a build; `archfarm builds publish` tags it later.
+    Built {
+        /// Each platform's child, in index order.
+        platforms: Vec<PlatformResult>,
     },
 }
 

@@ -121,6 +121,15 @@ pub struct BuildRequest {
     /// `--pull`: fetch base images again even when the agent's engine has them.
     #[serde(default)]
     pub pull: bool,
+    /// `--push`: publish the index under the tags. Without it the agents still push each
+    /// platform's image by digest (untagged) into the tags' repository, where the client takes
+    /// it for `--load` or `--output`; builds stored before this field all pushed.
+    #[serde(default = "pushes")]
+    pub push: bool,
+}
+
+fn pushes() -> bool {
+    true
 }
 
 /// Messages the coordinator sends to a client.

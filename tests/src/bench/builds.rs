@@ -342,6 +342,7 @@ async fn timed_build(
         idle_timeout_secs: None,
         no_cache: false,
         pull: false,
+        push: true,
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

@@ -148,6 +148,7 @@ async fn fire(
             idle_timeout_secs: None,
             no_cache: false,
             pull: false,
+            push: true,
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

@@ -56,6 +56,11 @@ pub enum BuildEnd {
     Failed(String),
     /// Cancelled; nothing was published.
     Cancelled(String),
+    /// Every platform was verified; the build did not ask to push, so no tag was written.
+    Built {
+        /// Each platform's verified image.
+        platforms: Vec<PlatformResult>,
+    },
 }
 
 /// Accepts a new build: checks it, records it, starts it. The receiver is subscribed before
@@ -112,6 +117,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
                 BuildEnd::Published { index, .. } => (BuildState::Published, Some(index), None),
                 BuildEnd::Failed(reason) => (BuildState::Failed, None, Some(reason.as_str())),
                 BuildEnd::Cancelled(reason) => (BuildState::Cancelled, None, Some(reason.as_str())),
+                BuildEnd::Built { .. } => (BuildState::Built, None, None),
             };
             if let Err(e) = shared.store.set_build_state(&id, state, index, error).await {
                 error!("cannot record the end of the build: {e}");
@@ -121,6 +127,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
                     BuildEvent::Published { index, tags: req.tags.clone(), platforms }
                 }
                 BuildEnd::Failed(reason) | BuildEnd::Cancelled(reason) => BuildEvent::Failed { reason },
+                BuildEnd::Built { platforms } => BuildEvent::Built { platforms },
             });
             shared.live.end(&id);
         }
@@ -168,6 +175,10 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         return BuildEnd::Failed(format!("nothing was published:\n{}", failures.join("\n")));
     }
     let (children, platforms): (Vec<Child>, Vec<PlatformResult>) = verified.into_iter().flatten().unzip();
+    if !req.push {
+        info!("every platform verified; not tagged (the build did not ask to push)");
+        return BuildEnd::Built { platforms };
+    }
     let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None).await;
     match publish::publish(&plan.registry, &plan.tags, &children).await {
         Ok(index) => {

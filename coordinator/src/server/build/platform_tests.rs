@@ -174,6 +174,7 @@ impl Rig {
             idle_timeout_secs: None,
             no_cache: false,
             pull: false,
+            push: true,
         };
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {

@@ -358,6 +358,7 @@ mod tests {
             idle_timeout_secs: None,
             no_cache: false,
             pull: false,
+            push: true,
         }
     }
 

@@ -1,0 +1,197 @@
+//! Taking a build's verified images to where `--output` and `--load` ask: an OCI layout tar, a
+//! `docker load` archive, a filesystem tree, or the local engine.
+//!
+//! The agents have already pushed every platform's image by digest into the tags' repository
+//! (and the coordinator has verified each there). The client fetches what it needs from that
+//! registry once, streaming each blob to a file in a temporary directory, then writes the
+//! outputs from those files. Nothing is held whole in memory, and the digests are the
+//! registry's own, so an OCI archive holds exactly the index a push publishes.
+//!
+//! # Layout
+//! - this file: fetching the images ([`fetch`]) and running the outputs ([`write`]).
+//! - [`archive`]: the OCI image layout and docker archive tars.
+//! - [`local`]: each platform's filesystem, its layers applied in order.
+//! - [`load`]: loading one platform into the local Docker Engine.
+
+pub mod archive;
+pub mod load;
+pub mod local;
+
+use super::output::{Dest, Output};
+use anyhow::{bail, Context as _};
+use archfarm_shared::oci::{self, Blob, Child};
+use archfarm_shared::protocol::PlatformResult;
+use archfarm_shared::reference::ImageRef;
+use archfarm_shared::registry::{self, RegistryClients};
+use archfarm_shared::{Digest, Platform};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One platform's image, its blobs in the fetch directory.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The platform it was verified to be.
+    pub platform: Platform,
+    /// Its manifest.
+    pub manifest: Blob,
+    /// Its config.
+    pub config: Blob,
+    /// Its layers, in order.
+    pub layers: Vec<Blob>,
+}
+
+/// A build's images, fetched.
+#[derive(Debug)]
+pub struct Images {
+    dir: tempfile::TempDir,
+    /// Each platform, in index order.
+    pub images: Vec<Image>,
+    /// The OCI index over them, byte for byte what a push publishes.
+    pub index: Vec<u8>,
+}
+
+impl Images {
+    /// Where blob `digest` is on disk.
+    pub fn blob(&self, digest: &Digest) -> PathBuf {
+        blob_path(self.dir.path(), digest)
+    }
+}
+
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join(digest.as_str().replace(':', "-"))
+}
+
+#[derive(Deserialize)]
+struct ManifestShape {
+    config: Described,
+    layers: Vec<Described>,
+}
+
+#[derive(Deserialize)]
+struct Described {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: Digest,
+    size: u64,
+}
+
+impl From<Described> for Blob {
+    fn from(d: Described) -> Blob {
+        Blob { media_type: d.media_type, digest: d.digest, size: d.size }
+    }
+}
+
+/// Fetches the manifests, configs and (when `layers`) the layers of `platforms` from
+/// `repository`, each blob once.
+pub async fn fetch(
+    registries: &RegistryClients,
+    repository: &ImageRef,
+    platforms: &[PlatformResult],
+    layers: bool,
+) -> anyhow::Result<Images> {
+    let dir = tempfile::tempdir().context("cannot create a directory for the images")?;
+    let reg = registries.get(repository);
+    let mut images = Vec::with_capacity(platforms.len());
+    for p in platforms {
+        let by_digest = repository.with_digest(&p.digest);
+        let (bytes, _) = reg.manifest(&by_digest, oci::IMAGE_MANIFESTS).await?;
+        if Digest::of(&bytes) != p.digest {
+            bail!("the registry's manifest for {} does not match its digest {}", p.platform, p.digest);
+        }
+        tokio::fs::write(blob_path(dir.path(), &p.digest), &bytes).await?;
+        let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
+        let shape: ManifestShape = serde_json::from_slice(&bytes).context("the image manifest")?;
+        let config: Blob = shape.config.into();
+        let config_bytes = reg.blob(repository, &config.digest).await?;
+        tokio::fs::write(blob_path(dir.path(), &config.digest), &config_bytes).await?;
+        let blobs: Vec<Blob> = shape.layers.into_iter().map(Blob::from).collect();
+        if layers {
+            for layer in &blobs {
+                let path = blob_path(dir.path(), &layer.digest);
+                if !path.exists() {
+                    reg.blob_to_file(repository, &layer.digest, layer.size, &path).await?;
+                }
+            }
+        }
+        let manifest = Blob { media_type, digest: p.digest.clone(), size: bytes.len() as u64 };
+        images.push(Image { platform: p.platform.clone(), manifest, config, layers: blobs });
+    }
+    let children: Vec<Child> =
+        images.iter().map(|i| Child { platform: i.platform.clone(), manifest: i.manifest.clone() }).collect();
+    let index = oci::index_json(&children)?;
+    tokio::fs::write(blob_path(dir.path(), &Digest::of(&index)), &index).await?;
+    Ok(Images { dir, images, index })
+}
+
+/// Writes every output but `--push` (the coordinator did that) from `platforms`, verified in
+/// the repository of `tags`.
+pub async fn write(
+    outputs: &[Output],
+    tags: &[String],
+    platforms: &[PlatformResult],
+    insecure: &[String],
+) -> anyhow::Result<()> {
+    let outputs: Vec<&Output> = outputs.iter().filter(|o| **o != Output::Push).collect();
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let first = tags.first().context("no tag names the repository")?;
+    let repository = registry::parse_reference(first)?;
+    let registries = RegistryClients::new(insecure.to_vec());
+    let local_engine = if outputs.contains(&&Output::Load) { Some(load::Engine::connect().await?) } else { None };
+    let images = Arc::new(fetch(&registries, &repository, platforms, true).await?);
+    for output in outputs {
+        let (shared, tags) = (images.clone(), tags.to_vec());
+        match output {
+            Output::Oci(dest) => {
+                let sink = dest.open()?;
+                blocking(move || archive::write_oci(&shared, &tags, sink)).await?;
+                say(&dest, "OCI image layout");
+            }
+            Output::Docker(dest) => {
+                let sink = dest.open()?;
+                blocking(move || {
+                    let image = one_platform(&shared, "--output type=docker")?;
+                    archive::write_docker(&shared, image, &tags, sink)
+                })
+                .await?;
+                say(&dest, "docker archive");
+            }
+            Output::Local(dir) => {
+                let target = dir.clone();
+                blocking(move || local::write(&shared, &target)).await?;
+                eprintln!("wrote each platform's filesystem under {}", dir.display());
+            }
+            Output::Load => {
+                let engine = local_engine.as_ref().context("no local engine")?;
+                engine.load(&images, &tags).await?;
+            }
+            Output::Push => {}
+        }
+    }
+    Ok(())
+}
+
+async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn say(dest: &Dest, what: &str) {
+    if let Dest::Path(p) = dest {
+        eprintln!("wrote the {what} to {}", p.display());
+    }
+}
+
+/// The only platform of `images`, for an output that holds one.
+pub fn one_platform<'a>(images: &'a Images, what: &str) -> anyhow::Result<&'a Image> {
+    match images.images.as_slice() {
+        [one] => Ok(one),
+        many => bail!(
+            "{what} holds one platform, and this build has {} ({}): build one --platform, or use \
+             --output type=oci for all of them",
+            many.len(),
+            many.iter().map(|i| i.platform.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
