@@ -2,6 +2,9 @@
 //! Credentials come from the usual Docker config (`~/.docker/config.json`, credential helpers);
 //! plain http is used for loopback registries only.
 
+mod document;
+mod download;
+
 use crate::credentials::Credential;
 use crate::ids::Digest;
 use crate::reference::ImageRef;
@@ -121,6 +124,7 @@ impl Default for Timeouts {
 /// A client for one registry, authenticated with the Docker config's credentials.
 pub struct Registry {
     client: Client,
+    documents: document::Documents,
     auth: RegistryAuth,
     host: String,
     calls: tokio::sync::Semaphore,
@@ -138,6 +142,15 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Plain http for loopback registries and configured insecure ones; https for all others.
+fn protocol_of(host: &str, insecure: &[String]) -> ClientProtocol {
+    if is_loopback(host) || insecure.iter().any(|h| h == host) {
+        ClientProtocol::HttpsExcept(vec![host.to_owned()])
+    } else {
+        ClientProtocol::Https
+    }
+}
+
 impl Registry {
     /// A client for the registry of `reference`. Plain http is used for loopback registries and
     /// for those listed in `insecure` (configured `insecure_registries`); https for all others.
@@ -148,11 +161,7 @@ impl Registry {
     /// [`Registry::for_reference`] with other [`Timeouts`].
     pub fn with_timeouts(reference: &ImageRef, insecure: &[String], timeouts: Timeouts) -> Self {
         let host = oci(reference).resolve_registry().to_owned();
-        let protocol = if is_loopback(&host) || insecure.iter().any(|h| h == &host) {
-            ClientProtocol::HttpsExcept(vec![host.clone()])
-        } else {
-            ClientProtocol::Https
-        };
+        let protocol = protocol_of(&host, insecure);
         let client = Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(timeouts.connect),
@@ -160,7 +169,9 @@ impl Registry {
             ..ClientConfig::default()
         });
         let calls = tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS);
-        Registry { auth: credentials(&host), client, host, calls, timeouts }
+        let plain = matches!(protocol_of(&host, insecure), ClientProtocol::HttpsExcept(_));
+        let documents = document::Documents::new(&host, plain, crate::credentials::for_registry(&host), timeouts);
+        Registry { auth: credentials(&host), client, documents, host, calls, timeouts }
     }
 
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
@@ -275,22 +286,17 @@ impl Registry {
 
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
     /// reference names a digest, the client checks the bytes against it.
+    /// A manifest over [`MAX_DOCUMENT_BYTES`] is refused before its body is read.
     pub async fn manifest(&self, reference: &ImageRef, accept: &[&str]) -> Result<(Bytes, Digest), RegistryError> {
         let _permit = self.permit().await;
         let target = oci(reference);
-        let call = self.client.pull_manifest_raw(&target, &self.auth, accept);
-        let (bytes, digest) = self.within("fetch manifest", reference, self.timeouts.call, call).await?;
-        if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
-            return Err(self.fail(
-                "fetch manifest",
-                reference,
-                format!("{} bytes; at most {MAX_DOCUMENT_BYTES}", bytes.len()),
-            ));
+        let name = target.digest().or(target.tag()).unwrap_or("latest").to_owned();
+        let call = self.documents.manifest(target.repository(), &name, accept, MAX_DOCUMENT_BYTES);
+        let (bytes, _header) = self.within("fetch manifest", reference, self.timeouts.call, call).await?;
+        let digest = Digest::of(&bytes);
+        if let Some(asked) = reference.digest().filter(|d| **d != digest) {
+            return Err(self.fail("fetch manifest", reference, format!("content is {digest}, not {asked}")));
         }
-        let digest = match digest.parse() {
-            Ok(d) => d,
-            Err(_) => Digest::of(&bytes),
-        };
         Ok((bytes, digest))
     }
 
@@ -303,6 +309,8 @@ impl Registry {
             |n: u64| self.fail("fetch blob", repo, format!("{digest}: {n} bytes; at most {MAX_DOCUMENT_BYTES}"));
         let target = oci(repo);
         let permit = self.permit().await;
+        // Credentials only: a token, if the registry wants one, is fetched by the pull itself.
+        self.client.store_auth_if_needed(&self.host, &self.auth).await;
         let read = async {
             let mut stream = self.client.pull_blob_stream(&target, &layer).await.map_err(|e| e.to_string())?;
             if let Some(n) = stream.content_length.filter(|n| *n > MAX_DOCUMENT_BYTES) {
@@ -323,53 +331,6 @@ impl Registry {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
         }
         Ok(out)
-    }
-}
-
-impl Registry {
-    /// Downloads blob `digest` of `size` bytes (from its descriptor) into the file at `path`,
-    /// streaming: a chunk is what is in memory. A blob longer than its descriptor says is cut
-    /// off and refused, and one whose bytes do not match its digest is refused; the file is
-    /// removed either way.
-    pub async fn blob_to_file(
-        &self,
-        repo: &ImageRef,
-        digest: &Digest,
-        size: u64,
-        path: &std::path::Path,
-    ) -> Result<(), RegistryError> {
-        use futures_util::StreamExt as _;
-        use sha2::Digest as _;
-        use tokio::io::AsyncWriteExt as _;
-        let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
-        let target = oci(repo);
-        let _permit = self.permit().await;
-        let deadline = self.timeouts.call + Duration::from_secs(size >> 18);
-        let read = async {
-            let mut file =
-                tokio::fs::File::create(path).await.map_err(|e| format!("creating {}: {e}", path.display()))?;
-            let mut stream = self.client.pull_blob_stream(&target, &layer).await.map_err(|e| e.to_string())?;
-            let (mut hasher, mut got) = (sha2::Sha256::new(), 0u64);
-            while let Some(chunk) = stream.stream.next().await {
-                let chunk = chunk.map_err(|e| e.to_string())?;
-                got += chunk.len() as u64;
-                if got > size {
-                    return Err(format!("{digest}: more than the {size} bytes its descriptor says"));
-                }
-                hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", path.display()))?;
-            }
-            file.flush().await.map_err(|e| format!("writing {}: {e}", path.display()))?;
-            if Digest::from_sha256(hasher.finalize().into()) != *digest || got != size {
-                return Err(format!("{digest}: content does not match its digest and size"));
-            }
-            Ok(())
-        };
-        let result = self.within("fetch blob", repo, deadline, read).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(path).await;
-        }
-        result
     }
 }
 

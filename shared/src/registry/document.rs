@@ -1,0 +1,276 @@
+//! Reading a manifest with a size cap. oci-client reads a manifest's whole body before anyone
+//! can look at its length, so a registry (a build names any) could make the coordinator or an
+//! agent hold gigabytes. This reader asks for the manifest itself, refuses a `Content-Length`
+//! over the cap before reading a byte of the body, and stops reading at the cap when the length
+//! is not given. It speaks the distribution spec's two auth schemes: `Basic`, and `Bearer`
+//! through the token endpoint the challenge names.
+
+use crate::credentials::Credential;
+use bytes::{Bytes, BytesMut};
+use std::sync::Mutex;
+
+/// Largest token answer read.
+const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// Largest error body quoted.
+const MAX_ERROR_BYTES: usize = 512;
+
+/// A capped reader of one registry's manifests.
+pub(super) struct Documents {
+    http: reqwest::Client,
+    base: String,
+    credential: Option<Credential>,
+    /// The `Authorization` value that last worked, per repository.
+    authorization: Mutex<Option<(String, String)>>,
+}
+
+/// A challenge from `WWW-Authenticate`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Challenge {
+    Basic,
+    Bearer { realm: String, service: Option<String> },
+}
+
+/// Parses `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+pub(super) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    let mut rest = params;
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        match key {
+            "realm" => realm = Some(value.to_owned()),
+            "service" => service = Some(value.to_owned()),
+            _ => {}
+        }
+        rest = next;
+    }
+    Some(Challenge::Bearer { realm: realm?, service })
+}
+
+impl Documents {
+    pub(super) fn new(host: &str, plain_http: bool, credential: Option<Credential>, timeouts: super::Timeouts) -> Self {
+        // The caller bounds each whole call (`Registry::within`); these bound its parts.
+        crate::tls::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .build()
+            .unwrap_or_default();
+        let scheme = if plain_http { "http" } else { "https" };
+        Documents { http, base: format!("{scheme}://{host}"), credential, authorization: Mutex::new(None) }
+    }
+
+    fn remembered(&self, repository: &str) -> Option<String> {
+        let held = self.authorization.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref().filter(|(r, _)| r == repository).map(|(_, a)| a.clone())
+    }
+
+    /// GETs `/v2/<repository>/manifests/<reference>`: the body (at most `max` bytes) and the
+    /// `Docker-Content-Digest` header.
+    pub(super) async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &[&str],
+        max: u64,
+    ) -> Result<(Bytes, Option<String>), String> {
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let get = |authorization: Option<String>| {
+            let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, accept.join(", "));
+            if let Some(a) = authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, a);
+            }
+            request.send()
+        };
+        let mut response = get(self.remembered(repository)).await.map_err(|e| e.to_string())?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge)
+                .ok_or("401 Unauthorized without a challenge this client understands")?;
+            let authorization = self.authorize(&challenge, repository).await?;
+            response = get(Some(authorization.clone())).await.map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((repository.to_owned(), authorization));
+            }
+        }
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_capped(response, MAX_ERROR_BYTES as u64).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BYTES)]).into_owned();
+            return Err(format!("{status}: {}", text.trim()));
+        }
+        let digest = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if let Some(n) = response.content_length().filter(|n| *n > max) {
+            return Err(format!("{n} bytes; at most {max}"));
+        }
+        let body = read_capped(response, max).await?;
+        Ok((body, digest))
+    }
+
+    /// The `Authorization` value that answers `challenge` for pulling from `repository`.
+    async fn authorize(&self, challenge: &Challenge, repository: &str) -> Result<String, String> {
+        match (challenge, &self.credential) {
+            (Challenge::Basic, Some(Credential::Basic { username, password })) => {
+                // reqwest encodes it; the header is kept for the next calls.
+                let request = self.http.get(&self.base).basic_auth(username, Some(password)).build();
+                let header = request.ok().and_then(|r| r.headers().get(reqwest::header::AUTHORIZATION).cloned());
+                header.and_then(|h| h.to_str().ok().map(str::to_owned)).ok_or_else(|| "cannot encode the login".into())
+            }
+            (Challenge::Basic, _) => Err("the registry wants a login, and there are no credentials for it".into()),
+            (Challenge::Bearer { realm, service }, credential) => {
+                let mut request = self.http.get(realm).query(&[("scope", format!("repository:{repository}:pull"))]);
+                if let Some(service) = service {
+                    request = request.query(&[("service", service)]);
+                }
+                request = match credential {
+                    Some(Credential::Basic { username, password }) => request.basic_auth(username, Some(password)),
+                    Some(Credential::IdentityToken(token)) => request.bearer_auth(token),
+                    None => request,
+                };
+                let response = request.send().await.map_err(|e| format!("token from {realm}: {e}"))?;
+                let status = response.status();
+                let body = read_capped(response, MAX_TOKEN_BYTES).await?;
+                if !status.is_success() {
+                    return Err(format!("token from {realm}: {status}"));
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let token: Token = serde_json::from_slice(&body).map_err(|e| format!("token from {realm}: {e}"))?;
+                let token =
+                    token.token.or(token.access_token).ok_or_else(|| format!("token from {realm}: none given"))?;
+                Ok(format!("Bearer {token}"))
+            }
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes; a longer one is refused as soon as it passes `max`.
+async fn read_capped(mut response: reqwest::Response, max: u64) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(format!("more than {max} bytes; at most {max}"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn reads_the_challenges_registries_send() {
+        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into())
+            })
+        );
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    /// A one-connection server that answers every request on it with `answer`; returns its
+    /// address.
+    async fn serve(answer: Vec<u8>, then_body: u64) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(&answer).await;
+            let chunk = vec![b'x'; 64 << 10];
+            let mut sent = 0;
+            while sent < then_body {
+                if socket.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                sent += chunk.len() as u64;
+            }
+        });
+        addr
+    }
+
+    /// A registry that wants a bearer token from its own `/token` endpoint: answers each
+    /// request (one per connection) by its path and `Authorization` header.
+    async fn token_registry() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let answer = if request.starts_with("get /token") {
+                    assert!(request.contains("scope=repository%3aa%2fb%3apull"), "{request}");
+                    let body = r#"{"token":"t0k3n"}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                } else if request.contains("authorization: bearer t0k3n") {
+                    let body = r#"{"schemaVersion":2}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
+        let addr = token_registry().await;
+        let docs = documents(&addr);
+        let (body, _) = docs.manifest("a/b", "1", &["x"], 4 << 20).await.unwrap();
+        assert_eq!(&body[..], br#"{"schemaVersion":2}"#);
+        // The token is kept for the repository: the next read needs no new one.
+        assert_eq!(docs.remembered("a/b").as_deref(), Some("Bearer t0k3n"));
+    }
+
+    fn documents(addr: &str) -> Documents {
+        Documents::new(addr, true, None, super::super::Timeouts::default())
+    }
+
+    #[tokio::test]
+    async fn a_manifest_longer_than_the_cap_is_refused_before_its_body_is_read() {
+        let addr = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n".to_vec(), 0).await;
+        let err = documents(&addr).manifest("a/b", "1", &["x"], 4 << 20).await.unwrap_err();
+        assert_eq!(err, "1073741824 bytes; at most 4194304");
+    }
+
+    #[tokio::test]
+    async fn a_manifest_without_a_length_is_cut_off_at_the_cap() {
+        let addr = serve(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec(), 64 << 20).await;
+        let err = documents(&addr).manifest("a/b", "1", &["x"], 4 << 20).await.unwrap_err();
+        assert!(err.starts_with("more than 4194304 bytes"), "{err}");
+    }
+}
