@@ -63,6 +63,7 @@ impl Documents {
         // The caller bounds each whole call (`Registry::within`); these bound its parts.
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
+            .user_agent(concat!("archfarm/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
             .build()
