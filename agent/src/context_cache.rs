@@ -74,6 +74,41 @@ impl ContextCache {
     }
 }
 
+impl ContextCache {
+    /// Bytes and number of the contexts held (downloads under way not counted).
+    pub fn usage(&self) -> std::io::Result<(u64, u64)> {
+        let (mut bytes, mut count) = (0, 0);
+        for (len, _) in self.complete()? {
+            bytes += len;
+            count += 1;
+        }
+        Ok((bytes, count))
+    }
+
+    /// Deletes every context held; returns the bytes freed. A build reading one goes on: the
+    /// file it holds open stays readable until it closes it.
+    pub fn clear(&self) -> std::io::Result<u64> {
+        let mut freed = 0;
+        for (len, path) in self.complete()? {
+            std::fs::remove_file(&path)?;
+            freed += len;
+        }
+        Ok(freed)
+    }
+
+    fn complete(&self) -> std::io::Result<Vec<(u64, PathBuf)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
+                out.push((meta.len(), entry.path()));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Marks a context as used now.
 fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::options().write(true).open(path)?.set_modified(SystemTime::now())

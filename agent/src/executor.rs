@@ -35,6 +35,8 @@ pub struct Executor {
     pub layers: publish::LayerCache,
     /// Images pushed before.
     pub images: ImageCache,
+    /// The engine's API, for what bollard does not carry (its build cache).
+    pub engine_api: crate::engine_cache::EngineApi,
 }
 
 /// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane
@@ -47,6 +49,15 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send;
+
+    /// Answers a housekeeping request about this host's caches.
+    fn housekeeping(
+        &self,
+        request: archfarm_shared::protocol::Housekeeping,
+    ) -> impl std::future::Future<Output = archfarm_shared::protocol::HousekeepingReply> + Send {
+        let _ = request;
+        async { archfarm_shared::protocol::HousekeepingReply::Failed("this agent keeps no caches".into()) }
+    }
 }
 
 impl Runner for Executor {
@@ -57,6 +68,13 @@ impl Runner for Executor {
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {
         self.execute(conn, spec, log)
+    }
+
+    fn housekeeping(
+        &self,
+        request: archfarm_shared::protocol::Housekeeping,
+    ) -> impl std::future::Future<Output = archfarm_shared::protocol::HousekeepingReply> + Send {
+        Executor::housekeeping(self, request)
     }
 }
 

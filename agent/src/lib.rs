@@ -12,17 +12,20 @@
 //! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
+//! - [`housekeeping`] and [`engine_cache`]: the host's build and context caches, read and freed.
 //! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
 //!   registry), from what the host or the engine said.
 
 pub mod bases;
 pub mod context_cache;
 pub mod docker;
+pub mod engine_cache;
 pub mod enroll;
 pub mod executor;
 pub mod fault;
 pub mod health;
 pub mod host;
+pub mod housekeeping;
 pub mod publish;
 pub mod reuse;
 pub mod session;

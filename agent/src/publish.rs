@@ -58,6 +58,11 @@ const LAYER_CACHE_ENTRIES: usize = 16_384;
 const REPOSITORIES_PER_LAYER: usize = 8;
 
 impl LayerCache {
+    /// Forgets every layer.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub(crate) fn get(&self, diff_id: &Digest) -> Option<(Blob, Vec<String>)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(diff_id).cloned()
     }

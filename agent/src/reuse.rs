@@ -29,6 +29,11 @@ struct Pushed {
 pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>);
 
 impl ImageCache {
+    /// Forgets every image.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Records that `repository` (`registry/name`) holds the image `id`: its manifest bytes
     /// over `blobs` (config first, then layers).
     pub fn insert(&self, id: &Digest, manifest: Bytes, blobs: Vec<Blob>, repository: &str) {

@@ -114,6 +114,7 @@ impl Agent<Executor> {
                 registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
                 layers: crate::publish::LayerCache::default(),
                 images: crate::reuse::ImageCache::default(),
+                engine_api: crate::engine_cache::EngineApi::new(config.docker_host.as_deref()),
             },
             coordinator: config.coordinator.clone(),
             server_name,
@@ -289,6 +290,13 @@ impl<R: Runner> Agent<R> {
         let max = self.max_frame;
         let spec = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
             Ok(CoordinatorMessage::AssignJob(spec)) => *spec,
+            Ok(CoordinatorMessage::Housekeeping(request)) => {
+                info!(?request, "housekeeping asked by the coordinator");
+                let reply = self.executor.housekeeping(request).await;
+                let _ = codec::write_msg(&mut send, &AgentMessage::Housekeeping(reply), max).await;
+                let _ = send.finish();
+                return;
+            }
             Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
             Err(e) => return warn!("reading a job: {e}"),
         };

@@ -88,6 +88,43 @@ pub enum AgentsCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// One agent in detail: platforms, engine, capacity, state, its caches and recent jobs.
+    Inspect {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name.
+        name: AgentName,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// The build cache and context cache of each agent (or one).
+    Du {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name; every connected agent when absent.
+        name: Option<AgentName>,
+    },
+    /// Free agents' build cache (through their engine) and context caches; refused for an agent
+    /// that runs a job unless --force.
+    Prune {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name; every connected agent when absent.
+        name: Option<AgentName>,
+        /// Also the cache that images still use.
+        #[arg(short, long)]
+        all: bool,
+        /// Build cache to keep, for example 10GB.
+        #[arg(long = "keep-storage")]
+        keep_storage: Option<String>,
+        /// Prune an agent even while it runs jobs.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 /// `archfarm builds ...`

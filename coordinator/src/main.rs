@@ -55,6 +55,15 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Agents { command: AgentsCommand::Revoke { remote, name } } => {
             client::agents::admin(&remote, ClientRequest::RevokeAgent { name }).await.map(|()| true)
         }
+        Command::Agents { command: AgentsCommand::Inspect { remote, name, format } } => {
+            client::hosts::inspect(&remote, name, format).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Du { remote, name } } => {
+            client::hosts::du(&remote, name).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Prune { remote, name, all, keep_storage, force } } => {
+            client::hosts::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
+        }
         Command::Tokens { command: TokensCommand::Create { remote, name } } => {
             client::agents::admin(&remote, ClientRequest::CreateClientToken { name }).await.map(|()| true)
         }

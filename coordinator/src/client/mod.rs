@@ -19,6 +19,7 @@ pub mod context;
 pub mod dockerignore;
 pub mod export;
 pub mod follow;
+pub mod hosts;
 pub mod imagetools;
 pub mod output;
 pub mod progress;

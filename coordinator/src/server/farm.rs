@@ -190,6 +190,19 @@ impl Farm {
         }
     }
 
+    /// Connected agents with their running jobs: `name`, or all of them, sorted by name.
+    pub fn handles(&self, name: Option<&AgentName>) -> Vec<(AgentHandle, u32)> {
+        let st = self.lock();
+        let mut out: Vec<(AgentHandle, u32)> = st
+            .agents
+            .values()
+            .filter(|a| name.is_none_or(|n| *n == a.name))
+            .map(|a| (a.clone(), st.scheduler.load(&a.name).map_or(0, |(running, _)| running)))
+            .collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+
     /// Connected agents for `archfarm agents ls`, sorted by name.
     pub fn agents(&self) -> Vec<AgentInfo> {
         let st = self.lock();

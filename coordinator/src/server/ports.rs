@@ -5,7 +5,7 @@
 
 use super::live::Live;
 use archfarm_shared::oci::Child;
-use archfarm_shared::protocol::{JobFailure, JobSpec, PushedImage};
+use archfarm_shared::protocol::{Housekeeping, HousekeepingReply, JobFailure, JobSpec, PushedImage};
 use archfarm_shared::{AgentName, Platform};
 use futures_util::future::BoxFuture;
 use std::time::Duration;
@@ -31,6 +31,12 @@ pub trait AgentLink: Send + Sync + std::fmt::Debug {
 
     /// Closes the link: `code` is one of the protocol's close codes, `reason` is shown to the agent.
     fn close(&self, code: u32, reason: &str);
+
+    /// Asks the agent about its host's caches, or to free them.
+    fn housekeeping(&self, request: Housekeeping) -> BoxFuture<'_, Result<HousekeepingReply, String>> {
+        let _ = request;
+        Box::pin(async { Err("this agent link cannot ask about caches".to_owned()) })
+    }
 }
 
 /// Why a pushed image was not accepted.

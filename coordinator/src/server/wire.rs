@@ -46,5 +46,6 @@ pub fn agent_message_name(msg: &AgentMessage) -> &'static str {
         AgentMessage::JobFinished(_) => "JobFinished",
         AgentMessage::Draining => "Draining",
         AgentMessage::Health { .. } => "Health",
+        AgentMessage::Housekeeping(_) => "Housekeeping",
     }
 }

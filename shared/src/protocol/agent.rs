@@ -37,6 +37,8 @@ pub enum AgentMessage {
         /// What is wrong with the engine; none when it is healthy again.
         problem: Option<String>,
     },
+    /// On a housekeeping stream: the answer to [`CoordinatorMessage::Housekeeping`].
+    Housekeeping(super::housekeeping::HousekeepingReply),
 }
 
 /// What an agent declares when it registers. Its name comes from its certificate, not from here.
@@ -80,6 +82,9 @@ pub enum CoordinatorMessage {
     /// Answer to each [`AgentMessage::Heartbeat`] on the control stream, so the agent notices a
     /// coordinator that died without closing the connection.
     HeartbeatAck,
+    /// First frame on a housekeeping stream opened by the coordinator: the agent answers with
+    /// [`AgentMessage::Housekeeping`] and the stream ends.
+    Housekeeping(super::housekeeping::Housekeeping),
 }
 
 /// One platform of a build, as an agent receives it.

@@ -86,6 +86,28 @@ pub enum ClientRequest {
         /// Its chunks in order; their sizes add up to `size`.
         chunks: Vec<crate::chunking::Chunk>,
     },
+    /// `archfarm agents inspect NAME`: answered with [`ClientResponse::AgentDetail`].
+    InspectAgent {
+        /// The agent.
+        name: AgentName,
+    },
+    /// `archfarm agents du [NAME]`: answered with [`ClientResponse::AgentAnswers`].
+    AgentDiskUsage {
+        /// One agent, or every connected one.
+        name: Option<AgentName>,
+    },
+    /// `archfarm agents prune [NAME]`: answered with [`ClientResponse::AgentAnswers`]. Refused
+    /// for an agent that runs a job, unless `force`.
+    PruneAgents {
+        /// One agent, or every connected one.
+        name: Option<AgentName>,
+        /// Also build cache in use by images.
+        all: bool,
+        /// Bytes of build cache to keep.
+        keep_storage: Option<u64>,
+        /// Prune even while jobs run.
+        force: bool,
+    },
 }
 
 /// A build as the release engineer asked for it.
@@ -176,6 +198,11 @@ pub enum ClientResponse {
     },
     /// Answer to [`ClientRequest::UploadChunked`]: indexes of the chunks to send, ascending.
     ChunksWanted(Vec<u32>),
+    /// Answer to [`ClientRequest::InspectAgent`].
+    AgentDetail(Box<super::housekeeping::AgentDetail>),
+    /// Answer to [`ClientRequest::AgentDiskUsage`] and [`ClientRequest::PruneAgents`]: one
+    /// answer per agent, by name.
+    AgentAnswers(Vec<super::housekeeping::AgentAnswer>),
 }
 
 /// One agent as `archfarm agents ls` shows it.

@@ -8,6 +8,7 @@
 //! - `builds`: builds, jobs and their events as clients see them;
 //! - `enroll`: an agent joining with a join token;
 //! - `failure`: the job failure every role reports;
+//! - `housekeeping`: an agent host's caches, read and freed;
 //! - this file: ALPNs and close codes.
 
 mod agent;
@@ -15,6 +16,7 @@ mod builds;
 mod client;
 mod enroll;
 mod failure;
+mod housekeeping;
 
 pub use agent::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, PushedImage, Registration};
 pub use builds::{
@@ -23,6 +25,7 @@ pub use builds::{
 pub use client::{AgentInfo, BuildRequest, ClientRequest, ClientResponse};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use failure::{FailureKind, JobFailure};
+pub use housekeeping::{AgentAnswer, AgentAttempt, AgentDetail, DiskUsage, Housekeeping, HousekeepingReply, Pruned};
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.

@@ -49,6 +49,13 @@ impl AgentLink for QuicLink {
     fn close(&self, code: u32, reason: &str) {
         self.conn.close(code.into(), reason.as_bytes());
     }
+
+    fn housekeeping(
+        &self,
+        request: archfarm_shared::protocol::Housekeeping,
+    ) -> BoxFuture<'_, Result<archfarm_shared::protocol::HousekeepingReply, String>> {
+        Box::pin(super::housekeeping::ask(self, request))
+    }
 }
 
 impl QuicLink {

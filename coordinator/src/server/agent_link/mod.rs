@@ -8,6 +8,7 @@
 //! - [`context`]: sending a build context to the agent that fetches it.
 
 pub mod context;
+pub mod housekeeping;
 pub mod job;
 
 use super::farm::AgentHandle;

@@ -6,11 +6,13 @@
 //! - [`builds`]: starting, listing, showing, watching, publishing and cancelling builds.
 //! - [`contexts`]: asking for and uploading build contexts.
 //! - [`admin`]: join tokens, client tokens, revoking agents.
+//! - [`hosts`]: agents' hosts: inspect, disk usage, prune.
 //! - [`reply`]: writing a reply, following a build's events.
 
 pub mod admin;
 pub mod builds;
 pub mod contexts;
+pub mod hosts;
 pub mod reply;
 
 use super::state::Shared;
@@ -50,6 +52,11 @@ pub async fn handle(
         ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
         ClientRequest::CreateClientToken { name } => admin::create_client_token(&shared, &name).await,
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
+        ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
+        ClientRequest::AgentDiskUsage { name } => hosts::disk_usage(&shared, name.as_ref()).await,
+        ClientRequest::PruneAgents { name, all, keep_storage, force } => {
+            hosts::prune(&shared, name.as_ref(), all, keep_storage, force).await
+        }
     };
     reply.send(send, max).await;
 }

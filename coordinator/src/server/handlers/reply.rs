@@ -56,7 +56,7 @@ async fn forward(mut events: broadcast::Receiver<BuildEvent>, send: &mut quinn::
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => break,
         };
-        let last = matches!(event, BuildEvent::Published { .. } | BuildEvent::Failed { .. });
+        let last = matches!(event, BuildEvent::Published { .. } | BuildEvent::Built { .. } | BuildEvent::Failed { .. });
         if codec::write_msg(send, &ClientResponse::Build(event), max).await.is_err() || last {
             break;
         }

@@ -1,7 +1,8 @@
 //! Agent standing: failures in a row, quarantine, and revocation.
 
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use archfarm_shared::clock::now_ms;
+use archfarm_shared::protocol::AgentAttempt;
 use archfarm_shared::AgentName;
 use rusqlite::{params, OptionalExtension};
 
@@ -59,6 +60,45 @@ impl Store {
     /// Whether an agent is revoked.
     pub async fn agent_revoked(&self, name: &AgentName) -> Result<bool> {
         self.exists("SELECT 1 FROM revoked_agents WHERE name = ?1", name.to_string()).await
+    }
+
+    /// The most recent attempts `agent` ran, newest first, with their build's state.
+    pub async fn recent_attempts(&self, agent: &AgentName, limit: u32) -> Result<Vec<AgentAttempt>> {
+        let agent = agent.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT j.build, j.platform, a.number, a.started_ms, a.finished_ms, a.outcome, b.state \
+                 FROM attempts a JOIN jobs j ON j.id = a.job JOIN builds b ON b.id = j.build \
+                 WHERE a.agent = ?1 ORDER BY a.started_ms DESC, a.number DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![agent, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (build, platform, number, started, finished, outcome, state) = row?;
+                let corrupt = |e: String| StoreError::Corrupt(format!("attempt of {build}: {e}"));
+                out.push(AgentAttempt {
+                    build: build.parse().map_err(|e| corrupt(format!("{e}")))?,
+                    platform: platform.parse().map_err(|e| corrupt(format!("{e}")))?,
+                    attempt: number as u32,
+                    started_ms: started as u64,
+                    finished_ms: finished.map(|f| f as u64),
+                    outcome,
+                    build_state: state.parse().ok(),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 

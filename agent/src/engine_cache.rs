@@ -1,0 +1,128 @@
+//! The engine's build cache: how much it holds and freeing it, through `/system/df` and
+//! `/build/prune`. These go to the engine's API directly (hyper over its socket): bollard's
+//! types follow API 1.53, where the cache list and `keep-storage` of the engines farms run
+//! (20.10 speaks API 1.41) no longer exist, and a flag sent under the wrong name would be
+//! silently ignored. Both spellings of the kept size are sent: `keep-storage` (API ≤ 1.47) and
+//! `reserved-space` (1.48+); each engine reads the one it knows.
+
+use archfarm_shared::protocol::DiskUsage;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Largest answer read (a `df` lists every image and container).
+const MAX_ANSWER: usize = 64 << 20;
+/// How long a call may take; pruning a large cache takes a while.
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Where the engine listens: `unix:///path` or `tcp://host:port`.
+#[derive(Debug, Clone)]
+pub struct EngineApi {
+    host: String,
+}
+
+impl EngineApi {
+    /// The engine at `host`, or `DOCKER_HOST`, or the local socket.
+    pub fn new(host: Option<&str>) -> Self {
+        let host = host
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        EngineApi { host }
+    }
+
+    async fn call(&self, method: hyper::Method, path: &str) -> Result<Value, String> {
+        let request = |uri: hyper::Uri| {
+            hyper::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header(hyper::header::HOST, "docker")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())
+        };
+        let answer = async {
+            let response = if let Some(socket) = self.host.strip_prefix("unix://") {
+                let client = Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
+                client.request(request(hyperlocal::Uri::new(socket, path).into())?).await
+            } else if let Some(address) = self.host.strip_prefix("tcp://").or_else(|| self.host.strip_prefix("http://"))
+            {
+                let uri = format!("http://{address}{path}").parse().map_err(|e| format!("{e}"))?;
+                Client::builder(TokioExecutor::new()).build_http().request(request(uri)?).await
+            } else {
+                return Err(format!("engine address {} is neither unix:// nor tcp://", self.host));
+            }
+            .map_err(|e| format!("{method} {path} on the engine at {}: {e}", self.host))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("{method} {path}: reading the answer: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("{method} {path}: {status}: {}", String::from_utf8_lossy(&body).trim()));
+            }
+            serde_json::from_slice(&body).map_err(|e| format!("{method} {path}: {e}"))
+        };
+        tokio::time::timeout(DEADLINE, answer).await.map_err(|_| format!("{method} {path}: no answer within 10 min"))?
+    }
+
+    /// What the build cache holds.
+    pub async fn build_cache(&self) -> Result<DiskUsage, String> {
+        let df = self.call(hyper::Method::GET, "/system/df").await?;
+        Ok(usage_of(&df))
+    }
+
+    /// Frees build cache: what no image uses, or all of it with `all`, keeping `keep` bytes
+    /// when given. Returns the bytes the engine reclaimed.
+    pub async fn prune(&self, all: bool, keep: Option<u64>) -> Result<u64, String> {
+        let mut path = format!("/build/prune?all={all}");
+        if let Some(keep) = keep {
+            path.push_str(&format!("&keep-storage={keep}&reserved-space={keep}"));
+        }
+        let answer = self.call(hyper::Method::POST, &path).await?;
+        Ok(answer.get("SpaceReclaimed").and_then(Value::as_u64).unwrap_or(0))
+    }
+}
+
+/// The build cache in a `/system/df` answer: the `BuildCache` list of older engines, or the
+/// `BuildCacheUsage` summary of newer ones.
+fn usage_of(df: &Value) -> DiskUsage {
+    let mut usage = DiskUsage::default();
+    if let Some(records) = df.get("BuildCache").and_then(Value::as_array) {
+        for record in records {
+            let size = record.get("Size").and_then(Value::as_u64).unwrap_or(0);
+            usage.build_cache_bytes += size;
+            usage.build_cache_records += 1;
+            if record.get("InUse").and_then(Value::as_bool).unwrap_or(false) {
+                usage.build_cache_in_use_bytes += size;
+            }
+        }
+    } else if let Some(summary) = df.get("BuildCacheUsage") {
+        let get = |k: &str| summary.get(k).and_then(Value::as_u64).unwrap_or(0);
+        usage.build_cache_bytes = get("TotalSize");
+        usage.build_cache_records = get("TotalCount");
+        usage.build_cache_in_use_bytes = get("TotalSize").saturating_sub(get("Reclaimable"));
+    }
+    usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_cache_from_old_and_new_engines() {
+        let old = serde_json::json!({"BuildCache": [
+            {"ID": "a", "Size": 100, "InUse": true},
+            {"ID": "b", "Size": 50, "InUse": false},
+        ]});
+        let u = usage_of(&old);
+        assert_eq!((u.build_cache_bytes, u.build_cache_records, u.build_cache_in_use_bytes), (150, 2, 100));
+        let new = serde_json::json!({"BuildCacheUsage": {"TotalSize": 300, "TotalCount": 4, "Reclaimable": 200}});
+        let u = usage_of(&new);
+        assert_eq!((u.build_cache_bytes, u.build_cache_records, u.build_cache_in_use_bytes), (300, 4, 100));
+    }
+}
