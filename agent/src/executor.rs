@@ -132,6 +132,10 @@ impl Executor {
             }
             return failure(fault::of_build(&e.message, e.engine_unreachable), e.message, e.tail);
         }
+        if let Err(failure) = self.native_tests(&spec, &context, &tag, &log).await {
+            self.engine.untag(&tag).await;
+            return JobOutcome::Failed(failure);
+        }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
         let push = self.export_and_push(&tag, &spec, &context);

@@ -5,6 +5,7 @@
 //! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams.
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
 //! - [`host`]: which platforms this host declares.
+//! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
 //! - [`docker`]: the Docker Engine adapter (the only user of bollard).
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
@@ -26,6 +27,7 @@ pub mod fault;
 pub mod health;
 pub mod host;
 pub mod housekeeping;
+pub mod native_test;
 pub mod publish;
 pub mod reuse;
 pub mod session;

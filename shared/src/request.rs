@@ -16,6 +16,10 @@ pub const MAX_VALUE_BYTES: usize = 64 << 10;
 pub const MAX_TARGET_BYTES: usize = 128;
 /// Longest `--job-timeout` or `--idle-timeout`: a week.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+/// Most `--test` commands in one build.
+pub const MAX_TESTS: usize = 16;
+/// Largest `--test` command, all its arguments together.
+pub const MAX_TEST_BYTES: usize = 16 << 10;
 
 /// Where a valid request's images go.
 #[derive(Debug, Clone)]
@@ -85,6 +89,15 @@ pub enum RequestError {
         /// What was given.
         secs: u64,
     },
+    /// Too many `--test` commands.
+    #[error("{0} --test commands given; at most {MAX_TESTS}")]
+    TooManyTests(usize),
+    /// An empty, oversized or NUL-holding `--test` command.
+    #[error("--test {0:?} must name a command, at most 16 KiB in all, without NUL")]
+    BadTest(String),
+    /// A `--test-target` that is not a stage name.
+    #[error("--test-target {0:?} is not a stage name (1-128 letters, digits, '_', '-', '.', starting with a letter or digit)")]
+    BadTestTarget(String),
     /// A Dockerfile path outside the context.
     #[error("Dockerfile path {0:?} must be relative to the context, without '..'")]
     BadDockerfile(String),
@@ -103,12 +116,20 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
     let destination = destination(&req.tags)?;
     check_pairs(&req.build_args, "--build-arg")?;
     check_pairs(&req.labels, "--label")?;
-    if let Some(t) = &req.target {
-        let ok = (1..=MAX_TARGET_BYTES).contains(&t.len())
-            && t.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !ok {
-            return Err(RequestError::BadTarget(t.clone()));
+    if let Some(t) = req.target.as_ref().filter(|t| !is_stage(t)) {
+        return Err(RequestError::BadTarget(t.clone()));
+    }
+    if let Some(t) = req.test_target.as_ref().filter(|t| !is_stage(t)) {
+        return Err(RequestError::BadTestTarget(t.clone()));
+    }
+    if req.tests.len() > MAX_TESTS {
+        return Err(RequestError::TooManyTests(req.tests.len()));
+    }
+    for test in &req.tests {
+        let bytes: usize = test.iter().map(String::len).sum();
+        if test.first().is_none_or(|c| c.is_empty()) || bytes > MAX_TEST_BYTES || test.iter().any(|a| a.contains('\0'))
+        {
+            return Err(RequestError::BadTest(test.join(" ")));
         }
     }
     for (flag, secs) in [("--job-timeout", req.job_timeout_secs), ("--idle-timeout", req.idle_timeout_secs)] {
@@ -121,6 +142,24 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
         return Err(RequestError::BadDockerfile(d.clone()));
     }
     Ok(destination)
+}
+
+/// A `--test` command as a shell would show it (quoted where needed).
+pub fn test_line(argv: &[String]) -> String {
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+}
+
+/// What a build tests each platform with, as the release engineer wrote it: `stage NAME` for
+/// `--test-target`, then each `--test` command.
+pub fn tests_of(req: &BuildRequest) -> Vec<String> {
+    req.test_target.iter().map(|s| format!("stage {s}")).chain(req.tests.iter().map(|t| test_line(t))).collect()
+}
+
+/// Whether `t` can name a Dockerfile stage.
+fn is_stage(t: &str) -> bool {
+    (1..=MAX_TARGET_BYTES).contains(&t.len())
+        && t.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn destination(tags: &[String]) -> Result<Destination, RequestError> {
@@ -176,6 +215,8 @@ mod tests {
             no_cache: false,
             pull: false,
             push: true,
+            tests: vec![],
+            test_target: None,
         }
     }
 
@@ -274,5 +315,17 @@ mod tests {
             assert!(e.contains("must be relative to the context, without '..'"), "{bad:?}: {e}");
         }
         assert!(validate(&BuildRequest { dockerfile: "a/..b/Dockerfile".into(), ..request() }).is_ok());
+        let tests = |t: Vec<Vec<&str>>| BuildRequest {
+            tests: t.into_iter().map(|a| a.into_iter().map(str::to_owned).collect()).collect(),
+            ..request()
+        };
+        assert!(validate(&tests(vec![vec!["/bin/sh", "-c", "make test"]])).is_ok());
+        assert_eq!(
+            validate(&tests(vec![vec![]])).unwrap_err().to_string(),
+            "--test \"\" must name a command, at most 16 KiB in all, without NUL"
+        );
+        assert!(matches!(validate(&tests(vec![vec!["x"]; 17])), Err(RequestError::TooManyTests(17))));
+        let stage = BuildRequest { test_target: Some("-x".into()), ..request() };
+        assert!(validate(&stage).unwrap_err().to_string().starts_with("--test-target \"-x\""));
     }
 }

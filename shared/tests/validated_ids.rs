@@ -35,6 +35,8 @@ struct PlainJobSpec {
     attempt: u32,
     no_cache: bool,
     pull: bool,
+    tests: Vec<Vec<String>>,
+    test_target: Option<String>,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -83,6 +85,8 @@ struct PlainBuildRequest {
     no_cache: bool,
     pull: bool,
     push: bool,
+    tests: Vec<Vec<String>>,
+    test_target: Option<String>,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -101,6 +105,8 @@ fn plain_spec() -> PlainJobSpec {
         attempt: 2,
         no_cache: true,
         pull: false,
+        tests: vec![vec!["/bin/true".into()]],
+        test_target: Some("test".into()),
     }
 }
 
@@ -118,6 +124,8 @@ fn spec() -> JobSpec {
         attempt: 2,
         no_cache: true,
         pull: false,
+        tests: vec![vec!["/bin/true".into()]],
+        test_target: Some("test".into()),
     }
 }
 
@@ -174,6 +182,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         no_cache: false,
         pull: false,
         push: true,
+        tests: vec![],
+        test_target: None,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -188,6 +198,8 @@ fn stored_json_is_unchanged_and_still_reads() {
         no_cache: false,
         pull: false,
         push: true,
+        tests: vec![],
+        test_target: None,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

@@ -7,8 +7,8 @@ use super::follow;
 use super::output::{self, Output};
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
-use anyhow::bail;
-use archfarm_shared::protocol::{BuildRequest, ClientRequest};
+use anyhow::{bail, Context as _};
+use archfarm_shared::protocol::{BuildRequest, ClientRequest, PlatformResult};
 use archfarm_shared::request;
 use archfarm_shared::{Digest, Platform};
 use std::path::PathBuf;
@@ -80,6 +80,15 @@ pub struct BuildArgs {
     /// coordinator's job_idle_timeout_secs (15 min unless configured).
     #[arg(long = "idle-timeout", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
+    /// A command to run in each platform's freshly built image, on its own agent, natively,
+    /// before anything is pushed or published (repeatable; quoted as a shell would, run without
+    /// one: `--test '/app --self-test'`). One that exits non-zero fails its platform.
+    #[arg(long = "test")]
+    tests: Vec<String>,
+    /// A Dockerfile stage (say `test`) built on each platform's agent after the image; if it
+    /// fails, its platform fails and nothing is published.
+    #[arg(long = "test-target")]
+    test_target: Option<String>,
     /// Do not use BuildKit's cache: every step runs again, on every platform's agent.
     #[arg(long = "no-cache")]
     no_cache: bool,
@@ -145,6 +154,12 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         no_cache: args.no_cache,
         pull: args.pull,
         push,
+        tests: args
+            .tests
+            .iter()
+            .map(|t| shlex::split(t).with_context(|| format!("--test {t:?}: unbalanced quotes")))
+            .collect::<anyhow::Result<_>>()?,
+        test_target: args.test_target.clone(),
     };
     request::validate(&req)?;
     if outputs.iter().any(|o| matches!(o, Output::Docker(_))) && req.platforms.len() > 1 {
@@ -175,13 +190,30 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
+    let request_tests = request::tests_of(&request);
     let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
     let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     conn.close().await;
     let Some(platforms) = built else { return Ok(false) };
+    if let Some(path) = args.metadata_file.as_deref().filter(|_| !request_tests.is_empty()) {
+        note_tests(path, &request_tests, &platforms).await?;
+    }
     export::write(&outputs, &request_tags, &platforms, &args.insecure_registries).await?;
     Ok(true)
+}
+
+/// Adds the tests every platform passed to the metadata file `follow` wrote.
+async fn note_tests(path: &std::path::Path, tests: &[String], platforms: &[PlatformResult]) -> anyhow::Result<()> {
+    let text = tokio::fs::read_to_string(path).await?;
+    let mut doc: serde_json::Value = serde_json::from_str(&text)?;
+    doc["archfarm.tests"] = serde_json::json!({
+        "commands": tests,
+        "passed": platforms.iter().map(|p| p.platform.to_string()).collect::<Vec<_>>(),
+    });
+    tokio::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write --metadata-file {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::platform;
-use archfarm_shared::protocol::{BuildDetail, BuildSummary, ClientRequest, ClientResponse};
+use archfarm_shared::protocol::{BuildDetail, BuildState, BuildSummary, ClientRequest, ClientResponse};
 use archfarm_shared::BuildId;
 use std::fmt::Write;
 
@@ -48,6 +48,15 @@ pub fn detail(d: &BuildDetail) -> String {
     let _ = writeln!(out, "Tags:      {}", s.tags.join(", "));
     if let Some(i) = &s.index {
         let _ = writeln!(out, "Index:     {i}");
+    }
+    if !s.tests.is_empty() {
+        // A build that got past its platforms passed every test on every one.
+        let verdict = match s.state {
+            BuildState::Published | BuildState::Built | BuildState::Publishing => "passed on every platform",
+            BuildState::Running => "run on each platform before its push",
+            _ => "see each platform below",
+        };
+        let _ = writeln!(out, "Tests:     {} ({verdict})", s.tests.join("; "));
     }
     if let Some(e) = &s.error {
         let _ = writeln!(out, "Error:     {}", e.replace('\n', "\n           "));

@@ -232,6 +232,8 @@ fn templates() -> &'static [Vec<u8>] {
                 no_cache: false,
                 pull: false,
                 push: true,
+                tests: vec![],
+                test_target: None,
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),

@@ -115,6 +115,10 @@ pub struct JobSpec {
     pub no_cache: bool,
     /// `--pull`: fetch base images again.
     pub pull: bool,
+    /// `--test` commands, run in the built image before it is pushed.
+    pub tests: Vec<Vec<String>>,
+    /// `--test-target` stage, built after the image.
+    pub test_target: Option<String>,
 }
 
 /// How a job ended on the agent.

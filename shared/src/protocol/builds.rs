@@ -90,6 +90,9 @@ pub struct BuildSummary {
     pub tags: Vec<String>,
     /// The published index.
     pub index: Option<Digest>,
+    /// What each platform's image was tested with (`--test` commands, `--test-target`
+    /// stage), as the release engineer wrote them.
+    pub tests: Vec<String>,
     /// Why it failed.
     pub error: Option<String>,
 }

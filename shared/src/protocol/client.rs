@@ -148,6 +148,14 @@ pub struct BuildRequest {
     /// it for `--load` or `--output`; builds stored before this field all pushed.
     #[serde(default = "pushes")]
     pub push: bool,
+    /// `--test`: commands (argument vectors) run in each platform's freshly built image on its
+    /// own agent, natively, before it is pushed; one that exits non-zero fails the platform.
+    #[serde(default)]
+    pub tests: Vec<Vec<String>>,
+    /// `--test-target`: a stage built on each platform's agent after the image; if it fails,
+    /// the platform fails.
+    #[serde(default)]
+    pub test_target: Option<String>,
 }
 
 fn pushes() -> bool {

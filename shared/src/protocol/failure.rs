@@ -51,6 +51,9 @@ pub enum FailureKind {
     EngineUnhealthy,
     /// A registry a build pulls from could not be reached (down, 5xx, no route).
     RegistryUnavailable,
+    /// A `--test` command exited non-zero in the built image, or the `--test-target` stage
+    /// failed: the image's fault, final, nobody else's.
+    TestFailed,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -71,6 +74,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::OutOfMemory => "out of memory",
             FailureKind::EngineUnhealthy => "engine unhealthy",
             FailureKind::RegistryUnavailable => "registry unavailable",
+            FailureKind::TestFailed => "test failed",
         })
     }
 }

@@ -343,6 +343,8 @@ async fn timed_build(
         no_cache: false,
         pull: false,
         push: true,
+        tests: vec![],
+        test_target: None,
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

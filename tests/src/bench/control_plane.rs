@@ -149,6 +149,8 @@ async fn fire(
             no_cache: false,
             pull: false,
             push: true,
+            tests: vec![],
+            test_target: None,
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

@@ -234,6 +234,8 @@ async fn run_job(
         attempt: job.attempts,
         no_cache: req.no_cache,
         pull: req.pull,
+        tests: req.tests.clone(),
+        test_target: req.test_target.clone(),
     };
     runner.run(spec, live).await
 }

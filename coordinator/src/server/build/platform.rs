@@ -307,7 +307,8 @@ impl Runner<'_> {
 /// What a job failure reported by the agent means for the retry decision.
 fn after_failure(failure: JobFailure) -> Attempt {
     match failure.kind {
-        FailureKind::Build => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
+        // The image's own doing: every agent would build the same.
+        FailureKind::Build | FailureKind::TestFailed => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
         // The coordinator lost the context: no agent can build it until it is uploaded again.
         FailureKind::ContextMissing => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
         FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },

@@ -175,6 +175,8 @@ impl Rig {
             no_cache: false,
             pull: false,
             push: true,
+            tests: vec![],
+            test_target: None,
         };
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
@@ -190,6 +192,8 @@ impl Rig {
             attempt: 0,
             no_cache: false,
             pull: false,
+            tests: vec![],
+            test_target: None,
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();

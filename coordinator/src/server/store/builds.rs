@@ -239,6 +239,7 @@ fn summary(row: SummaryRow) -> Result<BuildSummary> {
         state: parse(&state, "build state")?,
         created_ms: created as u64,
         finished_ms: finished.map(|f| f as u64),
+        tests: archfarm_shared::request::tests_of(&req),
         platforms: req.platforms,
         tags: req.tags,
         index: index.map(|d| parse(&d, "digest")).transpose()?,
@@ -359,6 +360,8 @@ mod tests {
             no_cache: false,
             pull: false,
             push: true,
+            tests: vec![],
+            test_target: None,
         }
     }
 

@@ -13,6 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 use tracing::warn;
 
+mod run;
+pub use run::TestRun;
+
 /// A Docker Engine.
 #[derive(Debug, Clone)]
 pub struct Engine {

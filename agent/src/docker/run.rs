@@ -1,0 +1,92 @@
+//! Running a command in a built image: the native test of `archfarm build --test`. The
+//! container has no network, its output streams to the job's log, and it is removed however
+//! the test ends, also when the job is stopped mid-test.
+
+use super::Engine;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+
+/// Lines of a test's output kept for its failure.
+const TAIL: usize = 20;
+
+/// How a test ended.
+#[derive(Debug)]
+pub struct TestRun {
+    /// The command's exit code.
+    pub exit_code: i64,
+    /// Its last lines of output.
+    pub tail: Vec<String>,
+}
+
+/// Removes the container when dropped, so a stopped job leaves none behind.
+struct Removal {
+    docker: bollard::Docker,
+    id: String,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let options = RemoveContainerOptions { force: true, ..Default::default() };
+                let _ = docker.remove_container(&id, Some(options)).await;
+            });
+        }
+    }
+}
+
+impl Engine {
+    /// Runs `argv` in `image` (its entrypoint kept, as `docker run IMAGE ARGV…`), sending each
+    /// output line to `log`.
+    pub async fn run_test(
+        &self,
+        image: &str,
+        argv: &[String],
+        log: &mut (dyn FnMut(String) + Send),
+    ) -> Result<TestRun, String> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(argv.to_vec()),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| format!("creating the test container: {e}"))?;
+        let _removal = Removal { docker: self.docker.clone(), id: created.id.clone() };
+        self.docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| format!("starting the test container: {e}"))?;
+        let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+        let mut logs = self.docker.logs(&created.id, Some(options));
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL);
+        while let Some(chunk) = logs.next().await {
+            let Ok(chunk) = chunk else { break };
+            for line in chunk.to_string().lines() {
+                if tail.len() == TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line.to_owned());
+                log(line.to_owned());
+            }
+        }
+        let mut waits = self.docker.wait_container(&created.id, None::<WaitContainerOptions>);
+        let exit_code = match waits.next().await {
+            Some(Ok(w)) => w.status_code,
+            // A non-zero exit comes back as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(format!("waiting for the test container: {e}")),
+            None => return Err("the engine said nothing of how the test ended".into()),
+        };
+        Ok(TestRun { exit_code, tail: tail.into() })
+    }
+}
