@@ -234,6 +234,20 @@ pub enum ImagetoolsCommand {
         #[arg(long = "insecure-registry")]
         insecure: Vec<String>,
     },
+    /// Publish one index over per-platform images already in the registry (by digest or tag,
+    /// or an index whose children to take), each checked by its config as the farm checks an
+    /// agent's push: the merge step of a CI matrix.
+    Create {
+        /// Name and tag of the index (repeatable; all in one repository).
+        #[arg(short = 't', long = "tag", required = true)]
+        tags: Vec<String>,
+        /// The images, REGISTRY/REPOSITORY@sha256:… or :TAG, in the registry of the tags.
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// A registry (host:port) to reach over plain http although it is not on loopback.
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+    },
 }
 
 /// `archfarm ca ...`

@@ -73,6 +73,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Imagetools { command: ImagetoolsCommand::Inspect { reference, raw, insecure } } => {
             client::imagetools::inspect(&reference, raw, &insecure).await.map(|()| true)
         }
+        Command::Imagetools { command: ImagetoolsCommand::Create { tags, sources, insecure } } => {
+            client::imagetools::create(&tags, &sources, &insecure).await.map(|()| true)
+        }
         Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
         Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {
             ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true)

@@ -31,6 +31,7 @@ pub mod content;
 pub mod credentials;
 pub mod dial;
 pub mod ids;
+pub mod images;
 pub mod oci;
 pub mod outcome;
 pub mod pki;

@@ -162,7 +162,8 @@ fn is_stage(t: &str) -> bool {
         && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn destination(tags: &[String]) -> Result<Destination, RequestError> {
+/// The repository and parsed tags of `tags`: at least one, none by digest, all in one repository.
+pub fn destination(tags: &[String]) -> Result<Destination, RequestError> {
     let mut parsed: Vec<ImageRef> = Vec::with_capacity(tags.len());
     for t in tags {
         let r = registry::parse_reference(t).map_err(|e| RequestError::BadTag(e.to_string()))?;

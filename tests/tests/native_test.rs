@@ -56,7 +56,8 @@ fn a_test_failing_on_one_platform_publishes_nothing_and_names_it() {
     let (farm, ctx) = farm_and_context();
     let tag = format!("{}:1", farm.repo("tested/failing"));
     let started = std::time::Instant::now();
-    let out = farm.build("linux/amd64,linux/386", &[&tag], ctx.path(), &["--test", "/bin/busybox test -f /only-on-amd64"]);
+    let out =
+        farm.build("linux/amd64,linux/386", &[&tag], ctx.path(), &["--test", "/bin/busybox test -f /only-on-amd64"]);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(

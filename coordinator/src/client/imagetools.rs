@@ -1,8 +1,13 @@
 //! `archfarm imagetools inspect REF`: what the registry holds under a reference, straight from
-//! the registry (like `docker buildx imagetools inspect`).
+//! the registry (like `docker buildx imagetools inspect`); and `imagetools create`, one index
+//! over images already pushed, each checked as the farm checks an agent's push.
 
-use archfarm_shared::oci;
+use anyhow::{bail, Context as _};
+use archfarm_shared::images;
+use archfarm_shared::oci::{self, Child};
+use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::{self, Registry};
+use archfarm_shared::request;
 use archfarm_shared::Digest;
 use std::fmt::Write;
 
@@ -43,5 +48,89 @@ pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow:
         writeln!(out, "Platform:  {platform}")?;
     }
     print!("{out}");
+    Ok(())
+}
+
+/// The config and layer digests a single-platform manifest names.
+fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<Digest>> {
+    let m: serde_json::Value = serde_json::from_slice(manifest)?;
+    let mut out = vec![m["config"]["digest"].as_str().unwrap_or_default().parse()?];
+    for l in m["layers"].as_array().into_iter().flatten() {
+        out.push(l["digest"].as_str().unwrap_or_default().parse()?);
+    }
+    Ok(out)
+}
+
+/// The single-platform manifests `source` names: itself, or an index's children.
+async fn manifests_of(reg: &Registry, source: &ImageRef) -> anyhow::Result<Vec<Digest>> {
+    let (bytes, digest) = reg.manifest(source, oci::ANY_MANIFEST).await?;
+    let media_type = oci::media_type_of(&bytes).unwrap_or_default();
+    if media_type != oci::OCI_INDEX && media_type != oci::DOCKER_LIST {
+        return Ok(vec![digest]);
+    }
+    let index: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let children = index["manifests"].as_array().into_iter().flatten();
+    children.map(|m| Ok(m["digest"].as_str().unwrap_or_default().parse()?)).collect()
+}
+
+/// Brings manifest `digest` of `from` into the repository of `to`: its blobs mounted across
+/// repositories, then the same manifest bytes pushed by digest.
+async fn bring(reg: &Registry, from: &ImageRef, to: &ImageRef, digest: &Digest) -> anyhow::Result<()> {
+    let (bytes, _) = reg.manifest(&from.with_digest(digest), oci::IMAGE_MANIFESTS).await?;
+    for blob in blobs_of(&bytes)? {
+        if !reg.has_blob(to, &blob).await {
+            reg.mount_blob(to, from, &blob).await.with_context(|| {
+                format!(
+                    "{blob} of {} could not be mounted into {}; push the image there first",
+                    from.whole(),
+                    to.name()
+                )
+            })?;
+        }
+    }
+    let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
+    reg.push_manifest(&to.with_digest(digest), bytes, &media_type).await?;
+    Ok(())
+}
+
+/// `archfarm imagetools create -t TAG… SOURCE…`: checks each source's platform from its config
+/// and publishes one canonical index over them, in the order given, under every tag.
+pub async fn create(tags: &[String], sources: &[String], insecure: &[String]) -> anyhow::Result<()> {
+    let dest = request::destination(tags)?;
+    let reg = Registry::for_reference(&dest.repository, insecure);
+    reg.authorize_push(&dest.repository).await?;
+    let mut children: Vec<Child> = Vec::new();
+    for source in sources {
+        let from = registry::parse_reference(source)?;
+        if from.registry() != dest.repository.registry() {
+            bail!(
+                "{source} is in registry {}, and the index goes to {}: an index lists images of its own repository; \
+                 push the image there first",
+                from.registry(),
+                dest.repository.registry()
+            );
+        }
+        for digest in manifests_of(&reg, &from).await? {
+            if !from.same_repository(&dest.repository) {
+                bring(&reg, &from, &dest.repository, &digest).await?;
+            }
+            let child = images::read_child(&reg, &dest.repository, &digest, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            if let Some(twin) = children.iter().find(|c| c.platform == child.platform) {
+                bail!(
+                    "{} and {} are both {}: an index holds one image per platform",
+                    twin.manifest.digest,
+                    digest,
+                    child.platform
+                );
+            }
+            eprintln!("  {:<14} {}  (from {source})", child.platform.to_string(), digest);
+            children.push(child);
+        }
+    }
+    let index = images::publish_index(&reg, &dest.tags, &children).await.map_err(anyhow::Error::msg)?;
+    eprintln!("published index {index} as {}", tags.join(", "));
+    println!("{index}");
     Ok(())
 }
