@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what archfarm's local farm and test suite need on a Debian/Ubuntu machine:
 # Docker Engine (dockerd), the CNCF registry (Debian's docker-registry), skopeo, htpasswd (for a
-# registry that wants a login), and the per-arch
+# registry that wants a login), socat (an engine in its own network namespace reaching the
+# registry), and the per-arch
 # static busybox binaries the test image copies. Idempotent: it only adds what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +18,8 @@ command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v file >/dev/null || need+=(file)
 command -v ip >/dev/null || need+=(iproute2)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# socat: a test reaches the registry from an engine in a network namespace of its own.
+command -v socat >/dev/null || need+=(socat)
 if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ] || [ ! -x "$fixtures/386/busybox" ]; then
   export DEBIAN_FRONTEND=noninteractive
   for arch in arm64 i386; do

@@ -120,6 +120,8 @@ impl Executor {
             target: spec.target.as_deref(),
             no_cache: spec.no_cache,
             pull: spec.pull,
+            cache_from: &spec.cache_from,
+            inline_cache: spec.inline_cache,
             session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
         };
         let mut sink = |line: String| {

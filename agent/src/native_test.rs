@@ -38,6 +38,8 @@ impl Executor {
                 target: Some(stage),
                 no_cache: spec.no_cache,
                 pull: false,
+                cache_from: &spec.cache_from,
+                inline_cache: false,
                 session: format!("archfarm-{}-test-{:x}", spec.job, rand::random::<u32>()),
             };
             let result = self.engine.build(build, &mut sink).await;

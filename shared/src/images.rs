@@ -94,3 +94,36 @@ pub async fn publish_index(registry: &Registry, tags: &[ImageRef], children: &[C
     }
     Ok(digest)
 }
+
+/// The config and layer digests a single-platform manifest names.
+fn blobs_of(manifest: &[u8]) -> Result<Vec<Digest>, String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+    let config = m["config"]["digest"].as_str().unwrap_or_default();
+    let layers = m["layers"].as_array().into_iter().flatten().map(|l| l["digest"].as_str().unwrap_or_default());
+    std::iter::once(config).chain(layers).map(|d| d.parse().map_err(|e| format!("{e}"))).collect()
+}
+
+/// Brings manifest `digest` of repository `from` to `to` (a tag or that digest, in another
+/// repository of the same registry): its blobs are mounted across repositories, then the same
+/// manifest bytes are pushed, so the digest stays the same.
+pub async fn bring(registry: &Registry, from: &ImageRef, to: &ImageRef, digest: &Digest) -> Result<(), String> {
+    let (bytes, _) =
+        registry.manifest(&from.with_digest(digest), oci::IMAGE_MANIFESTS).await.map_err(|e| e.to_string())?;
+    if Digest::of(&bytes) != *digest {
+        return Err(format!("{} serves other bytes than {digest}", from.whole()));
+    }
+    registry.authorize_push(to).await.map_err(|e| e.to_string())?;
+    for blob in blobs_of(&bytes)? {
+        if !registry.has_blob(to, &blob).await {
+            registry.mount_blob(to, from, &blob).await.map_err(|e| {
+                format!(
+                    "{blob} of {} could not be mounted into {}: {e}; push the image there first",
+                    from.whole(),
+                    to.name()
+                )
+            })?;
+        }
+    }
+    let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
+    registry.push_manifest(to, bytes, &media_type).await.map_err(|e| e.to_string())
+}

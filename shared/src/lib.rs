@@ -24,6 +24,7 @@
 //! - [`outcome`]: how an attempt at a job ended.
 //! - [`tarball`]: what a build-context tarball may hold.
 
+pub mod cache;
 pub mod chunking;
 pub mod clock;
 pub mod codec;

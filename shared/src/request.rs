@@ -98,6 +98,16 @@ pub enum RequestError {
     /// A `--test-target` that is not a stage name.
     #[error("--test-target {0:?} is not a stage name (1-128 letters, digits, '_', '-', '.', starting with a letter or digit)")]
     BadTestTarget(String),
+    /// A cache reference that cannot be used.
+    #[error("{flag} ref {reference:?}: {why}")]
+    BadCache {
+        /// `--cache-from` or `--cache-to`.
+        flag: &'static str,
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A Dockerfile path outside the context.
     #[error("Dockerfile path {0:?} must be relative to the context, without '..'")]
     BadDockerfile(String),
@@ -137,6 +147,7 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
             return Err(RequestError::BadTimeout { flag, secs });
         }
     }
+    check_cache(req, &destination)?;
     let d = &req.dockerfile;
     if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == "..") || d.contains('\0') {
         return Err(RequestError::BadDockerfile(d.clone()));
@@ -153,6 +164,35 @@ pub fn test_line(argv: &[String]) -> String {
 /// `--test-target`, then each `--test` command.
 pub fn tests_of(req: &BuildRequest) -> Vec<String> {
     req.test_target.iter().map(|s| format!("stage {s}")).chain(req.tests.iter().map(|t| test_line(t))).collect()
+}
+
+/// Most `--cache-from` references in one build.
+pub const MAX_CACHE_FROM: usize = 8;
+
+fn check_cache(req: &BuildRequest, destination: &Destination) -> Result<(), RequestError> {
+    let bad =
+        |flag, reference: &str, why: String| RequestError::BadCache { flag, reference: reference.to_owned(), why };
+    if req.cache_from.len() > MAX_CACHE_FROM {
+        return Err(bad("--cache-from", &req.cache_from[MAX_CACHE_FROM], format!("at most {MAX_CACHE_FROM} are read")));
+    }
+    let refs = req.cache_from.iter().map(|r| ("--cache-from", r)).chain(req.cache_to.iter().map(|r| ("--cache-to", r)));
+    for (flag, reference) in refs {
+        let parsed = registry::parse_reference(reference).map_err(|e| bad(flag, reference, e.to_string()))?;
+        if parsed.digest().is_some() {
+            return Err(bad(flag, reference, "a cache is written and read by tag, not by digest".into()));
+        }
+        if flag == "--cache-to" && parsed.registry() != destination.repository.registry() {
+            return Err(bad(
+                flag,
+                reference,
+                format!(
+                    "the cache images are the built images, tagged: use the registry of -t, {}",
+                    destination.repository.registry()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `t` can name a Dockerfile stage.
@@ -218,6 +258,9 @@ mod tests {
             push: true,
             tests: vec![],
             test_target: None,
+            cache_from: vec![],
+            cache_to: None,
+            inline_cache: false,
         }
     }
 

@@ -37,6 +37,8 @@ struct PlainJobSpec {
     pull: bool,
     tests: Vec<Vec<String>>,
     test_target: Option<String>,
+    cache_from: Vec<String>,
+    inline_cache: bool,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -87,6 +89,9 @@ struct PlainBuildRequest {
     push: bool,
     tests: Vec<Vec<String>>,
     test_target: Option<String>,
+    cache_from: Vec<String>,
+    cache_to: Option<String>,
+    inline_cache: bool,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -107,6 +112,8 @@ fn plain_spec() -> PlainJobSpec {
         pull: false,
         tests: vec![vec!["/bin/true".into()]],
         test_target: Some("test".into()),
+        cache_from: vec!["r/a:c-linux-arm-v7".into()],
+        inline_cache: true,
     }
 }
 
@@ -126,6 +133,8 @@ fn spec() -> JobSpec {
         pull: false,
         tests: vec![vec!["/bin/true".into()]],
         test_target: Some("test".into()),
+        cache_from: vec!["r/a:c-linux-arm-v7".into()],
+        inline_cache: true,
     }
 }
 
@@ -184,6 +193,9 @@ fn stored_json_is_unchanged_and_still_reads() {
         push: true,
         tests: vec![],
         test_target: None,
+        cache_from: vec![],
+        cache_to: None,
+        inline_cache: false,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -200,6 +212,9 @@ fn stored_json_is_unchanged_and_still_reads() {
         push: true,
         tests: vec![],
         test_target: None,
+        cache_from: vec![],
+        cache_to: None,
+        inline_cache: false,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

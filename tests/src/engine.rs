@@ -13,6 +13,9 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Engine {
     proc: Proc,
+    /// Forwarders that let the engine reach ports of the host's loopback (stopped before it).
+    forwards: Vec<Proc>,
+    dir: PathBuf,
     // Dropped after the engine is stopped (fields drop after `Drop::drop`, and in order).
     _netns: Netns,
     /// `unix:///…/docker.sock`, for an agent's `docker_host`.
@@ -45,7 +48,41 @@ impl Engine {
                 .ok()?;
             out.status.success().then_some(())
         });
-        Engine { proc, _netns: netns, host, paused: false }
+        Engine { proc, forwards: Vec::new(), dir: dir.to_owned(), _netns: netns, host, paused: false }
+    }
+
+    /// Lets the engine reach `127.0.0.1:port` of the host (a registry), through two socat
+    /// processes joined by a unix socket: one listens on the port inside the engine's network
+    /// namespace, the other connects to the host's port.
+    pub fn reach(&mut self, port: u16) {
+        let socket = self.dir.join(format!("forward-{port}.sock"));
+        let mut host_side = Command::new("socat");
+        host_side.arg(format!("UNIX-LISTEN:{},fork", socket.display())).arg(format!("TCP:127.0.0.1:{port}"));
+        self.forwards.push(Proc::start(
+            "socat (host side)",
+            host_side,
+            self.dir.join(format!("forward-{port}-host.log")),
+        ));
+        wait_until(Duration::from_secs(10), "the forwarding socket", || socket.exists().then_some(()));
+        let mut engine_side = Command::new("nsenter");
+        engine_side
+            .arg(format!("--net=/var/run/netns/{}", self._netns.0))
+            .arg("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", socket.display()));
+        self.forwards.push(Proc::start(
+            "socat (engine side)",
+            engine_side,
+            self.dir.join(format!("forward-{port}-ns.log")),
+        ));
+        let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+        wait_until(Duration::from_secs(10), "the forwarded port inside the namespace", || {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self._netns.0, "bash", "-c", &probe])
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(())
+        });
     }
 
     /// The engine's process id.
@@ -75,6 +112,9 @@ impl Drop for Engine {
         // rather than the harness's usual five seconds before SIGKILL would orphan it.
         let _ = self.proc.terminate_and_wait(Duration::from_secs(30));
         self.proc.stop();
+        for forward in &mut self.forwards {
+            forward.stop();
+        }
     }
 }
 

@@ -14,7 +14,8 @@ fn only_child(reference: &str) -> String {
 fn an_index_over_images_pushed_separately_lists_each_checked_platform() {
     let farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
     let ctx = context(PER_ARCH_DOCKERFILE);
-    let (amd64, arm64) = (format!("{}:amd64", farm.repo("ci/app-amd64")), format!("{}:arm64", farm.repo("ci/app-arm64")));
+    let (amd64, arm64) =
+        (format!("{}:amd64", farm.repo("ci/app-amd64")), format!("{}:arm64", farm.repo("ci/app-arm64")));
     for (platform, tag) in [("linux/amd64", &amd64), ("linux/arm64", &arm64)] {
         let out = farm.build(platform, &[tag], ctx.path(), &[]);
         assert!(out.status.success(), "{}", text(&out));

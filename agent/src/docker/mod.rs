@@ -52,6 +52,10 @@ pub struct BuildSpec<'a> {
     pub no_cache: bool,
     /// Fetch base images again even when the engine has them.
     pub pull: bool,
+    /// Images to import build cache from.
+    pub cache_from: &'a [String],
+    /// Put BuildKit's inline cache in the image config.
+    pub inline_cache: bool,
     /// BuildKit session id, unique per build.
     pub session: String,
 }
@@ -110,7 +114,7 @@ impl Engine {
             dockerfile: spec.dockerfile.to_owned(),
             t: Some(spec.tag.to_owned()),
             platform: spec.platform.to_string(),
-            buildargs: Some(spec.build_args.iter().cloned().collect::<HashMap<_, _>>()),
+            buildargs: Some(build_args(&spec)),
             labels: Some(spec.labels.iter().cloned().collect::<HashMap<_, _>>()),
             target: spec.target.unwrap_or_default().to_owned(),
             version: BuilderVersion::BuilderBuildKit,
@@ -118,6 +122,7 @@ impl Engine {
             rm: true,
             nocache: spec.no_cache,
             pull: spec.pull.then(|| "1".to_owned()),
+            cachefrom: (!spec.cache_from.is_empty()).then(|| spec.cache_from.to_vec()),
             ..Default::default()
         };
         let credentials = pull_credentials().await;
@@ -221,6 +226,15 @@ impl Engine {
             .remove_image(tag, Some(RemoveImageOptions { force: true, noprune: false, ..Default::default() }), None)
             .await;
     }
+}
+
+/// The build arguments of `spec`, with `BUILDKIT_INLINE_CACHE` when it asks for inline cache.
+fn build_args(spec: &BuildSpec<'_>) -> HashMap<String, String> {
+    let mut args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
+    if spec.inline_cache {
+        args.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
+    }
+    args
 }
 
 /// The image the health probe builds, again and again.

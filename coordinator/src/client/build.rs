@@ -8,6 +8,7 @@ use super::output::{self, Output};
 use super::progress::{Mode, Progress};
 use super::{Connection, Remote};
 use anyhow::{bail, Context as _};
+use archfarm_shared::cache::CacheSpec;
 use archfarm_shared::protocol::{BuildRequest, ClientRequest, PlatformResult};
 use archfarm_shared::request;
 use archfarm_shared::{Digest, Platform};
@@ -89,6 +90,14 @@ pub struct BuildArgs {
     /// fails, its platform fails and nothing is published.
     #[arg(long = "test-target")]
     test_target: Option<String>,
+    /// Build cache to import, as in buildx: type=registry,ref=REGISTRY/REPOSITORY:TAG (each
+    /// platform reads its own tag, TAG-os-arch, and the reference itself) (repeatable).
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
+    /// Build cache to export, as in buildx: type=registry,ref=REGISTRY/REPOSITORY:TAG writes each
+    /// platform's cache to its own tag, TAG-os-arch; type=inline puts it in the image.
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
     /// Do not use BuildKit's cache: every step runs again, on every platform's agent.
     #[arg(long = "no-cache")]
     no_cache: bool,
@@ -160,7 +169,11 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
             .map(|t| shlex::split(t).with_context(|| format!("--test {t:?}: unbalanced quotes")))
             .collect::<anyhow::Result<_>>()?,
         test_target: args.test_target.clone(),
+        cache_from: vec![],
+        cache_to: None,
+        inline_cache: false,
     };
+    let req = with_cache(req, &args.cache_from, &args.cache_to)?;
     request::validate(&req)?;
     if outputs.iter().any(|o| matches!(o, Output::Docker(_))) && req.platforms.len() > 1 {
         bail!(
@@ -201,6 +214,37 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     }
     export::write(&outputs, &request_tags, &platforms, &args.insecure_registries).await?;
     Ok(true)
+}
+
+/// The request with its `--cache-from` and `--cache-to`, saying what the engine's BuildKit
+/// makes of them.
+fn with_cache(mut req: BuildRequest, from: &[String], to: &[String]) -> anyhow::Result<BuildRequest> {
+    for value in from {
+        match CacheSpec::parse(value, "--cache-from").map_err(anyhow::Error::msg)? {
+            CacheSpec::Registry { reference, .. } => req.cache_from.push(reference),
+            CacheSpec::Inline => {
+                bail!("--cache-from type=inline means nothing: name the image, type=registry,ref=IMAGE")
+            }
+        }
+    }
+    for value in to {
+        match CacheSpec::parse(value, "--cache-to").map_err(anyhow::Error::msg)? {
+            CacheSpec::Inline => req.inline_cache = true,
+            CacheSpec::Registry { reference, max } => {
+                if req.cache_to.replace(reference).is_some() {
+                    bail!("one --cache-to type=registry per build: each platform writes its own tag of it");
+                }
+                if max {
+                    eprintln!(
+                        "note: --cache-to mode=max needs a cache exporter the agents' Docker Engine builder lacks; it \
+                         exports inline cache, which keeps the layers of the final stage (mode=min)"
+                    );
+                }
+            }
+        }
+    }
+    request::validate(&req)?;
+    Ok(req)
 }
 
 /// Adds the tests every platform passed to the metadata file `follow` wrote.

@@ -2,7 +2,7 @@
 //! the registry (like `docker buildx imagetools inspect`); and `imagetools create`, one index
 //! over images already pushed, each checked as the farm checks an agent's push.
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use archfarm_shared::images;
 use archfarm_shared::oci::{self, Child};
 use archfarm_shared::reference::ImageRef;
@@ -51,16 +51,6 @@ pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow:
     Ok(())
 }
 
-/// The config and layer digests a single-platform manifest names.
-fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<Digest>> {
-    let m: serde_json::Value = serde_json::from_slice(manifest)?;
-    let mut out = vec![m["config"]["digest"].as_str().unwrap_or_default().parse()?];
-    for l in m["layers"].as_array().into_iter().flatten() {
-        out.push(l["digest"].as_str().unwrap_or_default().parse()?);
-    }
-    Ok(out)
-}
-
 /// The single-platform manifests `source` names: itself, or an index's children.
 async fn manifests_of(reg: &Registry, source: &ImageRef) -> anyhow::Result<Vec<Digest>> {
     let (bytes, digest) = reg.manifest(source, oci::ANY_MANIFEST).await?;
@@ -71,26 +61,6 @@ async fn manifests_of(reg: &Registry, source: &ImageRef) -> anyhow::Result<Vec<D
     let index: serde_json::Value = serde_json::from_slice(&bytes)?;
     let children = index["manifests"].as_array().into_iter().flatten();
     children.map(|m| Ok(m["digest"].as_str().unwrap_or_default().parse()?)).collect()
-}
-
-/// Brings manifest `digest` of `from` into the repository of `to`: its blobs mounted across
-/// repositories, then the same manifest bytes pushed by digest.
-async fn bring(reg: &Registry, from: &ImageRef, to: &ImageRef, digest: &Digest) -> anyhow::Result<()> {
-    let (bytes, _) = reg.manifest(&from.with_digest(digest), oci::IMAGE_MANIFESTS).await?;
-    for blob in blobs_of(&bytes)? {
-        if !reg.has_blob(to, &blob).await {
-            reg.mount_blob(to, from, &blob).await.with_context(|| {
-                format!(
-                    "{blob} of {} could not be mounted into {}; push the image there first",
-                    from.whole(),
-                    to.name()
-                )
-            })?;
-        }
-    }
-    let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
-    reg.push_manifest(&to.with_digest(digest), bytes, &media_type).await?;
-    Ok(())
 }
 
 /// `archfarm imagetools create -t TAG… SOURCE…`: checks each source's platform from its config
@@ -112,7 +82,9 @@ pub async fn create(tags: &[String], sources: &[String], insecure: &[String]) ->
         }
         for digest in manifests_of(&reg, &from).await? {
             if !from.same_repository(&dest.repository) {
-                bring(&reg, &from, &dest.repository, &digest).await?;
+                images::bring(&reg, &from, &dest.repository.with_digest(&digest), &digest)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
             }
             let child = images::read_child(&reg, &dest.repository, &digest, None)
                 .await

@@ -78,7 +78,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         chunks,
         store,
         live: LiveBuilds::default(),
-        registries: RegistryClients::new(config.insecure_registries.clone()),
+        registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
         settings: Settings {
             max_frame: config.max_frame_bytes,
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),

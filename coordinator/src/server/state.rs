@@ -49,7 +49,7 @@ pub struct Shared {
     /// Builds running now.
     pub live: LiveBuilds,
     /// One client per registry, kept between builds.
-    pub registries: RegistryClients,
+    pub registries: Arc<RegistryClients>,
     /// Settings.
     pub settings: Settings,
 }

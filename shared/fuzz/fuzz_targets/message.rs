@@ -234,6 +234,9 @@ fn templates() -> &'static [Vec<u8>] {
                 push: true,
                 tests: vec![],
                 test_target: None,
+                cache_from: vec![],
+                cache_to: None,
+                inline_cache: false,
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),

@@ -119,6 +119,10 @@ pub struct JobSpec {
     pub tests: Vec<Vec<String>>,
     /// `--test-target` stage, built after the image.
     pub test_target: Option<String>,
+    /// Images to import build cache from, already scoped to this job's platform.
+    pub cache_from: Vec<String>,
+    /// Build with BuildKit's inline cache in the image config.
+    pub inline_cache: bool,
 }
 
 /// How a job ended on the agent.

@@ -156,6 +156,18 @@ pub struct BuildRequest {
     /// the platform fails.
     #[serde(default)]
     pub test_target: Option<String>,
+    /// `--cache-from type=registry,ref=R`: each platform reads build cache from its own tag of R
+    /// (`crate::cache::scoped`) and from R itself.
+    #[serde(default)]
+    pub cache_from: Vec<String>,
+    /// `--cache-to type=registry,ref=R`: each platform's cache image is tagged at its own tag
+    /// of R, in the registry of the tags.
+    #[serde(default)]
+    pub cache_to: Option<String>,
+    /// The images carry BuildKit's inline cache (`--cache-to type=inline`, and any registry
+    /// cache, which is inline cache here).
+    #[serde(default)]
+    pub inline_cache: bool,
 }
 
 fn pushes() -> bool {

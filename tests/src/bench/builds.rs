@@ -98,6 +98,8 @@ impl Bench<'_> {
             target: None,
             no_cache: false,
             pull: false,
+            cache_from: &[],
+            inline_cache: false,
             session: nonce("archfarm-bench"),
         };
         let result = self.rt.block_on(self.engine.build(spec, &mut |_| {}));
@@ -345,6 +347,9 @@ async fn timed_build(
         push: true,
         tests: vec![],
         test_target: None,
+        cache_from: vec![],
+        cache_to: None,
+        inline_cache: false,
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

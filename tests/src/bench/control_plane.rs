@@ -151,6 +151,9 @@ async fn fire(
             push: true,
             tests: vec![],
             test_target: None,
+            cache_from: vec![],
+            cache_to: None,
+            inline_cache: false,
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

@@ -106,6 +106,8 @@ impl Release<'_> {
             target: None,
             no_cache: false,
             pull: false,
+            cache_from: &[],
+            inline_cache: false,
             session: format!("archfarm-bench-{}", nonce()),
         };
         self.rt

@@ -21,7 +21,7 @@ use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::{Registry, RegistryClients};
-use archfarm_shared::request;
+use archfarm_shared::{cache, request};
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
 use futures_util::future::join_all;
 use platform::{JobLimits, Runner, Verified};
@@ -35,11 +35,28 @@ struct Plan {
     repo: ImageRef,
     tags: Vec<ImageRef>,
     registry: Arc<Registry>,
+    registries: Arc<RegistryClients>,
 }
 
-fn plan(req: &BuildRequest, registries: &RegistryClients) -> Result<Plan, String> {
+impl Plan {
+    /// The client of the registry `reference` is in.
+    fn registry_for(&self, reference: &ImageRef) -> Arc<Registry> {
+        if reference.registry() == self.repo.registry() {
+            self.registry.clone()
+        } else {
+            self.registries.get(reference)
+        }
+    }
+}
+
+fn plan(req: &BuildRequest, registries: &Arc<RegistryClients>) -> Result<Plan, String> {
     let dest = request::validate(req).map_err(|e| e.to_string())?;
-    Ok(Plan { registry: registries.get(&dest.repository), repo: dest.repository, tags: dest.tags })
+    Ok(Plan {
+        registry: registries.get(&dest.repository),
+        repo: dest.repository,
+        tags: dest.tags,
+        registries: registries.clone(),
+    })
 }
 
 /// How a build ended.
@@ -175,6 +192,9 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         return BuildEnd::Failed(format!("nothing was published:\n{}", failures.join("\n")));
     }
     let (children, platforms): (Vec<Child>, Vec<PlatformResult>) = verified.into_iter().flatten().unzip();
+    if let Some(cache_to) = &req.cache_to {
+        write_cache(&plan, cache_to, &children, live).await;
+    }
     if !req.push {
         info!("every platform verified; not tagged (the build did not ask to push)");
         return BuildEnd::Built { platforms };
@@ -192,6 +212,51 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
                  `archfarm builds publish {id}` publishes them without rebuilding"
             ))
         }
+    }
+}
+
+/// The cache images a platform reads, of those `--cache-from` names: its own tag of each
+/// reference, and the reference itself, each only if the registry has it (the engine's
+/// BuildKit fails a build whose cache image is missing, and a first build has none yet).
+async fn cache_sources(plan: &Plan, refs: &[String], platform: &Platform, live: &Live) -> Vec<String> {
+    let mut found = Vec::new();
+    for reference in refs {
+        for candidate in [cache::scoped(reference, platform), reference.clone()] {
+            let Ok(parsed) = archfarm_shared::registry::parse_reference(&candidate) else { continue };
+            let registry = plan.registry_for(&parsed);
+            if registry.manifest(&parsed, archfarm_shared::oci::ANY_MANIFEST).await.is_ok() {
+                found.push(candidate);
+            }
+        }
+    }
+    let line = match found.as_slice() {
+        [] => format!("no build cache found under {}: building without it", refs.join(", ")),
+        some => format!("build cache from {}", some.join(", ")),
+    };
+    if !refs.is_empty() {
+        live.emit(BuildEvent::Log { platform: platform.clone(), line });
+    }
+    found
+}
+
+/// Tags each verified image as its platform's cache image under `cache_to` (inline cache: the
+/// image is the cache). A cache that cannot be written is said in the platform's log and does
+/// not fail the build.
+async fn write_cache(plan: &Plan, cache_to: &str, children: &[Child], live: &Live) {
+    for child in children {
+        let target = cache::scoped(cache_to, &child.platform);
+        let written = match archfarm_shared::registry::parse_reference(&target) {
+            Ok(to) => archfarm_shared::images::bring(&plan.registry, &plan.repo, &to, &child.manifest.digest).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let line = match written {
+            Ok(()) => format!("build cache written to {target}"),
+            Err(e) => {
+                warn!(platform = %child.platform, "cache not written to {target}: {e}");
+                format!("build cache NOT written to {target}: {e}")
+            }
+        };
+        live.emit(BuildEvent::Log { platform: child.platform.clone(), line });
     }
 }
 
@@ -236,6 +301,8 @@ async fn run_job(
         pull: req.pull,
         tests: req.tests.clone(),
         test_target: req.test_target.clone(),
+        cache_from: cache_sources(plan, &req.cache_from, &job.platform, live).await,
+        inline_cache: req.inline_cache || req.cache_to.is_some(),
     };
     runner.run(spec, live).await
 }

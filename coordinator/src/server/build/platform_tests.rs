@@ -177,6 +177,9 @@ impl Rig {
             push: true,
             tests: vec![],
             test_target: None,
+            cache_from: vec![],
+            cache_to: None,
+            inline_cache: false,
         };
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
@@ -194,6 +197,8 @@ impl Rig {
             pull: false,
             tests: vec![],
             test_target: None,
+            cache_from: vec![],
+            inline_cache: false,
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();

@@ -362,6 +362,9 @@ mod tests {
             push: true,
             tests: vec![],
             test_target: None,
+            cache_from: vec![],
+            cache_to: None,
+            inline_cache: false,
         }
     }
 
