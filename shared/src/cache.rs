@@ -31,24 +31,32 @@ impl CacheSpec {
         if !value.contains('=') {
             return Ok(CacheSpec::Registry { reference: value.to_owned(), max: false });
         }
-        let (mut kind, mut reference, mut max) = (None, None, false);
+        let mut fields = Vec::new();
         for field in value.split(',') {
             let (key, val) =
                 field.split_once('=').ok_or_else(|| format!("{flag} {value:?}: {field:?} is not KEY=VALUE"))?;
-            match key.trim() {
-                "type" => kind = Some(val.trim().to_owned()),
-                "ref" => reference = Some(val.trim().to_owned()),
-                "mode" => match val.trim() {
-                    "min" => max = false,
-                    "max" => max = true,
-                    other => return Err(format!("{flag} {value:?}: mode is min or max, not {other:?}")),
-                },
-                // Accepted by buildx for the registry exporter; the engine's inline cache has none of them.
-                "oci-mediatypes" | "image-manifest" | "compression" | "ignore-error" => {}
-                other => return Err(format!("{flag} {value:?}: archfarm does not take {other:?}")),
+            fields.push((key.trim(), val.trim()));
+        }
+        let kind = fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| *v);
+        let (mut reference, mut max) = (None, false);
+        // The type decides which keys mean something: say what is wrong with it first.
+        if matches!(kind, Some("registry" | "inline")) {
+            for (key, val) in &fields {
+                match *key {
+                    "type" => {}
+                    "ref" => reference = Some(val.to_string()),
+                    "mode" => match *val {
+                        "min" => max = false,
+                        "max" => max = true,
+                        other => return Err(format!("{flag} {value:?}: mode is min or max, not {other:?}")),
+                    },
+                    // Options of buildx's registry exporter; the engine's inline cache has none.
+                    "oci-mediatypes" | "image-manifest" | "compression" | "ignore-error" => {}
+                    other => return Err(format!("{flag} {value:?}: archfarm does not take {other:?}")),
+                }
             }
         }
-        match kind.as_deref() {
+        match kind {
             Some("registry") => match reference {
                 Some(r) if !r.is_empty() => Ok(CacheSpec::Registry { reference: r, max }),
                 _ => Err(format!("{flag} type=registry needs ref=REGISTRY/REPOSITORY:TAG")),

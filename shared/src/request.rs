@@ -359,6 +359,10 @@ mod tests {
             assert!(e.contains("must be relative to the context, without '..'"), "{bad:?}: {e}");
         }
         assert!(validate(&BuildRequest { dockerfile: "a/..b/Dockerfile".into(), ..request() }).is_ok());
+    }
+
+    #[test]
+    fn tests_are_commands_and_bounded_and_a_test_stage_is_a_stage() {
         let tests = |t: Vec<Vec<&str>>| BuildRequest {
             tests: t.into_iter().map(|a| a.into_iter().map(str::to_owned).collect()).collect(),
             ..request()
@@ -371,5 +375,18 @@ mod tests {
         assert!(matches!(validate(&tests(vec![vec!["x"]; 17])), Err(RequestError::TooManyTests(17))));
         let stage = BuildRequest { test_target: Some("-x".into()), ..request() };
         assert!(validate(&stage).unwrap_err().to_string().starts_with("--test-target \"-x\""));
+    }
+
+    #[test]
+    fn cache_refs_are_tags_and_the_cache_goes_to_the_registry_of_the_tags() {
+        let from = BuildRequest { cache_from: vec![format!("127.0.0.1:5000/app@{}", Digest::of(b"x"))], ..request() };
+        assert!(validate(&from).unwrap_err().to_string().contains("not by digest"));
+        let to = BuildRequest { cache_to: Some("other.example/app:cache".into()), ..request() };
+        assert!(validate(&to).unwrap_err().to_string().contains("use the registry of -t"));
+        let ok = BuildRequest {
+            cache_to: Some(format!("{}:cache", request().tags[0].rsplit_once(':').unwrap().0)),
+            ..request()
+        };
+        assert!(validate(&ok).is_ok(), "{:?}", validate(&ok));
     }
 }
