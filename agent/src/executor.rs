@@ -140,7 +140,7 @@ impl Executor {
         }
         let built = started.elapsed();
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
-        let push = self.export_and_push(&tag, &spec, &context);
+        let push = self.export_and_push(conn, &tag, &spec, &context);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
@@ -196,11 +196,15 @@ impl Executor {
 
     async fn export_and_push(
         &self,
+        conn: &quinn::Connection,
         tag: &str,
         spec: &JobSpec,
         context: &std::path::Path,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
         let repository = spec.repository.as_str();
+        if repository.is_empty() {
+            return self.export_and_hand_over(conn, tag).await;
+        }
         if let Some(id) = self.engine.image_id(tag).await {
             let repo = registry::parse_reference(&format!("{repository}:latest"))
                 .map_err(|e| (FailureKind::Push, e.to_string()))?;
@@ -236,6 +240,25 @@ impl Executor {
                 if e.starts_with("compressing") { fault::kind_of(&e, FailureKind::Push) } else { FailureKind::Push };
             (kind, format!("push failed {} times; last error: {e}", Policy::IMAGE_PUSH.tries().unwrap_or(1)))
         })
+    }
+}
+
+impl Executor {
+    /// Exports the image and hands it to the coordinator (a build that names no registry).
+    async fn export_and_hand_over(
+        &self,
+        conn: &quinn::Connection,
+        tag: &str,
+    ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
+        let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
+        let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
+        let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
+        let dir = work.path().to_owned();
+        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
+            .await
+            .map_err(|e| local(format!("preparing the image: {e}")))?
+            .map_err(local)?;
+        crate::handover::hand_over(conn, &prepared, self.max_frame).await.map_err(|e| (FailureKind::Push, e))
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`enroll`]: joining with a one-time join token (key and CSR made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
+//! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
 //! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
@@ -24,6 +25,7 @@ pub mod engine_cache;
 pub mod enroll;
 pub mod executor;
 pub mod fault;
+pub mod handover;
 pub mod health;
 pub mod host;
 pub mod housekeeping;

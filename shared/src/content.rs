@@ -11,13 +11,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct ContentStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// What its files are, for messages: build contexts unless [`ContentStore::of_image_blobs`].
+    images: bool,
 }
 
 impl ContentStore {
     /// Opens (and creates) `dir`, accepting files up to `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(ContentStore { dir: dir.to_owned(), max_bytes })
+        Ok(ContentStore { dir: dir.to_owned(), max_bytes, images: false })
+    }
+
+    /// The same store, holding blobs of images: its messages say so.
+    pub fn of_image_blobs(self) -> Self {
+        ContentStore { images: true, ..self }
     }
 
     /// The largest file accepted.
@@ -48,6 +55,12 @@ impl ContentStore {
         size: u64,
         r: &mut R,
     ) -> Result<PathBuf, String> {
+        if size > self.max_bytes && self.images {
+            return Err(format!(
+                "an image blob of {size} bytes exceeds the limit of {} bytes (max_context_bytes)",
+                self.max_bytes
+            ));
+        }
         if size > self.max_bytes {
             return Err(format!(
                 "build context of {size} bytes exceeds the limit of {} bytes; exclude files with .dockerignore \

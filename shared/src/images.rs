@@ -57,20 +57,39 @@ pub async fn read_child(
             bytes.len()
         )));
     }
-    let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
-    if !oci::IMAGE_MANIFESTS.contains(&media_type.as_str()) {
-        return Err(wrong(format!("{digest} is a {media_type}, not a single-platform image manifest")));
-    }
-    let (_, config_digest) = oci::manifest_config(&bytes).map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
-    let config_digest: Digest = config_digest.parse().map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
+    let config_digest = config_of(&bytes, digest)?;
     let config = with_retries(&format!("fetching the config of {digest}"), || async {
         registry.blob(repo, &config_digest).await.map_err(|e| e.to_string())
     })
     .await
     .map_err(CheckError::Unavailable)?;
-    let platform = oci::config_platform(&config).map_err(|e| wrong(format!("config of {digest}: {e}")))?;
-    let manifest = Blob { media_type, digest: digest.clone(), size: bytes.len() as u64 };
-    Ok(Child { platform, manifest })
+    child_of(&bytes, digest, &config)
+}
+
+/// The config digest a manifest names, once it is known to be a single-platform manifest.
+pub fn config_of(manifest: &[u8], digest: &Digest) -> Result<Digest, CheckError> {
+    let wrong = |msg: String| CheckError::Wrong(msg);
+    let media_type = oci::media_type_of(manifest).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
+    if !oci::IMAGE_MANIFESTS.contains(&media_type.as_str()) {
+        return Err(wrong(format!("{digest} is a {media_type}, not a single-platform image manifest")));
+    }
+    let (_, config_digest) = oci::manifest_config(manifest).map_err(|e| wrong(format!("manifest {digest}: {e}")))?;
+    config_digest.parse().map_err(|e| wrong(format!("manifest {digest}: {e}")))
+}
+
+/// The index child of manifest `digest` over `config`: its platform is what the config says.
+pub fn child_of(manifest: &[u8], digest: &Digest, config: &[u8]) -> Result<Child, CheckError> {
+    let media_type = oci::media_type_of(manifest).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
+    let platform = oci::config_platform(config).map_err(|e| CheckError::Wrong(format!("config of {digest}: {e}")))?;
+    Ok(Child { platform, manifest: Blob { media_type, digest: digest.clone(), size: manifest.len() as u64 } })
+}
+
+/// The config and layer digests a single-platform manifest names.
+pub fn blobs_of(manifest: &[u8]) -> Result<Vec<Digest>, String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+    let config = m["config"]["digest"].as_str().unwrap_or_default();
+    let layers = m["layers"].as_array().into_iter().flatten().map(|l| l["digest"].as_str().unwrap_or_default());
+    std::iter::once(config).chain(layers).map(|d| d.parse().map_err(|e| format!("{e}"))).collect()
 }
 
 /// Publishes the index over `children` under every tag (all in one repository), then reads it
@@ -93,14 +112,6 @@ pub async fn publish_index(registry: &Registry, tags: &[ImageRef], children: &[C
         return Err(format!("{} resolves to {served} after publishing {digest}", first.whole()));
     }
     Ok(digest)
-}
-
-/// The config and layer digests a single-platform manifest names.
-fn blobs_of(manifest: &[u8]) -> Result<Vec<Digest>, String> {
-    let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
-    let config = m["config"]["digest"].as_str().unwrap_or_default();
-    let layers = m["layers"].as_array().into_iter().flatten().map(|l| l["digest"].as_str().unwrap_or_default());
-    std::iter::once(config).chain(layers).map(|d| d.parse().map_err(|e| format!("{e}"))).collect()
 }
 
 /// Brings manifest `digest` of repository `from` to `to` (a tag or that digest, in another

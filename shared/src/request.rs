@@ -114,7 +114,9 @@ pub enum RequestError {
 }
 
 /// Checks every field of `req` but its context digest (which its type already guarantees).
-pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
+/// Returns where its images go: a registry repository, or none when the build names no tag
+/// and does not push (the agents then hand their images to the coordinator).
+pub fn validate(req: &BuildRequest) -> Result<Option<Destination>, RequestError> {
     if req.platforms.is_empty() {
         return Err(RequestError::NoPlatform);
     }
@@ -123,7 +125,7 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
             return Err(RequestError::PlatformTwice(p.to_string()));
         }
     }
-    let destination = destination(&req.tags)?;
+    let destination = if req.tags.is_empty() && !req.push { None } else { Some(destination(&req.tags)?) };
     check_pairs(&req.build_args, "--build-arg")?;
     check_pairs(&req.labels, "--label")?;
     if let Some(t) = req.target.as_ref().filter(|t| !is_stage(t)) {
@@ -147,7 +149,7 @@ pub fn validate(req: &BuildRequest) -> Result<Destination, RequestError> {
             return Err(RequestError::BadTimeout { flag, secs });
         }
     }
-    check_cache(req, &destination)?;
+    check_cache(req, destination.as_ref())?;
     let d = &req.dockerfile;
     if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == "..") || d.contains('\0') {
         return Err(RequestError::BadDockerfile(d.clone()));
@@ -169,7 +171,7 @@ pub fn tests_of(req: &BuildRequest) -> Vec<String> {
 /// Most `--cache-from` references in one build.
 pub const MAX_CACHE_FROM: usize = 8;
 
-fn check_cache(req: &BuildRequest, destination: &Destination) -> Result<(), RequestError> {
+fn check_cache(req: &BuildRequest, destination: Option<&Destination>) -> Result<(), RequestError> {
     let bad =
         |flag, reference: &str, why: String| RequestError::BadCache { flag, reference: reference.to_owned(), why };
     if req.cache_from.len() > MAX_CACHE_FROM {
@@ -181,15 +183,17 @@ fn check_cache(req: &BuildRequest, destination: &Destination) -> Result<(), Requ
         if parsed.digest().is_some() {
             return Err(bad(flag, reference, "a cache is written and read by tag, not by digest".into()));
         }
-        if flag == "--cache-to" && parsed.registry() != destination.repository.registry() {
-            return Err(bad(
-                flag,
-                reference,
-                format!(
+        if flag == "--cache-to" {
+            let Some(destination) = destination else {
+                return Err(bad(flag, reference, "the cache images are the built images, tagged: it needs -t".into()));
+            };
+            if parsed.registry() != destination.repository.registry() {
+                let why = format!(
                     "the cache images are the built images, tagged: use the registry of -t, {}",
                     destination.repository.registry()
-                ),
-            ));
+                );
+                return Err(bad(flag, reference, why));
+            }
         }
     }
     Ok(())
@@ -272,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_valid_request_names_its_repository_and_tags() {
-        let d = validate(&request()).unwrap();
+        let d = validate(&request()).unwrap().unwrap();
         assert_eq!(d.repository.whole(), "127.0.0.1:5000/team/app:latest");
         assert_eq!(d.tags.iter().map(|t| t.tag().unwrap()).collect::<Vec<_>>(), ["1", "latest"]);
     }

@@ -106,3 +106,53 @@ fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_
     assert!(!out.status.success());
     assert!(text(&out).contains("holds one platform"), "{}", text(&out));
 }
+
+#[test]
+fn with_no_registry_the_images_come_from_the_agents_through_the_coordinator() {
+    let farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    std::fs::write(ctx.path().join("nonce"), format!("{:?}", std::time::SystemTime::now())).unwrap();
+    let (_, _, before) = farm.registry_get("/v2/_catalog", "application/json");
+    let out_dir = tempfile::tempdir().unwrap();
+    let (archive, tree) = (out_dir.path().join("app.tar"), out_dir.path().join("fs"));
+    let oci = format!("type=oci,dest={}", archive.display());
+    let local = format!("type=local,dest={}", tree.display());
+    let ctx_path = ctx.path().to_str().unwrap();
+    let out = farm.archfarm(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--progress",
+        "plain",
+        "-o",
+        &oci,
+        "-o",
+        &local,
+        "--load",
+        ctx_path,
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    // Nothing went through the registry.
+    let (_, _, after) = farm.registry_get("/v2/_catalog", "application/json");
+    assert_eq!(after, before, "the registry was not used");
+    // The archive holds both platforms, natively built (skopeo; the ELF machine of each busybox).
+    let archive_ref = format!("oci-archive:{}", archive.display());
+    for (arch, machine) in [("amd64", 62), ("arm64", 183)] {
+        let config: serde_json::Value =
+            serde_json::from_slice(&skopeo(&["inspect", "--config", "--raw", "--override-arch", arch, &archive_ref]))
+                .unwrap();
+        assert_eq!(config["architecture"], arch);
+        let busybox = std::fs::read(tree.join(format!("linux_{arch}/bin/busybox"))).unwrap();
+        assert_eq!(elf_machine(&busybox), Some(machine));
+    }
+    // --load put the engine's own platform there, untagged: run it by its id.
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("loaded linux/amd64 into the local engine as image "))
+        .unwrap_or_else(|| panic!("{log}"));
+    let id = line.split_whitespace().nth(8).unwrap();
+    let ran = docker(&["run", "--rm", id]);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "built for linux/amd64");
+    docker(&["rmi", "-f", id]);
+}

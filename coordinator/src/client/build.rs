@@ -138,12 +138,7 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
     if args.tags.is_empty() && push {
         bail!("--push needs a name: add -t REGISTRY/REPOSITORY:TAG");
     }
-    if args.tags.is_empty() {
-        bail!(
-            "--load and --output need -t REGISTRY/REPOSITORY:TAG: the agents hand their images over through that \
-             repository (pushed by digest; without --push no tag is written there)"
-        );
-    }
+
     let platforms = args
         .platform
         .iter()
@@ -207,12 +202,25 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();
     let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
-    conn.close().await;
-    let Some(platforms) = built else { return Ok(false) };
+    let Some(platforms) = built else {
+        conn.close().await;
+        return Ok(false);
+    };
     if let Some(path) = args.metadata_file.as_deref().filter(|_| !request_tests.is_empty()) {
         note_tests(path, &request_tests, &platforms).await?;
     }
-    export::write(&outputs, &request_tags, &platforms, &args.insecure_registries).await?;
+    // The images are in the registry of the tags, or, with none, on the coordinator.
+    let source = match request_tags.first() {
+        Some(first) => export::Source::Registry(
+            archfarm_shared::registry::RegistryClients::new(args.insecure_registries.clone()),
+            archfarm_shared::registry::parse_reference(first)?,
+        ),
+        None => export::Source::Coordinator(&conn),
+    };
+    let written = export::write(&outputs, &request_tags, &platforms, &source).await;
+    drop(source);
+    conn.close().await;
+    written?;
     Ok(true)
 }
 
@@ -286,8 +294,8 @@ mod tests {
         let err =
             request_from_flags(&parse(&["--platform", "linux/amd64", "-t", "127.0.0.1:5000/a:1", "."])).unwrap_err();
         assert!(err.to_string().contains("Add --push"), "{err}");
-        let err = request_from_flags(&parse(&["--platform", "linux/amd64", "--load", "."])).unwrap_err();
-        assert!(err.to_string().contains("--load and --output need -t"), "{err}");
+        let req = request_from_flags(&parse(&["--platform", "linux/amd64", "--load", "."])).unwrap();
+        assert!(req.tags.is_empty() && !req.push, "--load needs no registry");
         let req =
             request_from_flags(&parse(&["--platform", "linux/amd64", "-o", "type=oci,dest=a.tar", "-t", "r/a:1", "."]));
         assert!(!req.unwrap().push, "an OCI archive alone writes no tag");

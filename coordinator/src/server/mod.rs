@@ -35,6 +35,7 @@ pub mod publish;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod stored_images;
 pub mod wire;
 
 use anyhow::Context as _;
@@ -68,6 +69,10 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let contexts_dir = config.data_dir.join("contexts");
     let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
         .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
+    let images_dir = config.data_dir.join("images");
+    let images = ContentStore::open(&images_dir, config.max_context_bytes)
+        .with_context(|| format!("cannot create {}", images_dir.display()))?
+        .of_image_blobs();
     let chunks_dir = config.data_dir.join("chunks");
     let chunks = ChunkStore::open(&chunks_dir).with_context(|| format!("cannot create {}", chunks_dir.display()))?;
     let db = config.data_dir.join("state.db");
@@ -75,6 +80,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let shared = Arc::new(Shared {
         farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
         contexts,
+        images,
         chunks,
         store,
         live: LiveBuilds::default(),

@@ -42,6 +42,8 @@ pub struct Shared {
     pub farm: Arc<Farm>,
     /// Uploaded build contexts.
     pub contexts: ContentStore,
+    /// Blobs of images agents handed over, for builds that name no registry.
+    pub images: ContentStore,
     /// Chunks of uploaded contexts, for uploads of changed contexts.
     pub chunks: ChunkStore,
     /// Durable state.

@@ -47,5 +47,6 @@ pub fn agent_message_name(msg: &AgentMessage) -> &'static str {
         AgentMessage::Draining => "Draining",
         AgentMessage::Health { .. } => "Health",
         AgentMessage::Housekeeping(_) => "Housekeeping",
+        AgentMessage::StoreBlob { .. } => "StoreBlob",
     }
 }

@@ -39,6 +39,15 @@ pub enum AgentMessage {
     },
     /// On a housekeeping stream: the answer to [`CoordinatorMessage::Housekeeping`].
     Housekeeping(super::housekeeping::HousekeepingReply),
+    /// First frame on a stream the agent opens to hand one blob of a built image to the
+    /// coordinator (a build with no registry): exactly `size` raw bytes follow. The coordinator
+    /// answers [`CoordinatorMessage::BlobStored`] or [`CoordinatorMessage::BlobRefused`].
+    StoreBlob {
+        /// The blob's digest; the bytes must hash to it.
+        digest: Digest,
+        /// Its length.
+        size: u64,
+    },
 }
 
 /// What an agent declares when it registers. Its name comes from its certificate, not from here.
@@ -85,6 +94,13 @@ pub enum CoordinatorMessage {
     /// First frame on a housekeeping stream opened by the coordinator: the agent answers with
     /// [`AgentMessage::Housekeeping`] and the stream ends.
     Housekeeping(super::housekeeping::Housekeeping),
+    /// Answer to [`AgentMessage::StoreBlob`]: stored.
+    BlobStored,
+    /// Answer to [`AgentMessage::StoreBlob`]: not stored, and why.
+    BlobRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One platform of a build, as an agent receives it.
@@ -107,6 +123,8 @@ pub struct JobSpec {
     /// `--label` pairs.
     pub labels: Vec<(String, String)>,
     /// Repository to push into by digest, `registry/name` (the repository of the requested tags).
+    /// Empty when the build names no registry: the agent then hands the image to the
+    /// coordinator ([`AgentMessage::StoreBlob`]).
     pub repository: String,
     /// Attempt number of this job, from 1. Each attempt has its own stream; a result is only
     /// ever read from the stream of the attempt it belongs to.

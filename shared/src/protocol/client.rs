@@ -86,6 +86,12 @@ pub enum ClientRequest {
         /// Its chunks in order; their sizes add up to `size`.
         chunks: Vec<crate::chunking::Chunk>,
     },
+    /// A blob of a built image the coordinator holds (a build with no registry): answered
+    /// with [`ClientResponse::BlobFollows`] and exactly that many raw bytes, or `Error`.
+    FetchBlob {
+        /// Its digest.
+        digest: Digest,
+    },
     /// `archfarm agents inspect NAME`: answered with [`ClientResponse::AgentDetail`].
     InspectAgent {
         /// The agent.
@@ -218,6 +224,11 @@ pub enum ClientResponse {
     },
     /// Answer to [`ClientRequest::UploadChunked`]: indexes of the chunks to send, ascending.
     ChunksWanted(Vec<u32>),
+    /// Answer to [`ClientRequest::FetchBlob`]: exactly `size` raw bytes follow.
+    BlobFollows {
+        /// Length of the blob.
+        size: u64,
+    },
     /// Answer to [`ClientRequest::InspectAgent`].
     AgentDetail(Box<super::housekeeping::AgentDetail>),
     /// Answer to [`ClientRequest::AgentDiskUsage`] and [`ClientRequest::PruneAgents`]: one

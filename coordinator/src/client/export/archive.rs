@@ -57,7 +57,7 @@ fn tag_part(reference: &str) -> &str {
 /// tag, and every blob under `blobs/sha256/`.
 pub fn write_oci(images: &Images, tags: &[String], out: impl Write) -> anyhow::Result<()> {
     let index_digest = Digest::of(&images.index);
-    let manifests: Vec<serde_json::Value> = tags
+    let mut manifests: Vec<serde_json::Value> = tags
         .iter()
         .map(|t| {
             serde_json::json!({
@@ -71,6 +71,14 @@ pub fn write_oci(images: &Images, tags: &[String], out: impl Write) -> anyhow::R
             })
         })
         .collect();
+    if manifests.is_empty() {
+        // No name: the index once, unnamed.
+        manifests.push(serde_json::json!({
+            "mediaType": oci::OCI_INDEX,
+            "digest": index_digest.as_str(),
+            "size": images.index.len(),
+        }));
+    }
     let layout = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": manifests });
     let mut tar = tar::Builder::new(out);
     add_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;

@@ -94,7 +94,8 @@ impl Engine {
         } else {
             String::new()
         };
-        eprintln!("loaded {} into the local engine as {}{also}", image.platform, tags.join(", "));
+        let name = if tags.is_empty() { format!("image {} (untagged)", image.config.digest) } else { tags.join(", ") };
+        eprintln!("loaded {} into the local engine as {name}{also}", image.platform);
         Ok(())
     }
 }

@@ -1,23 +1,26 @@
 //! Taking a build's verified images to where `--output` and `--load` ask: an OCI layout tar, a
 //! `docker load` archive, a filesystem tree, or the local engine.
 //!
-//! The agents have already pushed every platform's image by digest into the tags' repository
-//! (and the coordinator has verified each there). The client fetches what it needs from that
-//! registry once, streaming each blob to a file in a temporary directory, then writes the
+//! The agents have already pushed every platform's image by digest into the tags' repository,
+//! or handed it to the coordinator when the build names no registry, and the coordinator has
+//! verified each there. The client fetches what it needs from there once, streaming each blob to a file in a temporary directory, then writes the
 //! outputs from those files. Nothing is held whole in memory, and the digests are the
 //! registry's own, so an OCI archive holds exactly the index a push publishes.
 //!
 //! # Layout
 //! - this file: fetching the images ([`fetch`]) and running the outputs ([`write`]).
 //! - [`archive`]: the OCI image layout and docker archive tars.
+//! - [`handed`]: blobs the agents handed to the coordinator, for a build that names no registry.
 //! - [`local`]: each platform's filesystem, its layers applied in order.
 //! - [`load`]: loading one platform into the local Docker Engine.
 
 pub mod archive;
+pub mod handed;
 pub mod load;
 pub mod local;
 
 use super::output::{Dest, Output};
+use super::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PlatformResult;
@@ -82,35 +85,80 @@ impl From<Described> for Blob {
     }
 }
 
+/// Where the verified images are read from.
+#[derive(Debug)]
+pub enum Source<'a> {
+    /// The repository of the build's tags: the agents pushed them there by digest.
+    Registry(RegistryClients, ImageRef),
+    /// The coordinator: the agents handed them over (a build that names no registry).
+    Coordinator(&'a Connection),
+}
+
+impl Source<'_> {
+    /// Blob `digest` of at most `max` bytes into `path`.
+    async fn blob(&self, digest: &Digest, size: Option<u64>, path: &Path) -> anyhow::Result<()> {
+        match self {
+            Source::Registry(registries, repository) => {
+                let reg = registries.get(repository);
+                match size {
+                    Some(size) => reg.blob_to_file(repository, digest, size, path).await?,
+                    None => {
+                        let by_digest = repository.with_digest(digest);
+                        let bytes = match reg.manifest(&by_digest, oci::IMAGE_MANIFESTS).await {
+                            Ok((bytes, _)) => bytes.to_vec(),
+                            Err(_) => reg.blob(repository, digest).await?,
+                        };
+                        tokio::fs::write(path, bytes).await?;
+                    }
+                }
+            }
+            Source::Coordinator(conn) => {
+                handed::fetch(conn, digest, path, size.unwrap_or(registry::MAX_DOCUMENT_BYTES)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A manifest or config (at most [`registry::MAX_DOCUMENT_BYTES`]), kept in `dir` too.
+    async fn document(&self, digest: &Digest, dir: &Path, manifest: bool) -> anyhow::Result<Vec<u8>> {
+        let path = blob_path(dir, digest);
+        match self {
+            Source::Registry(registries, repository) => {
+                let reg = registries.get(repository);
+                let bytes = if manifest {
+                    reg.manifest(&repository.with_digest(digest), oci::IMAGE_MANIFESTS).await?.0.to_vec()
+                } else {
+                    reg.blob(repository, digest).await?
+                };
+                tokio::fs::write(&path, &bytes).await?;
+            }
+            Source::Coordinator(_) => self.blob(digest, None, &path).await?,
+        }
+        let bytes = tokio::fs::read(&path).await?;
+        if Digest::of(&bytes) != *digest {
+            bail!("{digest}: the bytes read do not match it");
+        }
+        Ok(bytes)
+    }
+}
+
 /// Fetches the manifests, configs and (when `layers`) the layers of `platforms` from
-/// `repository`, each blob once.
-pub async fn fetch(
-    registries: &RegistryClients,
-    repository: &ImageRef,
-    platforms: &[PlatformResult],
-    layers: bool,
-) -> anyhow::Result<Images> {
+/// `source`, each blob once.
+pub async fn fetch(source: &Source<'_>, platforms: &[PlatformResult], layers: bool) -> anyhow::Result<Images> {
     let dir = tempfile::tempdir().context("cannot create a directory for the images")?;
-    let reg = registries.get(repository);
     let mut images = Vec::with_capacity(platforms.len());
     for p in platforms {
-        let by_digest = repository.with_digest(&p.digest);
-        let (bytes, _) = reg.manifest(&by_digest, oci::IMAGE_MANIFESTS).await?;
-        if Digest::of(&bytes) != p.digest {
-            bail!("the registry's manifest for {} does not match its digest {}", p.platform, p.digest);
-        }
-        tokio::fs::write(blob_path(dir.path(), &p.digest), &bytes).await?;
+        let bytes = source.document(&p.digest, dir.path(), true).await?;
         let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
         let shape: ManifestShape = serde_json::from_slice(&bytes).context("the image manifest")?;
         let config: Blob = shape.config.into();
-        let config_bytes = reg.blob(repository, &config.digest).await?;
-        tokio::fs::write(blob_path(dir.path(), &config.digest), &config_bytes).await?;
+        source.document(&config.digest, dir.path(), false).await?;
         let blobs: Vec<Blob> = shape.layers.into_iter().map(Blob::from).collect();
         if layers {
             for layer in &blobs {
                 let path = blob_path(dir.path(), &layer.digest);
                 if !path.exists() {
-                    reg.blob_to_file(repository, &layer.digest, layer.size, &path).await?;
+                    source.blob(&layer.digest, Some(layer.size), &path).await?;
                 }
             }
         }
@@ -125,22 +173,19 @@ pub async fn fetch(
 }
 
 /// Writes every output but `--push` (the coordinator did that) from `platforms`, verified in
-/// the repository of `tags`.
+/// `source`, under the names `tags`.
 pub async fn write(
     outputs: &[Output],
     tags: &[String],
     platforms: &[PlatformResult],
-    insecure: &[String],
+    source: &Source<'_>,
 ) -> anyhow::Result<()> {
     let outputs: Vec<&Output> = outputs.iter().filter(|o| **o != Output::Push).collect();
     if outputs.is_empty() {
         return Ok(());
     }
-    let first = tags.first().context("no tag names the repository")?;
-    let repository = registry::parse_reference(first)?;
-    let registries = RegistryClients::new(insecure.to_vec());
     let local_engine = if outputs.contains(&&Output::Load) { Some(load::Engine::connect().await?) } else { None };
-    let images = Arc::new(fetch(&registries, &repository, platforms, true).await?);
+    let images = Arc::new(fetch(source, platforms, true).await?);
     for output in outputs {
         let (shared, tags) = (images.clone(), tags.to_vec());
         match output {

@@ -7,7 +7,7 @@ use archfarm_shared::codec;
 use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
 use tracing::{info, warn};
 
-/// Serves a stream the agent opened: today only context fetches.
+/// Serves a stream the agent opened: a context fetch, or a blob of an image it hands over.
 pub async fn serve(
     shared: &Shared,
     conn: &quinn::Connection,
@@ -17,6 +17,22 @@ pub async fn serve(
     let max = shared.settings.max_frame;
     let digest = match codec::expect_msg::<_, AgentMessage>(&mut recv, max).await {
         Ok(AgentMessage::FetchContext { digest }) => digest,
+        Ok(AgentMessage::StoreBlob { digest, size }) => {
+            // A minute, and a second more per 256 KiB: a stalled sender does not hold the stream.
+            let deadline = std::time::Duration::from_secs(60 + (size >> 18));
+            let receiving = shared.images.receive(&digest, size, &mut recv);
+            let answer = match tokio::time::timeout(deadline, receiving).await {
+                Ok(Ok(_)) => CoordinatorMessage::BlobStored,
+                Ok(Err(reason)) => CoordinatorMessage::BlobRefused { reason },
+                Err(_) => {
+                    let reason = format!("{digest} did not arrive within {} s", deadline.as_secs());
+                    CoordinatorMessage::BlobRefused { reason }
+                }
+            };
+            let _ = codec::write_msg(&mut send, &answer, max).await;
+            let _ = send.finish();
+            return;
+        }
         Ok(other) => return drop(unexpected(conn, &other, "a new stream")),
         Err(e) => return drop(on_codec_error(conn, &e, "context stream")),
     };

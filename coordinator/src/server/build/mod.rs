@@ -13,9 +13,11 @@ pub mod platform;
 mod platform_tests;
 
 use super::live::Live;
+use super::ports::ImageCheck;
 use super::publish::{self, RegistryImages};
 use super::state::Shared;
 use super::store::builds::StoredJob;
+use super::stored_images::StoredImages;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
@@ -30,33 +32,34 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{error, info, info_span, warn, Instrument};
 
-/// Where a build's images go: the repository, the tags, and the registry's client.
+/// Where a build's images go.
 struct Plan {
+    /// The registry: none when the build names no tag, and its images go to the coordinator.
+    target: Option<Target>,
+    registries: Arc<RegistryClients>,
+}
+
+/// A build's repository, its tags, and the registry's client.
+struct Target {
     repo: ImageRef,
     tags: Vec<ImageRef>,
     registry: Arc<Registry>,
-    registries: Arc<RegistryClients>,
 }
 
 impl Plan {
     /// The client of the registry `reference` is in.
     fn registry_for(&self, reference: &ImageRef) -> Arc<Registry> {
-        if reference.registry() == self.repo.registry() {
-            self.registry.clone()
-        } else {
-            self.registries.get(reference)
+        match &self.target {
+            Some(t) if reference.registry() == t.repo.registry() => t.registry.clone(),
+            _ => self.registries.get(reference),
         }
     }
 }
 
 fn plan(req: &BuildRequest, registries: &Arc<RegistryClients>) -> Result<Plan, String> {
     let dest = request::validate(req).map_err(|e| e.to_string())?;
-    Ok(Plan {
-        registry: registries.get(&dest.repository),
-        repo: dest.repository,
-        tags: dest.tags,
-        registries: registries.clone(),
-    })
+    let target = dest.map(|d| Target { registry: registries.get(&d.repository), repo: d.repository, tags: d.tags });
+    Ok(Plan { target, registries: registries.clone() })
 }
 
 /// How a build ended.
@@ -164,11 +167,17 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         Ok(jobs) => jobs,
         Err(e) => return BuildEnd::Failed(e.to_string()),
     };
-    let images = RegistryImages { registry: plan.registry.clone(), repo: plan.repo.clone() };
+    let in_registry =
+        plan.target.as_ref().map(|t| RegistryImages { registry: t.registry.clone(), repo: t.repo.clone() });
+    let handed_over = StoredImages { store: &shared.images };
+    let images: &dyn ImageCheck = match &in_registry {
+        Some(r) => r,
+        None => &handed_over,
+    };
     let runner = Runner {
         farm: &shared.farm,
         store: &shared.store,
-        images: &images,
+        images,
         max_attempts: shared.settings.max_attempts,
         quarantine_after: shared.settings.quarantine_after,
         limits: JobLimits {
@@ -192,15 +201,18 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         return BuildEnd::Failed(format!("nothing was published:\n{}", failures.join("\n")));
     }
     let (children, platforms): (Vec<Child>, Vec<PlatformResult>) = verified.into_iter().flatten().unzip();
-    if let Some(cache_to) = &req.cache_to {
-        write_cache(&plan, cache_to, &children, live).await;
+    if let (Some(cache_to), Some(target)) = (&req.cache_to, &plan.target) {
+        write_cache(target, cache_to, &children, live).await;
     }
     if !req.push {
         info!("every platform verified; not tagged (the build did not ask to push)");
         return BuildEnd::Built { platforms };
     }
+    let Some(target) = &plan.target else {
+        return BuildEnd::Failed("the build asks to push but names no registry (-t)".into());
+    };
     let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None).await;
-    match publish::publish(&plan.registry, &plan.tags, &children).await {
+    match publish::publish(&target.registry, &target.tags, &children).await {
         Ok(index) => {
             info!(index = %index, "index published");
             BuildEnd::Published { index, platforms }
@@ -242,7 +254,7 @@ async fn cache_sources(plan: &Plan, refs: &[String], platform: &Platform, live: 
 /// Tags each verified image as its platform's cache image under `cache_to` (inline cache: the
 /// image is the cache). A cache that cannot be written is said in the platform's log and does
 /// not fail the build.
-async fn write_cache(plan: &Plan, cache_to: &str, children: &[Child], live: &Live) {
+async fn write_cache(plan: &Target, cache_to: &str, children: &[Child], live: &Live) {
     for child in children {
         let target = cache::scoped(cache_to, &child.platform);
         let written = match archfarm_shared::registry::parse_reference(&target) {
@@ -295,7 +307,7 @@ async fn run_job(
         build_args: req.build_args.clone(),
         target: req.target.clone(),
         labels: req.labels.clone(),
-        repository: plan.repo.name(),
+        repository: plan.target.as_ref().map_or_else(String::new, |t| t.repo.name()),
         attempt: job.attempts,
         no_cache: req.no_cache,
         pull: req.pull,
@@ -314,7 +326,11 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> 
     if shared.live.get(id).is_some() {
         return Err(format!("build {id} is still running; it publishes on its own when every platform is verified"));
     }
-    let plan = plan(&req, &shared.registries)?;
+    let Some(target) = plan(&req, &shared.registries)?.target else {
+        return Err(format!(
+            "build {id} named no registry (-t): its images went to the client, and there is nothing to publish to"
+        ));
+    };
     let mut children = Vec::new();
     for job in shared.store.jobs(id).await.map_err(|e| e.to_string())? {
         match (job.state, job.verified) {
@@ -326,7 +342,7 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> 
             }
         }
     }
-    let index = publish::publish(&plan.registry, &plan.tags, &children).await?;
+    let index = publish::publish(&target.registry, &target.tags, &children).await?;
     shared.store.set_build_state(id, BuildState::Published, Some(&index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");
     Ok(index)

@@ -45,3 +45,18 @@ pub async fn upload_chunked(
         }
     }
 }
+
+/// A blob of an image an agent handed over (a build that names no registry): `BlobFollows`
+/// and its bytes, written here; the reply is then empty.
+pub async fn fetch_blob(shared: &Shared, digest: &archfarm_shared::Digest, send: &mut quinn::SendStream) -> Reply {
+    let Some(size) = shared.images.size(digest).await else {
+        return Reply::error(format!("the coordinator holds no image blob {digest}"));
+    };
+    let max = shared.settings.max_frame;
+    if archfarm_shared::codec::write_msg(send, &ClientResponse::BlobFollows { size }, max).await.is_ok() {
+        if let Err(e) = shared.images.send(digest, send).await {
+            tracing::warn!(blob = %digest, "sending an image blob failed: {e}");
+        }
+    }
+    Reply::many(vec![])
+}

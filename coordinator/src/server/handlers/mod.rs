@@ -52,6 +52,7 @@ pub async fn handle(
         ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
         ClientRequest::CreateClientToken { name } => admin::create_client_token(&shared, &name).await,
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
+        ClientRequest::FetchBlob { digest } => contexts::fetch_blob(&shared, &digest, &mut send).await,
         ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
         ClientRequest::AgentDiskUsage { name } => hosts::disk_usage(&shared, name.as_ref()).await,
         ClientRequest::PruneAgents { name, all, keep_storage, force } => {

@@ -1,0 +1,70 @@
+//! Images agents handed to the coordinator, for builds that name no registry: checked the same
+//! way as a push to a registry (digest, size, single-platform manifest, the platform its config
+//! declares), and also that every blob the manifest names was handed over, since the client
+//! fetches them from here.
+
+use super::ports::{ImageCheck, VerifyError};
+use archfarm_shared::content::ContentStore;
+use archfarm_shared::images::{self, CheckError};
+use archfarm_shared::oci::Child;
+use archfarm_shared::protocol::PushedImage;
+use archfarm_shared::registry::MAX_DOCUMENT_BYTES;
+use archfarm_shared::{AgentName, Digest, Platform};
+use futures_util::future::BoxFuture;
+
+/// The coordinator's store of handed-over blobs, as the orchestration checks images in it.
+#[derive(Debug)]
+pub struct StoredImages<'a> {
+    /// Where the blobs are.
+    pub store: &'a ContentStore,
+}
+
+impl ImageCheck for StoredImages<'_> {
+    fn verify<'a>(
+        &'a self,
+        platform: &'a Platform,
+        agent: &'a AgentName,
+        pushed: &'a PushedImage,
+    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+        Box::pin(async move {
+            let wrong = |m: String| VerifyError::Wrong(format!("agent {agent}: {m}"));
+            let manifest = self.document(&pushed.digest).await.map_err(wrong)?;
+            if manifest.len() as u64 != pushed.size {
+                return Err(wrong(format!(
+                    "reported a {}-byte manifest; it handed over {}",
+                    pushed.size,
+                    manifest.len()
+                )));
+            }
+            let checked = |e: CheckError| match e {
+                CheckError::Wrong(m) | CheckError::Unavailable(m) => wrong(m),
+            };
+            let config_digest = images::config_of(&manifest, &pushed.digest).map_err(checked)?;
+            let config = self.document(&config_digest).await.map_err(wrong)?;
+            for blob in images::blobs_of(&manifest).map_err(wrong)? {
+                if !self.store.contains(&blob) {
+                    return Err(wrong(format!("its manifest names {blob}, which it never handed over")));
+                }
+            }
+            let child = images::child_of(&manifest, &pushed.digest, &config).map_err(checked)?;
+            if &child.platform != platform {
+                return Err(wrong(format!(
+                    "handed over an image whose config says {}, but the job was for {platform}",
+                    child.platform
+                )));
+            }
+            Ok(child)
+        })
+    }
+}
+
+impl StoredImages<'_> {
+    /// A small stored blob (a manifest or config), refused over [`MAX_DOCUMENT_BYTES`].
+    async fn document(&self, digest: &Digest) -> Result<Vec<u8>, String> {
+        match self.store.size(digest).await {
+            None => Err(format!("{digest} was never handed over")),
+            Some(n) if n > MAX_DOCUMENT_BYTES => Err(format!("{digest} is {n} bytes; at most {MAX_DOCUMENT_BYTES}")),
+            Some(_) => tokio::fs::read(self.store.path(digest)).await.map_err(|e| format!("reading {digest}: {e}")),
+        }
+    }
+}
