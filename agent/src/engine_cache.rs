@@ -69,10 +69,20 @@ impl EngineApi {
         tokio::time::timeout(DEADLINE, answer).await.map_err(|_| format!("{method} {path}: no answer within 10 min"))?
     }
 
-    /// What the build cache holds.
+    /// What the build cache holds. The engine answers one disk-usage question at a time (two
+    /// agents on one engine may ask together): a busy answer is asked again, 40 times at most.
     pub async fn build_cache(&self) -> Result<DiskUsage, String> {
-        let df = self.call(hyper::Method::GET, "/system/df").await?;
-        Ok(usage_of(&df))
+        let mut tries = 0;
+        loop {
+            match self.call(hyper::Method::GET, "/system/df").await {
+                Ok(df) => return Ok(usage_of(&df)),
+                Err(e) if e.contains("already running") && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Frees build cache: what no image uses, or all of it with `all`, keeping `keep` bytes

@@ -114,8 +114,8 @@ pub enum RequestError {
 }
 
 /// Checks every field of `req` but its context digest (which its type already guarantees).
-/// Returns where its images go: a registry repository, or none when the build names no tag
-/// and does not push (the agents then hand their images to the coordinator).
+/// Returns where its images go: the registry repository of its tags when it pushes, or none
+/// (the agents then hand their images to the coordinator, and the tags only name the result).
 pub fn validate(req: &BuildRequest) -> Result<Option<Destination>, RequestError> {
     if req.platforms.is_empty() {
         return Err(RequestError::NoPlatform);
@@ -125,7 +125,16 @@ pub fn validate(req: &BuildRequest) -> Result<Option<Destination>, RequestError>
             return Err(RequestError::PlatformTwice(p.to_string()));
         }
     }
-    let destination = if req.tags.is_empty() && !req.push { None } else { Some(destination(&req.tags)?) };
+    // Without --push the tags only name the result (--load, --output): the images travel
+    // through the coordinator, and the tags need no registry behind them.
+    let destination = match (req.push, req.tags.is_empty()) {
+        (true, _) => Some(destination(&req.tags)?),
+        (false, false) => {
+            destination(&req.tags)?;
+            None
+        }
+        (false, true) => None,
+    };
     check_pairs(&req.build_args, "--build-arg")?;
     check_pairs(&req.labels, "--label")?;
     if let Some(t) = req.target.as_ref().filter(|t| !is_stage(t)) {
@@ -185,7 +194,8 @@ fn check_cache(req: &BuildRequest, destination: Option<&Destination>) -> Result<
         }
         if flag == "--cache-to" {
             let Some(destination) = destination else {
-                return Err(bad(flag, reference, "the cache images are the built images, tagged: it needs -t".into()));
+                let why = "the cache images are the pushed images, tagged: it needs --push and -t".into();
+                return Err(bad(flag, reference, why));
             };
             if parsed.registry() != destination.repository.registry() {
                 let why = format!(

@@ -92,6 +92,14 @@ fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_
     assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "amd64");
     docker(&["rmi", "-f", &tag]);
 
+    // Without --push a name needs no registry behind it, as with buildx --load.
+    let local = format!("archfarm-test-local/app:{}", std::process::id());
+    let out = build(&farm, "linux/amd64", &local, ctx.path(), &["--load"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ran = docker(&["run", "--rm", &local]);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "built for linux/amd64");
+    docker(&["rmi", "-f", &local]);
+
     // None native: refused before anything is built, naming both sides.
     let out = build(&farm, "linux/arm64", &tag, ctx.path(), &["--load"]);
     assert!(!out.status.success());
@@ -110,7 +118,8 @@ fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_
 #[test]
 fn with_no_registry_the_images_come_from_the_agents_through_the_coordinator() {
     let farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
-    let ctx = context(PER_ARCH_DOCKERFILE);
+    // An image of its own (the nonce), so no other test loads or removes the same one.
+    let ctx = context(&format!("{PER_ARCH_DOCKERFILE}COPY nonce /nonce\n"));
     std::fs::write(ctx.path().join("nonce"), format!("{:?}", std::time::SystemTime::now())).unwrap();
     let (_, _, before) = farm.registry_get("/v2/_catalog", "application/json");
     let out_dir = tempfile::tempdir().unwrap();

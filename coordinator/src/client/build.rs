@@ -209,8 +209,8 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     if let Some(path) = args.metadata_file.as_deref().filter(|_| !request_tests.is_empty()) {
         note_tests(path, &request_tests, &platforms).await?;
     }
-    // The images are in the registry of the tags, or, with none, on the coordinator.
-    let source = match request_tags.first() {
+    // A pushed build's images are in the registry of its tags; the others' on the coordinator.
+    let source = match request_tags.first().filter(|_| outputs.contains(&Output::Push)) {
         Some(first) => export::Source::Registry(
             archfarm_shared::registry::RegistryClients::new(args.insecure_registries.clone()),
             archfarm_shared::registry::parse_reference(first)?,
