@@ -18,10 +18,14 @@ cd "$root/shared"
 for target in frame message; do
   echo "fuzz: $target, $runs runs"
   # -malloc_limit_mb: no single allocation may exceed what the codec's limits allow.
+  # The status is cargo fuzz's own: it also fails when a target does not compile.
+  set +e
   cargo fuzz run "$target" --release -- \
     -runs="$runs" -max_total_time="$max_time" -rss_limit_mb=1024 -malloc_limit_mb=64 -max_len=65536 \
-    2>&1 | tee "/tmp/archfarm-fuzz-$target.log" | grep -E '^(Done|#[0-9]+ +DONE|INFO: -max_total|==|SUMMARY)' || true
-  status=${PIPESTATUS[0]}
+    >"/tmp/archfarm-fuzz-$target.log" 2>&1
+  status=$?
+  set -e
+  grep -E '^(Done|#[0-9]+ +DONE|INFO: -max_total|==|SUMMARY|error)' "/tmp/archfarm-fuzz-$target.log" || true
   if [ "$status" -ne 0 ]; then
     echo "fuzz: $target failed (exit $status); see /tmp/archfarm-fuzz-$target.log and shared/fuzz/artifacts/"
     exit 1

@@ -102,6 +102,7 @@ fn event(e: &BuildEvent) {
             digest(index);
             platforms.iter().for_each(result);
         }
+        BuildEvent::Built { platforms } => platforms.iter().for_each(result),
         BuildEvent::Failed { .. } => {}
     }
 }
@@ -117,6 +118,9 @@ fn client_request(r: &ClientRequest) {
             digest(&b.context);
             b.platforms.iter().for_each(platform);
         }
+        ClientRequest::FetchBlob { digest: d } => digest(d),
+        ClientRequest::InspectAgent { name } => agent(name),
+        ClientRequest::AgentDiskUsage { name } | ClientRequest::PruneAgents { name, .. } => name.iter().for_each(agent),
         ClientRequest::ShowBuild { build: b }
         | ClientRequest::WatchBuild { build: b }
         | ClientRequest::PublishBuild { build: b }
@@ -140,6 +144,15 @@ fn client_response(r: &ClientResponse) {
         }),
         ClientResponse::Builds(list) => list.iter().for_each(summary),
         ClientResponse::BuildDetail(d) => detail(d),
+        ClientResponse::AgentDetail(d) => {
+            agent(&d.info.name);
+            d.info.platforms.iter().for_each(platform);
+            d.recent.iter().for_each(|a| {
+                build(&a.build);
+                platform(&a.platform);
+            });
+        }
+        ClientResponse::AgentAnswers(answers) => answers.iter().for_each(|a| agent(&a.agent)),
         ClientResponse::Welcome { .. }
         | ClientResponse::Refused { .. }
         | ClientResponse::ContextPresent(_)
@@ -147,19 +160,22 @@ fn client_response(r: &ClientResponse) {
         | ClientResponse::Error { .. }
         | ClientResponse::Done { .. }
         | ClientResponse::Token { .. }
-        | ClientResponse::ChunksWanted(_) => {}
+        | ClientResponse::ChunksWanted(_)
+        | ClientResponse::BlobFollows { .. } => {}
     }
 }
 
 fn agent_message(m: &AgentMessage) {
     match m {
         AgentMessage::Register(r) => r.platforms.iter().for_each(platform),
-        AgentMessage::FetchContext { digest: d } => digest(d),
+        AgentMessage::FetchContext { digest: d } | AgentMessage::StoreBlob { digest: d, .. } => digest(d),
         AgentMessage::JobFinished(JobOutcome::Pushed(image)) => digest(&image.digest),
         AgentMessage::JobFinished(JobOutcome::Failed(_))
         | AgentMessage::Heartbeat { .. }
         | AgentMessage::JobLog { .. }
-        | AgentMessage::Draining => {}
+        | AgentMessage::Draining
+        | AgentMessage::Health { .. }
+        | AgentMessage::Housekeeping(_) => {}
     }
 }
 
@@ -220,23 +236,8 @@ fn templates() -> &'static [Vec<u8>] {
             payload(&ClientRequest::RevokeAgent { name: agent.clone() }),
             payload(&ClientRequest::ShowBuild { build: build.clone() }),
             payload(&ClientRequest::Build(BuildRequest {
-                platforms: platforms.clone(),
-                tags: vec!["r/app:1".into()],
-                context: digest.clone(),
-                dockerfile: "Dockerfile".into(),
-                build_args: vec![],
-                target: None,
-                labels: vec![],
                 job_timeout_secs: Some(3600),
-                idle_timeout_secs: None,
-                no_cache: false,
-                pull: false,
-                push: true,
-                tests: vec![],
-                test_target: None,
-                cache_from: vec![],
-                cache_to: None,
-                inline_cache: false,
+                ..BuildRequest::new(platforms.clone(), vec!["r/app:1".into()], digest.clone(), "Dockerfile")
             })),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),
@@ -265,6 +266,12 @@ fn templates() -> &'static [Vec<u8>] {
                 labels: vec![],
                 repository: "r/app".into(),
                 attempt: 1,
+                no_cache: false,
+                pull: false,
+                tests: vec![vec!["/bin/true".into()]],
+                test_target: None,
+                cache_from: vec!["r/app:cache-linux-arm-v7".into()],
+                inline_cache: true,
             }))),
             payload(&EnrollRequest { token: "t".into(), name: agent, csr_pem: String::new() }),
         ]
