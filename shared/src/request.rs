@@ -258,23 +258,15 @@ mod tests {
 
     fn request() -> BuildRequest {
         BuildRequest {
-            platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
-            tags: vec!["127.0.0.1:5000/team/app:1".into(), "127.0.0.1:5000/team/app:latest".into()],
-            context: Digest::of(b"c"),
-            dockerfile: "docker/Dockerfile".into(),
             build_args: vec![("VERSION".into(), "1.4".into()), ("EMPTY".into(), String::new())],
             target: Some("release-stage_2.x".into()),
             labels: vec![("org.opencontainers.image.source".into(), "https://example.com/a=b".into())],
-            job_timeout_secs: None,
-            idle_timeout_secs: None,
-            no_cache: false,
-            pull: false,
-            push: true,
-            tests: vec![],
-            test_target: None,
-            cache_from: vec![],
-            cache_to: None,
-            inline_cache: false,
+            ..BuildRequest::new(
+                vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
+                vec!["127.0.0.1:5000/team/app:1".into(), "127.0.0.1:5000/team/app:latest".into()],
+                Digest::of(b"c"),
+                "docker/Dockerfile",
+            )
         }
     }
 

@@ -180,6 +180,32 @@ fn pushes() -> bool {
     true
 }
 
+impl BuildRequest {
+    /// A pushed build of `platforms` under `tags`, from `context`, with every other option at
+    /// its default: no build args, labels, target, time limits, tests or cache.
+    pub fn new(platforms: Vec<Platform>, tags: Vec<String>, context: Digest, dockerfile: impl Into<String>) -> Self {
+        BuildRequest {
+            platforms,
+            tags,
+            context,
+            dockerfile: dockerfile.into(),
+            build_args: vec![],
+            target: None,
+            labels: vec![],
+            job_timeout_secs: None,
+            idle_timeout_secs: None,
+            no_cache: false,
+            pull: false,
+            push: true,
+            tests: vec![],
+            test_target: None,
+            cache_from: vec![],
+            cache_to: None,
+            inline_cache: false,
+        }
+    }
+}
+
 /// Messages the coordinator sends to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {

@@ -333,23 +333,13 @@ async fn timed_build(
     let url = format!("http://{}/v2/bench/p6/manifests/{tag}", farm.registry);
     let poller = std::thread::spawn(move || poll_until_readable(&url, Duration::from_secs(120)));
     let request = BuildRequest {
-        platforms: vec!["linux/amd64".parse()?, "linux/arm64".parse()?],
-        tags: vec![format!("{}/bench/p6:{tag}", farm.registry)],
-        context: packed.digest.clone(),
-        dockerfile: packed.dockerfile.clone(),
-        build_args: vec![],
-        target: None,
         labels: vec![("org.archfarm.bench.run".into(), tag.to_owned())],
-        job_timeout_secs: None,
-        idle_timeout_secs: None,
-        no_cache: false,
-        pull: false,
-        push: true,
-        tests: vec![],
-        test_target: None,
-        cache_from: vec![],
-        cache_to: None,
-        inline_cache: false,
+        ..BuildRequest::new(
+            vec!["linux/amd64".parse()?, "linux/arm64".parse()?],
+            vec![format!("{}/bench/p6:{tag}", farm.registry)],
+            packed.digest.clone(),
+            packed.dockerfile.clone(),
+        )
     };
     let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
     let _ = send.finish();

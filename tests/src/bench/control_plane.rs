@@ -137,23 +137,13 @@ async fn fire(
         let seq = first_seq + n;
         let conn = clients[n as usize % clients.len()].clone();
         let request = BuildRequest {
-            platforms: vec!["linux/amd64".parse()?],
-            tags: vec![format!("{registry}/bench/p5:j{seq}")],
-            context: context.clone(),
-            dockerfile: "Dockerfile".into(),
-            build_args: vec![],
-            target: None,
             labels: vec![("bench.seq".into(), seq.to_string())],
-            job_timeout_secs: None,
-            idle_timeout_secs: None,
-            no_cache: false,
-            pull: false,
-            push: true,
-            tests: vec![],
-            test_target: None,
-            cache_from: vec![],
-            cache_to: None,
-            inline_cache: false,
+            ..BuildRequest::new(
+                vec!["linux/amd64".parse()?],
+                vec![format!("{registry}/bench/p5:j{seq}")],
+                context.clone(),
+                "Dockerfile",
+            )
         };
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {

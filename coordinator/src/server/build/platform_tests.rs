@@ -162,25 +162,12 @@ impl Rig {
             farm.register(handle, Standing::Active).unwrap();
         }
         let (build, job) = (BuildId::random(), JobId::random());
-        let request = BuildRequest {
-            platforms: vec![platform.clone()],
-            tags: vec!["127.0.0.1:5000/app:1".into()],
-            context: Digest::of(b"context"),
-            dockerfile: "Dockerfile".into(),
-            build_args: vec![],
-            target: None,
-            labels: vec![],
-            job_timeout_secs: None,
-            idle_timeout_secs: None,
-            no_cache: false,
-            pull: false,
-            push: true,
-            tests: vec![],
-            test_target: None,
-            cache_from: vec![],
-            cache_to: None,
-            inline_cache: false,
-        };
+        let request = BuildRequest::new(
+            vec![platform.clone()],
+            vec!["127.0.0.1:5000/app:1".into()],
+            Digest::of(b"context"),
+            "Dockerfile",
+        );
         store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
             job,

@@ -348,23 +348,13 @@ mod tests {
 
     fn request() -> BuildRequest {
         BuildRequest {
-            platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
-            tags: vec!["127.0.0.1:5000/a:1".into()],
-            context: Digest::of(b"ctx"),
-            dockerfile: "Dockerfile".into(),
             build_args: vec![("A".into(), "1".into())],
-            target: None,
-            labels: vec![],
-            job_timeout_secs: None,
-            idle_timeout_secs: None,
-            no_cache: false,
-            pull: false,
-            push: true,
-            tests: vec![],
-            test_target: None,
-            cache_from: vec![],
-            cache_to: None,
-            inline_cache: false,
+            ..BuildRequest::new(
+                vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()],
+                vec!["127.0.0.1:5000/a:1".into()],
+                Digest::of(b"ctx"),
+                "Dockerfile",
+            )
         }
     }
 
