@@ -19,17 +19,26 @@ async fn send_blob(
     mut bytes: impl AsyncRead + Unpin,
     max_frame: u32,
 ) -> Result<(), String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| tls::explain(&e))?;
-    let head = AgentMessage::StoreBlob { digest: digest.clone(), size };
-    codec::write_msg(&mut send, &head, max_frame).await.map_err(|e| e.to_string())?;
-    tokio::io::copy(&mut bytes, &mut send).await.map_err(|e| format!("sending {digest}: {e}"))?;
-    let _ = send.finish();
-    match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max_frame).await {
-        Ok(CoordinatorMessage::BlobStored) => Ok(()),
-        Ok(CoordinatorMessage::BlobRefused { reason }) => Err(format!("the coordinator refused {digest}: {reason}")),
-        Ok(_) => Err(format!("unexpected answer to handing over {digest}")),
-        Err(e) => Err(format!("handing over {digest}: {e}")),
-    }
+    // A minute, and a second more per 256 KiB, as the coordinator allows for receiving it.
+    let deadline = std::time::Duration::from_secs(60 + (size >> 18));
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| tls::explain(&e))?;
+        let head = AgentMessage::StoreBlob { digest: digest.clone(), size };
+        codec::write_msg(&mut send, &head, max_frame).await.map_err(|e| e.to_string())?;
+        tokio::io::copy(&mut bytes, &mut send).await.map_err(|e| format!("sending {digest}: {e}"))?;
+        let _ = send.finish();
+        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max_frame).await {
+            Ok(CoordinatorMessage::BlobStored) => Ok(()),
+            Ok(CoordinatorMessage::BlobRefused { reason }) => {
+                Err(format!("the coordinator refused {digest}: {reason}"))
+            }
+            Ok(_) => Err(format!("unexpected answer to handing over {digest}")),
+            Err(e) => Err(format!("handing over {digest}: {e}")),
+        }
+    };
+    tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| format!("handing over {digest} took over {} s", deadline.as_secs()))?
 }
 
 async fn send_file(conn: &quinn::Connection, path: &Path, blob: &Blob, max: u32) -> Result<(), String> {

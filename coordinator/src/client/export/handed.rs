@@ -10,11 +10,17 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How long the coordinator has to say whether it holds a blob.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 /// Fetches blob `digest` into `path`; refuses one over `max` bytes before reading it.
 pub async fn fetch(conn: &Connection, digest: &Digest, path: &Path, max: u64) -> anyhow::Result<u64> {
     let (mut send, mut recv) = conn.request(&ClientRequest::FetchBlob { digest: digest.clone() }).await?;
     let _ = send.finish();
-    let size = match conn.next(&mut recv).await? {
+    let answer = tokio::time::timeout(ANSWER_WITHIN, conn.next(&mut recv))
+        .await
+        .with_context(|| format!("the coordinator did not answer for {digest} within {} s", ANSWER_WITHIN.as_secs()))?;
+    let size = match answer? {
         Some(ClientResponse::BlobFollows { size }) => size,
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer to fetching {digest}: {other:?}"),
