@@ -63,7 +63,8 @@ fn no_cache_runs_every_step_again() {
 fn pull_fetches_the_base_again_although_the_engine_has_it() {
     let farm = Farm::start(&[AgentSpec::amd64()]);
     // A base in the registry, also left in the engine by its own build.
-    let base_ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\n");
+    // Its own image (the nonce): the test removes it at the end, and no other build may share it.
+    let base_ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY nonce /nonce\n");
     std::fs::write(base_ctx.path().join("nonce"), format!("{:?}", std::time::SystemTime::now())).unwrap();
     let base = format!("{}:1", farm.repo("flags/base"));
     let out = farm.build("linux/amd64", &[&base], base_ctx.path(), &[]);

@@ -62,7 +62,14 @@ fn an_oci_archive_and_local_trees_hold_every_platform_natively_built() {
 #[test]
 fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_too() {
     let farm = Farm::start(&[AgentSpec::amd64(), AgentSpec::arm64_standin()]);
-    let ctx = context(PER_ARCH_DOCKERFILE);
+    // Each step builds an image of its own (a new nonce): removing one image must not take away
+    // what the engine's BuildKit still refers to for the next build of identical content.
+    let ctx = context(&format!("{PER_ARCH_DOCKERFILE}COPY nonce /nonce\n"));
+    let fresh = |ctx: &tempfile::TempDir| {
+        std::fs::write(ctx.path().join("nonce"), format!("{:?} {}", std::time::SystemTime::now(), std::process::id()))
+            .unwrap()
+    };
+    fresh(&ctx);
     let out_dir = tempfile::tempdir().unwrap();
     let tag = format!("{}:2", farm.repo("out/loaded"));
     let archive = out_dir.path().join("one.tar");
@@ -84,6 +91,7 @@ fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_
     docker(&["rmi", "-f", &tag]);
 
     // Two platforms: the engine's own is loaded, and the client says which.
+    fresh(&ctx);
     let out = build(&farm, "linux/amd64,linux/arm64", &tag, ctx.path(), &["--load"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("loaded linux/amd64 into the local engine"), "{}", text(&out));
@@ -94,6 +102,7 @@ fn load_puts_the_native_platform_in_the_local_engine_and_a_docker_archive_loads_
 
     // Without --push a name needs no registry behind it, as with buildx --load.
     let local = format!("archfarm-test-local/app:{}", std::process::id());
+    fresh(&ctx);
     let out = build(&farm, "linux/amd64", &local, ctx.path(), &["--load"]);
     assert!(out.status.success(), "{}", text(&out));
     let ran = docker(&["run", "--rm", &local]);
