@@ -113,9 +113,9 @@ pub fn read_dockerfile(context: &Path, dockerfile: &str) -> Option<String> {
 struct Manifest {
     #[serde(default)]
     manifests: Vec<Child>,
-    config: Option<Described>,
+    config: Option<Blob>,
     #[serde(default)]
-    layers: Vec<Described>,
+    layers: Vec<Blob>,
 }
 
 #[derive(Deserialize)]
@@ -129,14 +129,6 @@ struct ChildPlatform {
     os: String,
     architecture: String,
     variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Described {
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: Digest,
-    size: u64,
 }
 
 /// The media type to name a base layer by in an OCI manifest: a Docker gzip layer is the same

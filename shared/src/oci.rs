@@ -47,10 +47,11 @@ pub enum OciError {
     },
 }
 
-/// A blob or manifest as a descriptor points at it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A blob or manifest as a descriptor points at it; reads from a descriptor's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Blob {
     /// Media type.
+    #[serde(rename = "mediaType")]
     pub media_type: String,
     /// Content digest.
     pub digest: Digest,

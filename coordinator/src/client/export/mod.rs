@@ -67,22 +67,8 @@ fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
 
 #[derive(Deserialize)]
 struct ManifestShape {
-    config: Described,
-    layers: Vec<Described>,
-}
-
-#[derive(Deserialize)]
-struct Described {
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: Digest,
-    size: u64,
-}
-
-impl From<Described> for Blob {
-    fn from(d: Described) -> Blob {
-        Blob { media_type: d.media_type, digest: d.digest, size: d.size }
-    }
+    config: Blob,
+    layers: Vec<Blob>,
 }
 
 /// Where the verified images are read from.
@@ -151,9 +137,9 @@ pub async fn fetch(source: &Source<'_>, platforms: &[PlatformResult], layers: bo
         let bytes = source.document(&p.digest, dir.path(), true).await?;
         let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
         let shape: ManifestShape = serde_json::from_slice(&bytes).context("the image manifest")?;
-        let config: Blob = shape.config.into();
+        let config = shape.config;
         source.document(&config.digest, dir.path(), false).await?;
-        let blobs: Vec<Blob> = shape.layers.into_iter().map(Blob::from).collect();
+        let blobs = shape.layers;
         if layers {
             for layer in &blobs {
                 let path = blob_path(dir.path(), &layer.digest);
