@@ -207,8 +207,16 @@ pub enum TokensCommand {
         #[command(flatten)]
         /// Coordinator.
         remote: Remote,
-        /// Who or what uses it, for example ci-release.
+        /// Who or what uses it, for example ci-release. Builds it starts are recorded as its.
         name: String,
+        /// `build`: builds of its own; `admin`: also tokens, join tokens, agents and every
+        /// owner's builds.
+        #[arg(long, default_value = "build")]
+        role: archfarm_shared::protocol::Role,
+        /// Limit a build token to repositories under this prefix, for example
+        /// registry.example.com/team/ (repeatable; none: any repository).
+        #[arg(long = "scope", value_name = "REGISTRY/PREFIX")]
+        scopes: Vec<String>,
     },
     /// Revoke a named client token.
     Revoke {

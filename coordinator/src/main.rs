@@ -64,8 +64,8 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Agents { command: AgentsCommand::Prune { remote, name, all, keep_storage, force } } => {
             client::hosts::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
         }
-        Command::Tokens { command: TokensCommand::Create { remote, name } } => {
-            client::agents::admin(&remote, ClientRequest::CreateClientToken { name }).await.map(|()| true)
+        Command::Tokens { command: TokensCommand::Create { remote, name, role, scopes } } => {
+            client::agents::admin(&remote, ClientRequest::CreateClientToken { name, role, scopes }).await.map(|()| true)
         }
         Command::Tokens { command: TokensCommand::Revoke { remote, name } } => {
             client::agents::admin(&remote, ClientRequest::RevokeClientToken { name }).await.map(|()| true)

@@ -24,12 +24,13 @@ fn ago(ms: u64) -> String {
 /// The table `builds ls` prints.
 pub fn table(builds: &[BuildSummary]) -> String {
     let mut rows =
-        vec![["BUILD".to_owned(), "STATE".into(), "CREATED".into(), "PLATFORMS".into(), "TAGS".into(), "INDEX".into()]];
+        vec![["BUILD".to_owned(), "STATE".into(), "CREATED".into(), "OWNER".into(), "PLATFORMS".into(), "TAGS".into(), "INDEX".into()]];
     for b in builds {
         rows.push([
             b.build.to_string(),
             b.state.to_string(),
             ago(b.created_ms),
+            b.owner.clone(),
             platform::list(&b.platforms),
             b.tags.join(","),
             b.index.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
@@ -45,6 +46,7 @@ pub fn detail(d: &BuildDetail) -> String {
     let _ = writeln!(out, "Build:     {}", s.build);
     let _ = writeln!(out, "State:     {}", s.state);
     let _ = writeln!(out, "Created:   {}", ago(s.created_ms));
+    let _ = writeln!(out, "Owner:     {}", s.owner);
     let _ = writeln!(out, "Tags:      {}", s.tags.join(", "));
     if let Some(i) = &s.index {
         let _ = writeln!(out, "Index:     {i}");
@@ -108,6 +110,7 @@ fn summary_json(b: &BuildSummary) -> serde_json::Value {
         "build": b.build.as_str(),
         "state": b.state.as_str(),
         "created_ms": b.created_ms,
+        "owner": b.owner,
         "finished_ms": b.finished_ms,
         "platforms": b.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tags": b.tags,

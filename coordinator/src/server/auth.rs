@@ -1,18 +1,62 @@
-//! Client tokens: the coordinator keeps only their sha256, one per line in a file it re-reads
-//! on every connection, so a token added or removed there takes effect without a restart.
+//! Client tokens in the token file: the coordinator keeps only their sha256, one per line, in a
+//! file it re-reads on every connection, so a token added or removed there takes effect without
+//! a restart. A line is
+//!
+//! ```text
+//! HASH [role=admin|build] [name=NAME] [scope=REGISTRY/PREFIX/]...  # comment
+//! ```
+//!
+//! A line without `role=` (every file written before roles existed) is an admin, and the
+//! coordinator warns each time it is used.
 
+use super::access::Principal;
 use archfarm_shared::pki::token_hash;
+use archfarm_shared::protocol::Role;
 use std::path::Path;
+use tracing::warn;
 
-/// Whether `token` is listed in the token-hash file. A missing or unreadable file accepts none.
-pub fn token_accepted(tokens_file: &Path, token: &str) -> Result<bool, String> {
+/// The principal of `token` if the token-hash file lists it. A missing or unreadable file
+/// accepts none; a line that cannot be read is skipped with a warning.
+pub fn token_file_principal(tokens_file: &Path, token: &str) -> Result<Option<Principal>, String> {
     let text = std::fs::read_to_string(tokens_file)
         .map_err(|e| format!("cannot read client token list {}: {e}", tokens_file.display()))?;
     let want = token_hash(token);
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .any(|h| !h.is_empty() && constant_time_eq(h.as_bytes(), want.as_bytes())))
+    for (number, line) in text.lines().enumerate() {
+        let mut fields = line.split('#').next().unwrap_or("").split_whitespace();
+        let Some(hash) = fields.next() else { continue };
+        if !constant_time_eq(hash.as_bytes(), want.as_bytes()) {
+            continue;
+        }
+        let at = format!("{} line {}", tokens_file.display(), number + 1);
+        return match principal(fields, &at) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => Err(format!("{at}: {e}; the token on it is refused until the line is fixed")),
+        };
+    }
+    Ok(None)
+}
+
+fn principal<'a>(fields: impl Iterator<Item = &'a str>, at: &str) -> Result<Principal, String> {
+    let (mut role, mut name, mut scopes) = (None, None, vec![]);
+    for field in fields {
+        match field.split_once('=') {
+            Some(("role", r)) => role = Some(r.parse::<Role>()?),
+            Some(("name", n)) => name = Some(n.to_owned()),
+            Some(("scope", s)) => {
+                super::access::check_scope(s)?;
+                scopes.push(s.to_owned());
+            }
+            _ => return Err(format!("unknown field {field:?} (expected role=, name= or scope=)")),
+        }
+    }
+    let role = role.unwrap_or_else(|| {
+        warn!("{at}: a client token without role= is read as an admin; add role=admin or role=build to the line");
+        Role::Admin
+    });
+    if role == Role::Admin && !scopes.is_empty() {
+        return Err("scope= applies to role=build only: an admin may build anywhere".into());
+    }
+    Ok(Principal { name: name.unwrap_or_else(|| "admin".to_owned()), role, scopes })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -24,14 +68,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_listed_tokens_pass() {
+    fn listed_tokens_pass_with_their_role_and_old_lines_are_admins() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens");
-        std::fs::write(&f, format!("# release team\n{}  # ci\n\n", token_hash("good"))).unwrap();
-        assert!(token_accepted(&f, "good").unwrap());
-        assert!(!token_accepted(&f, "bad").unwrap());
-        assert!(!token_accepted(&f, "").unwrap());
-        assert!(token_accepted(&dir.path().join("missing"), "good")
+        let lines = [
+            "# release team".to_owned(),
+            format!("{}  # ci, from before roles", token_hash("old")),
+            format!("{} role=build name=ci scope=reg:5000/team/ # ci", token_hash("ci")),
+            format!("{} role=admin name=ops", token_hash("ops")),
+            format!("{} role=root", token_hash("typo")),
+            format!("{} role=admin scope=reg:5000/team/", token_hash("admin-scoped")),
+        ];
+        std::fs::write(&f, lines.join("\n")).unwrap();
+        let old = token_file_principal(&f, "old").unwrap().unwrap();
+        assert_eq!((old.name.as_str(), old.role), ("admin", Role::Admin));
+        let ci = token_file_principal(&f, "ci").unwrap().unwrap();
+        assert_eq!(ci, Principal { name: "ci".into(), role: Role::Build, scopes: vec!["reg:5000/team/".into()] });
+        assert_eq!(token_file_principal(&f, "ops").unwrap().unwrap().role, Role::Admin);
+        let err = token_file_principal(&f, "typo").unwrap_err();
+        assert!(err.contains("line 5") && err.contains("unknown role \"root\""), "{err}");
+        assert!(token_file_principal(&f, "admin-scoped").unwrap_err().contains("role=build only"));
+        assert_eq!(token_file_principal(&f, "bad").unwrap(), None);
+        assert_eq!(token_file_principal(&f, "").unwrap(), None);
+        assert!(token_file_principal(&dir.path().join("missing"), "old")
             .unwrap_err()
             .contains("cannot read client token list"));
     }

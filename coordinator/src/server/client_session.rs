@@ -30,18 +30,25 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     };
     // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
     // in the database.
-    let accepted = auth::token_accepted(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
+    let from_file = auth::token_file_principal(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
         warn!("{e}");
-        false
-    }) || shared.store.client_token_live(&token_hash(&token)).await.unwrap_or(false);
-    if !accepted {
+        None
+    });
+    let who = match from_file {
+        Some(who) => Some(who),
+        None => shared.store.client_token(&token_hash(&token)).await.unwrap_or_else(|e| {
+            warn!("reading client tokens: {e}");
+            None
+        }),
+    };
+    let Some(who) = who.map(Arc::new) else {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();
         let _ = codec::write_msg(&mut send, &ClientResponse::Refused { reason: reason.clone() }, max).await;
         let _ = send.finish();
         tokio::time::sleep(Duration::from_millis(200)).await;
         return conn.close(close::REFUSED.into(), reason.as_bytes());
-    }
+    };
     // Every connection starts with an agent's few streams; an authenticated client gets more.
     conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(tls::PEER_STREAMS_CLIENT));
     let welcome = ClientResponse::Welcome { version: env!("CARGO_PKG_VERSION").to_owned() };
@@ -52,7 +59,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(handlers::handle(shared.clone(), conn.clone(), send, recv));
+                tokio::spawn(handlers::handle(shared.clone(), who.clone(), conn.clone(), send, recv));
             }
             Err(e) => {
                 info!(%remote, "client disconnected: {}", tls::explain(&e));

@@ -11,6 +11,7 @@
 //! - [`handlers`]: one handler per client request.
 //! - [`context_receive`]: receiving a build context, checked as it is written.
 //! - [`chunk_store`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`access`]: who a client is (role, scopes) and what it may do.
 //! - [`auth`]: client tokens in the token file.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
 //! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
@@ -20,6 +21,7 @@
 //! - [`publish`]: verifying pushed images in the registry and publishing the index.
 //! - [`store`]: durable state in SQLite (the only user of rusqlite).
 
+pub mod access;
 pub mod agent_link;
 pub mod auth;
 pub mod build;

@@ -95,6 +95,8 @@ pub struct BuildSummary {
     pub tests: Vec<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The name of the client token that started it (`-` for builds from before owners).
+    pub owner: String,
 }
 
 /// `archfarm builds show`: a build and each platform's job.

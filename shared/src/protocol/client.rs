@@ -67,8 +67,12 @@ pub enum ClientRequest {
     },
     /// Create a named client token.
     CreateClientToken {
-        /// A name for it (who or what uses it).
+        /// A name for it (who or what uses it); builds it starts are recorded as its owner's.
         name: String,
+        /// What it may do.
+        role: Role,
+        /// Repository prefixes a build token may push to (`registry/team/`); empty: any.
+        scopes: Vec<String>,
     },
     /// Revoke a named client token.
     RevokeClientToken {
@@ -114,6 +118,43 @@ pub enum ClientRequest {
         /// Prune even while jobs run.
         force: bool,
     },
+}
+
+/// What a client token may do. Tokens in the coordinator's token file without a role, and
+/// tokens created before roles existed, are admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything: tokens, join tokens, agents, and every owner's builds.
+    Admin,
+    /// Builds of its own, to the repositories of its scopes; listing agents.
+    Build,
+}
+
+impl Role {
+    /// `admin` or `build`, as the command line and the database spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Build => "build",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "build" => Ok(Role::Build),
+            other => Err(format!("unknown role {other:?}: use admin or build")),
+        }
+    }
 }
 
 /// A build as the release engineer asked for it.

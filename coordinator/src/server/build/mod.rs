@@ -12,6 +12,7 @@ pub mod platform;
 #[cfg(test)]
 mod platform_tests;
 
+use super::access::Principal;
 use super::live::Live;
 use super::ports::ImageCheck;
 use super::publish::{self, RegistryImages};
@@ -87,9 +88,11 @@ pub enum BuildEnd {
 /// the build starts, so it sees every event from `Accepted` on.
 pub async fn submit(
     shared: &Arc<Shared>,
+    owner: &Principal,
     req: BuildRequest,
 ) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
     plan(&req, &shared.registries)?;
+    owner.may_build(&req)?;
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
@@ -98,7 +101,7 @@ pub async fn submit(
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
     shared
         .store
-        .create_build(&id, &req, &jobs)
+        .create_build(&id, &owner.name, &req, &jobs)
         .await
         .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
     let live = shared.live.start(&id);

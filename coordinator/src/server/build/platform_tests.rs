@@ -168,7 +168,7 @@ impl Rig {
             Digest::of(b"context"),
             "Dockerfile",
         );
-        store.create_build(&build, &request, &[(job.clone(), platform.clone())]).await.unwrap();
+        store.create_build(&build, "test", &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
             job,
             build: build.clone(),

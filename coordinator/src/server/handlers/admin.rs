@@ -1,10 +1,11 @@
 //! The farm's administration: join tokens for new agents, revoking agents, client tokens.
 
 use super::reply::Reply;
+use crate::server::access::check_scope;
 use crate::server::state::Shared;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::pki::{generate_token, token_hash};
-use archfarm_shared::protocol::{close, ClientResponse};
+use archfarm_shared::protocol::{close, ClientResponse, Role};
 use archfarm_shared::AgentName;
 use tracing::info;
 
@@ -38,15 +39,22 @@ pub async fn revoke_agent(shared: &Shared, name: &AgentName) -> Reply {
     }
 }
 
-/// `archfarm tokens create`: a named client token; only its hash is kept.
-pub async fn create_client_token(shared: &Shared, name: &str) -> Reply {
+/// `archfarm tokens create`: a named client token with a role and scopes; only its hash is
+/// kept.
+pub async fn create_client_token(shared: &Shared, name: &str, role: Role, scopes: &[String]) -> Reply {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
         return Reply::error(format!("token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"));
     }
+    if role == Role::Admin && !scopes.is_empty() {
+        return Reply::error("--scope applies to --role build only: an admin may build anywhere");
+    }
+    if let Some(e) = scopes.iter().find_map(|s| check_scope(s).err()) {
+        return Reply::error(e);
+    }
     let token = generate_token();
-    match shared.store.add_client_token(name, &token_hash(&token)).await {
+    match shared.store.add_client_token(name, &token_hash(&token), role, scopes).await {
         Ok(Ok(())) => {
-            info!(name = %name, "client token created");
+            info!(name = %name, %role, scopes = %scopes.join(" "), "client token created");
             Reply::one(ClientResponse::Token { token, expires_ms: None })
         }
         Ok(Err(message)) => Reply::error(message),

@@ -15,16 +15,19 @@ pub mod contexts;
 pub mod hosts;
 pub mod reply;
 
+use super::access::Principal;
 use super::state::Shared;
 use super::wire::on_codec_error;
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use reply::Reply;
 use std::sync::Arc;
+use tracing::warn;
 
-/// Serves one request stream of an authenticated client.
+/// Serves one request stream of an authenticated client, `who`.
 pub async fn handle(
     shared: Arc<Shared>,
+    who: Arc<Principal>,
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -34,6 +37,12 @@ pub async fn handle(
         Ok(req) => req,
         Err(e) => return drop(on_codec_error(&conn, &e, "request stream")),
     };
+    if let Some(what) = admin_only(&req) {
+        if let Err(message) = who.require_admin(what) {
+            warn!(token = %who.name, "refused: {message}");
+            return Reply::error(message).send(send, max).await;
+        }
+    }
     let reply = match req {
         ClientRequest::Hello { .. } => Reply::error("already authenticated"),
         ClientRequest::ListAgents => Reply::one(ClientResponse::Agents(shared.farm.agents())),
@@ -42,15 +51,17 @@ pub async fn handle(
         ClientRequest::UploadChunked { digest, size, chunks } => {
             contexts::upload_chunked(&shared, &digest, size, chunks, &mut send, &mut recv).await
         }
-        ClientRequest::Build(req) => builds::submit(&shared, req).await,
-        ClientRequest::ListBuilds { limit } => builds::list(&shared, limit).await,
-        ClientRequest::ShowBuild { build } => builds::show(&shared, &build).await,
-        ClientRequest::WatchBuild { build } => builds::watch(&shared, &build).await,
-        ClientRequest::PublishBuild { build } => builds::publish(&shared, &build).await,
-        ClientRequest::CancelBuild { build } => builds::cancel(&shared, &build).await,
+        ClientRequest::Build(req) => builds::submit(&shared, &who, req).await,
+        ClientRequest::ListBuilds { limit } => builds::list(&shared, &who, limit).await,
+        ClientRequest::ShowBuild { build } => builds::show(&shared, &who, &build).await,
+        ClientRequest::WatchBuild { build } => builds::watch(&shared, &who, &build).await,
+        ClientRequest::PublishBuild { build } => builds::publish(&shared, &who, &build).await,
+        ClientRequest::CancelBuild { build } => builds::cancel(&shared, &who, &build).await,
         ClientRequest::CreateJoinToken { ttl_secs } => admin::create_join_token(&shared, ttl_secs).await,
         ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
-        ClientRequest::CreateClientToken { name } => admin::create_client_token(&shared, &name).await,
+        ClientRequest::CreateClientToken { name, role, scopes } => {
+            admin::create_client_token(&shared, &name, role, &scopes).await
+        }
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
         ClientRequest::FetchBlob { digest } => contexts::fetch_blob(&shared, &digest, &mut send).await,
         ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
@@ -60,4 +71,16 @@ pub async fn handle(
         }
     };
     reply.send(send, max).await;
+}
+
+/// What an admin-only request does, in words for the refusal; `None` for the others.
+fn admin_only(req: &ClientRequest) -> Option<&'static str> {
+    Some(match req {
+        ClientRequest::CreateJoinToken { .. } => "creating a join token",
+        ClientRequest::RevokeAgent { .. } => "revoking an agent",
+        ClientRequest::CreateClientToken { .. } => "creating a client token",
+        ClientRequest::RevokeClientToken { .. } => "revoking a client token",
+        ClientRequest::PruneAgents { .. } => "pruning agents' caches",
+        _ => return None,
+    })
 }

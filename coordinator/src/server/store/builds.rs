@@ -31,20 +31,29 @@ pub struct StoredJob {
     pub error: Option<String>,
 }
 
-/// A `builds` row: id, created, finished, state, request, index, error.
-type SummaryRow = (String, i64, Option<i64>, String, String, Option<String>, Option<String>);
+/// A `builds` row: id, created, finished, state, request, index, error, owner.
+type SummaryRow = (String, i64, Option<i64>, String, String, Option<String>, Option<String>, Option<String>);
+
+/// The columns of a [`SummaryRow`].
+const SUMMARY: &str = "id, created_ms, finished_ms, state, request, index_digest, error, owner";
 
 impl Store {
-    /// Records a new build and its jobs (one per platform, in order), all queued.
-    pub async fn create_build(&self, build: &BuildId, req: &BuildRequest, jobs: &[(JobId, Platform)]) -> Result<()> {
+    /// Records a new build of `owner` and its jobs (one per platform, in order), all queued.
+    pub async fn create_build(
+        &self,
+        build: &BuildId,
+        owner: &str,
+        req: &BuildRequest,
+        jobs: &[(JobId, Platform)],
+    ) -> Result<()> {
         let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let build = build.to_string();
+        let (build, owner) = (build.to_string(), owner.to_owned());
         let jobs: Vec<(String, String)> = jobs.iter().map(|(j, p)| (j.to_string(), p.to_string())).collect();
         self.writer
             .write(move |c| {
                 c.execute(
-                    "INSERT INTO builds (id, created_ms, state, request) VALUES (?1, ?2, ?3, ?4)",
-                    params![build, now_ms() as i64, BuildState::Running.as_str(), request],
+                    "INSERT INTO builds (id, created_ms, state, request, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![build, now_ms() as i64, BuildState::Running.as_str(), request, owner],
                 )?;
                 for (position, (job, platform)) in jobs.iter().enumerate() {
                     c.execute(
@@ -176,14 +185,16 @@ impl Store {
         .await
     }
 
-    /// The newest builds.
-    pub async fn list(&self, limit: u32) -> Result<Vec<BuildSummary>> {
+    /// The newest builds; only `owner`'s when given.
+    pub async fn list(&self, limit: u32, owner: Option<&str>) -> Result<Vec<BuildSummary>> {
+        let owner = owner.map(str::to_owned);
         self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT id, created_ms, finished_ms, state, request, index_digest, error FROM builds \
-                 ORDER BY created_ms DESC, rowid DESC LIMIT ?1",
-            )?;
-            let rows = stmt.query_map(params![limit], summary_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {SUMMARY} FROM builds WHERE ?2 IS NULL OR owner = ?2 \
+                 ORDER BY created_ms DESC, rowid DESC LIMIT ?1"
+            ))?;
+            let rows =
+                stmt.query_map(params![limit, owner], summary_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
             rows.into_iter().map(summary).collect()
         })
         .await
@@ -227,11 +238,11 @@ fn finish_attempt(
 }
 
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
 }
 
 fn summary(row: SummaryRow) -> Result<BuildSummary> {
-    let (id, created, finished, state, request, index, error) = row;
+    let (id, created, finished, state, request, index, error, owner) = row;
     let req: BuildRequest =
         serde_json::from_str(&request).map_err(|e| StoreError::Corrupt(format!("request of {id}: {e}")))?;
     Ok(BuildSummary {
@@ -244,6 +255,7 @@ fn summary(row: SummaryRow) -> Result<BuildSummary> {
         tags: req.tags,
         index: index.map(|d| parse(&d, "digest")).transpose()?,
         error,
+        owner: owner.unwrap_or_else(|| "-".to_owned()),
     })
 }
 
@@ -251,7 +263,7 @@ fn summary(row: SummaryRow) -> Result<BuildSummary> {
 fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>> {
     let row = conn
         .query_row(
-            "SELECT id, created_ms, finished_ms, state, request, index_digest, error FROM builds WHERE id = ?1",
+            &format!("SELECT {SUMMARY} FROM builds WHERE id = ?1"),
             params![build.as_str()],
             summary_row,
         )
@@ -370,6 +382,7 @@ mod tests {
             let req = request();
             s.create_build(
                 &build,
+                "ci",
                 &req,
                 &[(j1.clone(), req.platforms[0].clone()), (j2.clone(), req.platforms[1].clone())],
             )
@@ -413,8 +426,11 @@ mod tests {
         s.job_ended(&j2, JobState::Failed, "exit code: 1").await.unwrap();
         s.set_build_state(&build, BuildState::Failed, None, Some("linux/arm64 failed")).await.unwrap();
         assert!(s.unfinished().await.unwrap().is_empty());
-        let listed = s.list(10).await.unwrap();
+        let listed = s.list(10, None).await.unwrap();
         assert_eq!(listed[0].state, BuildState::Failed);
+        assert_eq!(listed[0].owner, "ci");
+        assert_eq!(s.list(10, Some("ci")).await.unwrap().len(), 1);
+        assert!(s.list(10, Some("other")).await.unwrap().is_empty());
         assert!(listed[0].finished_ms.is_some());
         assert_eq!(listed[0].error.as_deref(), Some("linux/arm64 failed"));
         // A verified job is never turned back into a failure.

@@ -106,6 +106,23 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 ";
 
+/// Columns added after the first release, to tables that may already exist without them.
+const COLUMNS: &[(&str, &str, &str)] = &[
+    // NULL for tokens from before roles: read as admins.
+    ("client_tokens", "role", "TEXT"),
+    ("client_tokens", "scopes", "TEXT NOT NULL DEFAULT ''"),
+    // NULL for builds from before owners.
+    ("builds", "owner", "TEXT"),
+];
+
+fn add_column(conn: &Connection, table: &str, column: &str, declaration: &str) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+    if !stmt.exists([column])? {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
+    }
+    Ok(())
+}
+
 /// The state database.
 #[derive(Debug)]
 pub struct Store {
@@ -146,6 +163,9 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, declaration) in COLUMNS {
+            add_column(&conn, table, column, declaration)?;
+        }
         let readers = (0..READERS)
             .map(|_| {
                 let reader = Connection::open(path)?;
