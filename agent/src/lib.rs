@@ -7,7 +7,8 @@
 //! - [`host`]: which platforms this host declares.
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
 //! - [`docker`]: the Docker Engine adapter (the only user of bollard).
-//! - [`enroll`]: joining with a one-time join token (key and CSR made here).
+//! - [`enroll`]: joining with a one-time join token, and renewing the certificate (keys and
+//!   CSRs made here).
 //! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
@@ -37,6 +38,7 @@ pub mod session;
 use archfarm_config::AgentConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// Runs the agent until `shutdown` is cancelled. Without a certificate yet, it first enrolls
 /// with `join_token`.
@@ -51,7 +53,32 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
             ),
         }
     }
+    // A certificate near its end is renewed before it is used, and then twice a day.
+    if let Err(e) = enroll::renew_if_due(&config).await {
+        warn!("{e:#}; trying again later");
+    }
     let agent = Arc::new(session::Agent::new(&config).await?);
+    let renewing = tokio::spawn(renew_periodically(config, agent.clone()));
     agent.run(shutdown).await;
+    renewing.abort();
     Ok(())
+}
+
+/// How often a running agent checks whether its certificate is due for renewal.
+const RENEW_CHECK: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Renews the certificate when it is due; the next connection uses the new one.
+async fn renew_periodically(config: AgentConfig, agent: Arc<session::Agent<executor::Executor>>) {
+    loop {
+        tokio::time::sleep(RENEW_CHECK).await;
+        match enroll::renew_if_due(&config).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = agent.reload_identity(&config) {
+                    warn!("renewed certificate not usable: {e:#}");
+                }
+            }
+            Err(e) => warn!("{e:#}; trying again in 12 h"),
+        }
+    }
 }

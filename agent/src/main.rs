@@ -20,6 +20,11 @@ struct Cli {
     /// enroll with it first.
     #[arg(long, env = "ARCHFARM_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Renew this agent's certificate now, with the current one instead of a join token, and
+    /// exit. A running agent renews its own 30 days before expiry; this is for one that was
+    /// stopped, or to replace a key at once.
+    #[arg(long, conflicts_with_all = ["probe_engine", "join_token"])]
+    renew: bool,
 }
 
 #[tokio::main]
@@ -32,6 +37,9 @@ async fn main() -> ExitCode {
     }
     let result = async {
         let config = archfarm_config::load(cli.config.as_deref().expect("required by clap"))?;
+        if cli.renew {
+            return archfarm_agent::enroll::renew(&config).await;
+        }
         archfarm_agent::run(config, cli.join_token.as_deref(), archfarm_shared::shutdown::on_signal()).await
     };
     match result.await {

@@ -39,8 +39,8 @@ pub struct Agent<R: Runner = Executor> {
     pub server_name: String,
     /// QUIC client endpoint (may be shared by several agents).
     pub endpoint: quinn::Endpoint,
-    /// TLS with the agent's certificate.
-    pub client_config: quinn::ClientConfig,
+    /// TLS with the agent's certificate; replaced when the certificate is renewed.
+    pub client_config: std::sync::Mutex<quinn::ClientConfig>,
     /// Longest backoff.
     pub max_backoff: Duration,
     /// Longest drain.
@@ -53,18 +53,32 @@ pub struct Agent<R: Runner = Executor> {
     pub health: HealthWatch,
 }
 
+/// The TLS configuration with the agent's certificate, and the name in it.
+fn identity(config: &AgentConfig) -> anyhow::Result<(quinn::ClientConfig, archfarm_shared::AgentName)> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let (ca, cert, key) = (read(&config.tls.ca_cert)?, read(&config.tls.cert)?, read(&config.tls.key)?);
+    let client = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default())
+        .context("invalid agent TLS material")?;
+    let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+        .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
+    let name: archfarm_shared::AgentName =
+        tls::common_name(&own)?.parse().context("the agent certificate's common name is not a valid agent name")?;
+    Ok((client, name))
+}
+
 impl Agent<Executor> {
+    /// Uses the certificate now in the configured files from the next connection on (after a
+    /// renewal). The name must not change.
+    pub fn reload_identity(&self, config: &AgentConfig) -> anyhow::Result<()> {
+        let (client, name) = identity(config)?;
+        anyhow::ensure!(name == self.name, "the renewed certificate names {name}, not {}", self.name);
+        *self.client_config.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        Ok(())
+    }
+
     /// Prepares the agent from its configuration: certificates, engine, declared platforms.
     pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
-        let read =
-            |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
-        let (ca, cert, key) = (read(&config.tls.ca_cert)?, read(&config.tls.cert)?, read(&config.tls.key)?);
-        let client = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default())
-            .context("invalid agent TLS material")?;
-        let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
-            .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
-        let name: archfarm_shared::AgentName =
-            tls::common_name(&own)?.parse().context("the agent certificate's common name is not a valid agent name")?;
+        let (client, name) = identity(config)?;
 
         let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
         let info = engine.info().await.map_err(anyhow::Error::msg)?;
@@ -119,7 +133,7 @@ impl Agent<Executor> {
             coordinator: config.coordinator.clone(),
             server_name,
             endpoint,
-            client_config: client,
+            client_config: std::sync::Mutex::new(client),
             max_backoff: Duration::from_secs(config.max_backoff_secs),
             drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             running: Arc::new(AtomicU32::new(0)),
@@ -166,7 +180,7 @@ impl<R: Runner> Agent<R> {
             &self.endpoint,
             &self.coordinator,
             Some(&self.server_name),
-            self.client_config.clone(),
+            self.client_config.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             dial::DEADLINE,
         );
         let conn = tokio::select! {

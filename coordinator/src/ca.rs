@@ -21,14 +21,20 @@ pub const CLIENT_TOKEN: &str = "client.token";
 /// Hashes of accepted client tokens, for the coordinator.
 pub const CLIENT_TOKENS: &str = "client-tokens";
 
+/// Writes a file; a secret one is 0600 even when a file with a wider mode was already there.
 fn write(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = if secret { 0o600 } else { 0o644 };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies to a new file only. Narrow an existing one before the secret is in it.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 

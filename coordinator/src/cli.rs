@@ -71,13 +71,18 @@ pub enum AgentsCommand {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
-    /// Revoke an agent: disconnect it now and refuse it from now on.
+    /// Revoke an agent's certificates: disconnect it now and refuse them from now on. The name
+    /// may enroll again with a new join token.
     Revoke {
         #[command(flatten)]
         /// Coordinator.
         remote: Remote,
         /// Agent name.
         name: AgentName,
+        /// Revoke only the certificate with this serial (`agents inspect` shows it), for
+        /// example an impostor's under the same name.
+        #[arg(long)]
+        serial: Option<String>,
     },
     /// List connected agents: name, address, platforms, state, running jobs.
     Ls {
@@ -196,6 +201,12 @@ pub enum JoinTokenCommand {
         /// Seconds until the token expires (at most a week).
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// The only name the agent may enroll under.
+        #[arg(long)]
+        name: Option<AgentName>,
+        /// A platform the agent may declare (repeatable); any when none is given.
+        #[arg(long = "platform", value_name = "PLATFORM")]
+        platforms: Vec<archfarm_shared::Platform>,
     },
 }
 

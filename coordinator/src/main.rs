@@ -49,11 +49,12 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Agents { command: AgentsCommand::Ls { remote, format } } => {
             client::agents::ls(&remote, format).await.map(|()| true)
         }
-        Command::Agents { command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl } } } => {
-            client::agents::admin(&remote, ClientRequest::CreateJoinToken { ttl_secs: ttl }).await.map(|()| true)
+        Command::Agents { command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl, name, platforms } } } => {
+            let request = ClientRequest::CreateJoinToken { ttl_secs: ttl, name, platforms };
+            client::agents::admin(&remote, request).await.map(|()| true)
         }
-        Command::Agents { command: AgentsCommand::Revoke { remote, name } } => {
-            client::agents::admin(&remote, ClientRequest::RevokeAgent { name }).await.map(|()| true)
+        Command::Agents { command: AgentsCommand::Revoke { remote, name, serial } } => {
+            client::agents::admin(&remote, ClientRequest::RevokeAgent { name, serial }).await.map(|()| true)
         }
         Command::Agents { command: AgentsCommand::Inspect { remote, name, format } } => {
             client::hosts::inspect(&remote, name, format).await.map(|()| true)

@@ -186,8 +186,9 @@ pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
-/// The common name of the peer's (already verified) certificate, if it presented one.
-pub fn peer_common_name(conn: &quinn::Connection) -> Result<Option<String>, TlsError> {
+/// The peer's (already verified) certificate: its name, serial, key fingerprint and expiry, if
+/// it presented one.
+pub fn peer_certificate(conn: &quinn::Connection) -> Result<Option<crate::pki::CertificateInfo>, TlsError> {
     let Some(identity) = conn.peer_identity() else {
         return Ok(None);
     };
@@ -197,7 +198,7 @@ pub fn peer_common_name(conn: &quinn::Connection) -> Result<Option<String>, TlsE
     let Some(leaf) = chain.first() else {
         return Ok(None);
     };
-    common_name(leaf).map(Some)
+    crate::pki::certificate_info(leaf).map(Some).map_err(TlsError::PeerName)
 }
 
 /// The common name of a DER certificate.

@@ -59,10 +59,10 @@ enum PlainClientRequest {
 }
 
 #[derive(Serialize)]
-struct PlainEnrollRequest {
-    token: String,
-    name: String,
-    csr_pem: String,
+#[allow(dead_code)]
+enum PlainEnrollRequest {
+    Join { token: String, name: String, csr_pem: String },
+    Renew { csr_pem: String },
 }
 
 #[derive(Serialize)]
@@ -151,8 +151,8 @@ fn checked_types_encode_to_the_same_bytes_as_plain_strings() {
     assert_eq!(payload(&has), payload(&PlainClientRequest::HasContext { digest: DIGEST.into() }));
 
     let enroll =
-        EnrollRequest { token: "t".into(), name: "arm64-1".parse::<AgentName>().unwrap(), csr_pem: "c".into() };
-    let plain_enroll = PlainEnrollRequest { token: "t".into(), name: "arm64-1".into(), csr_pem: "c".into() };
+        EnrollRequest::Join { token: "t".into(), name: "arm64-1".parse::<AgentName>().unwrap(), csr_pem: "c".into() };
+    let plain_enroll = PlainEnrollRequest::Join { token: "t".into(), name: "arm64-1".into(), csr_pem: "c".into() };
     assert_eq!(payload(&enroll), payload(&plain_enroll));
 
     let registration = Registration {
@@ -260,7 +260,7 @@ fn malformed_ids_and_names_are_decode_errors_naming_them() {
         let err = refusal::<CoordinatorMessage>(&payload(&PlainCoordinatorMessage::AssignJob(Box::new(spec))));
         assert!(err.contains(want), "{err} should contain {want}");
     }
-    let frame = payload(&PlainEnrollRequest { token: "t".into(), name: "../Root".into(), csr_pem: "c".into() });
+    let frame = payload(&PlainEnrollRequest::Join { token: "t".into(), name: "../Root".into(), csr_pem: "c".into() });
     let err = refusal::<EnrollRequest>(&frame);
     assert!(err.contains(r#"invalid agent name "../Root""#), "{err}");
 }

@@ -27,7 +27,40 @@ pub async fn ls(remote: &Remote, format: Format) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json(&agents))?),
         Format::Table => print!("{}", table(&agents)),
     }
+    for warning in expiry_warnings(&agents, archfarm_shared::clock::now_ms()) {
+        eprintln!("warning: {warning}");
+    }
     Ok(())
+}
+
+/// Agents warn this long before their certificate expires.
+const EXPIRY_WARNING_MS: u64 = 14 * 86_400_000;
+
+/// A warning for each agent whose certificate expires within 14 days.
+fn expiry_warnings(agents: &[AgentInfo], now_ms: u64) -> Vec<String> {
+    agents
+        .iter()
+        .filter(|a| a.cert_expires_ms.saturating_sub(now_ms) < EXPIRY_WARNING_MS)
+        .map(|a| {
+            format!(
+                "agent {}'s certificate (serial {}) expires {}: agents renew theirs 30 days ahead, so this one \
+                 could not; run `archfarm-agent --config FILE --renew` on its host",
+                a.name,
+                a.cert_serial,
+                expiry(a.cert_expires_ms, now_ms)
+            )
+        })
+        .collect()
+}
+
+fn expiry(at_ms: u64, now_ms: u64) -> String {
+    let days = at_ms.saturating_sub(now_ms) / 86_400_000;
+    match (at_ms <= now_ms, days) {
+        (true, _) => "now".to_owned(),
+        (false, 0) => "within a day".to_owned(),
+        (false, 1) => "in 1 day".to_owned(),
+        (false, d) => format!("in {d} days"),
+    }
 }
 
 fn json(agents: &[AgentInfo]) -> serde_json::Value {
@@ -42,6 +75,8 @@ fn json(agents: &[AgentInfo]) -> serde_json::Value {
                 "running": a.running,
                 "capacity": a.capacity,
                 "engine": a.engine_version,
+                "cert_serial": a.cert_serial,
+                "cert_expires_ms": a.cert_expires_ms,
             })
         })
         .collect()
@@ -50,7 +85,8 @@ fn json(agents: &[AgentInfo]) -> serde_json::Value {
 /// The table `agents ls` prints.
 pub fn table(agents: &[AgentInfo]) -> String {
     let mut rows =
-        vec![["NAME".to_owned(), "ADDRESS".into(), "PLATFORMS".into(), "STATE".into(), "JOBS".into(), "ENGINE".into()]];
+        vec![["NAME".to_owned(), "ADDRESS".into(), "PLATFORMS".into(), "STATE".into(), "JOBS".into(), "ENGINE".into(), "CERTIFICATE".into()]];
+    let now = archfarm_shared::clock::now_ms();
     for a in agents {
         rows.push([
             a.name.to_string(),
@@ -59,6 +95,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             a.state.clone(),
             format!("{}/{}", a.running, a.capacity),
             a.engine_version.clone(),
+            format!("expires {}", expiry(a.cert_expires_ms, now)),
         ]);
     }
     let mut out = super::table::render(&rows);
@@ -107,11 +144,40 @@ mod tests {
             running: 0,
             capacity: 2,
             engine_version: "20.10.24".into(),
+            cert_serial: "4a".into(),
+            cert_expires_ms: archfarm_shared::clock::now_ms() + 89 * 86_400_000 + 3_600_000,
         }];
         let t = table(&agents);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE");
-        assert_eq!(lines[1], "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24");
+        assert_eq!(
+            lines[0],
+            "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE     CERTIFICATE"
+        );
+        assert_eq!(
+            lines[1],
+            "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24   expires in 89 days"
+        );
         assert!(table(&[]).contains("(no agents connected)"));
+    }
+
+    #[test]
+    fn certificates_that_expire_within_14_days_are_warned_about() {
+        let day = 86_400_000;
+        let now = 1_000 * day;
+        let agent = |name: &str, left: u64| AgentInfo {
+            name: name.parse().unwrap(),
+            address: String::new(),
+            platforms: vec![],
+            state: String::new(),
+            running: 0,
+            capacity: 1,
+            engine_version: String::new(),
+            cert_serial: "4a".into(),
+            cert_expires_ms: now + left,
+        };
+        let warnings = expiry_warnings(&[agent("a", 15 * day), agent("b", 13 * day), agent("c", 0)], now);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("agent b's certificate (serial 4a) expires in 13 days"), "{warnings:?}");
+        assert!(warnings[1].contains("expires now"), "{warnings:?}");
     }
 }

@@ -1,6 +1,11 @@
-//! Agents joining with a one-time join token: the agent sends a certificate signing request for
-//! a key it generated, and gets back a certificate signed by the farm CA. Needs the CA key
-//! (`tls.ca_key`); without it the coordinator refuses enrollment and says so.
+//! Agents joining with a one-time join token, and enrolled agents renewing their certificate:
+//! the agent sends a certificate signing request for a key it generated, and gets back a
+//! certificate signed by the farm CA. Needs the CA key (`tls.ca_key`); without it the
+//! coordinator does not offer enrollment at all.
+//!
+//! A request is checked before anything is spent on it: the name is free (no live certificate
+//! holds it), the request parses and asks for that name. The join token is spent in the same
+//! transaction that records the certificate.
 
 use super::state::Shared;
 use super::store::StoreError;
@@ -8,55 +13,111 @@ use super::wire::on_codec_error;
 use archfarm_shared::codec;
 use archfarm_shared::pki::{self, CertifiedKey};
 use archfarm_shared::protocol::{close, EnrollRequest, EnrollResponse};
+use archfarm_shared::{tls, AgentName};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// How long an enrolling peer has to open its stream and send its one request.
+const ENROLL_DEADLINE: Duration = Duration::from_secs(10);
+/// An enrollment request is a token, a name and a CSR of a few hundred bytes.
+const MAX_ENROLL_FRAME: u32 = 32 * 1024;
+
 /// Serves one enrollment connection: one request, one answer.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
-    let max = shared.settings.max_frame;
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(Duration::from_secs(30), conn.accept_bi()).await else {
-        return conn.close(close::REFUSED.into(), b"no enrollment request within 30 s");
+    let read = async {
+        let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let request = codec::expect_msg::<_, EnrollRequest>(&mut recv, MAX_ENROLL_FRAME).await;
+        Ok::<_, String>((send, request))
     };
-    let request = match codec::expect_msg::<_, EnrollRequest>(&mut recv, max).await {
-        Ok(r) => r,
-        Err(e) => return drop(on_codec_error(&conn, &e, "enrollment stream")),
+    let (mut send, request) = match tokio::time::timeout(ENROLL_DEADLINE, read).await {
+        Ok(Ok((send, Ok(request)))) => (send, request),
+        Ok(Ok((_, Err(e)))) => return drop(on_codec_error(&conn, &e, "enrollment stream")),
+        Ok(Err(_)) => return,
+        Err(_) => return conn.close(close::REFUSED.into(), b"no enrollment request within 10 s"),
     };
-    let response = match enroll(&shared, &request).await {
-        Ok(cert_pem) => {
-            info!(agent = %request.name, remote = %conn.remote_address(), "agent enrolled with a join token");
-            EnrollResponse::Certificate { cert_pem }
-        }
-        Err(reason) => {
-            warn!(agent = %request.name, remote = %conn.remote_address(), "enrollment refused: {reason}");
-            EnrollResponse::Refused { reason }
-        }
+    let remote = conn.remote_address();
+    let response = match &request {
+        EnrollRequest::Join { token, name, csr_pem } => match join(&shared, token, name, csr_pem).await {
+            Ok(cert_pem) => {
+                info!(agent = %name, %remote, "agent enrolled with a join token");
+                EnrollResponse::Certificate { cert_pem }
+            }
+            Err(reason) => {
+                warn!(agent = %name, %remote, "enrollment refused: {reason}");
+                EnrollResponse::Refused { reason }
+            }
+        },
+        EnrollRequest::Renew { csr_pem } => match renew(&shared, &conn, csr_pem).await {
+            Ok((name, cert_pem)) => {
+                info!(agent = %name, %remote, "agent renewed its certificate");
+                EnrollResponse::Certificate { cert_pem }
+            }
+            Err(reason) => {
+                warn!(%remote, "renewal refused: {reason}");
+                EnrollResponse::Refused { reason }
+            }
+        },
     };
-    let _ = codec::write_msg(&mut send, &response, max).await;
+    let _ = codec::write_msg(&mut send, &response, shared.settings.max_frame).await;
     let _ = send.finish();
     // Let the answer arrive before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
 
-async fn enroll(shared: &Shared, request: &EnrollRequest) -> Result<String, String> {
-    let Some(ca) = &shared.settings.ca else {
-        return Err("this coordinator cannot enroll agents: its configuration has no tls.ca_key. \
-                    Issue a certificate with `archfarm ca issue-agent NAME` instead"
-            .into());
-    };
+fn ca(shared: &Shared) -> Result<&CertifiedKey, String> {
+    shared.settings.ca.as_ref().ok_or_else(|| {
+        "this coordinator cannot enroll agents: its configuration has no tls.ca_key. Issue a certificate with \
+         `archfarm ca issue-agent NAME` instead"
+            .to_owned()
+    })
+}
+
+async fn join(shared: &Shared, token: &str, name: &AgentName, csr_pem: &str) -> Result<String, String> {
+    let ca = ca(shared)?;
     let store_error = |e: StoreError| e.to_string();
-    if shared.store.agent_revoked(&request.name).await.map_err(store_error)? {
-        return Err(format!("agent {} is revoked; enroll under another name", request.name));
+    if shared.store.agent_revoked(name).await.map_err(store_error)? {
+        return Err(format!("agent name {name} was revoked for good; enroll under another name"));
     }
-    let hash = pki::token_hash(&request.token);
-    shared
-        .store
-        .use_join_token(&hash, &request.name)
-        .await
-        .map_err(store_error)?
-        .map_err(|why| format!("{why}; create a new one with `archfarm agents token create` on a client"))?;
-    pki::sign_agent_request(ca, &request.csr_pem, request.name.as_str())
-        .map_err(|e| format!("the certificate request cannot be signed: {e}"))
+    if let Some(serial) = shared.store.name_taken(name).await.map_err(store_error)? {
+        return Err(format!(
+            "agent name {name:?} is already held by a live certificate (serial {serial}); enroll under another \
+             name, or revoke that one first with `archfarm agents revoke {name}`"
+        ));
+    }
+    pki::check_agent_request(csr_pem, name.as_str())?;
+    let cert_pem = pki::sign_agent_request(ca, csr_pem, name.as_str())
+        .map_err(|e| format!("the certificate request cannot be signed: {e}"))?;
+    let info = pki::certificate_info_pem(&cert_pem)?;
+    match shared.store.enroll(&pki::token_hash(token), &info).await.map_err(store_error)? {
+        Ok(()) => Ok(cert_pem),
+        Err(why) if why.contains("join token") => {
+            Err(format!("{why}; create a new one with `archfarm agents token create` on a client"))
+        }
+        Err(why) => Err(why),
+    }
+}
+
+async fn renew(shared: &Shared, conn: &quinn::Connection, csr_pem: &str) -> Result<(String, String), String> {
+    let ca = ca(shared)?;
+    // The TLS handshake checked that the CA signed it and that it has not expired.
+    let current = tls::peer_certificate(conn)
+        .map_err(|e| e.to_string())?
+        .ok_or("renewing needs the agent's current certificate on the connection")?;
+    let name: AgentName = current.name.parse().map_err(|e| format!("certificate name unusable: {e}"))?;
+    if shared.store.agent_revoked(&name).await.map_err(|e| e.to_string())? {
+        return Err(format!("agent name {name} was revoked for good"));
+    }
+    let stored = shared.store.connected(&current).await.map_err(|e| e.to_string())?;
+    if let Some(why) = stored.revoked {
+        return Err(format!("certificate {} of agent {name} is {why}; enroll again with a join token", current.serial));
+    }
+    pki::check_agent_request(csr_pem, name.as_str())?;
+    let cert_pem = pki::sign_agent_request(ca, csr_pem, name.as_str())
+        .map_err(|e| format!("the certificate request cannot be signed: {e}"))?;
+    let info = pki::certificate_info_pem(&cert_pem)?;
+    shared.store.renew(&current.serial, &info).await.map_err(|e| e.to_string())?;
+    Ok((name.to_string(), cert_pem))
 }
 
 /// Loads the CA certificate and key used to sign enrolled agents.

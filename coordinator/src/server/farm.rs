@@ -21,6 +21,10 @@ pub struct AgentHandle {
     pub address: SocketAddr,
     /// What it registered.
     pub registration: Registration,
+    /// Serial (hex) of the certificate it connected with.
+    pub cert_serial: String,
+    /// When that certificate expires, milliseconds since the Unix epoch.
+    pub cert_expires_ms: u64,
     /// Its link: jobs run over it.
     pub link: Arc<dyn AgentLink>,
 }
@@ -182,9 +186,15 @@ impl Farm {
         dispatch(&mut st);
     }
 
-    /// Closes a connected agent's link (revocation). The agent's session then unregisters it.
-    pub fn disconnect(&self, name: &AgentName, code: u32, reason: &str) {
-        let link = self.lock().agents.get(name).map(|a| a.link.clone());
+    /// Closes a connected agent's link (revocation), if it connected with one of `serials` (any,
+    /// when `None`). The agent's session then unregisters it.
+    pub fn disconnect(&self, name: &AgentName, serials: Option<&[String]>, code: u32, reason: &str) {
+        let link = self
+            .lock()
+            .agents
+            .get(name)
+            .filter(|a| serials.is_none_or(|s| s.contains(&a.cert_serial)))
+            .map(|a| a.link.clone());
         if let Some(link) = link {
             link.close(code, reason);
         }
@@ -226,6 +236,8 @@ impl Farm {
                     running,
                     capacity,
                     engine_version: a.registration.engine_version.clone(),
+                    cert_serial: a.cert_serial.clone(),
+                    cert_expires_ms: a.cert_expires_ms,
                 }
             })
             .collect();

@@ -119,17 +119,17 @@ fn client_request(r: &ClientRequest) {
             b.platforms.iter().for_each(platform);
         }
         ClientRequest::FetchBlob { digest: d } => digest(d),
-        ClientRequest::InspectAgent { name } => agent(name),
+        ClientRequest::InspectAgent { name } | ClientRequest::CreateJoinToken { name: Some(name), .. } => agent(name),
         ClientRequest::AgentDiskUsage { name } | ClientRequest::PruneAgents { name, .. } => name.iter().for_each(agent),
         ClientRequest::ShowBuild { build: b }
         | ClientRequest::WatchBuild { build: b }
         | ClientRequest::PublishBuild { build: b }
         | ClientRequest::CancelBuild { build: b } => build(b),
-        ClientRequest::RevokeAgent { name } => agent(name),
+        ClientRequest::RevokeAgent { name, .. } => agent(name),
         ClientRequest::Hello { .. }
         | ClientRequest::ListAgents
         | ClientRequest::ListBuilds { .. }
-        | ClientRequest::CreateJoinToken { .. }
+        | ClientRequest::CreateJoinToken { name: None, .. }
         | ClientRequest::CreateClientToken { .. }
         | ClientRequest::RevokeClientToken { .. } => {}
     }
@@ -206,7 +206,11 @@ fn every_decoder(data: &[u8]) {
     round_trip::<ClientResponse>(data, client_response);
     round_trip::<AgentMessage>(data, agent_message);
     round_trip::<CoordinatorMessage>(data, coordinator_message);
-    round_trip::<EnrollRequest>(data, |r| agent(&r.name));
+    round_trip::<EnrollRequest>(data, |r| {
+        if let EnrollRequest::Join { name, .. } = r {
+            agent(name)
+        }
+    });
 }
 
 fn payload<T: serde::Serialize>(msg: &T) -> Vec<u8> {
@@ -233,7 +237,7 @@ fn templates() -> &'static [Vec<u8>] {
         };
         vec![
             payload(&ClientRequest::HasContext { digest: digest.clone() }),
-            payload(&ClientRequest::RevokeAgent { name: agent.clone() }),
+            payload(&ClientRequest::RevokeAgent { name: agent.clone(), serial: None }),
             payload(&ClientRequest::ShowBuild { build: build.clone() }),
             payload(&ClientRequest::Build(BuildRequest {
                 job_timeout_secs: Some(3600),
@@ -273,7 +277,7 @@ fn templates() -> &'static [Vec<u8>] {
                 cache_from: vec!["r/app:cache-linux-arm-v7".into()],
                 inline_cache: true,
             }))),
-            payload(&EnrollRequest { token: "t".into(), name: agent, csr_pem: String::new() }),
+            payload(&EnrollRequest::Join { token: "t".into(), name: agent, csr_pem: String::new() }),
         ]
     })
 }

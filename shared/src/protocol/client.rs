@@ -59,11 +59,17 @@ pub enum ClientRequest {
     CreateJoinToken {
         /// Seconds until it expires.
         ttl_secs: u64,
+        /// The only name the agent may enroll under; any free name when absent.
+        name: Option<AgentName>,
+        /// The only platforms the agent may declare; any when empty.
+        platforms: Vec<Platform>,
     },
-    /// Revoke an agent: disconnect it and refuse it from now on.
+    /// Revoke an agent's certificates: disconnect it and refuse them from now on.
     RevokeAgent {
         /// The agent.
         name: AgentName,
+        /// Only the certificate with this serial (hex); every live one of the agent when absent.
+        serial: Option<String>,
     },
     /// Create a named client token.
     CreateClientToken {
@@ -320,4 +326,8 @@ pub struct AgentInfo {
     pub capacity: u32,
     /// Its Docker Engine version.
     pub engine_version: String,
+    /// Serial (hex) of the certificate it connected with.
+    pub cert_serial: String,
+    /// When that certificate expires, milliseconds since the Unix epoch.
+    pub cert_expires_ms: u64,
 }

@@ -1,17 +1,28 @@
-//! An agent joining the farm with a one-time join token (ALPN `archfarm-enroll/1`).
+//! An agent joining the farm with a one-time join token, or renewing its certificate (ALPN
+//! `archfarm-enroll/2`).
 
 use crate::ids::AgentName;
 use serde::{Deserialize, Serialize};
 
-/// The one message of an enrolling agent (ALPN `archfarm-enroll/1`).
+/// The one message of an enrolling or renewing agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnrollRequest {
-    /// The one-time join token (never logged).
-    pub token: String,
-    /// The name the agent asks for; it becomes its certificate's common name.
-    pub name: AgentName,
-    /// A PEM certificate signing request for a key the agent generated and keeps.
-    pub csr_pem: String,
+pub enum EnrollRequest {
+    /// A new agent with a join token.
+    Join {
+        /// The one-time join token (never logged).
+        token: String,
+        /// The name the agent asks for; it becomes its certificate's common name.
+        name: AgentName,
+        /// A PEM certificate signing request for a key the agent generated and keeps.
+        csr_pem: String,
+    },
+    /// An enrolled agent replacing its certificate before it expires. The connection presents
+    /// the current certificate; the new one has the same name and platforms, and the old one is
+    /// revoked once the new one is first used.
+    Renew {
+        /// A PEM certificate signing request for a new key.
+        csr_pem: String,
+    },
 }
 
 /// The coordinator's answer to an [`EnrollRequest`].

@@ -33,8 +33,8 @@ pub const ALPN_AGENT: &[u8] = b"archfarm-agent/4";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
 pub const ALPN_CLIENT: &[u8] = b"archfarm-client/4";
 
-/// ALPN of agents enrolling with a join token (no certificate yet).
-pub const ALPN_ENROLL: &[u8] = b"archfarm-enroll/1";
+/// ALPN of agents enrolling with a join token (no certificate yet), or renewing their certificate.
+pub const ALPN_ENROLL: &[u8] = b"archfarm-enroll/2";
 
 /// QUIC application close codes the coordinator and agents use.
 pub mod close {

@@ -245,7 +245,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                 coordinator: farm.coordinator.clone(),
                 server_name: "localhost".into(),
                 endpoint: endpoint.clone(),
-                client_config,
+                client_config: client_config.into(),
                 max_backoff: Duration::from_secs(2),
                 drain_timeout: Duration::from_secs(5),
                 running: Default::default(),

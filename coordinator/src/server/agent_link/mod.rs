@@ -33,11 +33,8 @@ fn refuse(conn: &quinn::Connection, reason: &str) {
 
 /// Serves one agent connection until it ends.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
-    let name: AgentName = match tls::peer_common_name(&conn) {
-        Ok(Some(cn)) => match cn.parse() {
-            Ok(name) => name,
-            Err(e) => return refuse(&conn, &format!("certificate name unusable: {e}")),
-        },
+    let cert = match tls::peer_certificate(&conn) {
+        Ok(Some(cert)) => cert,
         Ok(None) => {
             return refuse(
                 &conn,
@@ -45,6 +42,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
             )
         }
         Err(e) => return refuse(&conn, &e.to_string()),
+    };
+    let name: AgentName = match cert.name.parse() {
+        Ok(name) => name,
+        Err(e) => return refuse(&conn, &format!("certificate name unusable: {e}")),
     };
     match shared.store.agent_revoked(&name).await {
         Ok(false) => {}
@@ -56,11 +57,32 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         }
         Err(e) => return refuse(&conn, &format!("cannot check revocation: {e}")),
     }
+    let stored = match shared.store.connected(&cert).await {
+        Ok(stored) => stored,
+        Err(e) => return refuse(&conn, &format!("cannot check revocation: {e}")),
+    };
+    if let Some(why) = stored.revoked {
+        let reason = format!(
+            "agent {name}'s certificate (serial {}) is {why} (`archfarm agents revoke`); it is refused for good",
+            cert.serial
+        );
+        return refuse(&conn, &reason);
+    }
     let span = info_span!("agent", agent = %name, remote = %conn.remote_address());
-    session(shared, conn, name).instrument(span).await;
+    let identity = Identity { name, cert, allowed: stored.platforms };
+    session(shared, conn, identity).instrument(span).await;
 }
 
-async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) {
+/// Who is on the other end: the name and certificate it connected with, and the platforms its
+/// join token allows (any when empty).
+struct Identity {
+    name: AgentName,
+    cert: archfarm_shared::pki::CertificateInfo,
+    allowed: Vec<archfarm_shared::Platform>,
+}
+
+async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identity) {
+    let Identity { name, cert, allowed } = identity;
     let max = shared.settings.max_frame;
     let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
@@ -80,10 +102,19 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, name: AgentName) 
     if registration.platforms.is_empty() || registration.capacity == 0 {
         return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
     }
+    if let Some(p) = registration.platforms.iter().find(|p| !allowed.is_empty() && !allowed.contains(p)) {
+        let reason = format!(
+            "agent {name} declares {p}, but its join token allows only {}",
+            platform::list(&allowed)
+        );
+        return refuse(&conn, &reason);
+    }
     let handle = AgentHandle {
         name: name.clone(),
         address: conn.remote_address(),
         registration: registration.clone(),
+        cert_serial: cert.serial.clone(),
+        cert_expires_ms: cert.not_after_ms,
         link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max }),
     };
     let standing = match shared.store.quarantined(&name).await {

@@ -158,7 +158,14 @@ impl Rig {
                 agent_version: "test".into(),
             };
             let address = "127.0.0.1:1".parse().unwrap();
-            let handle = AgentHandle { name, address, registration, link: Arc::new(link) };
+            let handle = AgentHandle {
+                name,
+                address,
+                registration,
+                cert_serial: "01".into(),
+                cert_expires_ms: u64::MAX,
+                link: Arc::new(link),
+            };
             farm.register(handle, Standing::Active).unwrap();
         }
         let (build, job) = (BuildId::random(), JobId::random());

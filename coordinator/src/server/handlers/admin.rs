@@ -3,6 +3,8 @@
 use super::reply::Reply;
 use crate::server::access::check_scope;
 use crate::server::state::Shared;
+use crate::server::store::certificates::Binding;
+use archfarm_shared::platform;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::pki::{generate_token, token_hash};
 use archfarm_shared::protocol::{close, ClientResponse, Role};
@@ -12,27 +14,41 @@ use tracing::info;
 /// Longest life of a join token: a week.
 const MAX_JOIN_TOKEN_SECS: u64 = 7 * 86_400;
 
-/// `archfarm agents token create`: a one-time join token, valid for `ttl_secs` (1 s to a week).
-pub async fn create_join_token(shared: &Shared, ttl_secs: u64) -> Reply {
+/// `archfarm agents token create`: a one-time join token, valid for `ttl_secs` (1 s to a week),
+/// for one name and some platforms only when they are given.
+pub async fn create_join_token(shared: &Shared, ttl_secs: u64, binding: Binding) -> Reply {
     let token = generate_token();
     let expires_ms = now_ms() + ttl_secs.clamp(1, MAX_JOIN_TOKEN_SECS) * 1000;
-    match shared.store.add_join_token(&token_hash(&token), expires_ms).await {
+    match shared.store.add_join_token(&token_hash(&token), expires_ms, &binding).await {
         Ok(()) => {
-            info!(expires_ms, "join token created");
+            info!(
+                expires_ms,
+                name = binding.name.as_ref().map_or("any", |n| n.as_str()),
+                platforms = %platform::list(&binding.platforms),
+                "join token created"
+            );
             Reply::one(ClientResponse::Token { token, expires_ms: Some(expires_ms) })
         }
         Err(e) => Reply::error(e.to_string()),
     }
 }
 
-/// `archfarm agents revoke`: refused for good, and disconnected now.
-pub async fn revoke_agent(shared: &Shared, name: &AgentName) -> Reply {
-    match shared.store.revoke_agent(name).await {
-        Ok(()) => {
-            info!(agent = %name, "agent revoked");
-            shared.farm.disconnect(name, close::REFUSED, "this agent was revoked");
+/// `archfarm agents revoke NAME [--serial S]`: the agent's certificates (or the one with that
+/// serial) are refused from now on, and its connection with one of them is closed.
+pub async fn revoke_agent(shared: &Shared, name: &AgentName, serial: Option<&str>) -> Reply {
+    match shared.store.revoke_certificates(name, serial).await {
+        Ok(serials) if serials.is_empty() => Reply::error(match serial {
+            Some(s) => format!("agent {name} has no live certificate with serial {s} (`archfarm agents inspect {name}`)"),
+            None => format!("agent {name} has no live certificate on record (it never connected, or is revoked)"),
+        }),
+        Ok(serials) => {
+            info!(agent = %name, serials = %serials.join(" "), "agent certificates revoked");
+            shared.farm.disconnect(name, Some(&serials), close::REFUSED, "this agent was revoked");
             Reply::one(ClientResponse::Done {
-                message: format!("agent {name} revoked: disconnected and refused from now on"),
+                message: format!(
+                    "agent {name}: certificate {} revoked; disconnected and refused from now on",
+                    serials.join(", ")
+                ),
             })
         }
         Err(e) => Reply::error(e.to_string()),

@@ -17,6 +17,7 @@ pub mod reply;
 
 use super::access::Principal;
 use super::state::Shared;
+use super::store::certificates::Binding;
 use super::wire::on_codec_error;
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
@@ -57,8 +58,10 @@ pub async fn handle(
         ClientRequest::WatchBuild { build } => builds::watch(&shared, &who, &build).await,
         ClientRequest::PublishBuild { build } => builds::publish(&shared, &who, &build).await,
         ClientRequest::CancelBuild { build } => builds::cancel(&shared, &who, &build).await,
-        ClientRequest::CreateJoinToken { ttl_secs } => admin::create_join_token(&shared, ttl_secs).await,
-        ClientRequest::RevokeAgent { name } => admin::revoke_agent(&shared, &name).await,
+        ClientRequest::CreateJoinToken { ttl_secs, name, platforms } => {
+            admin::create_join_token(&shared, ttl_secs, Binding { name, platforms }).await
+        }
+        ClientRequest::RevokeAgent { name, serial } => admin::revoke_agent(&shared, &name, serial.as_deref()).await,
         ClientRequest::CreateClientToken { name, role, scopes } => {
             admin::create_client_token(&shared, &name, role, &scopes).await
         }

@@ -1,7 +1,6 @@
-//! Agent standing: failures in a row, quarantine, and revocation.
+//! Agent standing: failures in a row, quarantine, and names revoked by older coordinators.
 
 use super::{Result, Store, StoreError};
-use archfarm_shared::clock::now_ms;
 use archfarm_shared::protocol::AgentAttempt;
 use archfarm_shared::AgentName;
 use rusqlite::{params, OptionalExtension};
@@ -47,17 +46,8 @@ impl Store {
         .await
     }
 
-    /// Revokes an agent by name, for good.
-    pub async fn revoke_agent(&self, name: &AgentName) -> Result<()> {
-        self.execute(
-            "INSERT OR IGNORE INTO revoked_agents (name, revoked_ms) VALUES (?1, ?2)",
-            (name.to_string(), now_ms() as i64),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Whether an agent is revoked.
+    /// Whether an agent's name was revoked by a coordinator from before certificates were
+    /// revoked one by one ([`super::certificates`]); such names stay refused.
     pub async fn agent_revoked(&self, name: &AgentName) -> Result<bool> {
         self.exists("SELECT 1 FROM revoked_agents WHERE name = ?1", name.to_string()).await
     }
@@ -119,13 +109,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn agents_revoke_for_good() {
+    async fn names_revoked_before_certificates_stay_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let a: AgentName = "new-1".parse().unwrap();
         assert!(!s.agent_revoked(&a).await.unwrap());
-        s.revoke_agent(&a).await.unwrap();
-        s.revoke_agent(&a).await.unwrap();
+        s.execute("INSERT INTO revoked_agents (name, revoked_ms) VALUES ('new-1', 1)", ()).await.unwrap();
         assert!(s.agent_revoked(&a).await.unwrap());
     }
 }

@@ -8,12 +8,14 @@
 //! # Layout
 //! - this file: opening the database, its schema, how reads and writes run.
 //! - [`builds`]: builds, their jobs and attempts, verified digests.
-//! - [`agents`]: agent standing: failures, quarantine, revocation.
-//! - [`tokens`]: join tokens and client tokens.
+//! - [`agents`]: agent standing: failures, quarantine; names revoked before certificates were.
+//! - [`certificates`]: agent certificates by serial, join tokens and their bindings.
+//! - [`tokens`]: client tokens.
 //! - [`writer`]: the writer thread and group commit.
 
 mod agents;
 pub mod builds;
+pub mod certificates;
 mod tokens;
 mod writer;
 
@@ -98,6 +100,19 @@ CREATE TABLE IF NOT EXISTS revoked_agents (
     name        TEXT PRIMARY KEY,
     revoked_ms  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS certificates (
+    serial      TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    key_sha256  TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    platforms   TEXT NOT NULL DEFAULT '',
+    origin      TEXT NOT NULL,
+    replaces    TEXT,
+    revoked_ms  INTEGER,
+    revoked_why TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_by_name ON certificates(name);
 CREATE TABLE IF NOT EXISTS agents (
     name        TEXT PRIMARY KEY,
     quarantined INTEGER NOT NULL DEFAULT 0,
@@ -111,6 +126,9 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     // NULL for tokens from before roles: read as admins.
     ("client_tokens", "role", "TEXT"),
     ("client_tokens", "scopes", "TEXT NOT NULL DEFAULT ''"),
+    // A join token bound to one name and its platforms ('' for any).
+    ("join_tokens", "name", "TEXT"),
+    ("join_tokens", "platforms", "TEXT NOT NULL DEFAULT ''"),
     // NULL for builds from before owners.
     ("builds", "owner", "TEXT"),
 ];

@@ -1,0 +1,280 @@
+//! Agent certificates by serial: who holds which, which key, until when, which platforms it may
+//! declare, and whether it is revoked. Revocation is by certificate, so revoking an impostor
+//! never revokes the real host, and a name is issued to one live certificate at a time.
+
+use super::{Result, Store};
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::pki::CertificateInfo;
+use archfarm_shared::{AgentName, Platform};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// How a certificate came to be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Signed at enrollment with a join token.
+    Enrolled,
+    /// Signed for an enrolled agent renewing its certificate.
+    Renewed,
+    /// Issued offline (`archfarm ca issue-agent`), recorded when it first connected.
+    Seen,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Enrolled => "enrolled",
+            Origin::Renewed => "renewed",
+            Origin::Seen => "seen",
+        }
+    }
+}
+
+/// A recorded certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCertificate {
+    /// Platforms its holder may declare; any when empty.
+    pub platforms: Vec<Platform>,
+    /// Why it was revoked, if it was.
+    pub revoked: Option<String>,
+}
+
+/// What a join token allows: a name and platforms, when it was bound to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The only name it enrolls.
+    pub name: Option<AgentName>,
+    /// The only platforms its agent may declare; any when empty.
+    pub platforms: Vec<Platform>,
+}
+
+fn platforms_text(platforms: &[Platform]) -> String {
+    platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+}
+
+fn platforms_of(text: &str) -> Vec<Platform> {
+    // Written by us from checked platforms; one that no longer parses is dropped, never widened
+    // to "any": an empty list would allow every platform.
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// A live (unrevoked, unexpired) certificate of `name`, other than `except`: its serial.
+fn live_serial(c: &Connection, name: &str, except: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT serial FROM certificates WHERE name = ?1 AND serial != ?2 AND revoked_ms IS NULL AND expires_ms > ?3",
+        params![name, except, now_ms() as i64],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn insert(c: &Connection, cert: &CertificateInfo, origin: Origin, platforms: &str, replaces: Option<&str>) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR IGNORE INTO certificates (serial, name, key_sha256, issued_ms, expires_ms, platforms, origin, replaces) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            cert.serial,
+            cert.name,
+            cert.key_sha256,
+            now_ms() as i64,
+            cert.not_after_ms as i64,
+            platforms,
+            origin.as_str(),
+            replaces
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Records a join token (by hash) valid until `expires_ms`, bound as `binding` says.
+    pub async fn add_join_token(&self, hash: &str, expires_ms: u64, binding: &Binding) -> Result<()> {
+        self.execute(
+            "INSERT INTO join_tokens (hash, expires_ms, name, platforms) VALUES (?1, ?2, ?3, ?4)",
+            (
+                hash.to_owned(),
+                expires_ms as i64,
+                binding.name.as_ref().map(ToString::to_string),
+                platforms_text(&binding.platforms),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `name` may enroll now: no live certificate holds it. Checked again, atomically,
+    /// by [`Store::enroll`]; this answer only spares signing for a request bound to fail.
+    pub async fn name_taken(&self, name: &AgentName) -> Result<Option<String>> {
+        let name = name.to_string();
+        self.read(move |c| Ok(live_serial(c, &name, "")?)).await
+    }
+
+    /// Spends the join token `hash` on `cert` and records the certificate, in one transaction:
+    /// the token must be unused and unexpired, bound (if at all) to this name, and the name must
+    /// hold no live certificate. Nothing is spent when any of that fails.
+    pub async fn enroll(&self, hash: &str, cert: &CertificateInfo) -> Result<std::result::Result<(), String>> {
+        let (hash, cert) = (hash.to_owned(), cert.clone());
+        self.writer
+            .write(move |c| {
+                let row: Option<(i64, Option<i64>, Option<String>, String)> = c
+                    .query_row(
+                        "SELECT expires_ms, used_ms, name, platforms FROM join_tokens WHERE hash = ?1",
+                        params![hash],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let platforms = match row {
+                    None => return Ok(Err("unknown join token".to_owned())),
+                    Some((_, Some(_), _, _)) => return Ok(Err("this join token was already used".to_owned())),
+                    Some((expires, None, _, _)) if expires as u64 <= now_ms() => {
+                        return Ok(Err("this join token has expired".to_owned()))
+                    }
+                    Some((_, None, Some(bound), _)) if bound != cert.name => {
+                        return Ok(Err(format!("this join token is for agent {bound:?} only")))
+                    }
+                    Some((_, None, _, platforms)) => platforms,
+                };
+                if let Some(serial) = live_serial(c, &cert.name, "")? {
+                    return Ok(Err(format!(
+                        "agent name {:?} is already held by a live certificate (serial {serial}); enroll under \
+                         another name, or revoke that one first with `archfarm agents revoke {}`",
+                        cert.name, cert.name
+                    )));
+                }
+                c.execute(
+                    "UPDATE join_tokens SET used_ms = ?2, used_by = ?3 WHERE hash = ?1 AND used_ms IS NULL",
+                    params![hash, now_ms() as i64, cert.name],
+                )?;
+                insert(c, &cert, Origin::Enrolled, &platforms, None)?;
+                Ok(Ok(()))
+            })
+            .await
+    }
+
+    /// Records `new`, renewing `old`: same name and platforms. `old` is revoked when `new` is
+    /// first used ([`Store::connected`]).
+    pub async fn renew(&self, old: &str, new: &CertificateInfo) -> Result<()> {
+        let (old, new) = (old.to_owned(), new.clone());
+        self.writer
+            .write(move |c| {
+                let platforms: String = c
+                    .query_row("SELECT platforms FROM certificates WHERE serial = ?1", params![old], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or_default();
+                insert(c, &new, Origin::Renewed, &platforms, Some(&old))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// An agent connected with `cert`: records it if it was issued offline, retires the
+    /// certificate it renewed, and returns what is recorded of it.
+    pub async fn connected(&self, cert: &CertificateInfo) -> Result<StoredCertificate> {
+        let cert = cert.clone();
+        self.writer
+            .write(move |c| {
+                insert(c, &cert, Origin::Seen, "", None)?;
+                c.execute(
+                    "UPDATE certificates SET revoked_ms = ?2, revoked_why = 'renewed' \
+                     WHERE serial = (SELECT replaces FROM certificates WHERE serial = ?1) AND revoked_ms IS NULL",
+                    params![cert.serial, now_ms() as i64],
+                )?;
+                let (platforms, revoked): (String, Option<String>) = c.query_row(
+                    "SELECT platforms, CASE WHEN revoked_ms IS NULL THEN NULL ELSE COALESCE(revoked_why, 'revoked') END \
+                     FROM certificates WHERE serial = ?1",
+                    params![cert.serial],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok(StoredCertificate { platforms: platforms_of(&platforms), revoked })
+            })
+            .await
+    }
+
+    /// What is recorded of a certificate, if anything.
+    pub async fn certificate(&self, serial: &str) -> Result<Option<StoredCertificate>> {
+        let serial = serial.to_owned();
+        self.read(move |c| {
+            let row: Option<(String, Option<String>)> = c
+                .query_row(
+                    "SELECT platforms, CASE WHEN revoked_ms IS NULL THEN NULL ELSE COALESCE(revoked_why, 'revoked') END \
+                     FROM certificates WHERE serial = ?1",
+                    params![serial],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(platforms, revoked)| StoredCertificate { platforms: platforms_of(&platforms), revoked }))
+        })
+        .await
+    }
+
+    /// Revokes `name`'s certificates: the one with `serial`, or every live one. Returns the
+    /// serials revoked.
+    pub async fn revoke_certificates(&self, name: &AgentName, serial: Option<&str>) -> Result<Vec<String>> {
+        let (name, serial) = (name.to_string(), serial.map(str::to_owned));
+        self.writer
+            .write(move |c| {
+                let mut stmt = c.prepare(
+                    "UPDATE certificates SET revoked_ms = ?3, revoked_why = 'revoked' \
+                     WHERE name = ?1 AND (?2 IS NULL OR serial = ?2) AND revoked_ms IS NULL RETURNING serial",
+                )?;
+                let serials = stmt
+                    .query_map(params![name, serial, now_ms() as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                Ok(serials)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str, serial: &str) -> CertificateInfo {
+        CertificateInfo {
+            name: name.into(),
+            serial: serial.into(),
+            key_sha256: format!("key-{serial}"),
+            not_after_ms: now_ms() + 86_400_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_live_certificate_per_name_bound_tokens_and_revocation_by_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let amd: Platform = "linux/amd64".parse().unwrap();
+        let far = now_ms() + 60_000;
+        s.add_join_token("t1", far, &Binding::default()).await.unwrap();
+        s.add_join_token("t2", far, &Binding::default()).await.unwrap();
+        let bound = Binding { name: Some("amd64-7".parse().unwrap()), platforms: vec![amd.clone()] };
+        s.add_join_token("t3", far, &bound).await.unwrap();
+
+        assert_eq!(s.enroll("t1", &cert("amd64-1", "01")).await.unwrap(), Ok(()));
+        // The impostor: same name, a fresh token. Refused, and its token is not spent.
+        let err = s.enroll("t2", &cert("amd64-1", "02")).await.unwrap().unwrap_err();
+        assert!(err.contains("already held by a live certificate (serial 01)"), "{err}");
+        assert_eq!(s.enroll("t2", &cert("amd64-2", "03")).await.unwrap(), Ok(()));
+        // A bound token enrolls only its name, with only its platforms.
+        let err = s.enroll("t3", &cert("amd64-8", "04")).await.unwrap().unwrap_err();
+        assert!(err.contains("for agent \"amd64-7\" only"), "{err}");
+        assert_eq!(s.enroll("t3", &cert("amd64-7", "05")).await.unwrap(), Ok(()));
+        assert_eq!(s.connected(&cert("amd64-7", "05")).await.unwrap().platforms, vec![amd]);
+
+        // Revoking one certificate leaves the other holder of the name alone.
+        let offline = cert("amd64-1", "0f");
+        assert_eq!(s.connected(&offline).await.unwrap().revoked, None);
+        assert_eq!(s.revoke_certificates(&"amd64-1".parse().unwrap(), Some("0f")).await.unwrap(), ["0f"]);
+        assert!(s.certificate("0f").await.unwrap().unwrap().revoked.is_some());
+        assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked, None);
+
+        // Renewal: the old certificate lives until the new one connects.
+        s.renew("01", &cert("amd64-1", "11")).await.unwrap();
+        assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked, None);
+        s.connected(&cert("amd64-1", "11")).await.unwrap();
+        assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked.as_deref(), Some("renewed"));
+
+        // Revoking by name frees the name for a new enrollment.
+        assert_eq!(s.revoke_certificates(&"amd64-1".parse().unwrap(), None).await.unwrap(), ["11"]);
+        assert_eq!(s.name_taken(&"amd64-1".parse().unwrap()).await.unwrap(), None);
+    }
+}
