@@ -58,7 +58,10 @@ async fn ask(config: &AgentConfig, identity: Option<(&str, &str)>, request: &Enr
     let client = tls::client_config(&ca, identity, ALPN_ENROLL, tls::Transport::default())?;
     let (_endpoint, conn) = dial::dial(&config.coordinator, config.server_name.as_deref(), client, dial::DEADLINE)
         .await
-        .context("cannot reach the coordinator")?;
+        .context(
+            "cannot reach the coordinator's enrollment (a coordinator without tls.ca_key does not offer it: \
+             issue this agent's certificate with `archfarm ca issue-agent NAME` instead)",
+        )?;
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         codec::write_msg(&mut send, request, DEFAULT_MAX_FRAME).await?;

@@ -50,6 +50,12 @@ pub struct CoordinatorConfig {
     /// Default: none; loopback registries always use http, every other one https.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Connections that have not authenticated yet (clients before their token is checked,
+    /// enrolling agents), at most. Past half of it, new peers must first prove their address
+    /// (a QUIC retry); past all of it, they are refused until some authenticate or time out.
+    /// Default: 256.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated_connections: u32,
     /// TLS material and the client token list.
     pub tls: CoordinatorTls,
 }
@@ -103,6 +109,9 @@ fn default_job_timeout() -> u64 {
 fn default_job_idle_timeout() -> u64 {
     900
 }
+fn default_max_unauthenticated() -> u32 {
+    256
+}
 
 impl CoordinatorConfig {
     /// The parsed listen address (validated at load).
@@ -149,6 +158,9 @@ impl Validate for CoordinatorConfig {
         }
         if self.job_idle_timeout_secs == 0 {
             return Err(("job_idle_timeout_secs", "must be at least 1".into()));
+        }
+        if self.max_unauthenticated_connections < 2 {
+            return Err(("max_unauthenticated_connections", "must be at least 2".into()));
         }
         if self.quarantine_after_failures == 0 {
             return Err(("quarantine_after_failures", "must be at least 1".into()));

@@ -219,7 +219,7 @@ mod tests {
         let ca = pki::generate_ca("test CA").unwrap();
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let server = pki::issue(&ca, pki::Leaf::Coordinator { names: &names }).unwrap();
-        let config = tls::server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default()).unwrap();
+        let config = tls::server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default(), false).unwrap();
         (ca.cert_pem, tls::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap())
     }
 
@@ -266,6 +266,11 @@ mod tests {
         assert!(matches!(err, DialError::Handshake { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains(&address) && text.contains(r#"as "elsewhere.example""#), "{text}");
+
+        // This coordinator has no CA key: it does not offer enrollment at all.
+        let enroll = tls::client_config(&ca, None, crate::protocol::ALPN_ENROLL, Transport::default()).unwrap();
+        let err = dial(&address, None, enroll, DEADLINE).await.unwrap_err();
+        assert!(err.to_string().contains("no common ALPN"), "{err}");
 
         let err = dial("localhost:port", None, client(&ca), DEADLINE).await.unwrap_err();
         assert!(err.to_string().starts_with("cannot resolve coordinator address localhost:port: "), "{err}");

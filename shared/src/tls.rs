@@ -73,6 +73,10 @@ pub struct Transport {
     /// open, allocated up front (about 100 bytes each): the coordinator allows its many agents
     /// a few ([`PEER_STREAMS_AGENT`]) and raises the limit for a client once it is authenticated.
     pub peer_streams: u32,
+    /// Bytes the peer may have in flight over the whole connection; quinn's default (no limit
+    /// beyond the per-stream windows) when `None`. The coordinator starts every connection with
+    /// a small window and widens it once the peer has authenticated.
+    pub connection_window: Option<u32>,
 }
 
 /// Streams an agent may open at once on the coordinator (its control stream and context fetches).
@@ -89,6 +93,7 @@ impl Default for Transport {
             idle_timeout: Duration::from_secs(20),
             keep_alive: Duration::from_secs(2),
             peer_streams: PEER_STREAMS_CLIENT,
+            connection_window: None,
         }
     }
 }
@@ -125,17 +130,23 @@ impl Transport {
         // (1.25 MB per stream) so a briefly busy receiver does not stall the sender.
         t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
         t.send_window(64 << 20);
+        if let Some(window) = self.connection_window {
+            t.receive_window(quinn::VarInt::from_u32(window));
+        }
         Arc::new(t)
     }
 }
 
 /// The coordinator's QUIC server configuration: agents must present a certificate signed by the
 /// farm CA (checked here); clients present none and authenticate with a token afterwards.
+/// Enrollment is offered (by its ALPN) only when `enroll` is set: a coordinator without the CA
+/// key cannot sign, so it does not listen for requests it would refuse.
 pub fn server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
     transport: Transport,
+    enroll: bool,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .allow_unauthenticated()
@@ -147,7 +158,10 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(cert_pem, "coordinator certificate")?, key(key_pem, "coordinator key")?)
         .map_err(|source| TlsError::Rustls { what: "coordinator certificate".into(), source })?;
-    tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec(), crate::protocol::ALPN_ENROLL.to_vec()];
+    tls.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec()];
+    if enroll {
+        tls.alpn_protocols.push(crate::protocol::ALPN_ENROLL.to_vec());
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::PeerName(format!("QUIC server config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -268,7 +282,7 @@ mod tests {
         install_crypto_provider();
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let server = pki::issue(&ca, pki::Leaf::Coordinator { names: &names }).unwrap();
-        server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default()).unwrap();
+        server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default(), true).unwrap();
         client_config(&ca.cert_pem, Some((&agent.cert_pem, &agent.key_pem)), ALPN_AGENT, Transport::default()).unwrap();
     }
 

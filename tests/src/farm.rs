@@ -67,6 +67,7 @@ pub struct Farm {
     hosts: std::collections::HashMap<String, Host>,
     heartbeat_timeout_secs: u64,
     registry_storage: Option<tempfile::TempDir>,
+    coordinator_toml: String,
 }
 
 /// How to start a [`Farm`]: made by [`Farm::builder`], started by [`FarmBuilder::start`].
@@ -76,9 +77,16 @@ pub struct FarmBuilder {
     patient: bool,
     on_hosts: bool,
     registry_in_memory: bool,
+    coordinator_toml: String,
 }
 
 impl FarmBuilder {
+    /// Top-level settings (one a line) added to the coordinator's configuration.
+    pub fn coordinator_toml(mut self, toml: &str) -> Self {
+        self.coordinator_toml = toml.to_owned();
+        self
+    }
+
     /// The agents to start (none by default).
     pub fn agents(mut self, agents: &[AgentSpec]) -> Self {
         self.agents = agents.to_vec();
@@ -147,6 +155,7 @@ impl FarmBuilder {
             hosts,
             heartbeat_timeout_secs,
             registry_storage,
+            coordinator_toml: self.coordinator_toml.clone(),
         };
         farm.start_registry();
         farm.start_coordinator();
@@ -314,7 +323,7 @@ impl Farm {
              [tls]\nca_cert = \"ca/ca.pem\"\ncert = \"ca/coordinator.pem\"\nkey = \"ca/coordinator.key\"\nclient_tokens = \"ca/client-tokens\"\nca_key = \"ca/ca.key\"\n",
             self.coordinator, (self.heartbeat_timeout_secs / 4).max(1), self.heartbeat_timeout_secs
         );
-        let toml = self.insecure_line() + &toml;
+        let toml = self.insecure_line() + &self.coordinator_toml + &toml;
         std::fs::write(&config, toml).unwrap();
         let mut cmd = self.host_command("coordinator", &bin("archfarm"));
         cmd.arg("serve")

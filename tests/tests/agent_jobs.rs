@@ -21,6 +21,7 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
         &read("coordinator.pem"),
         &read("coordinator.key"),
         tls::Transport::default(),
+        false,
     )
     .unwrap();
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();

@@ -1,6 +1,7 @@
 //! One release engineer's connection: the token check, then one request per stream, each
 //! served by its handler ([`super::handlers`]).
 
+use super::admission;
 use super::auth;
 use super::handlers;
 use super::state::Shared;
@@ -11,22 +12,28 @@ use archfarm_shared::protocol::{close, ClientRequest, ClientResponse};
 use archfarm_shared::tls;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to open its first stream, and then to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A hello is a token of 64 hex characters; nothing an unauthenticated peer sends is read into
+/// a larger buffer.
+const MAX_HELLO_FRAME: u32 = 4096;
 
-/// Serves one client connection until it ends.
-pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+/// Serves one client connection until it ends. `unauthenticated` is held until its token is
+/// accepted.
+pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated: OwnedSemaphorePermit) {
     let remote = conn.remote_address();
     let max = shared.settings.max_frame;
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
-        return conn.close(close::REFUSED.into(), b"no hello within 30 s");
+        return conn.close(close::REFUSED.into(), b"no hello within 10 s");
     };
-    let token = match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, max)).await {
+    let token = match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME)).await {
         Ok(Ok(ClientRequest::Hello { token })) => token,
         Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
-        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 30 s"),
+        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
     };
     // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
     // in the database.
@@ -49,8 +56,8 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         return conn.close(close::REFUSED.into(), reason.as_bytes());
     };
-    // Every connection starts with an agent's few streams; an authenticated client gets more.
-    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(tls::PEER_STREAMS_CLIENT));
+    drop(unauthenticated);
+    admission::authenticated(&conn, tls::PEER_STREAMS_CLIENT);
     let welcome = ClientResponse::Welcome { version: env!("CARGO_PKG_VERSION").to_owned() };
     if codec::write_msg(&mut send, &welcome, max).await.is_err() {
         return;

@@ -16,6 +16,7 @@ use archfarm_shared::protocol::{close, EnrollRequest, EnrollResponse};
 use archfarm_shared::{tls, AgentName};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
 /// How long an enrolling peer has to open its stream and send its one request.
@@ -23,8 +24,9 @@ const ENROLL_DEADLINE: Duration = Duration::from_secs(10);
 /// An enrollment request is a token, a name and a CSR of a few hundred bytes.
 const MAX_ENROLL_FRAME: u32 = 32 * 1024;
 
-/// Serves one enrollment connection: one request, one answer.
-pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+/// Serves one enrollment connection: one request, one answer. It holds `_unauthenticated` to
+/// the end: an enrolling peer never authenticates on this connection.
+pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, _unauthenticated: OwnedSemaphorePermit) {
     let read = async {
         let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let request = codec::expect_msg::<_, EnrollRequest>(&mut recv, MAX_ENROLL_FRAME).await;
@@ -34,7 +36,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         Ok(Ok((send, Ok(request)))) => (send, request),
         Ok(Ok((_, Err(e)))) => return drop(on_codec_error(&conn, &e, "enrollment stream")),
         Ok(Err(_)) => return,
-        Err(_) => return conn.close(close::REFUSED.into(), b"no enrollment request within 10 s"),
+        Err(_) => {
+            warn!(remote = %conn.remote_address(), "enrollment connection closed: no request within 10 s");
+            return conn.close(close::REFUSED.into(), b"no enrollment request within 10 s");
+        }
     };
     let remote = conn.remote_address();
     let response = match &request {

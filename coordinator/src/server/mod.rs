@@ -11,6 +11,7 @@
 //! - [`handlers`]: one handler per client request.
 //! - [`context_receive`]: receiving a build context, checked as it is written.
 //! - [`chunk_store`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`admission`]: limits before authentication: unauthenticated peers, their streams and window.
 //! - [`access`]: who a client is (role, scopes) and what it may do.
 //! - [`auth`]: client tokens in the token file.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
@@ -22,6 +23,7 @@
 //! - [`store`]: durable state in SQLite (the only user of rusqlite).
 
 pub mod access;
+pub mod admission;
 pub mod agent_link;
 pub mod auth;
 pub mod build;
@@ -40,6 +42,7 @@ pub mod store;
 pub mod stored_images;
 pub mod wire;
 
+use admission::Admit;
 use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
 use archfarm_shared::content::ContentStore;
@@ -54,6 +57,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -65,7 +69,13 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         &read(&config.tls.ca_cert)?,
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
-        tls::Transport { peer_streams: tls::PEER_STREAMS_AGENT, ..tls::Transport::default() },
+        // Until a peer authenticates: one stream, and a small window (`admission`).
+        tls::Transport {
+            peer_streams: 1,
+            connection_window: Some(admission::UNAUTHENTICATED_WINDOW),
+            ..tls::Transport::default()
+        },
+        config.tls.ca_key.is_some(),
     )
     .context("invalid coordinator TLS material")?;
     let contexts_dir = config.data_dir.join("contexts");
@@ -113,12 +123,22 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     }
 
     let tracker = TaskTracker::new();
+    let gate = admission::Gate::new(config.max_unauthenticated_connections as usize);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tracker.spawn(handle(shared.clone(), incoming));
+                match gate.admit(incoming.remote_address_validated()) {
+                    Admit::Accept(permit) => drop(tracker.spawn(handle(shared.clone(), incoming, permit))),
+                    Admit::Retry if incoming.may_retry() => {
+                        let _ = incoming.retry();
+                    }
+                    Admit::Retry | Admit::Refuse => {
+                        warn!(remote = %incoming.remote_address(), "refused a connection: too many unauthenticated peers");
+                        incoming.refuse();
+                    }
+                }
             }
         }
     }
@@ -133,7 +153,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     Ok(())
 }
 
-async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, permit: OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -143,9 +163,9 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     match tls::alpn(&conn).as_deref() {
-        Some(ALPN_AGENT) => agent_link::serve(shared, conn).await,
-        Some(ALPN_CLIENT) => client_session::serve(shared, conn).await,
-        Some(ALPN_ENROLL) => enroll::serve(shared, conn).await,
+        Some(ALPN_AGENT) => agent_link::serve(shared, conn, permit).await,
+        Some(ALPN_CLIENT) => client_session::serve(shared, conn, permit).await,
+        Some(ALPN_ENROLL) => enroll::serve(shared, conn, permit).await,
         _ => conn.close(close::PROTOCOL.into(), b"unknown application protocol"),
     }
 }

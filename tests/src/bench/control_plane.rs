@@ -9,6 +9,7 @@
 //! each job's dispatch is stamped when the agent receives it. The CPU time of the coordinator,
 //! the registry and this harness over the run says what bounds the rate on a shared machine.
 
+use crate::process::rss_kib;
 use super::report::{at_least, at_most, Figure, Series};
 use super::Options;
 use crate::Farm;
@@ -76,15 +77,6 @@ async fn push_image(repository: &str) -> anyhow::Result<PushedImage> {
     let by_digest = repo.with_digest(&digest);
     reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await?;
     Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
-        })
-        .unwrap_or(f64::NAN)
 }
 
 /// User plus system CPU seconds a process (all its threads) has used.

@@ -11,6 +11,7 @@ pub mod context;
 pub mod housekeeping;
 pub mod job;
 
+use super::admission;
 use super::farm::AgentHandle;
 use super::scheduler::Standing;
 use super::state::Shared;
@@ -22,6 +23,7 @@ use archfarm_shared::{tls, AgentName};
 use job::QuicLink;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, info_span, warn, Instrument};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,8 +33,9 @@ fn refuse(conn: &quinn::Connection, reason: &str) {
     conn.close(close::REFUSED.into(), reason.as_bytes());
 }
 
-/// Serves one agent connection until it ends.
-pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+/// Serves one agent connection until it ends. `unauthenticated` is held until its certificate
+/// is checked.
+pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated: OwnedSemaphorePermit) {
     let cert = match tls::peer_certificate(&conn) {
         Ok(Some(cert)) => cert,
         Ok(None) => {
@@ -68,6 +71,8 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         );
         return refuse(&conn, &reason);
     }
+    drop(unauthenticated);
+    admission::authenticated(&conn, tls::PEER_STREAMS_AGENT);
     let span = info_span!("agent", agent = %name, remote = %conn.remote_address());
     let identity = Identity { name, cert, allowed: stored.platforms };
     session(shared, conn, identity).instrument(span).await;
