@@ -6,6 +6,9 @@ use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// A transfer into the store that brings nothing for this long fails.
+pub const RECEIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A content-addressed directory.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
@@ -55,6 +58,17 @@ impl ContentStore {
         size: u64,
         r: &mut R,
     ) -> Result<PathBuf, String> {
+        self.receive_checked(digest, size, r, |_| Ok(())).await
+    }
+
+    /// [`ContentStore::receive`], and `check` (run on the blocking pool) must accept the
+    /// received file before it appears under its digest. A read that brings nothing for
+    /// [`RECEIVE_IDLE`] fails.
+    pub async fn receive_checked<R, C>(&self, digest: &Digest, size: u64, r: &mut R, check: C) -> Result<PathBuf, String>
+    where
+        R: AsyncRead + Unpin,
+        C: FnOnce(&Path) -> Result<(), String> + Send + 'static,
+    {
         if size > self.max_bytes && self.images {
             return Err(format!(
                 "an image blob of {size} bytes exceeds the limit of {} bytes (max_context_bytes)",
@@ -77,7 +91,10 @@ impl ContentStore {
             let mut buf = vec![0u8; 256 << 10];
             while left > 0 {
                 let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = r.read(&mut buf[..want]).await.map_err(|e| format!("transfer of {digest} interrupted: {e}"))?;
+                let n = tokio::time::timeout(RECEIVE_IDLE, r.read(&mut buf[..want]))
+                    .await
+                    .map_err(|_| format!("transfer of {digest} stalled: nothing for {} s", RECEIVE_IDLE.as_secs()))?
+                    .map_err(|e| format!("transfer of {digest} interrupted: {e}"))?;
                 if n == 0 {
                     return Err(format!("transfer of {digest} ended after {} of {size} bytes", size - left));
                 }
@@ -90,6 +107,8 @@ impl ContentStore {
             if &got != digest {
                 return Err(format!("transfer corrupt: announced {digest}, received {got}"));
             }
+            let checked = tmp.clone();
+            tokio::task::spawn_blocking(move || check(&checked)).await.map_err(|e| e.to_string())??;
             let path = self.path(digest);
             tokio::fs::rename(&tmp, &path).await.map_err(io)?;
             Ok(path)
@@ -129,6 +148,10 @@ mod tests {
 
         let err = store.receive(&d, 5000, &mut data.as_slice()).await.unwrap_err();
         assert!(err.contains("exceeds the limit of 1000 bytes"), "{err}");
+
+        let err = store.receive_checked(&d, data.len() as u64, &mut data.as_slice(), |_| Err("no".into())).await;
+        assert_eq!(err.unwrap_err(), "no");
+        assert!(!store.contains(&d), "a file its check refused never appears");
 
         let path = store.receive(&d, data.len() as u64, &mut data.as_slice()).await.unwrap();
         assert_eq!(path, store.path(&d));

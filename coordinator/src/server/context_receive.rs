@@ -21,6 +21,12 @@ use tokio::sync::mpsc;
 pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 /// Chunks the coordinator will read ahead of the one being written.
 const READ_AHEAD: usize = 4;
+/// An upload that sends nothing for this long is cut off.
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bytes a plan may repeat beyond what it holds once, besides [`repeat_allowance`]'s share:
+/// real contexts repeat chunks (identical files), but a plan of one chunk named a thousand times
+/// would make the coordinator write gigabytes from a few kilobytes of request.
+const REPEAT_SLACK: u64 = 64 << 20;
 
 fn sha256(bytes: &[u8]) -> Digest {
     Digest::from_sha256(sha2::Sha256::digest(bytes).into())
@@ -44,7 +50,21 @@ pub fn check_plan(size: u64, chunks: &[Chunk], max_bytes: u64) -> Result<(), Str
     if total != size {
         return Err(format!("the context's chunks add up to {total} bytes, but its size is {size}"));
     }
+    let mut seen = HashSet::new();
+    let distinct: u64 = chunks.iter().filter(|c| seen.insert(&c.digest)).map(|c| u64::from(c.size)).sum();
+    if total - distinct > repeat_allowance(distinct) {
+        return Err(format!(
+            "the context's chunk list repeats {} bytes of {distinct} distinct ones; no build context repeats that \
+             much, so the upload is refused",
+            total - distinct
+        ));
+    }
     Ok(())
+}
+
+/// Repeated bytes a plan of `distinct` distinct bytes may hold: as many again, and 64 MiB.
+fn repeat_allowance(distinct: u64) -> u64 {
+    distinct.saturating_add(REPEAT_SLACK)
 }
 
 /// Serves `UploadContext`: the whole tarball follows on the stream. It is stored, then checked;
@@ -55,19 +75,15 @@ pub async fn receive_whole(
     size: u64,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
-    let path = shared.contexts.receive(digest, size, recv).await?;
-    let checked = path.clone();
-    let verdict = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&checked).map_err(|e| format!("cannot read the stored context: {e}"))?;
-        tarball::check(std::io::BufReader::new(file))
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    match verdict {
+    // Checked before it is moved under its digest: no build sees it before that.
+    let check = |received: &Path| {
+        let file = std::fs::File::open(received).map_err(|e| format!("cannot read the received context: {e}"))?;
+        tarball::check(std::io::BufReader::new(file)).map(|_| ())
+    };
+    match shared.contexts.receive_checked(digest, size, recv, check).await {
         Ok(_) => Ok(()),
         Err(reason) => {
             tracing::warn!(context = %digest, "refused build context: {reason}");
-            let _ = tokio::fs::remove_file(&path).await;
             Err(reason)
         }
     }
@@ -163,10 +179,16 @@ pub async fn receive_chunked(
 async fn read_chunk(recv: &mut quinn::RecvStream, i: u32, len: usize, received: u64) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
-        match recv.read_chunk(len - buf.len(), true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(format!("the upload ended inside chunk {i}, after {received} bytes")),
-            Err(e) => return Err(format!("the upload was interrupted: {e}")),
+        match tokio::time::timeout(UPLOAD_IDLE, recv.read_chunk(len - buf.len(), true)).await {
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Ok(None)) => return Err(format!("the upload ended inside chunk {i}, after {received} bytes")),
+            Ok(Err(e)) => return Err(format!("the upload was interrupted: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "the upload sent nothing for {} s, inside chunk {i} after {received} bytes; it is cut off",
+                    UPLOAD_IDLE.as_secs()
+                ))
+            }
         }
     }
     Ok(buf.freeze())
@@ -298,6 +320,14 @@ mod tests {
         assert!(check_plan(300, &[chunk(300)], 100).unwrap_err().contains("exceeds the limit of 100"));
         assert!(check_plan(0, &[chunk(0)], 100).unwrap_err().contains("chunk 0"));
         assert!(check_plan(1 << 30, &[chunk(MAX_CHUNK_BYTES + 1)], 1 << 40).unwrap_err().contains("1 to"));
+        // One 4 MiB chunk named a thousand times: 4 GiB written from a few KiB of request.
+        let one = chunk(4 << 20);
+        let err = check_plan(1000 * (4 << 20), &vec![one.clone(); 1000], 1 << 40).unwrap_err();
+        assert!(err.contains("repeats 4190109696 bytes of 4194304 distinct ones"), "{err}");
+        // Files repeated as a real context may: allowed.
+        let plan: Vec<Chunk> = (1..=40).map(chunk).chain((1..=40).map(chunk)).chain(std::iter::repeat_n(one.clone(), 10)).collect();
+        let size = plan.iter().map(|c| u64::from(c.size)).sum();
+        assert!(check_plan(size, &plan, 1 << 40).is_ok());
     }
 
     #[test]

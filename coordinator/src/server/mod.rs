@@ -11,6 +11,7 @@
 //! - [`handlers`]: one handler per client request.
 //! - [`context_receive`]: receiving a build context, checked as it is written.
 //! - [`chunk_store`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`uploads`]: how many context uploads run at once, per client and in all.
 //! - [`admission`]: limits before authentication: unauthenticated peers, their streams and window.
 //! - [`access`]: who a client is (role, scopes) and what it may do.
 //! - [`auth`]: client tokens in the token file.
@@ -40,6 +41,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod stored_images;
+pub mod uploads;
 pub mod wire;
 
 use admission::Admit;
@@ -96,6 +98,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         chunks,
         store,
         live: LiveBuilds::default(),
+        uploads: uploads::Uploads::default(),
         registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
         settings: Settings {
             max_frame: config.max_frame_bytes,

@@ -50,6 +50,8 @@ pub struct Shared {
     pub store: Store,
     /// Builds running now.
     pub live: LiveBuilds,
+    /// Context uploads running now.
+    pub uploads: super::uploads::Uploads,
     /// One client per registry, kept between builds.
     pub registries: Arc<RegistryClients>,
     /// Settings.

@@ -1,6 +1,7 @@
 //! Build contexts: whether the coordinator holds one, and uploads (whole or in chunks).
 
 use super::reply::Reply;
+use crate::server::access::Principal;
 use crate::server::context_receive;
 use crate::server::state::Shared;
 use archfarm_shared::chunking::Chunk;
@@ -14,7 +15,17 @@ pub fn has(shared: &Shared, digest: &Digest) -> Reply {
 }
 
 /// A context sent whole on this stream.
-pub async fn upload(shared: &Shared, digest: &Digest, size: u64, recv: &mut quinn::RecvStream) -> Reply {
+pub async fn upload(
+    shared: &Shared,
+    who: &Principal,
+    digest: &Digest,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Reply {
+    let _upload = match shared.uploads.begin(&who.name) {
+        Ok(upload) => upload,
+        Err(message) => return refuse(recv, message),
+    };
     match context_receive::receive_whole(shared, digest, size, recv).await {
         Ok(()) => {
             info!(context = %digest, bytes = size, "stored build context");
@@ -27,12 +38,17 @@ pub async fn upload(shared: &Shared, digest: &Digest, size: u64, recv: &mut quin
 /// A context sent as content-defined chunks: only those the coordinator lacks travel.
 pub async fn upload_chunked(
     shared: &Shared,
+    who: &Principal,
     digest: &Digest,
     size: u64,
     chunks: Vec<Chunk>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
+    let _upload = match shared.uploads.begin(&who.name) {
+        Ok(upload) => upload,
+        Err(message) => return refuse(recv, message),
+    };
     let count = chunks.len();
     match context_receive::receive_chunked(shared, digest, size, chunks, send, recv).await {
         Ok(sent) => {
@@ -44,6 +60,13 @@ pub async fn upload_chunked(
             Reply::error(message)
         }
     }
+}
+
+/// Refuses an upload before reading it: the client's bytes are not wanted.
+fn refuse(recv: &mut quinn::RecvStream, message: String) -> Reply {
+    warn!("refused an upload: {message}");
+    let _ = recv.stop(0u32.into());
+    Reply::error(message)
 }
 
 /// A blob of an image an agent handed over (a build that names no registry): `BlobFollows`

@@ -48,9 +48,11 @@ pub async fn handle(
         ClientRequest::Hello { .. } => Reply::error("already authenticated"),
         ClientRequest::ListAgents => Reply::one(ClientResponse::Agents(shared.farm.agents())),
         ClientRequest::HasContext { digest } => contexts::has(&shared, &digest),
-        ClientRequest::UploadContext { digest, size } => contexts::upload(&shared, &digest, size, &mut recv).await,
+        ClientRequest::UploadContext { digest, size } => {
+            contexts::upload(&shared, &who, &digest, size, &mut recv).await
+        }
         ClientRequest::UploadChunked { digest, size, chunks } => {
-            contexts::upload_chunked(&shared, &digest, size, chunks, &mut send, &mut recv).await
+            contexts::upload_chunked(&shared, &who, &digest, size, chunks, &mut send, &mut recv).await
         }
         ClientRequest::Build(req) => builds::submit(&shared, &who, req).await,
         ClientRequest::ListBuilds { limit } => builds::list(&shared, &who, limit).await,

@@ -1,0 +1,99 @@
+//! Uploads cannot starve the coordinator: a client that opens hundreds of uploads and sends
+//! nothing gets a few, the rest are refused, the few are cut off when idle, and another
+//! client's build completes meanwhile. A chunk list that repeats one chunk to make gigabytes is
+//! refused.
+
+use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_shared::chunking::Chunk;
+use archfarm_shared::protocol::{ClientRequest, ClientResponse};
+use archfarm_shared::Digest;
+use archfarm_tests::*;
+use std::time::{Duration, Instant};
+
+const IDLE_UPLOADS: usize = 600;
+
+fn token(farm: &Farm, args: &[&str]) -> String {
+    let out = farm.archfarm(args);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn remote(farm: &Farm, token: &str) -> Remote {
+    Remote { coordinator: farm.coordinator.clone(), token: token.to_owned(), ca: farm.dir.path().join("ca/ca.pem") }
+}
+
+/// An upload of one chunk of 1 MiB the coordinator does not hold.
+fn upload(n: usize) -> ClientRequest {
+    let bytes = format!("idle upload {n}");
+    let chunk = Chunk { digest: Digest::of(bytes.as_bytes()), size: 1 << 20 };
+    ClientRequest::UploadChunked { digest: Digest::of(&n.to_be_bytes()), size: 1 << 20, chunks: vec![chunk] }
+}
+
+#[test]
+fn six_hundred_idle_uploads_get_four_the_rest_are_refused_and_another_clients_build_completes() {
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+    let flooder = remote(&farm, &token(&farm, &["tokens", "create", "flooder"]));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let conn = runtime.block_on(Connection::open(&flooder)).unwrap();
+    // Every upload asked for at once; each then sends nothing.
+    let answers = runtime.block_on(async {
+        let opened = (0..IDLE_UPLOADS).map(|n| {
+            let conn = &conn;
+            async move {
+                let (send, mut recv) = conn.request(&upload(n)).await.unwrap();
+                let first = tokio::time::timeout(Duration::from_secs(30), conn.next(&mut recv)).await;
+                (send, recv, first.ok().and_then(Result::ok).flatten())
+            }
+        });
+        futures_util::future::join_all(opened).await
+    });
+    let waiting = answers.iter().filter(|(_, _, a)| matches!(a, Some(ClientResponse::ChunksWanted(_)))).count();
+    let refused = answers
+        .iter()
+        .filter(|(_, _, a)| matches!(a, Some(ClientResponse::Error { message }) if message.contains("already uploads 4")))
+        .count();
+    assert_eq!((waiting, refused), (4, IDLE_UPLOADS - 4), "four uploads wait for bytes, the rest are refused");
+
+    // Meanwhile another client's build uploads its context and completes.
+    let started = Instant::now();
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("beside-the-flood"))], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("build beside {IDLE_UPLOADS} idle uploads took {:.1} s", started.elapsed().as_secs_f64());
+
+    // The four are cut off once idle for 30 s, with the reason.
+    let cut = runtime.block_on(async {
+        let mut cut = 0;
+        for (_send, mut recv, first) in answers {
+            if matches!(first, Some(ClientResponse::ChunksWanted(_))) {
+                let last = tokio::time::timeout(Duration::from_secs(45), conn.next(&mut recv)).await;
+                if let Ok(Ok(Some(ClientResponse::Error { message }))) = last {
+                    cut += usize::from(message.contains("sent nothing for 30 s"));
+                }
+            }
+        }
+        cut
+    });
+    assert_eq!(cut, 4, "every idle upload is cut off");
+}
+
+#[test]
+fn a_chunk_list_that_repeats_one_chunk_into_gigabytes_is_refused() {
+    let farm = Farm::start(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime.block_on(async {
+        let conn = Connection::open(&remote(&farm, &farm.token)).await.unwrap();
+        let one = Chunk { digest: Digest::of(b"one chunk"), size: 4 << 20 };
+        let plan = ClientRequest::UploadChunked {
+            digest: Digest::of(b"whatever"),
+            size: 1000 * (4 << 20),
+            chunks: vec![one; 1000],
+        };
+        conn.call(&plan).await.unwrap()
+    });
+    let ClientResponse::Error { message } = answer else { panic!("accepted: {answer:?}") };
+    assert!(message.contains("repeats 4190109696 bytes of 4194304 distinct ones"), "{message}");
+    let data = farm.dir.path().join("data/contexts");
+    let files = std::fs::read_dir(&data).unwrap().count();
+    assert_eq!(files, 0, "nothing was written to {}", data.display());
+}
