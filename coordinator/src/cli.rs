@@ -179,6 +179,10 @@ pub enum BuildsCommand {
         remote: Remote,
         /// Build id.
         build: BuildId,
+        /// Move every tag to this build's index, even one that points at a later build or was
+        /// moved since; without it such tags are kept, and said so.
+        #[arg(long)]
+        force: bool,
     },
     /// Cancel a running build: its jobs stop on the agents and nothing is published.
     Cancel {

@@ -43,7 +43,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             BuildsCommand::Watch { remote, build, progress, on_interrupt } => {
                 client::builds::watch(&remote, build, progress, on_interrupt).await
             }
-            BuildsCommand::Publish { remote, build } => client::builds::publish(&remote, build).await.map(|()| true),
+            BuildsCommand::Publish { remote, build, force } => {
+                client::builds::publish(&remote, build, force).await.map(|()| true)
+            }
             BuildsCommand::Cancel { remote, build } => client::builds::cancel(&remote, build).await.map(|()| true),
         },
         Command::Agents { command: AgentsCommand::Ls { remote, format } } => {

@@ -169,8 +169,8 @@ pub async fn watch(remote: &Remote, build: BuildId, mode: Mode, on_interrupt: On
 }
 
 /// `builds publish`.
-pub async fn publish(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } = call(remote, ClientRequest::PublishBuild { build }).await? {
+pub async fn publish(remote: &Remote, build: BuildId, force: bool) -> anyhow::Result<()> {
+    if let ClientResponse::Done { message } = call(remote, ClientRequest::PublishBuild { build, force }).await? {
         eprintln!("{message}");
     }
     Ok(())

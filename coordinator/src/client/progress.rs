@@ -103,6 +103,10 @@ impl Progress {
                     None => self.line(platform, &text),
                 }
             }
+            BuildEvent::TagKept { reason } => match self.bars.is_empty() {
+                true => eprintln!("warning: {reason}"),
+                false => self.multi.suspend(|| eprintln!("warning: {reason}")),
+            },
             BuildEvent::Published { .. } | BuildEvent::Built { .. } | BuildEvent::Failed { .. } => {
                 for bar in self.bars.values() {
                     if !bar.is_finished() {

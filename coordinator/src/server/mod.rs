@@ -21,6 +21,7 @@
 //! - [`ports`]: the seams of orchestration: the agent link and the registry, as traits.
 //! - [`build`]: one build from request to published index; one platform's attempts.
 //! - [`publish`]: verifying pushed images in the registry and publishing the index.
+//! - [`tags`]: tags never move backwards: whether a build may move a tag.
 //! - [`store`]: durable state in SQLite (the only user of rusqlite).
 
 pub mod access;
@@ -41,6 +42,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod stored_images;
+pub mod tags;
 pub mod uploads;
 pub mod wire;
 
@@ -99,6 +101,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         store,
         live: LiveBuilds::default(),
         uploads: uploads::Uploads::default(),
+        tag_writes: tokio::sync::Mutex::new(()),
         registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
         settings: Settings {
             max_frame: config.max_frame_bytes,

@@ -123,7 +123,7 @@ fn client_request(r: &ClientRequest) {
         ClientRequest::AgentDiskUsage { name } | ClientRequest::PruneAgents { name, .. } => name.iter().for_each(agent),
         ClientRequest::ShowBuild { build: b }
         | ClientRequest::WatchBuild { build: b }
-        | ClientRequest::PublishBuild { build: b }
+        | ClientRequest::PublishBuild { build: b, .. }
         | ClientRequest::CancelBuild { build: b } => build(b),
         ClientRequest::RevokeAgent { name, .. } => agent(name),
         ClientRequest::Hello { .. }

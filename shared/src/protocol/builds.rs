@@ -179,11 +179,11 @@ pub enum BuildEvent {
         /// What went wrong.
         failure: JobFailure,
     },
-    /// The index was published under every tag. Last event of a successful build.
+    /// The index was published. Last event of a successful build.
     Published {
         /// Digest of the OCI image index.
         index: Digest,
-        /// The tags now pointing at it.
+        /// The tags now pointing at it: every requested tag, less those `TagKept` named.
         tags: Vec<String>,
         /// Each platform's child, in index order.
         platforms: Vec<PlatformResult>,
@@ -209,6 +209,12 @@ pub enum BuildEvent {
     Built {
         /// Each platform's child, in index order.
         platforms: Vec<PlatformResult>,
+    },
+    /// A tag was not moved to this build's index, and why (it points at a later build, or was
+    /// moved by another writer). Comes before `Published`, which lists the tags that moved.
+    TagKept {
+        /// Why, naming the tag, and how to move it anyway.
+        reason: String,
     },
 }
 

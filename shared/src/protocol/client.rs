@@ -46,9 +46,13 @@ pub enum ClientRequest {
         build: BuildId,
     },
     /// Publish (again) the index of a build whose platforms are all verified, without rebuilding.
+    /// Tags that point at a later build, or that moved since this build published, are kept
+    /// unless `force`.
     PublishBuild {
         /// Which build.
         build: BuildId,
+        /// Move every tag, whatever it points at now.
+        force: bool,
     },
     /// Cancel a build: stop its jobs on the agents; nothing is published.
     CancelBuild {

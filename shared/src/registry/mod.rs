@@ -300,6 +300,21 @@ impl Registry {
         Ok((bytes, digest))
     }
 
+    /// The digest `tag` resolves to now, or `None` when the registry has no such tag.
+    pub async fn tag_target(&self, tag: &ImageRef) -> Result<Option<Digest>, RegistryError> {
+        let _permit = self.permit().await;
+        let target = oci(tag);
+        let name = target.tag().unwrap_or("latest").to_owned();
+        let call = self.documents.manifest(target.repository(), &name, crate::oci::ANY_MANIFEST, MAX_DOCUMENT_BYTES);
+        match tokio::time::timeout(self.timeouts.call, call).await {
+            Ok(Ok((bytes, _))) => Ok(Some(Digest::of(&bytes))),
+            // The document reader reports a refusal as "STATUS: body".
+            Ok(Err(e)) if e.starts_with("404") => Ok(None),
+            Ok(Err(e)) => Err(self.fail("resolve tag", tag, e)),
+            Err(_) => Err(self.fail("resolve tag", tag, format!("no answer within {} s", self.timeouts.call.as_secs()))),
+        }
+    }
+
     /// Fetches a small blob (an image config) of at most [`MAX_DOCUMENT_BYTES`] and checks its
     /// digest. A larger one is refused before it is read, or as soon as it turns out larger.
     pub async fn blob(&self, repo: &ImageRef, digest: &Digest) -> Result<Vec<u8>, RegistryError> {

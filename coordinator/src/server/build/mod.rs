@@ -7,15 +7,18 @@
 //! - this file: accepting, resuming and ending a build; publishing its index.
 //! - [`platform`]: one platform's attempts: get an agent, run, verify, retry elsewhere,
 //!   quarantine, give up, cancel.
+//! - [`tagging`]: writing the index under the tags that may move, each recorded.
 
 pub mod platform;
 #[cfg(test)]
 mod platform_tests;
+pub mod tagging;
 
 use super::access::Principal;
 use super::live::Live;
 use super::ports::ImageCheck;
-use super::publish::{self, RegistryImages};
+use super::publish::RegistryImages;
+use super::tags::Mover;
 use super::state::Shared;
 use super::store::builds::StoredJob;
 use super::stored_images::StoredImages;
@@ -41,7 +44,8 @@ struct Plan {
 }
 
 /// A build's repository, its tags, and the registry's client.
-struct Target {
+#[derive(Debug)]
+pub struct Target {
     repo: ImageRef,
     tags: Vec<ImageRef>,
     registry: Arc<Registry>,
@@ -66,10 +70,12 @@ fn plan(req: &BuildRequest, registries: &Arc<RegistryClients>) -> Result<Plan, S
 /// How a build ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildEnd {
-    /// The index is published under every tag.
+    /// The index is published under the tags that could move.
     Published {
         /// The index digest.
         index: Digest,
+        /// The tags written.
+        tags: Vec<String>,
         /// Each platform's verified image.
         platforms: Vec<PlatformResult>,
     },
@@ -146,9 +152,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
                 error!("cannot record the end of the build: {e}");
             }
             live.emit(match end {
-                BuildEnd::Published { index, platforms } => {
-                    BuildEvent::Published { index, tags: req.tags.clone(), platforms }
-                }
+                BuildEnd::Published { index, tags, platforms } => BuildEvent::Published { index, tags, platforms },
                 BuildEnd::Failed(reason) | BuildEnd::Cancelled(reason) => BuildEvent::Failed { reason },
                 BuildEnd::Built { platforms } => BuildEvent::Built { platforms },
             });
@@ -215,10 +219,18 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         return BuildEnd::Failed("the build asks to push but names no registry (-t)".into());
     };
     let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None).await;
-    match publish::publish(&target.registry, &target.tags, &children).await {
-        Ok(index) => {
-            info!(index = %index, "index published");
-            BuildEnd::Published { index, platforms }
+    let created_ms = match shared.store.build_created_ms(id).await {
+        Ok(ms) => ms,
+        Err(e) => return BuildEnd::Failed(e.to_string()),
+    };
+    let mover = Mover { build: id, created_ms, again: false, force: false };
+    match tagging::publish(shared, target, &children, mover).await {
+        Ok(p) => {
+            info!(index = %p.index, "index published");
+            for reason in p.kept {
+                live.emit(BuildEvent::TagKept { reason });
+            }
+            BuildEnd::Published { index: p.index, tags: p.written, platforms }
         }
         Err(e) => {
             warn!("publishing failed: {e}");
@@ -322,9 +334,15 @@ async fn run_job(
     runner.run(spec, live).await
 }
 
-/// Publishes the index of a build whose platforms are all verified, without rebuilding.
-/// Publishing a published build again writes the same bytes: harmless.
-pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> {
+/// Publishes the index of a build whose platforms are all verified, without rebuilding. Tags
+/// that still point at it are written again (the same bytes); of a build that ended `state`,
+/// those pointing elsewhere move only as [`super::tags::may_move`] allows, or with `force`.
+pub async fn republish(
+    shared: &Shared,
+    id: &BuildId,
+    state: BuildState,
+    force: bool,
+) -> Result<tagging::Publication, String> {
     let req = shared.store.request(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no build {id}"))?;
     if shared.live.get(id).is_some() {
         return Err(format!("build {id} is still running; it publishes on its own when every platform is verified"));
@@ -345,8 +363,11 @@ pub async fn republish(shared: &Shared, id: &BuildId) -> Result<Digest, String> 
             }
         }
     }
-    let index = publish::publish(&target.registry, &target.tags, &children).await?;
-    shared.store.set_build_state(id, BuildState::Published, Some(&index), None).await.map_err(|e| e.to_string())?;
+    let created_ms = shared.store.build_created_ms(id).await.map_err(|e| e.to_string())?;
+    let mover = Mover { build: id, created_ms, again: state == BuildState::Published, force };
+    let published = tagging::publish(shared, &target, &children, mover).await?;
+    let index = &published.index;
+    shared.store.set_build_state(id, BuildState::Published, Some(index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");
-    Ok(index)
+    Ok(published)
 }

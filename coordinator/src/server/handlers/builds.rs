@@ -62,12 +62,19 @@ pub async fn watch(shared: &Shared, who: &Principal, build: &BuildId) -> Reply {
 }
 
 /// `archfarm builds publish`: publishes a verified build's index without rebuilding.
-pub async fn publish(shared: &Shared, who: &Principal, build: &BuildId) -> Reply {
-    if let Err(reply) = owned(shared, who, build).await {
-        return reply;
-    }
-    match build::republish(shared, build).await {
-        Ok(index) => Reply::one(ClientResponse::Done { message: format!("published index {index} for build {build}") }),
+pub async fn publish(shared: &Shared, who: &Principal, build: &BuildId, force: bool) -> Reply {
+    let detail = match owned(shared, who, build).await {
+        Ok(detail) => detail,
+        Err(reply) => return reply,
+    };
+    match build::republish(shared, build, detail.summary.state, force).await {
+        Ok(p) => {
+            let mut message = format!("published index {} for build {build} as {}", p.index, p.written.join(", "));
+            for kept in &p.kept {
+                message.push_str(&format!("\nwarning: {kept}"));
+            }
+            Reply::one(ClientResponse::Done { message })
+        }
         Err(message) => Reply::error(message),
     }
 }

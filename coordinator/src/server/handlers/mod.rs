@@ -58,7 +58,7 @@ pub async fn handle(
         ClientRequest::ListBuilds { limit } => builds::list(&shared, &who, limit).await,
         ClientRequest::ShowBuild { build } => builds::show(&shared, &who, &build).await,
         ClientRequest::WatchBuild { build } => builds::watch(&shared, &who, &build).await,
-        ClientRequest::PublishBuild { build } => builds::publish(&shared, &who, &build).await,
+        ClientRequest::PublishBuild { build, force } => builds::publish(&shared, &who, &build, force).await,
         ClientRequest::CancelBuild { build } => builds::cancel(&shared, &who, &build).await,
         ClientRequest::CreateJoinToken { ttl_secs, name, platforms } => {
             admin::create_join_token(&shared, ttl_secs, Binding { name, platforms }).await

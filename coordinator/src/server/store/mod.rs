@@ -11,11 +11,13 @@
 //! - [`agents`]: agent standing: failures, quarantine; names revoked before certificates were.
 //! - [`certificates`]: agent certificates by serial, join tokens and their bindings.
 //! - [`tokens`]: client tokens.
+//! - [`tags`]: each tag's last write, by which build.
 //! - [`writer`]: the writer thread and group commit.
 
 mod agents;
 pub mod builds;
 pub mod certificates;
+mod tags;
 mod tokens;
 mod writer;
 
@@ -113,6 +115,13 @@ CREATE TABLE IF NOT EXISTS certificates (
     revoked_why TEXT
 );
 CREATE INDEX IF NOT EXISTS certificates_by_name ON certificates(name);
+CREATE TABLE IF NOT EXISTS tags (
+    tag         TEXT PRIMARY KEY,
+    build       TEXT NOT NULL,
+    build_created_ms INTEGER NOT NULL,
+    digest      TEXT NOT NULL,
+    written_ms  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     name        TEXT PRIMARY KEY,
     quarantined INTEGER NOT NULL DEFAULT 0,

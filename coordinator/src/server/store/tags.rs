@@ -1,0 +1,71 @@
+//! Each tag's last write: which build's index it got, when that build was submitted. The record
+//! [`crate::server::tags`] decides from, and what `builds show` reports as the tags pointing at
+//! a build.
+
+use super::{parse, Result, Store, StoreError};
+use crate::server::tags::TagRecord;
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::{BuildId, Digest};
+use rusqlite::{params, OptionalExtension};
+
+impl Store {
+    /// The last write of `tag` (a whole reference), if a build wrote it.
+    pub async fn tag(&self, tag: &str) -> Result<Option<TagRecord>> {
+        let tag = tag.to_owned();
+        let row: Option<(String, i64, String)> = self
+            .read(move |c| {
+                Ok(c.query_row("SELECT build, build_created_ms, digest FROM tags WHERE tag = ?1", params![tag], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?)
+            })
+            .await?;
+        row.map(|(build, created, digest)| {
+            Ok(TagRecord {
+                build: parse(&build, "build id")?,
+                build_created_ms: created as u64,
+                digest: parse(&digest, "digest")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records that `build` (submitted at `created_ms`) wrote `digest` under `tag`.
+    pub async fn tag_written(&self, tag: &str, build: &BuildId, created_ms: u64, digest: &Digest) -> Result<()> {
+        self.execute(
+            "INSERT INTO tags (tag, build, build_created_ms, digest, written_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(tag) DO UPDATE SET build = ?2, build_created_ms = ?3, digest = ?4, written_ms = ?5",
+            (tag.to_owned(), build.to_string(), created_ms as i64, digest.to_string(), now_ms() as i64),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// When `build` was submitted.
+    pub async fn build_created_ms(&self, build: &BuildId) -> Result<u64> {
+        let id = build.to_string();
+        let created: Option<i64> = self
+            .read(move |c| {
+                Ok(c.query_row("SELECT created_ms FROM builds WHERE id = ?1", params![id], |r| r.get(0)).optional()?)
+            })
+            .await?;
+        created.map(|c| c as u64).ok_or_else(|| StoreError::Corrupt(format!("no build {build}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_write_of_each_tag_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let (a, b) = (BuildId::random(), BuildId::random());
+        assert_eq!(s.tag("reg/app:1").await.unwrap(), None);
+        s.tag_written("reg/app:1", &a, 10, &Digest::of(b"a")).await.unwrap();
+        s.tag_written("reg/app:1", &b, 20, &Digest::of(b"b")).await.unwrap();
+        let want = TagRecord { build: b, build_created_ms: 20, digest: Digest::of(b"b") };
+        assert_eq!(s.tag("reg/app:1").await.unwrap(), Some(want));
+    }
+}
