@@ -56,6 +56,21 @@ pub struct CoordinatorConfig {
     /// Default: 256.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated_connections: u32,
+    /// Days a build context (and its chunks, and image blobs handed over by agents) is kept
+    /// after the last build that used it was submitted. Contexts of unfinished builds are always
+    /// kept. 0 keeps only those. Default: 7.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Days a finished build stays in the history (`builds ls`). Default: 90.
+    #[serde(default = "default_history_days")]
+    pub history_days: u32,
+    /// Finished builds kept in the history at most, the newest. Default: 10000.
+    #[serde(default = "default_history_builds")]
+    pub history_builds: u32,
+    /// New builds and uploads are refused while the data directory's file system has less
+    /// free space than this, for example `"2GiB"`. Default: 1 GiB.
+    #[serde(default = "default_min_free")]
+    pub min_free_space: bytesize::ByteSize,
     /// TLS material and the client token list.
     pub tls: CoordinatorTls,
 }
@@ -111,6 +126,18 @@ fn default_job_idle_timeout() -> u64 {
 }
 fn default_max_unauthenticated() -> u32 {
     256
+}
+fn default_retention_days() -> u32 {
+    7
+}
+fn default_history_days() -> u32 {
+    90
+}
+fn default_history_builds() -> u32 {
+    10_000
+}
+fn default_min_free() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(1)
 }
 
 impl CoordinatorConfig {

@@ -184,6 +184,14 @@ pub enum BuildsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Delete, now, what retention allows: finished builds past `history_days` or
+    /// `history_builds`, and build contexts and handed-over image blobs no build needs
+    /// (`retention_days`). The coordinator also does this every hour. Admins only.
+    Prune {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+    },
     /// Cancel a running build: its jobs stop on the agents and nothing is published.
     Cancel {
         #[command(flatten)]

@@ -46,6 +46,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             BuildsCommand::Publish { remote, build, force } => {
                 client::builds::publish(&remote, build, force).await.map(|()| true)
             }
+            BuildsCommand::Prune { remote } => {
+                client::agents::admin(&remote, ClientRequest::PruneBuilds).await.map(|()| true)
+            }
             BuildsCommand::Cancel { remote, build } => client::builds::cancel(&remote, build).await.map(|()| true),
         },
         Command::Agents { command: AgentsCommand::Ls { remote, format } } => {

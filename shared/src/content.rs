@@ -120,6 +120,47 @@ impl ContentStore {
         result
     }
 
+    /// Deletes the files not used since `before` (by modification time) unless `keep` says
+    /// otherwise, and partial files last written before `partial_before`. Returns how many
+    /// files and bytes went.
+    pub fn sweep(
+        &self,
+        before: std::time::SystemTime,
+        partial_before: std::time::SystemTime,
+        keep: impl Fn(&Digest) -> bool,
+    ) -> std::io::Result<(usize, u64)> {
+        let (mut files, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stored = name
+                .strip_prefix("sha256-")
+                .and_then(|n| n.strip_suffix(".tar"))
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok());
+            let partial = name.starts_with(".partial-");
+            if stored.as_ref().is_some_and(&keep) || (stored.is_none() && !partial) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            if meta.modified()? >= if partial { partial_before } else { before } {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((files, bytes))
+    }
+
+    /// Marks a stored file used now, so a sweep keeps it for another retention period.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.path(digest)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Copies a stored file to `w`.
     pub async fn send<W: AsyncWrite + Unpin>(&self, digest: &Digest, w: &mut W) -> std::io::Result<u64> {
         let mut file = tokio::fs::File::open(self.path(digest)).await?;
@@ -162,5 +203,18 @@ mod tests {
         assert_eq!(out, data);
         // No partial files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // A sweep keeps what is kept or newer, and deletes the rest with stale partial files.
+        let other = Digest::of(b"other bytes");
+        store.receive(&other, 11, &mut &b"other bytes"[..]).await.unwrap();
+        std::fs::write(dir.path().join(".partial-x"), b"half").unwrap();
+        std::fs::write(dir.path().join("unrelated"), b"not ours").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        let epoch = std::time::SystemTime::UNIX_EPOCH;
+        assert_eq!(store.sweep(epoch, epoch, |_| false).unwrap(), (0, 0), "all are newer");
+        assert_eq!(store.sweep(later, epoch, |k| *k == d).unwrap(), (1, 11), "other; the partial file is newer");
+        assert_eq!(store.sweep(later, later, |k| *k == d).unwrap(), (1, 4), "the partial file");
+        assert!(store.contains(&d) && !store.contains(&other));
+        assert!(dir.path().join("unrelated").exists(), "files that are not the store's stay");
     }
 }

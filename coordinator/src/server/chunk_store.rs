@@ -48,6 +48,25 @@ impl ChunkStore {
         let _ = std::fs::remove_file(self.path(digest));
     }
 
+    /// Forgets every chunk whose context is gone (after a sweep of contexts). Returns how many.
+    pub(crate) fn sweep(&self) -> std::io::Result<usize> {
+        let mut gone = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue; // being written
+            }
+            let dangling = match std::fs::read_to_string(&path) {
+                Ok(text) => text.trim_end().rsplit_once(' ').is_none_or(|(file, _)| !Path::new(file).is_file()),
+                Err(_) => false,
+            };
+            if dangling && std::fs::remove_file(&path).is_ok() {
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// The bytes of a chunk, read from the context that holds it.
     pub(crate) fn read(&self, chunk: &Chunk) -> Option<Bytes> {
         use std::io::{Seek, SeekFrom};

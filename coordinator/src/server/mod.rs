@@ -15,6 +15,7 @@
 //! - [`admission`]: limits before authentication: unauthenticated peers, their streams and window.
 //! - [`access`]: who a client is (role, scopes) and what it may do.
 //! - [`auth`]: client tokens in the token file.
+//! - [`gc`]: garbage collection with retention, and the free space new work needs.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
 //! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
 //! - [`live`]: running builds: their event channels and cancellation.
@@ -34,6 +35,7 @@ pub mod client_session;
 pub mod context_receive;
 pub mod enroll;
 pub mod farm;
+pub mod gc;
 pub mod handlers;
 pub mod live;
 pub mod ports;
@@ -116,6 +118,13 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
                 Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
                 None => None,
             },
+            retention: gc::Retention {
+                days: config.retention_days,
+                history_days: config.history_days,
+                history_builds: config.history_builds,
+                min_free: config.min_free_space.as_u64(),
+                data_dir: config.data_dir.clone(),
+            },
         },
     });
     let endpoint = tls::endpoint(config.listen_addr(), Some(server_config))
@@ -128,6 +137,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         }
     }
 
+    let collector = gc::start(shared.clone());
     let tracker = TaskTracker::new();
     let gate = admission::Gate::new(config.max_unauthenticated_connections as usize);
     loop {
@@ -148,6 +158,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
             }
         }
     }
+    collector.abort();
     info!("shutting down: closing connections");
     endpoint.close(close::NORMAL.into(), b"coordinator shutting down");
     tracker.close();

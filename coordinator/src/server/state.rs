@@ -33,6 +33,8 @@ pub struct Settings {
     pub job_idle_timeout: Duration,
     /// The farm CA with its key, when this coordinator enrolls agents.
     pub ca: Option<CertifiedKey>,
+    /// What garbage collection keeps, and the free space new work needs.
+    pub retention: super::gc::Retention,
 }
 
 /// What the sessions share.

@@ -1,61 +1,63 @@
 //! How many context uploads run at once: per client token and in all. Each upload holds a
-//! permit for its whole life; one over either limit is refused at once, with the limit in the
-//! message, rather than queued on a stream. With at most [`TOTAL`] uploads, at most that many
-//! threads of the blocking pool ever wait on a client's next chunk.
+//! permit for its whole life; one over either limit waits its turn (an upload waiting holds no
+//! thread, only its stream), for at most [`QUEUE_WAIT`]. With at most [`TOTAL`] uploads
+//! running, at most that many threads of the blocking pool ever wait on a client's next chunk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Uploads one client token may run at once. `archfarm build` runs one; a pipeline building
-/// several images at once, a few.
+/// Uploads one client token runs at once. `archfarm build` runs one; a pipeline building
+/// several images at once, a few; more wait.
 pub const PER_CLIENT: usize = 4;
 /// Uploads the coordinator runs at once.
 pub const TOTAL: usize = 32;
+/// Longest an upload waits for its turn.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(300);
 
-/// The uploads running now, by client token name.
-#[derive(Debug, Default)]
+/// The uploads running now.
+#[derive(Debug)]
 pub struct Uploads {
-    running: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<Semaphore>,
+    clients: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads { total: Arc::new(Semaphore::new(TOTAL)), clients: Mutex::default() }
+    }
 }
 
 /// One running upload; dropping it ends it.
 #[derive(Debug)]
 pub struct Upload {
-    running: Arc<Mutex<HashMap<String, usize>>>,
-    client: String,
+    _client: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
 }
 
 impl Uploads {
-    /// Starts an upload for `client`, unless it or the coordinator runs as many as allowed.
-    pub fn begin(&self, client: &str) -> Result<Upload, String> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = running.values().sum();
-        let mine = running.get(client).copied().unwrap_or(0);
-        if mine >= PER_CLIENT {
-            return Err(format!(
-                "token {client:?} already uploads {mine} build contexts at once, the most one client may; \
-                 try again when one has finished"
-            ));
-        }
-        if total >= TOTAL {
-            return Err(format!(
-                "the coordinator already receives {total} build contexts at once, the most it takes; try again shortly"
-            ));
-        }
-        *running.entry(client.to_owned()).or_default() += 1;
-        Ok(Upload { running: self.running.clone(), client: client.to_owned() })
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = running.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.client);
-            }
-        }
+    /// Starts an upload for `client` once it and the coordinator have room, waiting at most
+    /// `wait`.
+    pub async fn begin(&self, client: &str, wait: Duration) -> Result<Upload, String> {
+        let mine = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget clients with nothing running and nobody waiting.
+            clients.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < PER_CLIENT);
+            clients.entry(client.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(PER_CLIENT))).clone()
+        };
+        let turn = async {
+            let client = mine.acquire_owned().await.map_err(|e| e.to_string())?;
+            let total = self.total.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            Ok(Upload { _client: client, _total: total })
+        };
+        tokio::time::timeout(wait, turn).await.unwrap_or_else(|_| {
+            Err(format!(
+                "the upload waited {} s for its turn: token {client:?} may run {PER_CLIENT} uploads at once, the \
+                 coordinator {TOTAL}; try again later",
+                wait.as_secs()
+            ))
+        })
     }
 }
 
@@ -63,18 +65,26 @@ impl Drop for Upload {
 mod tests {
     use super::*;
 
-    #[test]
-    fn uploads_are_limited_per_client_and_in_all() {
+    #[tokio::test]
+    async fn uploads_wait_their_turn_per_client_and_in_all() {
         let uploads = Uploads::default();
-        let mine: Vec<Upload> = (0..PER_CLIENT).map(|_| uploads.begin("ci").unwrap()).collect();
-        let err = uploads.begin("ci").unwrap_err();
-        assert!(err.contains("already uploads 4 build contexts at once"), "{err}");
-        drop(mine);
-        let all: Vec<Upload> = (0..TOTAL).map(|i| uploads.begin(&format!("client-{}", i % 16)).unwrap()).collect();
-        let err = uploads.begin("someone").unwrap_err();
-        assert!(err.contains("already receives 32 build contexts at once"), "{err}");
-        drop(all);
-        assert!(uploads.begin("ci").is_ok());
-        assert!(uploads.running.lock().unwrap().is_empty());
+        let short = Duration::from_millis(50);
+        let mine: Vec<Upload> = futures_util::future::try_join_all((0..PER_CLIENT).map(|_| uploads.begin("ci", short)))
+            .await
+            .unwrap();
+        let err = uploads.begin("ci", short).await.unwrap_err();
+        assert!(err.contains("may run 4 uploads at once"), "{err}");
+        assert!(uploads.begin("other", short).await.is_ok(), "another client is not held up");
+        // A waiting upload starts as soon as one ends.
+        let waiting = uploads.begin("ci", Duration::from_secs(5));
+        let (started, ()) = tokio::join!(waiting, async { drop(mine) });
+        assert!(started.is_ok());
+        let all: Vec<Upload> =
+            futures_util::future::try_join_all((0..TOTAL - 1).map(|i| uploads.begin(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8], short)))
+                .await
+                .unwrap();
+        assert!(uploads.begin("someone", short).await.is_err(), "the coordinator's {TOTAL} are taken");
+        drop((all, started));
+        assert!(uploads.begin("someone", short).await.is_ok());
     }
 }

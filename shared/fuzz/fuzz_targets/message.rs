@@ -127,6 +127,7 @@ fn client_request(r: &ClientRequest) {
         | ClientRequest::CancelBuild { build: b } => build(b),
         ClientRequest::RevokeAgent { name, .. } => agent(name),
         ClientRequest::Hello { .. }
+        | ClientRequest::PruneBuilds
         | ClientRequest::ListAgents
         | ClientRequest::ListBuilds { .. }
         | ClientRequest::CreateJoinToken { name: None, .. }

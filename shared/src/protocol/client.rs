@@ -128,6 +128,9 @@ pub enum ClientRequest {
         /// Prune even while jobs run.
         force: bool,
     },
+    /// `archfarm builds prune`: garbage collection now, with the configured retention;
+    /// answered with `Done` saying what went.
+    PruneBuilds,
 }
 
 /// What a client token may do. Tokens in the coordinator's token file without a role, and

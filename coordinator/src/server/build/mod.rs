@@ -99,6 +99,7 @@ pub async fn submit(
 ) -> Result<(BuildId, broadcast::Receiver<BuildEvent>), String> {
     plan(&req, &shared.registries)?;
     owner.may_build(&req)?;
+    super::gc::room_for_new_work(&shared.settings.retention)?;
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }

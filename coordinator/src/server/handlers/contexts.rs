@@ -3,6 +3,7 @@
 use super::reply::Reply;
 use crate::server::access::Principal;
 use crate::server::context_receive;
+use crate::server::{gc, uploads};
 use crate::server::state::Shared;
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::ClientResponse;
@@ -10,8 +11,14 @@ use archfarm_shared::Digest;
 use tracing::{info, warn};
 
 /// Whether the context is stored already (then the client skips the upload).
+/// One that is present is marked used, so garbage collection keeps it for the build about to
+/// name it.
 pub fn has(shared: &Shared, digest: &Digest) -> Reply {
-    Reply::one(ClientResponse::ContextPresent(shared.contexts.contains(digest)))
+    let present = shared.contexts.contains(digest);
+    if present {
+        shared.contexts.touch(digest);
+    }
+    Reply::one(ClientResponse::ContextPresent(present))
 }
 
 /// A context sent whole on this stream.
@@ -22,7 +29,10 @@ pub async fn upload(
     size: u64,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    let _upload = match shared.uploads.begin(&who.name) {
+    if let Err(message) = gc::room_for_new_work(&shared.settings.retention) {
+        return refuse(recv, message);
+    }
+    let _upload = match shared.uploads.begin(&who.name, uploads::QUEUE_WAIT).await {
         Ok(upload) => upload,
         Err(message) => return refuse(recv, message),
     };
@@ -45,7 +55,10 @@ pub async fn upload_chunked(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    let _upload = match shared.uploads.begin(&who.name) {
+    if let Err(message) = gc::room_for_new_work(&shared.settings.retention) {
+        return refuse(recv, message);
+    }
+    let _upload = match shared.uploads.begin(&who.name, uploads::QUEUE_WAIT).await {
         Ok(upload) => upload,
         Err(message) => return refuse(recv, message),
     };

@@ -68,6 +68,7 @@ pub async fn handle(
             admin::create_client_token(&shared, &name, role, &scopes).await
         }
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
+        ClientRequest::PruneBuilds => crate::server::gc::prune_now(&shared).await,
         ClientRequest::FetchBlob { digest } => contexts::fetch_blob(&shared, &digest, &mut send).await,
         ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
         ClientRequest::AgentDiskUsage { name } => hosts::disk_usage(&shared, name.as_ref()).await,
@@ -86,6 +87,7 @@ fn admin_only(req: &ClientRequest) -> Option<&'static str> {
         ClientRequest::CreateClientToken { .. } => "creating a client token",
         ClientRequest::RevokeClientToken { .. } => "revoking a client token",
         ClientRequest::PruneAgents { .. } => "pruning agents' caches",
+        ClientRequest::PruneBuilds => "pruning build history and contexts",
         _ => return None,
     })
 }

@@ -12,11 +12,13 @@
 //! - [`certificates`]: agent certificates by serial, join tokens and their bindings.
 //! - [`tokens`]: client tokens.
 //! - [`tags`]: each tag's last write, by which build.
+//! - [`history`]: what garbage collection needs: contexts in use, old builds.
 //! - [`writer`]: the writer thread and group commit.
 
 mod agents;
 pub mod builds;
 pub mod certificates;
+mod history;
 mod tags;
 mod tokens;
 mod writer;
