@@ -85,6 +85,17 @@ impl EngineApi {
         }
     }
 
+    /// Prunes the build cache down to `max` bytes when it holds more, the records used least
+    /// recently first, whatever uses them (BuildKit keeps the rest). Returns the bytes
+    /// reclaimed, if it pruned.
+    pub async fn keep_within(&self, max: u64) -> Result<Option<u64>, String> {
+        let usage = self.build_cache().await?;
+        if usage.build_cache_bytes <= max {
+            return Ok(None);
+        }
+        self.prune(true, Some(max)).await.map(Some)
+    }
+
     /// Frees build cache: what no image uses, or all of it with `all`, keeping `keep` bytes
     /// when given. Returns the bytes the engine reclaimed.
     pub async fn prune(&self, all: bool, keep: Option<u64>) -> Result<u64, String> {

@@ -38,7 +38,7 @@ pub mod session;
 use archfarm_config::AgentConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Runs the agent until `shutdown` is cancelled. Without a certificate yet, it first enrolls
 /// with `join_token`.
@@ -58,10 +58,28 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
         warn!("{e:#}; trying again later");
     }
     let agent = Arc::new(session::Agent::new(&config).await?);
+    let keeping = tokio::spawn(keep_build_cache(agent.executor.engine_api.clone(), config.build_cache_max.as_u64()));
     let renewing = tokio::spawn(renew_periodically(config, agent.clone()));
     agent.run(shutdown).await;
     renewing.abort();
+    keeping.abort();
     Ok(())
+}
+
+/// How often the agent checks its engine's build cache against `build_cache_max`.
+const BUILD_CACHE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the engine's build cache within `max` bytes, checking every minute.
+async fn keep_build_cache(engine: engine_cache::EngineApi, max: u64) {
+    let mut every = tokio::time::interval(BUILD_CACHE_CHECK);
+    loop {
+        every.tick().await;
+        match engine.keep_within(max).await {
+            Ok(None) => {}
+            Ok(Some(freed)) => info!(freed, max, "build cache was over build_cache_max: pruned"),
+            Err(e) => warn!("cannot keep the build cache within build_cache_max: {e}"),
+        }
+    }
 }
 
 /// How often a running agent checks whether its certificate is due for renewal.

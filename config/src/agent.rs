@@ -42,6 +42,12 @@ pub struct AgentConfig {
     /// recently are deleted (never one used in the last ten minutes). Default: 10 GiB.
     #[serde(default = "default_cache_max")]
     pub cache_max: ByteSize,
+    /// Most the engine's BuildKit cache may hold, for example `"100GiB"`; the agent checks every
+    /// minute and prunes the records used least recently down to it (`docker builder prune
+    /// --all --keep-storage`).
+    /// Default: 50 GiB.
+    #[serde(default = "default_build_cache_max")]
+    pub build_cache_max: ByteSize,
     /// Largest protocol frame accepted, in bytes. Default: 1 MiB.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: u32,
@@ -80,6 +86,9 @@ fn default_cache_dir() -> PathBuf {
 }
 fn default_cache_max() -> ByteSize {
     ByteSize::gib(10)
+}
+fn default_build_cache_max() -> ByteSize {
+    ByteSize::gib(50)
 }
 fn default_max_frame() -> u32 {
     archfarm_shared::codec::DEFAULT_MAX_FRAME

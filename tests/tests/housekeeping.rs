@@ -88,3 +88,25 @@ fn an_agents_caches_are_shown_and_pruned_and_a_running_job_keeps_its_cache() {
     assert!(log.contains("echo built") && !log.lines().any(|l| l.ends_with(" CACHED") && !l.contains("#1 ")), "{log}");
     drop(engine);
 }
+
+#[test]
+fn an_agent_keeps_its_engines_build_cache_within_build_cache_max() {
+    let mut farm = Farm::start(&[]);
+    let engine = Engine::start(&farm.dir.path().join("engine-capped"));
+    let agent = AgentSpec { name: "amd64-1", native: None, capacity: 1 };
+    farm.start_agent_configured(&agent, &format!("docker_host = \"{}\"\nbuild_cache_max = \"1MB\"\n", engine.host));
+    farm.wait_for_agents(&["amd64-1"]);
+    let ctx = context(
+        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY nonce /nonce\nRUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/big\", \"bs=1048576\", \"count=4\"]\n",
+    );
+    std::fs::write(ctx.path().join("nonce"), format!("{:?}", std::time::SystemTime::now())).unwrap();
+    let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("capped"))], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let records = cache_records(&engine.host);
+    assert!(records > 0);
+    // Checked every minute: the cache over 1 MB is pruned without anyone asking.
+    farm.proc("agent amd64-1").wait_for_log("build cache was over build_cache_max: pruned", Duration::from_secs(90));
+    let left = cache_records(&engine.host);
+    assert!(left < records, "{left} of {records} records left");
+    drop(engine);
+}
