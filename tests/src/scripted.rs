@@ -29,6 +29,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Sends one line of build output; false once the coordinator stopped reading.
+    pub async fn log(&mut self, line: String) -> bool {
+        codec::write_msg(&mut self.send, &AgentMessage::JobLog { line }, DEFAULT_MAX_FRAME).await.is_ok()
+    }
+
     /// Reports an outcome, as a real agent would at the end of a job.
     pub async fn finish(mut self, outcome: JobOutcome) {
         codec::write_msg(&mut self.send, &AgentMessage::JobFinished(outcome), DEFAULT_MAX_FRAME).await.unwrap();
@@ -78,6 +83,17 @@ impl ScriptedAgent {
             reader.abort();
         });
         ScriptedAgent { _endpoint: endpoint, conn, heartbeat }
+    }
+
+    /// Asks for a build context as an agent does before a build: the coordinator's answer.
+    pub async fn fetch_context(&self, digest: &archfarm_shared::Digest) -> CoordinatorMessage {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        let ask = AgentMessage::FetchContext { digest: digest.clone() };
+        codec::write_msg(&mut send, &ask, DEFAULT_MAX_FRAME).await.unwrap();
+        let _ = send.finish();
+        let answer = codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap();
+        let _ = recv.stop(0u32.into());
+        answer
     }
 
     /// Waits (bounded) for the coordinator to give this agent a job.

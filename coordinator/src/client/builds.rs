@@ -94,9 +94,19 @@ async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientRespo
 
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
-    let ClientResponse::Builds(builds) = call(remote, ClientRequest::ListBuilds { limit }).await? else {
-        bail!("unexpected answer to builds ls");
-    };
+    let conn = Connection::open(remote).await?;
+    let (mut send, mut recv) = conn.request(&ClientRequest::ListBuilds { limit }).await?;
+    let _ = send.finish();
+    // The coordinator sends the listing in pages, each under the frame limit.
+    let mut builds = Vec::new();
+    while let Some(response) = conn.next(&mut recv).await? {
+        match response {
+            ClientResponse::Builds(page) => builds.extend(page),
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer to builds ls: {other:?}"),
+        }
+    }
+    conn.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&builds.iter().map(summary_json).collect::<Vec<_>>())?);
     } else {

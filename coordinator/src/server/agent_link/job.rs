@@ -2,6 +2,7 @@
 //! agent's log to the result. Cancelling the build resets the stream, which stops the job on
 //! the agent.
 
+use super::limits::{self, Grants, LineRate};
 use super::super::live::Live;
 use super::super::ports::AgentLink;
 use super::super::wire::{on_codec_error, unexpected};
@@ -26,6 +27,8 @@ pub struct QuicLink {
     pub conn: quinn::Connection,
     /// Largest frame sent or accepted.
     pub max_frame: u32,
+    /// The contexts of the jobs it runs, which it may fetch.
+    pub grants: Grants,
 }
 
 impl AgentLink for QuicLink {
@@ -62,6 +65,8 @@ impl QuicLink {
     async fn run(&self, spec: JobSpec, live: &Live, idle: Duration) -> Result<PushedImage, JobFailure> {
         let (conn, max) = (&self.conn, self.max_frame);
         let platform = spec.platform.clone();
+        let _may_fetch = self.grants.grant(&spec.context);
+        let mut rate = LineRate::default();
         let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
         let lost = |why: String, tail: &VecDeque<String>| JobFailure {
             kind: FailureKind::AgentLost,
@@ -96,14 +101,23 @@ impl QuicLink {
             };
             match msg {
                 Ok(Some(AgentMessage::JobLog { line })) => {
+                    let dropped = rate.dropped;
+                    if !rate.admit(std::time::Instant::now()) {
+                        continue;
+                    }
+                    if dropped > 0 {
+                        rate.dropped = 0;
+                        live.log(&platform, format!("({dropped} lines of output dropped: over {} lines a second)", limits::LINES_PER_SEC));
+                    }
+                    let line = limits::cut(line, limits::MAX_LINE);
                     if tail.len() == LOG_TAIL {
                         tail.pop_front();
                     }
-                    tail.push_back(line.clone());
+                    tail.push_back(limits::cut(line.clone(), limits::MAX_TAIL_LINE));
                     live.log(&platform, line);
                 }
                 Ok(Some(AgentMessage::JobFinished(JobOutcome::Pushed(image)))) => return Ok(image),
-                Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(failure),
+                Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(limits::bounded(failure)),
                 Ok(Some(other)) => return Err(lost(unexpected(conn, &other, "a job stream"), &tail)),
                 Ok(None) => return Err(lost("the job stream ended without a result".into(), &tail)),
                 Err(e) => return Err(lost(on_codec_error(conn, &e, "job stream"), &tail)),

@@ -6,10 +6,12 @@
 //! - this file: identity, registration, the control stream, accepting the agent's streams.
 //! - [`job`]: one job attempt on its own stream ([`QuicLink`], the real [`AgentLink`]).
 //! - [`context`]: sending a build context to the agent that fetches it.
+//! - [`limits`]: log lines and failures cut to size; the contexts an agent may fetch.
 
 pub mod context;
 pub mod housekeeping;
 pub mod job;
+pub mod limits;
 
 use super::admission;
 use super::farm::AgentHandle;
@@ -114,13 +116,14 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         );
         return refuse(&conn, &reason);
     }
+    let grants = limits::Grants::default();
     let handle = AgentHandle {
         name: name.clone(),
         address: conn.remote_address(),
         registration: registration.clone(),
         cert_serial: cert.serial.clone(),
         cert_expires_ms: cert.not_after_ms,
-        link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max }),
+        link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max, grants: grants.clone() }),
     };
     let standing = match shared.store.quarantined(&name).await {
         Ok(Some(reason)) => Standing::Quarantined(reason),
@@ -144,7 +147,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
             engine = %registration.engine_version,
             "agent registered"
         );
-        serve_registered(&shared, &conn, &name, (&mut send, &mut recv)).await
+        serve_registered(&shared, &conn, &name, &grants, (&mut send, &mut recv)).await
     };
     shared.farm.unregister(&name, conn.stable_id());
     info!(reason = %reason, "agent disconnected");
@@ -154,6 +157,7 @@ async fn serve_registered(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     name: &AgentName,
+    grants: &limits::Grants,
     control: (&mut quinn::SendStream, &mut quinn::RecvStream),
 ) -> String {
     let (send, recv) = control;
@@ -162,12 +166,14 @@ async fn serve_registered(
     // Streams the agent opens are served by their own task: reading a frame must never race
     // with anything that could cancel it halfway.
     let acceptor = {
-        let (shared, conn) = (shared.clone(), conn.clone());
+        let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
         tokio::spawn(
             async move {
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    let (shared, conn) = (shared.clone(), conn.clone());
-                    tokio::spawn(async move { context::serve(&shared, &conn, send, recv).await }.in_current_span());
+                    let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
+                    tokio::spawn(
+                        async move { context::serve(&shared, &conn, &grants, send, recv).await }.in_current_span(),
+                    );
                 }
             }
             .in_current_span(),

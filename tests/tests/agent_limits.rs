@@ -1,0 +1,72 @@
+//! What an agent may send and fetch, bounded: a flood of long log lines is cut to size and held
+//! to a rate while the coordinator's memory stays put, failure texts are cut when they arrive,
+//! and an agent fetches the context of the job it runs and no other.
+
+use archfarm_shared::protocol::{CoordinatorMessage, FailureKind, JobFailure, JobOutcome};
+use archfarm_tests::scripted::ScriptedAgent;
+use archfarm_tests::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_cut_and_rate_limited_and_an_agent_fetches_only_its_own_jobs_context() {
+    let mut farm = tokio::task::block_in_place(|| Farm::start(&[]));
+    let pid = farm.proc("coordinator").pid();
+    let agent = ScriptedAgent::join(&farm, "flood-1", &["linux/amd64"]).await;
+    // Another build's context, uploaded first: the agent has no business with it.
+    let other = context("FROM scratch\nLABEL other=1\n");
+    let out = tokio::task::block_in_place(|| farm.archfarm(&["build", "--platform", "linux/386", other.path().to_str().unwrap()]));
+    assert!(!out.status.success(), "no linux/386 agent: {}", text(&out));
+
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let tag = format!("{}:1", farm.repo("flood"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    let mut job = agent.next_job(Duration::from_secs(30)).await;
+    match agent.fetch_context(&job.spec.context).await {
+        CoordinatorMessage::ContextFollows { .. } => {}
+        other => panic!("its own job's context: {other:?}"),
+    }
+    let stranger = archfarm_shared::Digest::of(b"a context of some other build");
+    match agent.fetch_context(&stranger).await {
+        CoordinatorMessage::ContextMissing { reason } => {
+            assert!(reason.contains("belongs to no job this agent runs now"), "{reason}")
+        }
+        other => panic!("another context: {other:?}"),
+    }
+
+    // 20,000 lines of 512 KiB each, as fast as the stream takes them: 10 GB of output.
+    let before = rss_kib(pid);
+    let line = "x".repeat(512 * 1024);
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        if !job.log(line.clone()).await {
+            break;
+        }
+        sent += 1;
+    }
+    let during = rss_kib(pid);
+    job.finish(JobOutcome::Failed(JobFailure {
+        kind: FailureKind::Build,
+        message: "m".repeat(500_000),
+        log_tail: vec!["t".repeat(4000); 100],
+    }))
+    .await;
+
+    let out = tokio::task::block_in_place(|| wait_output(client, Duration::from_secs(120)));
+    assert!(!out.status.success());
+    // Freed memory goes back to the system after the allocator's decay time (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = rss_kib(pid);
+    eprintln!("{sent} lines of 512 KiB; coordinator RSS {before:.0} KiB before, {during:.0} KiB while they arrive, {after:.0} KiB after the build");
+    // Kept whole, the last 512 lines alone would hold 256 MiB for as long as the build is known.
+    assert!(after - before < 32.0 * 1024.0, "RSS grew from {before:.0} to {after:.0} KiB");
+    let shown = text(&out);
+    assert!(shown.contains("lines of output dropped: over 500 lines a second"), "the rate limit is said");
+    assert!(shown.contains("bytes cut)"), "long lines and the failure are cut");
+    // Of 10 GB sent, the client sees what the burst and the rate let through, in lines of 8 KiB.
+    assert!(shown.len() < 64 << 20, "the client got {} bytes", shown.len());
+    // The failure as stored is cut too: the listing and the record stay small.
+    let record = tokio::task::block_in_place(|| farm.build_record(&farm.newest_build()));
+    let stored = record.to_string();
+    assert!(stored.len() < 64 * 1024, "the stored record is {} bytes", stored.len());
+    drop(agent);
+}
