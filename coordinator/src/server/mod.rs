@@ -84,49 +84,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
         config.tls.ca_key.is_some(),
     )
     .context("invalid coordinator TLS material")?;
-    let contexts_dir = config.data_dir.join("contexts");
-    let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
-        .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
-    let images_dir = config.data_dir.join("images");
-    let images = ContentStore::open(&images_dir, config.max_context_bytes)
-        .with_context(|| format!("cannot create {}", images_dir.display()))?
-        .of_image_blobs();
-    let chunks_dir = config.data_dir.join("chunks");
-    let chunks = ChunkStore::open(&chunks_dir).with_context(|| format!("cannot create {}", chunks_dir.display()))?;
-    let db = config.data_dir.join("state.db");
-    let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
-    let shared = Arc::new(Shared {
-        farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
-        contexts,
-        images,
-        chunks,
-        store,
-        live: LiveBuilds::default(),
-        uploads: uploads::Uploads::default(),
-        tag_writes: tokio::sync::Mutex::new(()),
-        registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
-        settings: Settings {
-            max_frame: config.max_frame_bytes,
-            heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
-            heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_secs),
-            tokens_file: config.tls.client_tokens.clone(),
-            max_attempts: config.max_attempts,
-            quarantine_after: config.quarantine_after_failures,
-            job_timeout: Duration::from_secs(config.job_timeout_secs),
-            job_idle_timeout: Duration::from_secs(config.job_idle_timeout_secs),
-            ca: match &config.tls.ca_key {
-                Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
-                None => None,
-            },
-            retention: gc::Retention {
-                days: config.retention_days,
-                history_days: config.history_days,
-                history_builds: config.history_builds,
-                min_free: config.min_free_space.as_u64(),
-                data_dir: config.data_dir.clone(),
-            },
-        },
-    });
+    let shared = Arc::new(shared_state(&config)?);
     let endpoint = tls::endpoint(config.listen_addr(), Some(server_config))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
@@ -168,6 +126,53 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     })
     .await;
     Ok(())
+}
+
+/// The state every session shares, opened from the configuration: stores, database, settings.
+fn shared_state(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
+    let contexts_dir = config.data_dir.join("contexts");
+    let contexts = ContentStore::open(&contexts_dir, config.max_context_bytes)
+        .with_context(|| format!("cannot create {}", contexts_dir.display()))?;
+    let images_dir = config.data_dir.join("images");
+    let images = ContentStore::open(&images_dir, config.max_context_bytes)
+        .with_context(|| format!("cannot create {}", images_dir.display()))?
+        .of_image_blobs();
+    let chunks_dir = config.data_dir.join("chunks");
+    let chunks = ChunkStore::open(&chunks_dir).with_context(|| format!("cannot create {}", chunks_dir.display()))?;
+    let db = config.data_dir.join("state.db");
+    let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
+    Ok(Shared {
+        farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
+        contexts,
+        images,
+        chunks,
+        store,
+        live: LiveBuilds::default(),
+        uploads: uploads::Uploads::default(),
+        tag_locks: build::tagging::TagLocks::default(),
+        registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
+        settings: Settings {
+            max_frame: config.max_frame_bytes,
+            heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+            heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_secs),
+            tokens_file: config.tls.client_tokens.clone(),
+            max_attempts: config.max_attempts,
+            quarantine_after: config.quarantine_after_failures,
+            job_timeout: Duration::from_secs(config.job_timeout_secs),
+            job_idle_timeout: Duration::from_secs(config.job_idle_timeout_secs),
+            ca: match &config.tls.ca_key {
+                Some(key) => Some(enroll::load_ca(&config.tls.ca_cert, key)?),
+                None => None,
+            },
+            retention: gc::Retention {
+                days: config.retention_days,
+                history_days: config.history_days,
+                history_builds: config.history_builds,
+                min_free: config.min_free_space.as_u64(),
+                data_dir: config.data_dir.clone(),
+            },
+        },
+    })
 }
 
 async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, permit: OwnedSemaphorePermit) {

@@ -54,8 +54,8 @@ pub struct Shared {
     pub live: LiveBuilds,
     /// Context uploads running now.
     pub uploads: super::uploads::Uploads,
-    /// Held while a build writes its tags: tag decisions and writes go one build at a time.
-    pub tag_writes: tokio::sync::Mutex<()>,
+    /// Held per tag while a build decides and writes it.
+    pub tag_locks: super::build::tagging::TagLocks,
     /// One client per registry, kept between builds.
     pub registries: Arc<RegistryClients>,
     /// Settings.
