@@ -46,7 +46,9 @@ fn write(path: &std::path::Path, text: &str, mode: u32) -> anyhow::Result<()> {
     // The umask may have narrowed the mode; never widened it. Set it exactly.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", fresh.display()))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", fresh.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", fresh.display()))?;
     std::fs::rename(&fresh, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
@@ -56,9 +58,8 @@ async fn ask(config: &AgentConfig, identity: Option<(&str, &str)>, request: &Enr
     let ca = std::fs::read_to_string(&config.tls.ca_cert)
         .with_context(|| format!("cannot read the farm CA {}", config.tls.ca_cert.display()))?;
     let client = tls::client_config(&ca, identity, ALPN_ENROLL, tls::Transport::default())?;
-    let (_endpoint, conn) = dial::dial(&config.coordinator, config.server_name.as_deref(), client, dial::DEADLINE)
-        .await
-        .context(
+    let (_endpoint, conn) =
+        dial::dial(&config.coordinator, config.server_name.as_deref(), client, dial::DEADLINE).await.context(
             "cannot reach the coordinator's enrollment (a coordinator without tls.ca_key does not offer it: \
              issue this agent's certificate with `archfarm ca issue-agent NAME` instead)",
         )?;
@@ -82,7 +83,8 @@ async fn ask(config: &AgentConfig, identity: Option<(&str, &str)>, request: &Enr
 pub async fn renew(config: &AgentConfig) -> anyhow::Result<()> {
     let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
     let (cert, key) = (read(&config.tls.cert)?, read(&config.tls.key)?);
-    let current = pki::certificate_info_pem(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
+    let current =
+        pki::certificate_info_pem(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
     let (csr_pem, key_pem) = pki::agent_request(&current.name)?;
     let cert_pem = ask(config, Some((&cert, &key)), &EnrollRequest::Renew { csr_pem })
         .await
@@ -98,7 +100,8 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<()> {
 pub async fn renew_if_due(config: &AgentConfig) -> anyhow::Result<bool> {
     let cert = std::fs::read_to_string(&config.tls.cert)
         .with_context(|| format!("cannot read {}", config.tls.cert.display()))?;
-    let current = pki::certificate_info_pem(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
+    let current =
+        pki::certificate_info_pem(&cert).map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
     let due = current.not_after_ms.saturating_sub(pki::RENEW_WITHIN.as_millis() as u64);
     if archfarm_shared::clock::now_ms() < due {
         return Ok(false);
@@ -111,9 +114,8 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> anyhow::Result<()> {
     let name = agent_name(config)?;
     let (csr_pem, key_pem) = pki::agent_request(name.as_str())?;
     let request = EnrollRequest::Join { token: token.trim().to_owned(), name: name.clone(), csr_pem };
-    let cert_pem = ask(config, None, &request)
-        .await
-        .with_context(|| format!("the coordinator refused to enroll agent {name}"))?;
+    let cert_pem =
+        ask(config, None, &request).await.with_context(|| format!("the coordinator refused to enroll agent {name}"))?;
     write(&config.tls.key, &key_pem, 0o600)?;
     write(&config.tls.cert, &cert_pem, 0o644)?;
     info!(agent = %name, cert = %config.tls.cert.display(), "enrolled: certificate written");

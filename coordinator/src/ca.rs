@@ -62,7 +62,11 @@ pub fn init(dir: &Path, names: &[String], force: bool) -> anyhow::Result<()> {
     write(&dir.join(COORDINATOR_CERT), &coordinator.cert_pem, false)?;
     write(&dir.join(COORDINATOR_KEY), &coordinator.key_pem, true)?;
     write(&dir.join(CLIENT_TOKEN), &format!("{token}\n"), true)?;
-    write(&dir.join(CLIENT_TOKENS), &format!("{} role=admin name=admin  # created by archfarm ca init\n", pki::token_hash(&token)), false)?;
+    write(
+        &dir.join(CLIENT_TOKENS),
+        &format!("{} role=admin name=admin  # created by archfarm ca init\n", pki::token_hash(&token)),
+        false,
+    )?;
     eprintln!("farm CA and coordinator certificate (for {}) written to {}", names.join(", "), dir.display());
     eprintln!("client token in {}; give it to release engineers as ARCHFARM_TOKEN", dir.join(CLIENT_TOKEN).display());
     Ok(())

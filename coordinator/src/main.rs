@@ -57,7 +57,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Agents { command: AgentsCommand::Ls { remote, format } } => {
             client::agents::ls(&remote, format).await.map(|()| true)
         }
-        Command::Agents { command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl, name, platforms } } } => {
+        Command::Agents {
+            command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl, name, platforms } },
+        } => {
             let request = ClientRequest::CreateJoinToken { ttl_secs: ttl, name, platforms };
             client::agents::admin(&remote, request).await.map(|()| true)
         }

@@ -64,7 +64,13 @@ impl ContentStore {
     /// [`ContentStore::receive`], and `check` (run on the blocking pool) must accept the
     /// received file before it appears under its digest. A read that brings nothing for
     /// [`RECEIVE_IDLE`] fails.
-    pub async fn receive_checked<R, C>(&self, digest: &Digest, size: u64, r: &mut R, check: C) -> Result<PathBuf, String>
+    pub async fn receive_checked<R, C>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        r: &mut R,
+        check: C,
+    ) -> Result<PathBuf, String>
     where
         R: AsyncRead + Unpin,
         C: FnOnce(&Path) -> Result<(), String> + Send + 'static,

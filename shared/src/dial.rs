@@ -219,7 +219,8 @@ mod tests {
         let ca = pki::generate_ca("test CA").unwrap();
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let server = pki::issue(&ca, pki::Leaf::Coordinator { names: &names }).unwrap();
-        let config = tls::server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default(), false).unwrap();
+        let config =
+            tls::server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem, Transport::default(), false).unwrap();
         (ca.cert_pem, tls::endpoint("127.0.0.1:0".parse().unwrap(), Some(config)).unwrap())
     }
 

@@ -1,10 +1,10 @@
 //! The farm's certificate authority: creating it and issuing coordinator and agent certificates
 //! (rcgen). An agent's name is the common name of its certificate.
 
-use std::time::Duration;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
+use std::time::Duration;
 
 /// A PEM certificate and its PEM private key.
 #[derive(Clone)]

@@ -78,7 +78,8 @@ fn an_impostor_cannot_enroll_under_a_connected_name_and_revoking_one_certificate
         (!serials(&farm).iter().any(|(n, _)| n == "joined-2")).then_some(())
     });
     assert_eq!(serial_of(&farm, "amd64-1"), real_serial, "the other agent stays");
-    farm.proc("coordinator").wait_for_log(&format!("certificate (serial {joined_serial}) is revoked"), Duration::from_secs(20));
+    farm.proc("coordinator")
+        .wait_for_log(&format!("certificate (serial {joined_serial}) is revoked"), Duration::from_secs(20));
 }
 
 #[test]

@@ -42,7 +42,11 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
     let conn = tokio::time::timeout(Duration::from_secs(20), async { endpoint.accept().await.unwrap().await.unwrap() })
         .await
         .expect("the agent dials out");
-    assert_eq!(tls::peer_certificate(&conn).unwrap().map(|c| c.name).as_deref(), Some("amd64-1"), "name from the certificate");
+    assert_eq!(
+        tls::peer_certificate(&conn).unwrap().map(|c| c.name).as_deref(),
+        Some("amd64-1"),
+        "name from the certificate"
+    );
     let (mut control, mut control_rx) = conn.accept_bi().await.unwrap();
     let registration = match codec::expect_msg::<_, AgentMessage>(&mut control_rx, DEFAULT_MAX_FRAME).await.unwrap() {
         AgentMessage::Register(r) => r,

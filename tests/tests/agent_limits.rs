@@ -14,7 +14,9 @@ async fn a_log_flood_is_cut_and_rate_limited_and_an_agent_fetches_only_its_own_j
     let agent = ScriptedAgent::join(&farm, "flood-1", &["linux/amd64"]).await;
     // Another build's context, uploaded first: the agent has no business with it.
     let other = context("FROM scratch\nLABEL other=1\n");
-    let out = tokio::task::block_in_place(|| farm.archfarm(&["build", "--platform", "linux/386", other.path().to_str().unwrap()]));
+    let out = tokio::task::block_in_place(|| {
+        farm.archfarm(&["build", "--platform", "linux/386", other.path().to_str().unwrap()])
+    });
     assert!(!out.status.success(), "no linux/386 agent: {}", text(&out));
 
     let ctx = context(PER_ARCH_DOCKERFILE);

@@ -60,8 +60,10 @@ async fn flood(farm: &Farm, hold: Duration) -> (usize, usize, usize) {
 
 #[test]
 fn two_hundred_unauthenticated_peers_pin_little_memory_are_capped_and_cut_off() {
-    let mut farm =
-        Farm::builder().agents(&[AgentSpec::amd64()]).coordinator_toml(&format!("max_unauthenticated_connections = {CAP}\n")).start();
+    let mut farm = Farm::builder()
+        .agents(&[AgentSpec::amd64()])
+        .coordinator_toml(&format!("max_unauthenticated_connections = {CAP}\n"))
+        .start();
     let pid = farm.proc("coordinator").pid();
     let before = rss_kib(pid);
     let runtime = tokio::runtime::Runtime::new().unwrap();

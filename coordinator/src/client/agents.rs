@@ -84,8 +84,15 @@ fn json(agents: &[AgentInfo]) -> serde_json::Value {
 
 /// The table `agents ls` prints.
 pub fn table(agents: &[AgentInfo]) -> String {
-    let mut rows =
-        vec![["NAME".to_owned(), "ADDRESS".into(), "PLATFORMS".into(), "STATE".into(), "JOBS".into(), "ENGINE".into(), "CERTIFICATE".into()]];
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "ADDRESS".into(),
+        "PLATFORMS".into(),
+        "STATE".into(),
+        "JOBS".into(),
+        "ENGINE".into(),
+        "CERTIFICATE".into(),
+    ]];
     let now = archfarm_shared::clock::now_ms();
     for a in agents {
         rows.push([

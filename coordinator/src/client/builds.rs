@@ -23,8 +23,15 @@ fn ago(ms: u64) -> String {
 
 /// The table `builds ls` prints.
 pub fn table(builds: &[BuildSummary]) -> String {
-    let mut rows =
-        vec![["BUILD".to_owned(), "STATE".into(), "CREATED".into(), "OWNER".into(), "PLATFORMS".into(), "TAGS".into(), "INDEX".into()]];
+    let mut rows = vec![[
+        "BUILD".to_owned(),
+        "STATE".into(),
+        "CREATED".into(),
+        "OWNER".into(),
+        "PLATFORMS".into(),
+        "TAGS".into(),
+        "INDEX".into(),
+    ]];
     for b in builds {
         rows.push([
             b.build.to_string(),

@@ -116,7 +116,9 @@ mod tests {
     fn scopes_cover_repositories_under_them_and_nothing_beside() {
         let ci = build(&["reg.example:5000/team/"]);
         assert!(ci.may_build(&request(&["reg.example:5000/team/app:1", "reg.example:5000/team/a/b:2"])).is_ok());
-        for outside in ["reg.example:5000/teamx/app:1", "reg.example:5000/other:1", "other:5000/team/app:1", "team/app:1"] {
+        for outside in
+            ["reg.example:5000/teamx/app:1", "reg.example:5000/other:1", "other:5000/team/app:1", "team/app:1"]
+        {
             let err = ci.may_build(&request(&["reg.example:5000/team/app:1", outside])).unwrap_err();
             assert!(err.starts_with(outside) && err.contains("reg.example:5000/team/"), "{err}");
         }

@@ -29,12 +29,17 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
         return conn.close(close::REFUSED.into(), b"no hello within 10 s");
     };
-    let token = match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME)).await {
-        Ok(Ok(ClientRequest::Hello { token })) => token,
-        Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
-        Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
-        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
-    };
+    let token =
+        match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME))
+            .await
+        {
+            Ok(Ok(ClientRequest::Hello { token })) => token,
+            Ok(Ok(_)) => {
+                return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request")
+            }
+            Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
+            Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
+        };
     // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
     // in the database.
     let from_file = auth::token_file_principal(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {

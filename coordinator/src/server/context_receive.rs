@@ -325,7 +325,8 @@ mod tests {
         let err = check_plan(1000 * (4 << 20), &vec![one.clone(); 1000], 1 << 40).unwrap_err();
         assert!(err.contains("repeats 4190109696 bytes of 4194304 distinct ones"), "{err}");
         // Files repeated as a real context may: allowed.
-        let plan: Vec<Chunk> = (1..=40).map(chunk).chain((1..=40).map(chunk)).chain(std::iter::repeat_n(one.clone(), 10)).collect();
+        let plan: Vec<Chunk> =
+            (1..=40).map(chunk).chain((1..=40).map(chunk)).chain(std::iter::repeat_n(one.clone(), 10)).collect();
         let size = plan.iter().map(|c| u64::from(c.size)).sum();
         assert!(check_plan(size, &plan, 1 << 40).is_ok());
     }

@@ -84,7 +84,8 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
         .await
         .map_err(|e| e.to_string())?;
     let cutoff_ms = now.saturating_sub(u64::from(keep.days) * DAY_MS);
-    let in_use: HashSet<_> = shared.store.contexts_in_use(cutoff_ms).await.map_err(|e| e.to_string())?.into_iter().collect();
+    let in_use: HashSet<_> =
+        shared.store.contexts_in_use(cutoff_ms).await.map_err(|e| e.to_string())?.into_iter().collect();
     let (contexts, images, chunks) = (shared.contexts.clone(), shared.images.clone(), shared.chunks.clone());
     let now = SystemTime::now();
     let cutoff = (SystemTime::UNIX_EPOCH + Duration::from_millis(cutoff_ms)).min(now - FRESH);
@@ -134,7 +135,8 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 
 /// `Err` with what to do when the data directory has less than `min_free_space` free.
 pub fn room_for_new_work(keep: &Retention) -> Result<(), String> {
-    let free = free_bytes(&keep.data_dir).map_err(|e| format!("cannot read free space of {}: {e}", keep.data_dir.display()))?;
+    let free = free_bytes(&keep.data_dir)
+        .map_err(|e| format!("cannot read free space of {}: {e}", keep.data_dir.display()))?;
     if free < keep.min_free {
         return Err(format!(
             "the coordinator's disk is nearly full ({} free in {}, under min_free_space {}); it takes no new builds \

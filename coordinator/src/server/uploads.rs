@@ -69,9 +69,8 @@ mod tests {
     async fn uploads_wait_their_turn_per_client_and_in_all() {
         let uploads = Uploads::default();
         let short = Duration::from_millis(50);
-        let mine: Vec<Upload> = futures_util::future::try_join_all((0..PER_CLIENT).map(|_| uploads.begin("ci", short)))
-            .await
-            .unwrap();
+        let mine: Vec<Upload> =
+            futures_util::future::try_join_all((0..PER_CLIENT).map(|_| uploads.begin("ci", short))).await.unwrap();
         let err = uploads.begin("ci", short).await.unwrap_err();
         assert!(err.contains("may run 4 uploads at once"), "{err}");
         assert!(uploads.begin("other", short).await.is_ok(), "another client is not held up");
@@ -79,10 +78,11 @@ mod tests {
         let waiting = uploads.begin("ci", Duration::from_secs(5));
         let (started, ()) = tokio::join!(waiting, async { drop(mine) });
         assert!(started.is_ok());
-        let all: Vec<Upload> =
-            futures_util::future::try_join_all((0..TOTAL - 1).map(|i| uploads.begin(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8], short)))
-                .await
-                .unwrap();
+        let all: Vec<Upload> = futures_util::future::try_join_all(
+            (0..TOTAL - 1).map(|i| uploads.begin(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8], short)),
+        )
+        .await
+        .unwrap();
         assert!(uploads.begin("someone", short).await.is_err(), "the coordinator's {TOTAL} are taken");
         drop((all, started));
         assert!(uploads.begin("someone", short).await.is_ok());

@@ -311,7 +311,9 @@ impl Registry {
             // The document reader reports a refusal as "STATUS: body".
             Ok(Err(e)) if e.starts_with("404") => Ok(None),
             Ok(Err(e)) => Err(self.fail("resolve tag", tag, e)),
-            Err(_) => Err(self.fail("resolve tag", tag, format!("no answer within {} s", self.timeouts.call.as_secs()))),
+            Err(_) => {
+                Err(self.fail("resolve tag", tag, format!("no answer within {} s", self.timeouts.call.as_secs())))
+            }
         }
     }
 

@@ -9,9 +9,9 @@
 //! each job's dispatch is stamped when the agent receives it. The CPU time of the coordinator,
 //! the registry and this harness over the run says what bounds the rate on a shared machine.
 
-use crate::process::rss_kib;
 use super::report::{at_least, at_most, Figure, Series};
 use super::Options;
+use crate::process::rss_kib;
 use crate::Farm;
 use archfarm_agent::executor::Runner;
 use archfarm_agent::session::Agent;

@@ -2,10 +2,10 @@
 //! agent's log to the result. Cancelling the build resets the stream, which stops the job on
 //! the agent.
 
-use super::limits::{self, Grants, LineRate};
 use super::super::live::Live;
 use super::super::ports::AgentLink;
 use super::super::wire::{on_codec_error, unexpected};
+use super::limits::{self, Grants, LineRate};
 use archfarm_shared::codec;
 use archfarm_shared::protocol::{
     reset, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec, PushedImage,
@@ -107,7 +107,13 @@ impl QuicLink {
                     }
                     if dropped > 0 {
                         rate.dropped = 0;
-                        live.log(&platform, format!("({dropped} lines of output dropped: over {} lines a second)", limits::LINES_PER_SEC));
+                        live.log(
+                            &platform,
+                            format!(
+                                "({dropped} lines of output dropped: over {} lines a second)",
+                                limits::LINES_PER_SEC
+                            ),
+                        );
                     }
                     let line = limits::cut(line, limits::MAX_LINE);
                     if tail.len() == LOG_TAIL {
@@ -117,7 +123,9 @@ impl QuicLink {
                     live.log(&platform, line);
                 }
                 Ok(Some(AgentMessage::JobFinished(JobOutcome::Pushed(image)))) => return Ok(image),
-                Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => return Err(limits::bounded(failure)),
+                Ok(Some(AgentMessage::JobFinished(JobOutcome::Failed(failure)))) => {
+                    return Err(limits::bounded(failure))
+                }
                 Ok(Some(other)) => return Err(lost(unexpected(conn, &other, "a job stream"), &tail)),
                 Ok(None) => return Err(lost("the job stream ended without a result".into(), &tail)),
                 Err(e) => return Err(lost(on_codec_error(conn, &e, "job stream"), &tail)),

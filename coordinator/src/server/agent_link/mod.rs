@@ -110,10 +110,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
     }
     if let Some(p) = registration.platforms.iter().find(|p| !allowed.is_empty() && !allowed.contains(p)) {
-        let reason = format!(
-            "agent {name} declares {p}, but its join token allows only {}",
-            platform::list(&allowed)
-        );
+        let reason = format!("agent {name} declares {p}, but its join token allows only {}", platform::list(&allowed));
         return refuse(&conn, &reason);
     }
     let grants = limits::Grants::default();

@@ -18,10 +18,10 @@ use super::access::Principal;
 use super::live::Live;
 use super::ports::ImageCheck;
 use super::publish::RegistryImages;
-use super::tags::Mover;
 use super::state::Shared;
 use super::store::builds::StoredJob;
 use super::stored_images::StoredImages;
+use super::tags::Mover;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
@@ -198,7 +198,9 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
     let results = join_all(jobs.into_iter().map(|job| run_job(runner, &plan, id, req, job, live))).await;
     if live.cancel.is_cancelled() {
         for job in shared.store.jobs(id).await.unwrap_or_default() {
-            let _ = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled").await;
+            if let Err(e) = shared.store.job_ended(&job.job, JobState::Cancelled, "cancelled").await {
+                warn!(job = %job.job, "cannot record the cancelled job: {e}");
+            }
         }
         return BuildEnd::Cancelled("the build was cancelled; nothing was published".into());
     }
@@ -219,7 +221,12 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
     let Some(target) = &plan.target else {
         return BuildEnd::Failed("the build asks to push but names no registry (-t)".into());
     };
-    let _ = shared.store.set_build_state(id, BuildState::Publishing, None, None).await;
+    if let Err(e) = shared.store.set_build_state(id, BuildState::Publishing, None, None).await {
+        return BuildEnd::Failed(format!(
+            "every platform was verified, but the coordinator cannot record that it publishes, so it does not: {e}. \
+             `archfarm builds publish {id}` publishes them once it can"
+        ));
+    }
     let created_ms = match shared.store.build_created_ms(id).await {
         Ok(ms) => ms,
         Err(e) => return BuildEnd::Failed(e.to_string()),
@@ -312,7 +319,9 @@ async fn run_job(
     if job.state == JobState::Running {
         // Its attempt was cut off by the coordinator's restart.
         let detail = "the coordinator restarted";
-        let _ = runner.store.finish_attempt(&job.job, job.attempts, AttemptOutcome::Lost, detail).await;
+        if let Err(e) = runner.store.finish_attempt(&job.job, job.attempts, AttemptOutcome::Lost, detail).await {
+            warn!(job = %job.job, "cannot record the attempt the restart cut off: {e}");
+        }
     }
     let spec = JobSpec {
         job: job.job.clone(),

@@ -143,19 +143,29 @@ impl Runner<'_> {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
             Attempt::Final { outcome, failure } => {
                 let detail = format!("{}: {}", failure.kind, failure.message);
-                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await;
+                if let Err(e) = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await {
+                    warn!(job = %spec.job, attempt = spec.attempt, "cannot record the attempt's end: {e}");
+                }
                 Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await))
             }
             Attempt::Retry { outcome: AttemptOutcome::Cancelled, .. } if live.cancel.is_cancelled() => {
                 let detail = "the build was cancelled";
-                let _ = self.store.finish_attempt(&spec.job, spec.attempt, AttemptOutcome::Cancelled, detail).await;
+                if let Err(e) =
+                    self.store.finish_attempt(&spec.job, spec.attempt, AttemptOutcome::Cancelled, detail).await
+                {
+                    warn!(job = %spec.job, attempt = spec.attempt, "cannot record the attempt's end: {e}");
+                }
                 Step::Done(Err(format!("  {platform}: cancelled")))
             }
             Attempt::Retry { outcome, failure, blame } => {
                 // builds show names whose fault each attempt's end was.
                 let detail = format!("{}: {}", failure.kind, failure.message);
-                let _ = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await;
-                let _ = self.store.requeue(&spec.job).await;
+                if let Err(e) = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await {
+                    warn!(job = %spec.job, attempt = spec.attempt, "cannot record the attempt's end: {e}");
+                }
+                if let Err(e) = self.store.requeue(&spec.job).await {
+                    warn!(job = %spec.job, "cannot record that the job waits again: {e}");
+                }
                 if blame {
                     self.count_failure(&agent.name, outcome, &failure.message).await;
                 }

@@ -4,9 +4,9 @@ use super::reply::Reply;
 use crate::server::access::check_scope;
 use crate::server::state::Shared;
 use crate::server::store::certificates::Binding;
-use archfarm_shared::platform;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::pki::{generate_token, token_hash};
+use archfarm_shared::platform;
 use archfarm_shared::protocol::{close, ClientResponse, Role};
 use archfarm_shared::AgentName;
 use tracing::info;
@@ -38,7 +38,9 @@ pub async fn create_join_token(shared: &Shared, ttl_secs: u64, binding: Binding)
 pub async fn revoke_agent(shared: &Shared, name: &AgentName, serial: Option<&str>) -> Reply {
     match shared.store.revoke_certificates(name, serial).await {
         Ok(serials) if serials.is_empty() => Reply::error(match serial {
-            Some(s) => format!("agent {name} has no live certificate with serial {s} (`archfarm agents inspect {name}`)"),
+            Some(s) => {
+                format!("agent {name} has no live certificate with serial {s} (`archfarm agents inspect {name}`)")
+            }
             None => format!("agent {name} has no live certificate on record (it never connected, or is revoked)"),
         }),
         Ok(serials) => {

@@ -3,8 +3,8 @@
 use super::reply::Reply;
 use crate::server::access::Principal;
 use crate::server::context_receive;
-use crate::server::{gc, uploads};
 use crate::server::state::Shared;
+use crate::server::{gc, uploads};
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::ClientResponse;
 use archfarm_shared::Digest;

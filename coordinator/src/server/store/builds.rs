@@ -262,11 +262,7 @@ fn summary(row: SummaryRow) -> Result<BuildSummary> {
 /// A build with its jobs and their attempts, for `builds show` and `builds watch`.
 fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>> {
     let row = conn
-        .query_row(
-            &format!("SELECT {SUMMARY} FROM builds WHERE id = ?1"),
-            params![build.as_str()],
-            summary_row,
-        )
+        .query_row(&format!("SELECT {SUMMARY} FROM builds WHERE id = ?1"), params![build.as_str()], summary_row)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
     let summary = summary(row)?;

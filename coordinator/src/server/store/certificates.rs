@@ -67,7 +67,13 @@ fn live_serial(c: &Connection, name: &str, except: &str) -> rusqlite::Result<Opt
     .optional()
 }
 
-fn insert(c: &Connection, cert: &CertificateInfo, origin: Origin, platforms: &str, replaces: Option<&str>) -> rusqlite::Result<()> {
+fn insert(
+    c: &Connection,
+    cert: &CertificateInfo,
+    origin: Origin,
+    platforms: &str,
+    replaces: Option<&str>,
+) -> rusqlite::Result<()> {
     c.execute(
         "INSERT OR IGNORE INTO certificates (serial, name, key_sha256, issued_ms, expires_ms, platforms, origin, replaces) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
