@@ -103,7 +103,7 @@ fn event(e: &BuildEvent) {
             platforms.iter().for_each(result);
         }
         BuildEvent::Built { platforms } => platforms.iter().for_each(result),
-        BuildEvent::Failed { .. } => {}
+        BuildEvent::Failed { .. } | BuildEvent::TagKept { .. } => {}
     }
 }
 
