@@ -148,8 +148,16 @@ impl ContentStore {
             if stored.as_ref().is_some_and(&keep) || (stored.is_none() && !partial) {
                 continue;
             }
-            let meta = entry.metadata()?;
-            if meta.modified()? >= if partial { partial_before } else { before } {
+            // A file renamed or deleted meanwhile (a transfer ending, another sweep) is skipped.
+            let fresh = |meta: &std::fs::Metadata| {
+                meta.modified().map_or(true, |m| m >= if partial { partial_before } else { before })
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if fresh(&meta) {
+                continue;
+            }
+            // Used again since it was listed (a client asked about it): kept.
+            if std::fs::metadata(entry.path()).map_or(true, |m| fresh(&m)) {
                 continue;
             }
             if std::fs::remove_file(entry.path()).is_ok() {

@@ -89,7 +89,9 @@ fn a_join_token_bound_to_a_name_and_platforms_enrolls_only_that_agent_for_those_
     let dir = farm.dir.path().join("other");
     let config = agent_config(&farm, &dir, "other-1", &dir.join("agent.pem"), &dir.join("agent.key"));
     let out = run_bounded(agent_command(&config, &["--join-token", &arm_only]), Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("this join token is for agent \"bound-1\" only"), "{}", text(&out));
+    assert!(!dir.join("agent.pem").exists(), "no certificate for another name");
 
     // The right name, but this host declares linux/amd64: enrolled, then refused at registration.
     farm.start_joining_agent(&AgentSpec { name: "bound-1", native: None, capacity: 1 }, &arm_only);

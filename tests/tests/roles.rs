@@ -62,6 +62,7 @@ fn a_build_token_builds_in_its_scope_sees_its_own_builds_and_is_refused_every_ad
         &["tokens", "create", "mine", "--role", "admin"],
         &["tokens", "create", "mine2"],
         &["tokens", "revoke", "ci"],
+        &["builds", "prune"],
     ];
     for args in admin_ops {
         let out = as_token(&farm, &ci, args);

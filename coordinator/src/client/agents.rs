@@ -53,6 +53,11 @@ fn expiry_warnings(agents: &[AgentInfo], now_ms: u64) -> Vec<String> {
         .collect()
 }
 
+/// "expires in N days" for `agents inspect`.
+pub fn expiry_text(at_ms: u64, now_ms: u64) -> String {
+    format!("expires {}", expiry(at_ms, now_ms))
+}
+
 fn expiry(at_ms: u64, now_ms: u64) -> String {
     let days = at_ms.saturating_sub(now_ms) / 86_400_000;
     match (at_ms <= now_ms, days) {

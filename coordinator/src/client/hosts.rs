@@ -110,6 +110,11 @@ fn inspect_text(d: &AgentDetail) -> String {
         i.capacity,
         i.engine_version
     );
+    out.push_str(&format!(
+        "Certificate: serial {}, {}\n",
+        i.cert_serial,
+        super::agents::expiry_text(i.cert_expires_ms, archfarm_shared::clock::now_ms())
+    ));
     match &d.usage {
         Ok(u) => out.push_str(&usage_lines(u)),
         Err(e) => out.push_str(&format!("caches: cannot be read: {e}\n")),

@@ -39,9 +39,10 @@ impl Principal {
         ))
     }
 
-    /// Whether this client may see and act on a build `owner` started.
+    /// Whether this client may see and act on a build `owner` started. Builds from before
+    /// owners (`-`) are the admins'.
     pub fn owns(&self, owner: &str) -> bool {
-        self.is_admin() || owner == self.name
+        self.is_admin() || (owner == self.name && owner != "-")
     }
 
     /// `Ok` when every repository `req` writes to or reads cache from is inside the scopes:

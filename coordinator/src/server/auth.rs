@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A line without `role=` (every file written before roles existed) is an admin, and the
-//! coordinator warns each time it is used.
+//! coordinator warns each time it is used. A line without `name=` is named `file:` and the
+//! first 12 characters of its hash, which no database token can be named.
 
 use super::access::Principal;
 use archfarm_shared::pki::token_hash;
@@ -28,7 +29,7 @@ pub fn token_file_principal(tokens_file: &Path, token: &str) -> Result<Option<Pr
             continue;
         }
         let at = format!("{} line {}", tokens_file.display(), number + 1);
-        return match principal(fields, &at) {
+        return match principal(fields, &at, &format!("file:{}", &want[..12])) {
             Ok(p) => Ok(Some(p)),
             Err(e) => Err(format!("{at}: {e}; the token on it is refused until the line is fixed")),
         };
@@ -36,7 +37,16 @@ pub fn token_file_principal(tokens_file: &Path, token: &str) -> Result<Option<Pr
     Ok(None)
 }
 
-fn principal<'a>(fields: impl Iterator<Item = &'a str>, at: &str) -> Result<Principal, String> {
+/// The names the token file gives its tokens, which `archfarm tokens create` may not take.
+pub fn token_file_names(tokens_file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(tokens_file).unwrap_or_default();
+    text.lines()
+        .flat_map(|l| l.split('#').next().unwrap_or("").split_whitespace().filter_map(|f| f.strip_prefix("name=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn principal<'a>(fields: impl Iterator<Item = &'a str>, at: &str, unnamed: &str) -> Result<Principal, String> {
     let (mut role, mut name, mut scopes) = (None, None, vec![]);
     for field in fields {
         match field.split_once('=') {
@@ -56,7 +66,7 @@ fn principal<'a>(fields: impl Iterator<Item = &'a str>, at: &str) -> Result<Prin
     if role == Role::Admin && !scopes.is_empty() {
         return Err("scope= applies to role=build only: an admin may build anywhere".into());
     }
-    Ok(Principal { name: name.unwrap_or_else(|| "admin".to_owned()), role, scopes })
+    Ok(Principal { name: name.unwrap_or_else(|| unnamed.to_owned()), role, scopes })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -81,7 +91,8 @@ mod tests {
         ];
         std::fs::write(&f, lines.join("\n")).unwrap();
         let old = token_file_principal(&f, "old").unwrap().unwrap();
-        assert_eq!((old.name.as_str(), old.role), ("admin", Role::Admin));
+        assert_eq!((old.name, old.role), (format!("file:{}", &token_hash("old")[..12]), Role::Admin));
+        assert_eq!(token_file_names(&f), ["ci", "ops"]);
         let ci = token_file_principal(&f, "ci").unwrap().unwrap();
         assert_eq!(ci, Principal { name: "ci".into(), role: Role::Build, scopes: vec!["reg:5000/team/".into()] });
         assert_eq!(token_file_principal(&f, "ops").unwrap().unwrap().role, Role::Admin);

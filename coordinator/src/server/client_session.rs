@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
-/// How long a client has to open its first stream, and then to send its hello.
+/// How long a client has to open its first stream and send its hello on it.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A hello is a token of 64 hex characters; nothing an unauthenticated peer sends is read into
 /// a larger buffer.
@@ -26,20 +26,22 @@ const MAX_HELLO_FRAME: u32 = 4096;
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated: OwnedSemaphorePermit) {
     let remote = conn.remote_address();
     let max = shared.settings.max_frame;
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+    // One deadline for opening the stream and sending the hello.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
         return conn.close(close::REFUSED.into(), b"no hello within 10 s");
     };
-    let token =
-        match tokio::time::timeout(HELLO_TIMEOUT, codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME))
-            .await
-        {
-            Ok(Ok(ClientRequest::Hello { token })) => token,
-            Ok(Ok(_)) => {
-                return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request")
-            }
-            Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
-            Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
-        };
+    let token = match tokio::time::timeout_at(
+        deadline,
+        codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(ClientRequest::Hello { token })) => token,
+        Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
+        Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
+        Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
+    };
     // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
     // in the database.
     let from_file = auth::token_file_principal(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {

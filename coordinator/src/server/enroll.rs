@@ -121,7 +121,7 @@ async fn renew(shared: &Shared, conn: &quinn::Connection, csr_pem: &str) -> Resu
     let cert_pem = pki::sign_agent_request(ca, csr_pem, name.as_str())
         .map_err(|e| format!("the certificate request cannot be signed: {e}"))?;
     let info = pki::certificate_info_pem(&cert_pem)?;
-    shared.store.renew(&current.serial, &info).await.map_err(|e| e.to_string())?;
+    shared.store.renew(&current.serial, &info).await.map_err(|e| e.to_string())??;
     Ok((name.to_string(), cert_pem))
 }
 

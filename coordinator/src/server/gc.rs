@@ -74,8 +74,12 @@ impl std::fmt::Display for Swept {
     }
 }
 
+/// One collection at a time: the hourly one and `builds prune` may meet.
+static SWEEPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Collects once.
 pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
+    let _one = SWEEPING.lock().await;
     let keep = &shared.settings.retention;
     let now = now_ms();
     let builds = shared

@@ -175,14 +175,19 @@ fn shared_state(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
     })
 }
 
+/// Longest a peer may take over the TLS handshake, holding an unauthenticated slot.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, permit: OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    let conn = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             warn!(%remote, "refused a connection: {}", handshake_refusal(&e));
             return;
         }
+        // Dropping the handshake's future closes its connection.
+        Err(_) => return warn!(%remote, "refused a connection: no handshake within 10 s"),
     };
     match tls::alpn(&conn).as_deref() {
         Some(ALPN_AGENT) => agent_link::serve(shared, conn, permit).await,

@@ -63,6 +63,9 @@ pub async fn create_client_token(shared: &Shared, name: &str, role: Role, scopes
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
         return Reply::error(format!("token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"));
     }
+    if name == "-" || super::super::auth::token_file_names(&shared.settings.tokens_file).iter().any(|n| n == name) {
+        return Reply::error(format!("token name {name:?} is taken (by the token file, or reserved); choose another"));
+    }
     if role == Role::Admin && !scopes.is_empty() {
         return Reply::error("--scope applies to --role build only: an admin may build anywhere");
     }

@@ -32,7 +32,9 @@ pub async fn upload(
     if let Err(message) = gc::room_for_new_work(&shared.settings.retention) {
         return refuse(recv, message);
     }
-    let _upload = match shared.uploads.begin(&who.name, uploads::QUEUE_WAIT).await {
+    // Its bytes are already on their way: one that waited would fill the connection's window
+    // and stall the uploads running beside it. It starts now or is refused.
+    let _upload = match shared.uploads.begin(&who.name, std::time::Duration::ZERO).await {
         Ok(upload) => upload,
         Err(message) => return refuse(recv, message),
     };

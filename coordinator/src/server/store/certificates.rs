@@ -51,10 +51,10 @@ fn platforms_text(platforms: &[Platform]) -> String {
     platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
-fn platforms_of(text: &str) -> Vec<Platform> {
-    // Written by us from checked platforms; one that no longer parses is dropped, never widened
-    // to "any": an empty list would allow every platform.
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+/// The platforms a binding allows. One that no longer parses is an error, never a narrower
+/// list (an empty one would allow every platform).
+fn platforms_of(text: &str) -> Result<Vec<Platform>> {
+    text.split_whitespace().map(|p| super::parse(p, "allowed platform")).collect()
 }
 
 /// A live (unrevoked, unexpired) certificate of `name`, other than `except`: its serial.
@@ -156,18 +156,30 @@ impl Store {
             .await
     }
 
-    /// Records `new`, renewing `old`: same name and platforms. `old` is revoked when `new` is
-    /// first used ([`Store::connected`]).
-    pub async fn renew(&self, old: &str, new: &CertificateInfo) -> Result<()> {
+    /// Records `new`, renewing `old`: same name and platforms. `old` must still be live; a
+    /// successor of it that never connected is revoked (one pending renewal at a time), and
+    /// `old` itself is revoked when `new` is first used ([`Store::connected`]).
+    pub async fn renew(&self, old: &str, new: &CertificateInfo) -> Result<std::result::Result<(), String>> {
         let (old, new) = (old.to_owned(), new.clone());
         self.writer
             .write(move |c| {
-                let platforms: String = c
-                    .query_row("SELECT platforms FROM certificates WHERE serial = ?1", params![old], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or_default();
+                let row: Option<(String, Option<i64>)> = c
+                    .query_row("SELECT platforms, revoked_ms FROM certificates WHERE serial = ?1", params![old], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let platforms = match row {
+                    Some((platforms, None)) => platforms,
+                    Some((_, Some(_))) => return Ok(Err(format!("certificate {old} was revoked; it renews nothing"))),
+                    None => return Ok(Err(format!("certificate {old} is not on record"))),
+                };
+                c.execute(
+                    "UPDATE certificates SET revoked_ms = ?2, revoked_why = 'replaced by a later renewal' \
+                     WHERE replaces = ?1 AND revoked_ms IS NULL",
+                    params![old, now_ms() as i64],
+                )?;
                 insert(c, &new, Origin::Renewed, &platforms, Some(&old))?;
-                Ok(())
+                Ok(Ok(()))
             })
             .await
     }
@@ -190,7 +202,7 @@ impl Store {
                     params![cert.serial],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                Ok(StoredCertificate { platforms: platforms_of(&platforms), revoked })
+                Ok(StoredCertificate { platforms: platforms_of(&platforms)?, revoked })
             })
             .await
     }
@@ -207,20 +219,24 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            Ok(row.map(|(platforms, revoked)| StoredCertificate { platforms: platforms_of(&platforms), revoked }))
+            row.map(|(platforms, revoked)| Ok(StoredCertificate { platforms: platforms_of(&platforms)?, revoked }))
+                .transpose()
         })
         .await
     }
 
-    /// Revokes `name`'s certificates: the one with `serial`, or every live one. Returns the
-    /// serials revoked.
+    /// Revokes `name`'s certificates: the one with `serial` and every renewal descended from
+    /// it, or every live one. Returns the serials revoked.
     pub async fn revoke_certificates(&self, name: &AgentName, serial: Option<&str>) -> Result<Vec<String>> {
-        let (name, serial) = (name.to_string(), serial.map(str::to_owned));
+        let (name, serial) = (name.to_string(), serial.map(str::to_ascii_lowercase));
         self.writer
             .write(move |c| {
                 let mut stmt = c.prepare(
-                    "UPDATE certificates SET revoked_ms = ?3, revoked_why = 'revoked' \
-                     WHERE name = ?1 AND (?2 IS NULL OR serial = ?2) AND revoked_ms IS NULL RETURNING serial",
+                    "WITH RECURSIVE line(serial) AS ( \
+                         SELECT serial FROM certificates WHERE name = ?1 AND (?2 IS NULL OR serial = ?2) \
+                         UNION SELECT c.serial FROM certificates c JOIN line ON c.replaces = line.serial) \
+                     UPDATE certificates SET revoked_ms = ?3, revoked_why = 'revoked' \
+                     WHERE serial IN line AND revoked_ms IS NULL RETURNING serial",
                 )?;
                 let serials = stmt
                     .query_map(params![name, serial, now_ms() as i64], |r| r.get(0))?
@@ -273,14 +289,24 @@ mod tests {
         assert!(s.certificate("0f").await.unwrap().unwrap().revoked.is_some());
         assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked, None);
 
-        // Renewal: the old certificate lives until the new one connects.
-        s.renew("01", &cert("amd64-1", "11")).await.unwrap();
+        // Renewal: the old certificate lives until the new one connects; a revoked one renews
+        // nothing.
+        assert!(s.renew("0f", &cert("amd64-1", "1f")).await.unwrap().unwrap_err().contains("was revoked"));
+        s.renew("01", &cert("amd64-1", "11")).await.unwrap().unwrap();
         assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked, None);
         s.connected(&cert("amd64-1", "11")).await.unwrap();
         assert_eq!(s.certificate("01").await.unwrap().unwrap().revoked.as_deref(), Some("renewed"));
 
+        // Renewing again and again leaves one pending successor, and revoking a serial revokes
+        // what was renewed from it: an impostor cannot renew its way out of a revocation.
+        s.renew("11", &cert("amd64-1", "21")).await.unwrap().unwrap();
+        s.renew("11", &cert("amd64-1", "22")).await.unwrap().unwrap();
+        assert!(s.certificate("21").await.unwrap().unwrap().revoked.is_some(), "the earlier pending renewal");
+        assert_eq!(s.revoke_certificates(&"amd64-1".parse().unwrap(), Some("11")).await.unwrap().len(), 2);
+        assert!(s.certificate("22").await.unwrap().unwrap().revoked.is_some());
+        s.renew("01", &cert("amd64-1", "11")).await.unwrap().unwrap_err();
+
         // Revoking by name frees the name for a new enrollment.
-        assert_eq!(s.revoke_certificates(&"amd64-1".parse().unwrap(), None).await.unwrap(), ["11"]);
         assert_eq!(s.name_taken(&"amd64-1".parse().unwrap()).await.unwrap(), None);
     }
 }
