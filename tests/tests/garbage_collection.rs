@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// The stored files of `dir`, without partial files of transfers under way.
 fn files(dir: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    let stored = |p: &PathBuf| !p.file_name().unwrap().to_string_lossy().starts_with('.');
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(stored).collect()
 }
 
 fn bytes(dir: &Path) -> u64 {
