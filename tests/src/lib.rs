@@ -29,5 +29,7 @@ pub use engine::Engine;
 pub use farm::{free_tcp_port, free_udp_port, AgentSpec, Farm, FarmBuilder};
 pub use fixtures::{bin, context, fixtures, slow_context, workspace, PER_ARCH_DOCKERFILE};
 pub use net::{Host, Net};
-pub use process::{kill_started_processes, rss_kib, run_bounded, run_ok, text, wait_output, wait_until, Proc};
+pub use process::{
+    kill_started_processes, peak_kib, rss_kib, run_bounded, run_ok, text, wait_output, wait_until, Proc,
+};
 pub use registry_checks::{elf_machine, sha256, skopeo, EM_AARCH64, EM_X86_64};

@@ -193,3 +193,13 @@ pub fn rss_kib(pid: u32) -> f64 {
         })
         .unwrap_or(f64::NAN)
 }
+
+/// A process's peak resident memory so far, KiB (`VmHWM`); NaN when it cannot be read.
+pub fn peak_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        })
+        .unwrap_or(f64::NAN)
+}

@@ -28,13 +28,20 @@ fn du_row(farm: &Farm, agent: &str) -> Vec<String> {
     row.split("   ").map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()
 }
 
-#[test]
-fn an_agents_caches_are_shown_and_pruned_and_a_running_job_keeps_its_cache() {
+/// A farm whose one agent, amd64-1, builds on a dockerd of its own, with `extra` in its
+/// configuration.
+fn farm_on_own_engine(extra: &str) -> (Farm, Engine) {
     let mut farm = Farm::start(&[]);
     let engine = Engine::start(&farm.dir.path().join("engine2"));
     let agent = AgentSpec { name: "amd64-1", native: None, capacity: 1 };
-    farm.start_agent_configured(&agent, &format!("docker_host = \"{}\"\n", engine.host));
+    farm.start_agent_configured(&agent, &format!("docker_host = \"{}\"\n{extra}", engine.host));
     farm.wait_for_agents(&["amd64-1"]);
+    (farm, engine)
+}
+
+#[test]
+fn an_agents_caches_are_shown_and_pruned_and_a_running_job_keeps_its_cache() {
+    let (farm, engine) = farm_on_own_engine("");
 
     let ctx = context(
         "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY nonce /nonce\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo built > /built\"]\n",
@@ -91,11 +98,7 @@ fn an_agents_caches_are_shown_and_pruned_and_a_running_job_keeps_its_cache() {
 
 #[test]
 fn an_agent_keeps_its_engines_build_cache_within_build_cache_max() {
-    let mut farm = Farm::start(&[]);
-    let engine = Engine::start(&farm.dir.path().join("engine-capped"));
-    let agent = AgentSpec { name: "amd64-1", native: None, capacity: 1 };
-    farm.start_agent_configured(&agent, &format!("docker_host = \"{}\"\nbuild_cache_max = \"1MB\"\n", engine.host));
-    farm.wait_for_agents(&["amd64-1"]);
+    let (mut farm, engine) = farm_on_own_engine("build_cache_max = \"1MB\"\n");
     let ctx = context(
         "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY nonce /nonce\nRUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/big\", \"bs=1048576\", \"count=4\"]\n",
     );

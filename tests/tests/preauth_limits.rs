@@ -10,12 +10,6 @@ use std::time::Duration;
 const PEERS: usize = 200;
 const CAP: usize = 100;
 
-/// Peak resident memory of a process so far, KiB (`VmHWM`).
-fn peak_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok()).unwrap()
-}
-
 /// Opens `PEERS` enrollment connections that never finish a request: on the first stream a frame
 /// that announces 30 KiB and sends 1 KiB; on every further stream they may open, junk as fast
 /// as they can, until `hold` has passed. Returns how many connected, how many were refused, and

@@ -12,6 +12,7 @@
 
 use super::report::{at_most, Figure, Series, Verdict};
 use super::Options;
+use crate::process::peak_kib;
 use crate::{process, AgentSpec, Farm};
 use archfarm_agent::docker::{BuildSpec, Engine};
 use archfarm_coordinator::client::context;
@@ -133,16 +134,6 @@ impl Release<'_> {
     }
 }
 
-/// The agent's peak resident memory since the last reset, in MiB.
-fn peak_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 /// Starts the peak over (`clear_refs` 5 resets VmHWM).
 fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
@@ -178,7 +169,7 @@ fn one_run(r: &Release, run: usize, base: &str, sizes: &Sizes, agent_pid: u32, r
             (r.farm_side(fctx, &farm_ref)?, d)
         };
         if i == 0 {
-            runs.memory.push(peak_mib(agent_pid));
+            runs.memory.push(peak_kib(agent_pid) / 1024.0);
         }
         let agent = std::fs::read_to_string(&r.agent_log).unwrap_or_default();
         let split = agent
