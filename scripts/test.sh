@@ -18,9 +18,18 @@ stop_engine() {
 }
 trap stop_engine EXIT
 "$root/scripts/setup.sh"
+# A CI checkout is built once: incremental state would only take disk (about a gigabyte).
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+# The build and the tests' images need about 10 GiB; say so before a linker dies of a full disk.
+free_kib=$(df -Pk "$root" | awk 'NR == 2 { print $4 }')
+if [ "$free_kib" -lt $((10 * 1024 * 1024)) ]; then
+  echo "test.sh: warning: only $((free_kib / 1024)) MiB free under $root; the build and the tests need about 10 GiB"
+fi
 # A short bounded fuzz run of the frame reader and the message decoders (--long: 1M each).
 # It runs first so that the test runner's summary is the last thing printed.
 "$root/scripts/fuzz.sh"
+# Its sanitizer build (over a gigabyte) is not needed again in a CI checkout.
+if [ -n "${CI:-}" ]; then rm -rf "$root/shared/fuzz/target"; fi
 cargo build --workspace --bins --locked
 # An engine that answers but no longer builds (a wedged BuildKit) would fail dozens of tests
 # with timeouts: probe it first. One this script started is restarted; another is reported.

@@ -1,0 +1,28 @@
+//! The end-to-end tests, one module per area, in one test binary: one link instead of one per
+//! file, which keeps the build small enough for a CI machine's disk.
+
+mod agent_identity;
+mod agent_jobs;
+mod agent_limits;
+mod build_flags;
+mod deadlines;
+mod end_to_end;
+mod engine_health;
+mod enrollment;
+mod failures;
+mod faults;
+mod garbage_collection;
+mod hosts;
+mod housekeeping;
+mod imagetools;
+mod layer_reuse;
+mod native_test;
+mod outputs;
+mod preauth_limits;
+mod private_base;
+mod protocol;
+mod registry_cache;
+mod roles;
+mod tag_order;
+mod upload_limits;
+mod whose_fault;
