@@ -50,7 +50,10 @@ pub struct Layer {
 /// Compressed descriptors of layers this agent pushed, by the digest of their uncompressed
 /// bytes, with the repositories (`registry/name`) known to hold each.
 #[derive(Debug, Clone, Default)]
-pub struct LayerCache(Arc<Mutex<HashMap<Digest, (Blob, Vec<String>)>>>);
+pub struct LayerCache(Arc<Mutex<HashMap<Digest, Pushed>>>);
+
+/// A pushed layer's descriptor and the repositories known to hold it.
+type Pushed = (Blob, Vec<String>);
 
 /// Entries the cache holds before it starts again (a descriptor is about 200 bytes).
 const LAYER_CACHE_ENTRIES: usize = 16_384;
@@ -234,7 +237,7 @@ pub async fn push(
             .map_err(|e| format!("compressing: {e}"))??;
         reg.push_blob_file(&repo, &gz, &blob.digest, blob.size).await.map_err(|e| e.to_string())?;
         let _ = tokio::fs::remove_file(&gz).await;
-        cache.insert(layer.diff_id.clone(), blob.clone(), &repository);
+        cache.insert(layer.diff_id.clone(), blob.clone(), repository);
         counts.uploaded += 1;
         descriptors.push(blob);
     }

@@ -153,7 +153,7 @@ fn one_run(r: &Release, run: usize, base: &str, sizes: &Sizes, agent_pid: u32, r
     let id = nonce();
     let (frepo, drepo) = (format!("{registry}/bench/p7-farm-{id}"), format!("{registry}/bench/p7-docker-{id}"));
     // Alternate which side goes first, so neither always finds the machine fresher.
-    let farm_first = run % 2 == 0;
+    let farm_first = run.is_multiple_of(2);
     let mut case = |i: usize, farm_ref: String, docker_ref: String, fctx: &Path, dctx: &Path| -> anyhow::Result<()> {
         let (f, d) = if farm_first {
             if i == 0 {

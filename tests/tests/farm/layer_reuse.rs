@@ -25,7 +25,7 @@ fn uploads(log: &str, repo: &str, digest: &str) -> usize {
 /// The last `layers in place` line the agent logged.
 fn last_counts(farm: &mut Farm) -> String {
     let log = farm.proc("agent amd64-1").wait_for_log("layers in place", Duration::from_secs(10));
-    log.lines().filter(|l| l.contains("layers in place")).last().unwrap().to_owned()
+    log.lines().rfind(|l| l.contains("layers in place")).unwrap().to_owned()
 }
 
 #[test]

@@ -178,7 +178,7 @@ pub async fn write(
             Output::Oci(dest) => {
                 let sink = dest.open()?;
                 blocking(move || archive::write_oci(&shared, &tags, sink)).await?;
-                say(&dest, "OCI image layout");
+                say(dest, "OCI image layout");
             }
             Output::Docker(dest) => {
                 let sink = dest.open()?;
@@ -187,7 +187,7 @@ pub async fn write(
                     archive::write_docker(&shared, image, &tags, sink)
                 })
                 .await?;
-                say(&dest, "docker archive");
+                say(dest, "docker archive");
             }
             Output::Local(dir) => {
                 let target = dir.clone();
