@@ -23,6 +23,8 @@ pub struct Executor {
     pub name: AgentName,
     /// Platforms it declared.
     pub platforms: Vec<Platform>,
+    /// Its x86-64 level, CPU features and labels, as registered.
+    pub capabilities: archfarm_shared::capabilities::Capabilities,
     /// Its engine.
     pub engine: Engine,
     /// Its context cache.
@@ -90,14 +92,16 @@ impl Executor {
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> JobOutcome {
-        if !self.platforms.contains(&spec.platform) {
+        if !self.capabilities.builds(&self.platforms, &spec.platform) {
             return failure(
                 FailureKind::PlatformNotDeclared,
                 format!(
-                    "agent {} was asked to build {} but declares only {}; it never builds a platform it did not declare",
+                    "agent {} was asked to build {} but declares only {} ({}); it never builds a platform it did not \
+                     declare",
                     self.name,
                     spec.platform,
-                    platform::list(&self.platforms)
+                    platform::list(&self.platforms),
+                    Some(self.capabilities.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| "no level".into())
                 ),
                 vec![],
             );

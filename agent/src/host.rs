@@ -1,7 +1,30 @@
 //! What this host builds natively: its engine's platform (or the configured override) plus the
-//! configured extra platforms. Nothing is assumed beyond what the engine and config say.
+//! configured extra platforms; and its CPU's x86-64 level and features, and its labels.
+//! Nothing is assumed beyond what the engine, the CPU and the config say.
 
+use anyhow::bail;
+use archfarm_config::AgentConfig;
+use archfarm_shared::capabilities::{self, Capabilities};
 use archfarm_shared::Platform;
+
+/// The capabilities an agent declaring `platforms` registers: the x86-64 level its CPU reaches
+/// (or the lower one `x86_64_level` in its config sets) when it declares linux/amd64, the CPU's
+/// features, and the config's labels.
+pub fn capabilities(platforms: &[Platform], config: &AgentConfig) -> anyhow::Result<Capabilities> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let (detected, cpu_features) = capabilities::from_cpuinfo(&cpuinfo, std::env::consts::ARCH);
+    let declares_amd64 = platforms.iter().any(|p| p.arch() == "amd64" && p.variant().is_none());
+    let x86_64_level = match (declares_amd64, detected, config.x86_64_level) {
+        (false, _, _) => None,
+        (true, Some(cpu), Some(set)) if set > cpu => {
+            bail!("x86_64_level = {set} in the agent's config, but this host's CPU reaches only v{cpu}")
+        }
+        (true, _, Some(set)) => Some(set),
+        // A stand-in for amd64 on another CPU promises only the baseline.
+        (true, cpu, None) => Some(cpu.unwrap_or(1)),
+    };
+    Ok(Capabilities { x86_64_level, cpu_features, labels: config.labels.clone() })
+}
 
 /// The platforms an agent declares, its native one first, without duplicates.
 pub fn declared(engine: &Platform, native_override: Option<&Platform>, extra: &[Platform]) -> Vec<Platform> {

@@ -86,6 +86,7 @@ impl Agent<Executor> {
             warn!("{w}");
         }
         let platforms = crate::host::declared(&info.platform, config.native_platform.as_ref(), &config.extra_platforms);
+        let capabilities = crate::host::capabilities(&platforms, config)?;
         let cache = crate::context_cache::ContextCache::open(config.cache_dir.clone(), config.cache_max.as_u64())
             .with_context(|| format!("cannot create cache directory {}", config.cache_dir.display()))?;
 
@@ -101,13 +102,20 @@ impl Agent<Executor> {
             .or_else(|e| if family.is_ipv6() { dial::bind_for(ipv4) } else { Err(e) })
             .context("cannot open a UDP socket")?;
         let server_name = crate::enroll::server_name(config)?;
-        info!(agent = %name, platforms = %platform::list(&platforms), engine = %info.version, "agent ready");
+        info!(
+            agent = %name,
+            platforms = %platform::list(&platforms),
+            capabilities = %capabilities.summary(),
+            engine = %info.version,
+            "agent ready"
+        );
         Ok(Agent {
             registration: Registration {
                 platforms: platforms.clone(),
                 capacity: config.capacity,
                 engine_version: info.version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                capabilities: capabilities.clone(),
             },
             name: name.clone(),
             max_frame: config.max_frame_bytes,
@@ -122,6 +130,7 @@ impl Agent<Executor> {
             executor: Executor {
                 name,
                 platforms,
+                capabilities,
                 engine,
                 cache,
                 max_frame: config.max_frame_bytes,

@@ -4,6 +4,7 @@ use crate::loading::{resolve_path, serde_platform, TlsFiles, Validate};
 use archfarm_shared::Platform;
 use bytesize::ByteSize;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Agent settings. The agent's name is the common name of its certificate.
@@ -70,6 +71,15 @@ pub struct AgentConfig {
     /// most every ten minutes. Default: none (a sick engine only makes the agent unhealthy).
     #[serde(default)]
     pub engine_restart_command: Vec<String>,
+    /// Labels that builds may require (`archfarm build --require region=eu`), for example
+    /// `labels = { region = "eu", disk = "nvme" }`. Default: none.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The x86-64 level (1-4) this agent offers for linux/amd64 builds
+    /// (`--platform linux/amd64/v3`). Default: the highest its CPU supports. Set it lower to
+    /// offer what every host of a pool supports; a higher one than the CPU's is refused.
+    #[serde(default)]
+    pub x86_64_level: Option<u8>,
     /// Registries (host:port) to push to over plain http although they are not on loopback.
     /// Default: none.
     #[serde(default)]
@@ -134,6 +144,10 @@ impl Validate for AgentConfig {
         if self.max_backoff_secs == 0 {
             return Err(("max_backoff_secs", "must be at least 1".into()));
         }
+        if let Some(level) = self.x86_64_level.filter(|l| !(1..=4).contains(l)) {
+            return Err(("x86_64_level", format!("{level}: must be 1, 2, 3 or 4")));
+        }
+        archfarm_shared::capabilities::check_labels(&self.labels).map_err(|e| ("labels", e))?;
         Ok(())
     }
 }

@@ -33,6 +33,15 @@ pub struct CoordinatorConfig {
     /// Consecutive infrastructure failures after which an agent is quarantined. Default: 3.
     #[serde(default = "default_quarantine_after")]
     pub quarantine_after_failures: u32,
+    /// Cache affinity: a job goes to the agent that last built the same repository's
+    /// Dockerfile for its platform (its BuildKit cache is warm) while that agent's load
+    /// (running ÷ capacity) is at most this much above the least-loaded agent's; otherwise to
+    /// the least loaded. 0 prefers it only among equally loaded agents. Default: 0.5.
+    #[serde(default = "default_affinity_margin")]
+    pub affinity_margin: f64,
+    /// Turns cache affinity off: every job goes to the least-loaded agent. Default: true.
+    #[serde(default = "default_true")]
+    pub cache_affinity: bool,
     /// How long a job waits for an agent of its platform to (re)connect before it fails, in
     /// seconds (covers agent restarts and coordinator restarts). Default: 60.
     #[serde(default = "default_agent_wait")]
@@ -111,6 +120,12 @@ fn default_heartbeat_timeout() -> u64 {
 }
 fn default_max_attempts() -> u32 {
     3
+}
+fn default_affinity_margin() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
 }
 fn default_quarantine_after() -> u32 {
     3
@@ -191,6 +206,9 @@ impl Validate for CoordinatorConfig {
         }
         if self.quarantine_after_failures == 0 {
             return Err(("quarantine_after_failures", "must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.affinity_margin) {
+            return Err(("affinity_margin", format!("{}: must be between 0 and 1", self.affinity_margin)));
         }
         if self.heartbeat_timeout_secs < 2 * self.heartbeat_interval_secs {
             return Err(("heartbeat_timeout_secs", "must be at least twice heartbeat_interval_secs".into()));

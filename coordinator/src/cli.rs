@@ -84,6 +84,31 @@ pub enum AgentsCommand {
         #[arg(long)]
         serial: Option<String>,
     },
+    /// Let an agent finish its running jobs and give it no new ones, until `undrain` (admin).
+    /// Recorded: it holds when the agent reconnects or the coordinator restarts.
+    Drain {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name.
+        name: AgentName,
+    },
+    /// Give a drained agent jobs again (admin).
+    Undrain {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name.
+        name: AgentName,
+    },
+    /// Lift an agent's quarantine and forget the failures that led to it (admin).
+    Unquarantine {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Agent name.
+        name: AgentName,
+    },
     /// List connected agents: name, address, platforms, state, running jobs.
     Ls {
         #[command(flatten)]

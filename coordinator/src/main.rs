@@ -5,7 +5,7 @@ use archfarm_coordinator::cli::{
 };
 use archfarm_coordinator::client::agents::Format;
 use archfarm_coordinator::{ca, client};
-use archfarm_shared::protocol::ClientRequest;
+use archfarm_shared::protocol::{AgentChange, ClientRequest};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -65,6 +65,19 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         }
         Command::Agents { command: AgentsCommand::Revoke { remote, name, serial } } => {
             client::agents::admin(&remote, ClientRequest::RevokeAgent { name, serial }).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Drain { remote, name } } => {
+            client::agents::admin(&remote, ClientRequest::ChangeAgent { name, change: AgentChange::Drain })
+                .await
+                .map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Undrain { remote, name } } => {
+            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Undrain };
+            client::agents::admin(&remote, request).await.map(|()| true)
+        }
+        Command::Agents { command: AgentsCommand::Unquarantine { remote, name } } => {
+            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Unquarantine };
+            client::agents::admin(&remote, request).await.map(|()| true)
         }
         Command::Agents { command: AgentsCommand::Inspect { remote, name, format } } => {
             client::hosts::inspect(&remote, name, format).await.map(|()| true)

@@ -140,6 +140,7 @@ mod tests {
             capacity: 2,
             engine_version: "20.10.24".into(),
             agent_version: "0.1.0".into(),
+            capabilities: Default::default(),
         })
     }
 

@@ -25,6 +25,7 @@
 //! - [`tarball`]: what a build-context tarball may hold.
 
 pub mod cache;
+pub mod capabilities;
 pub mod chunking;
 pub mod clock;
 pub mod codec;

@@ -2,6 +2,7 @@
 //! anything; the coordinator checks them again when the request arrives, since a client may be
 //! hostile. Both give the same messages, worded for the `archfarm build` flags.
 
+use crate::capabilities::{check_pair, MAX_REQUIREMENTS};
 use crate::protocol::BuildRequest;
 use crate::reference::ImageRef;
 use crate::registry;
@@ -37,6 +38,9 @@ pub enum RequestError {
     /// No platform.
     #[error("no platform requested: pass --platform, for example linux/amd64,linux/arm64")]
     NoPlatform,
+    /// A `--require` that is malformed, or names a platform the build does not have.
+    #[error("{0}")]
+    BadRequirement(String),
     /// A platform listed twice.
     #[error("--platform lists {0} twice")]
     PlatformTwice(String),
@@ -159,11 +163,31 @@ pub fn validate(req: &BuildRequest) -> Result<Option<Destination>, RequestError>
         }
     }
     check_cache(req, destination.as_ref())?;
+    check_requirements(req)?;
     let d = &req.dockerfile;
     if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == "..") || d.contains('\0') {
         return Err(RequestError::BadDockerfile(d.clone()));
     }
     Ok(destination)
+}
+
+fn check_requirements(req: &BuildRequest) -> Result<(), RequestError> {
+    if req.requirements.len() > MAX_REQUIREMENTS {
+        return Err(RequestError::BadRequirement(format!(
+            "{} --require flags: at most {MAX_REQUIREMENTS}",
+            req.requirements.len()
+        )));
+    }
+    for r in &req.requirements {
+        check_pair(&r.key, &r.value).map_err(|e| RequestError::BadRequirement(format!("--require {r}: {e}")))?;
+        if let Some(p) = r.platform.as_ref().filter(|p| !req.platforms.contains(p)) {
+            return Err(RequestError::BadRequirement(format!(
+                "--require {r}: the build has no platform {p} (it has {})",
+                crate::platform::list(&req.platforms)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A `--test` command as a shell would show it (quoted where needed).
@@ -326,6 +350,22 @@ mod tests {
         assert_eq!(e.to_string(), "257 --build-arg values given; at most 256");
         let e = refused(|r| r.labels = (0..=MAX_PAIRS).map(|i| (format!("K{i}"), String::new())).collect());
         assert!(e.to_string().starts_with("257 --label values"), "{e}");
+    }
+
+    #[test]
+    fn requirements_name_only_the_builds_platforms_and_are_bounded() {
+        let req = |s: &str| s.parse::<crate::capabilities::Requirement>().unwrap();
+        let platforms = request().platforms;
+        assert!(validate(&BuildRequest { requirements: vec![req("region=eu")], ..request() }).is_ok());
+        let own = format!("{}:disk=nvme", platforms[0]);
+        assert!(validate(&BuildRequest { requirements: vec![req(&own)], ..request() }).is_ok());
+        let e = refused(|r| r.requirements = vec![req("linux/s390x:region=eu")]).to_string();
+        assert!(e.starts_with("--require linux/s390x:region=eu: the build has no platform linux/s390x"), "{e}");
+        let e = refused(|r| r.requirements = (0..33).map(|i| req(&format!("k{i}=v"))).collect()).to_string();
+        assert_eq!(e, "33 --require flags: at most 32");
+        // Decoded from the wire unchecked: the same rules apply.
+        let raw = crate::capabilities::Requirement { platform: None, key: "Bad Key".into(), value: "v".into() };
+        assert!(refused(|r| r.requirements = vec![raw]).to_string().contains("label key"));
     }
 
     #[test]

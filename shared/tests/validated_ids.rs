@@ -71,6 +71,21 @@ struct PlainRegistration {
     capacity: u32,
     engine_version: String,
     agent_version: String,
+    capabilities: PlainCapabilities,
+}
+
+#[derive(Serialize)]
+struct PlainCapabilities {
+    x86_64_level: Option<u8>,
+    cpu_features: Vec<String>,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct PlainRequirement {
+    platform: Option<PlainPlatform>,
+    key: String,
+    value: String,
 }
 
 #[derive(Serialize)]
@@ -92,6 +107,7 @@ struct PlainBuildRequest {
     cache_from: Vec<String>,
     cache_to: Option<String>,
     inline_cache: bool,
+    requirements: Vec<PlainRequirement>,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -160,12 +176,22 @@ fn checked_types_encode_to_the_same_bytes_as_plain_strings() {
         capacity: 3,
         engine_version: "20.10.24".into(),
         agent_version: "0.1.0".into(),
+        capabilities: archfarm_shared::capabilities::Capabilities {
+            x86_64_level: Some(3),
+            cpu_features: vec!["avx2".into()],
+            labels: [("region".to_owned(), "eu".to_owned())].into(),
+        },
     };
     let plain_registration = PlainRegistration {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v6"))],
         capacity: 3,
         engine_version: "20.10.24".into(),
         agent_version: "0.1.0".into(),
+        capabilities: PlainCapabilities {
+            x86_64_level: Some(3),
+            cpu_features: vec!["avx2".into()],
+            labels: [("region".to_owned(), "eu".to_owned())].into(),
+        },
     };
     assert_eq!(payload(&registration), payload(&plain_registration));
     // And the plain bytes decode to the checked message.
@@ -196,6 +222,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         cache_from: vec![],
         cache_to: None,
         inline_cache: false,
+        requirements: vec!["linux/arm/v7:region=eu".parse().unwrap()],
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -215,6 +242,11 @@ fn stored_json_is_unchanged_and_still_reads() {
         cache_from: vec![],
         cache_to: None,
         inline_cache: false,
+        requirements: vec![PlainRequirement {
+            platform: Some(plain("linux", "arm", Some("v7"))),
+            key: "region".into(),
+            value: "eu".into(),
+        }],
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

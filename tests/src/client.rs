@@ -60,6 +60,22 @@ impl Farm {
             .expect("start archfarm build")
     }
 
+    /// The agent of the last attempt at build `id`'s first platform, and why it was chosen;
+    /// none before its first attempt starts.
+    pub fn last_attempt(&self, id: &str) -> Option<(String, String)> {
+        let record = self.build_record(id);
+        let attempt = record["jobs"][0]["attempts"].as_array()?.last()?.clone();
+        Some((attempt["agent"].as_str()?.to_owned(), attempt["placement"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    /// The state `archfarm agents ls` shows for agent `name`, if it is listed.
+    pub fn agent_state(&self, name: &str) -> Option<String> {
+        let out = self.archfarm(&["agents", "ls", "--format", "json"]);
+        let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let agent = agents.as_array()?.iter().find(|a| a["name"] == name)?;
+        agent["state"].as_str().map(str::to_owned)
+    }
+
     /// The id of the newest build, from `archfarm builds ls`.
     pub fn newest_build(&self) -> String {
         wait_until(Duration::from_secs(30), "a build to be recorded", || {

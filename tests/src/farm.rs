@@ -299,6 +299,12 @@ impl Farm {
         wait_until(Duration::from_secs(15), "the registry to answer", || ureq::get(&url).call().ok());
     }
 
+    /// Replaces the extra coordinator configuration (top-level keys, one a line); it takes
+    /// effect at the next [`Farm::restart_coordinator`].
+    pub fn set_coordinator_toml(&mut self, toml: &str) {
+        self.coordinator_toml = toml.to_owned();
+    }
+
     /// Stops the coordinator (SIGTERM) and starts a new one on the same address and state.
     pub fn restart_coordinator(&mut self) {
         let i = self.procs.iter().position(|p| p.name == "coordinator").expect("a coordinator");

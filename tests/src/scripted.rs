@@ -61,6 +61,7 @@ impl ScriptedAgent {
             capacity: 1,
             engine_version: "scripted".into(),
             agent_version: "test".into(),
+            capabilities: Default::default(),
         };
         codec::write_msg(&mut send, &AgentMessage::Register(registration), DEFAULT_MAX_FRAME).await.unwrap();
         match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap() {

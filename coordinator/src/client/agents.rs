@@ -82,6 +82,8 @@ fn json(agents: &[AgentInfo]) -> serde_json::Value {
                 "engine": a.engine_version,
                 "cert_serial": a.cert_serial,
                 "cert_expires_ms": a.cert_expires_ms,
+                "x86_64_level": a.capabilities.x86_64_level,
+                "labels": a.capabilities.labels,
             })
         })
         .collect()
@@ -95,6 +97,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
         "PLATFORMS".into(),
         "STATE".into(),
         "JOBS".into(),
+        "LEVEL, LABELS".into(),
         "ENGINE".into(),
         "CERTIFICATE".into(),
     ]];
@@ -106,6 +109,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             platform::list(&a.platforms),
             a.state.clone(),
             format!("{}/{}", a.running, a.capacity),
+            Some(a.capabilities.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| "-".to_owned()),
             a.engine_version.clone(),
             format!("expires {}", expiry(a.cert_expires_ms, now)),
         ]);
@@ -158,16 +162,21 @@ mod tests {
             engine_version: "20.10.24".into(),
             cert_serial: "4a".into(),
             cert_expires_ms: archfarm_shared::clock::now_ms() + 89 * 86_400_000 + 3_600_000,
+            capabilities: archfarm_shared::capabilities::Capabilities {
+                x86_64_level: None,
+                labels: [("region".to_owned(), "eu".to_owned())].into(),
+                ..Default::default()
+            },
         }];
         let t = table(&agents);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   ENGINE     CERTIFICATE"
+            "NAME      ADDRESS         PLATFORMS                   STATE   JOBS   LEVEL, LABELS   ENGINE     CERTIFICATE"
         );
         assert_eq!(
             lines[1],
-            "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    20.10.24   expires in 89 days"
+            "arm64-1   10.0.0.2:4433   linux/arm64, linux/arm/v7   ready   0/2    region=eu       20.10.24   expires in 89 days"
         );
         assert!(table(&[]).contains("(no agents connected)"));
     }
@@ -186,6 +195,7 @@ mod tests {
             engine_version: String::new(),
             cert_serial: "4a".into(),
             cert_expires_ms: now + left,
+            capabilities: Default::default(),
         };
         let warnings = expiry_warnings(&[agent("a", 15 * day), agent("b", 13 * day), agent("c", 0)], now);
         assert_eq!(warnings.len(), 2, "{warnings:?}");

@@ -104,6 +104,11 @@ pub struct BuildArgs {
     /// Always fetch base images from their registry, even when an agent's engine has them.
     #[arg(long)]
     pull: bool,
+    /// Build only on agents labelled KEY=VALUE (in their config's `labels`), or, as
+    /// `cpu=FEATURE`, whose CPU has that feature; `PLATFORM:KEY=VALUE` for one platform only
+    /// (repeatable). Not in buildx.
+    #[arg(long = "require", value_name = "[PLATFORM:]KEY=VALUE")]
+    require: Vec<archfarm_shared::capabilities::Requirement>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -167,6 +172,7 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         cache_from: vec![],
         cache_to: None,
         inline_cache: false,
+        requirements: args.require.clone(),
     };
     let req = with_cache(req, &args.cache_from, &args.cache_to)?;
     request::validate(&req)?;
@@ -199,7 +205,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
     let request_tests = request::tests_of(&request);
-    let (mut send, recv) = conn.request(&ClientRequest::Build(request)).await?;
+    let (mut send, recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
     let _ = send.finish();
     let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     let Some(platforms) = built else {

@@ -83,7 +83,8 @@ pub fn detail(d: &BuildDetail) -> String {
         for a in &j.attempts {
             let outcome = a.outcome.map_or("running", AttemptOutcome::as_str);
             let detail = a.detail.as_deref().filter(|d| !d.is_empty()).map(|d| format!(": {d}")).unwrap_or_default();
-            let _ = writeln!(out, "  attempt {} on {}: {outcome}{detail}", a.number, a.agent);
+            let why = if a.placement.is_empty() { String::new() } else { format!(" ({})", a.placement) };
+            let _ = writeln!(out, "  attempt {} on {}{why}: {outcome}{detail}", a.number, a.agent);
         }
     }
     out
@@ -155,6 +156,7 @@ pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result
                     "error": j.error,
                     "attempts": j.attempts.iter().map(|a| serde_json::json!({
                         "number": a.number, "agent": a.agent.as_str(), "outcome": a.outcome, "detail": a.detail,
+                        "placement": a.placement,
                     })).collect::<Vec<_>>(),
                 })
             })

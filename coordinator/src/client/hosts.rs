@@ -86,6 +86,9 @@ fn inspect_json(d: &AgentDetail) -> serde_json::Value {
         "running": d.info.running,
         "capacity": d.info.capacity,
         "engine": d.info.engine_version,
+        "x86_64_level": d.info.capabilities.x86_64_level,
+        "cpu_features": d.info.capabilities.cpu_features,
+        "labels": d.info.capabilities.labels,
         "disk_usage": match &d.usage { Ok(u) => serde_json::to_value(u).unwrap_or_default(), Err(e) => serde_json::json!({ "error": e }) },
         "recent": d.recent.iter().map(|a| serde_json::json!({
             "build": a.build.as_str(),
@@ -110,6 +113,14 @@ fn inspect_text(d: &AgentDetail) -> String {
         i.capacity,
         i.engine_version
     );
+    let caps = &i.capabilities;
+    let level = caps.x86_64_level.map_or_else(|| "-".to_owned(), |l| format!("x86-64-v{l}"));
+    out.push_str(&format!(
+        "Level:      {level} ({} CPU features detected; --format json lists them)\n",
+        caps.cpu_features.len()
+    ));
+    let labels: Vec<String> = caps.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("Labels:     {}\n", if labels.is_empty() { "-".to_owned() } else { labels.join(" ") }));
     out.push_str(&format!(
         "Certificate: serial {}, {}\n",
         i.cert_serial,

@@ -2,7 +2,8 @@
 //! lock-protected shell around [`Scheduler`]: every placement decision is the scheduler's.
 
 use super::ports::AgentLink;
-use super::scheduler::{NoAgent, Scheduler, Standing};
+use super::scheduler::{NoAgent, Offer, Scheduler, Standing, Wants};
+use super::store::Recorded;
 use archfarm_shared::protocol::{AgentInfo, Registration};
 use archfarm_shared::{AgentName, JobId, Platform};
 use std::collections::HashMap;
@@ -32,8 +33,8 @@ pub struct AgentHandle {
 /// Why a job could not get an agent.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AcquireError {
-    /// No active agent declaring the platform was connected for the whole grace period.
-    #[error("no agent building {platform} has been connected for {} s (was it stopped, cut off or quarantined?)", waited.as_secs())]
+    /// No active agent that fits the job was connected for the whole grace period.
+    #[error("no agent building {platform} has been connected for {} s (was it stopped, cut off, drained or quarantined, or does none have what the build requires?)", waited.as_secs())]
     NoAgent {
         /// The platform.
         platform: Platform,
@@ -42,7 +43,10 @@ pub enum AcquireError {
     },
 }
 
-type Waiter = oneshot::Sender<AgentHandle>;
+/// An agent for a job, and why the scheduler chose it.
+pub type Placed = (AgentHandle, String);
+
+type Waiter = oneshot::Sender<Placed>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -59,9 +63,11 @@ pub struct Farm {
 }
 
 impl Farm {
-    /// An empty farm. A queued job whose platform no agent serves fails after `agent_wait`.
-    pub fn new(agent_wait: Duration) -> Arc<Self> {
-        Arc::new(Farm { state: Mutex::default(), agent_wait })
+    /// An empty farm. A queued job no agent fits fails after `agent_wait`. Cache affinity
+    /// prefers warm agents within `affinity_margin` ([`Scheduler::with_affinity`]).
+    pub fn new(agent_wait: Duration, affinity_margin: Option<f64>) -> Arc<Self> {
+        let state = State { scheduler: Scheduler::with_affinity(affinity_margin), ..State::default() };
+        Arc::new(Farm { state: Mutex::new(state), agent_wait })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -83,7 +89,9 @@ impl Farm {
             }
         }
         let r = &agent.registration;
-        st.scheduler.add_agent(agent.name.clone(), r.platforms.clone(), r.capacity, standing);
+        let offer =
+            Offer { platforms: r.platforms.clone(), capacity: r.capacity, capabilities: r.capabilities.clone() };
+        st.scheduler.add_agent(agent.name.clone(), offer, standing);
         st.agents.insert(agent.name.clone(), agent);
         dispatch(&mut st);
         Ok(())
@@ -110,9 +118,27 @@ impl Farm {
         dispatch(&mut st);
     }
 
-    /// Whether a connected, active agent other than those in `avoid` declares `platform`.
-    pub fn serves_other(&self, platform: &Platform, avoid: &[AgentName]) -> bool {
-        self.lock().scheduler.serves_other(platform, avoid)
+    /// Applies what the store records of an agent (an administrator's drain or quarantine, or
+    /// neither) to a connected agent. An agent draining before it exits stays so, and an
+    /// unhealthy one stays unhealthy until its engine passes its probe. Returns its running jobs.
+    pub fn apply_recorded(&self, name: &AgentName, recorded: &Recorded) -> Option<u32> {
+        let mut st = self.lock();
+        let current = st.scheduler.standing(name)?.clone();
+        let next = match (current, recorded) {
+            (Standing::Draining, _) => Standing::Draining,
+            (_, Recorded::Quarantined(why)) => Standing::Quarantined(why.clone()),
+            (_, Recorded::Drained) => Standing::Drained,
+            (Standing::Unhealthy(why), Recorded::Active) => Standing::Unhealthy(why),
+            (_, Recorded::Active) => Standing::Active,
+        };
+        st.scheduler.set_standing(name, next);
+        dispatch(&mut st);
+        st.scheduler.load(name).map(|(running, _)| running)
+    }
+
+    /// Whether a connected, active agent other than those in `avoid` fits `wants`.
+    pub fn serves_other(&self, wants: &Wants, avoid: &[AgentName]) -> bool {
+        self.lock().scheduler.serves_other(wants, avoid)
     }
 
     /// Records what an agent says of its engine's health. Only an active or unhealthy agent
@@ -129,25 +155,26 @@ impl Farm {
         dispatch(&mut st);
     }
 
-    /// Refuses platforms no connected, active agent declares.
-    pub fn check(&self, platforms: &[Platform]) -> Result<(), NoAgent> {
-        self.lock().scheduler.check(platforms)
+    /// Refuses jobs no connected, active agent fits.
+    pub fn check(&self, jobs: &[Wants]) -> Result<(), NoAgent> {
+        self.lock().scheduler.check(jobs)
     }
 
-    /// Waits for an agent to run `job`, avoiding `avoid` if another agent can build it. Fails
-    /// when no agent for the platform has been connected for the farm's grace period. Dropping
-    /// the future before it resolves is fine: call [`Farm::release`].
-    pub async fn acquire(
-        &self,
-        job: &JobId,
-        platform: &Platform,
-        avoid: Vec<AgentName>,
-    ) -> Result<AgentHandle, AcquireError> {
+    /// Jobs waiting for an agent, per platform.
+    pub fn queued_by_platform(&self) -> Vec<(Platform, usize)> {
+        self.lock().scheduler.queued_by_platform()
+    }
+
+    /// Waits for an agent to run `job`, avoiding `avoid` if another agent fits it. Fails when no
+    /// agent that fits has been connected for the farm's grace period. Dropping the future
+    /// before it resolves is fine: call [`Farm::release`].
+    pub async fn acquire(&self, job: &JobId, wants: &Wants, avoid: Vec<AgentName>) -> Result<Placed, AcquireError> {
+        let platform = &wants.platform;
         let mut rx = {
             let mut st = self.lock();
             let (tx, rx) = oneshot::channel();
             st.waiting.insert(job.clone(), tx);
-            st.scheduler.enqueue(job.clone(), platform.clone(), avoid);
+            st.scheduler.enqueue(job.clone(), wants.clone(), avoid);
             dispatch(&mut st);
             rx
         };
@@ -156,7 +183,7 @@ impl Farm {
             tokio::select! {
                 handle = &mut rx => return Ok(handle.unwrap_or_else(|_| unreachable!("waiters are answered or removed under the lock"))),
                 () = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if self.lock().scheduler.serves(platform) {
+                    if self.lock().scheduler.serves(wants) {
                         unserved_since = None;
                         continue;
                     }
@@ -224,6 +251,7 @@ impl Farm {
                 let state = match st.scheduler.standing(&a.name) {
                     Some(Standing::Quarantined(why)) => format!("quarantined: {why}"),
                     Some(Standing::Draining) => "draining".to_owned(),
+                    Some(Standing::Drained) => "drained".to_owned(),
                     Some(Standing::Unhealthy(why)) => format!("unhealthy: {why}"),
                     _ if running >= capacity => "busy".to_owned(),
                     _ => "ready".to_owned(),
@@ -238,6 +266,7 @@ impl Farm {
                     engine_version: a.registration.engine_version.clone(),
                     cert_serial: a.cert_serial.clone(),
                     cert_expires_ms: a.cert_expires_ms,
+                    capabilities: a.registration.capabilities.clone(),
                 }
             })
             .collect();
@@ -251,7 +280,7 @@ fn dispatch(st: &mut State) {
         let handle = st.agents.get(&assignment.agent).cloned();
         match (st.waiting.remove(&assignment.job), handle) {
             (Some(tx), Some(handle)) => {
-                if tx.send(handle).is_err() {
+                if tx.send((handle, assignment.reason)).is_err() {
                     // The build went away while queued: free the slot at once.
                     st.scheduler.finish(&assignment.job);
                 }

@@ -142,7 +142,10 @@ fn shared_state(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
     let db = config.data_dir.join("state.db");
     let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
     Ok(Shared {
-        farm: Farm::new(Duration::from_secs(config.agent_wait_secs)),
+        farm: Farm::new(
+            Duration::from_secs(config.agent_wait_secs),
+            config.cache_affinity.then_some(config.affinity_margin),
+        ),
         contexts,
         images,
         chunks,

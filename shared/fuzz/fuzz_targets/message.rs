@@ -117,6 +117,7 @@ fn client_request(r: &ClientRequest) {
         ClientRequest::Build(b) => {
             digest(&b.context);
             b.platforms.iter().for_each(platform);
+            b.requirements.iter().filter_map(|r| r.platform.as_ref()).for_each(platform);
         }
         ClientRequest::FetchBlob { digest: d } => digest(d),
         ClientRequest::InspectAgent { name } | ClientRequest::CreateJoinToken { name: Some(name), .. } => agent(name),
@@ -125,7 +126,7 @@ fn client_request(r: &ClientRequest) {
         | ClientRequest::WatchBuild { build: b }
         | ClientRequest::PublishBuild { build: b, .. }
         | ClientRequest::CancelBuild { build: b } => build(b),
-        ClientRequest::RevokeAgent { name, .. } => agent(name),
+        ClientRequest::RevokeAgent { name, .. } | ClientRequest::ChangeAgent { name, .. } => agent(name),
         ClientRequest::Hello { .. }
         | ClientRequest::PruneBuilds
         | ClientRequest::ListAgents
@@ -239,11 +240,16 @@ fn templates() -> &'static [Vec<u8>] {
         vec![
             payload(&ClientRequest::HasContext { digest: digest.clone() }),
             payload(&ClientRequest::RevokeAgent { name: agent.clone(), serial: None }),
+            payload(&ClientRequest::ChangeAgent {
+                name: agent.clone(),
+                change: archfarm_shared::protocol::AgentChange::Drain,
+            }),
             payload(&ClientRequest::ShowBuild { build: build.clone() }),
-            payload(&ClientRequest::Build(BuildRequest {
+            payload(&ClientRequest::Build(Box::new(BuildRequest {
                 job_timeout_secs: Some(3600),
+                requirements: vec!["linux/amd64:region=eu".parse().unwrap()],
                 ..BuildRequest::new(platforms.clone(), vec!["r/app:1".into()], digest.clone(), "Dockerfile")
-            })),
+            }))),
             payload(&ClientResponse::Build(BuildEvent::Published {
                 index: digest.clone(),
                 tags: vec![],
@@ -258,6 +264,7 @@ fn templates() -> &'static [Vec<u8>] {
                 capacity: 1,
                 engine_version: String::new(),
                 agent_version: String::new(),
+                capabilities: Default::default(),
             })),
             payload(&AgentMessage::JobFinished(JobOutcome::Pushed(pushed))),
             payload(&CoordinatorMessage::AssignJob(Box::new(JobSpec {

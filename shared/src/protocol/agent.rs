@@ -61,6 +61,8 @@ pub struct Registration {
     pub engine_version: String,
     /// The agent's own version.
     pub agent_version: String,
+    /// Its x86-64 level, CPU features and labels.
+    pub capabilities: crate::capabilities::Capabilities,
 }
 
 /// Messages the coordinator sends to an agent.

@@ -144,6 +144,9 @@ pub struct AttemptDetail {
     pub outcome: Option<AttemptOutcome>,
     /// What happened.
     pub detail: Option<String>,
+    /// Why the scheduler chose this agent (least loaded, warm cache, …); empty for attempts
+    /// recorded before reasons were.
+    pub placement: String,
 }
 
 /// What happens to a build, streamed to the client that started it.

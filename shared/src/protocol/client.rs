@@ -27,7 +27,7 @@ pub enum ClientRequest {
         size: u64,
     },
     /// Start a build and stream its events on this stream.
-    Build(BuildRequest),
+    Build(Box<BuildRequest>),
     /// List connected agents.
     ListAgents,
     /// The most recent builds, newest first.
@@ -131,6 +131,36 @@ pub enum ClientRequest {
     /// `archfarm builds prune`: garbage collection now, with the configured retention;
     /// answered with `Done` saying what went.
     PruneBuilds,
+    /// `archfarm agents drain|undrain|unquarantine NAME`: answered with `Done`.
+    ChangeAgent {
+        /// The agent.
+        name: AgentName,
+        /// What to change.
+        change: AgentChange,
+    },
+}
+
+/// An administrator's change to what an agent may be given. Each is recorded, so it holds
+/// across reconnections and coordinator restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentChange {
+    /// Finish the running jobs, take no new ones.
+    Drain,
+    /// Take jobs again after a drain.
+    Undrain,
+    /// Lift a quarantine and forget the failures that led to it.
+    Unquarantine,
+}
+
+impl AgentChange {
+    /// The command's word: `drain`, `undrain`, `unquarantine`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentChange::Drain => "drain",
+            AgentChange::Undrain => "undrain",
+            AgentChange::Unquarantine => "unquarantine",
+        }
+    }
 }
 
 /// What a client token may do. Tokens in the coordinator's token file without a role, and
@@ -228,6 +258,9 @@ pub struct BuildRequest {
     /// cache, which is inline cache here).
     #[serde(default)]
     pub inline_cache: bool,
+    /// `--require [PLATFORM:]KEY=VALUE`: agents must carry these labels (or CPU features).
+    #[serde(default)]
+    pub requirements: Vec<crate::capabilities::Requirement>,
 }
 
 fn pushes() -> bool {
@@ -256,6 +289,7 @@ impl BuildRequest {
             cache_from: vec![],
             cache_to: None,
             inline_cache: false,
+            requirements: vec![],
         }
     }
 }
@@ -337,4 +371,6 @@ pub struct AgentInfo {
     pub cert_serial: String,
     /// When that certificate expires, milliseconds since the Unix epoch.
     pub cert_expires_ms: u64,
+    /// Its x86-64 level, CPU features and labels.
+    pub capabilities: crate::capabilities::Capabilities,
 }

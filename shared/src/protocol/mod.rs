@@ -22,16 +22,16 @@ pub use agent::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, PushedIma
 pub use builds::{
     AttemptDetail, BuildDetail, BuildEvent, BuildState, BuildSummary, JobDetail, JobState, PlatformResult,
 };
-pub use client::{AgentInfo, BuildRequest, ClientRequest, ClientResponse, Role};
+pub use client::{AgentChange, AgentInfo, BuildRequest, ClientRequest, ClientResponse, Role};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use failure::{FailureKind, JobFailure};
 pub use housekeeping::{AgentAnswer, AgentAttempt, AgentDetail, DiskUsage, Housekeeping, HousekeepingReply, Pruned};
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN_AGENT: &[u8] = b"archfarm-agent/4";
+pub const ALPN_AGENT: &[u8] = b"archfarm-agent/5";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
-pub const ALPN_CLIENT: &[u8] = b"archfarm-client/4";
+pub const ALPN_CLIENT: &[u8] = b"archfarm-client/5";
 
 /// ALPN of agents enrolling with a join token (no certificate yet), or renewing their certificate.
 pub const ALPN_ENROLL: &[u8] = b"archfarm-enroll/2";

@@ -341,7 +341,7 @@ async fn timed_build(
             packed.dockerfile.clone(),
         )
     };
-    let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
+    let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
     let _ = send.finish();
     let (mut verified, mut published) = (None, None);
     while let Some(response) = conn.next(&mut recv).await? {

@@ -140,7 +140,7 @@ async fn fire(
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
-            let (mut send, mut recv) = conn.request(&ClientRequest::Build(request)).await?;
+            let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
             let _ = send.finish();
             while let Some(response) = conn.next(&mut recv).await? {
                 match response {
@@ -233,6 +233,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                     capacity,
                     engine_version: "bench".into(),
                     agent_version: "bench".into(),
+                    capabilities: Default::default(),
                 },
                 coordinator: farm.coordinator.clone(),
                 server_name: "localhost".into(),

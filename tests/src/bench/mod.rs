@@ -11,7 +11,9 @@
 //! - [`upload`]: P4, context upload throughput and re-upload size.
 //! - [`control_plane`]: P5, a thousand in-process agents over real QUIC and mTLS.
 //! - [`release_image`]: P7, a 300 MB three-layer image built, rebuilt and pushed again.
+//! - [`affinity`]: P8, rebuilds on two agents of one platform with and without cache affinity.
 
+pub mod affinity;
 pub mod binfmt;
 pub mod builds;
 pub mod control_plane;
@@ -68,6 +70,9 @@ pub fn run(options: &Options) -> anyhow::Result<String> {
     }
     if options.wants("P7") {
         figures.push(release_image::run(options)?);
+    }
+    if options.wants("P8") {
+        figures.push(affinity::run(options)?);
     }
     figures.sort_by(|a, b| a.id.cmp(b.id));
     let text = report::render(options, &machine, &figures);

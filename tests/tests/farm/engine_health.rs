@@ -6,14 +6,6 @@
 use archfarm_tests::*;
 use std::time::Duration;
 
-/// The state `agents ls` shows for `name`.
-fn state(farm: &Farm, name: &str) -> Option<String> {
-    let out = farm.archfarm(&["agents", "ls", "--format", "json"]);
-    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let agent = agents.as_array()?.iter().find(|a| a["name"] == name)?;
-    agent["state"].as_str().map(str::to_owned)
-}
-
 #[test]
 fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_when_it_answers() {
     // amd64-1 on the shared engine, one job at a time; amd64-2 on an engine of its own.
@@ -43,7 +35,7 @@ fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_whe
     // The engine under amd64-2 freezes mid-build.
     engine.pause();
     wait_until(Duration::from_secs(20), "amd64-2 to be unhealthy", || {
-        state(&farm, "amd64-2").filter(|s| s.starts_with("unhealthy: ")).map(drop)
+        farm.agent_state("amd64-2").filter(|s| s.starts_with("unhealthy: ")).map(drop)
     });
     farm.proc("agent amd64-2").wait_for_log("stopping the job: the engine is unhealthy", Duration::from_secs(10));
 
@@ -65,7 +57,7 @@ fn an_agent_whose_engine_stops_answering_hands_its_job_to_a_peer_and_rejoins_whe
     // engine answers again.
     farm.proc("agent amd64-2").wait_for_log("probes in a row: restarting it", Duration::from_secs(30));
     wait_until(Duration::from_secs(30), "amd64-2 to be ready again", || {
-        state(&farm, "amd64-2").filter(|s| s == "ready").map(drop)
+        farm.agent_state("amd64-2").filter(|s| s == "ready").map(drop)
     });
     assert!(marker.exists(), "the agent ran its engine restart command");
     engine.resume();

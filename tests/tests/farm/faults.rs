@@ -232,7 +232,21 @@ async fn an_agent_reporting_a_wrong_architecture_is_caught_quarantined_and_the_p
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let row = table.lines().find(|l| l.starts_with("arm64-0")).expect("the liar is still listed");
     assert!(row.contains("quarantined: agent arm64-0: pushed an image whose config says linux/amd64, but the job was for linux/arm64"), "{table}");
+
+    // An administrator lifts the quarantine: the agent is offered jobs again, first by name (in
+    // another repository: arm64-1 has the warm cache for this one's).
+    let out = tokio::task::block_in_place(|| farm.archfarm(&["agents", "unquarantine", "arm64-0"]));
+    assert!(text(&out).contains("agent arm64-0: quarantine lifted and its failures forgotten"), "{}", text(&out));
+    assert_eq!(tokio::task::block_in_place(|| farm.agent_state("arm64-0")).as_deref(), Some("ready"));
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let client = farm.spawn_build("linux/arm64", &[&format!("{}:1", farm.repo("reformed"))], ctx.path());
+    let job = liar.next_job(Duration::from_secs(30)).await;
+    assert_eq!(job.spec.platform.to_string(), "linux/arm64");
+    drop(job);
     drop(liar);
+    // Its connection gone, the job runs again on the real arm64 stand-in.
+    let out = tokio::task::block_in_place(|| wait_output(client, Duration::from_secs(120)));
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

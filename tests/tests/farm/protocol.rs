@@ -296,6 +296,7 @@ async fn a_malformed_id_in_a_frame_closes_that_connection_and_panics_nothing() {
         capacity: 1,
         engine_version: "prober".into(),
         agent_version: "prober".into(),
+        capabilities: Default::default(),
     });
     let frame = patched(codec::encode(&register, codec::DEFAULT_MAX_FRAME).unwrap(), "amd64", "am/64");
     let reason = send_raw_and_get_close(&c3, &frame, false).await;

@@ -17,6 +17,7 @@ use super::admission;
 use super::farm::AgentHandle;
 use super::scheduler::Standing;
 use super::state::Shared;
+use super::store::Recorded;
 use super::wire::{on_codec_error, unexpected};
 use archfarm_shared::codec;
 use archfarm_shared::platform;
@@ -109,6 +110,9 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
     if registration.platforms.is_empty() || registration.capacity == 0 {
         return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
     }
+    if let Err(e) = archfarm_shared::capabilities::check_capabilities(&registration.capabilities) {
+        return refuse(&conn, &format!("agent {name} registered bad capabilities: {e}; fix `labels` in its config"));
+    }
     if let Some(p) = registration.platforms.iter().find(|p| !allowed.is_empty() && !allowed.contains(p)) {
         let reason = format!("agent {name} declares {p}, but its join token allows only {}", platform::list(&allowed));
         return refuse(&conn, &reason);
@@ -122,9 +126,14 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         cert_expires_ms: cert.not_after_ms,
         link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max, grants: grants.clone() }),
     };
-    let standing = match shared.store.quarantined(&name).await {
-        Ok(Some(reason)) => Standing::Quarantined(reason),
-        _ => Standing::Active,
+    let standing = match shared.store.recorded_standing(&name).await {
+        Ok(Recorded::Quarantined(reason)) => Standing::Quarantined(reason),
+        Ok(Recorded::Drained) => Standing::Drained,
+        Ok(Recorded::Active) => Standing::Active,
+        Err(e) => {
+            warn!("cannot read the agent's recorded standing ({e}); taking it as active");
+            Standing::Active
+        }
     };
     if let Err(reason) = shared.farm.register(handle, standing) {
         let _ = codec::write_msg(&mut send, &CoordinatorMessage::Refused { reason: reason.clone() }, max).await;

@@ -18,6 +18,7 @@ use super::access::Principal;
 use super::live::Live;
 use super::ports::ImageCheck;
 use super::publish::RegistryImages;
+use super::scheduler::Wants;
 use super::state::Shared;
 use super::store::builds::StoredJob;
 use super::stored_images::StoredImages;
@@ -103,7 +104,8 @@ pub async fn submit(
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
-    shared.farm.check(&req.platforms).map_err(|e| e.to_string())?;
+    let wants: Vec<Wants> = req.platforms.iter().map(|p| Wants::of(p, &req.requirements, None)).collect();
+    shared.farm.check(&wants).map_err(|e| e.to_string())?;
     let id = BuildId::random();
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
     shared
@@ -341,7 +343,10 @@ async fn run_job(
         cache_from: cache_sources(plan, &req.cache_from, &job.platform, live).await,
         inline_cache: req.inline_cache || req.cache_to.is_some(),
     };
-    runner.run(spec, live).await
+    // One repository's Dockerfile on one platform: the agent that built it last has it cached.
+    let warm_key = plan.target.as_ref().map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
+    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
+    runner.run(spec, &wants, live).await
 }
 
 /// Publishes the index of a build whose platforms are all verified, without rebuilding. Tags

@@ -9,7 +9,7 @@
 use crate::server::farm::{AgentHandle, Farm};
 use crate::server::live::Live;
 use crate::server::ports::{ImageCheck, VerifyError};
-use crate::server::scheduler::Standing;
+use crate::server::scheduler::{Standing, Wants};
 use crate::server::store::builds::VerifiedImage;
 use crate::server::store::Store;
 use archfarm_shared::oci::Child;
@@ -79,7 +79,7 @@ type Last = Option<(Option<AgentName>, JobFailure)>;
 impl Runner<'_> {
     /// Runs one platform to a verified image, retrying lost and failed attempts on other agents
     /// up to the limit. On failure returns a one-paragraph summary for the client.
-    pub async fn run(&self, mut spec: JobSpec, live: &Live) -> Result<Verified, String> {
+    pub async fn run(&self, mut spec: JobSpec, wants: &Wants, live: &Live) -> Result<Verified, String> {
         let platform = spec.platform.clone();
         let started = Instant::now();
         let mut avoid: Vec<AgentName> = Vec::new();
@@ -87,21 +87,21 @@ impl Runner<'_> {
         while spec.attempt < self.max_attempts {
             spec.attempt += 1;
             let acquired = tokio::select! {
-                a = self.farm.acquire(&spec.job, &platform, avoid.clone()) => a,
+                a = self.farm.acquire(&spec.job, wants, avoid.clone()) => a,
                 () = live.cancel.cancelled() => {
                     self.farm.release(&spec.job);
                     return Err(format!("  {platform}: cancelled"));
                 }
             };
-            let agent = match acquired {
-                Ok(agent) => agent,
+            let (agent, placement) = match acquired {
+                Ok(placed) => placed,
                 Err(e) => {
                     spec.attempt -= 1;
                     last = Some(no_agent(e.to_string(), last, spec.attempt));
                     break;
                 }
             };
-            match self.step(&agent, &spec, live, started, &avoid).await {
+            match self.step(&agent, &placement, &spec, wants, live, started, &avoid).await {
                 Step::Done(result) => return result,
                 Step::Again(failure) => {
                     avoid.push(agent.name.clone());
@@ -120,24 +120,27 @@ impl Runner<'_> {
     }
 
     /// One attempt on `agent`, recorded before and after, and what it leads to.
+    #[allow(clippy::too_many_arguments)]
     async fn step(
         &self,
         agent: &AgentHandle,
+        placement: &str,
         spec: &JobSpec,
+        wants: &Wants,
         live: &Live,
         started: Instant,
         tried: &[AgentName],
     ) -> Step {
         let platform = &spec.platform;
         let slot = Slot { farm: self.farm, job: spec.job.clone() };
-        if let Err(e) = self.store.start_attempt(&spec.job, spec.attempt, &agent.name).await {
+        if let Err(e) = self.store.start_attempt(&spec.job, spec.attempt, &agent.name, placement).await {
             error!("cannot record an attempt: {e}");
             let failure = JobFailure { kind: FailureKind::AgentLost, message: e.to_string(), log_tail: vec![] };
             return Step::Done(Err(self.fail(live, spec, Some(&agent.name), failure).await));
         }
-        info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, "job assigned");
+        info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, placement, "job assigned");
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
-        let attempt = self.attempt(agent, spec, live, started, tried).await;
+        let attempt = self.attempt(agent, spec, wants, live, started, tried).await;
         drop(slot);
         match attempt {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
@@ -188,6 +191,7 @@ impl Runner<'_> {
         &self,
         agent: &AgentHandle,
         spec: &JobSpec,
+        wants: &Wants,
         live: &Live,
         started: Instant,
         tried: &[AgentName],
@@ -198,11 +202,11 @@ impl Runner<'_> {
             // Another agent may hold credentials this one lacks, or more memory; this one would
             // fail the same way again, and it is not broken.
             Ok(Err(failure)) if matches!(failure.kind, FailureKind::PullRefused | FailureKind::OutOfMemory) => {
-                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::Failed, failure);
+                return self.elsewhere_if_possible(agent, wants, tried, AttemptOutcome::Failed, failure);
             }
             // A slow Dockerfile and a stuck engine look alike: another agent tells them apart.
             Ok(Err(failure)) if failure.kind == FailureKind::TimedOut => {
-                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::TimedOut, failure);
+                return self.elsewhere_if_possible(agent, wants, tried, AttemptOutcome::TimedOut, failure);
             }
             Ok(Err(failure)) => return after_failure(failure),
             Err(_) => {
@@ -214,7 +218,7 @@ impl Runner<'_> {
                     agent.name
                 );
                 let failure = JobFailure { kind: FailureKind::TimedOut, message, log_tail: vec![] };
-                return self.elsewhere_if_possible(agent, spec, tried, AttemptOutcome::TimedOut, failure);
+                return self.elsewhere_if_possible(agent, wants, tried, AttemptOutcome::TimedOut, failure);
             }
         };
         match self.images.verify(&spec.platform, &agent.name, &pushed).await {
@@ -244,14 +248,14 @@ impl Runner<'_> {
     fn elsewhere_if_possible(
         &self,
         agent: &AgentHandle,
-        spec: &JobSpec,
+        wants: &Wants,
         tried: &[AgentName],
         outcome: AttemptOutcome,
         failure: JobFailure,
     ) -> Attempt {
         let mut tried = tried.to_vec();
         tried.push(agent.name.clone());
-        if self.farm.serves_other(&spec.platform, &tried) {
+        if self.farm.serves_other(wants, &tried) {
             Attempt::Retry { outcome, failure, blame: false }
         } else {
             Attempt::Final { outcome, failure }

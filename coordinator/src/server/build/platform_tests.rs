@@ -139,7 +139,7 @@ impl Rig {
     async fn new(agents: &[&str], acts: &[Act]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
-        let farm = Farm::new(Duration::from_secs(30));
+        let farm = Farm::new(Duration::from_secs(30), Some(0.5));
         let script: Script = Arc::new(Mutex::new(acts.iter().cloned().collect()));
         let platform: Platform = "linux/amd64".parse().unwrap();
         for name in agents {
@@ -156,6 +156,7 @@ impl Rig {
                 capacity: 1,
                 engine_version: "test".into(),
                 agent_version: "test".into(),
+                capabilities: Default::default(),
             };
             let address = "127.0.0.1:1".parse().unwrap();
             let handle = AgentHandle {
@@ -212,7 +213,8 @@ impl Rig {
     }
 
     async fn run(&self) -> Result<Verified, String> {
-        self.runner().run(self.spec.clone(), &self.live).await
+        let wants = crate::server::scheduler::Wants::platform(self.spec.platform.clone());
+        self.runner().run(self.spec.clone(), &wants, &self.live).await
     }
 
     /// Each attempt's agent and outcome, from the store, as `builds show` reads them.

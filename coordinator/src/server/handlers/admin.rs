@@ -1,13 +1,15 @@
-//! The farm's administration: join tokens for new agents, revoking agents, client tokens.
+//! The farm's administration: join tokens for new agents, revoking, draining and unquarantining
+//! agents, client tokens.
 
 use super::reply::Reply;
 use crate::server::access::check_scope;
 use crate::server::state::Shared;
 use crate::server::store::certificates::Binding;
+use crate::server::store::Recorded;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::pki::{generate_token, token_hash};
 use archfarm_shared::platform;
-use archfarm_shared::protocol::{close, ClientResponse, Role};
+use archfarm_shared::protocol::{close, AgentChange, ClientResponse, Role};
 use archfarm_shared::AgentName;
 use tracing::info;
 
@@ -55,6 +57,59 @@ pub async fn revoke_agent(shared: &Shared, name: &AgentName, serial: Option<&str
         }
         Err(e) => Reply::error(e.to_string()),
     }
+}
+
+/// `archfarm agents drain|undrain|unquarantine NAME`: recorded first, so it holds across
+/// reconnections and restarts, then applied to the agent if it is connected.
+pub async fn change_agent(shared: &Shared, name: &AgentName, change: AgentChange) -> Reply {
+    let connected = !shared.farm.handles(Some(name)).is_empty();
+    match shared.store.name_taken(name).await {
+        Ok(None) if !connected => {
+            return Reply::error(format!(
+                "no agent named {name} is connected or holds a live certificate (`archfarm agents ls` lists them)"
+            ))
+        }
+        Err(e) => return Reply::error(e.to_string()),
+        _ => {}
+    }
+    let changed = match change {
+        AgentChange::Drain => shared.store.set_drained(name, true).await,
+        AgentChange::Undrain => shared.store.set_drained(name, false).await,
+        AgentChange::Unquarantine => shared.store.unquarantine(name).await,
+    };
+    let (changed, recorded) = match (changed, shared.store.recorded_standing(name).await) {
+        (Ok(changed), Ok(recorded)) => (changed, recorded),
+        (Err(e), _) | (_, Err(e)) => return Reply::error(e.to_string()),
+    };
+    let running = shared.farm.apply_recorded(name, &recorded);
+    info!(agent = %name, change = change.as_str(), changed, "agent standing changed by an administrator");
+    let mut message = match (change, changed) {
+        (AgentChange::Drain, true) => format!(
+            "agent {name} drained: it finishes its {} running jobs and takes no new ones \
+             (`archfarm agents undrain {name}` gives it jobs again)",
+            running.unwrap_or(0)
+        ),
+        (AgentChange::Drain, false) => format!("agent {name} was already drained"),
+        (AgentChange::Undrain, true) => format!("agent {name} undrained: it takes jobs again"),
+        (AgentChange::Undrain, false) => format!("agent {name} was not drained; nothing changed"),
+        (AgentChange::Unquarantine, true) => {
+            format!("agent {name}: quarantine lifted and its failures forgotten")
+        }
+        (AgentChange::Unquarantine, false) => format!("agent {name} was not quarantined; nothing changed"),
+    };
+    match (&recorded, change) {
+        (Recorded::Quarantined(why), AgentChange::Undrain | AgentChange::Drain) => message.push_str(&format!(
+            "; it is quarantined ({why}) and gets no jobs until `archfarm agents unquarantine {name}`"
+        )),
+        (Recorded::Drained, AgentChange::Unquarantine) => {
+            message.push_str(&format!("; it is drained and gets no jobs until `archfarm agents undrain {name}`"))
+        }
+        _ => {}
+    }
+    if running.is_none() {
+        message.push_str(" (it is not connected now; this holds when it reconnects)");
+    }
+    Reply::one(ClientResponse::Done { message })
 }
 
 /// `archfarm tokens create`: a named client token with a role and scopes; only its hash is

@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`builds`]: starting, listing, showing, watching, publishing and cancelling builds.
 //! - [`contexts`]: asking for and uploading build contexts.
-//! - [`admin`]: join tokens, client tokens, revoking agents.
+//! - [`admin`]: join tokens, client tokens, revoking, draining and unquarantining agents.
 //! - [`hosts`]: agents' hosts: inspect, disk usage, prune.
 //! - [`reply`]: writing a reply, following a build's events.
 
@@ -20,7 +20,7 @@ use super::state::Shared;
 use super::store::certificates::Binding;
 use super::wire::on_codec_error;
 use archfarm_shared::codec;
-use archfarm_shared::protocol::{ClientRequest, ClientResponse};
+use archfarm_shared::protocol::{AgentChange, ClientRequest, ClientResponse};
 use reply::Reply;
 use std::sync::Arc;
 use tracing::warn;
@@ -54,7 +54,7 @@ pub async fn handle(
         ClientRequest::UploadChunked { digest, size, chunks } => {
             contexts::upload_chunked(&shared, &who, &digest, size, chunks, &mut send, &mut recv).await
         }
-        ClientRequest::Build(req) => builds::submit(&shared, &who, req).await,
+        ClientRequest::Build(req) => builds::submit(&shared, &who, *req).await,
         ClientRequest::ListBuilds { limit } => builds::list(&shared, &who, limit).await,
         ClientRequest::ShowBuild { build } => builds::show(&shared, &who, &build).await,
         ClientRequest::WatchBuild { build } => builds::watch(&shared, &who, &build).await,
@@ -69,6 +69,7 @@ pub async fn handle(
         }
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
         ClientRequest::PruneBuilds => crate::server::gc::prune_now(&shared).await,
+        ClientRequest::ChangeAgent { name, change } => admin::change_agent(&shared, &name, change).await,
         ClientRequest::FetchBlob { digest } => contexts::fetch_blob(&shared, &digest, &mut send).await,
         ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
         ClientRequest::AgentDiskUsage { name } => hosts::disk_usage(&shared, name.as_ref()).await,
@@ -88,6 +89,9 @@ fn admin_only(req: &ClientRequest) -> Option<&'static str> {
         ClientRequest::RevokeClientToken { .. } => "revoking a client token",
         ClientRequest::PruneAgents { .. } => "pruning agents' caches",
         ClientRequest::PruneBuilds => "pruning build history and contexts",
+        ClientRequest::ChangeAgent { change: AgentChange::Drain, .. } => "draining an agent",
+        ClientRequest::ChangeAgent { change: AgentChange::Undrain, .. } => "undraining an agent",
+        ClientRequest::ChangeAgent { change: AgentChange::Unquarantine, .. } => "lifting an agent's quarantine",
         _ => return None,
     })
 }

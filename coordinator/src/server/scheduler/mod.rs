@@ -1,32 +1,31 @@
 //! Which agent runs which job. Pure: no I/O, no async, no clocks; inputs in, decisions out.
 //!
-//! Jobs wait in one FIFO queue. A job goes only to an agent that declared its platform, and to
-//! the least-loaded such agent with a free slot (load = running / capacity). A build whose
-//! platforms some agent declares is accepted even when those agents are busy; a build asking
-//! for a platform no agent declares is refused at once.
+//! Jobs wait in one FIFO queue. A job goes only to an agent that fits it ([`fit`]: its platform,
+//! at the x86-64 level it names, with the labels it requires) and has a free slot. Of those, the
+//! least-loaded one (load = running / capacity) gets it, unless cache affinity prefers the agent
+//! that last ran a job of the same repository, Dockerfile and platform, whose BuildKit cache is
+//! warm: it does while its load is at most the affinity margin above the least loaded.
 //!
-//! Quarantined and draining agents get no new jobs. A retried job avoids the agents its earlier
-//! attempts were lost or failed on, unless no other agent declares its platform.
+//! A build some agent fits is accepted even when those agents are busy; a build no agent fits
+//! is refused at once, naming what is missing. Quarantined, draining and drained agents get no
+//! new jobs. A retried job avoids the agents its earlier attempts were lost or failed on, unless
+//! no other agent fits it.
 
-use archfarm_shared::platform::{self, Platform};
+mod fit;
+#[cfg(test)]
+mod tests;
+
+pub use fit::{NoAgent, Wants};
+
+use archfarm_shared::capabilities::Capabilities;
+use archfarm_shared::platform::Platform;
 use archfarm_shared::{AgentName, JobId};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-/// The farm cannot build some requested platforms natively.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "no agent builds {} natively; the farm has {}. Start an agent on a host of that platform \
-     (or declare it in an agent's extra_platforms if its CPU runs it natively), or drop it from --platform",
-    platform::list(missing),
-    platform::list(available)
-)]
-pub struct NoAgent {
-    /// Requested platforms no connected agent declares, in request order.
-    pub missing: Vec<Platform>,
-    /// Platforms the farm can build now, sorted.
-    pub available: Vec<Platform>,
-}
+/// Most (repository, Dockerfile, platform) keys whose warm agent is remembered; the oldest half
+/// is forgotten past it.
+const WARM_KEYS: usize = 4096;
 
 /// What an agent may be given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,19 +34,34 @@ pub enum Standing {
     Active,
     /// Finishing what it runs before it exits; takes no new jobs.
     Draining,
+    /// Drained by an administrator: finishes what it runs, takes no new jobs until undrained.
+    Drained,
     /// Misbehaved (wrong-platform images, repeated failures); takes no jobs.
     Quarantined(String),
     /// Its engine fails its health probe (it says why); takes no jobs until it passes again.
     Unhealthy(String),
 }
 
-/// A job handed to an agent.
+/// What an agent offers: its platforms, slots and capabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Platforms it declared.
+    pub platforms: Vec<Platform>,
+    /// Jobs it runs at once (at least 1).
+    pub capacity: u32,
+    /// Its x86-64 level, CPU features and labels.
+    pub capabilities: Capabilities,
+}
+
+/// A job handed to an agent, and why that agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     /// The job.
     pub job: JobId,
     /// The agent to run it.
     pub agent: AgentName,
+    /// Why it was chosen, for `builds show`.
+    pub reason: String,
 }
 
 /// What removing an agent left behind.
@@ -59,25 +73,32 @@ pub struct Removed {
 
 #[derive(Debug, Clone)]
 struct Slots {
-    platforms: Vec<Platform>,
-    capacity: u32,
+    offer: Offer,
     running: u32,
     standing: Standing,
 }
 
 impl Slots {
-    fn serves(&self, platform: &Platform) -> bool {
-        self.standing == Standing::Active && self.platforms.contains(platform)
+    fn serves(&self, wants: &Wants) -> bool {
+        self.standing == Standing::Active && wants.fits(&self.offer)
     }
 
     fn free(&self) -> bool {
-        self.running < self.capacity && self.standing == Standing::Active
+        self.running < self.offer.capacity && self.standing == Standing::Active
+    }
+
+    fn ratio(&self) -> f64 {
+        f64::from(self.running) / f64::from(self.offer.capacity)
+    }
+
+    fn load(&self) -> String {
+        format!("{}/{} running", self.running, self.offer.capacity)
     }
 
     /// Load order: lower running/capacity first, then fewer running.
     fn cmp_load(&self, other: &Slots) -> Ordering {
-        (u64::from(self.running) * u64::from(other.capacity))
-            .cmp(&(u64::from(other.running) * u64::from(self.capacity)))
+        (u64::from(self.running) * u64::from(other.offer.capacity))
+            .cmp(&(u64::from(other.running) * u64::from(self.offer.capacity)))
             .then(self.running.cmp(&other.running))
     }
 }
@@ -85,7 +106,7 @@ impl Slots {
 #[derive(Debug, Clone)]
 struct Queued {
     job: JobId,
-    platform: Platform,
+    wants: Wants,
     avoid: Vec<AgentName>,
 }
 
@@ -95,18 +116,30 @@ pub struct Scheduler {
     agents: BTreeMap<AgentName, Slots>,
     queue: VecDeque<Queued>,
     running: HashMap<JobId, AgentName>,
+    /// The affinity margin; no cache affinity when absent.
+    affinity: Option<f64>,
+    /// Warm key -> the agent that last got a job of it, and when (a dispatch counter).
+    warm: HashMap<String, (AgentName, u64)>,
+    dispatched: u64,
 }
 
 impl Scheduler {
-    /// An empty farm.
+    /// An empty farm without cache affinity.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty farm that prefers warm agents while their load (running / capacity) is at most
+    /// `margin` above the least-loaded one's; none at all when `None`.
+    pub fn with_affinity(margin: Option<f64>) -> Self {
+        Scheduler { affinity: margin.filter(|m| m.is_finite() && *m >= 0.0), ..Self::default() }
+    }
+
     /// Adds an agent, or updates one that re-registered (its running jobs stay counted).
-    pub fn add_agent(&mut self, name: AgentName, platforms: Vec<Platform>, capacity: u32, standing: Standing) {
+    pub fn add_agent(&mut self, name: AgentName, mut offer: Offer, standing: Standing) {
         let running = self.running.values().filter(|a| **a == name).count() as u32;
-        self.agents.insert(name, Slots { platforms, capacity: capacity.max(1), running, standing });
+        offer.capacity = offer.capacity.max(1);
+        self.agents.insert(name, Slots { offer, running, standing });
     }
 
     /// Changes what an agent may be given. Unknown agents are ignored.
@@ -136,34 +169,31 @@ impl Scheduler {
     /// Platforms some active agent declares, sorted and unique.
     pub fn platforms(&self) -> Vec<Platform> {
         let set: BTreeSet<&Platform> =
-            self.agents.values().filter(|s| s.standing == Standing::Active).flat_map(|s| &s.platforms).collect();
+            self.agents.values().filter(|s| s.standing == Standing::Active).flat_map(|s| &s.offer.platforms).collect();
         set.into_iter().cloned().collect()
     }
 
-    /// Whether some active agent declares `platform`.
-    pub fn serves(&self, platform: &Platform) -> bool {
-        self.agents.values().any(|s| s.serves(platform))
+    /// Whether some active agent fits `wants`.
+    pub fn serves(&self, wants: &Wants) -> bool {
+        self.agents.values().any(|s| s.serves(wants))
     }
 
-    /// Whether an active agent other than those in `avoid` declares `platform`.
-    pub fn serves_other(&self, platform: &Platform, avoid: &[AgentName]) -> bool {
-        self.agents.iter().any(|(name, s)| !avoid.contains(name) && s.serves(platform))
+    /// Whether an active agent other than those in `avoid` fits `wants`.
+    pub fn serves_other(&self, wants: &Wants, avoid: &[AgentName]) -> bool {
+        self.agents.iter().any(|(name, s)| !avoid.contains(name) && s.serves(wants))
     }
 
-    /// Refuses a request naming a platform no active agent declares.
-    pub fn check(&self, requested: &[Platform]) -> Result<(), NoAgent> {
-        let missing: Vec<Platform> = requested.iter().filter(|p| !self.serves(p)).cloned().collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(NoAgent { missing, available: self.platforms() })
-        }
+    /// Refuses a request that some active agent does not fit, naming what is missing.
+    pub fn check(&self, requested: &[Wants]) -> Result<(), NoAgent> {
+        let active: Vec<(&AgentName, &Offer)> =
+            self.agents.iter().filter(|(_, s)| s.standing == Standing::Active).map(|(n, s)| (n, &s.offer)).collect();
+        fit::check(&active, requested, self.platforms())
     }
 
     /// Queues a job, to avoid `avoid` if any other agent can build it. Call
     /// [`Scheduler::dispatch`] afterwards.
-    pub fn enqueue(&mut self, job: JobId, platform: Platform, avoid: Vec<AgentName>) {
-        self.queue.push_back(Queued { job, platform, avoid });
+    pub fn enqueue(&mut self, job: JobId, wants: Wants, avoid: Vec<AgentName>) {
+        self.queue.push_back(Queued { job, wants, avoid });
     }
 
     /// Takes a job out of the queue before it was dispatched (its build went away).
@@ -188,23 +218,16 @@ impl Scheduler {
         let mut out = Vec::new();
         let mut waiting = VecDeque::with_capacity(self.queue.len());
         while let Some(q) = self.queue.pop_front() {
-            // Agents to avoid are used only when no other agent declares the platform at all.
-            let others_exist = self.agents.iter().any(|(n, s)| s.serves(&q.platform) && !q.avoid.contains(n));
-            let best = self
-                .agents
-                .iter()
-                .filter(|(n, s)| {
-                    s.free() && s.platforms.contains(&q.platform) && !(others_exist && q.avoid.contains(n))
-                })
-                .min_by(|(an, a), (bn, b)| a.cmp_load(b).then(an.cmp(bn)))
-                .map(|(name, _)| name.clone());
-            match best {
-                Some(agent) => {
+            match self.choose(&q) {
+                Some((agent, reason)) => {
                     if let Some(s) = self.agents.get_mut(&agent) {
                         s.running += 1;
                     }
                     self.running.insert(q.job.clone(), agent.clone());
-                    out.push(Assignment { job: q.job, agent });
+                    if let Some(key) = q.wants.warm_key {
+                        self.remember_warm(key, agent.clone());
+                    }
+                    out.push(Assignment { job: q.job, agent, reason });
                 }
                 None => waiting.push_back(q),
             }
@@ -213,156 +236,73 @@ impl Scheduler {
         out
     }
 
+    /// The agent for a queued job, and why; none while no agent that fits it is free.
+    fn choose(&self, q: &Queued) -> Option<(AgentName, String)> {
+        // Agents to avoid are used only when no other agent fits the job at all.
+        let others_exist = self.agents.iter().any(|(n, s)| s.serves(&q.wants) && !q.avoid.contains(n));
+        let avoided = |n: &AgentName| others_exist && q.avoid.contains(n);
+        let eligible: Vec<(&AgentName, &Slots)> =
+            self.agents.iter().filter(|(n, s)| s.free() && s.serves(&q.wants) && !avoided(n)).collect();
+        let (least, least_slots) = eligible.iter().min_by(|(an, a), (bn, b)| a.cmp_load(b).then(an.cmp(bn)))?;
+        let mut reason = format!("least loaded ({})", least_slots.load());
+        let warm = q.wants.warm_key.as_ref().and_then(|k| self.warm.get(k)).map(|(a, _)| a);
+        if let (Some(margin), Some(warm)) = (self.affinity, warm) {
+            let platform = &q.wants.platform;
+            if warm == *least {
+                reason =
+                    format!("warm cache: it ran this repository's Dockerfile for {platform} last; least loaded too");
+            } else {
+                match eligible.iter().find(|(n, _)| *n == warm) {
+                    Some((_, w)) if w.ratio() - least_slots.ratio() <= margin + 1e-9 => {
+                        let why = format!(
+                            "warm cache: it ran this repository's Dockerfile for {platform} last ({}; {least} has {})",
+                            w.load(),
+                            least_slots.load()
+                        );
+                        return Some((warm.clone(), why));
+                    }
+                    Some((_, w)) => reason.push_str(&format!(
+                        "; {warm} has the warm cache but is busier by more than the margin {margin} ({})",
+                        w.load()
+                    )),
+                    None => reason.push_str(&format!("; {warm} has the warm cache but cannot take it now")),
+                }
+            }
+        }
+        if others_exist && !q.avoid.is_empty() {
+            let avoid: Vec<String> = q.avoid.iter().map(ToString::to_string).collect();
+            reason.push_str(&format!("; avoiding {} (earlier attempts)", avoid.join(", ")));
+        }
+        Some(((*least).clone(), reason))
+    }
+
+    fn remember_warm(&mut self, key: String, agent: AgentName) {
+        self.dispatched += 1;
+        self.warm.insert(key, (agent, self.dispatched));
+        if self.warm.len() > WARM_KEYS {
+            let mut ages: Vec<u64> = self.warm.values().map(|(_, at)| *at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.warm.retain(|_, (_, at)| *at > cut);
+        }
+    }
+
     /// Running jobs and capacity of an agent.
     pub fn load(&self, agent: &AgentName) -> Option<(u32, u32)> {
-        self.agents.get(agent).map(|s| (s.running, s.capacity))
+        self.agents.get(agent).map(|s| (s.running, s.offer.capacity))
     }
 
     /// Jobs waiting for a slot.
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(n: &str) -> AgentName {
-        n.parse().unwrap()
-    }
-    fn p(s: &str) -> Platform {
-        s.parse().unwrap()
-    }
-    fn j(n: u32) -> JobId {
-        format!("j-{n:x}").parse().unwrap()
-    }
-    fn farm() -> Scheduler {
-        let mut s = Scheduler::new();
-        s.add_agent(a("amd-1"), vec![p("linux/amd64"), p("linux/386")], 2, Standing::Active);
-        s.add_agent(a("amd-2"), vec![p("linux/amd64")], 1, Standing::Active);
-        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 1, Standing::Active);
-        s
-    }
-
-    #[test]
-    fn jobs_go_only_to_agents_declaring_their_platform() {
-        let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"), vec![]);
-        s.enqueue(j(2), p("linux/386"), vec![]);
-        let got = s.dispatch();
-        assert_eq!(got, vec![Assignment { job: j(1), agent: a("arm-1") }, Assignment { job: j(2), agent: a("amd-1") }]);
-    }
-
-    #[test]
-    fn least_loaded_first_by_ratio_then_name() {
-        let mut s = farm();
-        for n in 1..=3 {
-            s.enqueue(j(n), p("linux/amd64"), vec![]);
+    /// Jobs waiting for a slot, per platform, sorted by platform.
+    pub fn queued_by_platform(&self) -> Vec<(Platform, usize)> {
+        let mut counts: BTreeMap<&Platform, usize> = BTreeMap::new();
+        for q in &self.queue {
+            *counts.entry(&q.wants.platform).or_default() += 1;
         }
-        let agents: Vec<_> = s.dispatch().into_iter().map(|x| x.agent.to_string()).collect();
-        // Both idle: name breaks the tie; then amd-1 (1/2) beats amd-2 (1/1).
-        assert_eq!(agents, ["amd-1", "amd-2", "amd-1"]);
-        assert_eq!(s.load(&a("amd-1")), Some((2, 2)));
-    }
-
-    #[test]
-    fn full_agents_leave_jobs_queued_until_a_slot_frees() {
-        let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"), vec![]);
-        s.enqueue(j(2), p("linux/arm64"), vec![]);
-        s.enqueue(j(3), p("linux/amd64"), vec![]);
-        let first = s.dispatch();
-        assert_eq!(first.len(), 2, "arm-1 has one slot; amd64 must not wait behind arm64");
-        assert_eq!(s.queued(), 1);
-        assert!(s.dispatch().is_empty());
-        s.finish(&j(1));
-        assert_eq!(s.dispatch(), vec![Assignment { job: j(2), agent: a("arm-1") }]);
-        s.finish(&j(1)); // late duplicate: ignored
-        assert_eq!(s.load(&a("arm-1")), Some((1, 1)));
-    }
-
-    #[test]
-    fn unknown_platforms_are_refused_naming_missing_and_available() {
-        let s = farm();
-        assert!(s.check(&[p("linux/amd64"), p("linux/arm64")]).is_ok());
-        let err = s.check(&[p("linux/amd64"), p("linux/s390x"), p("linux/arm/v7")]).unwrap_err();
-        assert_eq!(err.missing, vec![p("linux/s390x"), p("linux/arm/v7")]);
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with(
-                "no agent builds linux/s390x, linux/arm/v7 natively; the farm has linux/386, linux/amd64, linux/arm64."
-            ),
-            "{msg}"
-        );
-        let empty = Scheduler::new().check(&[p("linux/amd64")]).unwrap_err().to_string();
-        assert!(empty.contains("the farm has none"), "{empty}");
-    }
-
-    #[test]
-    fn removing_an_agent_reports_running_and_stranded_jobs() {
-        let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"), vec![]);
-        s.enqueue(j(2), p("linux/arm64"), vec![]);
-        s.enqueue(j(3), p("linux/amd64"), vec![]);
-        s.dispatch();
-        let removed = s.remove_agent(&a("arm-1"));
-        assert_eq!(removed, Removed { running: vec![j(1)] });
-        assert_eq!(s.queued(), 1, "a stranded job stays queued: an agent may come back");
-        assert!(s.check(&[p("linux/arm64")]).is_err());
-        // The amd64 job is untouched.
-        s.finish(&j(3));
-        assert_eq!(s.load(&a("amd-1")), Some((0, 2)));
-    }
-
-    #[test]
-    fn re_registering_keeps_counting_running_jobs() {
-        let mut s = farm();
-        s.enqueue(j(1), p("linux/arm64"), vec![]);
-        s.dispatch();
-        s.add_agent(a("arm-1"), vec![p("linux/arm64")], 2, Standing::Active);
-        assert_eq!(s.load(&a("arm-1")), Some((1, 2)));
-    }
-
-    #[test]
-    fn cancelled_jobs_leave_the_queue() {
-        let mut s = Scheduler::new();
-        s.add_agent(a("x"), vec![p("linux/amd64")], 1, Standing::Active);
-        s.enqueue(j(1), p("linux/amd64"), vec![]);
-        s.enqueue(j(2), p("linux/amd64"), vec![]);
-        assert!(s.cancel(&j(2)));
-        assert!(!s.cancel(&j(2)));
-        assert_eq!(s.dispatch().len(), 1);
-        assert_eq!(s.queued(), 0);
-    }
-
-    #[test]
-    fn quarantined_and_draining_agents_get_no_jobs() {
-        let mut s = farm();
-        s.set_standing(&a("arm-1"), Standing::Quarantined("wrong platform".into()));
-        assert!(!s.serves(&p("linux/arm64")));
-        assert!(s.check(&[p("linux/arm64")]).is_err(), "a quarantined agent does not count");
-        s.enqueue(j(1), p("linux/arm64"), vec![]);
-        assert!(s.dispatch().is_empty());
-        s.set_standing(&a("arm-1"), Standing::Active);
-        assert_eq!(s.dispatch().len(), 1);
-
-        s.set_standing(&a("amd-1"), Standing::Draining);
-        s.enqueue(j(2), p("linux/amd64"), vec![]);
-        assert_eq!(s.dispatch(), vec![Assignment { job: j(2), agent: a("amd-2") }]);
-        assert_eq!(s.standing(&a("amd-1")), Some(&Standing::Draining));
-    }
-
-    #[test]
-    fn retries_avoid_earlier_agents_unless_no_other_declares_the_platform() {
-        let mut s = farm();
-        s.enqueue(j(1), p("linux/amd64"), vec![a("amd-1")]);
-        assert_eq!(s.dispatch(), vec![Assignment { job: j(1), agent: a("amd-2") }]);
-        // amd-2 is busy now: the retry waits for it rather than going back to amd-1.
-        s.enqueue(j(2), p("linux/amd64"), vec![a("amd-1")]);
-        assert!(s.dispatch().is_empty());
-        // arm-1 is the only arm64 agent: avoiding it would strand the job.
-        s.enqueue(j(3), p("linux/arm64"), vec![a("arm-1")]);
-        assert_eq!(s.dispatch(), vec![Assignment { job: j(3), agent: a("arm-1") }]);
+        counts.into_iter().map(|(p, n)| (p.clone(), n)).collect()
     }
 }

@@ -1,9 +1,21 @@
-//! Agent standing: failures in a row, quarantine, and names revoked by older coordinators.
+//! Agent standing: failures in a row, quarantine, an administrator's drain, and names revoked by
+//! older coordinators.
 
 use super::{Result, Store, StoreError};
 use archfarm_shared::protocol::AgentAttempt;
 use archfarm_shared::AgentName;
 use rusqlite::{params, OptionalExtension};
+
+/// An agent's recorded standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Nothing holds it back.
+    Active,
+    /// An administrator drained it.
+    Drained,
+    /// Quarantined, and why.
+    Quarantined(String),
+}
 
 impl Store {
     /// Counts an infrastructure failure against an agent; returns its consecutive failures.
@@ -31,6 +43,47 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// Lifts an agent's quarantine and forgets its failures in a row; whether it was quarantined.
+    pub async fn unquarantine(&self, agent: &AgentName) -> Result<bool> {
+        let changed = self
+            .execute(
+                "UPDATE agents SET quarantined = 0, reason = NULL, failures = 0 WHERE name = ?1 AND quarantined = 1",
+                (agent.to_string(),),
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    /// Records an administrator's drain (or its end); whether that changed anything.
+    pub async fn set_drained(&self, agent: &AgentName, drained: bool) -> Result<bool> {
+        let changed = self
+            .execute(
+                "INSERT INTO agents (name, drained) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET drained = ?2 WHERE drained != ?2",
+                (agent.to_string(), i64::from(drained)),
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    /// What the administrator and the agent's record say it may be given: quarantined (why)
+    /// before drained before active.
+    pub async fn recorded_standing(&self, agent: &AgentName) -> Result<Recorded> {
+        let agent = agent.to_string();
+        self.read(move |c| {
+            Ok(c.query_row("SELECT quarantined, reason, drained FROM agents WHERE name = ?1", params![agent], |r| {
+                Ok(match (r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?) {
+                    (1, reason, _) => Recorded::Quarantined(reason.unwrap_or_default()),
+                    (_, _, 1) => Recorded::Drained,
+                    _ => Recorded::Active,
+                })
+            })
+            .optional()?
+            .unwrap_or(Recorded::Active))
+        })
+        .await
     }
 
     /// Why an agent is quarantined, if it is.
@@ -106,6 +159,21 @@ mod tests {
         assert_eq!(s.quarantined(&a).await.unwrap(), None);
         s.quarantine(&a, "pushed linux/amd64 for a linux/arm64 job").await.unwrap();
         assert_eq!(s.quarantined(&a).await.unwrap().as_deref(), Some("pushed linux/amd64 for a linux/arm64 job"));
+        assert!(s.set_drained(&a, true).await.unwrap());
+        assert!(!s.set_drained(&a, true).await.unwrap(), "draining twice changes nothing");
+        assert_eq!(
+            s.recorded_standing(&a).await.unwrap(),
+            Recorded::Quarantined("pushed linux/amd64 for a linux/arm64 job".into()),
+            "a quarantine outranks a drain"
+        );
+        assert!(s.unquarantine(&a).await.unwrap());
+        assert!(!s.unquarantine(&a).await.unwrap());
+        assert_eq!(s.recorded_standing(&a).await.unwrap(), Recorded::Drained);
+        assert_eq!(s.agent_failed(&a).await.unwrap(), 1, "failures are forgotten with the quarantine");
+        assert!(s.set_drained(&a, false).await.unwrap());
+        assert_eq!(s.recorded_standing(&a).await.unwrap(), Recorded::Active);
+        let new: AgentName = "never-seen".parse().unwrap();
+        assert_eq!(s.recorded_standing(&new).await.unwrap(), Recorded::Active);
     }
 
     #[tokio::test]

@@ -66,14 +66,14 @@ impl Store {
             .await
     }
 
-    /// Starts attempt `number` of `job` on `agent`.
-    pub async fn start_attempt(&self, job: &JobId, number: u32, agent: &AgentName) -> Result<()> {
-        let (job, agent) = (job.to_string(), agent.to_string());
+    /// Starts attempt `number` of `job` on `agent`, chosen for `placement`.
+    pub async fn start_attempt(&self, job: &JobId, number: u32, agent: &AgentName, placement: &str) -> Result<()> {
+        let (job, agent, placement) = (job.to_string(), agent.to_string(), placement.to_owned());
         self.writer
             .write(move |c| {
                 c.execute(
-                    "INSERT INTO attempts (job, number, agent, started_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![job, number, agent, now_ms() as i64],
+                    "INSERT INTO attempts (job, number, agent, started_ms, placement) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![job, number, agent, now_ms() as i64, placement],
                 )?;
                 c.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job, JobState::Running.as_str()])?;
                 Ok(())
@@ -266,9 +266,10 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
         .optional()?;
     let Some(row) = row else { return Ok(None) };
     let summary = summary(row)?;
-    let jobs = read_jobs(&conn, build)?;
+    let jobs = read_jobs(conn, build)?;
     let mut attempts_stmt = conn.prepare(
-        "SELECT number, agent, started_ms, finished_ms, outcome, detail FROM attempts WHERE job = ?1 ORDER BY number",
+        "SELECT number, agent, started_ms, finished_ms, outcome, detail, placement FROM attempts \
+         WHERE job = ?1 ORDER BY number",
     )?;
     let mut out = Vec::new();
     for job in jobs {
@@ -281,11 +282,12 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
                     r.get::<_, Option<i64>>(3)?,
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?
             .into_iter()
-            .map(|(number, agent, started, finished, outcome, detail)| {
+            .map(|(number, agent, started, finished, outcome, detail, placement)| {
                 Ok(AttemptDetail {
                     number: number as u32,
                     agent: parse(&agent, "agent name")?,
@@ -293,6 +295,7 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
                     finished_ms: finished.map(|f| f as u64),
                     outcome: outcome.map(|o| parse(&o, "attempt outcome")).transpose()?,
                     detail,
+                    placement: placement.unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -384,14 +387,14 @@ mod tests {
             )
             .await
             .unwrap();
-            s.start_attempt(&j1, 1, &agent).await.unwrap();
+            s.start_attempt(&j1, 1, &agent, "least loaded (0/1 running)").await.unwrap();
             assert!(s.finish_attempt(&j1, 1, AttemptOutcome::Lost, "agent went away").await.unwrap());
             assert!(
                 !s.finish_attempt(&j1, 1, AttemptOutcome::Pushed, "late").await.unwrap(),
                 "a late report is fenced"
             );
             s.requeue(&j1).await.unwrap();
-            s.start_attempt(&j1, 2, &agent).await.unwrap();
+            s.start_attempt(&j1, 2, &agent, "").await.unwrap();
             assert_eq!(s.agent_failed(&agent).await.unwrap(), 1);
             let image = VerifiedImage {
                 digest: Digest::of(b"m"),

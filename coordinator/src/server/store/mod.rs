@@ -16,6 +16,7 @@
 //! - [`writer`]: the writer thread and group commit.
 
 mod agents;
+pub use agents::Recorded;
 pub mod builds;
 pub mod certificates;
 mod history;
@@ -142,6 +143,10 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("join_tokens", "platforms", "TEXT NOT NULL DEFAULT ''"),
     // NULL for builds from before owners.
     ("builds", "owner", "TEXT"),
+    // Why the scheduler chose the attempt's agent; NULL for attempts from before.
+    ("attempts", "placement", "TEXT"),
+    // Drained by an administrator: no new jobs until undrained.
+    ("agents", "drained", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn add_column(conn: &Connection, table: &str, column: &str, declaration: &str) -> rusqlite::Result<()> {
