@@ -13,6 +13,7 @@ farm="$root/.farm"
 profile=${ARCHFARM_PROFILE:-release}
 registry_port=${ARCHFARM_REGISTRY_PORT:-5000}
 coordinator_port=${ARCHFARM_COORDINATOR_PORT:-7000}
+status_port=${ARCHFARM_STATUS_PORT:-9464}
 log() { printf 'farm-up: %s\n' "$*"; }
 
 alive() { [ -f "$farm/$1.pid" ] && kill -0 "$(cat "$farm/$1.pid")" 2>/dev/null; }
@@ -56,6 +57,7 @@ YAML
 cat >"$farm/coordinator/coordinator.toml" <<TOML
 listen = "127.0.0.1:$coordinator_port"
 data_dir = "data"
+metrics_listen = "127.0.0.1:$status_port"
 [tls]
 ca_cert = "../ca/ca.pem"
 cert = "../ca/coordinator.pem"
@@ -103,6 +105,7 @@ export ARCHFARM_COORDINATOR=127.0.0.1:$coordinator_port
 export ARCHFARM_TOKEN=$(cat "$farm/ca/client.token")
 export ARCHFARM_CA=$farm/ca/ca.pem
 export REGISTRY=127.0.0.1:$registry_port
+export ARCHFARM_STATUS_URL=http://127.0.0.1:$status_port
 export PATH=$bin:\$PATH
 ENV
 # shellcheck disable=SC1091
@@ -113,6 +116,7 @@ for _ in $(seq 1 100); do
     && [ "$("$bin/archfarm" agents ls --format json 2>/dev/null | grep -c '"name"')" = 2 ]; then
     "$bin/archfarm" agents ls
     log "registry at $REGISTRY, coordinator at $ARCHFARM_COORDINATOR; logs in $farm/logs"
+    log "status page at $ARCHFARM_STATUS_URL/, Prometheus metrics at $ARCHFARM_STATUS_URL/metrics"
     log "agent arm64-1 declares linux/arm64 on $(uname -m) hardware: it stands in for an arm64 host"
     log "use it: . $farm/env"
     exit 0

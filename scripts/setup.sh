@@ -2,8 +2,9 @@
 # Installs and starts what archfarm's local farm and test suite need on a Debian/Ubuntu machine:
 # Docker Engine (dockerd), the CNCF registry (Debian's docker-registry), skopeo, htpasswd (for a
 # registry that wants a login), socat (an engine in its own network namespace reaching the
-# registry), and the per-arch
-# static busybox binaries the test image copies. Idempotent: it only adds what is missing.
+# registry), Prometheus with promtool (the metrics test scrapes the coordinator with it),
+# Chromium (the status page test loads the page headless), and the per-arch static busybox
+# binaries the test image copies. Idempotent: it only adds what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 fixtures="$here/.farm/fixtures"
@@ -20,6 +21,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 # socat: a test reaches the registry from an engine in a network namespace of its own.
 command -v socat >/dev/null || need+=(socat)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] || [ ! -x "$fixtures/arm64/busybox" ] || [ ! -x "$fixtures/386/busybox" ]; then
   export DEBIAN_FRONTEND=noninteractive
   for arch in arm64 i386; do

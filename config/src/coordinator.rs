@@ -33,6 +33,12 @@ pub struct CoordinatorConfig {
     /// Consecutive infrastructure failures after which an agent is quarantined. Default: 3.
     #[serde(default = "default_quarantine_after")]
     pub quarantine_after_failures: u32,
+    /// Where the coordinator serves Prometheus metrics (`/metrics`) and its status page (`/`)
+    /// over HTTP, for example `"127.0.0.1:9464"`. Open on a loopback address; on any other,
+    /// every request needs a client token (bearer, or the password of basic authentication).
+    /// Default: off.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Cache affinity: a job goes to the agent that last built the same repository's
     /// Dockerfile for its platform (its BuildKit cache is warm) while that agent's load
     /// (running ÷ capacity) is at most this much above the least-loaded agent's; otherwise to

@@ -197,6 +197,24 @@ pub enum BuildsCommand {
         #[arg(long, value_enum, default_value = "ask")]
         on_interrupt: OnInterrupt,
     },
+    /// Run the failed platforms of a failed or cancelled build again, on fresh attempts, keep
+    /// its verified platforms, publish, and follow it (not in buildx).
+    Retry {
+        #[command(flatten)]
+        /// Coordinator.
+        remote: Remote,
+        /// Build id.
+        build: BuildId,
+        /// Only this platform (repeatable); every platform not verified when absent.
+        #[arg(long = "platform", value_delimiter = ',')]
+        platforms: Vec<archfarm_shared::Platform>,
+        /// Progress output.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: Mode,
+        /// What Ctrl-C does: ask, detach or cancel.
+        #[arg(long, value_enum, default_value = "ask")]
+        on_interrupt: OnInterrupt,
+    },
     /// Publish the index of a build whose platforms are all verified, without rebuilding.
     Publish {
         #[command(flatten)]

@@ -46,6 +46,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             BuildsCommand::Watch { remote, build, progress, on_interrupt } => {
                 client::builds::watch(&remote, build, progress, on_interrupt).await
             }
+            BuildsCommand::Retry { remote, build, platforms, progress, on_interrupt } => {
+                client::builds::retry(&remote, build, platforms, progress, on_interrupt).await
+            }
             BuildsCommand::Publish { remote, build, force } => {
                 client::builds::publish(&remote, build, force).await.map(|()| true)
             }

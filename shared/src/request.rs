@@ -41,6 +41,9 @@ pub enum RequestError {
     /// A `--require` that is malformed, or names a platform the build does not have.
     #[error("{0}")]
     BadRequirement(String),
+    /// An optional platform the build does not have, or names twice.
+    #[error("{0}")]
+    BadOptional(String),
     /// A platform listed twice.
     #[error("--platform lists {0} twice")]
     PlatformTwice(String),
@@ -164,6 +167,13 @@ pub fn validate(req: &BuildRequest) -> Result<Option<Destination>, RequestError>
     }
     check_cache(req, destination.as_ref())?;
     check_requirements(req)?;
+    for (i, p) in req.optional_platforms.iter().enumerate() {
+        if !req.platforms.contains(p) || req.optional_platforms[..i].contains(p) {
+            return Err(RequestError::BadOptional(format!(
+                "--optional-platform {p}: each optional platform must be one of the build's platforms, once"
+            )));
+        }
+    }
     let d = &req.dockerfile;
     if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == "..") || d.contains('\0') {
         return Err(RequestError::BadDockerfile(d.clone()));
@@ -363,6 +373,11 @@ mod tests {
         assert!(e.starts_with("--require linux/s390x:region=eu: the build has no platform linux/s390x"), "{e}");
         let e = refused(|r| r.requirements = (0..33).map(|i| req(&format!("k{i}=v"))).collect()).to_string();
         assert_eq!(e, "33 --require flags: at most 32");
+        let e = refused(|r| r.optional_platforms = vec!["linux/s390x".parse().unwrap()]).to_string();
+        assert!(e.starts_with("--optional-platform linux/s390x: each optional platform must be"), "{e}");
+        let own = platforms[1].clone();
+        assert!(validate(&BuildRequest { optional_platforms: vec![own.clone()], ..request() }).is_ok());
+        assert!(refused(|r| r.optional_platforms = vec![own.clone(), own.clone()]).to_string().contains("once"));
         // Decoded from the wire unchecked: the same rules apply.
         let raw = crate::capabilities::Requirement { platform: None, key: "Bad Key".into(), value: "v".into() };
         assert!(refused(|r| r.requirements = vec![raw]).to_string().contains("label key"));

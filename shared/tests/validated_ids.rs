@@ -108,6 +108,7 @@ struct PlainBuildRequest {
     cache_to: Option<String>,
     inline_cache: bool,
     requirements: Vec<PlainRequirement>,
+    optional_platforms: Vec<PlainPlatform>,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -223,6 +224,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         cache_to: None,
         inline_cache: false,
         requirements: vec!["linux/arm/v7:region=eu".parse().unwrap()],
+        optional_platforms: vec!["linux/arm/v7".parse().unwrap()],
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -247,6 +249,7 @@ fn stored_json_is_unchanged_and_still_reads() {
             key: "region".into(),
             value: "eu".into(),
         }],
+        optional_platforms: vec![plain("linux", "arm", Some("v7"))],
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

@@ -27,8 +27,13 @@ pub struct BuildArgs {
     remote: Remote,
     /// Target platforms, comma-separated or repeated (linux/amd64,linux/arm64). The index lists
     /// them in this order.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "optional_platforms")]
     platform: Vec<String>,
+    /// A platform built only if an agent fits it and it succeeds; otherwise the index is
+    /// published without it, and the client, `builds show` and the metadata file say why
+    /// (comma-separated or repeated). Not in buildx.
+    #[arg(long = "optional-platform", value_delimiter = ',', value_name = "PLATFORM")]
+    optional_platforms: Vec<Platform>,
     /// Name and tag, REGISTRY/REPOSITORY:TAG (repeatable; all in one repository).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
@@ -144,12 +149,18 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         bail!("--push needs a name: add -t REGISTRY/REPOSITORY:TAG");
     }
 
-    let platforms = args
+    let mut platforms = args
         .platform
         .iter()
         .filter(|p| !p.trim().is_empty())
         .map(|p| p.parse::<Platform>())
         .collect::<Result<Vec<_>, _>>()?;
+    for p in &args.optional_platforms {
+        if platforms.contains(p) {
+            bail!("{p} is in both --platform and --optional-platform: name it once");
+        }
+        platforms.push(p.clone());
+    }
     let req = BuildRequest {
         platforms,
         tags: args.tags.clone(),
@@ -173,6 +184,7 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         cache_to: None,
         inline_cache: false,
         requirements: args.require.clone(),
+        optional_platforms: args.optional_platforms.clone(),
     };
     let req = with_cache(req, &args.cache_from, &args.cache_to)?;
     request::validate(&req)?;

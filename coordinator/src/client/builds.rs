@@ -8,7 +8,7 @@ use anyhow::bail;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{BuildDetail, BuildState, BuildSummary, ClientRequest, ClientResponse};
-use archfarm_shared::BuildId;
+use archfarm_shared::{BuildId, Platform};
 use std::fmt::Write;
 
 fn ago(ms: u64) -> String {
@@ -172,13 +172,35 @@ pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result
 
 /// `builds watch`: the build as it stands, then its events to its end.
 pub async fn watch(remote: &Remote, build: BuildId, mode: Mode, on_interrupt: OnInterrupt) -> anyhow::Result<bool> {
+    follow_request(remote, ClientRequest::WatchBuild { build }, mode, on_interrupt).await
+}
+
+/// `builds retry`: the failed (or named) platforms run again, then it is followed as `watch`
+/// follows a build.
+pub async fn retry(
+    remote: &Remote,
+    build: BuildId,
+    platforms: Vec<Platform>,
+    mode: Mode,
+    on_interrupt: OnInterrupt,
+) -> anyhow::Result<bool> {
+    follow_request(remote, ClientRequest::RetryBuild { build, platforms }, mode, on_interrupt).await
+}
+
+/// Sends a request answered with a build's snapshot and then its events, and follows them.
+async fn follow_request(
+    remote: &Remote,
+    request: ClientRequest,
+    mode: Mode,
+    on_interrupt: OnInterrupt,
+) -> anyhow::Result<bool> {
     let conn = Connection::open(remote).await?;
-    let (mut send, mut recv) = conn.request(&ClientRequest::WatchBuild { build }).await?;
+    let (mut send, mut recv) = conn.request(&request).await?;
     let _ = send.finish();
     let snapshot = match conn.next(&mut recv).await? {
         Some(ClientResponse::BuildDetail(d)) => d,
         Some(ClientResponse::Error { message }) => bail!("{message}"),
-        other => bail!("unexpected answer to builds watch: {other:?}"),
+        other => bail!("unexpected answer: {other:?}"),
     };
     eprint!("{}", detail(&snapshot));
     let progress = Progress::new(mode, &snapshot.summary.platforms);

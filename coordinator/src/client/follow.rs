@@ -5,7 +5,7 @@ use super::progress::Progress;
 use super::Connection;
 use anyhow::bail;
 use archfarm_shared::protocol::{BuildEvent, ClientRequest, ClientResponse, PlatformResult};
-use archfarm_shared::{BuildId, Digest};
+use archfarm_shared::{BuildId, Digest, Platform};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
@@ -48,6 +48,7 @@ pub async fn follow(
     metadata: Option<&Path>,
 ) -> anyhow::Result<Option<Vec<PlatformResult>>> {
     let mut build: Option<BuildId> = None;
+    let mut left_out: Vec<(Platform, String)> = Vec::new();
     let mut cancelling = false;
     // One stream for the whole follow: a SIGINT arriving between two loop turns is kept, not lost.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -91,11 +92,12 @@ pub async fn follow(
         progress.event(&event);
         match event {
             BuildEvent::Accepted { build: id } => build = Some(id),
+            BuildEvent::PlatformLeftOut { platform, reason } => left_out.push((platform, reason)),
             BuildEvent::Published { index, tags, platforms } => {
                 eprintln!("published index {index} as {}", tags.join(", "));
-                list(&platforms);
+                list(&platforms, &left_out);
                 if let Some(path) = metadata {
-                    write_metadata(path, build.as_ref(), Some(&index), &tags, &platforms).await?;
+                    write_metadata(path, build.as_ref(), Some(&index), &tags, &platforms, &left_out).await?;
                 }
                 return Ok(Some(platforms));
             }
@@ -104,9 +106,9 @@ pub async fn follow(
                 eprintln!(
                     "every platform was built and verified; no tag was written (no --push):                      `archfarm builds publish {id}` publishes them"
                 );
-                list(&platforms);
+                list(&platforms, &left_out);
                 if let Some(path) = metadata {
-                    write_metadata(path, build.as_ref(), None, &[], &platforms).await?;
+                    write_metadata(path, build.as_ref(), None, &[], &platforms, &left_out).await?;
                 }
                 return Ok(Some(platforms));
             }
@@ -119,7 +121,7 @@ pub async fn follow(
     }
 }
 
-fn list(platforms: &[PlatformResult]) {
+fn list(platforms: &[PlatformResult], left_out: &[(Platform, String)]) {
     for p in platforms {
         eprintln!(
             "  {:<14} {}  (agent {}, {:.1} s)",
@@ -129,6 +131,9 @@ fn list(platforms: &[PlatformResult]) {
             p.duration_ms as f64 / 1000.0
         );
     }
+    for (platform, reason) in left_out {
+        eprintln!("  {:<14} left out (optional): {reason}", platform.to_string());
+    }
 }
 
 async fn write_metadata(
@@ -137,6 +142,7 @@ async fn write_metadata(
     index: Option<&Digest>,
     tags: &[String],
     platforms: &[PlatformResult],
+    left_out: &[(Platform, String)],
 ) -> anyhow::Result<()> {
     let mut doc = serde_json::json!({
         "image.name": tags.join(","),
@@ -146,6 +152,10 @@ async fn write_metadata(
             "digest": p.digest.as_str(),
             "agent": p.agent.as_str(),
             "duration_ms": p.duration_ms,
+        })).collect::<Vec<_>>(),
+        "archfarm.left_out": left_out.iter().map(|(platform, reason)| serde_json::json!({
+            "platform": platform.to_string(),
+            "reason": reason,
         })).collect::<Vec<_>>(),
     });
     if let Some(index) = index {

@@ -93,6 +93,9 @@ impl Progress {
                     self.tail(platform, failure);
                 }
             }
+            BuildEvent::PlatformLeftOut { platform, reason } => {
+                self.status(platform, format!("left out (optional): {reason}"), true)
+            }
             BuildEvent::Retrying { platform, agent, reason, next_attempt } => {
                 let text = format!("attempt on agent {agent} ended: {reason}; retrying (attempt {next_attempt})");
                 match self.bars.get(platform) {

@@ -16,6 +16,22 @@ use archfarm_shared::protocol::Role;
 use std::path::Path;
 use tracing::warn;
 
+/// The principal of a client token: from the token file (tokens of `archfarm ca init`), else
+/// from the database (tokens of `archfarm tokens create`); none for an unknown token.
+pub async fn client_principal(shared: &super::state::Shared, token: &str) -> Option<Principal> {
+    let from_file = token_file_principal(&shared.settings.tokens_file, token).unwrap_or_else(|e| {
+        warn!("{e}");
+        None
+    });
+    match from_file {
+        Some(who) => Some(who),
+        None => shared.store.client_token(&token_hash(token)).await.unwrap_or_else(|e| {
+            warn!("reading client tokens: {e}");
+            None
+        }),
+    }
+}
+
 /// The principal of `token` if the token-hash file lists it. A missing or unreadable file
 /// accepts none; a line that cannot be read is skipped with a warning.
 pub fn token_file_principal(tokens_file: &Path, token: &str) -> Result<Option<Principal>, String> {

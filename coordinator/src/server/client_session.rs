@@ -7,7 +7,6 @@ use super::handlers;
 use super::state::Shared;
 use super::wire::on_codec_error;
 use archfarm_shared::codec;
-use archfarm_shared::pki::token_hash;
 use archfarm_shared::protocol::{close, ClientRequest, ClientResponse};
 use archfarm_shared::tls;
 use std::sync::Arc;
@@ -42,20 +41,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
         Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
     };
-    // Tokens from `archfarm ca init` are in the token file; those from `archfarm tokens create`
-    // in the database.
-    let from_file = auth::token_file_principal(&shared.settings.tokens_file, &token).unwrap_or_else(|e| {
-        warn!("{e}");
-        None
-    });
-    let who = match from_file {
-        Some(who) => Some(who),
-        None => shared.store.client_token(&token_hash(&token)).await.unwrap_or_else(|e| {
-            warn!("reading client tokens: {e}");
-            None
-        }),
-    };
-    let Some(who) = who.map(Arc::new) else {
+    let Some(who) = auth::client_principal(&shared, &token).await.map(Arc::new) else {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();
         let _ = codec::write_msg(&mut send, &ClientResponse::Refused { reason: reason.clone() }, max).await;

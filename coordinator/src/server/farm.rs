@@ -160,9 +160,14 @@ impl Farm {
         self.lock().scheduler.check(jobs)
     }
 
-    /// Jobs waiting for an agent, per platform.
+    /// Jobs waiting for an agent, per platform: every platform an active agent declares (none
+    /// waiting, perhaps) and every platform a job waits for.
     pub fn queued_by_platform(&self) -> Vec<(Platform, usize)> {
-        self.lock().scheduler.queued_by_platform()
+        let st = self.lock();
+        let mut all: std::collections::BTreeMap<Platform, usize> =
+            st.scheduler.platforms().into_iter().map(|p| (p, 0)).collect();
+        all.extend(st.scheduler.queued_by_platform());
+        all.into_iter().collect()
     }
 
     /// Waits for an agent to run `job`, avoiding `avoid` if another agent fits it. Fails when no

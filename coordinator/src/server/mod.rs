@@ -17,7 +17,9 @@
 //! - [`auth`]: client tokens in the token file.
 //! - [`gc`]: garbage collection with retention, and the free space new work needs.
 //! - [`farm`]: connected agents and waiting jobs around the scheduler.
-//! - [`scheduler`]: pure job placement: native platforms only, least-loaded first.
+//! - [`scheduler`]: pure job placement: native platforms only, fit, least-loaded or warm first.
+//! - [`metrics`]: the Prometheus metrics; [`status`]: the HTTP listener for them and the
+//!   status page.
 //! - [`live`]: running builds: their event channels and cancellation.
 //! - [`ports`]: the seams of orchestration: the agent link and the registry, as traits.
 //! - [`build`]: one build from request to published index; one platform's attempts.
@@ -38,10 +40,12 @@ pub mod farm;
 pub mod gc;
 pub mod handlers;
 pub mod live;
+pub mod metrics;
 pub mod ports;
 pub mod publish;
 pub mod scheduler;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod stored_images;
 pub mod tags;
@@ -88,6 +92,14 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     let endpoint = tls::endpoint(config.listen_addr(), Some(server_config))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(address = %endpoint.local_addr()?, "coordinator listening");
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics_listen) for metrics and the status page"))?;
+        let open = if addr.ip().is_loopback() { "open on loopback" } else { "a client token required" };
+        info!(url = %format!("http://{}/", listener.local_addr()?), "status page and /metrics listening ({open})");
+        tokio::spawn(status::serve(shared.clone(), listener));
+    }
     // Builds the last run did not finish continue; agents reconnect on their own.
     for id in shared.store.unfinished().await.context("reading unfinished builds")? {
         if let Err(e) = build::resume(&shared, &id).await {
@@ -154,6 +166,7 @@ fn shared_state(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
         uploads: uploads::Uploads::default(),
         tag_locks: build::tagging::TagLocks::default(),
         registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
+        metrics: metrics::Metrics::new(),
         settings: Settings {
             max_frame: config.max_frame_bytes,
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),

@@ -58,6 +58,8 @@ pub struct Shared {
     pub tag_locks: super::build::tagging::TagLocks,
     /// One client per registry, kept between builds.
     pub registries: Arc<RegistryClients>,
+    /// What Prometheus scrapes.
+    pub metrics: super::metrics::Metrics,
     /// Settings.
     pub settings: Settings,
 }

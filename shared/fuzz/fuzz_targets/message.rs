@@ -92,7 +92,7 @@ fn event(e: &BuildEvent) {
             platform(p);
             agent(a);
         }
-        BuildEvent::Log { platform: p, .. } => platform(p),
+        BuildEvent::Log { platform: p, .. } | BuildEvent::PlatformLeftOut { platform: p, .. } => platform(p),
         BuildEvent::PlatformDone(r) => result(r),
         BuildEvent::PlatformFailed { platform: p, agent: a, .. } => {
             platform(p);
@@ -127,6 +127,10 @@ fn client_request(r: &ClientRequest) {
         | ClientRequest::PublishBuild { build: b, .. }
         | ClientRequest::CancelBuild { build: b } => build(b),
         ClientRequest::RevokeAgent { name, .. } | ClientRequest::ChangeAgent { name, .. } => agent(name),
+        ClientRequest::RetryBuild { build: b, platforms } => {
+            build(b);
+            platforms.iter().for_each(platform);
+        }
         ClientRequest::Hello { .. }
         | ClientRequest::PruneBuilds
         | ClientRequest::ListAgents

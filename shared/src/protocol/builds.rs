@@ -39,6 +39,9 @@ pub enum JobState {
     Failed,
     /// Cancelled with its build.
     Cancelled,
+    /// An optional platform that was not built (no agent fitted it, or it failed): the index
+    /// was published without it. Its error says why.
+    LeftOut,
 }
 
 macro_rules! text_enum {
@@ -64,7 +67,7 @@ macro_rules! text_enum {
 }
 
 text_enum!(BuildState { Running => "running", Publishing => "publishing", Published => "published", Failed => "failed", Cancelled => "cancelled", Built => "built" });
-text_enum!(JobState { Queued => "queued", Running => "running", Verified => "verified", Failed => "failed", Cancelled => "cancelled" });
+text_enum!(JobState { Queued => "queued", Running => "running", Verified => "verified", Failed => "failed", Cancelled => "cancelled", LeftOut => "left-out" });
 
 impl BuildState {
     /// Whether the build will not change any more on its own.
@@ -217,6 +220,14 @@ pub enum BuildEvent {
     /// moved by another writer). Comes before `Published`, which lists the tags that moved.
     TagKept {
         /// Why, naming the tag, and how to move it anyway.
+        reason: String,
+    },
+    /// An optional platform was left out: no agent fitted it, or it failed. The index is
+    /// published without it.
+    PlatformLeftOut {
+        /// The platform.
+        platform: Platform,
+        /// Why.
         reason: String,
     },
 }

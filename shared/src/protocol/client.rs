@@ -131,6 +131,15 @@ pub enum ClientRequest {
     /// `archfarm builds prune`: garbage collection now, with the configured retention;
     /// answered with `Done` saying what went.
     PruneBuilds,
+    /// `archfarm builds retry ID [--platform P]`: runs the failed (or named) platforms of a
+    /// failed or cancelled build again, keeps the verified ones, and publishes; answered like
+    /// [`ClientRequest::WatchBuild`].
+    RetryBuild {
+        /// Which build.
+        build: BuildId,
+        /// Only these platforms (each must not be verified); every unverified one when empty.
+        platforms: Vec<Platform>,
+    },
     /// `archfarm agents drain|undrain|unquarantine NAME`: answered with `Done`.
     ChangeAgent {
         /// The agent.
@@ -261,6 +270,17 @@ pub struct BuildRequest {
     /// `--require [PLATFORM:]KEY=VALUE`: agents must carry these labels (or CPU features).
     #[serde(default)]
     pub requirements: Vec<crate::capabilities::Requirement>,
+    /// `--optional-platform`: platforms (also listed in `platforms`) built when an agent fits
+    /// them and they succeed; otherwise the index is published without them.
+    #[serde(default)]
+    pub optional_platforms: Vec<Platform>,
+}
+
+impl BuildRequest {
+    /// Whether `platform` is optional in this build.
+    pub fn is_optional(&self, platform: &Platform) -> bool {
+        self.optional_platforms.contains(platform)
+    }
 }
 
 fn pushes() -> bool {
@@ -290,6 +310,7 @@ impl BuildRequest {
             cache_to: None,
             inline_cache: false,
             requirements: vec![],
+            optional_platforms: vec![],
         }
     }
 }

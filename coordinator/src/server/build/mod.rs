@@ -104,7 +104,9 @@ pub async fn submit(
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
-    let wants: Vec<Wants> = req.platforms.iter().map(|p| Wants::of(p, &req.requirements, None)).collect();
+    // Optional platforms no agent fits are left out when the build runs, not refused.
+    let wants: Vec<Wants> =
+        req.platforms.iter().filter(|p| !req.is_optional(p)).map(|p| Wants::of(p, &req.requirements, None)).collect();
     shared.farm.check(&wants).map_err(|e| e.to_string())?;
     let id = BuildId::random();
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
@@ -154,6 +156,7 @@ fn spawn(shared: Arc<Shared>, id: BuildId, req: BuildRequest, live: Live) {
             if let Err(e) = shared.store.set_build_state(&id, state, index, error).await {
                 error!("cannot record the end of the build: {e}");
             }
+            shared.metrics.build_ended(state);
             live.emit(match end {
                 BuildEnd::Published { index, tags, platforms } => BuildEvent::Published { index, tags, platforms },
                 BuildEnd::Failed(reason) | BuildEnd::Cancelled(reason) => BuildEvent::Failed { reason },
@@ -188,12 +191,15 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         farm: &shared.farm,
         store: &shared.store,
         images,
+        metrics: &shared.metrics,
         max_attempts: shared.settings.max_attempts,
         quarantine_after: shared.settings.quarantine_after,
         limits: JobLimits {
             timeout: req.job_timeout_secs.map_or(shared.settings.job_timeout, Duration::from_secs),
             idle: req.idle_timeout_secs.map_or(shared.settings.job_idle_timeout, Duration::from_secs),
         },
+        optional: false,
+        attempts_base: 0,
     };
     // Each job watches the cancel token itself, so a running job's stream is reset (which stops
     // it on the agent) rather than merely dropped.
@@ -212,7 +218,11 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
         return BuildEnd::Failed(format!("nothing was published:\n{}", failures.join("\n")));
     }
-    let (children, platforms): (Vec<Child>, Vec<PlatformResult>) = verified.into_iter().flatten().unzip();
+    // Optional platforms left out are `Ok(None)`.
+    let (children, platforms): (Vec<Child>, Vec<PlatformResult>) = verified.into_iter().flatten().flatten().unzip();
+    if children.is_empty() {
+        return BuildEnd::Failed("every platform was optional and left out; nothing was published".into());
+    }
     if let (Some(cache_to), Some(target)) = (&req.cache_to, &plan.target) {
         write_cache(target, cache_to, &children, live).await;
     }
@@ -297,7 +307,8 @@ async fn write_cache(plan: &Target, cache_to: &str, children: &[Child], live: &L
     }
 }
 
-/// One platform of the build: kept if it was verified before a restart, else run.
+/// One platform of the build: kept if it was verified before a restart, else run. An optional
+/// platform left out is `Ok(None)`.
 async fn run_job(
     runner: Runner<'_>,
     plan: &Plan,
@@ -305,7 +316,7 @@ async fn run_job(
     req: &BuildRequest,
     job: StoredJob,
     live: &Live,
-) -> Result<Verified, String> {
+) -> Result<Option<Verified>, String> {
     if let (JobState::Verified, Some((digest, media_type, size)), Some(agent)) = (job.state, &job.verified, &job.agent)
     {
         let result = PlatformResult {
@@ -316,7 +327,20 @@ async fn run_job(
         };
         live.emit(BuildEvent::PlatformDone(result.clone()));
         let manifest = Blob { media_type: media_type.clone(), digest: digest.clone(), size: *size };
-        return Ok((Child { platform: job.platform, manifest }, result));
+        return Ok(Some((Child { platform: job.platform, manifest }, result)));
+    }
+    let runner = Runner { optional: req.is_optional(&job.platform), attempts_base: job.attempts_base, ..runner };
+    // One repository's Dockerfile on one platform: the agent that built it last has it cached.
+    let warm_key = plan.target.as_ref().map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
+    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
+    if runner.optional {
+        if let Some(reason) = left_out(runner.farm, &wants, &job) {
+            if let Err(e) = runner.store.job_ended(&job.job, JobState::LeftOut, &reason).await {
+                warn!(job = %job.job, "cannot record a platform left out: {e}");
+            }
+            live.emit(BuildEvent::PlatformLeftOut { platform: job.platform.clone(), reason });
+            return Ok(None);
+        }
     }
     if job.state == JobState::Running {
         // Its attempt was cut off by the coordinator's restart.
@@ -343,10 +367,19 @@ async fn run_job(
         cache_from: cache_sources(plan, &req.cache_from, &job.platform, live).await,
         inline_cache: req.inline_cache || req.cache_to.is_some(),
     };
-    // One repository's Dockerfile on one platform: the agent that built it last has it cached.
-    let warm_key = plan.target.as_ref().map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
-    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
-    runner.run(spec, &wants, live).await
+    match runner.run(spec, &wants, live).await {
+        Err(_) if runner.optional && !live.cancel.is_cancelled() => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+/// Why an optional platform is left out before it runs: it was already (a coordinator restart
+/// resumes the build), or no connected agent fits it now.
+fn left_out(farm: &super::farm::Farm, wants: &Wants, job: &StoredJob) -> Option<String> {
+    if job.state == JobState::LeftOut {
+        return Some(job.error.clone().unwrap_or_else(|| "left out before a restart".into()));
+    }
+    farm.check(std::slice::from_ref(wants)).err().map(|e| e.to_string())
 }
 
 /// Publishes the index of a build whose platforms are all verified, without rebuilding. Tags

@@ -8,6 +8,7 @@
 
 use crate::server::farm::{AgentHandle, Farm};
 use crate::server::live::Live;
+use crate::server::metrics::Metrics;
 use crate::server::ports::{ImageCheck, VerifyError};
 use crate::server::scheduler::{Standing, Wants};
 use crate::server::store::builds::VerifiedImage;
@@ -28,12 +29,18 @@ pub struct Runner<'a> {
     pub store: &'a Store,
     /// Checks pushed images in the registry.
     pub images: &'a dyn ImageCheck,
+    /// Counts attempts, waits, retries and quarantines.
+    pub metrics: &'a Metrics,
     /// Attempts per platform.
     pub max_attempts: u32,
     /// Failures in a row, for reasons of the agent's own, before it is quarantined.
     pub quarantine_after: u32,
     /// How long one attempt may take.
     pub limits: JobLimits,
+    /// The platform is optional: when it fails it is left out of the index, not the build.
+    pub optional: bool,
+    /// Attempts made before the last `builds retry`: `max_attempts` counts from here.
+    pub attempts_base: u32,
 }
 
 /// How long one attempt may run in all, and without a line of output.
@@ -84,8 +91,10 @@ impl Runner<'_> {
         let started = Instant::now();
         let mut avoid: Vec<AgentName> = Vec::new();
         let mut last: Last = None;
-        while spec.attempt < self.max_attempts {
+        let limit = self.attempts_base + self.max_attempts;
+        while spec.attempt < limit {
             spec.attempt += 1;
+            let waiting = Instant::now();
             let acquired = tokio::select! {
                 a = self.farm.acquire(&spec.job, wants, avoid.clone()) => a,
                 () = live.cancel.cancelled() => {
@@ -94,7 +103,10 @@ impl Runner<'_> {
                 }
             };
             let (agent, placement) = match acquired {
-                Ok(placed) => placed,
+                Ok(placed) => {
+                    self.metrics.waited(&platform, waiting.elapsed());
+                    placed
+                }
                 Err(e) => {
                     spec.attempt -= 1;
                     last = Some(no_agent(e.to_string(), last, spec.attempt));
@@ -113,8 +125,9 @@ impl Runner<'_> {
             let message = format!("no attempts left (limit {})", self.max_attempts);
             (None, JobFailure { kind: FailureKind::AgentLost, message, log_tail: vec![] })
         });
-        if spec.attempt >= self.max_attempts {
-            failure.message = format!("gave up after {} attempts; the last: {}", spec.attempt, failure.message);
+        if spec.attempt >= limit {
+            let made = spec.attempt - self.attempts_base;
+            failure.message = format!("gave up after {made} attempts; the last: {}", failure.message);
         }
         Err(self.fail(live, &spec, agent.as_ref(), failure).await)
     }
@@ -140,8 +153,14 @@ impl Runner<'_> {
         }
         info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, placement, "job assigned");
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
+        let running = Instant::now();
         let attempt = self.attempt(agent, spec, wants, live, started, tried).await;
         drop(slot);
+        let outcome = match &attempt {
+            Attempt::Verified(_) => AttemptOutcome::Pushed,
+            Attempt::Final { outcome, .. } | Attempt::Retry { outcome, .. } => *outcome,
+        };
+        self.metrics.attempt_ended(platform, outcome.as_str(), running.elapsed());
         match attempt {
             Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
             Attempt::Final { outcome, failure } => {
@@ -173,7 +192,8 @@ impl Runner<'_> {
                     self.count_failure(&agent.name, outcome, &failure.message).await;
                 }
                 warn!(platform = %platform, agent = %agent.name, attempt = spec.attempt, "attempt ended without an image: {}", failure.message);
-                if spec.attempt < self.max_attempts {
+                if spec.attempt < self.attempts_base + self.max_attempts {
+                    self.metrics.retried(platform);
                     live.emit(BuildEvent::Retrying {
                         platform: platform.clone(),
                         agent: agent.name.clone(),
@@ -221,7 +241,11 @@ impl Runner<'_> {
                 return self.elsewhere_if_possible(agent, wants, tried, AttemptOutcome::TimedOut, failure);
             }
         };
-        match self.images.verify(&spec.platform, &agent.name, &pushed).await {
+        let verifying = Instant::now();
+        let verified = self.images.verify(&spec.platform, &agent.name, &pushed).await;
+        let unavailable = matches!(verified, Err(VerifyError::Unavailable(_)));
+        self.metrics.registry_observed("verify", verifying.elapsed(), unavailable);
+        match verified {
             Ok(child) => {
                 let result = PlatformResult {
                     platform: spec.platform.clone(),
@@ -281,6 +305,7 @@ impl Runner<'_> {
 
     async fn quarantine(&self, agent: &AgentName, reason: &str) {
         warn!(agent = %agent, "quarantining agent: {reason}");
+        self.metrics.quarantined();
         if let Err(e) = self.store.quarantine(agent, reason).await {
             error!("cannot record the quarantine: {e}");
         }
@@ -297,7 +322,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Records the platform as failed for good, tells the watchers, and returns its summary.
+    /// Records the platform as failed for good (left out, if it is optional), tells the
+    /// watchers, and returns its summary.
     async fn fail(&self, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
         let platform = &spec.platform;
         let who = agent.map_or_else(|| "before reaching an agent".to_owned(), |a| format!("on agent {a}"));
@@ -308,6 +334,15 @@ impl Runner<'_> {
                 summary.push_str("\n      ");
                 summary.push_str(line);
             }
+        }
+        if self.optional && !live.cancel.is_cancelled() {
+            let reason = format!("it failed {who} ({}): {}", failure.kind, failure.message);
+            warn!(platform = %platform, "optional platform left out: {reason}");
+            if let Err(e) = self.store.job_ended(&spec.job, JobState::LeftOut, &reason).await {
+                error!("cannot record a platform left out: {e}");
+            }
+            live.emit(BuildEvent::PlatformLeftOut { platform: platform.clone(), reason });
+            return summary;
         }
         warn!(platform = %platform, kind = %failure.kind, "platform failed: {}", failure.message);
         if let Err(e) = self.store.job_ended(&spec.job, JobState::Failed, &failure.message).await {

@@ -130,6 +130,7 @@ struct Rig {
     max_attempts: u32,
     quarantine_after: u32,
     limits: JobLimits,
+    metrics: crate::server::metrics::Metrics,
     _dir: tempfile::TempDir,
 }
 
@@ -198,7 +199,20 @@ impl Rig {
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();
         let limits = JobLimits { timeout: Duration::from_secs(3600), idle: Duration::from_secs(900) };
-        Rig { farm, store, registry, script, live, spec, max_attempts: 3, quarantine_after: 3, limits, _dir: dir }
+        let metrics = crate::server::metrics::Metrics::new();
+        Rig {
+            farm,
+            store,
+            registry,
+            script,
+            live,
+            spec,
+            max_attempts: 3,
+            quarantine_after: 3,
+            limits,
+            metrics,
+            _dir: dir,
+        }
     }
 
     fn runner(&self) -> Runner<'_> {
@@ -206,7 +220,10 @@ impl Rig {
             farm: &self.farm,
             store: &self.store,
             images: &self.registry,
+            metrics: &self.metrics,
             max_attempts: self.max_attempts,
+            optional: false,
+            attempts_base: 0,
             quarantine_after: self.quarantine_after,
             limits: self.limits,
         }

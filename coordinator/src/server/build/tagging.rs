@@ -39,7 +39,11 @@ pub async fn publish(
         // Where the registry has it now matters only against a record: a tag no build wrote
         // may move anyway, and asking costs the registry a request per tag.
         let now = match &record {
-            Some(_) => target.registry.tag_target(tag).await.map_err(|e| e.to_string())?,
+            Some(_) => shared
+                .metrics
+                .registry_call("tag-lookup", target.registry.tag_target(tag))
+                .await
+                .map_err(|e| e.to_string())?,
             None => None,
         };
         if let Err(why) = tags::may_move(&whole, record.as_ref(), now.as_ref(), mover) {
@@ -47,10 +51,9 @@ pub async fn publish(
             kept.push(why);
             continue;
         }
+        let publishing = publish::publish(&target.registry, std::slice::from_ref(tag), children);
         let digest =
-            publish::publish(&target.registry, std::slice::from_ref(tag), children).await.map_err(|e| match written
-                .is_empty()
-            {
+            shared.metrics.registry_call("publish-index", publishing).await.map_err(|e| match written.is_empty() {
                 true => e,
                 false => format!("{e} (already written: {}; the rest were not)", written.join(", ")),
             })?;

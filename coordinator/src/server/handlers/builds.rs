@@ -1,11 +1,11 @@
-//! Build requests: start one and follow it, list, show, watch, publish again, cancel.
+//! Build requests: start one and follow it, list, show, watch, retry, publish again, cancel.
 
 use super::reply::Reply;
 use crate::server::access::Principal;
 use crate::server::build;
 use crate::server::state::Shared;
 use archfarm_shared::protocol::{BuildDetail, BuildEvent, BuildRequest, BuildState, BuildSummary, ClientResponse};
-use archfarm_shared::{codec, BuildId};
+use archfarm_shared::{codec, platform, BuildId, Platform};
 use std::sync::Arc;
 use tracing::info;
 
@@ -75,6 +75,43 @@ pub async fn watch(shared: &Shared, who: &Principal, build: &BuildId) -> Reply {
     match events {
         Some(events) if !summary.state.is_final() => Reply::follow(vec![snapshot], events),
         _ => Reply::many(vec![snapshot, ClientResponse::Build(final_event(&summary))]),
+    }
+}
+
+/// `archfarm builds retry`: the failed (or named) platforms of a failed or cancelled build run
+/// again with fresh attempts, its verified platforms are kept, and it publishes as a build
+/// does; answered as `watch` answers.
+pub async fn retry(shared: &Arc<Shared>, who: &Principal, build: &BuildId, platforms: &[Platform]) -> Reply {
+    if let Err(reply) = owned(shared, who, build).await {
+        return reply;
+    }
+    if shared.live.get(build).is_some() {
+        return Reply::error(format!("build {build} is running; it retries lost and failed attempts on its own"));
+    }
+    if let Err(message) = crate::server::gc::room_for_new_work(&shared.settings.retention) {
+        return Reply::error(message);
+    }
+    match shared.store.request(build).await {
+        Ok(Some(req)) if !shared.contexts.contains(&req.context) => {
+            return Reply::error(format!(
+                "build {build}'s context {} is no longer on the coordinator (garbage collection removes contexts \
+                 after their retention): start it again with `archfarm build`",
+                req.context
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return Reply::error(e.to_string()),
+    }
+    match shared.store.retry(build, platforms).await {
+        Ok(Ok(again)) => {
+            info!(build = %build, platforms = %platform::list(&again), "retrying build on request");
+            if let Err(message) = build::resume(shared, build).await {
+                return Reply::error(message);
+            }
+            watch(shared, who, build).await
+        }
+        Ok(Err(message)) => Reply::error(message),
+        Err(e) => Reply::error(e.to_string()),
     }
 }
 

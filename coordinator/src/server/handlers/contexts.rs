@@ -41,6 +41,7 @@ pub async fn upload(
     match context_receive::receive_whole(shared, digest, size, recv).await {
         Ok(()) => {
             info!(context = %digest, bytes = size, "stored build context");
+            shared.metrics.uploaded(size);
             Reply::one(ClientResponse::ContextStored)
         }
         Err(message) => Reply::error(message),
@@ -68,6 +69,7 @@ pub async fn upload_chunked(
     match context_receive::receive_chunked(shared, digest, size, chunks, send, recv).await {
         Ok(sent) => {
             info!(context = %digest, bytes = size, chunks = count, received = sent, "stored build context");
+            shared.metrics.uploaded(sent);
             Reply::one(ClientResponse::ContextStored)
         }
         Err(message) => {

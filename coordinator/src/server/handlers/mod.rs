@@ -60,6 +60,7 @@ pub async fn handle(
         ClientRequest::WatchBuild { build } => builds::watch(&shared, &who, &build).await,
         ClientRequest::PublishBuild { build, force } => builds::publish(&shared, &who, &build, force).await,
         ClientRequest::CancelBuild { build } => builds::cancel(&shared, &who, &build).await,
+        ClientRequest::RetryBuild { build, platforms } => builds::retry(&shared, &who, &build, &platforms).await,
         ClientRequest::CreateJoinToken { ttl_secs, name, platforms } => {
             admin::create_join_token(&shared, ttl_secs, Binding { name, platforms }).await
         }

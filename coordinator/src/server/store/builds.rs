@@ -27,6 +27,8 @@ pub struct StoredJob {
     pub duration_ms: Option<u64>,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Attempts made before the last `builds retry`; the attempt limit counts from here.
+    pub attempts_base: u32,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
@@ -200,6 +202,18 @@ impl Store {
         .await
     }
 
+    /// How many builds the database holds in each state.
+    pub async fn count_by_state(&self) -> Result<Vec<(BuildState, u64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM builds GROUP BY state ORDER BY state")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(state, n)| Ok((parse(&state, "build state")?, n as u64))).collect()
+        })
+        .await
+    }
+
     /// One build with its jobs and attempts.
     pub async fn detail(&self, build: &BuildId) -> Result<Option<BuildDetail>> {
         let build = build.clone();
@@ -314,10 +328,10 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
 }
 
 /// A build's job rows, in platform order: what recovery and `builds show` both read.
-fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
+pub(super) fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
     let mut stmt = conn.prepare(
         "SELECT j.id, j.platform, j.state, j.digest, j.media_type, j.size, j.agent, j.duration_ms, \
-         (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id), j.error \
+         (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id), j.error, j.attempts_base \
          FROM jobs j WHERE j.build = ?1 ORDER BY j.position",
     )?;
     let rows = stmt.query_map(params![build.as_str()], |r| {
@@ -330,11 +344,12 @@ fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
                 r.get::<_, i64>(8)?,
                 r.get::<_, Option<String>>(9)?,
             ),
+            r.get::<_, i64>(10)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let ((id, platform, state), (digest, media_type, size), (agent, duration, attempts, error)) = row?;
+        let ((id, platform, state), (digest, media_type, size), (agent, duration, attempts, error), base) = row?;
         let verified = match (digest, media_type, size) {
             (Some(d), Some(m), Some(s)) => Some((parse(&d, "digest")?, m, s as u64)),
             _ => None,
@@ -347,6 +362,7 @@ fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
             agent: agent.map(|a| parse(&a, "agent name")).transpose()?,
             duration_ms: duration.map(|d| d as u64),
             attempts: attempts as u32,
+            attempts_base: base as u32,
             error,
         });
     }

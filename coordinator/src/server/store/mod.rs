@@ -16,6 +16,7 @@
 //! - [`writer`]: the writer thread and group commit.
 
 mod agents;
+mod retry;
 pub use agents::Recorded;
 pub mod builds;
 pub mod certificates;
@@ -143,6 +144,8 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("join_tokens", "platforms", "TEXT NOT NULL DEFAULT ''"),
     // NULL for builds from before owners.
     ("builds", "owner", "TEXT"),
+    // Attempts made before `builds retry` ran the job again: its new attempts count from here.
+    ("jobs", "attempts_base", "INTEGER NOT NULL DEFAULT 0"),
     // Why the scheduler chose the attempt's agent; NULL for attempts from before.
     ("attempts", "placement", "TEXT"),
     // Drained by an administrator: no new jobs until undrained.
