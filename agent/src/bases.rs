@@ -141,6 +141,18 @@ fn layer_media_type(media_type: &str) -> Option<&'static str> {
     }
 }
 
+/// The digest `image`'s tag resolves to in its registry now (an index or a manifest): what a
+/// build's provenance records of its base.
+pub async fn resolve(registries: &RegistryClients, image: &str) -> Result<Digest, String> {
+    let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+    if let Some(pinned) = reference.digest() {
+        return Ok(pinned.clone());
+    }
+    let reg = registries.get(&reference);
+    let (_, digest) = reg.manifest(&reference, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())?;
+    Ok(digest)
+}
+
 /// Seeds `cache` with the layers of `image` for `platform`: returns how many it learned.
 pub async fn seed(
     cache: &LayerCache,

@@ -9,6 +9,7 @@ use crate::publish;
 use crate::reuse::ImageCache;
 use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
+use archfarm_shared::provenance::ResolvedBase;
 use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
@@ -143,12 +144,14 @@ impl Executor {
             return JobOutcome::Failed(failure);
         }
         let built = started.elapsed();
+        let bases = self.resolve_bases(&spec, &context).await;
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
         let push = self.export_and_push(conn, &tag, &spec, &context);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
-            Ok(image) => {
+            Ok(mut image) => {
+                image.bases = bases;
                 let (build_ms, push_ms) = (built.as_millis(), (started.elapsed() - built).as_millis());
                 let fetch_ms = (started - fetching).as_millis();
                 info!(job = %spec.job, digest = %image.digest, fetch_ms, build_ms, push_ms, "pushed by digest");
@@ -173,6 +176,28 @@ impl Executor {
              as (or give it a credential helper, or point DOCKER_CONFIG at a config that has them); the agent reads \
              them at every build. The engine said: {engine_said}"
         )
+    }
+
+    /// The build's base images as their registries resolve them now, for its provenance. Best
+    /// effort, within [`BASE_LOOKUP`] each: one that cannot be resolved is left out (and said).
+    async fn resolve_bases(&self, spec: &JobSpec, context: &std::path::Path) -> Vec<ResolvedBase> {
+        if spec.repository.is_empty() {
+            return vec![];
+        }
+        let (path, name) = (context.to_owned(), spec.dockerfile.clone());
+        let Ok(Some(dockerfile)) = tokio::task::spawn_blocking(move || bases::read_dockerfile(&path, &name)).await
+        else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for image in bases::base_images(&dockerfile, &spec.build_args) {
+            match tokio::time::timeout(BASE_LOOKUP, bases::resolve(&self.registries, &image)).await {
+                Ok(Ok(digest)) => out.push(ResolvedBase { reference: image, digest }),
+                Ok(Err(e)) => info!(image, "cannot resolve a base image for the provenance: {e}"),
+                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
+            }
+        }
+        out
     }
 
     /// Teaches the layer cache the layers of the build's base images, unless it knows every

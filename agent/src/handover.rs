@@ -65,5 +65,5 @@ pub async fn hand_over(conn: &quinn::Connection, image: &Prepared, max_frame: u3
     let manifest = oci::manifest_json(&config, &layers).map_err(|e| e.to_string())?;
     let digest = Digest::of(&manifest);
     send_blob(conn, &digest, manifest.len() as u64, &manifest[..], max_frame).await?;
-    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size: manifest.len() as u64 })
+    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size: manifest.len() as u64, bases: vec![] })
 }

@@ -257,7 +257,7 @@ pub async fn push(
     reg.push_manifest(&by_digest, manifest.clone(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())?;
     let blobs = std::iter::once(config.clone()).chain(descriptors).collect();
     images.insert(&config.digest, manifest, blobs, repository);
-    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
+    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size, bases: vec![] })
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ impl ImageCache {
             digest: digest.clone(),
             media_type: oci::OCI_MANIFEST.into(),
             size: pushed.manifest.len() as u64,
+            bases: vec![],
         };
         let by_digest = repo.with_digest(&digest);
         if reg.manifest(&by_digest, &[oci::OCI_MANIFEST]).await.is_ok() {

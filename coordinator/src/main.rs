@@ -57,40 +57,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             }
             BuildsCommand::Cancel { remote, build } => client::builds::cancel(&remote, build).await.map(|()| true),
         },
-        Command::Agents { command: AgentsCommand::Ls { remote, format } } => {
-            client::agents::ls(&remote, format).await.map(|()| true)
-        }
-        Command::Agents {
-            command: AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl, name, platforms } },
-        } => {
-            let request = ClientRequest::CreateJoinToken { ttl_secs: ttl, name, platforms };
-            client::agents::admin(&remote, request).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Revoke { remote, name, serial } } => {
-            client::agents::admin(&remote, ClientRequest::RevokeAgent { name, serial }).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Drain { remote, name } } => {
-            client::agents::admin(&remote, ClientRequest::ChangeAgent { name, change: AgentChange::Drain })
-                .await
-                .map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Undrain { remote, name } } => {
-            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Undrain };
-            client::agents::admin(&remote, request).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Unquarantine { remote, name } } => {
-            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Unquarantine };
-            client::agents::admin(&remote, request).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Inspect { remote, name, format } } => {
-            client::hosts::inspect(&remote, name, format).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Du { remote, name } } => {
-            client::hosts::du(&remote, name).await.map(|()| true)
-        }
-        Command::Agents { command: AgentsCommand::Prune { remote, name, all, keep_storage, force } } => {
-            client::hosts::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
-        }
+        Command::Agents { command } => agents(command).await,
         Command::Tokens { command: TokensCommand::Create { remote, name, role, scopes } } => {
             client::agents::admin(&remote, ClientRequest::CreateClientToken { name, role, scopes }).await.map(|()| true)
         }
@@ -106,6 +73,39 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Ca { command: CaCommand::Init { dir, names, force } } => ca::init(&dir, &names, force).map(|()| true),
         Command::Ca { command: CaCommand::IssueAgent { name, dir, out } } => {
             ca::issue_agent(&dir, &name, out.as_deref()).map(|_| true)
+        }
+    }
+}
+
+/// `archfarm agents ...`.
+async fn agents(command: AgentsCommand) -> anyhow::Result<bool> {
+    match command {
+        AgentsCommand::Ls { remote, format } => client::agents::ls(&remote, format).await.map(|()| true),
+        AgentsCommand::Token { command: JoinTokenCommand::Create { remote, ttl, name, platforms } } => {
+            let request = ClientRequest::CreateJoinToken { ttl_secs: ttl, name, platforms };
+            client::agents::admin(&remote, request).await.map(|()| true)
+        }
+        AgentsCommand::Revoke { remote, name, serial } => {
+            client::agents::admin(&remote, ClientRequest::RevokeAgent { name, serial }).await.map(|()| true)
+        }
+        AgentsCommand::Drain { remote, name } => {
+            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Drain };
+            client::agents::admin(&remote, request).await.map(|()| true)
+        }
+        AgentsCommand::Undrain { remote, name } => {
+            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Undrain };
+            client::agents::admin(&remote, request).await.map(|()| true)
+        }
+        AgentsCommand::Unquarantine { remote, name } => {
+            let request = ClientRequest::ChangeAgent { name, change: AgentChange::Unquarantine };
+            client::agents::admin(&remote, request).await.map(|()| true)
+        }
+        AgentsCommand::Inspect { remote, name, format } => {
+            client::hosts::inspect(&remote, name, format).await.map(|()| true)
+        }
+        AgentsCommand::Du { remote, name } => client::hosts::du(&remote, name).await.map(|()| true),
+        AgentsCommand::Prune { remote, name, all, keep_storage, force } => {
+            client::hosts::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
         }
     }
 }

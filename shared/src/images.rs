@@ -94,8 +94,13 @@ pub fn blobs_of(manifest: &[u8]) -> Result<Vec<Digest>, String> {
 
 /// Publishes the index over `children` under every tag (all in one repository), then reads it
 /// back through the first. Returns its digest.
-pub async fn publish_index(registry: &Registry, tags: &[ImageRef], children: &[Child]) -> Result<Digest, String> {
-    let bytes = oci::index_json(children).map_err(|e| e.to_string())?;
+pub async fn publish_index(
+    registry: &Registry,
+    tags: &[ImageRef],
+    children: &[Child],
+    attestations: &[oci::Attestation],
+) -> Result<Digest, String> {
+    let bytes = oci::index_json_with(children, attestations).map_err(|e| e.to_string())?;
     let digest = Digest::of(&bytes);
     let first = tags.first().ok_or("no tag to publish under")?;
     for tag in tags {

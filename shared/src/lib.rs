@@ -39,6 +39,7 @@ pub mod outcome;
 pub mod pki;
 pub mod platform;
 pub mod protocol;
+pub mod provenance;
 pub mod reference;
 pub mod registry;
 pub mod request;

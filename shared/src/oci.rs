@@ -48,7 +48,7 @@ pub enum OciError {
 }
 
 /// A blob or manifest as a descriptor points at it; reads from a descriptor's JSON.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct Blob {
     /// Media type.
     #[serde(rename = "mediaType")]
@@ -96,8 +96,43 @@ fn canonical<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, Oci
 
 /// The OCI image index over `children`, in the given order, as canonical bytes.
 pub fn index_json(children: &[Child]) -> Result<Vec<u8>, OciError> {
-    let manifests =
+    index_json_with(children, &[])
+}
+
+/// An attestation manifest of a child, as BuildKit lists it in an index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Attestation {
+    /// The child it attests.
+    pub subject: Digest,
+    /// The attestation manifest.
+    pub manifest: Blob,
+}
+
+/// The index over `children`, then their `attestations` as BuildKit lists them: platform
+/// `unknown/unknown`, annotated with the child's digest and `attestation-manifest`. The
+/// runnable children come first and are the same entries as without attestations.
+pub fn index_json_with(children: &[Child], attestations: &[Attestation]) -> Result<Vec<u8>, OciError> {
+    let mut manifests =
         children.iter().map(|c| descriptor(&c.manifest, Some(&c.platform))).collect::<Result<Vec<_>, _>>()?;
+    for a in attestations {
+        let spec = |source| OciError::Spec { what: "attestation descriptor", source };
+        let mut d = descriptor(&a.manifest, None)?;
+        d.set_platform(Some(
+            PlatformBuilder::default()
+                .os(Os::from("unknown"))
+                .architecture(Arch::from("unknown"))
+                .build()
+                .map_err(spec)?,
+        ));
+        d.set_annotations(Some(
+            [
+                (REFERENCE_DIGEST.to_owned(), a.subject.as_str().to_owned()),
+                (REFERENCE_TYPE.to_owned(), ATTESTATION_MANIFEST.to_owned()),
+            ]
+            .into(),
+        ));
+        manifests.push(d);
+    }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
@@ -105,6 +140,43 @@ pub fn index_json(children: &[Child]) -> Result<Vec<u8>, OciError> {
         .build()
         .map_err(|source| OciError::Spec { what: "image index", source })?;
     canonical(&index, "image index")
+}
+
+/// The media type of an in-toto statement layer.
+pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+/// The annotation naming an attestation layer's predicate type.
+pub const PREDICATE_TYPE: &str = "in-toto.io/predicate-type";
+/// The index annotation naming the child an attestation manifest attests.
+pub const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+/// The index annotation saying what a non-runnable entry is.
+pub const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+/// [`REFERENCE_TYPE`] of an attestation manifest.
+pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
+
+/// The config of an attestation manifest, as BuildKit writes it: platform `unknown/unknown`
+/// and the statements as its layers' diff ids (they are not compressed).
+pub fn attestation_config_json(statements: &[Digest]) -> Result<Vec<u8>, OciError> {
+    let config = serde_json::json!({
+        "architecture": "unknown",
+        "os": "unknown",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": statements.iter().map(Digest::as_str).collect::<Vec<_>>() },
+    });
+    canonical(&config, "attestation config")
+}
+
+/// An attestation manifest: `config`, and one in-toto statement layer of `predicate_type`.
+pub fn attestation_manifest_json(config: &Blob, statement: &Blob, predicate_type: &str) -> Result<Vec<u8>, OciError> {
+    let mut layer = descriptor(statement, None)?;
+    layer.set_annotations(Some([(PREDICATE_TYPE.to_owned(), predicate_type.to_owned())].into()));
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(config, None)?)
+        .layers(vec![layer])
+        .build()
+        .map_err(|source| OciError::Spec { what: "attestation manifest", source })?;
+    canonical(&manifest, "attestation manifest")
 }
 
 /// An OCI image manifest over a config and layers, as canonical bytes.
@@ -171,6 +243,48 @@ mod tests {
 
     fn blob(n: u8) -> Blob {
         Blob { media_type: OCI_MANIFEST.into(), digest: Digest::of(&[n]), size: 100 + u64::from(n) }
+    }
+
+    #[test]
+    fn attestations_follow_the_children_as_buildkit_lists_them_and_leave_the_children_alone() {
+        let children = vec![
+            Child { platform: "linux/amd64".parse().unwrap(), manifest: blob(1) },
+            Child { platform: "linux/arm64".parse().unwrap(), manifest: blob(2) },
+        ];
+        let attestations = vec![
+            Attestation { subject: Digest::of(&[1]), manifest: blob(3) },
+            Attestation { subject: Digest::of(&[2]), manifest: blob(4) },
+        ];
+        let bytes = index_json_with(&children, &attestations).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let plain: serde_json::Value = serde_json::from_slice(&index_json(&children).unwrap()).unwrap();
+        assert_eq!(v["manifests"][0], plain["manifests"][0]);
+        assert_eq!(v["manifests"][1], plain["manifests"][1]);
+        let a = &v["manifests"][3];
+        assert_eq!(
+            (a["platform"]["os"].as_str(), a["platform"]["architecture"].as_str()),
+            (Some("unknown"), Some("unknown"))
+        );
+        assert_eq!(a["annotations"][REFERENCE_DIGEST], Digest::of(&[2]).as_str());
+        assert_eq!(a["annotations"][REFERENCE_TYPE], ATTESTATION_MANIFEST);
+        assert_eq!(index_json_with(&children, &attestations).unwrap(), bytes, "deterministic");
+
+        let statement = Blob { media_type: IN_TOTO.into(), digest: Digest::of(b"s"), size: 10 };
+        let config_bytes = attestation_config_json(std::slice::from_ref(&statement.digest)).unwrap();
+        let c: serde_json::Value = serde_json::from_slice(&config_bytes).unwrap();
+        assert_eq!(
+            (c["os"].as_str(), c["rootfs"]["diff_ids"][0].as_str()),
+            (Some("unknown"), Some(statement.digest.as_str()))
+        );
+        let config =
+            Blob { media_type: OCI_CONFIG.into(), digest: Digest::of(&config_bytes), size: config_bytes.len() as u64 };
+        let m: serde_json::Value = serde_json::from_slice(
+            &attestation_manifest_json(&config, &statement, "https://slsa.dev/provenance/v1").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["layers"][0]["mediaType"], IN_TOTO);
+        assert_eq!(m["layers"][0]["annotations"][PREDICATE_TYPE], "https://slsa.dev/provenance/v1");
+        assert_eq!(m["config"]["digest"], config.digest.as_str());
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct CertificateInfo {
     pub key_sha256: String,
     /// The end of its validity, milliseconds since the Unix epoch.
     pub not_after_ms: u64,
+    /// sha256 of the whole certificate (DER), lowercase hex: its fingerprint.
+    pub sha256: String,
 }
 
 /// Reads a DER certificate's name, serial, key fingerprint and expiry.
@@ -156,6 +158,7 @@ pub fn certificate_info(der: &[u8]) -> Result<CertificateInfo, String> {
         serial: hex::encode(cert.raw_serial()),
         key_sha256: hex::encode(sha2::Sha256::digest(cert.public_key().raw)),
         not_after_ms: (cert.validity().not_after.timestamp().max(0) as u64).saturating_mul(1000),
+        sha256: hex::encode(sha2::Sha256::digest(der)),
     })
 }
 

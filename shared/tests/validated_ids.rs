@@ -109,6 +109,7 @@ struct PlainBuildRequest {
     inline_cache: bool,
     requirements: Vec<PlainRequirement>,
     optional_platforms: Vec<PlainPlatform>,
+    provenance: bool,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -225,6 +226,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         inline_cache: false,
         requirements: vec!["linux/arm/v7:region=eu".parse().unwrap()],
         optional_platforms: vec!["linux/arm/v7".parse().unwrap()],
+        provenance: true,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -250,6 +252,7 @@ fn stored_json_is_unchanged_and_still_reads() {
             value: "eu".into(),
         }],
         optional_platforms: vec![plain("linux", "arm", Some("v7"))],
+        provenance: true,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

@@ -32,4 +32,4 @@ pub use net::{Host, Net};
 pub use process::{
     kill_started_processes, peak_kib, rss_kib, run_bounded, run_ok, text, wait_output, wait_until, Proc,
 };
-pub use registry_checks::{elf_machine, sha256, skopeo, EM_AARCH64, EM_X86_64};
+pub use registry_checks::{elf_machine, runnable, sha256, skopeo, EM_AARCH64, EM_X86_64};

@@ -115,6 +115,12 @@ pub const EM_X86_64: u16 = 62;
 /// ELF machine number of AArch64.
 pub const EM_AARCH64: u16 = 183;
 
+/// The runnable children of an index: every entry but provenance attestation manifests.
+pub fn runnable(index: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let all = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter().filter(|m| m["annotations"]["vnd.docker.reference.type"] != "attestation-manifest").collect()
+}
+
 /// The sha256 digest of bytes, `sha256:<hex>`.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;

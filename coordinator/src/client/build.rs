@@ -114,8 +114,30 @@ pub struct BuildArgs {
     /// (repeatable). Not in buildx.
     #[arg(long = "require", value_name = "[PLATFORM:]KEY=VALUE")]
     require: Vec<archfarm_shared::capabilities::Requirement>,
+    /// Attach an SLSA provenance attestation to each platform's image, as BuildKit stores one
+    /// (on by default, as in buildx; `--provenance=false` for registries that dislike
+    /// `unknown/unknown` index entries). `mode=min` and `mode=max` record the same here.
+    #[arg(
+        long,
+        value_name = "true|false|mode=min|mode=max",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_parser = provenance_flag
+    )]
+    provenance: bool,
     /// Build context directory.
     context: PathBuf,
+}
+
+/// `--provenance` as buildx takes it.
+fn provenance_flag(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "mode=min" | "mode=max" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{other:?}: expected true, false, mode=min or mode=max")),
+    }
 }
 
 fn pairs(values: &[String], flag: &str, from_env: bool) -> anyhow::Result<Vec<(String, String)>> {
@@ -185,6 +207,7 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         inline_cache: false,
         requirements: args.require.clone(),
         optional_platforms: args.optional_platforms.clone(),
+        provenance: args.provenance,
     };
     let req = with_cache(req, &args.cache_from, &args.cache_to)?;
     request::validate(&req)?;

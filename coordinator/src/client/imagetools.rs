@@ -38,7 +38,14 @@ pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow:
             }
             writeln!(out, "  Name:      {}/{}@{}", r.registry(), r.repository(), m["digest"].as_str().unwrap_or("?"))?;
             writeln!(out, "  MediaType: {}", m["mediaType"].as_str().unwrap_or("?"))?;
-            writeln!(out, "  Platform:  {platform}\n")?;
+            match m["annotations"][oci::REFERENCE_TYPE].as_str() {
+                Some(oci::ATTESTATION_MANIFEST) => writeln!(
+                    out,
+                    "  Platform:  {platform}\n  Attests:   {} (provenance)\n",
+                    m["annotations"][oci::REFERENCE_DIGEST].as_str().unwrap_or("?")
+                )?,
+                _ => writeln!(out, "  Platform:  {platform}\n")?,
+            }
         }
     } else {
         let (_, config) = oci::manifest_config(&bytes)?;
@@ -51,7 +58,8 @@ pub async fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow:
     Ok(())
 }
 
-/// The single-platform manifests `source` names: itself, or an index's children.
+/// The single-platform manifests `source` names: itself, or an index's runnable children (not
+/// its attestation manifests, which attest the old index's children and are left behind).
 async fn manifests_of(reg: &Registry, source: &ImageRef) -> anyhow::Result<Vec<Digest>> {
     let (bytes, digest) = reg.manifest(source, oci::ANY_MANIFEST).await?;
     let media_type = oci::media_type_of(&bytes).unwrap_or_default();
@@ -60,7 +68,10 @@ async fn manifests_of(reg: &Registry, source: &ImageRef) -> anyhow::Result<Vec<D
     }
     let index: serde_json::Value = serde_json::from_slice(&bytes)?;
     let children = index["manifests"].as_array().into_iter().flatten();
-    children.map(|m| Ok(m["digest"].as_str().unwrap_or_default().parse()?)).collect()
+    children
+        .filter(|m| m["annotations"][oci::REFERENCE_TYPE] != oci::ATTESTATION_MANIFEST)
+        .map(|m| Ok(m["digest"].as_str().unwrap_or_default().parse()?))
+        .collect()
 }
 
 /// `archfarm imagetools create -t TAG… SOURCE…`: checks each source's platform from its config
@@ -101,7 +112,7 @@ pub async fn create(tags: &[String], sources: &[String], insecure: &[String]) ->
             children.push(child);
         }
     }
-    let index = images::publish_index(&reg, &dest.tags, &children).await.map_err(anyhow::Error::msg)?;
+    let index = images::publish_index(&reg, &dest.tags, &children, &[]).await.map_err(anyhow::Error::msg)?;
     eprintln!("published index {index} as {}", tags.join(", "));
     println!("{index}");
     Ok(())

@@ -26,6 +26,8 @@ pub struct AgentHandle {
     pub cert_serial: String,
     /// When that certificate expires, milliseconds since the Unix epoch.
     pub cert_expires_ms: u64,
+    /// sha256 of that certificate (DER), hex: what its images' provenance names.
+    pub cert_sha256: String,
     /// Its link: jobs run over it.
     pub link: Arc<dyn AgentLink>,
 }

@@ -60,4 +60,19 @@ pub trait ImageCheck: Send + Sync + std::fmt::Debug {
         agent: &'a AgentName,
         pushed: &'a PushedImage,
     ) -> BoxFuture<'a, Result<Child, VerifyError>>;
+
+    /// The repository images go to, `registry/name`; empty where they go to no registry.
+    fn repository(&self) -> String {
+        String::new()
+    }
+
+    /// Pushes `statement` (an in-toto statement about `subject`) as its attestation manifest,
+    /// beside it. Where images go to no registry there is nowhere to put one: `None`.
+    fn attest<'a>(
+        &'a self,
+        _subject: &'a Child,
+        _statement: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Option<archfarm_shared::oci::Attestation>, String>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -5,8 +5,9 @@
 
 use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::images::{self, CheckError};
-use archfarm_shared::oci::Child;
+use archfarm_shared::oci::{self, Attestation, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
+use archfarm_shared::provenance::SLSA_PROVENANCE_V1;
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::Registry;
 use archfarm_shared::{AgentName, Digest, Platform};
@@ -31,6 +32,46 @@ impl ImageCheck for RegistryImages {
     ) -> BoxFuture<'a, Result<Child, VerifyError>> {
         Box::pin(verify(&self.registry, &self.repo, platform, agent, pushed))
     }
+
+    fn repository(&self) -> String {
+        self.repo.name()
+    }
+
+    fn attest<'a>(
+        &'a self,
+        subject: &'a Child,
+        statement: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Option<Attestation>, String>> {
+        Box::pin(async move { attest(&self.registry, &self.repo, subject, statement).await.map(Some) })
+    }
+}
+
+/// Pushes an attestation manifest for `subject` into `repo`: the statement as its one layer,
+/// BuildKit's config, then the manifest by digest. Returns what the index lists.
+pub async fn attest(
+    registry: &Registry,
+    repo: &ImageRef,
+    subject: &Child,
+    statement: Vec<u8>,
+) -> Result<Attestation, String> {
+    let layer = Blob { media_type: oci::IN_TOTO.into(), digest: Digest::of(&statement), size: statement.len() as u64 };
+    let config_bytes = oci::attestation_config_json(std::slice::from_ref(&layer.digest)).map_err(|e| e.to_string())?;
+    let config =
+        Blob { media_type: oci::OCI_CONFIG.into(), digest: Digest::of(&config_bytes), size: config_bytes.len() as u64 };
+    let manifest = oci::attestation_manifest_json(&config, &layer, SLSA_PROVENANCE_V1).map_err(|e| e.to_string())?;
+    let digest = Digest::of(&manifest);
+    for (bytes, blob) in [(statement, &layer), (config_bytes, &config)] {
+        registry.push_blob(repo, bytes.into(), &blob.digest).await.map_err(|e| e.to_string())?;
+    }
+    let size = manifest.len() as u64;
+    registry
+        .push_manifest(&repo.with_digest(&digest), manifest.into(), oci::OCI_MANIFEST)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Attestation {
+        subject: subject.manifest.digest.clone(),
+        manifest: Blob { media_type: oci::OCI_MANIFEST.into(), digest, size },
+    })
 }
 
 /// Fetches the manifest an agent reported and its config back from the registry, and checks
@@ -55,7 +96,13 @@ pub async fn verify(
     Ok(child)
 }
 
-/// Publishes the index over `children` under every tag; returns its digest.
-pub async fn publish(registry: &Registry, tags: &[ImageRef], children: &[Child]) -> Result<Digest, String> {
-    images::publish_index(registry, tags, children).await
+/// Publishes the index over `children` and their `attestations` under every tag; returns its
+/// digest.
+pub async fn publish(
+    registry: &Registry,
+    tags: &[ImageRef],
+    children: &[Child],
+    attestations: &[Attestation],
+) -> Result<Digest, String> {
+    images::publish_index(registry, tags, children, attestations).await
 }

@@ -66,6 +66,10 @@ fn result(r: &PlatformResult) {
     platform(&r.platform);
     digest(&r.digest);
     agent(&r.agent);
+    if let Some(a) = &r.attestation {
+        digest(&a.subject);
+        digest(&a.manifest.digest);
+    }
 }
 
 fn summary(s: &BuildSummary) {
@@ -175,7 +179,10 @@ fn agent_message(m: &AgentMessage) {
     match m {
         AgentMessage::Register(r) => r.platforms.iter().for_each(platform),
         AgentMessage::FetchContext { digest: d } | AgentMessage::StoreBlob { digest: d, .. } => digest(d),
-        AgentMessage::JobFinished(JobOutcome::Pushed(image)) => digest(&image.digest),
+        AgentMessage::JobFinished(JobOutcome::Pushed(image)) => {
+            digest(&image.digest);
+            image.bases.iter().for_each(|b| digest(&b.digest));
+        }
         AgentMessage::JobFinished(JobOutcome::Failed(_))
         | AgentMessage::Heartbeat { .. }
         | AgentMessage::JobLog { .. }
@@ -234,12 +241,18 @@ fn templates() -> &'static [Vec<u8>] {
         let agent: AgentName = "arm64-1".parse().unwrap();
         // Fixed, so that a crashing input replays the same.
         let build: BuildId = "b-0123456789ab".parse().unwrap();
-        let pushed = PushedImage { digest: digest.clone(), media_type: "m".into(), size: 1 };
+        let base = archfarm_shared::provenance::ResolvedBase { reference: "r/base:1".into(), digest: digest.clone() };
+        let pushed = PushedImage { digest: digest.clone(), media_type: "m".into(), size: 1, bases: vec![base] };
+        let attestation = archfarm_shared::oci::Attestation {
+            subject: digest.clone(),
+            manifest: archfarm_shared::oci::Blob { media_type: "m".into(), digest: digest.clone(), size: 1 },
+        };
         let result = PlatformResult {
             platform: platforms[0].clone(),
             digest: digest.clone(),
             agent: agent.clone(),
             duration_ms: 1,
+            attestation: Some(attestation),
         };
         vec![
             payload(&ClientRequest::HasContext { digest: digest.clone() }),

@@ -163,4 +163,6 @@ pub struct PushedImage {
     pub media_type: String,
     /// Size of the manifest in bytes.
     pub size: u64,
+    /// The build's base images as the registry resolved them, for its provenance.
+    pub bases: Vec<crate::provenance::ResolvedBase>,
 }

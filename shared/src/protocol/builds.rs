@@ -243,4 +243,6 @@ pub struct PlatformResult {
     pub agent: AgentName,
     /// Time from assignment to verified digest, in milliseconds.
     pub duration_ms: u64,
+    /// Its provenance attestation manifest, when the build records provenance.
+    pub attestation: Option<crate::oci::Attestation>,
 }

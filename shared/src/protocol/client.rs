@@ -274,6 +274,10 @@ pub struct BuildRequest {
     /// them and they succeed; otherwise the index is published without them.
     #[serde(default)]
     pub optional_platforms: Vec<Platform>,
+    /// Attach an SLSA provenance attestation to each platform's image (`--provenance`, on by
+    /// default; builds stored before it had none).
+    #[serde(default)]
+    pub provenance: bool,
 }
 
 impl BuildRequest {
@@ -311,6 +315,7 @@ impl BuildRequest {
             inline_cache: false,
             requirements: vec![],
             optional_platforms: vec![],
+            provenance: true,
         }
     }
 }

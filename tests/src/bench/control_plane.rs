@@ -76,7 +76,7 @@ async fn push_image(repository: &str) -> anyhow::Result<PushedImage> {
     let size = manifest.len() as u64;
     let by_digest = repo.with_digest(&digest);
     reg.push_manifest(&by_digest, manifest.into(), oci::OCI_MANIFEST).await?;
-    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size })
+    Ok(PushedImage { digest, media_type: oci::OCI_MANIFEST.into(), size, bases: vec![] })
 }
 
 /// User plus system CPU seconds a process (all its threads) has used.

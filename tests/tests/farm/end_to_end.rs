@@ -50,7 +50,12 @@ fn two_platform_build_publishes_a_verified_index_with_a_real_aarch64_child_from_
             format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
         })
         .collect();
-    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "children in --platform order");
+    // The runnable children in --platform order, then their provenance attestations.
+    assert_eq!(
+        platforms,
+        ["linux/amd64", "linux/arm64", "unknown/unknown", "unknown/unknown"],
+        "children in --platform order"
+    );
     // Both tags point at the same index, and they are the only tags the registry holds.
     let (_, latest_digest, _) =
         farm.registry_get("/v2/team/hello/manifests/latest", "application/vnd.oci.image.index.v1+json");

@@ -13,10 +13,8 @@ fn index_platforms(farm: &Farm, repo: &str, tag: &str) -> Vec<String> {
         farm.registry_get(&format!("/v2/{repo}/manifests/{tag}"), "application/vnd.oci.image.index.v1+json");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
+    runnable(&index)
+        .into_iter()
         .map(|m| {
             format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
         })
@@ -213,6 +211,7 @@ async fn an_agent_reporting_a_wrong_architecture_is_caught_quarantined_and_the_p
         digest: amd64["digest"].as_str().unwrap().parse().unwrap(),
         media_type: amd64["mediaType"].as_str().unwrap().to_owned(),
         size: amd64["size"].as_u64().unwrap(),
+        bases: vec![],
     }))
     .await;
 
@@ -302,7 +301,7 @@ fn two_hundred_concurrent_builds_from_many_clients_all_complete_none_lost_or_dup
         assert_eq!(index_platforms(&farm, "many", &tag), ["linux/amd64", "linux/arm64"]);
         let index: serde_json::Value =
             serde_json::from_slice(&skopeo::raw(&format!("{}:{tag}", farm.repo("many")))).unwrap();
-        for child in index["manifests"].as_array().unwrap() {
+        for child in runnable(&index) {
             let reference = format!("{}@{}", farm.repo("many"), child["digest"].as_str().unwrap());
             let id = skopeo::file_from_image(&reference, "id.txt").expect("id.txt in the image");
             assert_eq!(String::from_utf8_lossy(&id), format!("build {i}\n"));

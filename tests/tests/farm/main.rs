@@ -24,6 +24,7 @@ mod placement;
 mod preauth_limits;
 mod private_base;
 mod protocol;
+mod provenance;
 mod registry_cache;
 mod roles;
 mod status;

@@ -25,8 +25,7 @@ fn an_optional_platform_without_an_agent_is_left_out_and_said_so_everywhere() {
     let (status, _, body) = farm.registry_get("/v2/opt/app/manifests/1", archfarm_shared::oci::OCI_INDEX);
     assert_eq!(status, 200);
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let platforms: Vec<&str> =
-        index["manifests"].as_array().unwrap().iter().filter_map(|m| m["platform"]["architecture"].as_str()).collect();
+    let platforms: Vec<&str> = runnable(&index).iter().filter_map(|m| m["platform"]["architecture"].as_str()).collect();
     assert_eq!(platforms, ["amd64"], "{index}");
 
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();

@@ -56,7 +56,12 @@ fn an_oci_archive_and_local_trees_hold_every_platform_natively_built() {
     let piped = out_dir.path().join("piped.tar");
     std::fs::write(&piped, &out.stdout).unwrap();
     let again = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", piped.display())]);
-    assert_eq!(again, index, "the same images give the same index");
+    // The same images (their provenance names another build, so its attestations differ).
+    let children = |bytes: &[u8]| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        serde_json::Value::Array(v["manifests"].as_array().unwrap()[..2].to_vec())
+    };
+    assert_eq!(children(&again), children(&index), "the same images give the same children");
 }
 
 #[test]

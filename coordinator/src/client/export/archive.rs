@@ -90,6 +90,7 @@ pub fn write_oci(images: &Images, tags: &[String], out: impl Write) -> anyhow::R
         blobs.push(image.config.digest.clone());
         blobs.extend(image.layers.iter().map(|l| l.digest.clone()));
     }
+    blobs.extend(images.attestation_blobs.iter().cloned());
     for digest in blobs {
         if written.insert(digest.clone()) {
             add_blob(&mut tar, images, &blob_name(&digest), &digest)?;

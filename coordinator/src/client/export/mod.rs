@@ -52,6 +52,9 @@ pub struct Images {
     pub images: Vec<Image>,
     /// The OCI index over them, byte for byte what a push publishes.
     pub index: Vec<u8>,
+    /// The blobs of their provenance attestations (manifests, configs, statements), which an
+    /// OCI archive holds beside the images.
+    pub attestation_blobs: Vec<Digest>,
 }
 
 impl Images {
@@ -151,11 +154,27 @@ pub async fn fetch(source: &Source<'_>, platforms: &[PlatformResult], layers: bo
         let manifest = Blob { media_type, digest: p.digest.clone(), size: bytes.len() as u64 };
         images.push(Image { platform: p.platform.clone(), manifest, config, layers: blobs });
     }
+    let mut attestation_blobs = Vec::new();
+    let attestations: Vec<oci::Attestation> = platforms.iter().filter_map(|p| p.attestation.clone()).collect();
+    for a in &attestations {
+        let bytes = source.document(&a.manifest.digest, dir.path(), true).await?;
+        let shape: ManifestShape = serde_json::from_slice(&bytes).context("an attestation manifest")?;
+        source.document(&shape.config.digest, dir.path(), false).await?;
+        for layer in &shape.layers {
+            let path = blob_path(dir.path(), &layer.digest);
+            if !path.exists() {
+                source.blob(&layer.digest, Some(layer.size), &path).await?;
+            }
+        }
+        attestation_blobs.push(a.manifest.digest.clone());
+        attestation_blobs.push(shape.config.digest);
+        attestation_blobs.extend(shape.layers.into_iter().map(|l| l.digest));
+    }
     let children: Vec<Child> =
         images.iter().map(|i| Child { platform: i.platform.clone(), manifest: i.manifest.clone() }).collect();
-    let index = oci::index_json(&children)?;
+    let index = oci::index_json_with(&children, &attestations)?;
     tokio::fs::write(blob_path(dir.path(), &Digest::of(&index)), &index).await?;
-    Ok(Images { dir, images, index })
+    Ok(Images { dir, images, index, attestation_blobs })
 }
 
 /// Writes every output but `--push` (the coordinator did that) from `platforms`, verified in

@@ -124,6 +124,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         registration: registration.clone(),
         cert_serial: cert.serial.clone(),
         cert_expires_ms: cert.not_after_ms,
+        cert_sha256: cert.sha256.clone(),
         link: Arc::new(QuicLink { name: name.clone(), conn: conn.clone(), max_frame: max, grants: grants.clone() }),
     };
     let standing = match shared.store.recorded_standing(&name).await {

@@ -23,7 +23,7 @@ use super::state::Shared;
 use super::store::builds::StoredJob;
 use super::stored_images::StoredImages;
 use super::tags::Mover;
-use archfarm_shared::oci::{Blob, Child};
+use archfarm_shared::oci::{Attestation, Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobSpec, JobState, PlatformResult};
 use archfarm_shared::reference::ImageRef;
@@ -200,6 +200,7 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         },
         optional: false,
         attempts_base: 0,
+        provenance: req.provenance.then_some(platform::Origin { build: id, request: req }),
     };
     // Each job watches the cancel token itself, so a running job's stream is reset (which stops
     // it on the agent) rather than merely dropped.
@@ -226,6 +227,20 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
     if let (Some(cache_to), Some(target)) = (&req.cache_to, &plan.target) {
         write_cache(target, cache_to, &children, live).await;
     }
+    publish_verified(shared, id, req, &plan, children, platforms, live).await
+}
+
+/// Publishes the index of a build whose platforms are all verified (or optional and left
+/// out), if it asked to push.
+async fn publish_verified(
+    shared: &Arc<Shared>,
+    id: &BuildId,
+    req: &BuildRequest,
+    plan: &Plan,
+    children: Vec<Child>,
+    platforms: Vec<PlatformResult>,
+    live: &Live,
+) -> BuildEnd {
     if !req.push {
         info!("every platform verified; not tagged (the build did not ask to push)");
         return BuildEnd::Built { platforms };
@@ -244,7 +259,8 @@ pub async fn run(shared: &Arc<Shared>, id: &BuildId, req: &BuildRequest, live: &
         Err(e) => return BuildEnd::Failed(e.to_string()),
     };
     let mover = Mover { build: id, created_ms, again: false, force: false };
-    match tagging::publish(shared, target, &children, mover).await {
+    let attestations: Vec<Attestation> = platforms.iter().filter_map(|p| p.attestation.clone()).collect();
+    match tagging::publish(shared, target, &children, &attestations, mover).await {
         Ok(p) => {
             info!(index = %p.index, "index published");
             for reason in p.kept {
@@ -324,6 +340,7 @@ async fn run_job(
             digest: digest.clone(),
             agent: agent.clone(),
             duration_ms: job.duration_ms.unwrap_or(0),
+            attestation: job.attestation.clone(),
         };
         live.emit(BuildEvent::PlatformDone(result.clone()));
         let manifest = Blob { media_type: media_type.clone(), digest: digest.clone(), size: *size };
@@ -400,10 +417,12 @@ pub async fn republish(
             "build {id} named no registry (-t): its images went to the client, and there is nothing to publish to"
         ));
     };
-    let mut children = Vec::new();
+    let (mut children, mut attestations) = (Vec::new(), Vec::new());
     for job in shared.store.jobs(id).await.map_err(|e| e.to_string())? {
         match (job.state, job.verified) {
+            (JobState::LeftOut, _) => {}
             (JobState::Verified, Some((digest, media_type, size))) => {
+                attestations.extend(job.attestation);
                 children.push(Child { platform: job.platform, manifest: Blob { media_type, digest, size } })
             }
             (state, _) => {
@@ -413,7 +432,7 @@ pub async fn republish(
     }
     let created_ms = shared.store.build_created_ms(id).await.map_err(|e| e.to_string())?;
     let mover = Mover { build: id, created_ms, again: state == BuildState::Published, force };
-    let published = tagging::publish(shared, &target, &children, mover).await?;
+    let published = tagging::publish(shared, &target, &children, &attestations, mover).await?;
     let index = &published.index;
     shared.store.set_build_state(id, BuildState::Published, Some(index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");

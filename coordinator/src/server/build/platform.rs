@@ -13,9 +13,13 @@ use crate::server::ports::{ImageCheck, VerifyError};
 use crate::server::scheduler::{Standing, Wants};
 use crate::server::store::builds::VerifiedImage;
 use crate::server::store::Store;
-use archfarm_shared::oci::Child;
+use archfarm_shared::clock::now_ms;
+use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::outcome::AttemptOutcome;
+use archfarm_shared::protocol::BuildRequest;
 use archfarm_shared::protocol::{BuildEvent, FailureKind, JobFailure, JobSpec, JobState, PlatformResult};
+use archfarm_shared::provenance::{self, Provenance, ResolvedBase};
+use archfarm_shared::BuildId;
 use archfarm_shared::{AgentName, JobId};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -41,6 +45,17 @@ pub struct Runner<'a> {
     pub optional: bool,
     /// Attempts made before the last `builds retry`: `max_attempts` counts from here.
     pub attempts_base: u32,
+    /// What each verified image's provenance is made of; none when the build asks for none.
+    pub provenance: Option<Origin<'a>>,
+}
+
+/// The build a platform belongs to, for its provenance.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The build's id.
+    pub build: &'a BuildId,
+    /// Its request.
+    pub request: &'a BuildRequest,
 }
 
 /// How long one attempt may run in all, and without a line of output.
@@ -55,9 +70,11 @@ pub struct JobLimits {
 /// A verified platform: the child for the index, and what the client is told.
 pub type Verified = (Child, PlatformResult);
 
-/// How an attempt ended, for the retry decision.
+/// How an attempt ended, for the retry decision. One lives on the stack per attempt: its size
+/// does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Verified(Verified),
+    Verified(Verified, Vec<ResolvedBase>),
     /// Running it again elsewhere would give the same answer (the Dockerfile failed, or no other
     /// agent can take it).
     Final {
@@ -72,7 +89,8 @@ enum Attempt {
     },
 }
 
-/// What one turn of the loop leads to.
+/// What one turn of the loop leads to (one per attempt, on the stack).
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// The platform is finished: verified, or failed for good (with its summary).
     Done(Result<Verified, String>),
@@ -154,15 +172,18 @@ impl Runner<'_> {
         info!(job = %spec.job, platform = %platform, agent = %agent.name, attempt = spec.attempt, placement, "job assigned");
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
         let running = Instant::now();
+        let started_ms = now_ms();
         let attempt = self.attempt(agent, spec, wants, live, started, tried).await;
         drop(slot);
         let outcome = match &attempt {
-            Attempt::Verified(_) => AttemptOutcome::Pushed,
+            Attempt::Verified(..) => AttemptOutcome::Pushed,
             Attempt::Final { outcome, .. } | Attempt::Retry { outcome, .. } => *outcome,
         };
         self.metrics.attempt_ended(platform, outcome.as_str(), running.elapsed());
         match attempt {
-            Attempt::Verified(verified) => Step::Done(Ok(self.verified(agent, spec, live, verified).await)),
+            Attempt::Verified(verified, bases) => {
+                Step::Done(Ok(self.verified(agent, spec, live, verified, &bases, started_ms).await))
+            }
             Attempt::Final { outcome, failure } => {
                 let detail = format!("{}: {}", failure.kind, failure.message);
                 if let Err(e) = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await {
@@ -252,8 +273,9 @@ impl Runner<'_> {
                     digest: child.manifest.digest.clone(),
                     agent: agent.name.clone(),
                     duration_ms: started.elapsed().as_millis() as u64,
+                    attestation: None,
                 };
-                Attempt::Verified((child, result))
+                Attempt::Verified((child, result), pushed.bases)
             }
             Err(VerifyError::Wrong(message)) => {
                 self.quarantine(&agent.name, &message).await;
@@ -286,21 +308,72 @@ impl Runner<'_> {
         }
     }
 
-    async fn verified(&self, agent: &AgentHandle, spec: &JobSpec, live: &Live, verified: Verified) -> Verified {
-        let (child, result) = &verified;
+    async fn verified(
+        &self,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        live: &Live,
+        verified: Verified,
+        bases: &[ResolvedBase],
+        started_ms: u64,
+    ) -> Verified {
+        let (child, mut result) = verified;
+        if let Some(origin) = self.provenance {
+            result.attestation = self.attest(origin, agent, spec, &child, bases, started_ms, live).await;
+        }
         let image = VerifiedImage {
             digest: result.digest.clone(),
             media_type: child.manifest.media_type.clone(),
             size: child.manifest.size,
             agent: agent.name.clone(),
             duration_ms: result.duration_ms,
+            attestation: result.attestation.clone(),
         };
         if let Err(e) = self.store.attempt_verified(&spec.job, spec.attempt, image).await {
             error!("cannot record a verified digest: {e}");
         }
         info!(platform = %spec.platform, digest = %result.digest, "platform verified");
         live.emit(BuildEvent::PlatformDone(result.clone()));
-        verified
+        (child, result)
+    }
+
+    /// Writes the provenance of `child` beside it; none (said in the build's log) if the
+    /// registry does not take it, which leaves the image without one but verified.
+    #[allow(clippy::too_many_arguments)]
+    async fn attest(
+        &self,
+        origin: Origin<'_>,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        child: &Child,
+        bases: &[ResolvedBase],
+        started_ms: u64,
+        live: &Live,
+    ) -> Option<Attestation> {
+        let statement = provenance::statement(&Provenance {
+            repository: &self.images.repository(),
+            subject: &child.manifest.digest,
+            platform: &spec.platform,
+            agent: &agent.name,
+            agent_certificate_sha256: &agent.cert_sha256,
+            agent_platforms: &agent.registration.platforms,
+            build: origin.build,
+            invocation: format!("{}/{}", spec.job, spec.attempt),
+            request: origin.request,
+            bases,
+            started_ms,
+            finished_ms: now_ms(),
+        });
+        let attaching = self.metrics.registry_call("attest", self.images.attest(child, statement)).await;
+        match attaching {
+            Ok(attestation) => attestation,
+            Err(e) => {
+                warn!(platform = %spec.platform, "provenance not attached: {e}");
+                let line = format!("provenance NOT attached (the registry refused it): {e}");
+                live.emit(BuildEvent::Log { platform: spec.platform.clone(), line });
+                None
+            }
+        }
     }
 
     async fn quarantine(&self, agent: &AgentName, reason: &str) {

@@ -59,7 +59,7 @@ impl AgentLink for ScriptedLink {
                 Act::Push => {
                     live.log(&spec.platform, format!("#1 built on {}", self.name));
                     let digest = Digest::of(format!("{}-{}", self.name, spec.attempt).as_bytes());
-                    Ok(PushedImage { digest, media_type: MANIFEST.into(), size: 500 })
+                    Ok(PushedImage { digest, media_type: MANIFEST.into(), size: 500, bases: vec![] })
                 }
                 Act::Fail(kind) => {
                     let log_tail = vec!["step 2/3: RUN make".to_owned(), "exit code: 2".to_owned()];
@@ -165,6 +165,7 @@ impl Rig {
                 address,
                 registration,
                 cert_serial: "01".into(),
+                cert_sha256: "00".into(),
                 cert_expires_ms: u64::MAX,
                 link: Arc::new(link),
             };
@@ -224,6 +225,7 @@ impl Rig {
             max_attempts: self.max_attempts,
             optional: false,
             attempts_base: 0,
+            provenance: None,
             quarantine_after: self.quarantine_after,
             limits: self.limits,
         }

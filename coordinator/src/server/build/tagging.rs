@@ -7,7 +7,7 @@ use super::Target;
 use crate::server::publish;
 use crate::server::state::Shared;
 use crate::server::tags::{self, Mover};
-use archfarm_shared::oci::Child;
+use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::Digest;
 use tracing::{info, warn};
 
@@ -29,6 +29,7 @@ pub async fn publish(
     shared: &Shared,
     target: &Target,
     children: &[Child],
+    attestations: &[Attestation],
     mover: Mover<'_>,
 ) -> Result<Publication, String> {
     let _held = shared.tag_locks.lock(target.tags.iter().map(|t| t.whole())).await;
@@ -51,7 +52,7 @@ pub async fn publish(
             kept.push(why);
             continue;
         }
-        let publishing = publish::publish(&target.registry, std::slice::from_ref(tag), children);
+        let publishing = publish::publish(&target.registry, std::slice::from_ref(tag), children, attestations);
         let digest =
             shared.metrics.registry_call("publish-index", publishing).await.map_err(|e| match written.is_empty() {
                 true => e,

@@ -3,6 +3,7 @@
 
 use super::{parse, Result, Store, StoreError};
 use archfarm_shared::clock::now_ms;
+use archfarm_shared::oci::Attestation;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{
     AttemptDetail, BuildDetail, BuildRequest, BuildState, BuildSummary, JobDetail, JobState,
@@ -29,6 +30,8 @@ pub struct StoredJob {
     pub attempts: u32,
     /// Attempts made before the last `builds retry`; the attempt limit counts from here.
     pub attempts_base: u32,
+    /// The provenance attestation of its verified image, if it has one.
+    pub attestation: Option<Attestation>,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
@@ -108,12 +111,15 @@ impl Store {
         let job = job.to_string();
         self.writer
             .write(move |c| {
-                let VerifiedImage { digest, media_type, size, agent, duration_ms } = image;
+                let VerifiedImage { digest, media_type, size, agent, duration_ms, attestation } = image;
+                let attestation = attestation.map(|a| serde_json::to_string(&a)).transpose().map_err(|e| {
+                    StoreError::Corrupt(format!("attestation of {digest}: {e}"))
+                })?;
                 finish_attempt(c, &job, number, AttemptOutcome::Pushed, digest.as_str())?;
                 c.execute("UPDATE agents SET failures = 0 WHERE name = ?1", params![agent.as_str()])?;
                 c.execute(
                     "UPDATE jobs SET state = ?2, digest = ?3, media_type = ?4, size = ?5, agent = ?6, duration_ms = ?7, \
-                     error = NULL WHERE id = ?1",
+                     error = NULL, attestation = ?8 WHERE id = ?1",
                     params![
                         job,
                         JobState::Verified.as_str(),
@@ -121,7 +127,8 @@ impl Store {
                         media_type,
                         size as i64,
                         agent.as_str(),
-                        duration_ms as i64
+                        duration_ms as i64,
+                        attestation
                     ],
                 )?;
                 Ok(())
@@ -234,6 +241,8 @@ pub struct VerifiedImage {
     pub agent: AgentName,
     /// Time from the job's start to verification.
     pub duration_ms: u64,
+    /// Its provenance attestation, if one was attached.
+    pub attestation: Option<Attestation>,
 }
 
 fn finish_attempt(
@@ -331,7 +340,7 @@ fn read_detail(conn: &Connection, build: &BuildId) -> Result<Option<BuildDetail>
 pub(super) fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<StoredJob>> {
     let mut stmt = conn.prepare(
         "SELECT j.id, j.platform, j.state, j.digest, j.media_type, j.size, j.agent, j.duration_ms, \
-         (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id), j.error, j.attempts_base \
+         (SELECT COUNT(*) FROM attempts a WHERE a.job = j.id), j.error, j.attempts_base, j.attestation \
          FROM jobs j WHERE j.build = ?1 ORDER BY j.position",
     )?;
     let rows = stmt.query_map(params![build.as_str()], |r| {
@@ -344,12 +353,20 @@ pub(super) fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<Stored
                 r.get::<_, i64>(8)?,
                 r.get::<_, Option<String>>(9)?,
             ),
-            r.get::<_, i64>(10)?,
+            (r.get::<_, i64>(10)?, r.get::<_, Option<String>>(11)?),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let ((id, platform, state), (digest, media_type, size), (agent, duration, attempts, error), base) = row?;
+        let (
+            (id, platform, state),
+            (digest, media_type, size),
+            (agent, duration, attempts, error),
+            (base, attestation),
+        ) = row?;
+        let attestation = attestation
+            .map(|a| serde_json::from_str(&a).map_err(|e| StoreError::Corrupt(format!("attestation of job {id}: {e}"))))
+            .transpose()?;
         let verified = match (digest, media_type, size) {
             (Some(d), Some(m), Some(s)) => Some((parse(&d, "digest")?, m, s as u64)),
             _ => None,
@@ -363,6 +380,7 @@ pub(super) fn read_jobs(conn: &Connection, build: &BuildId) -> Result<Vec<Stored
             duration_ms: duration.map(|d| d as u64),
             attempts: attempts as u32,
             attempts_base: base as u32,
+            attestation,
             error,
         });
     }
@@ -418,6 +436,7 @@ mod tests {
                 size: 400,
                 agent: agent.clone(),
                 duration_ms: 1234,
+                attestation: None,
             };
             s.attempt_verified(&j1, 2, image).await.unwrap();
             // A verified image ends the agent's run of failures.

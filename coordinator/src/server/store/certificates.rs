@@ -257,6 +257,7 @@ mod tests {
             serial: serial.into(),
             key_sha256: format!("key-{serial}"),
             not_after_ms: now_ms() + 86_400_000,
+            sha256: format!("cert-{serial}"),
         }
     }
 

@@ -144,6 +144,8 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("join_tokens", "platforms", "TEXT NOT NULL DEFAULT ''"),
     // NULL for builds from before owners.
     ("builds", "owner", "TEXT"),
+    // The verified image's provenance attestation (JSON), if it has one.
+    ("jobs", "attestation", "TEXT"),
     // Attempts made before `builds retry` ran the job again: its new attempts count from here.
     ("jobs", "attempts_base", "INTEGER NOT NULL DEFAULT 0"),
     // Why the scheduler chose the attempt's agent; NULL for attempts from before.

@@ -94,6 +94,7 @@ mod tests {
             size: 1,
             agent: agent.clone(),
             duration_ms: 1,
+            attestation: None,
         };
         s.attempt_verified(&j1, 1, image).await.unwrap();
         for n in 1..=3 {
