@@ -102,7 +102,7 @@ impl Executor {
                     self.name,
                     spec.platform,
                     platform::list(&self.platforms),
-                    Some(self.capabilities.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| "no level".into())
+                    self.capabilities.summary_or("no level")
                 ),
                 vec![],
             );
@@ -181,7 +181,7 @@ impl Executor {
     /// The build's base images as their registries resolve them now, for its provenance. Best
     /// effort, within [`BASE_LOOKUP`] each: one that cannot be resolved is left out (and said).
     async fn resolve_bases(&self, spec: &JobSpec, context: &std::path::Path) -> Vec<ResolvedBase> {
-        if spec.repository.is_empty() {
+        if spec.repository.is_empty() || !spec.provenance {
             return vec![];
         }
         let (path, name) = (context.to_owned(), spec.dockerfile.clone());
@@ -214,7 +214,9 @@ impl Executor {
             return;
         };
         for image in bases::base_images(&dockerfile, &spec.build_args) {
-            let seeding = bases::seed(&self.layers, &self.registries, &image, &spec.platform);
+            // A base image's children name plain linux/amd64, also for a linux/amd64/v3 build.
+            let platform = archfarm_shared::capabilities::base(&spec.platform);
+            let seeding = bases::seed(&self.layers, &self.registries, &image, &platform);
             match tokio::time::timeout(BASE_LOOKUP, seeding).await {
                 Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
                 Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),

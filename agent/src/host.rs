@@ -14,6 +14,9 @@ pub fn capabilities(platforms: &[Platform], config: &AgentConfig) -> anyhow::Res
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let (detected, cpu_features) = capabilities::from_cpuinfo(&cpuinfo, std::env::consts::ARCH);
     let declares_amd64 = platforms.iter().any(|p| p.arch() == "amd64" && p.variant().is_none());
+    if let (false, Some(level)) = (declares_amd64, config.x86_64_level) {
+        tracing::warn!("x86_64_level = {level} in the agent's config is ignored: this agent declares no linux/amd64");
+    }
     let x86_64_level = match (declares_amd64, detected, config.x86_64_level) {
         (false, _, _) => None,
         (true, Some(cpu), Some(set)) if set > cpu => {

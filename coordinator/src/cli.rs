@@ -276,7 +276,8 @@ pub enum TokensCommand {
         /// Who or what uses it, for example ci-release. Builds it starts are recorded as its.
         name: String,
         /// `build`: builds of its own; `admin`: also tokens, join tokens, agents and every
-        /// owner's builds.
+        /// owner's builds; `viewer`: reading only (agents, and the status page and metrics,
+        /// the only role they take off loopback).
         #[arg(long, default_value = "build")]
         role: archfarm_shared::protocol::Role,
         /// Limit a build token to repositories under this prefix, for example

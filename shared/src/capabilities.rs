@@ -63,6 +63,11 @@ impl Capabilities {
         parts.extend(self.labels.iter().map(|(k, v)| format!("{k}={v}")));
         parts.join(" ")
     }
+
+    /// [`Capabilities::summary`], or `none` when it is empty.
+    pub fn summary_or(&self, none: &str) -> String {
+        Some(self.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| none.to_owned())
+    }
 }
 
 /// The x86-64 level a platform asks for: 2 to 4 for `linux/amd64/v2` to `/v4`; none otherwise

@@ -21,7 +21,8 @@ pub enum CheckError {
     Unavailable(String),
 }
 
-async fn with_retries<T, F, Fut>(what: &str, op: F) -> Result<T, String>
+/// Runs a registry call under the registry's retry policy; the error says what was tried.
+pub async fn with_retries<T, F, Fut>(what: &str, op: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,

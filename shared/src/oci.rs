@@ -94,11 +94,6 @@ fn canonical<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, Oci
     Ok(out)
 }
 
-/// The OCI image index over `children`, in the given order, as canonical bytes.
-pub fn index_json(children: &[Child]) -> Result<Vec<u8>, OciError> {
-    index_json_with(children, &[])
-}
-
 /// An attestation manifest of a child, as BuildKit lists it in an index.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct Attestation {
@@ -108,7 +103,8 @@ pub struct Attestation {
     pub manifest: Blob,
 }
 
-/// The index over `children`, then their `attestations` as BuildKit lists them: platform
+/// The OCI image index over `children`, in the given order, then their `attestations` as
+/// BuildKit lists them, as canonical bytes: platform
 /// `unknown/unknown`, annotated with the child's digest and `attestation-manifest`. The
 /// runnable children come first and are the same entries as without attestations.
 pub fn index_json_with(children: &[Child], attestations: &[Attestation]) -> Result<Vec<u8>, OciError> {
@@ -257,7 +253,7 @@ mod tests {
         ];
         let bytes = index_json_with(&children, &attestations).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let plain: serde_json::Value = serde_json::from_slice(&index_json(&children).unwrap()).unwrap();
+        let plain: serde_json::Value = serde_json::from_slice(&index_json_with(&children, &[]).unwrap()).unwrap();
         assert_eq!(v["manifests"][0], plain["manifests"][0]);
         assert_eq!(v["manifests"][1], plain["manifests"][1]);
         let a = &v["manifests"][3];
@@ -294,7 +290,7 @@ mod tests {
             Child { platform: "linux/amd64".parse().unwrap(), manifest: blob(2) },
             Child { platform: "linux/arm/v7".parse().unwrap(), manifest: blob(3) },
         ];
-        let bytes = index_json(&children).unwrap();
+        let bytes = index_json_with(&children, &[]).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(!text.contains(' ') && !text.contains('\n'), "{text}");
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -310,7 +306,7 @@ mod tests {
         assert_eq!(v["manifests"][2]["platform"]["variant"], "v7");
         assert_eq!(v["manifests"][0]["digest"], Digest::of(&[1]).as_str());
         // Same input, same bytes; and keys sorted at every level.
-        assert_eq!(index_json(&children).unwrap(), bytes);
+        assert_eq!(index_json_with(&children, &[]).unwrap(), bytes);
         assert!(
             text.find("\"manifests\"").unwrap() < text.find("\"mediaType\":\"application/vnd.oci.image.index").unwrap()
         );

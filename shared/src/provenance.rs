@@ -75,9 +75,24 @@ fn rfc3339(ms: u64) -> String {
 /// Whether a build argument's name says it holds a secret.
 fn secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY", "API_KEY", "ACCESS_KEY", "AUTH"]
+    ["SECRET", "TOKEN", "PASS", "PWD", "CREDENTIAL", "AUTH", "CERT", "COOKIE", "SESSION", "SALT"]
         .iter()
         .any(|s| upper.contains(s))
+        || upper == "KEY"
+        || upper.ends_with("_KEY")
+        || upper.starts_with("KEY_")
+}
+
+/// Base images recorded, at most; more are left out of the statement.
+pub const MAX_BASES: usize = 16;
+
+/// The bases an agent reported that a statement records: well-formed references of at most
+/// 512 characters, at most [`MAX_BASES`] of them (the agent's word is bounded, not trusted).
+fn recorded_bases(bases: &[ResolvedBase]) -> impl Iterator<Item = &ResolvedBase> {
+    bases
+        .iter()
+        .filter(|b| b.reference.len() <= 512 && crate::registry::parse_reference(&b.reference).is_ok())
+        .take(MAX_BASES)
 }
 
 /// The statement, as canonical JSON bytes.
@@ -104,9 +119,7 @@ fn build_definition(p: &Provenance) -> serde_json::Value {
         .iter()
         .map(|(k, v)| (k.clone(), if secret_name(k) { "(not recorded)".into() } else { v.clone().into() }))
         .collect();
-    let mut dependencies: Vec<serde_json::Value> = p
-        .bases
-        .iter()
+    let mut dependencies: Vec<serde_json::Value> = recorded_bases(p.bases)
         .map(|b| serde_json::json!({ "uri": format!("docker-image://{}", b.reference), "digest": digest_set(&b.digest) }))
         .collect();
     dependencies.push(serde_json::json!({
@@ -163,10 +176,17 @@ mod tests {
         let arm: Platform = "linux/arm64".parse().unwrap();
         let mut req =
             BuildRequest::new(vec![arm.clone()], vec!["r/app:1".into()], Digest::of(b"ctx"), "build/Dockerfile");
-        req.build_args = vec![("VERSION".into(), "1.4".into()), ("NPM_TOKEN".into(), "s3cret".into())];
+        req.build_args = vec![
+            ("VERSION".into(), "1.4".into()),
+            ("NPM_TOKEN".into(), "s3cret".into()),
+            ("SSH_KEY".into(), "s3cret".into()),
+            ("DB_PASS".into(), "s3cret".into()),
+        ];
         req.target = Some("release".into());
         let subject = Digest::of(b"manifest");
         let base = ResolvedBase { reference: "127.0.0.1:5000/base:1".into(), digest: Digest::of(b"base") };
+        let junk = ResolvedBase { reference: "no such reference!".into(), digest: Digest::of(b"x") };
+        let bases: Vec<ResolvedBase> = std::iter::once(base).chain(std::iter::repeat_n(junk, 3)).collect();
         let p = Provenance {
             repository: "127.0.0.1:5000/app",
             subject: &subject,
@@ -177,7 +197,7 @@ mod tests {
             build: &"b-0123456789ab".parse().unwrap(),
             invocation: "j-0123456789ab/1".into(),
             request: &req,
-            bases: std::slice::from_ref(&base),
+            bases: &bases,
             started_ms: 1_700_000_000_000,
             finished_ms: 1_700_000_060_500,
         };
@@ -198,6 +218,9 @@ mod tests {
         assert_eq!(def["externalParameters"]["buildArgs"]["VERSION"], "1.4");
         assert_eq!(def["externalParameters"]["buildArgs"]["NPM_TOKEN"], "(not recorded)");
         assert_eq!(def["resolvedDependencies"][0]["uri"], "docker-image://127.0.0.1:5000/base:1");
+        assert_eq!(def["resolvedDependencies"].as_array().map(Vec::len), Some(2), "malformed bases are left out");
+        assert_eq!(def["externalParameters"]["buildArgs"]["SSH_KEY"], "(not recorded)");
+        assert_eq!(def["externalParameters"]["buildArgs"]["DB_PASS"], "(not recorded)");
         assert_eq!(
             def["resolvedDependencies"][1]["digest"]["sha256"],
             Digest::of(b"ctx").as_str().trim_start_matches("sha256:")

@@ -39,6 +39,7 @@ struct PlainJobSpec {
     test_target: Option<String>,
     cache_from: Vec<String>,
     inline_cache: bool,
+    provenance: bool,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -132,6 +133,7 @@ fn plain_spec() -> PlainJobSpec {
         test_target: Some("test".into()),
         cache_from: vec!["r/a:c-linux-arm-v7".into()],
         inline_cache: true,
+        provenance: true,
     }
 }
 
@@ -153,6 +155,7 @@ fn spec() -> JobSpec {
         test_target: Some("test".into()),
         cache_from: vec!["r/a:c-linux-arm-v7".into()],
         inline_cache: true,
+        provenance: true,
     }
 }
 

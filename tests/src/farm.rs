@@ -68,6 +68,8 @@ pub struct Farm {
     heartbeat_timeout_secs: u64,
     registry_storage: Option<tempfile::TempDir>,
     coordinator_toml: String,
+    /// Times the coordinator had to pick another port at its first start.
+    rebinds: u32,
 }
 
 /// How to start a [`Farm`]: made by [`Farm::builder`], started by [`FarmBuilder::start`].
@@ -156,6 +158,7 @@ impl FarmBuilder {
             heartbeat_timeout_secs,
             registry_storage,
             coordinator_toml: self.coordinator_toml.clone(),
+            rebinds: 0,
         };
         farm.start_registry();
         farm.start_coordinator();
@@ -338,8 +341,25 @@ impl Farm {
             .env("RUST_LOG", "info")
             .env("DOCKER_CONFIG", self.docker_config());
         let mut p = Proc::start("coordinator", cmd, self.path("coordinator.log"));
-        p.wait_for_log("coordinator listening", Duration::from_secs(15));
-        self.procs.push(p);
+        match p.log_or_exit("coordinator listening", Duration::from_secs(15)) {
+            Ok(_) => self.procs.push(p),
+            // Tests run side by side, each binding ports: another process may have taken the
+            // free port this farm picked before the coordinator bound it. Pick again.
+            Err(log) if log.contains("cannot listen on") && self.rebind_coordinator() => self.start_coordinator(),
+            Err(log) => panic!("the coordinator exited before listening; its log:\n{log}"),
+        }
+    }
+
+    /// A new free port for a coordinator that could not bind its own, while no agent knows
+    /// the address yet (at most three times); whether it took one.
+    fn rebind_coordinator(&mut self) -> bool {
+        if self.procs.iter().any(|p| p.name.starts_with("agent ")) || self.rebinds >= 3 || self.net.is_some() {
+            return false;
+        }
+        self.rebinds += 1;
+        let host = self.coordinator.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h).to_owned();
+        self.coordinator = format!("{host}:{}", free_udp_port());
+        true
     }
 
     /// Starts an agent with the given certificate and key (normally issued by the farm CA).

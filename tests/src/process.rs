@@ -52,11 +52,29 @@ impl Proc {
 
     /// Waits (bounded) until the log contains `needle`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
-        let log = self.log.clone();
-        wait_until(timeout, &format!("{} to log {needle:?}", self.name), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.contains(needle).then_some(text)
-        })
+        self.log_or_exit(needle, timeout)
+            .unwrap_or_else(|text| panic!("{} exited before logging {needle:?}; its log:\n{text}", self.name))
+    }
+
+    /// Waits (bounded) until the log contains `needle`; `Err` with the log if the process exits
+    /// first (it will not log it later).
+    pub fn log_or_exit(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            if !self.running() {
+                return Err(text);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {} to log {needle:?}; its log:\n{text}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Kills the process with SIGKILL, as a crash or a power cut would.

@@ -59,13 +59,7 @@ pub fn expiry_text(at_ms: u64, now_ms: u64) -> String {
 }
 
 fn expiry(at_ms: u64, now_ms: u64) -> String {
-    let days = at_ms.saturating_sub(now_ms) / 86_400_000;
-    match (at_ms <= now_ms, days) {
-        (true, _) => "now".to_owned(),
-        (false, 0) => "within a day".to_owned(),
-        (false, 1) => "in 1 day".to_owned(),
-        (false, d) => format!("in {d} days"),
-    }
+    archfarm_shared::clock::expires(at_ms, now_ms)
 }
 
 fn json(agents: &[AgentInfo]) -> serde_json::Value {
@@ -109,7 +103,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             platform::list(&a.platforms),
             a.state.clone(),
             format!("{}/{}", a.running, a.capacity),
-            Some(a.capabilities.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| "-".to_owned()),
+            a.capabilities.summary_or("-"),
             a.engine_version.clone(),
             format!("expires {}", expiry(a.cert_expires_ms, now)),
         ]);

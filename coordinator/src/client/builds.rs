@@ -12,13 +12,7 @@ use archfarm_shared::{BuildId, Platform};
 use std::fmt::Write;
 
 fn ago(ms: u64) -> String {
-    let secs = archfarm_shared::clock::now_ms().saturating_sub(ms) / 1000;
-    match secs {
-        0..=59 => format!("{secs}s ago"),
-        60..=3599 => format!("{}m ago", secs / 60),
-        3600..=86_399 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86_400),
-    }
+    archfarm_shared::clock::ago(ms, archfarm_shared::clock::now_ms())
 }
 
 /// The table `builds ls` prints.

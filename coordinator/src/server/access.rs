@@ -5,6 +5,8 @@
 //! - A **build** token starts builds to repositories inside its scopes (any, when it has none),
 //!   and sees, publishes and cancels only builds it started. It may list and inspect agents,
 //!   but not revoke, drain or prune them, nor create or revoke any token.
+//! - A **viewer** token reads: agents, and (on the status listener) every build. It starts no
+//!   build and uploads no context.
 
 use archfarm_shared::protocol::{BuildRequest, Role};
 use archfarm_shared::reference::ImageRef;
@@ -45,9 +47,20 @@ impl Principal {
         self.is_admin() || (owner == self.name && owner != "-")
     }
 
+    /// `Ok` unless this is a viewer, which starts no build and uploads no context.
+    pub fn may_write(&self) -> Result<(), String> {
+        match self.role {
+            Role::Viewer => {
+                Err(format!("token {:?} is a viewer: it reads only; builds need a build or admin token", self.name))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `Ok` when every repository `req` writes to or reads cache from is inside the scopes:
     /// its tags, its `--cache-to` and its `--cache-from`.
     pub fn may_build(&self, req: &BuildRequest) -> Result<(), String> {
+        self.may_write()?;
         if self.scopes.is_empty() {
             return Ok(());
         }

@@ -19,7 +19,9 @@ use tracing::warn;
 /// The principal of a client token: from the token file (tokens of `archfarm ca init`), else
 /// from the database (tokens of `archfarm tokens create`); none for an unknown token.
 pub async fn client_principal(shared: &super::state::Shared, token: &str) -> Option<Principal> {
-    let from_file = token_file_principal(&shared.settings.tokens_file, token).unwrap_or_else(|e| {
+    let (file, owned) = (shared.settings.tokens_file.clone(), token.to_owned());
+    let read = tokio::task::spawn_blocking(move || token_file_principal(&file, &owned)).await;
+    let from_file = read.unwrap_or_else(|e| Err(e.to_string())).unwrap_or_else(|e| {
         warn!("{e}");
         None
     });
@@ -79,8 +81,8 @@ fn principal<'a>(fields: impl Iterator<Item = &'a str>, at: &str, unnamed: &str)
         warn!("{at}: a client token without role= is read as an admin; add role=admin or role=build to the line");
         Role::Admin
     });
-    if role == Role::Admin && !scopes.is_empty() {
-        return Err("scope= applies to role=build only: an admin may build anywhere".into());
+    if role != Role::Build && !scopes.is_empty() {
+        return Err("scope= applies to role=build only".into());
     }
     Ok(Principal { name: name.unwrap_or_else(|| unnamed.to_owned()), role, scopes })
 }

@@ -4,6 +4,7 @@
 use super::ports::AgentLink;
 use super::scheduler::{NoAgent, Offer, Scheduler, Standing, Wants};
 use super::store::Recorded;
+use archfarm_shared::capabilities::Capabilities;
 use archfarm_shared::protocol::{AgentInfo, Registration};
 use archfarm_shared::{AgentName, JobId, Platform};
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ struct State {
     scheduler: Scheduler,
     agents: HashMap<AgentName, AgentHandle>,
     waiting: HashMap<JobId, Waiter>,
+    /// What connected agents last said is wrong with their engine, whatever their standing.
+    sick: HashMap<AgentName, String>,
 }
 
 /// Shared farm state.
@@ -106,6 +109,7 @@ impl Farm {
             return;
         }
         st.agents.remove(name);
+        st.sick.remove(name);
         let removed = st.scheduler.remove_agent(name);
         if !removed.running.is_empty() {
             tracing::info!(agent = %name, jobs = removed.running.len(), "agent left with jobs running; they run again");
@@ -126,12 +130,14 @@ impl Farm {
     pub fn apply_recorded(&self, name: &AgentName, recorded: &Recorded) -> Option<u32> {
         let mut st = self.lock();
         let current = st.scheduler.standing(name)?.clone();
-        let next = match (current, recorded) {
-            (Standing::Draining, _) => Standing::Draining,
-            (_, Recorded::Quarantined(why)) => Standing::Quarantined(why.clone()),
-            (_, Recorded::Drained) => Standing::Drained,
-            (Standing::Unhealthy(why), Recorded::Active) => Standing::Unhealthy(why),
-            (_, Recorded::Active) => Standing::Active,
+        let sick = st.sick.get(name).cloned();
+        let next = match (current, recorded, sick) {
+            (Standing::Draining, _, _) => Standing::Draining,
+            (_, Recorded::Quarantined(why), _) => Standing::Quarantined(why.clone()),
+            (_, Recorded::Drained, _) => Standing::Drained,
+            // An engine that went bad while the agent was held back is still bad.
+            (_, Recorded::Active, Some(why)) => Standing::Unhealthy(why),
+            (_, Recorded::Active, None) => Standing::Active,
         };
         st.scheduler.set_standing(name, next);
         dispatch(&mut st);
@@ -144,9 +150,14 @@ impl Farm {
     }
 
     /// Records what an agent says of its engine's health. Only an active or unhealthy agent
-    /// changes: a quarantine or a drain stands whatever the engine does.
+    /// changes now: a quarantine or a drain stands whatever the engine does, and the engine's
+    /// state is kept for when it is lifted ([`Farm::apply_recorded`]).
     pub fn set_health(&self, name: &AgentName, problem: Option<String>) {
         let mut st = self.lock();
+        match &problem {
+            Some(why) => st.sick.insert(name.clone(), why.clone()),
+            None => st.sick.remove(name),
+        };
         match (st.scheduler.standing(name), problem) {
             (Some(Standing::Active | Standing::Unhealthy(_)), Some(why)) => {
                 st.scheduler.set_standing(name, Standing::Unhealthy(why))
@@ -273,7 +284,8 @@ impl Farm {
                     engine_version: a.registration.engine_version.clone(),
                     cert_serial: a.cert_serial.clone(),
                     cert_expires_ms: a.cert_expires_ms,
-                    capabilities: a.registration.capabilities.clone(),
+                    // Every CPU flag of every agent would outgrow a frame: `agents inspect` has them.
+                    capabilities: Capabilities { cpu_features: vec![], ..a.registration.capabilities.clone() },
                 }
             })
             .collect();

@@ -66,6 +66,8 @@ pub struct Metrics {
     upload_bytes: Counter,
     retries: Family<PlatformLabel, Counter>,
     quarantines: Counter,
+    /// One scrape at a time sets the gauges and encodes them.
+    rendering: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             upload_bytes: Counter::default(),
             retries: Family::default(),
             quarantines: Counter::default(),
+            rendering: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register("builds", "Builds in the state database, by state", m.builds.clone());
@@ -172,6 +175,7 @@ impl Metrics {
     /// The text Prometheus scrapes, after setting the gauges from what the farm and the store
     /// say now. `queued` lists every platform the farm builds, with none waiting too.
     pub fn render(&self, builds: &[(BuildState, u64)], agents: &[AgentInfo], queued: &[(Platform, usize)]) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         self.builds.clear();
         for (state, n) in builds {
             self.builds.get_or_create(&StateLabel { state: state.as_str().to_owned() }).set(*n as i64);

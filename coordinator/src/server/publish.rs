@@ -61,13 +61,18 @@ pub async fn attest(
     let manifest = oci::attestation_manifest_json(&config, &layer, SLSA_PROVENANCE_V1).map_err(|e| e.to_string())?;
     let digest = Digest::of(&manifest);
     for (bytes, blob) in [(statement, &layer), (config_bytes, &config)] {
-        registry.push_blob(repo, bytes.into(), &blob.digest).await.map_err(|e| e.to_string())?;
+        let bytes = bytes::Bytes::from(bytes);
+        images::with_retries(&format!("pushing the provenance blob {}", blob.digest), || async {
+            registry.push_blob(repo, bytes.clone(), &blob.digest).await.map_err(|e| e.to_string())
+        })
+        .await?;
     }
     let size = manifest.len() as u64;
-    registry
-        .push_manifest(&repo.with_digest(&digest), manifest.into(), oci::OCI_MANIFEST)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (manifest, by_digest) = (bytes::Bytes::from(manifest), repo.with_digest(&digest));
+    images::with_retries("pushing the provenance attestation manifest", || async {
+        registry.push_manifest(&by_digest, manifest.clone(), oci::OCI_MANIFEST).await.map_err(|e| e.to_string())
+    })
+    .await?;
     Ok(Attestation {
         subject: subject.manifest.digest.clone(),
         manifest: Blob { media_type: oci::OCI_MANIFEST.into(), digest, size },

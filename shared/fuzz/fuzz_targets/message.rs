@@ -301,6 +301,7 @@ fn templates() -> &'static [Vec<u8>] {
                 test_target: None,
                 cache_from: vec!["r/app:cache-linux-arm-v7".into()],
                 inline_cache: true,
+                provenance: true,
             }))),
             payload(&EnrollRequest::Join { token: "t".into(), name: agent, csr_pem: String::new() }),
         ]

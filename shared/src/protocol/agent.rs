@@ -143,6 +143,8 @@ pub struct JobSpec {
     pub cache_from: Vec<String>,
     /// Build with BuildKit's inline cache in the image config.
     pub inline_cache: bool,
+    /// The build records provenance: the agent resolves its base images by digest.
+    pub provenance: bool,
 }
 
 /// How a job ended on the agent.

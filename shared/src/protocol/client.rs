@@ -180,14 +180,18 @@ pub enum Role {
     Admin,
     /// Builds of its own, to the repositories of its scopes; listing agents.
     Build,
+    /// Reading only: agents, and every build on the status page and its metrics. The only
+    /// role the status listener takes off loopback, where tokens cross the network in clear.
+    Viewer,
 }
 
 impl Role {
-    /// `admin` or `build`, as the command line and the database spell it.
+    /// `admin`, `build` or `viewer`, as the command line and the database spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
             Role::Build => "build",
+            Role::Viewer => "viewer",
         }
     }
 }
@@ -204,7 +208,8 @@ impl std::str::FromStr for Role {
         match s {
             "admin" => Ok(Role::Admin),
             "build" => Ok(Role::Build),
-            other => Err(format!("unknown role {other:?}: use admin or build")),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!("unknown role {other:?}: use admin, build or viewer")),
         }
     }
 }

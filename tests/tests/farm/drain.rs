@@ -11,8 +11,10 @@ fn agent_of(farm: &Farm, id: &str) -> Option<String> {
 
 #[test]
 fn a_drained_agent_finishes_its_job_gets_no_new_ones_even_after_a_restart_and_undrain_gives_it_jobs_again() {
-    let one = |name| AgentSpec { name, native: None, capacity: 1 };
-    let mut farm = Farm::start(&[one("amd64-1"), one("amd64-2")]);
+    // Two slots each: were amd64-1 not drained, the second build would go there (it has the warm
+    // cache for the repository, and runs 1/2, within the affinity margin of amd64-2's 0/2).
+    let two = |name| AgentSpec { name, native: None, capacity: 2 };
+    let mut farm = Farm::start(&[two("amd64-1"), two("amd64-2")]);
     // Both idle: the name breaks the tie, so the slow build runs on amd64-1.
     let slow = slow_context(8);
     let client = farm.spawn_build("linux/amd64", &[&format!("{}:slow", farm.repo("drain"))], slow.path());

@@ -210,7 +210,7 @@ fn the_status_page_in_headless_chromium_shows_agents_queue_and_builds_and_refres
 }
 
 #[test]
-fn off_loopback_every_request_needs_a_client_token_and_a_build_token_sees_its_own_builds() {
+fn off_loopback_every_request_needs_a_viewer_token_and_no_token_that_can_build_is_taken() {
     let port = free_tcp_port();
     let farm = Farm::builder()
         .on_hosts()
@@ -223,27 +223,51 @@ fn off_loopback_every_request_needs_a_client_token_and_a_build_token_sees_its_ow
     let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("private/app"))], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     let admins = farm.newest_build();
+    let token = |role: &str| {
+        let out = farm.archfarm(&["tokens", "create", role, "--role", role]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (viewer, builder) = (token("viewer"), token("build"));
+    // Status and body of a GET with a bearer token.
+    let with = |path: &str, token: &str| -> (u16, String) {
+        match ureq::get(&format!("{base}{path}"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(10))
+            .call()
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    };
 
     let (status, body) = get(&format!("{base}/metrics"));
     assert_eq!(status, 401, "{body}");
-    let bearer = ureq::get(&format!("{base}/metrics"))
-        .set("Authorization", &format!("Bearer {}", farm.token))
-        .timeout(Duration::from_secs(10))
-        .call()
-        .unwrap();
-    assert!(bearer.into_string().unwrap().contains("archfarm_builds_finished_total{state=\"published\"} 1"));
-    let wrong =
-        ureq::get(&format!("{base}/")).set("Authorization", "Bearer 00ff").timeout(Duration::from_secs(10)).call();
-    assert!(matches!(wrong, Err(ureq::Error::Status(401, _))), "{wrong:?}");
-
-    // A browser sends the token as the basic-authentication password; a build token's page
-    // leaves out the admin's build.
-    let out = farm.archfarm(&["tokens", "create", "viewer", "--role", "build"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(with("/", "00ff").0, 401);
+    // Tokens that can build or administer are refused: plain HTTP would carry them in clear.
+    for strong in [&farm.token, &builder] {
+        let (status, body) = with("/metrics", strong);
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("takes viewer tokens only"), "{body}");
+    }
+    let (status, metrics) = with("/metrics", &viewer);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("archfarm_builds_finished_total{state=\"published\"} 1"), "{metrics}");
+    // A browser sends the token as the basic-authentication password; a viewer sees every build.
     let page = dom(&format!("http://anyone:{viewer}@{host}:{port}/"));
-    assert!(page.contains("amd64-1") && page.contains("no builds yet"), "{page}");
-    assert!(!page.contains(&admins), "{page}");
-    let page = dom(&format!("http://anyone:{}@{host}:{port}/", farm.token));
-    assert!(page.contains(&admins), "{page}");
+    assert!(page.contains("amd64-1") && page.contains(&admins), "{page}");
+    // A viewer reads only: it starts no build.
+    let mut cmd = farm.command(&[
+        "build",
+        "--platform",
+        "linux/amd64",
+        "--push",
+        "-t",
+        &format!("{}:2", farm.repo("private/app")),
+    ]);
+    cmd.arg(ctx.path()).env("ARCHFARM_TOKEN", &viewer);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is a viewer: it reads only"), "{}", text(&out));
 }

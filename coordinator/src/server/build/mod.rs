@@ -104,7 +104,7 @@ pub async fn submit(
     if !shared.contexts.contains(&req.context) {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
-    // Optional platforms no agent fits are left out when the build runs, not refused.
+    // Optional platforms no agent fits now are left out at once, not refused.
     let wants: Vec<Wants> =
         req.platforms.iter().filter(|p| !req.is_optional(p)).map(|p| Wants::of(p, &req.requirements, None)).collect();
     shared.farm.check(&wants).map_err(|e| e.to_string())?;
@@ -115,6 +115,13 @@ pub async fn submit(
         .create_build(&id, &owner.name, &req, &jobs)
         .await
         .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
+    for (job, platform) in jobs.iter().filter(|(_, p)| req.is_optional(p)) {
+        let wants = Wants::of(platform, &req.requirements, None);
+        if let Err(no_agent) = shared.farm.check(std::slice::from_ref(&wants)) {
+            let reason = no_agent.to_string();
+            shared.store.job_ended(job, JobState::LeftOut, &reason).await.map_err(|e| e.to_string())?;
+        }
+    }
     let live = shared.live.start(&id);
     let rx = live.events.subscribe();
     spawn(shared.clone(), id.clone(), req, live);
@@ -346,19 +353,6 @@ async fn run_job(
         let manifest = Blob { media_type: media_type.clone(), digest: digest.clone(), size: *size };
         return Ok(Some((Child { platform: job.platform, manifest }, result)));
     }
-    let runner = Runner { optional: req.is_optional(&job.platform), attempts_base: job.attempts_base, ..runner };
-    // One repository's Dockerfile on one platform: the agent that built it last has it cached.
-    let warm_key = plan.target.as_ref().map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
-    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
-    if runner.optional {
-        if let Some(reason) = left_out(runner.farm, &wants, &job) {
-            if let Err(e) = runner.store.job_ended(&job.job, JobState::LeftOut, &reason).await {
-                warn!(job = %job.job, "cannot record a platform left out: {e}");
-            }
-            live.emit(BuildEvent::PlatformLeftOut { platform: job.platform.clone(), reason });
-            return Ok(None);
-        }
-    }
     if job.state == JobState::Running {
         // Its attempt was cut off by the coordinator's restart.
         let detail = "the coordinator restarted";
@@ -366,6 +360,21 @@ async fn run_job(
             warn!(job = %job.job, "cannot record the attempt the restart cut off: {e}");
         }
     }
+    // Ended before this run: left out when the build was submitted (or before a restart), or
+    // failed or cancelled and not named by `builds retry`.
+    let ended = job.error.clone().unwrap_or_else(|| format!("it is {}", job.state));
+    match job.state {
+        JobState::LeftOut => {
+            live.emit(BuildEvent::PlatformLeftOut { platform: job.platform.clone(), reason: ended });
+            return Ok(None);
+        }
+        JobState::Failed | JobState::Cancelled => return Err(format!("  {} failed before: {ended}", job.platform)),
+        _ => {}
+    }
+    let runner = Runner { optional: req.is_optional(&job.platform), attempts_base: job.attempts_base, ..runner };
+    // One repository's Dockerfile on one platform: the agent that built it last has it cached.
+    let warm_key = plan.target.as_ref().map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
+    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
     let spec = JobSpec {
         job: job.job.clone(),
         build: id.clone(),
@@ -383,20 +392,12 @@ async fn run_job(
         test_target: req.test_target.clone(),
         cache_from: cache_sources(plan, &req.cache_from, &job.platform, live).await,
         inline_cache: req.inline_cache || req.cache_to.is_some(),
+        provenance: req.provenance,
     };
     match runner.run(spec, &wants, live).await {
         Err(_) if runner.optional && !live.cancel.is_cancelled() => Ok(None),
         other => other.map(Some),
     }
-}
-
-/// Why an optional platform is left out before it runs: it was already (a coordinator restart
-/// resumes the build), or no connected agent fits it now.
-fn left_out(farm: &super::farm::Farm, wants: &Wants, job: &StoredJob) -> Option<String> {
-    if job.state == JobState::LeftOut {
-        return Some(job.error.clone().unwrap_or_else(|| "left out before a restart".into()));
-    }
-    farm.check(std::slice::from_ref(wants)).err().map(|e| e.to_string())
 }
 
 /// Publishes the index of a build whose platforms are all verified, without rebuilding. Tags
@@ -429,6 +430,9 @@ pub async fn republish(
                 return Err(format!("{} of build {id} is {state}, not verified: start a new build", job.platform))
             }
         }
+    }
+    if children.is_empty() {
+        return Err(format!("every platform of build {id} was left out: there is nothing to publish"));
     }
     let created_ms = shared.store.build_created_ms(id).await.map_err(|e| e.to_string())?;
     let mover = Mover { build: id, created_ms, again: state == BuildState::Published, force };

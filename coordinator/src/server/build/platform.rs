@@ -265,7 +265,10 @@ impl Runner<'_> {
         let verifying = Instant::now();
         let verified = self.images.verify(&spec.platform, &agent.name, &pushed).await;
         let unavailable = matches!(verified, Err(VerifyError::Unavailable(_)));
-        self.metrics.registry_observed("verify", verifying.elapsed(), unavailable);
+        // Images handed over to the coordinator are checked without a registry.
+        if !self.images.repository().is_empty() {
+            self.metrics.registry_observed("verify", verifying.elapsed(), unavailable);
+        }
         match verified {
             Ok(child) => {
                 let result = PlatformResult {
@@ -318,7 +321,7 @@ impl Runner<'_> {
         started_ms: u64,
     ) -> Verified {
         let (child, mut result) = verified;
-        if let Some(origin) = self.provenance {
+        if let Some(origin) = self.provenance.filter(|_| !self.images.repository().is_empty()) {
             result.attestation = self.attest(origin, agent, spec, &child, bases, started_ms, live).await;
         }
         let image = VerifiedImage {

@@ -130,6 +130,8 @@ struct Rig {
     max_attempts: u32,
     quarantine_after: u32,
     limits: JobLimits,
+    optional: bool,
+    attempts_base: u32,
     metrics: crate::server::metrics::Metrics,
     _dir: tempfile::TempDir,
 }
@@ -196,6 +198,7 @@ impl Rig {
             test_target: None,
             cache_from: vec![],
             inline_cache: false,
+            provenance: false,
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();
@@ -211,6 +214,8 @@ impl Rig {
             max_attempts: 3,
             quarantine_after: 3,
             limits,
+            optional: false,
+            attempts_base: 0,
             metrics,
             _dir: dir,
         }
@@ -223,8 +228,8 @@ impl Rig {
             images: &self.registry,
             metrics: &self.metrics,
             max_attempts: self.max_attempts,
-            optional: false,
-            attempts_base: 0,
+            optional: self.optional,
+            attempts_base: self.attempts_base,
             provenance: None,
             quarantine_after: self.quarantine_after,
             limits: self.limits,
@@ -466,4 +471,30 @@ async fn an_unhealthy_agent_gets_no_jobs_and_health_never_lifts_a_quarantine() {
     rig.farm.set_health(&a, Some("no /_ping".into()));
     rig.farm.set_health(&a, None);
     assert_eq!(rig.agent_state("amd64-a"), "quarantined: pushed linux/s390x");
+    // An engine that goes bad under a quarantine is still bad when it is lifted.
+    rig.farm.set_health(&a, Some("no /_ping".into()));
+    rig.farm.apply_recorded(&a, &crate::server::store::Recorded::Active);
+    assert_eq!(rig.agent_state("amd64-a"), "unhealthy: no /_ping");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_optional_platform_that_fails_is_left_out_not_failed_and_a_retry_counts_attempts_anew() {
+    let mut rig = Rig::new(&["amd64-a"], &[Act::Fail(FailureKind::Build)]).await;
+    rig.optional = true;
+    let mut events = rig.live.events.subscribe();
+    let summary = rig.run().await.unwrap_err();
+    assert!(summary.contains("failed on agent amd64-a (build)"), "{summary}");
+    assert_eq!(rig.job_state().await, JobState::LeftOut);
+    let events: Vec<BuildEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(!events.iter().any(|e| matches!(e, BuildEvent::PlatformFailed { .. })), "left out, not failed");
+    let left_out = events.iter().find_map(|e| match e {
+        BuildEvent::PlatformLeftOut { reason, .. } => Some(reason.as_str()),
+        _ => None,
+    });
+    assert!(left_out.unwrap().starts_with("it failed on agent amd64-a (build)"));
+
+    // A retried job that used its three attempts gets three more.
+    let mut rig = Rig::new(&["amd64-a"], &[Act::Push]).await;
+    (rig.spec.attempt, rig.attempts_base) = (3, 3);
+    assert!(rig.run().await.is_ok(), "attempt 4 runs");
 }

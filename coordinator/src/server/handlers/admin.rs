@@ -121,8 +121,8 @@ pub async fn create_client_token(shared: &Shared, name: &str, role: Role, scopes
     if name == "-" || super::super::auth::token_file_names(&shared.settings.tokens_file).iter().any(|n| n == name) {
         return Reply::error(format!("token name {name:?} is taken (by the token file, or reserved); choose another"));
     }
-    if role == Role::Admin && !scopes.is_empty() {
-        return Reply::error("--scope applies to --role build only: an admin may build anywhere");
+    if role != Role::Build && !scopes.is_empty() {
+        return Reply::error("--scope applies to --role build only: an admin builds anywhere, a viewer nowhere");
     }
     if let Some(e) = scopes.iter().find_map(|s| check_scope(s).err()) {
         return Reply::error(e);

@@ -29,7 +29,7 @@ pub async fn upload(
     size: u64,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    if let Err(message) = gc::room_for_new_work(&shared.settings.retention) {
+    if let Err(message) = who.may_write().and_then(|()| gc::room_for_new_work(&shared.settings.retention)) {
         return refuse(recv, message);
     }
     // Its bytes are already on their way: one that waited would fill the connection's window
@@ -58,7 +58,7 @@ pub async fn upload_chunked(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    if let Err(message) = gc::room_for_new_work(&shared.settings.retention) {
+    if let Err(message) = who.may_write().and_then(|()| gc::room_for_new_work(&shared.settings.retention)) {
         return refuse(recv, message);
     }
     let _upload = match shared.uploads.begin(&who.name, uploads::QUEUE_WAIT).await {

@@ -24,8 +24,10 @@ async fn ask(agent: &AgentHandle, request: Housekeeping) -> AgentAnswer {
 
 /// `archfarm agents inspect NAME`: what `ls` shows, the caches, the recent attempts.
 pub async fn inspect(shared: &Shared, name: &AgentName) -> Reply {
-    let Some(info) = shared.farm.agents().into_iter().find(|a| a.name == *name) else { return unknown(name) };
+    let Some(mut info) = shared.farm.agents().into_iter().find(|a| a.name == *name) else { return unknown(name) };
     let Some((handle, _)) = shared.farm.handles(Some(name)).pop() else { return unknown(name) };
+    // One agent's CPU features fit a frame (at most 512 of 64 bytes); `ls` leaves them out.
+    info.capabilities.cpu_features = handle.registration.capabilities.cpu_features.clone();
     let usage = match ask(&handle, Housekeeping::DiskUsage).await.reply {
         HousekeepingReply::Usage(u) => Ok(u),
         HousekeepingReply::Failed(e) => Err(e),

@@ -2,7 +2,7 @@
 //! or CPU features the build requires; and, for a build no agent fits, what is missing.
 
 use super::Offer;
-use archfarm_shared::capabilities::{base, Capabilities, Requirement};
+use archfarm_shared::capabilities::{base, Requirement};
 use archfarm_shared::platform::{self, Platform};
 use archfarm_shared::AgentName;
 use std::fmt;
@@ -76,10 +76,6 @@ impl fmt::Display for NoAgent {
     }
 }
 
-fn described(c: &Capabilities) -> String {
-    Some(c.summary()).filter(|s| !s.is_empty()).unwrap_or_else(|| "no level or labels".to_owned())
-}
-
 /// Checks every requested job against the active agents.
 pub(super) fn check(
     active: &[(&AgentName, &Offer)],
@@ -99,8 +95,11 @@ pub(super) fn check(
             missing.push(wants.platform.clone());
             continue;
         }
-        let shown: Vec<String> =
-            candidates.iter().take(8).map(|(n, o)| format!("{n}: {}", described(&o.capabilities))).collect();
+        let shown: Vec<String> = candidates
+            .iter()
+            .take(8)
+            .map(|(n, o)| format!("{n}: {}", o.capabilities.summary_or("no level or labels")))
+            .collect();
         let more = candidates.len().saturating_sub(shown.len());
         let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         unmet.push(format!(

@@ -1,15 +1,17 @@
 //! The coordinator's HTTP listener (`metrics_listen`): Prometheus metrics at `/metrics` and a
 //! read-only status page at `/`. On loopback it is open; on any other address every request
-//! needs a client token, as a bearer token (Prometheus' `authorization`) or as the password of
-//! HTTP basic authentication (a browser asks for it). A build token's page shows its own builds.
+//! needs a **viewer** token (`archfarm tokens create NAME --role viewer`), as a bearer token
+//! (Prometheus' `authorization`) or as the password of HTTP basic authentication (a browser
+//! asks for it). Plain HTTP carries the token in clear, so no token that can build or
+//! administer is taken: one that is sent is refused (and should be revoked).
 //!
-//! Bounded like the QUIC side: at most 64 connections, 5 s to send the request headers, 16 KiB
-//! of them, 60 s per connection.
+//! Bounded like the QUIC side: at most 64 connections, 8 from one address, one request each,
+//! 5 s to send the request headers, 16 KiB of them, 60 s per connection.
 
 mod page;
 
-use super::access::Principal;
 use super::state::Shared;
+use archfarm_shared::protocol::Role;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,8 +21,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -39,6 +43,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let open = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let permit = match slots.clone().acquire_owned().await {
             Ok(p) => p,
@@ -53,6 +58,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
+        let Some(held) = PeerSlot::take(&per_peer, peer.ip()) else {
+            debug!(%peer, "status connection refused: {PER_PEER} open from that address");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| respond(shared.clone(), open, req));
@@ -60,14 +69,48 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 Ok(Err(e)) => debug!(%peer, "status connection: {e}"),
                 Err(_) => debug!(%peer, "status connection closed after {} s", CONNECTION_TIMEOUT.as_secs()),
                 Ok(Ok(())) => {}
             }
-            drop(permit);
+            drop((held, permit));
         });
+    }
+}
+
+/// Connections one address may hold open.
+const PER_PEER: usize = 8;
+
+/// One of an address's connections, given back when dropped.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -91,14 +134,28 @@ async fn respond(shared: Arc<Shared>, open: bool, req: Request<Incoming>) -> Res
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read only: GET /, GET /metrics\n".into()));
     }
-    let who = match (open, token(&req)) {
-        (true, _) => None,
-        (false, Some(token)) => match super::auth::client_principal(&shared, &token).await {
-            Some(who) => Some(who),
+    if !open {
+        match token(&req) {
             None => return Ok(unauthorized()),
-        },
-        (false, None) => return Ok(unauthorized()),
-    };
+            Some(token) => match super::auth::client_principal(&shared, &token).await {
+                Some(who) if who.role == Role::Viewer => {}
+                Some(who) => {
+                    warn!(token = %who.name, "a {} token was sent to the status listener over plain HTTP", who.role);
+                    return Ok(reply(
+                        StatusCode::FORBIDDEN,
+                        "text/plain",
+                        format!(
+                            "token {:?} is a {} token, sent over plain HTTP: this listener takes viewer tokens only \
+                             (`archfarm tokens create NAME --role viewer`). Revoke that token if the network is not \
+                             yours.\n",
+                            who.name, who.role
+                        ),
+                    ));
+                }
+                None => return Ok(unauthorized()),
+            },
+        }
+    }
     Ok(match req.uri().path() {
         "/metrics" => match shared.store.count_by_state().await {
             Ok(builds) => {
@@ -107,7 +164,7 @@ async fn respond(shared: Arc<Shared>, open: bool, req: Request<Incoming>) -> Res
             }
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("the state database: {e}\n")),
         },
-        "/" => match page::render(&shared, who.as_ref()).await {
+        "/" => match page::render(&shared).await {
             Ok(html) => reply(StatusCode::OK, "text/html; charset=utf-8", html),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("the state database: {e}\n")),
         },
@@ -140,17 +197,23 @@ fn token<B>(req: &Request<B>) -> Option<String> {
     }
 }
 
-/// Whether `who` (none: the open loopback listener) may see builds of `owner`.
-fn may_see(who: Option<&Principal>, owner: &str) -> bool {
-    who.is_none_or(|w| w.owns(owner))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn with(value: &str) -> Request<()> {
         Request::builder().header(AUTHORIZATION, value).body(()).unwrap()
+    }
+
+    #[test]
+    fn an_address_holds_at_most_eight_connections_and_gets_them_back() {
+        let counts = Arc::default();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let held: Vec<PeerSlot> = (0..PER_PEER).map(|_| PeerSlot::take(&counts, ip).unwrap()).collect();
+        assert!(PeerSlot::take(&counts, ip).is_none());
+        assert!(PeerSlot::take(&counts, [10, 0, 0, 2].into()).is_some(), "another address is not held back");
+        drop(held);
+        assert!(PeerSlot::take(&counts, ip).is_some());
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Store {
     }
 
     /// Why an agent is quarantined, if it is.
+    #[cfg(test)]
     pub async fn quarantined(&self, agent: &AgentName) -> Result<Option<String>> {
         let agent = agent.to_string();
         self.read(move |c| {

@@ -139,7 +139,7 @@ impl Store {
     /// Ends a job without an image (failed or cancelled).
     pub async fn job_ended(&self, job: &JobId, state: JobState, error: &str) -> Result<()> {
         self.execute(
-            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state != 'verified'",
+            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1 AND state NOT IN ('verified', 'left-out')",
             (job.to_string(), state.as_str(), error.to_owned()),
         )
         .await?;

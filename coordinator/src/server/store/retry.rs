@@ -42,6 +42,20 @@ impl Store {
                         Some(_) => {}
                     }
                 }
+                // A platform neither verified nor left out, and not named, would fail the build
+                // again: name every one, or none.
+                let unnamed: Vec<String> = jobs
+                    .iter()
+                    .filter(|j| !matches!(j.state, JobState::Verified | JobState::LeftOut))
+                    .filter(|j| !platforms.is_empty() && !platforms.contains(&j.platform))
+                    .map(|j| j.platform.to_string())
+                    .collect();
+                if !unnamed.is_empty() {
+                    return Ok(Err(format!(
+                        "build {build} also failed on {}: name those with --platform too, or leave --platform out",
+                        unnamed.join(", ")
+                    )));
+                }
                 let again: Vec<&StoredJob> = jobs
                     .iter()
                     .filter(|j| {
@@ -82,10 +96,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let (amd, arm): (Platform, Platform) = ("linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap());
-        let req =
-            BuildRequest::new(vec![amd.clone(), arm.clone()], vec!["r/a:1".into()], Digest::of(b"c"), "Dockerfile");
-        let (build, j1, j2) = (BuildId::random(), JobId::random(), JobId::random());
-        s.create_build(&build, "ci", &req, &[(j1.clone(), amd.clone()), (j2.clone(), arm.clone())]).await.unwrap();
+        let i386: Platform = "linux/386".parse().unwrap();
+        let platforms = vec![amd.clone(), arm.clone(), i386.clone()];
+        let req = BuildRequest::new(platforms, vec!["r/a:1".into()], Digest::of(b"c"), "Dockerfile");
+        let (build, j1, j2, j3) = (BuildId::random(), JobId::random(), JobId::random(), JobId::random());
+        let jobs = [(j1.clone(), amd.clone()), (j2.clone(), arm.clone()), (j3.clone(), i386.clone())];
+        s.create_build(&build, "ci", &req, &jobs).await.unwrap();
+        s.job_ended(&j3, JobState::LeftOut, "optional: no agent").await.unwrap();
         let agent: AgentName = "a-1".parse().unwrap();
         s.start_attempt(&j1, 1, &agent, "").await.unwrap();
         let image = VerifiedImage {
@@ -111,11 +128,12 @@ mod tests {
         let absent = s.retry(&build, &["linux/s390x".parse().unwrap()]).await.unwrap().unwrap_err();
         assert!(absent.contains("has no platform linux/s390x"), "{absent}");
 
-        assert_eq!(s.retry(&build, &[]).await.unwrap(), Ok(vec![arm.clone()]));
+        assert_eq!(s.retry(&build, std::slice::from_ref(&arm)).await.unwrap(), Ok(vec![arm.clone()]));
         let jobs = s.jobs(&build).await.unwrap();
         assert_eq!((jobs[0].state, jobs[0].attempts_base), (JobState::Verified, 0));
         assert_eq!((jobs[1].state, jobs[1].attempts, jobs[1].attempts_base), (JobState::Queued, 3, 3));
         assert_eq!(jobs[1].error, None);
+        assert_eq!(jobs[2].state, JobState::LeftOut, "a named retry leaves the optional platform out");
         assert_eq!(s.unfinished().await.unwrap(), vec![build.clone()], "running again");
         assert!(s.retry(&BuildId::random(), &[]).await.unwrap().unwrap_err().starts_with("no build"));
     }
