@@ -117,11 +117,13 @@ impl Farm {
         dispatch(&mut st);
     }
 
-    /// Changes what an agent may be given (quarantine, drain).
-    pub fn set_standing(&self, name: &AgentName, standing: Standing) {
+    /// Changes what an agent may be given (quarantine, drain); returns what it was, if the
+    /// agent is connected.
+    pub fn set_standing(&self, name: &AgentName, standing: Standing) -> Option<Standing> {
         let mut st = self.lock();
-        st.scheduler.set_standing(name, standing);
+        let before = st.scheduler.set_standing(name, standing);
         dispatch(&mut st);
+        before
     }
 
     /// Applies what the store records of an agent (an administrator's drain or quarantine, or
@@ -158,13 +160,12 @@ impl Farm {
             Some(why) => st.sick.insert(name.clone(), why.clone()),
             None => st.sick.remove(name),
         };
-        match (st.scheduler.standing(name), problem) {
-            (Some(Standing::Active | Standing::Unhealthy(_)), Some(why)) => {
-                st.scheduler.set_standing(name, Standing::Unhealthy(why))
-            }
-            (Some(Standing::Unhealthy(_)), None) => st.scheduler.set_standing(name, Standing::Active),
+        let next = match (st.scheduler.standing(name), problem) {
+            (Some(Standing::Active | Standing::Unhealthy(_)), Some(why)) => Standing::Unhealthy(why),
+            (Some(Standing::Unhealthy(_)), None) => Standing::Active,
             _ => return,
-        }
+        };
+        st.scheduler.set_standing(name, next);
         dispatch(&mut st);
     }
 

@@ -98,7 +98,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("builds", "Builds in the state database, by state", m.builds.clone());
-        registry.register("builds_finished", "Builds that ended, by how", m.builds_finished.clone());
+        registry.register(
+            "builds_finished",
+            "Builds that ended, by how (a build retried with builds retry ends again)",
+            m.builds_finished.clone(),
+        );
         registry.register(
             "attempt_duration_seconds",
             "Attempts at a platform on an agent, by platform and outcome",

@@ -381,11 +381,14 @@ impl Runner<'_> {
 
     async fn quarantine(&self, agent: &AgentName, reason: &str) {
         warn!(agent = %agent, "quarantining agent: {reason}");
-        self.metrics.quarantined();
         if let Err(e) = self.store.quarantine(agent, reason).await {
             error!("cannot record the quarantine: {e}");
         }
-        self.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
+        // An agent already quarantined (a late failure of a job it ran before) counts once.
+        let before = self.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
+        if !matches!(before, Some(Standing::Quarantined(_))) {
+            self.metrics.quarantined();
+        }
     }
 
     async fn count_failure(&self, agent: &AgentName, outcome: AttemptOutcome, message: &str) {

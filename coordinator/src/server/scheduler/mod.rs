@@ -142,11 +142,9 @@ impl Scheduler {
         self.agents.insert(name, Slots { offer, running, standing });
     }
 
-    /// Changes what an agent may be given. Unknown agents are ignored.
-    pub fn set_standing(&mut self, name: &AgentName, standing: Standing) {
-        if let Some(s) = self.agents.get_mut(name) {
-            s.standing = standing;
-        }
+    /// Changes what an agent may be given; returns what it was. Unknown agents are ignored.
+    pub fn set_standing(&mut self, name: &AgentName, standing: Standing) -> Option<Standing> {
+        self.agents.get_mut(name).map(|s| std::mem::replace(&mut s.standing, standing))
     }
 
     /// An agent's standing.

@@ -148,7 +148,7 @@ fn quarantined_and_draining_agents_get_no_jobs() {
     assert_eq!(s.load(&a("amd-1")), Some((1, 2)));
     s.finish(&j(3));
     assert_eq!(s.load(&a("amd-1")), Some((0, 2)));
-    s.set_standing(&a("amd-1"), Standing::Active);
+    assert_eq!(s.set_standing(&a("amd-1"), Standing::Active), Some(Standing::Drained), "returns what it was");
     s.enqueue(j(5), w("linux/amd64"), vec![]);
     assert_eq!(pairs(s.dispatch()), vec![(j(5), a("amd-1"))]);
 }
