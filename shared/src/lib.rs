@@ -8,6 +8,8 @@
 //!   strings and close codes.
 //! - [`request`]: the rules a build request must meet, on the client and the coordinator alike.
 //! - [`codec`]: length-prefixed bincode frames with size limits (the only user of bincode).
+//! - [`stream`]: a stream of framed messages (both halves and the frame limit), typed reads
+//!   and writes; what every connection's code takes instead of raw streams.
 //! - [`content`]: sha256-addressed files (build contexts), written only once verified.
 //! - [`chunking`]: content-defined chunks of a context, so a re-upload sends what changed.
 //! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
@@ -45,6 +47,7 @@ pub mod registry;
 pub mod request;
 pub mod retry;
 pub mod shutdown;
+pub mod stream;
 pub mod tarball;
 pub mod telemetry;
 pub mod tls;
