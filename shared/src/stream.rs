@@ -61,6 +61,13 @@ impl<S: AsyncWrite + Unpin, R: AsyncRead + Unpin> MessageStream<S, R> {
         self.send.finish().await;
     }
 
+    /// Writes one last message and finishes the sending half.
+    pub async fn write_last<T: Serialize>(&mut self, msg: &T) -> Result<(), CodecError> {
+        let written = self.send.write(msg).await;
+        self.send.finish().await;
+        written
+    }
+
     /// The largest frame this stream reads or writes.
     pub fn max_frame(&self) -> u32 {
         self.recv.max_frame
@@ -149,6 +156,18 @@ impl QuicStream {
     pub async fn accept(conn: &quinn::Connection, max_frame: u32) -> Result<Self, quinn::ConnectionError> {
         let (send, recv) = conn.accept_bi().await?;
         Ok(MessageStream::new(send, recv, max_frame))
+    }
+
+    /// Abandons the stream both ways with `code`: what the peer sent but this side has not
+    /// read is discarded, and the peer's reads and writes fail with that code.
+    pub fn reset(&mut self, code: u32) {
+        let _ = self.send.send.reset(code.into());
+        let _ = self.recv.recv.stop(code.into());
+    }
+
+    /// Tells the peer to stop sending (with `code`); what it sent is not wanted.
+    pub fn stop_reading(&mut self, code: u32) {
+        let _ = self.recv.recv.stop(code.into());
     }
 }
 

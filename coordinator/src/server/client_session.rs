@@ -6,8 +6,8 @@ use super::auth;
 use super::handlers;
 use super::state::Shared;
 use super::wire::on_codec_error;
-use archfarm_shared::codec;
 use archfarm_shared::protocol::{close, ClientRequest, ClientResponse};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::tls;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,39 +27,34 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
     let max = shared.settings.max_frame;
     // One deadline for opening the stream and sending the hello.
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+    let Ok(Ok(hello)) = tokio::time::timeout_at(deadline, QuicStream::accept(&conn, MAX_HELLO_FRAME)).await else {
         return conn.close(close::REFUSED.into(), b"no hello within 10 s");
     };
-    let token = match tokio::time::timeout_at(
-        deadline,
-        codec::expect_msg::<_, ClientRequest>(&mut recv, MAX_HELLO_FRAME),
-    )
-    .await
-    {
+    let mut hello = hello;
+    let token = match tokio::time::timeout_at(deadline, hello.expect::<ClientRequest>()).await {
         Ok(Ok(ClientRequest::Hello { token })) => token,
         Ok(Ok(_)) => return conn.close(close::PROTOCOL.into(), b"protocol error: expected Hello as the first request"),
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "hello stream")),
         Err(_) => return conn.close(close::REFUSED.into(), b"no hello within 10 s"),
     };
+    let mut hello = hello.with_max_frame(max);
     let Some(who) = auth::client_principal(&shared, &token).await.map(Arc::new) else {
         warn!(%remote, "refused client: invalid token");
         let reason = "the coordinator refused the client token: check ARCHFARM_TOKEN (or --token) against the farm's client.token".to_owned();
-        let _ = codec::write_msg(&mut send, &ClientResponse::Refused { reason: reason.clone() }, max).await;
-        let _ = send.finish();
+        let _ = hello.write_last(&ClientResponse::Refused { reason: reason.clone() }).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         return conn.close(close::REFUSED.into(), reason.as_bytes());
     };
     drop(unauthenticated);
     admission::authenticated(&conn, tls::PEER_STREAMS_CLIENT);
     let welcome = ClientResponse::Welcome { version: env!("CARGO_PKG_VERSION").to_owned() };
-    if codec::write_msg(&mut send, &welcome, max).await.is_err() {
+    if hello.write_last(&welcome).await.is_err() {
         return;
     }
-    let _ = send.finish();
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(handlers::handle(shared.clone(), who.clone(), conn.clone(), send, recv));
+        match QuicStream::accept(&conn, max).await {
+            Ok(stream) => {
+                tokio::spawn(handlers::handle(shared.clone(), who.clone(), conn.clone(), stream));
             }
             Err(e) => {
                 info!(%remote, "client disconnected: {}", tls::explain(&e));

@@ -124,12 +124,3 @@ async fn renew(shared: &Shared, conn: &quinn::Connection, csr_pem: &str) -> Resu
     shared.store.renew(&current.serial, &info).await.map_err(|e| e.to_string())??;
     Ok((name.to_string(), cert_pem))
 }
-
-/// Loads the CA certificate and key used to sign enrolled agents.
-pub fn load_ca(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<CertifiedKey> {
-    use anyhow::Context as _;
-    Ok(CertifiedKey {
-        cert_pem: std::fs::read_to_string(cert).with_context(|| format!("cannot read {}", cert.display()))?,
-        key_pem: std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
-    })
-}

@@ -12,11 +12,11 @@
 //! while the data directory has less than `min_free_space` free, so a full disk never fails a
 //! commit of state the coordinator already acknowledged.
 
+use super::settings::Retention;
 use super::state::Shared;
 use archfarm_shared::clock::now_ms;
-use archfarm_shared::protocol::ClientResponse;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
@@ -28,21 +28,6 @@ const PARTIAL_AGE: Duration = Duration::from_secs(86_400);
 /// A context uploaded or asked about this recently may be about to be named by a build.
 const FRESH: Duration = Duration::from_secs(600);
 const DAY_MS: u64 = 86_400_000;
-
-/// What is kept, from the configuration.
-#[derive(Debug, Clone)]
-pub struct Retention {
-    /// Contexts and handed-over image blobs: days after their last use.
-    pub days: u32,
-    /// Finished builds: days after submission.
-    pub history_days: u32,
-    /// Finished builds: the newest this many.
-    pub history_builds: u32,
-    /// Free space below which new work is refused.
-    pub min_free: u64,
-    /// The data directory.
-    pub data_dir: PathBuf,
-}
 
 /// What a collection removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,7 +75,8 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
     let cutoff_ms = now.saturating_sub(u64::from(keep.days) * DAY_MS);
     let in_use: HashSet<_> =
         shared.store.contexts_in_use(cutoff_ms).await.map_err(|e| e.to_string())?.into_iter().collect();
-    let (contexts, images, chunks) = (shared.contexts.clone(), shared.images.clone(), shared.chunks.clone());
+    let (contexts, images, chunks) =
+        (shared.contexts.files.clone(), shared.handed_over.clone(), shared.contexts.chunks.clone());
     let now = SystemTime::now();
     let cutoff = (SystemTime::UNIX_EPOCH + Duration::from_millis(cutoff_ms)).min(now - FRESH);
     let partial = now - PARTIAL_AGE;
@@ -120,15 +106,6 @@ pub fn start(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
-}
-
-/// `archfarm builds prune`: collects now and says what went.
-pub async fn prune_now(shared: &Shared) -> super::handlers::reply::Reply {
-    use super::handlers::reply::Reply;
-    match sweep(shared).await {
-        Ok(swept) => Reply::one(ClientResponse::Done { message: swept.to_string() }),
-        Err(e) => Reply::error(e),
-    }
 }
 
 /// Bytes free for unprivileged use on the file system of `dir`.

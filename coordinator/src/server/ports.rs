@@ -1,12 +1,17 @@
-//! The two seams of a platform's orchestration ([`super::build::platform`]): the link to an
-//! agent and the registry that checks what it pushed. The real ones speak QUIC
-//! ([`super::agent_link`]) and the distribution API ([`super::publish`]); unit tests put
-//! scripted ones in their place and run retries, failover and quarantine in-process.
+//! The seams of a build's orchestration ([`super::build`]): the link to an agent, and the
+//! registry. The real ones speak QUIC ([`super::agent_link`]) and the distribution API
+//! ([`super::registry_images`]); unit tests put scripted ones in their place and run retries,
+//! failover, quarantine and publishing in-process.
+//!
+//! [`ImageStore`] is everything the coordinator asks of registries; [`ImageCheck`] is the
+//! narrower view one platform needs (check what an agent pushed into the build's repository,
+//! and attest it), which images handed to the coordinator ([`super::handover`]) also offer.
 
 use super::live::Live;
-use archfarm_shared::oci::Child;
+use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::protocol::{Housekeeping, HousekeepingReply, JobFailure, JobSpec, PushedImage};
-use archfarm_shared::{AgentName, Platform};
+use archfarm_shared::reference::ImageRef;
+use archfarm_shared::{AgentName, Digest, Platform};
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -72,7 +77,86 @@ pub trait ImageCheck: Send + Sync + std::fmt::Debug {
         &'a self,
         _subject: &'a Child,
         _statement: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Option<archfarm_shared::oci::Attestation>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Attestation>, String>> {
         Box::pin(async { Ok(None) })
+    }
+}
+
+/// Everything the coordinator asks of registries: each call names the repository or image it is
+/// about, and the adapter picks the registry's client from it.
+pub trait ImageStore: Send + Sync + std::fmt::Debug {
+    /// Reads the manifest an agent reported in `repo`, and its config, back and checks them
+    /// against the job's platform. Returns the child to list in the index.
+    fn verify<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        platform: &'a Platform,
+        agent: &'a AgentName,
+        pushed: &'a PushedImage,
+    ) -> BoxFuture<'a, Result<Child, VerifyError>>;
+
+    /// Pushes `statement` (an in-toto statement about `subject`) into `repo` as its attestation
+    /// manifest. Returns what the index lists for it.
+    fn attest<'a>(
+        &'a self,
+        repo: &'a ImageRef,
+        subject: &'a Child,
+        statement: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Attestation, String>>;
+
+    /// Whether the registry serves a manifest under `reference` (a build cache image, say).
+    fn has_manifest<'a>(&'a self, reference: &'a ImageRef) -> BoxFuture<'a, bool>;
+
+    /// Makes the image `digest` of repository `from` available under `to` (a tag, perhaps in
+    /// another repository of the same registry), mounting its blobs rather than copying them.
+    fn copy<'a>(
+        &'a self,
+        from: &'a ImageRef,
+        digest: &'a Digest,
+        to: &'a ImageRef,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// What `tag` resolves to now; `None` when the registry has no such tag.
+    fn tag_target<'a>(&'a self, tag: &'a ImageRef) -> BoxFuture<'a, Result<Option<Digest>, String>>;
+
+    /// Publishes one index over `children` and their `attestations` under every tag of `tags`
+    /// (all in one repository); returns its digest.
+    fn publish_index<'a>(
+        &'a self,
+        tags: &'a [ImageRef],
+        children: &'a [Child],
+        attestations: &'a [Attestation],
+    ) -> BoxFuture<'a, Result<Digest, String>>;
+}
+
+/// One repository of an [`ImageStore`], as a platform's orchestration checks images in it.
+#[derive(Debug, Clone, Copy)]
+pub struct InRepository<'a> {
+    /// The registries.
+    pub store: &'a dyn ImageStore,
+    /// The build's repository.
+    pub repo: &'a ImageRef,
+}
+
+impl ImageCheck for InRepository<'_> {
+    fn verify<'a>(
+        &'a self,
+        platform: &'a Platform,
+        agent: &'a AgentName,
+        pushed: &'a PushedImage,
+    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+        self.store.verify(self.repo, platform, agent, pushed)
+    }
+
+    fn repository(&self) -> String {
+        self.repo.name()
+    }
+
+    fn attest<'a>(
+        &'a self,
+        subject: &'a Child,
+        statement: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Option<Attestation>, String>> {
+        Box::pin(async move { self.store.attest(self.repo, subject, statement).await.map(Some) })
     }
 }

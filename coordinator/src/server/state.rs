@@ -1,65 +1,90 @@
-//! What every part of the server shares: its settings and the state of the farm (connected
-//! agents, running builds, stored contexts, the state database, registry clients).
+//! What every part of the server shares: its settings, and each concept's state (connected
+//! agents, running builds, build contexts, handed-over images, tags, the state database, the
+//! registries). Each field is owned by the module named beside it; this is only where they meet.
 
-use super::chunk_store::ChunkStore;
+use super::contexts::Contexts;
 use super::farm::Farm;
 use super::live::LiveBuilds;
+use super::metrics::Metrics;
+use super::ports::ImageStore;
+use super::registry_images::RegistryImages;
+use super::settings::{Retention, Settings};
 use super::store::Store;
+use super::tags::locks::TagLocks;
+use anyhow::Context as _;
+use archfarm_config::CoordinatorConfig;
 use archfarm_shared::content::ContentStore;
-use archfarm_shared::pki::CertifiedKey;
 use archfarm_shared::registry::RegistryClients;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Settings every session needs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Largest frame accepted.
-    pub max_frame: u32,
-    /// How often agents must send heartbeats.
-    pub heartbeat_interval: Duration,
-    /// Silence after which an agent is dropped.
-    pub heartbeat_timeout: Duration,
-    /// File of accepted client token hashes.
-    pub tokens_file: PathBuf,
-    /// Attempts per platform.
-    pub max_attempts: u32,
-    /// Consecutive failures before quarantine.
-    pub quarantine_after: u32,
-    /// How long one attempt may run, unless a build asks otherwise.
-    pub job_timeout: Duration,
-    /// How long one attempt may go without output, unless a build asks otherwise.
-    pub job_idle_timeout: Duration,
-    /// The farm CA with its key, when this coordinator enrolls agents.
-    pub ca: Option<CertifiedKey>,
-    /// What garbage collection keeps, and the free space new work needs.
-    pub retention: super::gc::Retention,
-}
 
 /// What the sessions share.
 #[derive(Debug)]
 pub struct Shared {
-    /// Live agents and the scheduler.
+    /// Live agents and the scheduler ([`super::farm`]).
     pub farm: Arc<Farm>,
-    /// Uploaded build contexts.
-    pub contexts: ContentStore,
-    /// Blobs of images agents handed over, for builds that name no registry.
-    pub images: ContentStore,
-    /// Chunks of uploaded contexts, for uploads of changed contexts.
-    pub chunks: ChunkStore,
-    /// Durable state.
+    /// Build contexts: stored files, their chunks, uploads running ([`super::contexts`]).
+    pub contexts: Contexts,
+    /// Blobs of images agents handed over, for builds that name no registry
+    /// ([`super::handover`]).
+    pub handed_over: ContentStore,
+    /// Durable state ([`super::store`]).
     pub store: Store,
-    /// Builds running now.
+    /// Builds running now ([`super::live`]).
     pub live: LiveBuilds,
-    /// Context uploads running now.
-    pub uploads: super::uploads::Uploads,
-    /// Held per tag while a build decides and writes it.
-    pub tag_locks: super::build::tagging::TagLocks,
-    /// One client per registry, kept between builds.
-    pub registries: Arc<RegistryClients>,
+    /// Held per tag while a build decides and writes it ([`super::tags`]).
+    pub tag_locks: TagLocks,
+    /// The registries ([`super::registry_images`] in production).
+    pub registry: Arc<dyn ImageStore>,
     /// What Prometheus scrapes.
-    pub metrics: super::metrics::Metrics,
+    pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
+}
+
+impl Shared {
+    /// Opens the state under the configuration's data directory: stores, database, settings.
+    pub fn open(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
+        let images_dir = config.data_dir.join("images");
+        let handed_over = ContentStore::open(&images_dir, config.max_context_bytes)
+            .with_context(|| format!("cannot create {}", images_dir.display()))?
+            .of_image_blobs();
+        let db = config.data_dir.join("state.db");
+        let store = Store::open(&db).with_context(|| format!("cannot open the state database {}", db.display()))?;
+        let registries = Arc::new(RegistryClients::new(config.insecure_registries.clone()));
+        Ok(Shared {
+            farm: Farm::new(
+                Duration::from_secs(config.agent_wait_secs),
+                config.cache_affinity.then_some(config.affinity_margin),
+            ),
+            contexts: Contexts::open(&config.data_dir, config.max_context_bytes)?,
+            handed_over,
+            store,
+            live: LiveBuilds::default(),
+            tag_locks: TagLocks::default(),
+            registry: Arc::new(RegistryImages { registries }),
+            metrics: Metrics::new(),
+            settings: Settings {
+                max_frame: config.max_frame_bytes,
+                heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+                heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_secs),
+                tokens_file: config.tls.client_tokens.clone(),
+                max_attempts: config.max_attempts,
+                quarantine_after: config.quarantine_after_failures,
+                job_timeout: Duration::from_secs(config.job_timeout_secs),
+                job_idle_timeout: Duration::from_secs(config.job_idle_timeout_secs),
+                ca: match &config.tls.ca_key {
+                    Some(key) => Some(super::settings::load_ca(&config.tls.ca_cert, key)?),
+                    None => None,
+                },
+                retention: Retention {
+                    days: config.retention_days,
+                    history_days: config.history_days,
+                    history_builds: config.history_builds,
+                    min_free: config.min_free_space.as_u64(),
+                    data_dir: config.data_dir.clone(),
+                },
+            },
+        })
+    }
 }

@@ -6,10 +6,10 @@ use super::super::live::Live;
 use super::super::ports::AgentLink;
 use super::super::wire::{on_codec_error, unexpected};
 use super::limits::{self, Grants, LineRate};
-use archfarm_shared::codec;
 use archfarm_shared::protocol::{
     reset, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, JobSpec, PushedImage,
 };
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{tls, AgentName};
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
@@ -57,7 +57,7 @@ impl AgentLink for QuicLink {
         &self,
         request: archfarm_shared::protocol::Housekeeping,
     ) -> BoxFuture<'_, Result<archfarm_shared::protocol::HousekeepingReply, String>> {
-        Box::pin(super::housekeeping::ask(self, request))
+        Box::pin(super::housekeeping::ask(&self.conn, &self.name, self.max_frame, request))
     }
 }
 
@@ -73,17 +73,16 @@ impl QuicLink {
             message: format!("agent {} went away while building {platform}: {why}", self.name),
             log_tail: tail.iter().cloned().collect(),
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(tls::explain(&e), &tail))?;
-        if let Err(e) = codec::write_msg(&mut send, &CoordinatorMessage::AssignJob(Box::new(spec)), max).await {
+        let mut stream = QuicStream::open(conn, max).await.map_err(|e| lost(tls::explain(&e), &tail))?;
+        if let Err(e) = stream.write(&CoordinatorMessage::AssignJob(Box::new(spec))).await {
             return Err(lost(on_codec_error(conn, &e, "job stream"), &tail));
         }
         loop {
             let msg = tokio::select! {
-                msg = tokio::time::timeout(idle, codec::read_msg::<_, AgentMessage>(&mut recv, max)) => match msg {
+                msg = tokio::time::timeout(idle, stream.read::<AgentMessage>()) => match msg {
                     Ok(msg) => msg,
                     Err(_) => {
-                        let _ = send.reset(reset::SILENT.into());
-                        let _ = recv.stop(reset::SILENT.into());
+                        stream.reset(reset::SILENT);
                         let message = format!(
                             "no build output for {} s: the job was stopped on agent {} (a build that is quiet for \
                              longer needs --idle-timeout)",
@@ -94,8 +93,7 @@ impl QuicLink {
                     }
                 },
                 () = live.cancel.cancelled() => {
-                    let _ = send.reset(reset::CANCELLED.into());
-                    let _ = recv.stop(reset::CANCELLED.into());
+                    stream.reset(reset::CANCELLED);
                     return Err(JobFailure { kind: FailureKind::Cancelled, message: "cancelled".into(), log_tail: vec![] });
                 }
             };

@@ -1,14 +1,15 @@
 //! The whole link to one agent: identify it by its certificate, register it, keep it alive by
-//! heartbeats on the control stream, serve the context fetches it opens streams for
-//! ([`context`]), and run jobs on streams the coordinator opens ([`job`]).
+//! heartbeats on the control stream, serve the streams it opens (a context fetch,
+//! [`crate::server::contexts::agent`]; a blob handed over, [`crate::server::handover`]), and
+//! run jobs and housekeeping on streams the coordinator opens ([`job`], [`housekeeping`]).
 //!
 //! # Layout
 //! - this file: identity, registration, the control stream, accepting the agent's streams.
-//! - [`job`]: one job attempt on its own stream ([`QuicLink`], the real [`AgentLink`]).
-//! - [`context`]: sending a build context to the agent that fetches it.
+//! - [`job`]: one job attempt on its own stream ([`QuicLink`], the real
+//!   [`AgentLink`](crate::server::ports::AgentLink)).
+//! - [`housekeeping`]: asking the agent about its caches, or to free them.
 //! - [`limits`]: log lines and failures cut to size; the contexts an agent may fetch.
 
-pub mod context;
 pub mod housekeeping;
 pub mod job;
 pub mod limits;
@@ -19,9 +20,9 @@ use super::scheduler::Standing;
 use super::state::Shared;
 use super::store::Recorded;
 use super::wire::{on_codec_error, unexpected};
-use archfarm_shared::codec;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{tls, AgentName};
 use job::QuicLink;
 use std::sync::Arc;
@@ -92,21 +93,20 @@ struct Identity {
 async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identity) {
     let Identity { name, cert, allowed } = identity;
     let max = shared.settings.max_frame;
-    let (mut send, mut recv) = match tokio::time::timeout(REGISTER_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok(streams)) => streams,
+    let mut control = match tokio::time::timeout(REGISTER_TIMEOUT, QuicStream::accept(&conn, max)).await {
+        Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return info!("agent left before registering: {}", tls::explain(&e)),
         Err(_) => return refuse(&conn, "no registration within 10 s"),
     };
-    let registration =
-        match tokio::time::timeout(REGISTER_TIMEOUT, codec::expect_msg::<_, AgentMessage>(&mut recv, max)).await {
-            Ok(Ok(AgentMessage::Register(r))) => r,
-            Ok(Ok(other)) => {
-                let name = super::wire::agent_message_name(&other);
-                return refuse(&conn, &format!("expected Register as the first message, got {name}"));
-            }
-            Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
-            Err(_) => return refuse(&conn, "no registration within 10 s"),
-        };
+    let registration = match tokio::time::timeout(REGISTER_TIMEOUT, control.expect::<AgentMessage>()).await {
+        Ok(Ok(AgentMessage::Register(r))) => r,
+        Ok(Ok(other)) => {
+            let name = super::wire::agent_message_name(&other);
+            return refuse(&conn, &format!("expected Register as the first message, got {name}"));
+        }
+        Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
+        Err(_) => return refuse(&conn, "no registration within 10 s"),
+    };
     if registration.platforms.is_empty() || registration.capacity == 0 {
         return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
     }
@@ -137,15 +137,14 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         }
     };
     if let Err(reason) = shared.farm.register(handle, standing) {
-        let _ = codec::write_msg(&mut send, &CoordinatorMessage::Refused { reason: reason.clone() }, max).await;
-        let _ = send.finish();
+        let _ = control.write_last(&CoordinatorMessage::Refused { reason: reason.clone() }).await;
         // Give the refusal a moment to arrive before the close overtakes it.
         tokio::time::sleep(Duration::from_millis(200)).await;
         return refuse(&conn, &reason);
     }
     let welcome =
         CoordinatorMessage::Registered { heartbeat_interval_ms: shared.settings.heartbeat_interval.as_millis() as u64 };
-    let reason = if let Err(e) = codec::write_msg(&mut send, &welcome, max).await {
+    let reason = if let Err(e) = control.write(&welcome).await {
         on_codec_error(&conn, &e, "control stream")
     } else {
         info!(
@@ -154,7 +153,7 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
             engine = %registration.engine_version,
             "agent registered"
         );
-        serve_registered(&shared, &conn, &name, &grants, (&mut send, &mut recv)).await
+        serve_registered(&shared, &conn, &name, &grants, &mut control).await
     };
     shared.farm.unregister(&name, conn.stable_id());
     info!(reason = %reason, "agent disconnected");
@@ -165,9 +164,8 @@ async fn serve_registered(
     conn: &quinn::Connection,
     name: &AgentName,
     grants: &limits::Grants,
-    control: (&mut quinn::SendStream, &mut quinn::RecvStream),
+    control: &mut QuicStream,
 ) -> String {
-    let (send, recv) = control;
     let max = shared.settings.max_frame;
     let timeout = shared.settings.heartbeat_timeout;
     // Streams the agent opens are served by their own task: reading a frame must never race
@@ -176,25 +174,23 @@ async fn serve_registered(
         let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
         tokio::spawn(
             async move {
-                while let Ok((send, recv)) = conn.accept_bi().await {
+                while let Ok(stream) = QuicStream::accept(&conn, max).await {
                     let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
-                    tokio::spawn(
-                        async move { context::serve(&shared, &conn, &grants, send, recv).await }.in_current_span(),
-                    );
+                    tokio::spawn(async move { serve_stream(&shared, &conn, &grants, stream).await }.in_current_span());
                 }
             }
             .in_current_span(),
         )
     };
     let reason = loop {
-        match tokio::time::timeout(timeout, codec::read_msg::<_, AgentMessage>(recv, max)).await {
+        match tokio::time::timeout(timeout, control.read::<AgentMessage>()).await {
             Err(_) => {
                 let reason = format!("no heartbeat for {} s", timeout.as_secs());
                 conn.close(close::TIMEOUT.into(), reason.as_bytes());
                 break reason;
             }
             Ok(Ok(Some(AgentMessage::Heartbeat { .. }))) => {
-                if let Err(e) = codec::write_msg(send, &CoordinatorMessage::HeartbeatAck, max).await {
+                if let Err(e) = control.write(&CoordinatorMessage::HeartbeatAck).await {
                     break on_codec_error(conn, &e, "control stream");
                 }
             }
@@ -216,4 +212,19 @@ async fn serve_registered(
     };
     acceptor.abort();
     reason
+}
+
+/// Serves a stream the agent opened: a context fetch, or a blob of an image it hands over.
+async fn serve_stream(shared: &Shared, conn: &quinn::Connection, grants: &limits::Grants, mut stream: QuicStream) {
+    match stream.expect::<AgentMessage>().await {
+        Ok(AgentMessage::FetchContext { digest }) => {
+            let allowed = grants.allows(&digest);
+            crate::server::contexts::agent::send_context(&shared.contexts, &digest, allowed, stream).await
+        }
+        Ok(AgentMessage::StoreBlob { digest, size }) => {
+            crate::server::handover::streams::receive(&shared.handed_over, &digest, size, grants.any(), stream).await
+        }
+        Ok(other) => drop(unexpected(conn, &other, "a new stream")),
+        Err(e) => drop(on_codec_error(conn, &e, "context stream")),
+    }
 }

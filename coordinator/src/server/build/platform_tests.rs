@@ -3,15 +3,13 @@
 //! state database (SQLite in a temporary directory) around them.
 
 use super::platform::{JobLimits, Runner, Verified};
-use crate::server::farm::{AgentHandle, Farm};
+use crate::server::farm::Farm;
 use crate::server::live::{Live, LiveBuilds};
 use crate::server::ports::{AgentLink, ImageCheck, VerifyError};
 use crate::server::scheduler::Standing;
 use crate::server::store::Store;
 use archfarm_shared::oci::{Blob, Child};
-use archfarm_shared::protocol::{
-    BuildEvent, BuildRequest, FailureKind, JobFailure, JobSpec, JobState, PushedImage, Registration,
-};
+use archfarm_shared::protocol::{BuildEvent, BuildRequest, FailureKind, JobFailure, JobSpec, JobState, PushedImage};
 use archfarm_shared::{AgentName, BuildId, Digest, JobId, Platform};
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
@@ -154,24 +152,7 @@ impl Rig {
                 script: script.clone(),
                 farm: farm.clone(),
             };
-            let registration = Registration {
-                platforms: vec![platform.clone()],
-                capacity: 1,
-                engine_version: "test".into(),
-                agent_version: "test".into(),
-                capabilities: Default::default(),
-            };
-            let address = "127.0.0.1:1".parse().unwrap();
-            let handle = AgentHandle {
-                name,
-                address,
-                registration,
-                cert_serial: "01".into(),
-                cert_sha256: "00".into(),
-                cert_expires_ms: u64::MAX,
-                link: Arc::new(link),
-            };
-            farm.register(handle, Standing::Active).unwrap();
+            super::testing::join(&farm, &name, std::slice::from_ref(&platform), Arc::new(link));
         }
         let (build, job) = (BuildId::random(), JobId::random());
         let request = BuildRequest::new(

@@ -149,3 +149,11 @@ pub async fn revoke_client_token(shared: &Shared, name: &str) -> Reply {
         Err(e) => Reply::error(e.to_string()),
     }
 }
+
+/// `archfarm builds prune`: collects now and says what went.
+pub async fn prune_builds(shared: &Shared) -> Reply {
+    match crate::server::gc::sweep(shared).await {
+        Ok(swept) => Reply::one(ClientResponse::Done { message: swept.to_string() }),
+        Err(e) => Reply::error(e),
+    }
+}

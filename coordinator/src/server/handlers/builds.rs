@@ -92,7 +92,7 @@ pub async fn retry(shared: &Arc<Shared>, who: &Principal, build: &BuildId, platf
         return Reply::error(message);
     }
     match shared.store.request(build).await {
-        Ok(Some(req)) if !shared.contexts.contains(&req.context) => {
+        Ok(Some(req)) if !shared.contexts.files.contains(&req.context) => {
             return Reply::error(format!(
                 "build {build}'s context {} is no longer on the coordinator (garbage collection removes contexts \
                  after their retention): start it again with `archfarm build`",

@@ -4,55 +4,51 @@
 //!
 //! # Layout
 //! - [`builds`]: starting, listing, showing, watching, publishing and cancelling builds.
-//! - [`contexts`]: asking for and uploading build contexts.
-//! - [`admin`]: join tokens, client tokens, revoking, draining and unquarantining agents.
-//! - [`hosts`]: agents' hosts: inspect, disk usage, prune.
+//! - [`admin`]: join tokens, client tokens, revoking, draining and unquarantining agents,
+//!   pruning the coordinator's history.
+//! - [`housekeeping`]: agents' caches: inspect, disk usage, prune.
 //! - [`reply`]: writing a reply, following a build's events.
+//!
+//! Build contexts and handed-over blobs are served by their own concepts
+//! ([`crate::server::contexts::handlers`], [`crate::server::handover::streams`]).
 
 pub mod admin;
 pub mod builds;
-pub mod contexts;
-pub mod hosts;
+pub mod housekeeping;
 pub mod reply;
 
 use super::access::Principal;
+use super::contexts::handlers as contexts;
 use super::state::Shared;
 use super::store::certificates::Binding;
 use super::wire::on_codec_error;
-use archfarm_shared::codec;
 use archfarm_shared::protocol::{AgentChange, ClientRequest, ClientResponse};
+use archfarm_shared::stream::QuicStream;
 use reply::Reply;
 use std::sync::Arc;
 use tracing::warn;
 
 /// Serves one request stream of an authenticated client, `who`.
-pub async fn handle(
-    shared: Arc<Shared>,
-    who: Arc<Principal>,
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let max = shared.settings.max_frame;
-    let req = match codec::expect_msg::<_, ClientRequest>(&mut recv, max).await {
+pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, conn: quinn::Connection, mut stream: QuicStream) {
+    let req = match stream.expect::<ClientRequest>().await {
         Ok(req) => req,
         Err(e) => return drop(on_codec_error(&conn, &e, "request stream")),
     };
     if let Some(what) = admin_only(&req) {
         if let Err(message) = who.require_admin(what) {
             warn!(token = %who.name, "refused: {message}");
-            return Reply::error(message).send(send, max).await;
+            return Reply::error(message).send(stream).await;
         }
     }
     let reply = match req {
         ClientRequest::Hello { .. } => Reply::error("already authenticated"),
         ClientRequest::ListAgents => Reply::one(ClientResponse::Agents(shared.farm.agents())),
-        ClientRequest::HasContext { digest } => contexts::has(&shared, &digest),
+        ClientRequest::HasContext { digest } => contexts::has(&shared.contexts, &digest),
         ClientRequest::UploadContext { digest, size } => {
-            contexts::upload(&shared, &who, &digest, size, &mut recv).await
+            contexts::upload(&shared, &who, &digest, size, &mut stream).await
         }
         ClientRequest::UploadChunked { digest, size, chunks } => {
-            contexts::upload_chunked(&shared, &who, &digest, size, chunks, &mut send, &mut recv).await
+            contexts::upload_chunked(&shared, &who, &digest, size, chunks, &mut stream).await
         }
         ClientRequest::Build(req) => builds::submit(&shared, &who, *req).await,
         ClientRequest::ListBuilds { limit } => builds::list(&shared, &who, limit).await,
@@ -69,16 +65,18 @@ pub async fn handle(
             admin::create_client_token(&shared, &name, role, &scopes).await
         }
         ClientRequest::RevokeClientToken { name } => admin::revoke_client_token(&shared, &name).await,
-        ClientRequest::PruneBuilds => crate::server::gc::prune_now(&shared).await,
+        ClientRequest::PruneBuilds => admin::prune_builds(&shared).await,
         ClientRequest::ChangeAgent { name, change } => admin::change_agent(&shared, &name, change).await,
-        ClientRequest::FetchBlob { digest } => contexts::fetch_blob(&shared, &digest, &mut send).await,
-        ClientRequest::InspectAgent { name } => hosts::inspect(&shared, &name).await,
-        ClientRequest::AgentDiskUsage { name } => hosts::disk_usage(&shared, name.as_ref()).await,
+        ClientRequest::FetchBlob { digest } => {
+            crate::server::handover::streams::send(&shared.handed_over, &digest, &mut stream).await
+        }
+        ClientRequest::InspectAgent { name } => housekeeping::inspect(&shared, &name).await,
+        ClientRequest::AgentDiskUsage { name } => housekeeping::disk_usage(&shared, name.as_ref()).await,
         ClientRequest::PruneAgents { name, all, keep_storage, force } => {
-            hosts::prune(&shared, name.as_ref(), all, keep_storage, force).await
+            housekeeping::prune(&shared, name.as_ref(), all, keep_storage, force).await
         }
     };
-    reply.send(send, max).await;
+    reply.send(stream).await;
 }
 
 /// What an admin-only request does, in words for the refusal; `None` for the others.

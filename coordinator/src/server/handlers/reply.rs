@@ -1,7 +1,7 @@
 //! What a handler answers: one response, or a snapshot followed by a build's live events.
 
-use archfarm_shared::codec;
 use archfarm_shared::protocol::{BuildEvent, ClientResponse};
+use archfarm_shared::stream::QuicStream;
 use tokio::sync::broadcast;
 
 /// The answer to one request, written on its stream by [`Reply::send`].
@@ -34,21 +34,21 @@ impl Reply {
 
     /// Writes the reply and finishes the stream. A client that goes away detaches; the build
     /// runs on to its end.
-    pub async fn send(self, mut send: quinn::SendStream, max: u32) {
+    pub async fn send(self, mut stream: QuicStream) {
         for response in &self.responses {
-            if codec::write_msg(&mut send, response, max).await.is_err() {
+            if stream.write(response).await.is_err() {
                 return;
             }
         }
         if let Some(events) = self.events {
-            forward(events, &mut send, max).await;
+            forward(events, &mut stream).await;
         }
-        let _ = send.finish();
+        stream.finish().await;
     }
 }
 
 /// Forwards a build's events until its last one.
-async fn forward(mut events: broadcast::Receiver<BuildEvent>, send: &mut quinn::SendStream, max: u32) {
+async fn forward(mut events: broadcast::Receiver<BuildEvent>, stream: &mut QuicStream) {
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -57,7 +57,7 @@ async fn forward(mut events: broadcast::Receiver<BuildEvent>, send: &mut quinn::
             Err(broadcast::error::RecvError::Closed) => break,
         };
         let last = matches!(event, BuildEvent::Published { .. } | BuildEvent::Built { .. } | BuildEvent::Failed { .. });
-        if codec::write_msg(send, &ClientResponse::Build(event), max).await.is_err() || last {
+        if stream.write(&ClientResponse::Build(event)).await.is_err() || last {
             break;
         }
     }

@@ -3,7 +3,7 @@
 //! a build.
 
 use super::{parse, Result, Store, StoreError};
-use crate::server::tags::TagRecord;
+use crate::server::tags::rule::TagRecord;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::{BuildId, Digest};
 use rusqlite::{params, OptionalExtension};

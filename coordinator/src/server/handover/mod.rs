@@ -1,7 +1,13 @@
-//! Images agents handed to the coordinator, for builds that name no registry: checked the same
-//! way as a push to a registry (digest, size, single-platform manifest, the platform its config
-//! declares), and also that every blob the manifest names was handed over, since the client
-//! fetches them from here.
+//! Images agents handed to the coordinator, for builds that name no registry: received from
+//! the agent, checked the same way as a push to a registry (digest, size, single-platform
+//! manifest, the platform its config declares) and also that every blob the manifest names was
+//! handed over, then served to the client, which fetches them from here.
+//!
+//! # Layout
+//! - this file: [`StoredImages`], checking a handed-over image.
+//! - [`streams`]: an agent handing a blob over; a client fetching one.
+
+pub mod streams;
 
 use super::ports::{ImageCheck, VerifyError};
 use archfarm_shared::content::ContentStore;

@@ -5,11 +5,12 @@
 //! arrive, beside the thread that writes the tarball. A context sent whole (`UploadContext`) is
 //! stored, then checked the same way.
 
-use super::chunk_store::ChunkStore;
-use super::state::Shared;
+use super::chunks::ChunkStore;
+use super::Contexts;
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::ClientResponse;
-use archfarm_shared::{codec, tarball, Digest};
+use archfarm_shared::stream::QuicStream;
+use archfarm_shared::{tarball, Digest};
 use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
 use std::collections::{HashSet, VecDeque};
@@ -70,17 +71,17 @@ fn repeat_allowance(distinct: u64) -> u64 {
 /// Serves `UploadContext`: the whole tarball follows on the stream. It is stored, then checked;
 /// a context that fails the check is deleted again.
 pub async fn receive_whole(
-    shared: &Shared,
+    contexts: &Contexts,
     digest: &Digest,
     size: u64,
-    recv: &mut quinn::RecvStream,
+    stream: &mut QuicStream,
 ) -> Result<(), String> {
     // Checked before it is moved under its digest: no build sees it before that.
     let check = |received: &Path| {
         let file = std::fs::File::open(received).map_err(|e| format!("cannot read the received context: {e}"))?;
         tarball::check(std::io::BufReader::new(file)).map(|_| ())
     };
-    match shared.contexts.receive_checked(digest, size, recv, check).await {
+    match contexts.files.receive_checked(digest, size, stream.reader(), check).await {
         Ok(_) => Ok(()),
         Err(reason) => {
             tracing::warn!(context = %digest, "refused build context: {reason}");
@@ -106,25 +107,23 @@ fn wanted(store: &ChunkStore, chunks: &[Chunk]) -> (Vec<u32>, Vec<bool>) {
 /// Serves `UploadChunked` on its stream: asks for the missing chunks, receives them, and
 /// stores the context once every check passed. Returns the answer to send last.
 pub async fn receive_chunked(
-    shared: &Shared,
+    contexts: &Contexts,
     digest: &Digest,
     size: u64,
     chunks: Vec<Chunk>,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    stream: &mut QuicStream,
 ) -> Result<u64, String> {
-    check_plan(size, &chunks, shared.contexts.max_bytes())?;
-    let max = shared.settings.max_frame;
-    if shared.contexts.contains(digest) {
-        codec::write_msg(send, &ClientResponse::ChunksWanted(vec![]), max).await.map_err(|e| e.to_string())?;
+    check_plan(size, &chunks, contexts.files.max_bytes())?;
+    if contexts.files.contains(digest) {
+        stream.write(&ClientResponse::ChunksWanted(vec![])).await.map_err(|e| e.to_string())?;
         return Ok(0);
     }
-    let store = shared.chunks.clone();
+    let store = contexts.chunks.clone();
     let (want, from_client) = wanted(&store, &chunks);
-    codec::write_msg(send, &ClientResponse::ChunksWanted(want.clone()), max).await.map_err(|e| e.to_string())?;
+    stream.write(&ClientResponse::ChunksWanted(want.clone())).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     let assembly = Assembly::new(chunks.clone(), from_client, rx, store);
-    let target = shared.contexts.path(digest);
+    let target = contexts.files.path(digest);
     let expected = digest.clone();
     let assembler = tokio::task::spawn_blocking(move || assembly.run(&target, &expected, size));
     let mut received = 0u64;
@@ -154,7 +153,7 @@ pub async fn receive_chunked(
         }
         let Some(i) = next.next().filter(|_| more) else { break };
         let len = chunks[i as usize].size as usize;
-        match read_chunk(recv, i, len, received).await {
+        match read_chunk(stream, i, len, received).await {
             Ok(bytes) => {
                 received += len as u64;
                 hashing.push_back((i, tokio::task::spawn_blocking(move || (sha256(&bytes), bytes))));
@@ -165,21 +164,21 @@ pub async fn receive_chunked(
     drop(tx);
     if let Some(message) = failure {
         let _ = assembler.await;
-        let _ = recv.stop(0u32.into());
+        stream.stop_reading(0);
         return Err(message);
     }
     let result = assembler.await.map_err(|e| format!("assembling the context: {e}"))?;
     if result.is_err() {
-        let _ = recv.stop(0u32.into());
+        stream.stop_reading(0);
     }
     result.map(|_| received)
 }
 
 /// Reads chunk `i` (`len` bytes) from the upload stream.
-async fn read_chunk(recv: &mut quinn::RecvStream, i: u32, len: usize, received: u64) -> Result<Bytes, String> {
+async fn read_chunk(stream: &mut QuicStream, i: u32, len: usize, received: u64) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
-        match tokio::time::timeout(UPLOAD_IDLE, recv.read_chunk(len - buf.len(), true)).await {
+        match tokio::time::timeout(UPLOAD_IDLE, stream.reader().read_chunk(len - buf.len(), true)).await {
             Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
             Ok(Ok(None)) => return Err(format!("the upload ended inside chunk {i}, after {received} bytes")),
             Ok(Err(e)) => return Err(format!("the upload was interrupted: {e}")),

@@ -1,4 +1,4 @@
-//! Agents' hosts: `archfarm agents inspect`, `du` and `prune`. Each asks the agents over a
+//! Housekeeping of agents' caches: `archfarm agents inspect`, `du` and `prune`. Each asks the agents over a
 //! housekeeping stream of their own; agents are asked side by side, and one that cannot answer
 //! is reported by name without holding up the others.
 

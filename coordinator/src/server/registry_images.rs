@@ -1,48 +1,75 @@
-//! Trust nothing an agent says: check each pushed image in the registry, then publish one
-//! index over the verified children under every requested tag. How an image is read back and
-//! an index published is `archfarm_shared::images` (also used by `imagetools create`); this is
-//! the orchestration's seam over it, with the agent named in every complaint.
+//! The registry adapter of the orchestration ([`ImageStore`]): trust nothing an agent says,
+//! check each pushed image in the registry, attest it, probe and copy build caches, and publish
+//! one index over the verified children. How an image is read back and an index published is
+//! `archfarm_shared::images` (also used by `imagetools create`); this is the orchestration's
+//! seam over it, with the agent named in every complaint.
 
-use super::ports::{ImageCheck, VerifyError};
+use super::ports::{ImageStore, VerifyError};
 use archfarm_shared::images::{self, CheckError};
 use archfarm_shared::oci::{self, Attestation, Blob, Child};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::provenance::SLSA_PROVENANCE_V1;
 use archfarm_shared::reference::ImageRef;
-use archfarm_shared::registry::Registry;
+use archfarm_shared::registry::{Registry, RegistryClients};
 use archfarm_shared::{AgentName, Digest, Platform};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
-/// The registry as the orchestration sees it: checks images pushed into one repository.
+/// The registries as the orchestration sees them: one client per registry, kept between
+/// builds, chosen by each call's reference.
 #[derive(Debug)]
 pub struct RegistryImages {
-    /// The registry's client.
-    pub registry: Arc<Registry>,
-    /// The build's repository.
-    pub repo: ImageRef,
+    /// The clients.
+    pub registries: Arc<RegistryClients>,
 }
 
-impl ImageCheck for RegistryImages {
+impl ImageStore for RegistryImages {
     fn verify<'a>(
         &'a self,
+        repo: &'a ImageRef,
         platform: &'a Platform,
         agent: &'a AgentName,
         pushed: &'a PushedImage,
     ) -> BoxFuture<'a, Result<Child, VerifyError>> {
-        Box::pin(verify(&self.registry, &self.repo, platform, agent, pushed))
-    }
-
-    fn repository(&self) -> String {
-        self.repo.name()
+        Box::pin(async move { verify(&self.registries.get(repo), repo, platform, agent, pushed).await })
     }
 
     fn attest<'a>(
         &'a self,
+        repo: &'a ImageRef,
         subject: &'a Child,
         statement: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Option<Attestation>, String>> {
-        Box::pin(async move { attest(&self.registry, &self.repo, subject, statement).await.map(Some) })
+    ) -> BoxFuture<'a, Result<Attestation, String>> {
+        Box::pin(async move { attest(&self.registries.get(repo), repo, subject, statement).await })
+    }
+
+    fn has_manifest<'a>(&'a self, reference: &'a ImageRef) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.registries.get(reference).manifest(reference, oci::ANY_MANIFEST).await.is_ok() })
+    }
+
+    fn copy<'a>(
+        &'a self,
+        from: &'a ImageRef,
+        digest: &'a Digest,
+        to: &'a ImageRef,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { images::bring(&self.registries.get(from), from, to, digest).await })
+    }
+
+    fn tag_target<'a>(&'a self, tag: &'a ImageRef) -> BoxFuture<'a, Result<Option<Digest>, String>> {
+        Box::pin(async move { self.registries.get(tag).tag_target(tag).await.map_err(|e| e.to_string()) })
+    }
+
+    fn publish_index<'a>(
+        &'a self,
+        tags: &'a [ImageRef],
+        children: &'a [Child],
+        attestations: &'a [Attestation],
+    ) -> BoxFuture<'a, Result<Digest, String>> {
+        Box::pin(async move {
+            let Some(first) = tags.first() else { return Err("no tag to publish under".to_owned()) };
+            images::publish_index(&self.registries.get(first), tags, children, attestations).await
+        })
     }
 }
 
@@ -99,15 +126,4 @@ pub async fn verify(
         )));
     }
     Ok(child)
-}
-
-/// Publishes the index over `children` and their `attestations` under every tag; returns its
-/// digest.
-pub async fn publish(
-    registry: &Registry,
-    tags: &[ImageRef],
-    children: &[Child],
-    attestations: &[Attestation],
-) -> Result<Digest, String> {
-    images::publish_index(registry, tags, children, attestations).await
 }

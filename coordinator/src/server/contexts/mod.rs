@@ -1,0 +1,46 @@
+//! Build contexts: the tarballs clients upload and agents fetch, stored by digest. This folder
+//! owns all of it: the state ([`Contexts`]), receiving and checking an upload, the chunks that
+//! let a re-upload send only what changed, how many uploads run at once, the client requests and
+//! the agent's fetch.
+//!
+//! # Layout
+//! - this file: [`Contexts`], what the coordinator holds of contexts.
+//! - [`receive`]: receiving a context, whole or as chunks, checked as it is written.
+//! - [`chunks`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`uploads`]: how many uploads run at once, per client and in all.
+//! - [`handlers`]: the client's `HasContext`, `UploadContext` and `UploadChunked`.
+//! - [`agent`]: an agent fetching the context of a job it runs.
+
+pub mod agent;
+pub mod chunks;
+pub mod handlers;
+pub mod receive;
+pub mod uploads;
+
+use anyhow::Context as _;
+use archfarm_shared::content::ContentStore;
+use chunks::ChunkStore;
+use std::path::Path;
+use uploads::Uploads;
+
+/// What the coordinator holds of build contexts.
+#[derive(Debug)]
+pub struct Contexts {
+    /// The stored tarballs, by digest.
+    pub files: ContentStore,
+    /// Where each stored chunk lies, for uploads of changed contexts.
+    pub chunks: ChunkStore,
+    /// Uploads running now.
+    pub uploads: Uploads,
+}
+
+impl Contexts {
+    /// Opens `data_dir/contexts` and `data_dir/chunks`; contexts are at most `max_bytes`.
+    pub fn open(data_dir: &Path, max_bytes: u64) -> anyhow::Result<Contexts> {
+        let dir = data_dir.join("contexts");
+        let files = ContentStore::open(&dir, max_bytes).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = data_dir.join("chunks");
+        let chunks = ChunkStore::open(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Contexts { files, chunks, uploads: Uploads::default() })
+    }
+}
