@@ -1,6 +1,7 @@
 //! One release engineer's connection: the token check, then one request per stream, each
 //! served by its handler ([`super::handlers`]).
 
+use super::access::Principal;
 use super::admission;
 use super::auth;
 use super::handlers;
@@ -54,12 +55,21 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
     loop {
         match QuicStream::accept(&conn, max).await {
             Ok(stream) => {
-                tokio::spawn(handlers::handle(shared.clone(), who.clone(), conn.clone(), stream));
+                tokio::spawn(request(shared.clone(), who.clone(), conn.clone(), stream));
             }
             Err(e) => {
                 info!(%remote, "client disconnected: {}", tls::explain(&e));
                 return;
             }
         }
+    }
+}
+
+/// Reads the one request of a stream and has its handler answer it. A malformed request closes
+/// the connection, since the client broke the protocol.
+async fn request(shared: Arc<Shared>, who: Arc<Principal>, conn: quinn::Connection, mut stream: QuicStream) {
+    match stream.expect::<ClientRequest>().await {
+        Ok(req) => handlers::handle(shared, who, req, stream).await,
+        Err(e) => drop(on_codec_error(&conn, &e, "request stream")),
     }
 }

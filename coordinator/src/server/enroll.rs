@@ -10,9 +10,9 @@
 use super::state::Shared;
 use super::store::StoreError;
 use super::wire::on_codec_error;
-use archfarm_shared::codec;
 use archfarm_shared::pki::{self, CertifiedKey};
 use archfarm_shared::protocol::{close, EnrollRequest, EnrollResponse};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{tls, AgentName};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +28,12 @@ const MAX_ENROLL_FRAME: u32 = 32 * 1024;
 /// the end: an enrolling peer never authenticates on this connection.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, _unauthenticated: OwnedSemaphorePermit) {
     let read = async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let request = codec::expect_msg::<_, EnrollRequest>(&mut recv, MAX_ENROLL_FRAME).await;
-        Ok::<_, String>((send, request))
+        let mut stream = QuicStream::accept(&conn, MAX_ENROLL_FRAME).await.map_err(|e| e.to_string())?;
+        let request = stream.expect::<EnrollRequest>().await;
+        Ok::<_, String>((stream, request))
     };
-    let (mut send, request) = match tokio::time::timeout(ENROLL_DEADLINE, read).await {
-        Ok(Ok((send, Ok(request)))) => (send, request),
+    let (stream, request) = match tokio::time::timeout(ENROLL_DEADLINE, read).await {
+        Ok(Ok((stream, Ok(request)))) => (stream, request),
         Ok(Ok((_, Err(e)))) => return drop(on_codec_error(&conn, &e, "enrollment stream")),
         Ok(Err(_)) => return,
         Err(_) => {
@@ -64,8 +64,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, _unauthenticate
             }
         },
     };
-    let _ = codec::write_msg(&mut send, &response, shared.settings.max_frame).await;
-    let _ = send.finish();
+    let _ = stream.with_max_frame(shared.settings.max_frame).write_last(&response).await;
     // Let the answer arrive before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }

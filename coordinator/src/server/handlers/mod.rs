@@ -21,19 +21,15 @@ use super::access::Principal;
 use super::contexts::handlers as contexts;
 use super::state::Shared;
 use super::store::certificates::Binding;
-use super::wire::on_codec_error;
 use archfarm_shared::protocol::{AgentChange, ClientRequest, ClientResponse};
 use archfarm_shared::stream::QuicStream;
 use reply::Reply;
 use std::sync::Arc;
 use tracing::warn;
 
-/// Serves one request stream of an authenticated client, `who`.
-pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, conn: quinn::Connection, mut stream: QuicStream) {
-    let req = match stream.expect::<ClientRequest>().await {
-        Ok(req) => req,
-        Err(e) => return drop(on_codec_error(&conn, &e, "request stream")),
-    };
+/// Serves request `req` of an authenticated client, `who`, and answers on `stream`, the
+/// stream it came on.
+pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, req: ClientRequest, mut stream: QuicStream) {
     if let Some(what) = admin_only(&req) {
         if let Err(message) = who.require_admin(what) {
             warn!(token = %who.name, "refused: {message}");
