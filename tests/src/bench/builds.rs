@@ -16,7 +16,7 @@ use super::report::{at_least, at_most, Figure, Series, Verdict};
 use super::Options;
 use crate::{fixtures, AgentSpec, Farm};
 use archfarm_agent::docker::{BuildSpec, Engine};
-use archfarm_coordinator::client::{context, upload::upload, Connection, Remote};
+use archfarm_client::{context, upload::upload, Connection, Remote};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, ClientRequest, ClientResponse};
 use archfarm_shared::Platform;
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@ use crate::process::rss_kib;
 use crate::Farm;
 use archfarm_agent::executor::Runner;
 use archfarm_agent::session::Agent;
-use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_client::{Connection, Remote};
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::pki::{self, CertifiedKey, Leaf};
 use archfarm_shared::protocol::{
@@ -270,9 +270,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         // Every build uses one tiny context, uploaded once.
         let ctx = tempfile::tempdir()?;
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n")?;
-        let packed =
-            archfarm_coordinator::client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
-        archfarm_coordinator::client::upload::upload(&admin, &packed, false).await?;
+        let packed = archfarm_client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
+        archfarm_client::upload::upload(&admin, &packed, false).await?;
         let mut clients = Vec::new();
         for _ in 0..32 {
             clients.push(Arc::new(Connection::open(&remote).await?));

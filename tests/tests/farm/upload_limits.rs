@@ -3,7 +3,7 @@
 //! another client's build completes meanwhile. A chunk list that repeats one chunk to make
 //! gigabytes is refused.
 
-use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_client::{Connection, Remote};
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use archfarm_shared::Digest;

@@ -1,8 +1,8 @@
 //! Sending a packed build context to the coordinator: nothing when it holds the context's
 //! digest; otherwise the list of the context's chunks, then only the chunks it asks for.
 
-use super::context::Packed;
-use super::Connection;
+use crate::context::Packed;
+use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use std::io::SeekFrom;

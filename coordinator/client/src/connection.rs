@@ -1,30 +1,5 @@
-//! The release engineer's side: connecting to the coordinator with a token, and the `build`,
-//! `builds`, `agents`, `tokens` and `imagetools` commands. Nothing here imports the server.
-//!
-//! # Layout
-//! - this file: an authenticated connection to the coordinator.
-//! - [`build`]: `archfarm build`: flags, request, pack, upload, follow.
-//! - [`context`], [`dockerignore`]: packing a deterministic context tarball.
-//! - [`upload`]: uploading it as content-defined chunks.
-//! - [`follow`], [`progress`]: following a build's events; Ctrl-C; `--progress`.
-//! - [`builds`]: `archfarm builds ls|show|watch|publish|cancel`.
-//! - [`agents`]: `archfarm agents ...` and `archfarm tokens ...`.
-//! - [`imagetools`]: `archfarm imagetools inspect`.
-//! - [`table`]: the tables `ls` commands print.
-
-pub mod agents;
-pub mod build;
-pub mod builds;
-pub mod context;
-pub mod dockerignore;
-pub mod export;
-pub mod follow;
-pub mod hosts;
-pub mod imagetools;
-pub mod output;
-pub mod progress;
-pub mod table;
-pub mod upload;
+//! An authenticated connection to the coordinator: QUIC to its client port, trusting only the
+//! farm CA, then the token in a hello. Every command's requests go over one of these.
 
 use anyhow::{bail, Context as _};
 use archfarm_shared::dial::{self, DialError};

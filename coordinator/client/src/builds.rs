@@ -1,9 +1,9 @@
 //! `archfarm builds ls | show | watch | publish | cancel`: the coordinator's build history, and
 //! acting on one build.
 
-use super::follow::{self, OnInterrupt};
-use super::progress::{Mode, Progress};
-use super::{Connection, Remote};
+use crate::follow::{self, OnInterrupt};
+use crate::progress::{Mode, Progress};
+use crate::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::platform;
@@ -37,7 +37,7 @@ pub fn table(builds: &[BuildSummary]) -> String {
             b.index.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         ]);
     }
-    super::table::render(&rows)
+    crate::table::render(&rows)
 }
 
 /// What `builds show` prints.

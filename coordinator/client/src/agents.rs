@@ -1,6 +1,6 @@
 //! `archfarm agents ls`: the farm's agents, like `docker buildx ls` lists nodes.
 
-use super::{Connection, Remote};
+use crate::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{AgentInfo, ClientRequest, ClientResponse};
@@ -108,7 +108,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             format!("expires {}", expiry(a.cert_expires_ms, now)),
         ]);
     }
-    let mut out = super::table::render(&rows);
+    let mut out = crate::table::render(&rows);
     if agents.is_empty() {
         out.push_str("(no agents connected)\n");
     }

@@ -1,8 +1,8 @@
 //! Following a build's events to its end, for `archfarm build` and `archfarm builds watch`:
 //! live progress, the result, the metadata file, and what Ctrl-C does.
 
-use super::progress::Progress;
-use super::Connection;
+use crate::progress::Progress;
+use crate::Connection;
 use anyhow::bail;
 use archfarm_shared::protocol::{BuildEvent, ClientRequest, ClientResponse, PlatformResult};
 use archfarm_shared::{BuildId, Digest, Platform};

@@ -1,8 +1,8 @@
 //! `archfarm agents inspect`, `du` and `prune`: agents' hosts, like `docker buildx inspect`,
 //! `du` and `prune` for builder nodes.
 
-use super::agents::Format;
-use super::{Connection, Remote};
+use crate::agents::Format;
+use crate::{Connection, Remote};
 use anyhow::{bail, Context as _};
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{
@@ -124,7 +124,7 @@ fn inspect_text(d: &AgentDetail) -> String {
     out.push_str(&format!(
         "Certificate: serial {}, {}\n",
         i.cert_serial,
-        super::agents::expiry_text(i.cert_expires_ms, archfarm_shared::clock::now_ms())
+        crate::agents::expiry_text(i.cert_expires_ms, archfarm_shared::clock::now_ms())
     ));
     match &d.usage {
         Ok(u) => out.push_str(&usage_lines(u)),
@@ -143,7 +143,7 @@ fn inspect_text(d: &AgentDetail) -> String {
             secs,
         ]);
     }
-    out.push_str(&super::table::render(&rows));
+    out.push_str(&crate::table::render(&rows));
     out
 }
 
@@ -173,7 +173,7 @@ pub async fn du(remote: &Remote, name: Option<archfarm_shared::AgentName>) -> an
             HousekeepingReply::Pruned(_) => failed.push(format!("{}: answered another question", a.agent)),
         }
     }
-    print!("{}", super::table::render(&rows));
+    print!("{}", crate::table::render(&rows));
     if !failed.is_empty() {
         bail!("{}", failed.join("\n"));
     }

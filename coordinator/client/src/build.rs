@@ -1,12 +1,12 @@
 //! `archfarm build`: pack and upload the context once, ask for one native build per platform,
 //! follow it, and report the published index (or why nothing was published).
 
-use super::context;
-use super::export;
-use super::follow;
-use super::output::{self, Output};
-use super::progress::{Mode, Progress};
-use super::{Connection, Remote};
+use crate::context;
+use crate::export;
+use crate::follow;
+use crate::output::{self, Output};
+use crate::progress::{Mode, Progress};
+use crate::{Connection, Remote};
 use anyhow::{bail, Context as _};
 use archfarm_shared::cache::CacheSpec;
 use archfarm_shared::protocol::{BuildRequest, ClientRequest, PlatformResult};
@@ -236,7 +236,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     request.context = packed.digest.clone();
     request.dockerfile = packed.dockerfile.clone();
     let conn = Connection::open(&args.remote).await?;
-    super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
+    crate::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
     let request_tests = request::tests_of(&request);

@@ -1,7 +1,7 @@
 //! Reading blobs of a build's images from the coordinator, for a build that names no registry:
 //! the agents handed them over there. Each blob streams to a file, checked against its digest.
 
-use crate::client::Connection;
+use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use archfarm_shared::Digest;
