@@ -240,9 +240,9 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
     let request_tests = request::tests_of(&request);
-    let (mut send, recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-    let _ = send.finish();
-    let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
+    let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+    stream.finish().await;
+    let built = follow::follow(&conn, stream, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     let Some(platforms) = built else {
         conn.close().await;
         return Ok(false);

@@ -97,11 +97,11 @@ async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientRespo
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
     let conn = Connection::open(remote).await?;
-    let (mut send, mut recv) = conn.request(&ClientRequest::ListBuilds { limit }).await?;
-    let _ = send.finish();
+    let mut stream = conn.request(&ClientRequest::ListBuilds { limit }).await?;
+    stream.finish().await;
     // The coordinator sends the listing in pages, each under the frame limit.
     let mut builds = Vec::new();
-    while let Some(response) = conn.next(&mut recv).await? {
+    while let Some(response) = conn.next(&mut stream).await? {
         match response {
             ClientResponse::Builds(page) => builds.extend(page),
             ClientResponse::Error { message } => bail!("{message}"),
@@ -189,16 +189,16 @@ async fn follow_request(
     on_interrupt: OnInterrupt,
 ) -> anyhow::Result<bool> {
     let conn = Connection::open(remote).await?;
-    let (mut send, mut recv) = conn.request(&request).await?;
-    let _ = send.finish();
-    let snapshot = match conn.next(&mut recv).await? {
+    let mut stream = conn.request(&request).await?;
+    stream.finish().await;
+    let snapshot = match conn.next(&mut stream).await? {
         Some(ClientResponse::BuildDetail(d)) => d,
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
     eprint!("{}", detail(&snapshot));
     let progress = Progress::new(mode, &snapshot.summary.platforms);
-    let built = follow::follow(&conn, recv, &progress, on_interrupt, None).await?;
+    let built = follow::follow(&conn, stream, &progress, on_interrupt, None).await?;
     conn.close().await;
     Ok(built.is_some())
 }

@@ -5,8 +5,12 @@ use anyhow::{bail, Context as _};
 use archfarm_shared::dial::{self, DialError};
 use archfarm_shared::protocol::{close, ClientRequest, ClientResponse, ALPN_CLIENT};
 use archfarm_shared::retry::{retry_if, Policy};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{codec, tls};
 use std::path::PathBuf;
+
+/// The largest frame the client reads or writes on any stream.
+const MAX_FRAME: u32 = codec::DEFAULT_MAX_FRAME;
 
 /// How a hello ended badly.
 enum Hello {
@@ -44,7 +48,6 @@ pub struct Remote {
 pub struct Connection {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    max_frame: u32,
 }
 
 impl Connection {
@@ -58,7 +61,7 @@ impl Connection {
         let hello = || Self::hello(remote, config.clone());
         let transient = |e: &Hello| matches!(e, Hello::Failed(_));
         match retry_if(Policy::COORDINATOR_CONNECT, "connecting to the coordinator", hello, transient).await {
-            Ok((endpoint, conn)) => Ok(Connection { endpoint, conn, max_frame: codec::DEFAULT_MAX_FRAME }),
+            Ok((endpoint, conn)) => Ok(Connection { endpoint, conn }),
             Err(e) => match e.into_last() {
                 Hello::Refused(reason) => bail!("{reason}"),
                 Hello::Failed(e) => Err(e.context(format!("cannot reach the coordinator at {}", remote.coordinator))),
@@ -76,13 +79,13 @@ impl Connection {
             Err(e @ (DialError::Handshake { .. } | DialError::TimedOut { .. })) => return Err(failed(e.into())),
             Err(e) => return Err(Hello::Refused(e.to_string())),
         };
-        let max = codec::DEFAULT_MAX_FRAME;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
+        let mut stream =
+            QuicStream::open(&conn, MAX_FRAME).await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
         let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
         let answer = async {
-            codec::write_msg(&mut send, &hello, max).await?;
-            let _ = send.finish();
-            codec::expect_msg::<_, ClientResponse>(&mut recv, max).await
+            stream.write(&hello).await?;
+            stream.finish().await;
+            stream.expect::<ClientResponse>().await
         }
         .await;
         match answer {
@@ -100,33 +103,30 @@ impl Connection {
         }
     }
 
-    /// Opens a stream and sends one request on it.
-    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
-        codec::write_msg(&mut send, req, self.max_frame).await.map_err(|e| self.codec(e))?;
-        Ok((send, recv))
+    /// Opens a stream and sends one request on it. The stream stays open for what the request
+    /// sends next (chunks of a context) until [`QuicStream::finish`].
+    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<QuicStream> {
+        let mut stream = QuicStream::open(&self.conn, MAX_FRAME).await.map_err(|e| self.lost(&e))?;
+        stream.write(req).await.map_err(|e| self.codec(e))?;
+        Ok(stream)
     }
 
-    /// Reads the next response on a request's stream; `None` when the stream ended.
-    pub async fn next(&self, recv: &mut quinn::RecvStream) -> anyhow::Result<Option<ClientResponse>> {
-        codec::read_msg(recv, self.max_frame).await.map_err(|e| self.codec(e))
+    /// Reads the next response on a request's stream; `None` when the stream ended. Unlike the
+    /// stream's own [`QuicStream::read`], an error says why the coordinator went away.
+    pub async fn next(&self, stream: &mut QuicStream) -> anyhow::Result<Option<ClientResponse>> {
+        stream.read().await.map_err(|e| self.codec(e))
     }
 
     /// Sends one request and reads its single response.
     pub async fn call(&self, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
-        let (mut send, mut recv) = self.request(req).await?;
-        let _ = send.finish();
-        self.next(&mut recv).await?.context("the coordinator closed the stream without answering")
+        let mut stream = self.request(req).await?;
+        stream.finish().await;
+        self.next(&mut stream).await?.context("the coordinator closed the stream without answering")
     }
 
     /// The QUIC connection's counters (bytes and packets sent and received).
     pub fn stats(&self) -> quinn::ConnectionStats {
         self.conn.stats()
-    }
-
-    /// Largest frame this connection sends.
-    pub fn max_frame(&self) -> u32 {
-        self.max_frame
     }
 
     fn lost(&self, e: &quinn::ConnectionError) -> anyhow::Error {

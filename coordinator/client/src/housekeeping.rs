@@ -1,5 +1,5 @@
-//! `archfarm agents inspect`, `du` and `prune`: agents' hosts, like `docker buildx inspect`,
-//! `du` and `prune` for builder nodes.
+//! Housekeeping of agents' hosts: `archfarm agents inspect`, `du` and `prune`, like `docker
+//! buildx inspect`, `du` and `prune` for builder nodes.
 
 use crate::agents::Format;
 use crate::{Connection, Remote};

@@ -341,10 +341,10 @@ async fn timed_build(
             packed.dockerfile.clone(),
         )
     };
-    let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-    let _ = send.finish();
+    let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+    stream.finish().await;
     let (mut verified, mut published) = (None, None);
-    while let Some(response) = conn.next(&mut recv).await? {
+    while let Some(response) = conn.next(&mut stream).await? {
         match response {
             ClientResponse::Build(BuildEvent::PlatformDone(_)) => verified = Some(Instant::now()),
             ClientResponse::Build(BuildEvent::Published { .. }) => {

@@ -140,9 +140,9 @@ async fn fire(
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
-            let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-            let _ = send.finish();
-            while let Some(response) = conn.next(&mut recv).await? {
+            let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+            stream.finish().await;
+            while let Some(response) = conn.next(&mut stream).await? {
                 match response {
                     ClientResponse::Build(BuildEvent::Published { .. }) => return Ok(true),
                     ClientResponse::Build(BuildEvent::Failed { reason }) => {
