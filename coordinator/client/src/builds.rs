@@ -84,16 +84,6 @@ pub fn detail(d: &BuildDetail) -> String {
     out
 }
 
-async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let conn = Connection::open(remote).await?;
-    let r = conn.call(&req).await;
-    conn.close().await;
-    match r? {
-        ClientResponse::Error { message } => bail!("{message}"),
-        other => Ok(other),
-    }
-}
-
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
     let conn = Connection::open(remote).await?;
@@ -133,7 +123,8 @@ fn summary_json(b: &BuildSummary) -> serde_json::Value {
 
 /// `builds show`.
 pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result<()> {
-    let ClientResponse::BuildDetail(d) = call(remote, ClientRequest::ShowBuild { build }).await? else {
+    let ClientResponse::BuildDetail(d) = Connection::call_once(remote, &ClientRequest::ShowBuild { build }).await?
+    else {
         bail!("unexpected answer to builds show");
     };
     if json {
@@ -205,7 +196,9 @@ async fn follow_request(
 
 /// `builds publish`.
 pub async fn publish(remote: &Remote, build: BuildId, force: bool) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } = call(remote, ClientRequest::PublishBuild { build, force }).await? {
+    if let ClientResponse::Done { message } =
+        Connection::call_once(remote, &ClientRequest::PublishBuild { build, force }).await?
+    {
         eprintln!("{message}");
     }
     Ok(())
@@ -213,7 +206,9 @@ pub async fn publish(remote: &Remote, build: BuildId, force: bool) -> anyhow::Re
 
 /// `builds cancel`.
 pub async fn cancel(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } = call(remote, ClientRequest::CancelBuild { build }).await? {
+    if let ClientResponse::Done { message } =
+        Connection::call_once(remote, &ClientRequest::CancelBuild { build }).await?
+    {
         eprintln!("{message}");
     }
     Ok(())

@@ -124,6 +124,18 @@ impl Connection {
         self.next(&mut stream).await?.context("the coordinator closed the stream without answering")
     }
 
+    /// Connects, sends one request, reads its one response and closes, for a command that asks
+    /// one thing. A refusal (`ClientResponse::Error`) is an error saying why.
+    pub async fn call_once(remote: &Remote, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
+        let conn = Self::open(remote).await?;
+        let response = conn.call(req).await;
+        conn.close().await;
+        match response? {
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => Ok(other),
+        }
+    }
+
     /// The QUIC connection's counters (bytes and packets sent and received).
     pub fn stats(&self) -> quinn::ConnectionStats {
         self.conn.stats()

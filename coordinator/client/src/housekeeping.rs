@@ -9,16 +9,6 @@ use archfarm_shared::protocol::{
     AgentAnswer, AgentDetail, ClientRequest, ClientResponse, DiskUsage, HousekeepingReply,
 };
 
-async fn call(remote: &Remote, request: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let conn = Connection::open(remote).await?;
-    let response = conn.call(&request).await;
-    conn.close().await;
-    match response? {
-        ClientResponse::Error { message } => bail!("{message}"),
-        other => Ok(other),
-    }
-}
-
 /// Bytes in a unit a reader takes in at a glance (1024-based, like `docker system df`).
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -66,7 +56,7 @@ fn usage_lines(u: &DiskUsage) -> String {
 
 /// `archfarm agents inspect NAME`.
 pub async fn inspect(remote: &Remote, name: archfarm_shared::AgentName, format: Format) -> anyhow::Result<()> {
-    let detail = match call(remote, ClientRequest::InspectAgent { name }).await? {
+    let detail = match Connection::call_once(remote, &ClientRequest::InspectAgent { name }).await? {
         ClientResponse::AgentDetail(d) => *d,
         other => bail!("unexpected answer: {other:?}"),
     };
@@ -156,7 +146,7 @@ fn answers(response: ClientResponse) -> anyhow::Result<Vec<AgentAnswer>> {
 
 /// `archfarm agents du [NAME]`. Fails when an agent could not answer.
 pub async fn du(remote: &Remote, name: Option<archfarm_shared::AgentName>) -> anyhow::Result<()> {
-    let answers = answers(call(remote, ClientRequest::AgentDiskUsage { name }).await?)?;
+    let answers = answers(Connection::call_once(remote, &ClientRequest::AgentDiskUsage { name }).await?)?;
     let mut rows =
         vec![["AGENT".to_owned(), "BUILD CACHE".into(), "RECORDS".into(), "IN USE".into(), "CONTEXTS".into()]];
     let mut failed = Vec::new();
@@ -191,7 +181,7 @@ pub async fn prune(
     let keep_storage =
         keep_storage.map(|k| parse_size(&k)).transpose().map_err(anyhow::Error::msg).context("--keep-storage")?;
     let request = ClientRequest::PruneAgents { name, all, keep_storage, force };
-    let answers = answers(call(remote, request).await?)?;
+    let answers = answers(Connection::call_once(remote, &request).await?)?;
     let mut failed = Vec::new();
     for a in &answers {
         match &a.reply {
