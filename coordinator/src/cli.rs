@@ -1,10 +1,10 @@
 //! Command-line interface of the `archfarm` binary.
 
-use crate::client::agents::Format;
-use crate::client::build::BuildArgs;
-use crate::client::follow::OnInterrupt;
-use crate::client::progress::Mode;
-use crate::client::Remote;
+use archfarm_client::agents::Format;
+use archfarm_client::build::BuildArgs;
+use archfarm_client::follow::OnInterrupt;
+use archfarm_client::progress::Mode;
+use archfarm_client::Remote;
 use archfarm_shared::{AgentName, BuildId};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,10 +1,11 @@
 //! The `archfarm` binary: coordinator and release-engineer client.
 
+use archfarm_client as client;
+use archfarm_client::agents::Format;
+use archfarm_coordinator::ca;
 use archfarm_coordinator::cli::{
     AgentsCommand, BuildsCommand, CaCommand, Cli, Command, ImagetoolsCommand, JoinTokenCommand, TokensCommand,
 };
-use archfarm_coordinator::client::agents::Format;
-use archfarm_coordinator::{ca, client};
 use archfarm_shared::protocol::{AgentChange, ClientRequest};
 use clap::Parser;
 use std::process::ExitCode;
@@ -101,11 +102,11 @@ async fn agents(command: AgentsCommand) -> anyhow::Result<bool> {
             client::agents::admin(&remote, request).await.map(|()| true)
         }
         AgentsCommand::Inspect { remote, name, format } => {
-            client::hosts::inspect(&remote, name, format).await.map(|()| true)
+            client::housekeeping::inspect(&remote, name, format).await.map(|()| true)
         }
-        AgentsCommand::Du { remote, name } => client::hosts::du(&remote, name).await.map(|()| true),
+        AgentsCommand::Du { remote, name } => client::housekeeping::du(&remote, name).await.map(|()| true),
         AgentsCommand::Prune { remote, name, all, keep_storage, force } => {
-            client::hosts::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
+            client::housekeeping::prune(&remote, name, all, keep_storage, force).await.map(|()| true)
         }
     }
 }

@@ -16,7 +16,7 @@ use super::report::{at_least, at_most, Figure, Series, Verdict};
 use super::Options;
 use crate::{fixtures, AgentSpec, Farm};
 use archfarm_agent::docker::{BuildSpec, Engine};
-use archfarm_coordinator::client::{context, upload::upload, Connection, Remote};
+use archfarm_client::{context, upload::upload, Connection, Remote};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, ClientRequest, ClientResponse};
 use archfarm_shared::Platform;
 use std::time::{Duration, Instant};
@@ -341,10 +341,10 @@ async fn timed_build(
             packed.dockerfile.clone(),
         )
     };
-    let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-    let _ = send.finish();
+    let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+    stream.finish().await;
     let (mut verified, mut published) = (None, None);
-    while let Some(response) = conn.next(&mut recv).await? {
+    while let Some(response) = conn.next(&mut stream).await? {
         match response {
             ClientResponse::Build(BuildEvent::PlatformDone(_)) => verified = Some(Instant::now()),
             ClientResponse::Build(BuildEvent::Published { .. }) => {

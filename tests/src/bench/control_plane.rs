@@ -15,7 +15,7 @@ use crate::process::rss_kib;
 use crate::Farm;
 use archfarm_agent::executor::Runner;
 use archfarm_agent::session::Agent;
-use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_client::{Connection, Remote};
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::pki::{self, CertifiedKey, Leaf};
 use archfarm_shared::protocol::{
@@ -140,9 +140,9 @@ async fn fire(
         submitted.push(Instant::now());
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
-            let (mut send, mut recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-            let _ = send.finish();
-            while let Some(response) = conn.next(&mut recv).await? {
+            let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+            stream.finish().await;
+            while let Some(response) = conn.next(&mut stream).await? {
                 match response {
                     ClientResponse::Build(BuildEvent::Published { .. }) => return Ok(true),
                     ClientResponse::Build(BuildEvent::Failed { reason }) => {
@@ -270,9 +270,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         // Every build uses one tiny context, uploaded once.
         let ctx = tempfile::tempdir()?;
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n")?;
-        let packed =
-            archfarm_coordinator::client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
-        archfarm_coordinator::client::upload::upload(&admin, &packed, false).await?;
+        let packed = archfarm_client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
+        archfarm_client::upload::upload(&admin, &packed, false).await?;
         let mut clients = Vec::new();
         for _ in 0..32 {
             clients.push(Arc::new(Connection::open(&remote).await?));

@@ -15,7 +15,7 @@ use super::Options;
 use crate::process::peak_kib;
 use crate::{process, AgentSpec, Farm};
 use archfarm_agent::docker::{BuildSpec, Engine};
-use archfarm_coordinator::client::context;
+use archfarm_client::context;
 use archfarm_shared::Platform;
 use std::io::Write as _;
 use std::path::Path;

@@ -10,7 +10,7 @@
 use super::report::{at_least, at_most, Figure, Series};
 use super::Options;
 use crate::Farm;
-use archfarm_coordinator::client::{context, upload::upload, Connection, Remote};
+use archfarm_client::{context, upload::upload, Connection, Remote};
 use rand::{RngCore, SeedableRng};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

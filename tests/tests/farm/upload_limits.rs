@@ -3,7 +3,7 @@
 //! another client's build completes meanwhile. A chunk list that repeats one chunk to make
 //! gigabytes is refused.
 
-use archfarm_coordinator::client::{Connection, Remote};
+use archfarm_client::{Connection, Remote};
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use archfarm_shared::Digest;
@@ -40,15 +40,15 @@ fn six_hundred_idle_uploads_run_four_at_a_time_and_another_clients_build_complet
         let opened = (0..IDLE_UPLOADS).map(|n| {
             let conn = &conn;
             async move {
-                let (send, mut recv) = conn.request(&upload(n)).await.unwrap();
-                let first = tokio::time::timeout(Duration::from_secs(5), conn.next(&mut recv)).await;
-                (send, recv, first.ok().and_then(Result::ok).flatten())
+                let mut stream = conn.request(&upload(n)).await.unwrap();
+                let first = tokio::time::timeout(Duration::from_secs(5), conn.next(&mut stream)).await;
+                (stream, first.ok().and_then(Result::ok).flatten())
             }
         });
         futures_util::future::join_all(opened).await
     });
-    let running = answers.iter().filter(|(_, _, a)| matches!(a, Some(ClientResponse::ChunksWanted(_)))).count();
-    let queued = answers.iter().filter(|(_, _, a)| a.is_none()).count();
+    let running = answers.iter().filter(|(_, a)| matches!(a, Some(ClientResponse::ChunksWanted(_)))).count();
+    let queued = answers.iter().filter(|(_, a)| a.is_none()).count();
     assert_eq!((running, queued), (4, IDLE_UPLOADS - 4), "four uploads wait for bytes, the rest for their turn");
 
     // Meanwhile another client's build uploads its context and completes.
@@ -61,17 +61,17 @@ fn six_hundred_idle_uploads_run_four_at_a_time_and_another_clients_build_complet
     // The four are cut off once idle for 30 s, with the reason, and the next four start.
     let (cut, next) = runtime.block_on(async {
         let (mut running, mut queued): (Vec<_>, Vec<_>) =
-            answers.into_iter().partition(|(_, _, a)| matches!(a, Some(ClientResponse::ChunksWanted(_))));
+            answers.into_iter().partition(|(_, a)| matches!(a, Some(ClientResponse::ChunksWanted(_))));
         let mut cut = 0;
-        for (_send, recv, _) in &mut running {
-            let last = tokio::time::timeout(Duration::from_secs(45), conn.next(recv)).await;
+        for (stream, _) in &mut running {
+            let last = tokio::time::timeout(Duration::from_secs(45), conn.next(stream)).await;
             if let Ok(Ok(Some(ClientResponse::Error { message }))) = last {
                 cut += usize::from(message.contains("sent nothing for 30 s"));
             }
         }
         let conn = &conn;
         let answers = futures_util::future::join_all(
-            queued.iter_mut().map(|(_send, recv, _)| tokio::time::timeout(Duration::from_secs(3), conn.next(recv))),
+            queued.iter_mut().map(|(stream, _)| tokio::time::timeout(Duration::from_secs(3), conn.next(stream))),
         )
         .await;
         let next = answers.iter().filter(|a| matches!(a, Ok(Ok(Some(ClientResponse::ChunksWanted(_)))))).count();

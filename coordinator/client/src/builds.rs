@@ -1,9 +1,9 @@
 //! `archfarm builds ls | show | watch | publish | cancel`: the coordinator's build history, and
 //! acting on one build.
 
-use super::follow::{self, OnInterrupt};
-use super::progress::{Mode, Progress};
-use super::{Connection, Remote};
+use crate::follow::{self, OnInterrupt};
+use crate::progress::{Mode, Progress};
+use crate::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::platform;
@@ -37,7 +37,7 @@ pub fn table(builds: &[BuildSummary]) -> String {
             b.index.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         ]);
     }
-    super::table::render(&rows)
+    crate::table::render(&rows)
 }
 
 /// What `builds show` prints.
@@ -84,24 +84,14 @@ pub fn detail(d: &BuildDetail) -> String {
     out
 }
 
-async fn call(remote: &Remote, req: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let conn = Connection::open(remote).await?;
-    let r = conn.call(&req).await;
-    conn.close().await;
-    match r? {
-        ClientResponse::Error { message } => bail!("{message}"),
-        other => Ok(other),
-    }
-}
-
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
     let conn = Connection::open(remote).await?;
-    let (mut send, mut recv) = conn.request(&ClientRequest::ListBuilds { limit }).await?;
-    let _ = send.finish();
+    let mut stream = conn.request(&ClientRequest::ListBuilds { limit }).await?;
+    stream.finish().await;
     // The coordinator sends the listing in pages, each under the frame limit.
     let mut builds = Vec::new();
-    while let Some(response) = conn.next(&mut recv).await? {
+    while let Some(response) = conn.next(&mut stream).await? {
         match response {
             ClientResponse::Builds(page) => builds.extend(page),
             ClientResponse::Error { message } => bail!("{message}"),
@@ -133,7 +123,8 @@ fn summary_json(b: &BuildSummary) -> serde_json::Value {
 
 /// `builds show`.
 pub async fn show(remote: &Remote, build: BuildId, json: bool) -> anyhow::Result<()> {
-    let ClientResponse::BuildDetail(d) = call(remote, ClientRequest::ShowBuild { build }).await? else {
+    let ClientResponse::BuildDetail(d) = Connection::call_once(remote, &ClientRequest::ShowBuild { build }).await?
+    else {
         bail!("unexpected answer to builds show");
     };
     if json {
@@ -189,23 +180,25 @@ async fn follow_request(
     on_interrupt: OnInterrupt,
 ) -> anyhow::Result<bool> {
     let conn = Connection::open(remote).await?;
-    let (mut send, mut recv) = conn.request(&request).await?;
-    let _ = send.finish();
-    let snapshot = match conn.next(&mut recv).await? {
+    let mut stream = conn.request(&request).await?;
+    stream.finish().await;
+    let snapshot = match conn.next(&mut stream).await? {
         Some(ClientResponse::BuildDetail(d)) => d,
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
     eprint!("{}", detail(&snapshot));
     let progress = Progress::new(mode, &snapshot.summary.platforms);
-    let built = follow::follow(&conn, recv, &progress, on_interrupt, None).await?;
+    let built = follow::follow(&conn, stream, &progress, on_interrupt, None).await?;
     conn.close().await;
     Ok(built.is_some())
 }
 
 /// `builds publish`.
 pub async fn publish(remote: &Remote, build: BuildId, force: bool) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } = call(remote, ClientRequest::PublishBuild { build, force }).await? {
+    if let ClientResponse::Done { message } =
+        Connection::call_once(remote, &ClientRequest::PublishBuild { build, force }).await?
+    {
         eprintln!("{message}");
     }
     Ok(())
@@ -213,7 +206,9 @@ pub async fn publish(remote: &Remote, build: BuildId, force: bool) -> anyhow::Re
 
 /// `builds cancel`.
 pub async fn cancel(remote: &Remote, build: BuildId) -> anyhow::Result<()> {
-    if let ClientResponse::Done { message } = call(remote, ClientRequest::CancelBuild { build }).await? {
+    if let ClientResponse::Done { message } =
+        Connection::call_once(remote, &ClientRequest::CancelBuild { build }).await?
+    {
         eprintln!("{message}");
     }
     Ok(())

@@ -19,8 +19,8 @@ pub mod handed;
 pub mod load;
 pub mod local;
 
-use super::output::{Dest, Output};
-use super::Connection;
+use crate::output::{Dest, Output};
+use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::oci::{self, Blob, Child};
 use archfarm_shared::protocol::PlatformResult;

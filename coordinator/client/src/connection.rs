@@ -1,37 +1,16 @@
-//! The release engineer's side: connecting to the coordinator with a token, and the `build`,
-//! `builds`, `agents`, `tokens` and `imagetools` commands. Nothing here imports the server.
-//!
-//! # Layout
-//! - this file: an authenticated connection to the coordinator.
-//! - [`build`]: `archfarm build`: flags, request, pack, upload, follow.
-//! - [`context`], [`dockerignore`]: packing a deterministic context tarball.
-//! - [`upload`]: uploading it as content-defined chunks.
-//! - [`follow`], [`progress`]: following a build's events; Ctrl-C; `--progress`.
-//! - [`builds`]: `archfarm builds ls|show|watch|publish|cancel`.
-//! - [`agents`]: `archfarm agents ...` and `archfarm tokens ...`.
-//! - [`imagetools`]: `archfarm imagetools inspect`.
-//! - [`table`]: the tables `ls` commands print.
-
-pub mod agents;
-pub mod build;
-pub mod builds;
-pub mod context;
-pub mod dockerignore;
-pub mod export;
-pub mod follow;
-pub mod hosts;
-pub mod imagetools;
-pub mod output;
-pub mod progress;
-pub mod table;
-pub mod upload;
+//! An authenticated connection to the coordinator: QUIC to its client port, trusting only the
+//! farm CA, then the token in a hello. Every command's requests go over one of these.
 
 use anyhow::{bail, Context as _};
 use archfarm_shared::dial::{self, DialError};
 use archfarm_shared::protocol::{close, ClientRequest, ClientResponse, ALPN_CLIENT};
 use archfarm_shared::retry::{retry_if, Policy};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{codec, tls};
 use std::path::PathBuf;
+
+/// The largest frame the client reads or writes on any stream.
+const MAX_FRAME: u32 = codec::DEFAULT_MAX_FRAME;
 
 /// How a hello ended badly.
 enum Hello {
@@ -69,7 +48,6 @@ pub struct Remote {
 pub struct Connection {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    max_frame: u32,
 }
 
 impl Connection {
@@ -83,7 +61,7 @@ impl Connection {
         let hello = || Self::hello(remote, config.clone());
         let transient = |e: &Hello| matches!(e, Hello::Failed(_));
         match retry_if(Policy::COORDINATOR_CONNECT, "connecting to the coordinator", hello, transient).await {
-            Ok((endpoint, conn)) => Ok(Connection { endpoint, conn, max_frame: codec::DEFAULT_MAX_FRAME }),
+            Ok((endpoint, conn)) => Ok(Connection { endpoint, conn }),
             Err(e) => match e.into_last() {
                 Hello::Refused(reason) => bail!("{reason}"),
                 Hello::Failed(e) => Err(e.context(format!("cannot reach the coordinator at {}", remote.coordinator))),
@@ -101,13 +79,13 @@ impl Connection {
             Err(e @ (DialError::Handshake { .. } | DialError::TimedOut { .. })) => return Err(failed(e.into())),
             Err(e) => return Err(Hello::Refused(e.to_string())),
         };
-        let max = codec::DEFAULT_MAX_FRAME;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
+        let mut stream =
+            QuicStream::open(&conn, MAX_FRAME).await.map_err(|e| failed(anyhow::anyhow!("{}", tls::explain(&e))))?;
         let hello = ClientRequest::Hello { token: remote.token.trim().to_owned() };
         let answer = async {
-            codec::write_msg(&mut send, &hello, max).await?;
-            let _ = send.finish();
-            codec::expect_msg::<_, ClientResponse>(&mut recv, max).await
+            stream.write(&hello).await?;
+            stream.finish().await;
+            stream.expect::<ClientResponse>().await
         }
         .await;
         match answer {
@@ -125,33 +103,42 @@ impl Connection {
         }
     }
 
-    /// Opens a stream and sends one request on it.
-    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
-        codec::write_msg(&mut send, req, self.max_frame).await.map_err(|e| self.codec(e))?;
-        Ok((send, recv))
+    /// Opens a stream and sends one request on it. The stream stays open for what the request
+    /// sends next (chunks of a context) until [`QuicStream::finish`].
+    pub async fn request(&self, req: &ClientRequest) -> anyhow::Result<QuicStream> {
+        let mut stream = QuicStream::open(&self.conn, MAX_FRAME).await.map_err(|e| self.lost(&e))?;
+        stream.write(req).await.map_err(|e| self.codec(e))?;
+        Ok(stream)
     }
 
-    /// Reads the next response on a request's stream; `None` when the stream ended.
-    pub async fn next(&self, recv: &mut quinn::RecvStream) -> anyhow::Result<Option<ClientResponse>> {
-        codec::read_msg(recv, self.max_frame).await.map_err(|e| self.codec(e))
+    /// Reads the next response on a request's stream; `None` when the stream ended. Unlike the
+    /// stream's own [`QuicStream::read`], an error says why the coordinator went away.
+    pub async fn next(&self, stream: &mut QuicStream) -> anyhow::Result<Option<ClientResponse>> {
+        stream.read().await.map_err(|e| self.codec(e))
     }
 
     /// Sends one request and reads its single response.
     pub async fn call(&self, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
-        let (mut send, mut recv) = self.request(req).await?;
-        let _ = send.finish();
-        self.next(&mut recv).await?.context("the coordinator closed the stream without answering")
+        let mut stream = self.request(req).await?;
+        stream.finish().await;
+        self.next(&mut stream).await?.context("the coordinator closed the stream without answering")
+    }
+
+    /// Connects, sends one request, reads its one response and closes, for a command that asks
+    /// one thing. A refusal (`ClientResponse::Error`) is an error saying why.
+    pub async fn call_once(remote: &Remote, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
+        let conn = Self::open(remote).await?;
+        let response = conn.call(req).await;
+        conn.close().await;
+        match response? {
+            ClientResponse::Error { message } => bail!("{message}"),
+            other => Ok(other),
+        }
     }
 
     /// The QUIC connection's counters (bytes and packets sent and received).
     pub fn stats(&self) -> quinn::ConnectionStats {
         self.conn.stats()
-    }
-
-    /// Largest frame this connection sends.
-    pub fn max_frame(&self) -> u32 {
-        self.max_frame
     }
 
     fn lost(&self, e: &quinn::ConnectionError) -> anyhow::Error {

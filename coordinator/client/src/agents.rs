@@ -1,6 +1,6 @@
 //! `archfarm agents ls`: the farm's agents, like `docker buildx ls` lists nodes.
 
-use super::{Connection, Remote};
+use crate::{Connection, Remote};
 use anyhow::bail;
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{AgentInfo, ClientRequest, ClientResponse};
@@ -16,13 +16,10 @@ pub enum Format {
 
 /// Lists agents.
 pub async fn ls(remote: &Remote, format: Format) -> anyhow::Result<()> {
-    let conn = Connection::open(remote).await?;
-    let agents = match conn.call(&ClientRequest::ListAgents).await? {
+    let agents = match Connection::call_once(remote, &ClientRequest::ListAgents).await? {
         ClientResponse::Agents(a) => a,
-        ClientResponse::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
-    conn.close().await;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json(&agents))?),
         Format::Table => print!("{}", table(&agents)),
@@ -108,7 +105,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
             format!("expires {}", expiry(a.cert_expires_ms, now)),
         ]);
     }
-    let mut out = super::table::render(&rows);
+    let mut out = crate::table::render(&rows);
     if agents.is_empty() {
         out.push_str("(no agents connected)\n");
     }
@@ -117,10 +114,7 @@ pub fn table(agents: &[AgentInfo]) -> String {
 
 /// Sends one request and prints what it answers: a secret on stdout, a message on stderr.
 pub async fn admin(remote: &Remote, request: ClientRequest) -> anyhow::Result<()> {
-    let conn = Connection::open(remote).await?;
-    let response = conn.call(&request).await;
-    conn.close().await;
-    match response? {
+    match Connection::call_once(remote, &request).await? {
         ClientResponse::Token { token, expires_ms } => {
             println!("{token}");
             if let Some(ms) = expires_ms {
@@ -135,7 +129,6 @@ pub async fn admin(remote: &Remote, request: ClientRequest) -> anyhow::Result<()
             eprintln!("{message}");
             Ok(())
         }
-        ClientResponse::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     }
 }

@@ -3,7 +3,7 @@
 //! written in a fixed order with fixed metadata, so the same images give the same tar.
 
 use super::{Image, Images};
-use crate::client::output::Dest;
+use crate::output::Dest;
 use anyhow::Context as _;
 use archfarm_shared::oci;
 use archfarm_shared::Digest;

@@ -1,7 +1,7 @@
 //! Reading blobs of a build's images from the coordinator, for a build that names no registry:
 //! the agents handed them over there. Each blob streams to a file, checked against its digest.
 
-use crate::client::Connection;
+use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use archfarm_shared::Digest;
@@ -15,9 +15,9 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 
 /// Fetches blob `digest` into `path`; refuses one over `max` bytes before reading it.
 pub async fn fetch(conn: &Connection, digest: &Digest, path: &Path, max: u64) -> anyhow::Result<u64> {
-    let (mut send, mut recv) = conn.request(&ClientRequest::FetchBlob { digest: digest.clone() }).await?;
-    let _ = send.finish();
-    let answer = tokio::time::timeout(ANSWER_WITHIN, conn.next(&mut recv))
+    let mut stream = conn.request(&ClientRequest::FetchBlob { digest: digest.clone() }).await?;
+    stream.finish().await;
+    let answer = tokio::time::timeout(ANSWER_WITHIN, conn.next(&mut stream))
         .await
         .with_context(|| format!("the coordinator did not answer for {digest} within {} s", ANSWER_WITHIN.as_secs()))?;
     let size = match answer? {
@@ -31,12 +31,12 @@ pub async fn fetch(conn: &Connection, digest: &Digest, path: &Path, max: u64) ->
     // A minute, and a second more per 256 KiB.
     let deadline = Duration::from_secs(60 + (size >> 18));
     let copy = async {
+        let recv = stream.reader();
         let mut file = tokio::fs::File::create(path).await.with_context(|| format!("creating {}", path.display()))?;
         let (mut hasher, mut left, mut buf) = (sha2::Sha256::new(), size, vec![0u8; 256 << 10]);
         while left > 0 {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n =
-                AsyncReadExt::read(&mut recv, &mut buf[..want]).await.with_context(|| format!("receiving {digest}"))?;
+            let n = AsyncReadExt::read(recv, &mut buf[..want]).await.with_context(|| format!("receiving {digest}"))?;
             if n == 0 {
                 bail!("{digest} ended after {} of {size} bytes", size - left);
             }

@@ -1,12 +1,12 @@
 //! `archfarm build`: pack and upload the context once, ask for one native build per platform,
 //! follow it, and report the published index (or why nothing was published).
 
-use super::context;
-use super::export;
-use super::follow;
-use super::output::{self, Output};
-use super::progress::{Mode, Progress};
-use super::{Connection, Remote};
+use crate::context;
+use crate::export;
+use crate::follow;
+use crate::output::{self, Output};
+use crate::progress::{Mode, Progress};
+use crate::{Connection, Remote};
 use anyhow::{bail, Context as _};
 use archfarm_shared::cache::CacheSpec;
 use archfarm_shared::protocol::{BuildRequest, ClientRequest, PlatformResult};
@@ -236,13 +236,13 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     request.context = packed.digest.clone();
     request.dockerfile = packed.dockerfile.clone();
     let conn = Connection::open(&args.remote).await?;
-    super::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
+    crate::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
     let request_tests = request::tests_of(&request);
-    let (mut send, recv) = conn.request(&ClientRequest::Build(Box::new(request))).await?;
-    let _ = send.finish();
-    let built = follow::follow(&conn, recv, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
+    let mut stream = conn.request(&ClientRequest::Build(Box::new(request))).await?;
+    stream.finish().await;
+    let built = follow::follow(&conn, stream, &progress, args.on_interrupt, args.metadata_file.as_deref()).await?;
     let Some(platforms) = built else {
         conn.close().await;
         return Ok(false);

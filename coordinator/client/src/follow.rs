@@ -1,10 +1,11 @@
 //! Following a build's events to its end, for `archfarm build` and `archfarm builds watch`:
 //! live progress, the result, the metadata file, and what Ctrl-C does.
 
-use super::progress::Progress;
-use super::Connection;
+use crate::progress::Progress;
+use crate::Connection;
 use anyhow::bail;
 use archfarm_shared::protocol::{BuildEvent, ClientRequest, ClientResponse, PlatformResult};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{BuildId, Digest, Platform};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -38,11 +39,11 @@ fn decide(choice: OnInterrupt) -> OnInterrupt {
     }
 }
 
-/// Shows events from `recv` until the build ends. Returns each platform's verified image when
+/// Shows events from `stream` until the build ends. Returns each platform's verified image when
 /// every platform was built (and the index published, if the build pushes); `None` otherwise.
 pub async fn follow(
     conn: &Connection,
-    mut recv: quinn::RecvStream,
+    mut stream: QuicStream,
     progress: &Progress,
     on_interrupt: OnInterrupt,
     metadata: Option<&Path>,
@@ -54,7 +55,7 @@ pub async fn follow(
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let response = tokio::select! {
-            r = conn.next(&mut recv) => match (r, &build) {
+            r = conn.next(&mut stream) => match (r, &build) {
                 (Ok(r), _) => r,
                 (Err(e), Some(id)) => bail!(
                     "{e:#}. Build {id} is in the coordinator's database and resumes when it is back: \

@@ -1,12 +1,12 @@
 //! Sending a packed build context to the coordinator: nothing when it holds the context's
 //! digest; otherwise the list of the context's chunks, then only the chunks it asks for.
 
-use super::context::Packed;
-use super::Connection;
+use crate::context::Packed;
+use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use std::io::SeekFrom;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// What an upload sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,8 @@ pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow:
         size: packed.size,
         chunks: packed.chunks.clone(),
     };
-    let (mut send, mut recv) = conn.request(&request).await?;
-    let wanted = match conn.next(&mut recv).await? {
+    let mut stream = conn.request(&request).await?;
+    let wanted = match conn.next(&mut stream).await? {
         Some(ClientResponse::ChunksWanted(w)) => w,
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer to the upload: {other:?}"),
@@ -49,24 +49,25 @@ pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow:
     }
     let mut file = tokio::fs::File::open(packed.file.path()).await?;
     let mut sent = Sent { chunks: 0, bytes: 0 };
+    let mut buf = Vec::new();
     for i in wanted {
         let (chunk, offset) = packed
             .chunks
             .get(i as usize)
             .zip(offsets.get(i as usize))
             .with_context(|| format!("the coordinator asked for chunk {i}, which does not exist"))?;
-        let mut buf = vec![0u8; chunk.size as usize];
+        buf.resize(chunk.size as usize, 0);
         file.seek(SeekFrom::Start(*offset)).await?;
         file.read_exact(&mut buf).await.context("reading the packed context")?;
         // A write error means the coordinator stopped reading: its answer says why.
-        if send.write_chunk(buf.into()).await.is_err() {
+        if AsyncWriteExt::write_all(stream.writer(), &buf).await.is_err() {
             break;
         }
         sent.chunks += 1;
         sent.bytes += u64::from(chunk.size);
     }
-    let _ = send.finish();
-    match conn.next(&mut recv).await? {
+    stream.finish().await;
+    match conn.next(&mut stream).await? {
         Some(ClientResponse::ContextStored) => {
             if chatty {
                 eprintln!(

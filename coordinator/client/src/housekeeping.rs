@@ -1,23 +1,13 @@
-//! `archfarm agents inspect`, `du` and `prune`: agents' hosts, like `docker buildx inspect`,
-//! `du` and `prune` for builder nodes.
+//! Housekeeping of agents' hosts: `archfarm agents inspect`, `du` and `prune`, like `docker
+//! buildx inspect`, `du` and `prune` for builder nodes.
 
-use super::agents::Format;
-use super::{Connection, Remote};
+use crate::agents::Format;
+use crate::{Connection, Remote};
 use anyhow::{bail, Context as _};
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{
     AgentAnswer, AgentDetail, ClientRequest, ClientResponse, DiskUsage, HousekeepingReply,
 };
-
-async fn call(remote: &Remote, request: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let conn = Connection::open(remote).await?;
-    let response = conn.call(&request).await;
-    conn.close().await;
-    match response? {
-        ClientResponse::Error { message } => bail!("{message}"),
-        other => Ok(other),
-    }
-}
 
 /// Bytes in a unit a reader takes in at a glance (1024-based, like `docker system df`).
 pub fn size(bytes: u64) -> String {
@@ -66,7 +56,7 @@ fn usage_lines(u: &DiskUsage) -> String {
 
 /// `archfarm agents inspect NAME`.
 pub async fn inspect(remote: &Remote, name: archfarm_shared::AgentName, format: Format) -> anyhow::Result<()> {
-    let detail = match call(remote, ClientRequest::InspectAgent { name }).await? {
+    let detail = match Connection::call_once(remote, &ClientRequest::InspectAgent { name }).await? {
         ClientResponse::AgentDetail(d) => *d,
         other => bail!("unexpected answer: {other:?}"),
     };
@@ -124,7 +114,7 @@ fn inspect_text(d: &AgentDetail) -> String {
     out.push_str(&format!(
         "Certificate: serial {}, {}\n",
         i.cert_serial,
-        super::agents::expiry_text(i.cert_expires_ms, archfarm_shared::clock::now_ms())
+        crate::agents::expiry_text(i.cert_expires_ms, archfarm_shared::clock::now_ms())
     ));
     match &d.usage {
         Ok(u) => out.push_str(&usage_lines(u)),
@@ -143,7 +133,7 @@ fn inspect_text(d: &AgentDetail) -> String {
             secs,
         ]);
     }
-    out.push_str(&super::table::render(&rows));
+    out.push_str(&crate::table::render(&rows));
     out
 }
 
@@ -156,7 +146,7 @@ fn answers(response: ClientResponse) -> anyhow::Result<Vec<AgentAnswer>> {
 
 /// `archfarm agents du [NAME]`. Fails when an agent could not answer.
 pub async fn du(remote: &Remote, name: Option<archfarm_shared::AgentName>) -> anyhow::Result<()> {
-    let answers = answers(call(remote, ClientRequest::AgentDiskUsage { name }).await?)?;
+    let answers = answers(Connection::call_once(remote, &ClientRequest::AgentDiskUsage { name }).await?)?;
     let mut rows =
         vec![["AGENT".to_owned(), "BUILD CACHE".into(), "RECORDS".into(), "IN USE".into(), "CONTEXTS".into()]];
     let mut failed = Vec::new();
@@ -173,7 +163,7 @@ pub async fn du(remote: &Remote, name: Option<archfarm_shared::AgentName>) -> an
             HousekeepingReply::Pruned(_) => failed.push(format!("{}: answered another question", a.agent)),
         }
     }
-    print!("{}", super::table::render(&rows));
+    print!("{}", crate::table::render(&rows));
     if !failed.is_empty() {
         bail!("{}", failed.join("\n"));
     }
@@ -191,7 +181,7 @@ pub async fn prune(
     let keep_storage =
         keep_storage.map(|k| parse_size(&k)).transpose().map_err(anyhow::Error::msg).context("--keep-storage")?;
     let request = ClientRequest::PruneAgents { name, all, keep_storage, force };
-    let answers = answers(call(remote, request).await?)?;
+    let answers = answers(Connection::call_once(remote, &request).await?)?;
     let mut failed = Vec::new();
     for a in &answers {
         match &a.reply {
