@@ -105,7 +105,8 @@ pub async fn follow(
             BuildEvent::Built { platforms } => {
                 let id = build.as_ref().map_or_else(|| "ID".to_owned(), ToString::to_string);
                 eprintln!(
-                    "every platform was built and verified; no tag was written (no --push):                      `archfarm builds publish {id}` publishes them"
+                    "every platform was built and verified; no tag was written (no --push): \
+                     `archfarm builds publish {id}` publishes them"
                 );
                 list(&platforms, &left_out);
                 if let Some(path) = metadata {

@@ -6,7 +6,7 @@ use crate::Connection;
 use anyhow::{bail, Context as _};
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
 use std::io::SeekFrom;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// What an upload sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,18 +49,18 @@ pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow:
     }
     let mut file = tokio::fs::File::open(packed.file.path()).await?;
     let mut sent = Sent { chunks: 0, bytes: 0 };
-    let mut buf = Vec::new();
     for i in wanted {
         let (chunk, offset) = packed
             .chunks
             .get(i as usize)
             .zip(offsets.get(i as usize))
             .with_context(|| format!("the coordinator asked for chunk {i}, which does not exist"))?;
-        buf.resize(chunk.size as usize, 0);
+        let mut buf = vec![0u8; chunk.size as usize];
         file.seek(SeekFrom::Start(*offset)).await?;
         file.read_exact(&mut buf).await.context("reading the packed context")?;
-        // A write error means the coordinator stopped reading: its answer says why.
-        if AsyncWriteExt::write_all(stream.writer(), &buf).await.is_err() {
+        // Handed over whole, not copied into the stream's buffer. A write error means the
+        // coordinator stopped reading: its answer says why.
+        if stream.writer().write_chunk(buf.into()).await.is_err() {
             break;
         }
         sent.chunks += 1;
