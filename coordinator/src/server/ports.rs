@@ -44,6 +44,20 @@ pub trait AgentLink: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What an agent says it pushed for a job of `platform`: a claim, checked before it is believed.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The job's platform.
+    pub platform: &'a Platform,
+    /// The agent that ran it.
+    pub agent: &'a AgentName,
+    /// The image it reported.
+    pub pushed: &'a PushedImage,
+}
+
+/// A check of a [`Claim`]: the child to list in the index, or why not.
+pub type Verifying<'a> = BoxFuture<'a, Result<Child, VerifyError>>;
+
 /// Why a pushed image was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -59,12 +73,7 @@ pub enum VerifyError {
 pub trait ImageCheck: Send + Sync + std::fmt::Debug {
     /// Reads the pushed manifest and its config back and checks them against the job's
     /// platform. Returns the child to list in the index.
-    fn verify<'a>(
-        &'a self,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>>;
+    fn verify<'a>(&'a self, claim: Claim<'a>) -> Verifying<'a>;
 
     /// The repository images go to, `registry/name`; empty where they go to no registry.
     fn repository(&self) -> String {
@@ -87,13 +96,7 @@ pub trait ImageCheck: Send + Sync + std::fmt::Debug {
 pub trait ImageStore: Send + Sync + std::fmt::Debug {
     /// Reads the manifest an agent reported in `repo`, and its config, back and checks them
     /// against the job's platform. Returns the child to list in the index.
-    fn verify<'a>(
-        &'a self,
-        repo: &'a ImageRef,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>>;
+    fn verify<'a>(&'a self, repo: &'a ImageRef, claim: Claim<'a>) -> Verifying<'a>;
 
     /// Pushes `statement` (an in-toto statement about `subject`) into `repo` as its attestation
     /// manifest. Returns what the index lists for it.
@@ -139,13 +142,8 @@ pub struct InRepository<'a> {
 }
 
 impl ImageCheck for InRepository<'_> {
-    fn verify<'a>(
-        &'a self,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
-        self.store.verify(self.repo, platform, agent, pushed)
+    fn verify<'a>(&'a self, claim: Claim<'a>) -> Verifying<'a> {
+        self.store.verify(self.repo, claim)
     }
 
     fn repository(&self) -> String {

@@ -4,14 +4,13 @@
 //! `archfarm_shared::images` (also used by `imagetools create`); this is the orchestration's
 //! seam over it, with the agent named in every complaint.
 
-use super::ports::{ImageStore, VerifyError};
+use super::ports::{Claim, ImageStore, VerifyError, Verifying};
 use archfarm_shared::images::{self, CheckError};
 use archfarm_shared::oci::{self, Attestation, Blob, Child};
-use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::provenance::SLSA_PROVENANCE_V1;
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::{Registry, RegistryClients};
-use archfarm_shared::{AgentName, Digest, Platform};
+use archfarm_shared::Digest;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
@@ -24,14 +23,8 @@ pub struct RegistryImages {
 }
 
 impl ImageStore for RegistryImages {
-    fn verify<'a>(
-        &'a self,
-        repo: &'a ImageRef,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
-        Box::pin(async move { verify(&self.registries.get(repo), repo, platform, agent, pushed).await })
+    fn verify<'a>(&'a self, repo: &'a ImageRef, claim: Claim<'a>) -> Verifying<'a> {
+        Box::pin(async move { verify(&self.registries.get(repo), repo, claim).await })
     }
 
     fn attest<'a>(
@@ -108,13 +101,8 @@ pub async fn attest(
 
 /// Fetches the manifest an agent reported and its config back from the registry, and checks
 /// digest, size, media type and platform against the job.
-pub async fn verify(
-    registry: &Registry,
-    repo: &ImageRef,
-    platform: &Platform,
-    agent: &AgentName,
-    pushed: &PushedImage,
-) -> Result<Child, VerifyError> {
+pub async fn verify(registry: &Registry, repo: &ImageRef, claim: Claim<'_>) -> Result<Child, VerifyError> {
+    let Claim { platform, agent, pushed } = claim;
     let child = images::read_child(registry, repo, &pushed.digest, Some(pushed.size)).await.map_err(|e| match e {
         CheckError::Wrong(m) => VerifyError::Wrong(format!("agent {agent}: {m}")),
         CheckError::Unavailable(m) => VerifyError::Unavailable(m),

@@ -6,12 +6,12 @@
 use super::testing::join;
 use crate::server::access::Principal;
 use crate::server::live::Live;
-use crate::server::ports::{AgentLink, ImageStore, VerifyError};
+use crate::server::ports::{AgentLink, Claim, ImageStore, Verifying};
 use crate::server::state::Shared;
 use archfarm_shared::oci::{Attestation, Blob, Child};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobFailure, JobSpec, PushedImage, Role};
 use archfarm_shared::reference::ImageRef;
-use archfarm_shared::{AgentName, BuildId, Digest, Platform};
+use archfarm_shared::{AgentName, BuildId, Digest};
 use futures_util::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,13 +72,8 @@ impl ScriptedRegistry {
 }
 
 impl ImageStore for ScriptedRegistry {
-    fn verify<'a>(
-        &'a self,
-        _repo: &'a ImageRef,
-        platform: &'a Platform,
-        _agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+    fn verify<'a>(&'a self, _repo: &'a ImageRef, claim: Claim<'a>) -> Verifying<'a> {
+        let Claim { platform, pushed, .. } = claim;
         let manifest = Blob { media_type: pushed.media_type.clone(), digest: pushed.digest.clone(), size: pushed.size };
         Box::pin(async move { Ok(Child { platform: platform.clone(), manifest }) })
     }

@@ -9,7 +9,7 @@
 use crate::server::farm::{AgentHandle, Farm};
 use crate::server::live::Live;
 use crate::server::metrics::Metrics;
-use crate::server::ports::{ImageCheck, VerifyError};
+use crate::server::ports::{Claim, ImageCheck, VerifyError};
 use crate::server::scheduler::{Standing, Wants};
 use crate::server::store::builds::VerifiedImage;
 use crate::server::store::Store;
@@ -263,7 +263,8 @@ impl Runner<'_> {
             }
         };
         let verifying = Instant::now();
-        let verified = self.images.verify(&spec.platform, &agent.name, &pushed).await;
+        let verified =
+            self.images.verify(Claim { platform: &spec.platform, agent: &agent.name, pushed: &pushed }).await;
         let unavailable = matches!(verified, Err(VerifyError::Unavailable(_)));
         // Images handed over to the coordinator are checked without a registry.
         if !self.images.repository().is_empty() {

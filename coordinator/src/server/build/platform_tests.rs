@@ -5,7 +5,7 @@
 use super::platform::{JobLimits, Runner, Verified};
 use crate::server::farm::Farm;
 use crate::server::live::{Live, LiveBuilds};
-use crate::server::ports::{AgentLink, ImageCheck, VerifyError};
+use crate::server::ports::{AgentLink, Claim, ImageCheck, VerifyError, Verifying};
 use crate::server::scheduler::Standing;
 use crate::server::store::Store;
 use archfarm_shared::oci::{Blob, Child};
@@ -98,12 +98,8 @@ struct ScriptedRegistry {
 }
 
 impl ImageCheck for ScriptedRegistry {
-    fn verify<'a>(
-        &'a self,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+    fn verify<'a>(&'a self, claim: Claim<'a>) -> Verifying<'a> {
+        let Claim { platform, agent, pushed } = claim;
         Box::pin(async move {
             if self.wrong.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 return Err(VerifyError::Wrong(format!(

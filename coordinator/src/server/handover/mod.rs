@@ -9,14 +9,11 @@
 
 pub mod streams;
 
-use super::ports::{ImageCheck, VerifyError};
+use super::ports::{Claim, ImageCheck, VerifyError, Verifying};
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::images::{self, CheckError};
-use archfarm_shared::oci::Child;
-use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::registry::MAX_DOCUMENT_BYTES;
-use archfarm_shared::{AgentName, Digest, Platform};
-use futures_util::future::BoxFuture;
+use archfarm_shared::Digest;
 
 /// The coordinator's store of handed-over blobs, as the orchestration checks images in it.
 #[derive(Debug)]
@@ -26,12 +23,8 @@ pub struct StoredImages<'a> {
 }
 
 impl ImageCheck for StoredImages<'_> {
-    fn verify<'a>(
-        &'a self,
-        platform: &'a Platform,
-        agent: &'a AgentName,
-        pushed: &'a PushedImage,
-    ) -> BoxFuture<'a, Result<Child, VerifyError>> {
+    fn verify<'a>(&'a self, claim: Claim<'a>) -> Verifying<'a> {
+        let Claim { platform, agent, pushed } = claim;
         Box::pin(async move {
             let wrong = |m: String| VerifyError::Wrong(format!("agent {agent}: {m}"));
             let manifest = self.document(&pushed.digest).await.map_err(wrong)?;
