@@ -2,8 +2,9 @@
 //! lock-protected shell around [`Scheduler`]: every placement decision is the scheduler's.
 
 use super::ports::AgentLink;
-use super::scheduler::{NoAgent, Offer, Scheduler, Standing, Wants};
-use super::store::Recorded;
+use super::scheduler::fit::{NoAgent, Wants};
+use super::scheduler::{Offer, Scheduler, Standing};
+use super::store::agents::Recorded;
 use archfarm_shared::capabilities::Capabilities;
 use archfarm_shared::protocol::{AgentInfo, Registration};
 use archfarm_shared::{AgentName, JobId, Platform};

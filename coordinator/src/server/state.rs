@@ -11,6 +11,7 @@ use super::registry_images::RegistryImages;
 use super::settings::{Retention, Settings};
 use super::store::Store;
 use super::tags::locks::TagLocks;
+use super::tags::writes::TagWriter;
 use anyhow::Context as _;
 use archfarm_config::CoordinatorConfig;
 use archfarm_shared::content::ContentStore;
@@ -43,6 +44,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What writing a build's tags takes: the record, the registry, the locks, the metrics.
+    pub fn tag_writer(&self) -> TagWriter<'_> {
+        TagWriter { store: &self.store, registry: &*self.registry, locks: &self.tag_locks, metrics: &self.metrics }
+    }
+
     /// Opens the state under the configuration's data directory: stores, database, settings.
     pub fn open(config: &CoordinatorConfig) -> anyhow::Result<Shared> {
         let images_dir = config.data_dir.join("images");

@@ -18,7 +18,7 @@ use super::admission;
 use super::farm::AgentHandle;
 use super::scheduler::Standing;
 use super::state::Shared;
-use super::store::Recorded;
+use super::store::agents::Recorded;
 use super::wire::{on_codec_error, unexpected};
 use archfarm_shared::platform;
 use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage};

@@ -5,7 +5,7 @@ use super::cache;
 use super::platform::{Runner, Verified};
 use super::target::Target;
 use crate::server::live::Live;
-use crate::server::scheduler::Wants;
+use crate::server::scheduler::fit::Wants;
 use crate::server::state::Shared;
 use crate::server::store::builds::StoredJob;
 use archfarm_shared::oci::{Blob, Child};

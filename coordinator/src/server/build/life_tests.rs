@@ -237,7 +237,7 @@ async fn a_publish_that_fails_half_way_keeps_what_it_wrote_and_builds_publish_co
 
     // The registry recovers: publishing again writes the rest, without rebuilding.
     rig.registry.refuse.lock().unwrap().clear();
-    let published = super::republish(&shared, &id, BuildState::Failed, false).await.unwrap();
+    let published = super::republish::republish(&shared, &id, BuildState::Failed, false).await.unwrap();
     assert_eq!(published.index, written);
     assert_eq!(published.written, [TAG, LATEST]);
     assert_eq!(rig.registry.tag(LATEST), Some(written));
@@ -259,7 +259,7 @@ async fn a_tag_another_writer_moved_is_kept_until_forced() {
     assert!(kept.is_empty(), "a build that moves no tag fails, and says why there: {kept:?}");
     assert_eq!(rig.registry.tag(TAG), Some(theirs), "the other writer's index stays");
 
-    let forced = super::republish(&shared, &id, BuildState::Failed, true).await.unwrap();
+    let forced = super::republish::republish(&shared, &id, BuildState::Failed, true).await.unwrap();
     assert_eq!(rig.registry.tag(TAG), Some(forced.index), "--force moves it");
 }
 
@@ -296,7 +296,7 @@ async fn a_restart_between_the_index_push_and_its_record_resumes_the_build_and_k
     assert_eq!(rig.registry.publishes.load(Ordering::SeqCst), publishes, "nothing was rebuilt or rewritten");
     assert_eq!(rig.registry.tag(TAG), Some(new.clone()));
 
-    let forced = super::republish(&after, &id, BuildState::Failed, true).await.unwrap();
+    let forced = super::republish::republish(&after, &id, BuildState::Failed, true).await.unwrap();
     assert_eq!(forced.index, new, "the same index, now recorded");
     assert_eq!(after.store.tag(TAG).await.unwrap().map(|r| r.digest), Some(new));
 }

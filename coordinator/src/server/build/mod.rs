@@ -28,10 +28,10 @@ use super::access::Principal;
 use super::handover::StoredImages;
 use super::live::Live;
 use super::ports::{ImageCheck, InRepository};
-use super::scheduler::Wants;
+use super::scheduler::fit::Wants;
 use super::state::Shared;
 use super::tags::rule::Mover;
-use super::tags::writes::{self, TagWriter};
+use super::tags::writes;
 use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobState, PlatformResult};
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
@@ -42,8 +42,6 @@ use std::time::Duration;
 use target::Target;
 use tokio::sync::broadcast;
 use tracing::{error, info, info_span, warn, Instrument};
-
-pub use republish::republish;
 
 /// How a build ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +246,7 @@ async fn publish_verified(
     };
     let mover = Mover { build: id, created_ms, again: false, force: false };
     let attestations: Vec<Attestation> = platforms.iter().filter_map(|p| p.attestation.clone()).collect();
-    match writes::publish(tag_writer(shared), &target.tags, &children, &attestations, mover).await {
+    match writes::publish(shared.tag_writer(), &target.tags, &children, &attestations, mover).await {
         Ok(p) => {
             info!(index = %p.index, "index published");
             for reason in p.kept {
@@ -264,9 +262,4 @@ async fn publish_verified(
             ))
         }
     }
-}
-
-/// What writing a build's tags takes, from the shared state.
-fn tag_writer(shared: &Shared) -> TagWriter<'_> {
-    TagWriter { store: &shared.store, registry: &*shared.registry, locks: &shared.tag_locks, metrics: &shared.metrics }
 }

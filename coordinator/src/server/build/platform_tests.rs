@@ -214,7 +214,7 @@ impl Rig {
     }
 
     async fn run(&self) -> Result<Verified, String> {
-        let wants = crate::server::scheduler::Wants::platform(self.spec.platform.clone());
+        let wants = crate::server::scheduler::fit::Wants::platform(self.spec.platform.clone());
         self.runner().run(self.spec.clone(), &wants, &self.live).await
     }
 
@@ -451,7 +451,7 @@ async fn an_unhealthy_agent_gets_no_jobs_and_health_never_lifts_a_quarantine() {
     assert_eq!(rig.agent_state("amd64-a"), "quarantined: pushed linux/s390x");
     // An engine that goes bad under a quarantine is still bad when it is lifted.
     rig.farm.set_health(&a, Some("no /_ping".into()));
-    rig.farm.apply_recorded(&a, &crate::server::store::Recorded::Active);
+    rig.farm.apply_recorded(&a, &crate::server::store::agents::Recorded::Active);
     assert_eq!(rig.agent_state("amd64-a"), "unhealthy: no /_ping");
 }
 

@@ -42,7 +42,7 @@ pub async fn republish(shared: &Shared, id: &BuildId, state: BuildState, force: 
     }
     let created_ms = shared.store.build_created_ms(id).await.map_err(|e| e.to_string())?;
     let mover = Mover { build: id, created_ms, again: state == BuildState::Published, force };
-    let published = writes::publish(super::tag_writer(shared), &target.tags, &children, &attestations, mover).await?;
+    let published = writes::publish(shared.tag_writer(), &target.tags, &children, &attestations, mover).await?;
     let index = &published.index;
     shared.store.set_build_state(id, BuildState::Published, Some(index), None).await.map_err(|e| e.to_string())?;
     info!(build = %id, index = %index, "index published on request");

@@ -121,7 +121,7 @@ pub async fn publish(shared: &Shared, who: &Principal, build: &BuildId, force: b
         Ok(detail) => detail,
         Err(reply) => return reply,
     };
-    match build::republish(shared, build, detail.summary.state, force).await {
+    match build::republish::republish(shared, build, detail.summary.state, force).await {
         Ok(p) => {
             let mut message = format!("published index {} for build {build} as {}", p.index, p.written.join(", "));
             for kept in &p.kept {

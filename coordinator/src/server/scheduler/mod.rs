@@ -11,11 +11,11 @@
 //! new jobs. A retried job avoids the agents its earlier attempts were lost or failed on, unless
 //! no other agent fits it.
 
-mod fit;
+pub mod fit;
 #[cfg(test)]
 mod tests;
 
-pub use fit::{NoAgent, Wants};
+use fit::{NoAgent, Wants};
 
 use archfarm_shared::capabilities::Capabilities;
 use archfarm_shared::platform::Platform;

@@ -15,9 +15,9 @@
 //! - [`history`]: what garbage collection needs: contexts in use, old builds.
 //! - [`writer`]: the writer thread and group commit.
 
-mod agents;
+pub mod agents;
 mod retry;
-pub use agents::Recorded;
+use agents::Recorded;
 pub mod builds;
 pub mod certificates;
 mod history;
