@@ -7,7 +7,7 @@
 //! `docker push` does with the layers it pulled. Without this, a 200 MB base is recompressed
 //! (to different bytes) and uploaded on every new repository.
 
-use crate::publish::LayerCache;
+use crate::push::LayerCache;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::{Digest, Platform};
@@ -178,7 +178,7 @@ pub async fn seed(
     }
     let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
     let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
-    let diff_ids = crate::publish::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
+    let diff_ids = crate::push::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
     if diff_ids.len() != manifest.layers.len() {
         return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));
     }

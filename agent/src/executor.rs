@@ -5,7 +5,7 @@ use crate::bases;
 use crate::context_cache::{ContextCache, FetchError};
 use crate::docker::{BuildSpec, Engine};
 use crate::fault;
-use crate::publish;
+use crate::push;
 use crate::reuse::ImageCache;
 use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
@@ -35,7 +35,7 @@ pub struct Executor {
     /// One client per registry pushed to, kept between jobs.
     pub registries: Arc<RegistryClients>,
     /// Layers compressed and pushed before.
-    pub layers: publish::LayerCache,
+    pub layers: push::LayerCache,
     /// Images pushed before.
     pub images: ImageCache,
     /// The engine's API, for what bollard does not carry (its build cache).
@@ -253,7 +253,7 @@ impl Executor {
         let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
         let dir = work.path().to_owned();
         let exporting = std::time::Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
+        let prepared = tokio::task::spawn_blocking(move || push::prepare(saved, &dir))
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;
@@ -261,7 +261,7 @@ impl Executor {
         info!(export_ms, layers = prepared.layers.len(), "exported the image from the engine");
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         retry(Policy::IMAGE_PUSH, "push", || {
-            publish::push(repository, &prepared, &self.layers, &self.images, &self.registries)
+            push::push(repository, &prepared, &self.layers, &self.images, &self.registries)
         })
         .await
         .map_err(|e| {
@@ -285,7 +285,7 @@ impl Executor {
         let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
         let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
         let dir = work.path().to_owned();
-        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
+        let prepared = tokio::task::spawn_blocking(move || push::prepare(saved, &dir))
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;

@@ -3,7 +3,7 @@
 //! stream of its own. The coordinator stores them by digest, checks the image as it would a
 //! push, and the client fetches them from it.
 
-use crate::publish::{compress, Prepared};
+use crate::push::{compress, Prepared};
 use archfarm_shared::codec;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage, PushedImage};

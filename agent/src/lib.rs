@@ -9,7 +9,7 @@
 //! - [`docker`]: the Docker Engine adapter (the only user of bollard).
 //! - [`enroll`]: joining with a one-time join token, and renewing the certificate (keys and
 //!   CSRs made here).
-//! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
+//! - [`push`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
 //! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
@@ -31,7 +31,7 @@ pub mod health;
 pub mod host;
 pub mod housekeeping;
 pub mod native_test;
-pub mod publish;
+pub mod push;
 pub mod reuse;
 pub mod session;
 

@@ -135,7 +135,7 @@ impl Agent<Executor> {
                 cache,
                 max_frame: config.max_frame_bytes,
                 registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
-                layers: crate::publish::LayerCache::default(),
+                layers: crate::push::LayerCache::default(),
                 images: crate::reuse::ImageCache::default(),
                 engine_api: crate::engine_cache::EngineApi::new(config.docker_host.as_deref()),
             },
