@@ -3,7 +3,7 @@
 
 use crate::bases;
 use crate::context_cache::{ContextCache, FetchError};
-use crate::docker::{BuildSpec, Engine};
+use crate::engine::{BuildSpec, Engine};
 use crate::fault;
 use crate::push;
 use crate::reuse::ImageCache;
@@ -27,7 +27,7 @@ pub struct Executor {
     /// Its x86-64 level, CPU features and labels, as registered.
     pub capabilities: archfarm_shared::capabilities::Capabilities,
     /// Its engine.
-    pub engine: Engine,
+    pub engine: Arc<dyn Engine>,
     /// Its context cache.
     pub cache: ContextCache,
     /// Largest frame on the wire.
@@ -38,8 +38,6 @@ pub struct Executor {
     pub layers: push::LayerCache,
     /// Images pushed before.
     pub images: ImageCache,
-    /// The engine's API, for what bollard does not carry (its build cache).
-    pub engine_api: crate::engine_cache::EngineApi,
 }
 
 /// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane

@@ -18,7 +18,7 @@ impl Executor {
     }
 
     async fn usage(&self) -> Result<DiskUsage, String> {
-        let mut usage = self.engine_api.build_cache().await?;
+        let mut usage = self.engine.build_cache().await?;
         let cache = self.cache.clone();
         let (bytes, entries) = tokio::task::spawn_blocking(move || cache.usage())
             .await
@@ -30,7 +30,7 @@ impl Executor {
     }
 
     async fn prune(&self, all: bool, keep_storage: Option<u64>) -> Result<Pruned, String> {
-        let build_cache_freed = self.engine_api.prune(all, keep_storage).await?;
+        let build_cache_freed = self.engine.prune(all, keep_storage).await?;
         let cache = self.cache.clone();
         let context_cache_freed = tokio::task::spawn_blocking(move || cache.clear())
             .await

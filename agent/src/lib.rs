@@ -6,7 +6,8 @@
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
 //! - [`host`]: which platforms this host declares.
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
-//! - [`docker`]: the Docker Engine adapter (the only user of bollard).
+//! - [`engine`]: the `Engine` trait: all the agent asks of its engine; `engine::docker` is the
+//!   Docker Engine backend (the only user of bollard).
 //! - [`enroll`]: joining with a one-time join token, and renewing the certificate (keys and
 //!   CSRs made here).
 //! - [`push`]: exporting the image and pushing it by digest as an OCI manifest.
@@ -15,14 +16,13 @@
 //! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
-//! - [`housekeeping`] and [`engine_cache`]: the host's build and context caches, read and freed.
+//! - [`housekeeping`]: the host's build and context caches, read and freed.
 //! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
 //!   registry), from what the host or the engine said.
 
 pub mod bases;
 pub mod context_cache;
-pub mod docker;
-pub mod engine_cache;
+pub mod engine;
 pub mod enroll;
 pub mod executor;
 pub mod fault;
@@ -58,7 +58,7 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
         warn!("{e:#}; trying again later");
     }
     let agent = Arc::new(session::Agent::new(&config).await?);
-    let keeping = tokio::spawn(keep_build_cache(agent.executor.engine_api.clone(), config.build_cache_max.as_u64()));
+    let keeping = tokio::spawn(keep_build_cache(agent.executor.engine.clone(), config.build_cache_max.as_u64()));
     let renewing = tokio::spawn(renew_periodically(config, agent.clone()));
     agent.run(shutdown).await;
     renewing.abort();
@@ -70,7 +70,7 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
 const BUILD_CACHE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keeps the engine's build cache within `max` bytes, checking every minute.
-async fn keep_build_cache(engine: engine_cache::EngineApi, max: u64) {
+async fn keep_build_cache(engine: Arc<dyn engine::Engine>, max: u64) {
     let mut every = tokio::time::interval(BUILD_CACHE_CHECK);
     loop {
         every.tick().await;

@@ -80,7 +80,7 @@ impl Agent<Executor> {
     pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
         let (client, name) = identity(config)?;
 
-        let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
+        let engine = crate::engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
         let info = engine.info().await.map_err(anyhow::Error::msg)?;
         if let Some(w) = crate::host::override_warning(&info.platform, config.native_platform.as_ref()) {
             warn!("{w}");
@@ -137,7 +137,6 @@ impl Agent<Executor> {
                 registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
                 layers: crate::push::LayerCache::default(),
                 images: crate::reuse::ImageCache::default(),
-                engine_api: crate::engine_cache::EngineApi::new(config.docker_host.as_deref()),
             },
             coordinator: config.coordinator.clone(),
             server_name,
