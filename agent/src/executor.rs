@@ -2,9 +2,10 @@
 //! by digest. Every outcome, good or bad, becomes a [`JobOutcome`] for the coordinator.
 
 use crate::bases;
-use crate::context_cache::{ContextCache, FetchError};
+use crate::context_cache::ContextCache;
 use crate::engine::{BuildSpec, Engine};
 use crate::fault;
+use crate::link::{CoordinatorLink, FetchError};
 use crate::push;
 use crate::reuse::ImageCache;
 use archfarm_shared::credentials;
@@ -30,8 +31,6 @@ pub struct Executor {
     pub engine: Arc<dyn Engine>,
     /// Its context cache.
     pub cache: ContextCache,
-    /// Largest frame on the wire.
-    pub max_frame: u32,
     /// One client per registry pushed to, kept between jobs.
     pub registries: Arc<RegistryClients>,
     /// Layers compressed and pushed before.
@@ -43,10 +42,11 @@ pub struct Executor {
 /// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane
 /// benchmark plugs in one that completes jobs at once.
 pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `spec`, sending output lines to `log`; every outcome is a [`JobOutcome`].
+    /// Runs `spec`, sending output lines to `log`; every outcome is a [`JobOutcome`]. What
+    /// the job needs of the coordinator (its context, a hand-over) goes through `link`.
     fn run(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send;
@@ -64,11 +64,11 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
 impl Runner for Executor {
     fn run(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {
-        self.execute(conn, spec, log)
+        self.execute(link, spec, log)
     }
 
     fn housekeeping(
@@ -87,7 +87,7 @@ impl Executor {
     /// Runs `spec`, sending build output lines to `log`.
     pub async fn execute(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> JobOutcome {
@@ -106,7 +106,7 @@ impl Executor {
             );
         }
         let fetching = std::time::Instant::now();
-        let fetch = self.cache.get(conn, &spec.context, self.max_frame);
+        let fetch = self.cache.get(link, &spec.context);
         let context = match with_progress(fetch, &log, "fetching the build context").await {
             Ok(path) => path,
             Err(FetchError::Missing(reason)) => return failure(FailureKind::ContextMissing, reason, vec![]),
@@ -144,7 +144,7 @@ impl Executor {
         let built = started.elapsed();
         let bases = self.resolve_bases(&spec, &context).await;
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
-        let push = self.export_and_push(conn, &tag, &spec, &context);
+        let push = self.export_and_push(link, &tag, &spec, &context);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
@@ -225,14 +225,14 @@ impl Executor {
 
     async fn export_and_push(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         tag: &str,
         spec: &JobSpec,
         context: &std::path::Path,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
         let repository = spec.repository.as_str();
         if repository.is_empty() {
-            return self.export_and_hand_over(conn, tag).await;
+            return self.export_and_hand_over(link, tag).await;
         }
         if let Some(id) = self.engine.image_id(tag).await {
             let repo = registry::parse_reference(&format!("{repository}:latest"))
@@ -276,7 +276,7 @@ impl Executor {
     /// Exports the image and hands it to the coordinator (a build that names no registry).
     async fn export_and_hand_over(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         tag: &str,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
         let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
@@ -287,7 +287,7 @@ impl Executor {
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;
-        crate::handover::hand_over(conn, &prepared, self.max_frame).await.map_err(|e| (FailureKind::Push, e))
+        crate::handover::hand_over(link, &prepared).await.map_err(|e| (FailureKind::Push, e))
     }
 }
 

@@ -2,7 +2,10 @@
 //! Engine and pushes each image into the target repository by digest.
 //!
 //! # Layout
-//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams.
+//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams; the
+//!   coordinator link over QUIC (the only transport code, with [`enroll`]).
+//! - [`link`]: the `CoordinatorLink` trait: what a job asks of the coordinator (its context, a
+//!   hand-over), whatever carries it.
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
 //! - [`host`]: which platforms this host declares.
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
@@ -30,6 +33,7 @@ pub mod handover;
 pub mod health;
 pub mod host;
 pub mod housekeeping;
+pub mod link;
 pub mod native_test;
 pub mod push;
 pub mod reuse;
