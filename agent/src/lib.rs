@@ -28,6 +28,8 @@ pub mod context_cache;
 pub mod engine;
 pub mod enroll;
 pub mod executor;
+#[cfg(test)]
+mod fakes;
 pub mod fault;
 pub mod handover;
 pub mod health;

@@ -134,3 +134,19 @@ pub struct TestRun {
     /// Its last lines of output.
     pub tail: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::FakeEngine;
+
+    #[tokio::test]
+    async fn the_build_cache_is_pruned_only_past_its_limit_and_down_to_it() {
+        let cache = DiskUsage { build_cache_bytes: 1000, ..Default::default() };
+        let engine = FakeEngine { cache, reclaims: 300, ..Default::default() };
+        assert_eq!(engine.keep_within(1000).await, Ok(None));
+        assert!(engine.calls().is_empty(), "a cache at its limit is left alone");
+        assert_eq!(engine.keep_within(700).await, Ok(Some(300)));
+        assert_eq!(engine.calls(), ["prune true Some(700)"], "all records, least recently used first, 700 kept");
+    }
+}
