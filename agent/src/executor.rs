@@ -209,17 +209,8 @@ impl Executor {
             }
         }
         self.learn_bases(tag, spec, bases).await;
-        // Exporting and unpacking are this host's work: a full disk there is the host's.
-        let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
-        let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
-        // The export streams straight into unpacking: it is never written whole first.
-        let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
-        let dir = work.path().to_owned();
         let exporting = std::time::Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || push::prepare(saved, &dir))
-            .await
-            .map_err(|e| local(format!("preparing the image: {e}")))?
-            .map_err(local)?;
+        let (_work, prepared) = self.export(tag).await?;
         let export_ms = exporting.elapsed().as_millis();
         info!(export_ms, layers = prepared.layers.len(), "exported the image from the engine");
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
@@ -244,15 +235,24 @@ impl Executor {
         link: &dyn CoordinatorLink,
         tag: &str,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
+        let (_work, prepared) = self.export(tag).await?;
+        crate::handover::hand_over(link, &prepared).await.map_err(|e| (FailureKind::Push, e))
+    }
+
+    /// Exports the image `tag` from the engine, unpacked into a work directory that must
+    /// outlive what is done with it.
+    async fn export(&self, tag: &str) -> Result<(tempfile::TempDir, push::Prepared), (FailureKind, String)> {
+        // Exporting and unpacking are this host's work: a full disk there is the host's.
         let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
         let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
+        // The export streams straight into unpacking: it is never written whole first.
         let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
         let dir = work.path().to_owned();
         let prepared = tokio::task::spawn_blocking(move || push::prepare(saved, &dir))
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;
-        crate::handover::hand_over(link, &prepared).await.map_err(|e| (FailureKind::Push, e))
+        Ok((work, prepared))
     }
 }
 

@@ -2,26 +2,22 @@
 //! Engine and pushes each image into the target repository by digest.
 //!
 //! # Layout
-//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams; the
-//!   coordinator link over QUIC (the only transport code, with [`enroll`]).
-//! - [`link`]: the `CoordinatorLink` trait: what a job asks of the coordinator (its context, a
-//!   hand-over), whatever carries it.
+//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams; the QUIC link.
+//! - [`link`]: the `CoordinatorLink` trait: what a job asks of the coordinator (a context, a hand-over).
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
-//! - [`host`]: which platforms this host declares.
+//! - [`engine`]: the `Engine` trait, all the agent asks of its engine; `engine::docker` (bollard) is one.
+//! - [`host`]: which platforms this host declares, and its x86-64 level, CPU features and labels.
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
-//! - [`engine`]: the `Engine` trait: all the agent asks of its engine; `engine::docker` is the
-//!   Docker Engine backend (the only user of bollard).
-//! - [`enroll`]: joining with a one-time join token, and renewing the certificate (keys and
-//!   CSRs made here).
+//! - [`enroll`]: joining with a one-time join token and renewing the certificate (keys, CSRs).
 //! - [`push`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
-//! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
+//! - [`bases`]: a job's base images, read once, their layers learned from the registry to mount.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`housekeeping`]: the host's build and context caches, read and freed.
-//! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
-//!   registry), from what the host or the engine said.
+//! - [`fault`]: whose fault a failure is (full disk, no memory, a registry), from what was said.
+//! - `fakes` (tests only): an engine and a coordinator link that stand in for the real ones.
 
 pub mod bases;
 pub mod context_cache;

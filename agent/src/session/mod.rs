@@ -2,6 +2,10 @@
 //! is given; when the connection ends, log why, back off with jitter and connect again. On
 //! SIGTERM it drains: it tells the coordinator, takes no new jobs, finishes what it runs (up to
 //! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
+//!
+//! The session is the agent's side of the QUIC connection, and the only one: the control
+//! stream here, each stream the coordinator opens in `job`, and what a running job asks of
+//! the coordinator in [`link`].
 
 use crate::executor::{Executor, Runner};
 use crate::health::{HealthSettings, HealthWatch};
@@ -22,8 +26,8 @@ use tracing::{info, warn};
 mod job;
 pub mod link;
 
-/// Everything a session needs, built once at start. `R` runs the jobs: the Docker
-/// [`Executor`] in the product.
+/// Everything a session needs, built once at start. `R` runs the jobs: the [`Executor`] in
+/// the product.
 #[derive(Debug)]
 pub struct Agent<R: Runner = Executor> {
     /// Runs jobs.
