@@ -4,10 +4,10 @@
 use crate::engine::{BuildError, LineSink};
 use std::collections::HashMap;
 
+/// Lines kept per step, and for the build as a whole.
 const TAIL: usize = 20;
 
-/// BuildKit progress turned into buildx-style plain lines (`#3 [2/2] COPY ...`), remembering
-/// each step's last lines so a failure can show the failing step's output.
+/// One build's progress so far: each step's number, name and last lines, and the first error.
 #[derive(Default)]
 pub(super) struct Steps {
     numbers: HashMap<String, usize>,
