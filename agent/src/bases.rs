@@ -7,19 +7,28 @@
 //! `docker push` does with the layers it pulled. Without this, a 200 MB base is recompressed
 //! (to different bytes) and uploaded on every new repository.
 
-use crate::publish::LayerCache;
+use crate::push::LayerCache;
 use archfarm_shared::oci::{self, Blob};
+use archfarm_shared::protocol::JobSpec;
+use archfarm_shared::provenance::ResolvedBase;
 use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::{Digest, Platform};
+use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tracing::info;
 
 /// Base images looked up per build, at most.
 const MAX_BASES: usize = 8;
 /// The Dockerfile read from the context, at most.
 const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
+/// How long the agent asks a registry about one base image before it gives up on it.
+const BASE_LOOKUP: Duration = Duration::from_secs(20);
 
 /// The registry images a Dockerfile's stages start from, in order and without repeats: not
 /// `scratch`, not an earlier stage, and not one whose name still holds a variable after the
@@ -141,57 +150,134 @@ fn layer_media_type(media_type: &str) -> Option<&'static str> {
     }
 }
 
-/// The digest `image`'s tag resolves to in its registry now (an index or a manifest): what a
-/// build's provenance records of its base.
-pub async fn resolve(registries: &RegistryClients, image: &str) -> Result<Digest, String> {
-    let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
-    if let Some(pinned) = reference.digest() {
-        return Ok(pinned.clone());
-    }
-    let reg = registries.get(&reference);
-    let (_, digest) = reg.manifest(&reference, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())?;
-    Ok(digest)
+/// A job's base images, each fact learned once: the Dockerfile is read from the context when
+/// first asked, and each base's manifest is fetched once, whichever of the provenance
+/// ([`JobBases::resolve`]) and the layer cache ([`JobBases::seed`]) asks first.
+#[derive(Debug)]
+pub struct JobBases {
+    context: PathBuf,
+    dockerfile: String,
+    build_args: Vec<(String, String)>,
+    images: OnceCell<Vec<String>>,
+    /// Each base's manifest as its tag resolved, by the name the Dockerfile gives it.
+    manifests: Mutex<HashMap<String, (Bytes, Digest)>>,
 }
 
-/// Seeds `cache` with the layers of `image` for `platform`: returns how many it learned.
-pub async fn seed(
-    cache: &LayerCache,
-    registries: &RegistryClients,
-    image: &str,
-    platform: &Platform,
-) -> Result<usize, String> {
-    let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
-    let reg = registries.get(&reference);
-    let (bytes, _) = reg.manifest(&reference, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())?;
-    let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
-    if !manifest.manifests.is_empty() {
-        let child = manifest
-            .manifests
-            .iter()
-            .find(|c| c.platform.as_ref().is_some_and(|p| matches(p, platform)))
-            .ok_or_else(|| format!("{image} has no child for {platform}"))?;
-        let (bytes, _) = reg
-            .manifest(&reference.with_digest(&child.digest), oci::IMAGE_MANIFESTS)
-            .await
-            .map_err(|e| e.to_string())?;
-        manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
-    }
-    let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
-    let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
-    let diff_ids = crate::publish::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));
-    }
-    let repository = reference.name();
-    let mut learned = 0;
-    for (diff_id, layer) in diff_ids.into_iter().zip(manifest.layers) {
-        if let Some(media_type) = layer_media_type(&layer.media_type) {
-            let blob = Blob { media_type: media_type.into(), digest: layer.digest, size: layer.size };
-            cache.insert(diff_id, blob, &repository);
-            learned += 1;
+impl JobBases {
+    /// The bases of `spec`, built from the context tarball at `context`.
+    pub fn new(context: &Path, spec: &JobSpec) -> Self {
+        JobBases {
+            context: context.to_owned(),
+            dockerfile: spec.dockerfile.clone(),
+            build_args: spec.build_args.clone(),
+            images: OnceCell::new(),
+            manifests: Mutex::default(),
         }
     }
-    Ok(learned)
+
+    /// The registry images the Dockerfile's stages start from; none when it cannot be read.
+    pub async fn images(&self) -> &[String] {
+        self.images
+            .get_or_init(|| async {
+                let (path, name) = (self.context.clone(), self.dockerfile.clone());
+                match tokio::task::spawn_blocking(move || read_dockerfile(&path, &name)).await {
+                    Ok(Some(dockerfile)) => base_images(&dockerfile, &self.build_args),
+                    _ => vec![],
+                }
+            })
+            .await
+    }
+
+    /// `image`'s manifest as its tag resolves now (an index or a manifest), and its digest.
+    async fn manifest(&self, registries: &RegistryClients, image: &str) -> Result<(Bytes, Digest), String> {
+        if let Some(known) = self.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(image) {
+            return Ok(known.clone());
+        }
+        let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+        let reg = registries.get(&reference);
+        let fetched = reg.manifest(&reference, oci::ANY_MANIFEST).await.map_err(|e| e.to_string())?;
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_owned(), fetched.clone());
+        Ok(fetched)
+    }
+
+    /// The base images as their registries resolve them now, for the build's provenance. Best
+    /// effort, within [`BASE_LOOKUP`] each: one that cannot be resolved is left out (and said).
+    pub async fn resolve(&self, registries: &RegistryClients) -> Vec<ResolvedBase> {
+        let mut out = Vec::new();
+        for image in self.images().await {
+            match tokio::time::timeout(BASE_LOOKUP, self.digest_of(registries, image)).await {
+                Ok(Ok(digest)) => out.push(ResolvedBase { reference: image.clone(), digest }),
+                Ok(Err(e)) => info!(image, "cannot resolve a base image for the provenance: {e}"),
+                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
+            }
+        }
+        out
+    }
+
+    /// The digest `image`'s tag resolves to: what a build's provenance records of its base.
+    async fn digest_of(&self, registries: &RegistryClients, image: &str) -> Result<Digest, String> {
+        let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+        if let Some(pinned) = reference.digest() {
+            return Ok(pinned.clone());
+        }
+        Ok(self.manifest(registries, image).await?.1)
+    }
+
+    /// Teaches `cache` the layers of every base image for `platform`. Best effort, within
+    /// [`BASE_LOOKUP`] each: what it cannot learn is compressed and uploaded.
+    pub async fn seed(&self, cache: &LayerCache, registries: &RegistryClients, platform: &Platform) {
+        // A base image's children name plain linux/amd64, also for a linux/amd64/v3 build.
+        let platform = archfarm_shared::capabilities::base(platform);
+        for image in self.images().await {
+            match tokio::time::timeout(BASE_LOOKUP, self.seed_one(cache, registries, image, &platform)).await {
+                Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
+                Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),
+                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
+            }
+        }
+    }
+
+    /// Seeds `cache` with the layers of `image` for `platform`: returns how many it learned.
+    async fn seed_one(
+        &self,
+        cache: &LayerCache,
+        registries: &RegistryClients,
+        image: &str,
+        platform: &Platform,
+    ) -> Result<usize, String> {
+        let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+        let reg = registries.get(&reference);
+        let (bytes, _) = self.manifest(registries, image).await?;
+        let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+        if !manifest.manifests.is_empty() {
+            let child = manifest
+                .manifests
+                .iter()
+                .find(|c| c.platform.as_ref().is_some_and(|p| matches(p, platform)))
+                .ok_or_else(|| format!("{image} has no child for {platform}"))?;
+            let (bytes, _) = reg
+                .manifest(&reference.with_digest(&child.digest), oci::IMAGE_MANIFESTS)
+                .await
+                .map_err(|e| e.to_string())?;
+            manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+        }
+        let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
+        let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
+        let diff_ids = crate::push::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));
+        }
+        let repository = reference.name();
+        let mut learned = 0;
+        for (diff_id, layer) in diff_ids.into_iter().zip(manifest.layers) {
+            if let Some(media_type) = layer_media_type(&layer.media_type) {
+                let blob = Blob { media_type: media_type.into(), digest: layer.digest, size: layer.size };
+                cache.insert(diff_id, blob, &repository);
+                learned += 1;
+            }
+        }
+        Ok(learned)
+    }
 }
 
 fn matches(p: &ChildPlatform, platform: &Platform) -> bool {
@@ -203,6 +289,7 @@ fn matches(p: &ChildPlatform, platform: &Platform) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes;
 
     fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -228,5 +315,26 @@ mod tests {
     fn docker_gzip_layers_are_named_as_oci_gzip_and_foreign_ones_are_skipped() {
         assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), Some(oci::OCI_LAYER_GZIP));
         assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"), None);
+    }
+
+    #[tokio::test]
+    async fn a_jobs_dockerfile_is_read_once_and_a_pinned_base_needs_no_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context.tar");
+        let pinned = format!("reg.example/pinned@{}", Digest::of(b"index"));
+        let dockerfile = format!("ARG BASE=alpine:3.20\nFROM ${{BASE}} AS one\nFROM {pinned}\n");
+        std::fs::write(&context, fakes::tarball(&[("Dockerfile", dockerfile.as_bytes())])).unwrap();
+        let mut spec = fakes::job(b"", "r:5000/app");
+        spec.build_args = args(&[("BASE", &pinned)]);
+        let bases = JobBases::new(&context, &spec);
+        assert_eq!(bases.images().await, std::slice::from_ref(&pinned));
+        std::fs::remove_file(&context).unwrap();
+        assert_eq!(
+            bases.images().await,
+            std::slice::from_ref(&pinned),
+            "asked again, it does not read the context again"
+        );
+        let resolved = bases.resolve(&RegistryClients::new(vec![])).await;
+        assert_eq!(resolved, [ResolvedBase { reference: pinned, digest: Digest::of(b"index") }]);
     }
 }

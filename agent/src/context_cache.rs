@@ -3,9 +3,8 @@
 //! past it the contexts used least recently are deleted, never one used in the last
 //! [`IN_USE`] (a build may still be reading it).
 
-use archfarm_shared::codec;
+use crate::link::{CoordinatorLink, FetchError};
 use archfarm_shared::content::ContentStore;
-use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
 use archfarm_shared::Digest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -13,15 +12,6 @@ use tracing::{info, warn};
 
 /// A context used this recently may belong to a running build, and is never evicted.
 pub const IN_USE: Duration = Duration::from_secs(600);
-
-/// Why a context could not be had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchError {
-    /// The coordinator does not hold it (any more): the coordinator's fault.
-    Missing(String),
-    /// Asking, receiving or storing it failed.
-    Failed(String),
-}
 
 /// The local context cache.
 #[derive(Debug, Clone)]
@@ -38,14 +28,17 @@ impl ContextCache {
         Ok(ContextCache { store: ContentStore::open(&dir, u64::MAX)?, dir, max_bytes })
     }
 
-    /// The context's path, fetching it over `conn` first if it is not cached.
-    pub async fn get(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
+    /// The context's path, fetching it through `link` first if it is not cached.
+    pub async fn get(&self, link: &dyn CoordinatorLink, digest: &Digest) -> Result<PathBuf, FetchError> {
         let path = self.store.path(digest);
         // Marking it used fails when another job's eviction just took it: fetch it again.
         if self.store.contains(digest) && touch(&path).is_ok() {
             return Ok(path);
         }
-        let fetched = self.fetch(conn, digest, max_frame).await?;
+        // The store checks the digest as the bytes arrive: a link delivers them unchecked.
+        let mut download = link.fetch_context(digest).await?;
+        let fetched =
+            self.store.receive(digest, download.size, &mut download.bytes).await.map_err(FetchError::Failed)?;
         let (dir, max) = (self.dir.clone(), self.max_bytes);
         match tokio::task::spawn_blocking(move || evict(&dir, max, SystemTime::now())).await {
             Ok(Ok(gone)) if !gone.is_empty() => info!(contexts = gone.len(), "evicted contexts used least recently"),
@@ -55,26 +48,6 @@ impl ContextCache {
         Ok(fetched)
     }
 
-    async fn fetch(&self, conn: &quinn::Connection, digest: &Digest, max_frame: u32) -> Result<PathBuf, FetchError> {
-        use FetchError::Failed;
-        let (mut send, mut recv) =
-            conn.open_bi().await.map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
-        codec::write_msg(&mut send, &AgentMessage::FetchContext { digest: digest.clone() }, max_frame)
-            .await
-            .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
-        let _ = send.finish();
-        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max_frame).await {
-            Ok(CoordinatorMessage::ContextFollows { size }) => {
-                self.store.receive(digest, size, &mut recv).await.map_err(Failed)
-            }
-            Ok(CoordinatorMessage::ContextMissing { reason }) => Err(FetchError::Missing(reason)),
-            Ok(_) => Err(Failed("unexpected answer to a context fetch".into())),
-            Err(e) => Err(Failed(format!("fetching the context: {e}"))),
-        }
-    }
-}
-
-impl ContextCache {
     /// Bytes and number of the contexts held (downloads under way not counted).
     pub fn usage(&self) -> std::io::Result<(u64, u64)> {
         let (mut bytes, mut count) = (0, 0);

@@ -5,8 +5,9 @@
 
 use anyhow::{bail, Context as _};
 use archfarm_config::AgentConfig;
-use archfarm_shared::codec::{self, DEFAULT_MAX_FRAME};
+use archfarm_shared::codec::DEFAULT_MAX_FRAME;
 use archfarm_shared::protocol::{EnrollRequest, EnrollResponse, ALPN_ENROLL};
+use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{dial, pki, tls, AgentName};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,10 +65,10 @@ async fn ask(config: &AgentConfig, identity: Option<(&str, &str)>, request: &Enr
              issue this agent's certificate with `archfarm ca issue-agent NAME` instead)",
         )?;
     let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        codec::write_msg(&mut send, request, DEFAULT_MAX_FRAME).await?;
-        let _ = send.finish();
-        anyhow::Ok(codec::expect_msg::<_, EnrollResponse>(&mut recv, DEFAULT_MAX_FRAME).await?)
+        let mut stream = QuicStream::open(&conn, DEFAULT_MAX_FRAME).await?;
+        stream.write(request).await?;
+        stream.finish().await;
+        anyhow::Ok(stream.expect::<EnrollResponse>().await?)
     };
     let response = tokio::time::timeout(dial::DEADLINE, exchange).await;
     conn.close(0u32.into(), b"done");

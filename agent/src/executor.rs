@@ -1,15 +1,15 @@
 //! Runs one job: check the platform was declared, get the context, build with BuildKit, push
 //! by digest. Every outcome, good or bad, becomes a [`JobOutcome`] for the coordinator.
 
-use crate::bases;
-use crate::context_cache::{ContextCache, FetchError};
-use crate::docker::{BuildSpec, Engine};
+use crate::bases::JobBases;
+use crate::context_cache::ContextCache;
+use crate::engine::{BuildSpec, Engine};
 use crate::fault;
-use crate::publish;
+use crate::link::{CoordinatorLink, FetchError};
+use crate::push;
 use crate::reuse::ImageCache;
 use archfarm_shared::credentials;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobOutcome, JobSpec};
-use archfarm_shared::provenance::ResolvedBase;
 use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
@@ -27,28 +27,25 @@ pub struct Executor {
     /// Its x86-64 level, CPU features and labels, as registered.
     pub capabilities: archfarm_shared::capabilities::Capabilities,
     /// Its engine.
-    pub engine: Engine,
+    pub engine: Arc<dyn Engine>,
     /// Its context cache.
     pub cache: ContextCache,
-    /// Largest frame on the wire.
-    pub max_frame: u32,
     /// One client per registry pushed to, kept between jobs.
     pub registries: Arc<RegistryClients>,
     /// Layers compressed and pushed before.
-    pub layers: publish::LayerCache,
+    pub layers: push::LayerCache,
     /// Images pushed before.
     pub images: ImageCache,
-    /// The engine's API, for what bollard does not carry (its build cache).
-    pub engine_api: crate::engine_cache::EngineApi,
 }
 
 /// Runs the jobs an agent is given. The product's runner is [`Executor`]; the control-plane
 /// benchmark plugs in one that completes jobs at once.
 pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `spec`, sending output lines to `log`; every outcome is a [`JobOutcome`].
+    /// Runs `spec`, sending output lines to `log`; every outcome is a [`JobOutcome`]. What
+    /// the job needs of the coordinator (its context, a hand-over) goes through `link`.
     fn run(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send;
@@ -66,11 +63,11 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
 impl Runner for Executor {
     fn run(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {
-        self.execute(conn, spec, log)
+        self.execute(link, spec, log)
     }
 
     fn housekeeping(
@@ -89,7 +86,7 @@ impl Executor {
     /// Runs `spec`, sending build output lines to `log`.
     pub async fn execute(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         spec: JobSpec,
         log: mpsc::UnboundedSender<String>,
     ) -> JobOutcome {
@@ -108,7 +105,7 @@ impl Executor {
             );
         }
         let fetching = std::time::Instant::now();
-        let fetch = self.cache.get(conn, &spec.context, self.max_frame);
+        let fetch = self.cache.get(link, &spec.context);
         let context = match with_progress(fetch, &log, "fetching the build context").await {
             Ok(path) => path,
             Err(FetchError::Missing(reason)) => return failure(FailureKind::ContextMissing, reason, vec![]),
@@ -144,14 +141,17 @@ impl Executor {
             return JobOutcome::Failed(failure);
         }
         let built = started.elapsed();
-        let bases = self.resolve_bases(&spec, &context).await;
+        // Read once for the provenance and the layer cache alike.
+        let bases = JobBases::new(&context, &spec);
+        let resolved =
+            if spec.repository.is_empty() || !spec.provenance { vec![] } else { bases.resolve(&self.registries).await };
         let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
-        let push = self.export_and_push(conn, &tag, &spec, &context);
+        let push = self.export_and_push(link, &tag, &spec, &bases);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
         match outcome {
             Ok(mut image) => {
-                image.bases = bases;
+                image.bases = resolved;
                 let (build_ms, push_ms) = (built.as_millis(), (started.elapsed() - built).as_millis());
                 let fetch_ms = (started - fetching).as_millis();
                 info!(job = %spec.job, digest = %image.digest, fetch_ms, build_ms, push_ms, "pushed by digest");
@@ -178,63 +178,26 @@ impl Executor {
         )
     }
 
-    /// The build's base images as their registries resolve them now, for its provenance. Best
-    /// effort, within [`BASE_LOOKUP`] each: one that cannot be resolved is left out (and said).
-    async fn resolve_bases(&self, spec: &JobSpec, context: &std::path::Path) -> Vec<ResolvedBase> {
-        if spec.repository.is_empty() || !spec.provenance {
-            return vec![];
-        }
-        let (path, name) = (context.to_owned(), spec.dockerfile.clone());
-        let Ok(Some(dockerfile)) = tokio::task::spawn_blocking(move || bases::read_dockerfile(&path, &name)).await
-        else {
-            return vec![];
-        };
-        let mut out = Vec::new();
-        for image in bases::base_images(&dockerfile, &spec.build_args) {
-            match tokio::time::timeout(BASE_LOOKUP, bases::resolve(&self.registries, &image)).await {
-                Ok(Ok(digest)) => out.push(ResolvedBase { reference: image, digest }),
-                Ok(Err(e)) => info!(image, "cannot resolve a base image for the provenance: {e}"),
-                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
-            }
-        }
-        out
-    }
-
     /// Teaches the layer cache the layers of the build's base images, unless it knows every
-    /// layer of the image already. Best effort: what it cannot learn is compressed and uploaded.
-    async fn learn_bases(&self, tag: &str, spec: &JobSpec, context: &std::path::Path) {
+    /// layer of the image already.
+    async fn learn_bases(&self, tag: &str, spec: &JobSpec, bases: &JobBases) {
         let known =
             self.engine.diff_ids(tag).await.is_some_and(|ids| ids.iter().all(|id| self.layers.get(id).is_some()));
-        if known {
-            return;
-        }
-        let (path, name) = (context.to_owned(), spec.dockerfile.clone());
-        let Ok(Some(dockerfile)) = tokio::task::spawn_blocking(move || bases::read_dockerfile(&path, &name)).await
-        else {
-            return;
-        };
-        for image in bases::base_images(&dockerfile, &spec.build_args) {
-            // A base image's children name plain linux/amd64, also for a linux/amd64/v3 build.
-            let platform = archfarm_shared::capabilities::base(&spec.platform);
-            let seeding = bases::seed(&self.layers, &self.registries, &image, &platform);
-            match tokio::time::timeout(BASE_LOOKUP, seeding).await {
-                Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
-                Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),
-                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
-            }
+        if !known {
+            bases.seed(&self.layers, &self.registries, &spec.platform).await;
         }
     }
 
     async fn export_and_push(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         tag: &str,
         spec: &JobSpec,
-        context: &std::path::Path,
+        bases: &JobBases,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
         let repository = spec.repository.as_str();
         if repository.is_empty() {
-            return self.export_and_hand_over(conn, tag).await;
+            return self.export_and_hand_over(link, tag).await;
         }
         if let Some(id) = self.engine.image_id(tag).await {
             let repo = registry::parse_reference(&format!("{repository}:latest"))
@@ -245,23 +208,14 @@ impl Executor {
                 return Ok(image);
             }
         }
-        self.learn_bases(tag, spec, context).await;
-        // Exporting and unpacking are this host's work: a full disk there is the host's.
-        let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
-        let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
-        // The export streams straight into unpacking: it is never written whole first.
-        let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
-        let dir = work.path().to_owned();
+        self.learn_bases(tag, spec, bases).await;
         let exporting = std::time::Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
-            .await
-            .map_err(|e| local(format!("preparing the image: {e}")))?
-            .map_err(local)?;
+        let (_work, prepared) = self.export(tag).await?;
         let export_ms = exporting.elapsed().as_millis();
         info!(export_ms, layers = prepared.layers.len(), "exported the image from the engine");
         // A registry blip should not cost a rebuild: retry the push (it is idempotent).
         retry(Policy::IMAGE_PUSH, "push", || {
-            publish::push(repository, &prepared, &self.layers, &self.images, &self.registries)
+            push::push(repository, &prepared, &self.layers, &self.images, &self.registries)
         })
         .await
         .map_err(|e| {
@@ -278,23 +232,29 @@ impl Executor {
     /// Exports the image and hands it to the coordinator (a build that names no registry).
     async fn export_and_hand_over(
         &self,
-        conn: &quinn::Connection,
+        link: &dyn CoordinatorLink,
         tag: &str,
     ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
+        let (_work, prepared) = self.export(tag).await?;
+        crate::handover::hand_over(link, &prepared).await.map_err(|e| (FailureKind::Push, e))
+    }
+
+    /// Exports the image `tag` from the engine, unpacked into a work directory that must
+    /// outlive what is done with it.
+    async fn export(&self, tag: &str) -> Result<(tempfile::TempDir, push::Prepared), (FailureKind, String)> {
+        // Exporting and unpacking are this host's work: a full disk there is the host's.
         let local = |e: String| (fault::kind_of(&e, FailureKind::Push), e);
         let work = tempfile::tempdir().map_err(|e| local(format!("cannot create a work directory: {e}")))?;
+        // The export streams straight into unpacking: it is never written whole first.
         let saved = tokio_util::io::SyncIoBridge::new(self.engine.export(tag));
         let dir = work.path().to_owned();
-        let prepared = tokio::task::spawn_blocking(move || publish::prepare(saved, &dir))
+        let prepared = tokio::task::spawn_blocking(move || push::prepare(saved, &dir))
             .await
             .map_err(|e| local(format!("preparing the image: {e}")))?
             .map_err(local)?;
-        crate::handover::hand_over(conn, &prepared, self.max_frame).await.map_err(|e| (FailureKind::Push, e))
+        Ok((work, prepared))
     }
 }
-
-/// How long the agent asks a registry about one base image before it gives up on it.
-const BASE_LOOKUP: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How often a long quiet step says it is still at work.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -323,6 +283,69 @@ async fn with_progress<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{self, FakeEngine, FakeLink};
+    use archfarm_shared::Digest;
+
+    async fn run(executor: &Executor, link: &FakeLink, spec: JobSpec) -> JobOutcome {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        executor.execute(link, spec, tx).await
+    }
+
+    fn failure_of(outcome: JobOutcome) -> JobFailure {
+        match outcome {
+            JobOutcome::Failed(f) => f,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_context_not_had_fails_the_job_with_whose_fault_it_is_and_builds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(FakeEngine::default());
+        let executor = fakes::executor(engine.clone(), dir.path());
+        let spec = fakes::job(b"context", "r:5000/app");
+
+        let gone = FakeLink::serving(Err(FetchError::Missing("collected an hour ago".into())));
+        let f = failure_of(run(&executor, &gone, spec.clone()).await);
+        assert_eq!((f.kind, f.message.as_str()), (FailureKind::ContextMissing, "collected an hour ago"));
+        let full = FakeLink::serving(Err(FetchError::Failed("writing: No space left on device (os error 28)".into())));
+        assert_eq!(failure_of(run(&executor, &full, spec.clone()).await).kind, FailureKind::DiskFull);
+        // The cache checks the digest, whatever the link delivers.
+        let wrong = FakeLink::serving(Ok(b"other bytes".to_vec()));
+        assert_eq!(failure_of(run(&executor, &wrong, spec).await).kind, FailureKind::Context);
+        assert!(engine.calls().is_empty(), "nothing is built without its context: {:?}", engine.calls());
+    }
+
+    #[tokio::test]
+    async fn a_build_with_no_registry_hands_its_image_over_manifest_last_and_reuses_its_context() {
+        let layer = fakes::tarball(&[("bin/app", b"\x7fELF")]);
+        let config: &[u8] = br#"{"architecture":"amd64","os":"linux"}"#;
+        let listing: &[u8] = br#"[{"Config":"c.json","Layers":["l1/layer.tar"]}]"#;
+        let saved = fakes::tarball(&[("c.json", config), ("l1/layer.tar", &layer), ("manifest.json", listing)]);
+        let engine = std::sync::Arc::new(FakeEngine { export: saved, ..Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let executor = fakes::executor(engine.clone(), dir.path());
+        let context = fakes::tarball(&[("Dockerfile", b"FROM scratch\nCOPY app /app\n")]);
+        let link = FakeLink::serving(Ok(context.clone()));
+        for _ in 0..2 {
+            let spec = fakes::job(&context, "");
+            let tag = format!("archfarm/{}:build", spec.job);
+            let image = match run(&executor, &link, spec).await {
+                JobOutcome::Pushed(image) => image,
+                other => panic!("expected an image, got {other:?}"),
+            };
+            let blobs = std::mem::take(&mut *link.blobs.lock().unwrap());
+            assert_eq!(blobs.len(), 3, "the layer, the config, the manifest");
+            assert_eq!(blobs[1], (Digest::of(config), config.to_vec()));
+            let (digest, manifest) = &blobs[2];
+            assert_eq!((digest, &Digest::of(manifest)), (&image.digest, &image.digest));
+            assert_eq!(
+                engine.calls()[engine.calls().len() - 3..],
+                [format!("build {tag}"), format!("export {tag}"), format!("untag {tag}")]
+            );
+        }
+        assert_eq!(*link.fetches.lock().unwrap(), 1, "the second job finds the context in the cache");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_long_quiet_step_says_it_is_still_at_work() {

@@ -3,7 +3,7 @@
 //! agent tells the coordinator, which gives it no jobs, and stops what it runs so the
 //! coordinator can run it elsewhere. It is healthy again, and says so, once a probe passes.
 
-use crate::docker::Engine;
+use crate::engine::Engine;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -78,7 +78,7 @@ impl HealthWatch {
     }
 
     /// Probes `engine` as `settings` say, for as long as the returned watch (or a clone) lives.
-    pub fn start(engine: Engine, settings: HealthSettings) -> Self {
+    pub fn start(engine: Arc<dyn Engine>, settings: HealthSettings) -> Self {
         let (tx, rx) = watch::channel(None);
         let now: Arc<tokio::sync::Notify> = Arc::default();
         let wake = now.clone();

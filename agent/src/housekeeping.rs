@@ -18,7 +18,7 @@ impl Executor {
     }
 
     async fn usage(&self) -> Result<DiskUsage, String> {
-        let mut usage = self.engine_api.build_cache().await?;
+        let mut usage = self.engine.build_cache().await?;
         let cache = self.cache.clone();
         let (bytes, entries) = tokio::task::spawn_blocking(move || cache.usage())
             .await
@@ -30,7 +30,7 @@ impl Executor {
     }
 
     async fn prune(&self, all: bool, keep_storage: Option<u64>) -> Result<Pruned, String> {
-        let build_cache_freed = self.engine_api.prune(all, keep_storage).await?;
+        let build_cache_freed = self.engine.prune(all, keep_storage).await?;
         let cache = self.cache.clone();
         let context_cache_freed = tokio::task::spawn_blocking(move || cache.clear())
             .await
@@ -42,5 +42,37 @@ impl Executor {
         self.images.clear();
         info!(build_cache_freed, context_cache_freed, all, ?keep_storage, "pruned");
         Ok(Pruned { build_cache_freed, context_cache_freed, after: self.usage().await? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{self, FakeEngine, FakeLink};
+    use archfarm_shared::oci::{self, Blob};
+    use archfarm_shared::Digest;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn usage_adds_the_context_cache_to_the_engines_and_a_prune_frees_both_and_forgets_pushes() {
+        let cache = DiskUsage { build_cache_bytes: 500, build_cache_records: 3, ..Default::default() };
+        let engine = Arc::new(FakeEngine { cache, reclaims: 400, ..Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let executor = fakes::executor(engine.clone(), dir.path());
+        let link = FakeLink::serving(Ok(b"ctx".to_vec()));
+        executor.cache.get(&link, &Digest::of(b"ctx")).await.unwrap();
+        let blob = Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest: Digest::of(b"gz"), size: 2 };
+        executor.layers.insert(Digest::of(b"raw"), blob, "r:5000/a");
+
+        let HousekeepingReply::Usage(usage) = executor.housekeeping(Housekeeping::DiskUsage).await else {
+            panic!("no usage")
+        };
+        assert_eq!((usage.build_cache_bytes, usage.context_cache_bytes, usage.context_cache_entries), (500, 3, 1));
+        let prune = Housekeeping::Prune { all: false, keep_storage: Some(100) };
+        let HousekeepingReply::Pruned(pruned) = executor.housekeeping(prune).await else { panic!("not pruned") };
+        assert_eq!((pruned.build_cache_freed, pruned.context_cache_freed), (400, 3));
+        assert_eq!(pruned.after.context_cache_entries, 0);
+        assert_eq!(engine.calls(), ["prune false Some(100)"], "the engine is asked with the request's terms");
+        assert!(executor.layers.get(&Digest::of(b"raw")).is_none(), "the next push asks the registry again");
     }
 }

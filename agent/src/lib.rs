@@ -2,36 +2,38 @@
 //! Engine and pushes each image into the target repository by digest.
 //!
 //! # Layout
-//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams.
+//! - [`session`]: connect out, register, heartbeats, reconnect with backoff; job streams; the QUIC link.
+//! - [`link`]: the `CoordinatorLink` trait: what a job asks of the coordinator (a context, a hand-over).
 //! - [`executor`]: one job: platform check, context, build, push; always a `JobOutcome`.
-//! - [`host`]: which platforms this host declares.
+//! - [`engine`]: the `Engine` trait, all the agent asks of its engine; `engine::docker` (bollard) is one.
+//! - [`host`]: which platforms this host declares, and its x86-64 level, CPU features and labels.
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
-//! - [`docker`]: the Docker Engine adapter (the only user of bollard).
-//! - [`enroll`]: joining with a one-time join token, and renewing the certificate (keys and
-//!   CSRs made here).
-//! - [`publish`]: exporting the image and pushing it by digest as an OCI manifest.
+//! - [`enroll`]: joining with a one-time join token and renewing the certificate (keys, CSRs).
+//! - [`push`]: exporting the image and pushing it by digest as an OCI manifest.
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
-//! - [`bases`]: the layers of a build's base images, learned from the registry so they are mounted.
+//! - [`bases`]: a job's base images, read once, their layers learned from the registry to mount.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
-//! - [`housekeeping`] and [`engine_cache`]: the host's build and context caches, read and freed.
-//! - [`fault`]: whose fault a failure is (a full disk, no memory, a refused or unreachable
-//!   registry), from what the host or the engine said.
+//! - [`housekeeping`]: the host's build and context caches, read and freed.
+//! - [`fault`]: whose fault a failure is (full disk, no memory, a registry), from what was said.
+//! - `fakes` (tests only): an engine and a coordinator link that stand in for the real ones.
 
 pub mod bases;
 pub mod context_cache;
-pub mod docker;
-pub mod engine_cache;
+pub mod engine;
 pub mod enroll;
 pub mod executor;
+#[cfg(test)]
+mod fakes;
 pub mod fault;
 pub mod handover;
 pub mod health;
 pub mod host;
 pub mod housekeeping;
+pub mod link;
 pub mod native_test;
-pub mod publish;
+pub mod push;
 pub mod reuse;
 pub mod session;
 
@@ -58,7 +60,7 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
         warn!("{e:#}; trying again later");
     }
     let agent = Arc::new(session::Agent::new(&config).await?);
-    let keeping = tokio::spawn(keep_build_cache(agent.executor.engine_api.clone(), config.build_cache_max.as_u64()));
+    let keeping = tokio::spawn(keep_build_cache(agent.executor.engine.clone(), config.build_cache_max.as_u64()));
     let renewing = tokio::spawn(renew_periodically(config, agent.clone()));
     agent.run(shutdown).await;
     renewing.abort();
@@ -70,7 +72,7 @@ pub async fn run(config: AgentConfig, join_token: Option<&str>, shutdown: Cancel
 const BUILD_CACHE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keeps the engine's build cache within `max` bytes, checking every minute.
-async fn keep_build_cache(engine: engine_cache::EngineApi, max: u64) {
+async fn keep_build_cache(engine: Arc<dyn engine::Engine>, max: u64) {
     let mut every = tokio::time::interval(BUILD_CACHE_CHECK);
     loop {
         every.tick().await;

@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
 
 async fn probe() -> ExitCode {
     let verdict = async {
-        let engine = archfarm_agent::docker::Engine::connect(None).await?;
+        let engine = archfarm_agent::engine::connect(None).await?;
         match tokio::time::timeout(std::time::Duration::from_secs(60), engine.probe()).await {
             Ok(result) => result,
             Err(_) => Err("the engine did not pass the probe within 60 s (is its BuildKit wedged?)".into()),

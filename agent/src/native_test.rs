@@ -2,7 +2,7 @@
 //! that built it, natively, before it is pushed. A test that fails is the image's fault: the
 //! platform fails for good and nothing is published.
 
-use crate::docker::BuildSpec;
+use crate::engine::BuildSpec;
 use crate::executor::Executor;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobSpec};
 use std::path::Path;

@@ -143,6 +143,11 @@ impl<R: AsyncRead + Unpin> MessageReceiver<R> {
     pub fn reader(&mut self) -> &mut R {
         &mut self.recv
     }
+
+    /// The raw half, given up (to hand the bytes after a message to their reader).
+    pub fn into_inner(self) -> R {
+        self.recv
+    }
 }
 
 impl QuicStream {

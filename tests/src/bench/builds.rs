@@ -15,7 +15,8 @@ use super::binfmt::Emulation;
 use super::report::{at_least, at_most, Figure, Series, Verdict};
 use super::Options;
 use crate::{fixtures, AgentSpec, Farm};
-use archfarm_agent::docker::{BuildSpec, Engine};
+use archfarm_agent::engine::docker::DockerEngine;
+use archfarm_agent::engine::{BuildSpec, Engine as _};
 use archfarm_client::{context, upload::upload, Connection, Remote};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, ClientRequest, ClientResponse};
 use archfarm_shared::Platform;
@@ -64,7 +65,7 @@ fn args(iter: u64, nonce: &str) -> Vec<(String, String)> {
 /// Everything a build figure needs.
 struct Bench<'a> {
     farm: &'a Farm,
-    engine: Engine,
+    engine: DockerEngine,
     rt: &'a tokio::runtime::Runtime,
     ctx: tempfile::TempDir,
 }
@@ -119,7 +120,7 @@ pub fn run(o: &Options) -> anyhow::Result<Vec<Figure>> {
     let farm = Farm::builder().agents(&[amd64, i386, arm64]).patient().start();
     let rt = tokio::runtime::Runtime::new()?;
     archfarm_shared::tls::install_crypto_provider();
-    let engine = rt.block_on(Engine::connect(None)).map_err(anyhow::Error::msg)?;
+    let engine = rt.block_on(DockerEngine::connect(None)).map_err(anyhow::Error::msg)?;
     let bench = Bench { farm: &farm, engine, rt: &rt, ctx: cpu_context()? };
     let step = o.size(20.0, 0.3);
     let iter = calibrate(step)?;

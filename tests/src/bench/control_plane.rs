@@ -14,6 +14,7 @@ use super::Options;
 use crate::process::rss_kib;
 use crate::Farm;
 use archfarm_agent::executor::Runner;
+use archfarm_agent::link::CoordinatorLink;
 use archfarm_agent::session::Agent;
 use archfarm_client::{Connection, Remote};
 use archfarm_shared::oci::{self, Blob};
@@ -40,7 +41,7 @@ pub struct InstantExecutor {
 impl Runner for InstantExecutor {
     fn run(
         &self,
-        _conn: &quinn::Connection,
+        _link: &dyn CoordinatorLink,
         spec: JobSpec,
         _log: mpsc::UnboundedSender<String>,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {

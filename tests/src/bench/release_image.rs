@@ -14,7 +14,8 @@ use super::report::{at_most, Figure, Series, Verdict};
 use super::Options;
 use crate::process::peak_kib;
 use crate::{process, AgentSpec, Farm};
-use archfarm_agent::docker::{BuildSpec, Engine};
+use archfarm_agent::engine::docker::DockerEngine;
+use archfarm_agent::engine::{BuildSpec, Engine as _};
 use archfarm_client::context;
 use archfarm_shared::Platform;
 use std::io::Write as _;
@@ -87,7 +88,7 @@ fn docker(args: &[&str]) -> anyhow::Result<()> {
 /// Everything P7 needs.
 struct Release<'a> {
     farm: &'a Farm,
-    engine: Engine,
+    engine: DockerEngine,
     rt: &'a tokio::runtime::Runtime,
     agent_log: std::path::PathBuf,
 }
@@ -223,7 +224,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
     let agent_log = farm.proc("agent amd64-1").log_path().to_owned();
     let rt = tokio::runtime::Runtime::new()?;
     archfarm_shared::tls::install_crypto_provider();
-    let engine = rt.block_on(Engine::connect(None)).map_err(anyhow::Error::msg)?;
+    let engine = rt.block_on(DockerEngine::connect(None)).map_err(anyhow::Error::msg)?;
     let r = Release { farm: &farm, engine, rt: &rt, agent_log };
     let base = push_base(&r, &sizes)?;
     eprintln!("bench: P7 base image {base} ({} MiB)", sizes.base);

@@ -4,8 +4,8 @@
 use super::reply::Reply;
 use crate::server::access::check_scope;
 use crate::server::state::Shared;
-use crate::server::store::certificates::Binding;
 use crate::server::store::agents::Recorded;
+use crate::server::store::certificates::Binding;
 use archfarm_shared::clock::now_ms;
 use archfarm_shared::pki::{generate_token, token_hash};
 use archfarm_shared::platform;

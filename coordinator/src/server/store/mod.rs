@@ -16,11 +16,10 @@
 //! - [`writer`]: the writer thread and group commit.
 
 pub mod agents;
-mod retry;
-use agents::Recorded;
 pub mod builds;
 pub mod certificates;
 mod history;
+mod retry;
 mod tags;
 mod tokens;
 mod writer;

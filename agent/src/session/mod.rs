@@ -2,27 +2,32 @@
 //! is given; when the connection ends, log why, back off with jitter and connect again. On
 //! SIGTERM it drains: it tells the coordinator, takes no new jobs, finishes what it runs (up to
 //! a deadline, then stops the rest so the coordinator reruns them elsewhere) and exits.
+//!
+//! The session is the agent's side of the QUIC connection, and the only one: the control
+//! stream here, each stream the coordinator opens in `job`, and what a running job asks of
+//! the coordinator in [`link`].
 
 use crate::executor::{Executor, Runner};
 use crate::health::{HealthSettings, HealthWatch};
 use anyhow::Context as _;
 use archfarm_config::AgentConfig;
-use archfarm_shared::codec;
-use archfarm_shared::protocol::{
-    close, reset, AgentMessage, CoordinatorMessage, FailureKind, JobFailure, JobOutcome, Registration, ALPN_AGENT,
-};
+use archfarm_shared::codec::CodecError;
+use archfarm_shared::protocol::{close, AgentMessage, CoordinatorMessage, Registration, ALPN_AGENT};
 use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::retry::Policy;
+use archfarm_shared::stream::{MessageReceiver, MessageSender, QuicStream};
 use archfarm_shared::{dial, platform, tls};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
-/// Everything a session needs, built once at start. `R` runs the jobs: the Docker
-/// [`Executor`] in the product.
+mod job;
+pub mod link;
+
+/// Everything a session needs, built once at start. `R` runs the jobs: the [`Executor`] in
+/// the product.
 #[derive(Debug)]
 pub struct Agent<R: Runner = Executor> {
     /// Runs jobs.
@@ -80,7 +85,7 @@ impl Agent<Executor> {
     pub async fn new(config: &AgentConfig) -> anyhow::Result<Self> {
         let (client, name) = identity(config)?;
 
-        let engine = crate::docker::Engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
+        let engine = crate::engine::connect(config.docker_host.as_deref()).await.map_err(anyhow::Error::msg)?;
         let info = engine.info().await.map_err(anyhow::Error::msg)?;
         if let Some(w) = crate::host::override_warning(&info.platform, config.native_platform.as_ref()) {
             warn!("{w}");
@@ -133,11 +138,9 @@ impl Agent<Executor> {
                 capabilities,
                 engine,
                 cache,
-                max_frame: config.max_frame_bytes,
                 registries: Arc::new(RegistryClients::new(config.insecure_registries.clone())),
-                layers: crate::publish::LayerCache::default(),
+                layers: crate::push::LayerCache::default(),
                 images: crate::reuse::ImageCache::default(),
-                engine_api: crate::engine_cache::EngineApi::new(config.docker_host.as_deref()),
             },
             coordinator: config.coordinator.clone(),
             server_name,
@@ -196,14 +199,14 @@ impl<R: Runner> Agent<R> {
             c = dialling => c?,
             () = shutdown.cancelled() => return Ok("shut down before connecting".into()),
         };
-        let lost = |e: &codec::CodecError| control_lost(&conn, e);
-        let (mut send, recv, interval) = self.register(&conn).await?;
+        let lost = |e: &CodecError| control_lost(&conn, e);
+        let (mut control, acks, interval) = self.register(&conn).await?;
         // The coordinator answers every heartbeat; a coordinator killed without closing the
         // connection is noticed when the answers stop, long before QUIC's idle timeout.
         let started = Instant::now();
         let last_ack = Arc::new(AtomicU64::new(0));
         let ack_timeout = interval * 3 + Duration::from_secs(2);
-        let _stop_reader = AbortOnDrop(tokio::spawn(read_acks(recv, max, started, last_ack.clone())));
+        let _stop_reader = AbortOnDrop(tokio::spawn(read_acks(acks, started, last_ack.clone())));
         // Jobs of this session stop when it ends: the coordinator reruns them.
         let session_jobs = self.abort.child_token();
         let _stop_jobs = session_jobs.clone().drop_guard();
@@ -211,20 +214,18 @@ impl<R: Runner> Agent<R> {
         let mut drain_deadline: Option<Instant> = None;
         let mut health = self.health.clone();
         if let Some(problem) = health.problem() {
-            codec::write_msg(&mut send, &AgentMessage::Health { problem: Some(problem) }, max)
-                .await
-                .map_err(|e| lost(&e))?;
+            control.write(&AgentMessage::Health { problem: Some(problem) }).await.map_err(|e| lost(&e))?;
         }
         loop {
             tokio::select! {
                 problem = health.changed() => {
-                    codec::write_msg(&mut send, &AgentMessage::Health { problem }, max).await.map_err(|e| lost(&e))?;
+                    control.write(&AgentMessage::Health { problem }).await.map_err(|e| lost(&e))?;
                 }
                 () = shutdown.cancelled(), if drain_deadline.is_none() => {
                     let n = self.running.load(Ordering::Relaxed);
                     info!(running = n, "draining: no new jobs; finishing what runs (at most {} s)", self.drain_timeout.as_secs());
                     drain_deadline = Some(Instant::now() + self.drain_timeout);
-                    codec::write_msg(&mut send, &AgentMessage::Draining, max).await.map_err(|e| lost(&e))?;
+                    control.write(&AgentMessage::Draining).await.map_err(|e| lost(&e))?;
                     if n == 0 {
                         conn.close(close::NORMAL.into(), b"agent drained");
                         return Ok("drained".into());
@@ -248,15 +249,15 @@ impl<R: Runner> Agent<R> {
                         }
                     }
                     let beat = AgentMessage::Heartbeat { running };
-                    codec::write_msg(&mut send, &beat, max).await.map_err(|e| lost(&e))?;
+                    control.write(&beat).await.map_err(|e| lost(&e))?;
                 }
-                stream = conn.accept_bi() => match stream {
-                    Ok((s, r)) => {
+                stream = QuicStream::accept(&conn, max) => match stream {
+                    Ok(stream) => {
                         let agent = self.clone();
                         let conn = conn.clone();
                         let stop = session_jobs.child_token();
                         let draining = drain_deadline.is_some();
-                        tokio::spawn(async move { agent.job(conn, s, r, stop, draining).await });
+                        tokio::spawn(async move { agent.job(conn, stream, stop, draining).await });
                     }
                     Err(e) => return Ok(tls::explain(&e)),
                 },
@@ -268,13 +269,11 @@ impl<R: Runner> Agent<R> {
     async fn register(
         &self,
         conn: &quinn::Connection,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, Duration)> {
-        let max = self.max_frame;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
-        codec::write_msg(&mut send, &AgentMessage::Register(self.registration.clone()), max)
-            .await
-            .map_err(|e| control_lost(conn, &e))?;
-        let interval = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+    ) -> anyhow::Result<(MessageSender<quinn::SendStream>, MessageReceiver<quinn::RecvStream>, Duration)> {
+        let mut control =
+            QuicStream::open(conn, self.max_frame).await.map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?;
+        control.write(&AgentMessage::Register(self.registration.clone())).await.map_err(|e| control_lost(conn, &e))?;
+        let interval = match control.expect::<CoordinatorMessage>().await {
             Ok(CoordinatorMessage::Registered { heartbeat_interval_ms }) => {
                 Duration::from_millis(heartbeat_interval_ms.max(100))
             }
@@ -285,137 +284,16 @@ impl<R: Runner> Agent<R> {
             Err(e) => return Err(control_lost(conn, &e)),
         };
         info!(coordinator = %self.coordinator, "registered");
+        let (send, recv) = control.split();
         Ok((send, recv, interval))
     }
-
-    /// Why a job is refused before it starts: the agent drains, or its engine is unhealthy.
-    fn refusal(&self, draining: bool) -> Option<JobOutcome> {
-        if draining {
-            return Some(failed(
-                FailureKind::Cancelled,
-                format!("agent {} is draining and takes no new jobs", self.name),
-            ));
-        }
-        let problem = self.health.problem()?;
-        let why =
-            format!("the engine of agent {} is unhealthy ({problem}); it takes no jobs until it recovers", self.name);
-        Some(failed(FailureKind::EngineUnhealthy, why))
-    }
-
-    async fn job(
-        self: Arc<Self>,
-        conn: quinn::Connection,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-        stop: CancellationToken,
-        draining: bool,
-    ) {
-        let max = self.max_frame;
-        let spec = match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, max).await {
-            Ok(CoordinatorMessage::AssignJob(spec)) => *spec,
-            Ok(CoordinatorMessage::Housekeeping(request)) => {
-                info!(?request, "housekeeping asked by the coordinator");
-                let reply = self.executor.housekeeping(request).await;
-                let _ = codec::write_msg(&mut send, &AgentMessage::Housekeeping(reply), max).await;
-                let _ = send.finish();
-                return;
-            }
-            Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
-            Err(e) => return warn!("reading a job: {e}"),
-        };
-        let span =
-            info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
-        async move {
-            if let Some(refusal) = self.refusal(draining) {
-                let _ = codec::write_msg(&mut send, &AgentMessage::JobFinished(refusal), max).await;
-                let _ = send.finish();
-                return;
-            }
-            info!("job started");
-            self.running.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            // Boxed so that dropping it (below) really stops the build in the engine.
-            let mut run = Box::pin(self.executor.run(&conn, spec, tx));
-            let mut stream_ok = true;
-            let mut probe = [0u8; 1];
-            let mut sick = self.health.clone();
-            let outcome = loop {
-                tokio::select! {
-                    outcome = &mut run => break Some(outcome),
-                    Some(line) = rx.recv() => {
-                        if stream_ok {
-                            stream_ok = codec::write_msg(&mut send, &AgentMessage::JobLog { line }, max).await.is_ok();
-                        }
-                    }
-                    // The coordinator sends nothing more on a job stream: any read result means
-                    // it cancelled the job (reset) or went away.
-                    r = recv.read(&mut probe) => {
-                        if matches!(r, Err(quinn::ReadError::Reset(code)) if code == reset::SILENT.into()) {
-                            // Silent for the idle limit: a wedged engine would explain it.
-                            self.health.probe_now();
-                        }
-                        info!("stopping the job: the coordinator {}", match r {
-                            Err(quinn::ReadError::Reset(_)) => "cancelled it".to_owned(),
-                            Err(e) => format!("is gone ({e})"),
-                            Ok(_) => "closed its stream".to_owned(),
-                        });
-                        break None;
-                    }
-                    () = stop.cancelled() => {
-                        info!("stopping the job: the agent is stopping");
-                        break Some(failed(FailureKind::Cancelled, format!("agent {} stopped the job while shutting down", self.name)));
-                    }
-                    problem = sick.sick() => {
-                        info!("stopping the job: the engine is unhealthy");
-                        let why = format!("the engine of agent {} failed its health probe ({problem}); the job was stopped so it can run elsewhere", self.name);
-                        break Some(failed(FailureKind::EngineUnhealthy, why));
-                    }
-                }
-            };
-            drop(run);
-            self.running.fetch_sub(1, Ordering::Relaxed);
-            if let Some(outcome) = outcome {
-                report(&mut send, &mut rx, stream_ok, outcome, max).await;
-            }
-        }
-        .instrument(span)
-        .await;
-    }
-}
-
-/// A job that ends without an image, for `kind`'s reason.
-fn failed(kind: FailureKind, message: String) -> JobOutcome {
-    JobOutcome::Failed(JobFailure { kind, message, log_tail: vec![] })
-}
-
-/// Sends the job's log lines still queued, then its result, and finishes the stream.
-async fn report(
-    send: &mut quinn::SendStream,
-    rx: &mut mpsc::UnboundedReceiver<String>,
-    mut stream_ok: bool,
-    outcome: JobOutcome,
-    max: u32,
-) {
-    while let Ok(line) = rx.try_recv() {
-        if stream_ok {
-            stream_ok = codec::write_msg(send, &AgentMessage::JobLog { line }, max).await.is_ok();
-        }
-    }
-    match &outcome {
-        JobOutcome::Pushed(img) => info!(digest = %img.digest, "job succeeded"),
-        JobOutcome::Failed(f) => warn!(kind = %f.kind, "job failed: {}", f.message),
-    }
-    if codec::write_msg(send, &AgentMessage::JobFinished(outcome), max).await.is_err() {
-        warn!("could not report the job's result: the coordinator is gone");
-    }
-    let _ = send.finish();
 }
 
 /// Reads the control stream, noting in `last_ack` when (since `started`) the last heartbeat
 /// answer came.
-async fn read_acks(mut recv: quinn::RecvStream, max: u32, started: Instant, last_ack: Arc<AtomicU64>) {
+async fn read_acks(mut acks: MessageReceiver<quinn::RecvStream>, started: Instant, last_ack: Arc<AtomicU64>) {
     loop {
-        match codec::read_msg::<_, CoordinatorMessage>(&mut recv, max).await {
+        match acks.read::<CoordinatorMessage>().await {
             Ok(Some(CoordinatorMessage::HeartbeatAck)) => {
                 last_ack.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
             }
@@ -427,7 +305,7 @@ async fn read_acks(mut recv: quinn::RecvStream, max: u32, started: Instant, last
 
 /// Why the control stream failed: the connection's close reason when it has one, which says
 /// more than the stream error it caused.
-fn control_lost(conn: &quinn::Connection, e: &codec::CodecError) -> anyhow::Error {
+fn control_lost(conn: &quinn::Connection, e: &CodecError) -> anyhow::Error {
     match conn.close_reason() {
         Some(r) => anyhow::anyhow!("lost the coordinator: {}", tls::explain(&r)),
         None => anyhow::anyhow!("control stream: {e}"),

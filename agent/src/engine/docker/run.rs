@@ -2,7 +2,8 @@
 //! container has no network, its output streams to the job's log, and it is removed however
 //! the test ends, also when the job is stopped mid-test.
 
-use super::Engine;
+use super::DockerEngine;
+use crate::engine::{LineSink, TestRun};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
@@ -12,15 +13,6 @@ use std::collections::VecDeque;
 
 /// Lines of a test's output kept for its failure.
 const TAIL: usize = 20;
-
-/// How a test ended.
-#[derive(Debug)]
-pub struct TestRun {
-    /// The command's exit code.
-    pub exit_code: i64,
-    /// Its last lines of output.
-    pub tail: Vec<String>,
-}
 
 /// Removes the container when dropped, so a stopped job leaves none behind.
 struct Removal {
@@ -40,14 +32,14 @@ impl Drop for Removal {
     }
 }
 
-impl Engine {
+impl DockerEngine {
     /// Runs `argv` in `image` (its entrypoint kept, as `docker run IMAGE ARGV…`), sending each
     /// output line to `log`.
-    pub async fn run_test(
+    pub(super) async fn run_container(
         &self,
         image: &str,
         argv: &[String],
-        log: &mut (dyn FnMut(String) + Send),
+        log: LineSink<'_>,
     ) -> Result<TestRun, String> {
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),

@@ -18,20 +18,20 @@ const MAX_ANSWER: usize = 64 << 20;
 /// How long a call may take; pruning a large cache takes a while.
 const DEADLINE: Duration = Duration::from_secs(600);
 
-/// Where the engine listens: `unix:///path` or `tcp://host:port`.
+/// The engine's API beneath bollard, where it listens: `unix:///path` or `tcp://host:port`.
 #[derive(Debug, Clone)]
-pub struct EngineApi {
+pub(super) struct RawApi {
     host: String,
 }
 
-impl EngineApi {
+impl RawApi {
     /// The engine at `host`, or `DOCKER_HOST`, or the local socket.
-    pub fn new(host: Option<&str>) -> Self {
+    pub(super) fn new(host: Option<&str>) -> Self {
         let host = host
             .map(str::to_owned)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
-        EngineApi { host }
+        RawApi { host }
     }
 
     async fn call(&self, method: hyper::Method, path: &str) -> Result<Value, String> {
@@ -71,7 +71,7 @@ impl EngineApi {
 
     /// What the build cache holds. The engine answers one disk-usage question at a time (two
     /// agents on one engine may ask together): a busy answer is asked again, 40 times at most.
-    pub async fn build_cache(&self) -> Result<DiskUsage, String> {
+    pub(super) async fn build_cache(&self) -> Result<DiskUsage, String> {
         let mut tries = 0;
         loop {
             match self.call(hyper::Method::GET, "/system/df").await {
@@ -85,20 +85,9 @@ impl EngineApi {
         }
     }
 
-    /// Prunes the build cache down to `max` bytes when it holds more, the records used least
-    /// recently first, whatever uses them (BuildKit keeps the rest). Returns the bytes
-    /// reclaimed, if it pruned.
-    pub async fn keep_within(&self, max: u64) -> Result<Option<u64>, String> {
-        let usage = self.build_cache().await?;
-        if usage.build_cache_bytes <= max {
-            return Ok(None);
-        }
-        self.prune(true, Some(max)).await.map(Some)
-    }
-
     /// Frees build cache: what no image uses, or all of it with `all`, keeping `keep` bytes
     /// when given. Returns the bytes the engine reclaimed.
-    pub async fn prune(&self, all: bool, keep: Option<u64>) -> Result<u64, String> {
+    pub(super) async fn prune(&self, all: bool, keep: Option<u64>) -> Result<u64, String> {
         let mut path = format!("/build/prune?all={all}");
         if let Some(keep) = keep {
             path.push_str(&format!("&keep-storage={keep}&reserved-space={keep}"));

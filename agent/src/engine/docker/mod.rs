@@ -1,0 +1,164 @@
+//! The Docker Engine backend of [`Engine`]: the only place bollard is used, plus the few raw
+//! API calls bollard's types cannot express ([`build_cache`]). Builds always go through the
+//! engine's BuildKit (the classic builder mislabels cross-platform `FROM scratch` images), and
+//! the built image leaves the engine as a `docker save` export for the agent to push.
+//!
+//! # Layout
+//! - `build`: a BuildKit build, with the registry credentials it pulls with.
+//! - `progress`: BuildKit's status turned into buildx-style lines and a failing step's tail.
+//! - `run`: a test container.
+//! - `build_cache`: the build cache's size and pruning, over the raw API.
+
+use super::{BuildError, BuildSpec, Engine, EngineInfo, ImageExport, LineSink, TestRun};
+use archfarm_shared::protocol::DiskUsage;
+use archfarm_shared::{Digest, Platform};
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions};
+use bollard::Docker;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+
+mod build;
+mod build_cache;
+mod progress;
+mod run;
+
+/// The local Docker Engine, reached through bollard (and its raw API for the build cache).
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    raw: build_cache::RawApi,
+}
+
+impl DockerEngine {
+    /// Connects to `host` (`unix://`, `tcp://`), or to `DOCKER_HOST` / the local socket.
+    pub async fn connect(host: Option<&str>) -> Result<Self, String> {
+        let docker = match host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| format!("cannot use Docker Engine at {}: {e}", host.unwrap_or("the default socket")))?;
+        // Old daemons (20.10 speaks API 1.41) refuse requests without a version they know.
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            format!(
+                "cannot reach the Docker Engine at {}: {e} (is dockerd running?)",
+                host.unwrap_or("the default socket")
+            )
+        })?;
+        Ok(DockerEngine { docker, raw: build_cache::RawApi::new(host) })
+    }
+
+    /// `/_ping`, then a one-line build (`FROM scratch` and a label, cached after the first
+    /// time): an engine that answers but whose BuildKit is wedged fails the second.
+    async fn ping_and_build(&self) -> Result<(), String> {
+        self.docker.ping().await.map_err(|e| format!("the engine does not answer /_ping: {e}"))?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let dockerfile = b"FROM scratch\nLABEL org.archfarm.probe=1\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(dockerfile.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "Dockerfile", &dockerfile[..]).map_err(|e| e.to_string())?;
+        let context = tar.into_inner().map_err(|e| e.to_string())?;
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".into(),
+            t: Some(PROBE_TAG.into()),
+            version: BuilderVersion::BuilderBuildKit,
+            session: Some(format!("archfarm-probe-{:x}", rand::random::<u64>())),
+            rm: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) if info.error_detail.is_some() => {
+                    let message = info.error_detail.and_then(|d| d.message).unwrap_or_default();
+                    return Err(format!("the engine's BuildKit fails a one-line build: {message}"));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("the engine's BuildKit fails a one-line build: {}", stream_error(e))),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for DockerEngine {
+    fn info(&self) -> BoxFuture<'_, Result<EngineInfo, String>> {
+        Box::pin(async move {
+            let info = self.docker.info().await.map_err(|e| format!("docker info: {e}"))?;
+            let version = self.docker.version().await.map_err(|e| format!("docker version: {e}"))?;
+            let os = info.os_type.unwrap_or_else(|| "linux".into());
+            let machine = info.architecture.unwrap_or_default();
+            let platform = Platform::from_host(&os, &machine)
+                .map_err(|e| format!("the engine reports architecture {machine:?}: {e}"))?;
+            Ok(EngineInfo { platform, version: version.version.unwrap_or_else(|| "unknown".into()) })
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.ping_and_build())
+    }
+
+    fn build<'a>(&'a self, spec: BuildSpec<'a>, log: LineSink<'a>) -> BoxFuture<'a, Result<(), BuildError>> {
+        Box::pin(self.build_with_buildkit(spec, log))
+    }
+
+    fn run_test<'a>(
+        &'a self,
+        image: &'a str,
+        argv: &'a [String],
+        log: LineSink<'a>,
+    ) -> BoxFuture<'a, Result<TestRun, String>> {
+        Box::pin(self.run_container(image, argv, log))
+    }
+
+    fn image_id<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Option<Digest>> {
+        Box::pin(async move { self.docker.inspect_image(tag).await.ok()?.id?.parse().ok() })
+    }
+
+    /// `RootFS.Layers` of the image.
+    fn diff_ids<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Option<Vec<Digest>>> {
+        Box::pin(async move {
+            let layers = self.docker.inspect_image(tag).await.ok()?.root_fs?.layers?;
+            layers.iter().map(|l| l.parse().ok()).collect()
+        })
+    }
+
+    /// `docker save` of `tag`.
+    fn export(&self, tag: &str) -> ImageExport {
+        use futures_util::TryStreamExt as _;
+        let what = tag.to_owned();
+        let stream = self
+            .docker
+            .export_image(tag)
+            .map_err(move |e| std::io::Error::other(format!("exporting {what} from the engine: {e}")));
+        Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
+    }
+
+    fn untag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let options = RemoveImageOptions { force: true, noprune: false, ..Default::default() };
+            let _ = self.docker.remove_image(tag, Some(options), None).await;
+        })
+    }
+
+    fn build_cache(&self) -> BoxFuture<'_, Result<DiskUsage, String>> {
+        Box::pin(self.raw.build_cache())
+    }
+
+    fn prune(&self, all: bool, keep: Option<u64>) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(self.raw.prune(all, keep))
+    }
+}
+
+/// The image the health probe builds, again and again.
+const PROBE_TAG: &str = "archfarm-probe:latest";
+
+/// What the engine said, without bollard's wrapping.
+fn stream_error(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    }
+}
