@@ -125,6 +125,13 @@ CREATE TABLE IF NOT EXISTS tags (
     digest      TEXT NOT NULL,
     written_ms  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tag_intents (
+    tag         TEXT PRIMARY KEY,
+    build       TEXT NOT NULL,
+    build_created_ms INTEGER NOT NULL,
+    digest      TEXT NOT NULL,
+    started_ms  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     name        TEXT PRIMARY KEY,
     quarantined INTEGER NOT NULL DEFAULT 0,

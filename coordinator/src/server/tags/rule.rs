@@ -23,6 +23,16 @@ pub struct TagRecord {
     pub digest: Digest,
 }
 
+/// The write the coordinator knows of last: the recorded one, unless the registry serves the
+/// index of a write that was begun (`intent`) and not recorded, because the coordinator died
+/// between the push and the record. Then that write happened, and it is the last one.
+pub fn settle(record: Option<TagRecord>, intent: Option<TagRecord>, now: Option<&Digest>) -> Option<TagRecord> {
+    match intent {
+        Some(intent) if Some(&intent.digest) == now => Some(intent),
+        _ => record,
+    }
+}
+
 /// The build asking to move a tag.
 #[derive(Debug, Clone, Copy)]
 pub struct Mover<'a> {
@@ -72,6 +82,19 @@ mod tests {
 
     fn record(build: &BuildId, created_ms: u64, digest: &Digest) -> TagRecord {
         TagRecord { build: build.clone(), build_created_ms: created_ms, digest: digest.clone() }
+    }
+
+    #[test]
+    fn an_intent_the_registry_serves_is_the_last_write_and_one_it_does_not_is_not() {
+        let (old, new) = (BuildId::random(), BuildId::random());
+        let (d_old, d_new) = (Digest::of(b"old"), Digest::of(b"new"));
+        let (recorded, intent) = (record(&old, 1, &d_old), record(&new, 2, &d_new));
+        assert_eq!(settle(Some(recorded.clone()), Some(intent.clone()), Some(&d_new)), Some(intent.clone()));
+        assert_eq!(settle(None, Some(intent.clone()), Some(&d_new)), Some(intent.clone()), "a first write");
+        // The push never happened (or another writer came after it): the record stands.
+        assert_eq!(settle(Some(recorded.clone()), Some(intent.clone()), Some(&d_old)), Some(recorded.clone()));
+        assert_eq!(settle(Some(recorded.clone()), Some(intent), Some(&Digest::of(b"x"))), Some(recorded.clone()));
+        assert_eq!(settle(Some(recorded.clone()), None, Some(&d_new)), Some(recorded));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::rule::{self, Mover};
 use crate::server::metrics::Metrics;
 use crate::server::ports::ImageStore;
 use crate::server::store::Store;
-use archfarm_shared::oci::{Attestation, Child};
+use archfarm_shared::oci::{self, Attestation, Child};
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::Digest;
 use tracing::{info, warn};
@@ -48,21 +48,37 @@ pub async fn publish(
     mover: Mover<'_>,
 ) -> Result<Publication, String> {
     let _held = w.locks.lock(tags.iter().map(|t| t.whole())).await;
+    // The index's bytes, and so its digest, follow from its children: it is known before it is
+    // pushed, and recorded as the write's intent.
+    let planned = Digest::of(&oci::index_json_with(children, attestations).map_err(|e| e.to_string())?);
     let (mut written, mut kept, mut index) = (Vec::new(), Vec::new(), None);
     for tag in tags {
         let whole = tag.whole();
-        let record = w.store.tag(&whole).await.map_err(|e| e.to_string())?;
+        let recorded = w.store.tag(&whole).await.map_err(|e| e.to_string())?;
+        let intent = w.store.tag_intent(&whole).await.map_err(|e| e.to_string())?;
         // Where the registry has it now matters only against a record: a tag no build wrote
         // may move anyway, and asking costs the registry a request per tag.
-        let now = match &record {
-            Some(_) => w.metrics.registry_call("tag-lookup", w.registry.tag_target(tag)).await?,
-            None => None,
+        let now = match (&recorded, &intent) {
+            (None, None) => None,
+            _ => w.metrics.registry_call("tag-lookup", w.registry.tag_target(tag)).await?,
         };
+        let record = rule::settle(recorded.clone(), intent, now.as_ref());
+        if let Some(done) = record.as_ref().filter(|r| Some(*r) != recorded.as_ref()) {
+            info!(tag = %whole, index = %done.digest, build = %done.build, "a write cut off by a restart had reached the registry");
+            w.store
+                .tag_written(&whole, &done.build, done.build_created_ms, &done.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if let Err(why) = rule::may_move(&whole, record.as_ref(), now.as_ref(), mover) {
             warn!("{why}");
             kept.push(why);
             continue;
         }
+        w.store
+            .tag_intended(&whole, mover.build, mover.created_ms, &planned)
+            .await
+            .map_err(|e| format!("the coordinator cannot record that it writes {whole}, so it does not: {e}"))?;
         let publishing = w.registry.publish_index(std::slice::from_ref(tag), children, attestations);
         let digest =
             w.metrics.registry_call("publish-index", publishing).await.map_err(|e| match written.is_empty() {
