@@ -59,6 +59,10 @@ fn a_build_token_builds_in_its_scope_sees_its_own_builds_and_is_refused_every_ad
         &["agents", "token", "create"],
         &["agents", "revoke", "amd64-1"],
         &["agents", "prune", "amd64-1", "--force"],
+        // Each makes agents walk their disks: not for every token holder to cause at will.
+        &["agents", "du"],
+        &["agents", "du", "amd64-1"],
+        &["agents", "inspect", "amd64-1"],
         &["agents", "drain", "amd64-1"],
         &["agents", "undrain", "amd64-1"],
         &["agents", "unquarantine", "amd64-1"],

@@ -83,6 +83,9 @@ fn admin_only(req: &ClientRequest) -> Option<&'static str> {
         ClientRequest::CreateClientToken { .. } => "creating a client token",
         ClientRequest::RevokeClientToken { .. } => "revoking a client token",
         ClientRequest::PruneAgents { .. } => "pruning agents' caches",
+        // Each makes every agent it names walk its disk.
+        ClientRequest::AgentDiskUsage { .. } => "asking agents for their disk usage",
+        ClientRequest::InspectAgent { .. } => "inspecting an agent's host",
         ClientRequest::PruneBuilds => "pruning build history and contexts",
         ClientRequest::ChangeAgent { change: AgentChange::Drain, .. } => "draining an agent",
         ClientRequest::ChangeAgent { change: AgentChange::Undrain, .. } => "undraining an agent",
