@@ -18,6 +18,7 @@ pub mod archive;
 pub mod handed;
 pub mod load;
 pub mod local;
+pub mod unpack;
 
 use crate::output::{Dest, Output};
 use crate::Connection;
