@@ -80,6 +80,12 @@ fn ca(shared: &Shared) -> Result<&CertifiedKey, String> {
 async fn join(shared: &Shared, token: &str, name: &AgentName, csr_pem: &str) -> Result<String, String> {
     let ca = ca(shared)?;
     let store_error = |e: StoreError| e.to_string();
+    // Nothing about the farm (which names are held, by which serial) is said to a peer
+    // without a token that could enroll it.
+    let hash = pki::token_hash(token);
+    if let Err(why) = shared.store.join_token_usable(&hash, name.as_str()).await.map_err(store_error)? {
+        return Err(format!("{why}; create a new one with `archfarm agents token create` on a client"));
+    }
     if shared.store.agent_revoked(name).await.map_err(store_error)? {
         return Err(format!("agent name {name} was revoked for good; enroll under another name"));
     }
@@ -93,7 +99,7 @@ async fn join(shared: &Shared, token: &str, name: &AgentName, csr_pem: &str) -> 
     let cert_pem = pki::sign_agent_request(ca, csr_pem, name.as_str())
         .map_err(|e| format!("the certificate request cannot be signed: {e}"))?;
     let info = pki::certificate_info_pem(&cert_pem)?;
-    match shared.store.enroll(&pki::token_hash(token), &info).await.map_err(store_error)? {
+    match shared.store.enroll(&hash, &info).await.map_err(store_error)? {
         Ok(()) => Ok(cert_pem),
         Err(why) if why.contains("join token") => {
             Err(format!("{why}; create a new one with `archfarm agents token create` on a client"))

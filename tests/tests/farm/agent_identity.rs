@@ -50,15 +50,23 @@ fn serial_of(farm: &Farm, name: &str) -> String {
 }
 
 #[test]
-fn an_impostor_cannot_enroll_under_a_connected_name_and_revoking_one_certificate_spares_the_others() {
+fn an_impostor_learns_nothing_without_a_join_token_cannot_enroll_under_a_connected_name_and_revoking_one_certificate_spares_the_others(
+) {
     let mut farm = Farm::start(&[AgentSpec::amd64()]);
     let real_serial = serial_of(&farm, "amd64-1");
     let join = token(&farm, &["agents", "token", "create"]);
 
-    // The impostor asks for amd64-1 with a valid join token: refused, no certificate written.
     let dir = farm.dir.path().join("impostor");
     let cert = dir.join("agent.pem");
     let config = agent_config(&farm, &dir, "amd64-1", &cert, &dir.join("agent.key"));
+    // Without a token that could enroll it, a peer learns nothing of the farm: not that the name
+    // is held, nor by which serial.
+    let made_up = "0".repeat(64);
+    let out = run_bounded(agent_command(&config, &["--join-token", &made_up]), Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("unknown join token"), "{}", text(&out));
+    assert!(!text(&out).contains("already held") && !text(&out).contains(&real_serial), "{}", text(&out));
+    // The impostor asks for amd64-1 with a valid join token: refused, no certificate written.
     let out = run_bounded(agent_command(&config, &["--join-token", &join]), Duration::from_secs(60));
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("already held by a live certificate"), "{}", text(&out));

@@ -121,23 +121,9 @@ impl Store {
         let (hash, cert) = (hash.to_owned(), cert.clone());
         self.writer
             .write(move |c| {
-                let row: Option<(i64, Option<i64>, Option<String>, String)> = c
-                    .query_row(
-                        "SELECT expires_ms, used_ms, name, platforms FROM join_tokens WHERE hash = ?1",
-                        params![hash],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
-                let platforms = match row {
-                    None => return Ok(Err("unknown join token".to_owned())),
-                    Some((_, Some(_), _, _)) => return Ok(Err("this join token was already used".to_owned())),
-                    Some((expires, None, _, _)) if expires as u64 <= now_ms() => {
-                        return Ok(Err("this join token has expired".to_owned()))
-                    }
-                    Some((_, None, Some(bound), _)) if bound != cert.name => {
-                        return Ok(Err(format!("this join token is for agent {bound:?} only")))
-                    }
-                    Some((_, None, _, platforms)) => platforms,
+                let platforms = match usable_token(c, &hash, &cert.name)? {
+                    Ok(platforms) => platforms,
+                    Err(why) => return Ok(Err(why)),
                 };
                 if let Some(serial) = live_serial(c, &cert.name, "")? {
                     return Ok(Err(format!(
@@ -154,6 +140,14 @@ impl Store {
                 Ok(Ok(()))
             })
             .await
+    }
+
+    /// Whether join token `hash` could enroll agent `name` now (known, unused, unexpired, and
+    /// bound to that name if bound at all), without spending it: what is checked before an
+    /// enrolling peer learns anything else.
+    pub async fn join_token_usable(&self, hash: &str, name: &str) -> Result<std::result::Result<(), String>> {
+        let (hash, name) = (hash.to_owned(), name.to_owned());
+        self.read(move |c| Ok(usable_token(c, &hash, &name)?.map(|_| ()))).await
     }
 
     /// Records `new`, renewing `old`: same name and platforms. `old` must still be live; a
@@ -245,6 +239,22 @@ impl Store {
             })
             .await
     }
+}
+
+/// Checks join token `hash` for agent `name`; `Ok(Ok(platforms))` with the platforms it allows.
+fn usable_token(c: &Connection, hash: &str, name: &str) -> rusqlite::Result<std::result::Result<String, String>> {
+    let row: Option<(i64, Option<i64>, Option<String>, String)> = c
+        .query_row("SELECT expires_ms, used_ms, name, platforms FROM join_tokens WHERE hash = ?1", params![hash], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    Ok(match row {
+        None => Err("unknown join token".to_owned()),
+        Some((_, Some(_), _, _)) => Err("this join token was already used".to_owned()),
+        Some((expires, None, _, _)) if expires as u64 <= now_ms() => Err("this join token has expired".to_owned()),
+        Some((_, None, Some(bound), _)) if bound != name => Err(format!("this join token is for agent {bound:?} only")),
+        Some((_, None, _, platforms)) => Ok(platforms),
+    })
 }
 
 #[cfg(test)]
