@@ -52,8 +52,16 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
     if hello.write_last(&welcome).await.is_err() {
         return;
     }
+    let session = shared.sessions.begin(&who.name);
     loop {
-        match QuicStream::accept(&conn, max).await {
+        let accepted = tokio::select! {
+            accepted = QuicStream::accept(&conn, max) => accepted,
+            () = session.revoked.cancelled() => {
+                info!(%remote, token = %who.name, "client token revoked: closing its session");
+                return conn.close(close::REFUSED.into(), b"the client token was revoked");
+            }
+        };
+        match accepted {
             Ok(stream) => {
                 tokio::spawn(request(shared.clone(), who.clone(), conn.clone(), stream));
             }

@@ -11,6 +11,7 @@
 //! - concepts, each owning its state: [`farm`] (connected agents and waiting jobs), [`live`]
 //!   (running builds), [`contexts`] (build contexts: upload, chunks, the agent's fetch),
 //!   [`handover`] (images agents hand to the coordinator), [`tags`] (writing tags).
+//! - [`sessions`]: the client sessions open now, by token, so a revoked token's end at once.
 //! - [`state`]: where the concepts' state meets; [`gc`]: garbage collection and free space.
 //! - [`build`]: one build's life, from request to published index.
 //! - connections: [`wire`] (a protocol error closes one connection), [`admission`] (limits
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod ports;
 pub mod registry_images;
 pub mod scheduler;
+pub mod sessions;
 pub mod settings;
 pub mod state;
 pub mod status;

@@ -8,6 +8,7 @@ use super::live::LiveBuilds;
 use super::metrics::Metrics;
 use super::ports::ImageStore;
 use super::registry_images::RegistryImages;
+use super::sessions::Sessions;
 use super::settings::{Retention, Settings};
 use super::store::Store;
 use super::tags::locks::TagLocks;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub registry: Arc<dyn ImageStore>,
     /// What Prometheus scrapes.
     pub metrics: Metrics,
+    /// Client sessions open now, by token ([`super::sessions`]).
+    pub sessions: Sessions,
     /// Settings.
     pub settings: Settings,
 }
@@ -70,6 +73,7 @@ impl Shared {
             tag_locks: TagLocks::default(),
             registry: Arc::new(RegistryImages { registries }),
             metrics: Metrics::new(),
+            sessions: Sessions::default(),
             settings: Settings {
                 max_frame: config.max_frame_bytes,
                 heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),

@@ -101,3 +101,34 @@ fn a_token_file_line_from_before_roles_is_an_admin_with_a_warning() {
     assert!(out.status.success(), "{}", text(&out));
     farm.proc("coordinator").wait_for_log("without role= is read as an admin", Duration::from_secs(10));
 }
+
+#[test]
+fn revoking_a_client_token_closes_the_connections_it_holds_open() {
+    let mut farm = Farm::start(&[]);
+    let ci = token(&farm, &["tokens", "create", "ci", "--role", "build"]);
+    let remote = archfarm_client::Remote {
+        coordinator: farm.coordinator.clone(),
+        token: ci,
+        ca: farm.dir.path().join("ca/ca.pem"),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let conn = runtime.block_on(archfarm_client::Connection::open(&remote)).unwrap();
+    let ls = archfarm_shared::protocol::ClientRequest::ListBuilds { limit: 10 };
+    assert!(runtime.block_on(conn.call(&ls)).is_ok(), "the connection works before");
+
+    let out = farm.archfarm(&["tokens", "revoke", "ci"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The connection opened before the revocation no longer serves the token.
+    let after = runtime.block_on(async {
+        for _ in 0..50 {
+            if let Err(e) = conn.call(&ls).await {
+                return Some(format!("{e:#}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    let why = after.expect("the revoked token's connection is closed within 5 s");
+    assert!(why.contains("the client token was revoked"), "{why}");
+    farm.proc("coordinator").wait_for_log("client token revoked: closing its session", Duration::from_secs(10));
+}

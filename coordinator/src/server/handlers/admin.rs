@@ -142,7 +142,8 @@ pub async fn create_client_token(shared: &Shared, name: &str, role: Role, scopes
 pub async fn revoke_client_token(shared: &Shared, name: &str) -> Reply {
     match shared.store.revoke_client_token(name).await {
         Ok(true) => {
-            info!(name = %name, "client token revoked");
+            shared.sessions.revoke(name);
+            info!(name = %name, "client token revoked; its open sessions closed");
             Reply::one(ClientResponse::Done { message: format!("client token {name} revoked") })
         }
         Ok(false) => Reply::error(format!("no live client token named {name:?}")),
