@@ -14,7 +14,6 @@ use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::retry::{retry, Policy};
 use archfarm_shared::{platform, AgentName, Platform};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::info;
 
 /// What a job needs from the agent.
@@ -47,7 +46,7 @@ pub trait Runner: Send + Sync + std::fmt::Debug + 'static {
         &self,
         link: &dyn CoordinatorLink,
         spec: JobSpec,
-        log: mpsc::UnboundedSender<String>,
+        log: crate::job_log::JobLog,
     ) -> impl std::future::Future<Output = JobOutcome> + Send;
 
     /// Answers a housekeeping request about this host's caches.
@@ -65,7 +64,7 @@ impl Runner for Executor {
         &self,
         link: &dyn CoordinatorLink,
         spec: JobSpec,
-        log: mpsc::UnboundedSender<String>,
+        log: crate::job_log::JobLog,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {
         self.execute(link, spec, log)
     }
@@ -84,12 +83,7 @@ fn failure(kind: FailureKind, message: impl Into<String>, log_tail: Vec<String>)
 
 impl Executor {
     /// Runs `spec`, sending build output lines to `log`.
-    pub async fn execute(
-        &self,
-        link: &dyn CoordinatorLink,
-        spec: JobSpec,
-        log: mpsc::UnboundedSender<String>,
-    ) -> JobOutcome {
+    pub async fn execute(&self, link: &dyn CoordinatorLink, spec: JobSpec, log: crate::job_log::JobLog) -> JobOutcome {
         if !self.capabilities.builds(&self.platforms, &spec.platform) {
             return failure(
                 FailureKind::PlatformNotDeclared,
@@ -127,7 +121,7 @@ impl Executor {
             session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
         };
         let mut sink = |line: String| {
-            let _ = log.send(line);
+            log.send(line);
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.engine.build(build, &mut sink).await {
@@ -145,7 +139,7 @@ impl Executor {
         let bases = JobBases::new(&context, &spec);
         let resolved =
             if spec.repository.is_empty() || !spec.provenance { vec![] } else { bases.resolve(&self.registries).await };
-        let _ = log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
+        log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
         let push = self.export_and_push(link, &tag, &spec, &bases);
         let outcome = with_progress(push, &log, "pushing").await;
         self.engine.untag(&tag).await;
@@ -155,7 +149,7 @@ impl Executor {
                 let (build_ms, push_ms) = (built.as_millis(), (started.elapsed() - built).as_millis());
                 let fetch_ms = (started - fetching).as_millis();
                 info!(job = %spec.job, digest = %image.digest, fetch_ms, build_ms, push_ms, "pushed by digest");
-                let _ = log.send(format!("pushed {}@{}", spec.repository, image.digest));
+                log.send(format!("pushed {}@{}", spec.repository, image.digest));
                 JobOutcome::Pushed(image)
             }
             Err((kind, e)) => failure(kind, e, vec![]),
@@ -262,11 +256,7 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Runs `work`, saying in the job's log every [`PROGRESS_EVERY`] that it is still at it: a
 /// long fetch, export or upload is quiet otherwise, and must not look like a hung build to
 /// the coordinator's idle limit.
-async fn with_progress<T>(
-    work: impl std::future::Future<Output = T>,
-    log: &mpsc::UnboundedSender<String>,
-    what: &str,
-) -> T {
+async fn with_progress<T>(work: impl std::future::Future<Output = T>, log: &crate::job_log::JobLog, what: &str) -> T {
     tokio::pin!(work);
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -274,7 +264,7 @@ async fn with_progress<T>(
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick() => {
-                let _ = log.send(format!("{what}: still at it after {} s", started.elapsed().as_secs()));
+                log.send(format!("{what}: still at it after {} s", started.elapsed().as_secs()));
             }
         }
     }
@@ -287,7 +277,7 @@ mod tests {
     use archfarm_shared::Digest;
 
     async fn run(executor: &Executor, link: &FakeLink, spec: JobSpec) -> JobOutcome {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = crate::job_log::channel();
         executor.execute(link, spec, tx).await
     }
 
@@ -349,7 +339,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_quiet_step_says_it_is_still_at_work() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = crate::job_log::channel();
         let out = with_progress(tokio::time::sleep(std::time::Duration::from_secs(95)), &tx, "pushing").await;
         assert_eq!(out, ());
         let lines: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).collect();

@@ -16,6 +16,7 @@
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`housekeeping`]: the host's build and context caches, read and freed.
+//! - [`job_log`]: a job's output on its way to the coordinator: bounded, lines cut, drops counted.
 //! - [`fault`]: whose fault a failure is (full disk, no memory, a registry), from what was said.
 //! - `fakes` (tests only): an engine and a coordinator link that stand in for the real ones.
 
@@ -31,6 +32,7 @@ pub mod handover;
 pub mod health;
 pub mod host;
 pub mod housekeeping;
+pub mod job_log;
 pub mod link;
 pub mod native_test;
 pub mod push;

@@ -6,7 +6,6 @@ use crate::engine::BuildSpec;
 use crate::executor::Executor;
 use archfarm_shared::protocol::{FailureKind, JobFailure, JobSpec};
 use std::path::Path;
-use tokio::sync::mpsc;
 
 fn failed(message: String, log_tail: Vec<String>) -> JobFailure {
     JobFailure { kind: FailureKind::TestFailed, message, log_tail }
@@ -19,14 +18,14 @@ impl Executor {
         spec: &JobSpec,
         context: &Path,
         tag: &str,
-        log: &mpsc::UnboundedSender<String>,
+        log: &crate::job_log::JobLog,
     ) -> Result<(), JobFailure> {
         let mut sink = |line: String| {
-            let _ = log.send(line);
+            log.send(line);
         };
         let (platform, agent) = (&spec.platform, &self.name);
         if let Some(stage) = &spec.test_target {
-            let _ = log.send(format!("testing {platform}: building stage {stage}"));
+            log.send(format!("testing {platform}: building stage {stage}"));
             let test_tag = format!("archfarm/{}:test", spec.job);
             let build = BuildSpec {
                 context,
@@ -48,11 +47,11 @@ impl Executor {
                 let message = format!("the test stage {stage} failed on {platform} (agent {agent}): {}", e.message);
                 return Err(failed(message, e.tail));
             }
-            let _ = log.send(format!("test stage {stage} passed on {platform}"));
+            log.send(format!("test stage {stage} passed on {platform}"));
         }
         for argv in &spec.tests {
             let shown = archfarm_shared::request::test_line(argv);
-            let _ = log.send(format!("testing {platform}: {shown}"));
+            log.send(format!("testing {platform}: {shown}"));
             let run = self.engine.run_test(tag, argv, &mut sink).await.map_err(|e| JobFailure {
                 kind: FailureKind::Engine,
                 message: format!("agent {agent} could not run the test `{shown}`: {e}"),
@@ -62,7 +61,7 @@ impl Executor {
                 let message = format!("test `{shown}` exited with {} on {platform} (agent {agent})", run.exit_code);
                 return Err(failed(message, run.tail));
             }
-            let _ = log.send(format!("test `{shown}` passed on {platform}"));
+            log.send(format!("test `{shown}` passed on {platform}"));
         }
         Ok(())
     }

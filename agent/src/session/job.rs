@@ -59,7 +59,7 @@ impl<R: Runner> Agent<R> {
             }
             info!("job started");
             self.running.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (tx, mut rx) = crate::job_log::channel();
             let (mut send, mut recv) = stream.split();
             let link = QuicLink::new(conn, self.max_frame);
             // Boxed so that dropping it (below) really stops the build in the engine.
@@ -119,7 +119,7 @@ fn failed(kind: FailureKind, message: String) -> JobOutcome {
 /// Sends the job's log lines still queued, then its result, and finishes the stream.
 async fn report(
     send: &mut MessageSender<quinn::SendStream>,
-    rx: &mut mpsc::UnboundedReceiver<String>,
+    rx: &mut mpsc::Receiver<String>,
     mut stream_ok: bool,
     outcome: JobOutcome,
 ) {

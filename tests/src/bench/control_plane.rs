@@ -27,7 +27,6 @@ use archfarm_shared::{tls, Digest};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Benchmark-only job runner: completes every job at once with the same pushed image, and
@@ -43,7 +42,7 @@ impl Runner for InstantExecutor {
         &self,
         _link: &dyn CoordinatorLink,
         spec: JobSpec,
-        _log: mpsc::UnboundedSender<String>,
+        _log: archfarm_agent::job_log::JobLog,
     ) -> impl std::future::Future<Output = JobOutcome> + Send {
         let now = Instant::now();
         if let Some(seq) = spec.labels.iter().find(|(k, _)| k == "bench.seq").and_then(|(_, v)| v.parse().ok()) {

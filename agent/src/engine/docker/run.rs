@@ -11,6 +11,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 
+/// Characters kept of each line of the tail.
+const TAIL_LINE: usize = 512;
 /// Lines of a test's output kept for its failure.
 const TAIL: usize = 20;
 
@@ -67,7 +69,8 @@ impl DockerEngine {
                 if tail.len() == TAIL {
                     tail.pop_front();
                 }
-                tail.push_back(line.to_owned());
+                // A line of a chunk is bounded by the engine's frame; the tail keeps less of it.
+                tail.push_back(line.chars().take(TAIL_LINE).collect());
                 log(line.to_owned());
             }
         }
