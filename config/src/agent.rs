@@ -132,6 +132,10 @@ impl Validate for AgentConfig {
         if self.capacity == 0 {
             return Err(("capacity", "must be at least 1".into()));
         }
+        // The coordinator refuses a registration of more (`agent_link::limits::MAX_CAPACITY`).
+        if self.capacity > 256 {
+            return Err(("capacity", "must be at most 256".into()));
+        }
         if !(1024..=archfarm_shared::codec::MAX_FRAME_LIMIT).contains(&self.max_frame_bytes) {
             return Err(("max_frame_bytes", "must be between 1024 and 16777216".into()));
         }

@@ -44,8 +44,28 @@ impl Job {
 }
 
 impl ScriptedAgent {
+    /// The registration a scripted agent of `platforms` sends.
+    pub fn registration(platforms: &[&str]) -> Registration {
+        Registration {
+            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
+            capacity: 1,
+            engine_version: "scripted".into(),
+            agent_version: "test".into(),
+            capabilities: Default::default(),
+        }
+    }
+
     /// Issues a certificate for `name` from the farm CA and registers with `platforms`.
     pub async fn join(farm: &Farm, name: &str, platforms: &[&str]) -> ScriptedAgent {
+        match Self::register(farm, name, Self::registration(platforms)).await {
+            Ok(agent) => agent,
+            Err(why) => panic!("scripted agent {name} not registered: {why}"),
+        }
+    }
+
+    /// Issues a certificate for `name` from the farm CA and sends `registration`; `Err` with
+    /// the coordinator's refusal (or the reason it closed the connection).
+    pub async fn register(farm: &Farm, name: &str, registration: Registration) -> Result<ScriptedAgent, String> {
         tls::install_crypto_provider();
         let ca_dir = farm.dir.path().join("ca");
         run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", name, "--dir"]).arg(&ca_dir));
@@ -56,17 +76,21 @@ impl ScriptedAgent {
         endpoint.set_default_client_config(config);
         let conn = endpoint.connect(farm.coordinator.parse().unwrap(), "localhost").unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let registration = Registration {
-            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
-            capacity: 1,
-            engine_version: "scripted".into(),
-            agent_version: "test".into(),
-            capabilities: Default::default(),
+        let closed = |conn: &quinn::Connection, e: &dyn std::fmt::Display| match conn.close_reason() {
+            Some(reason) => tls::explain(&reason),
+            None => e.to_string(),
         };
-        codec::write_msg(&mut send, &AgentMessage::Register(registration), DEFAULT_MAX_FRAME).await.unwrap();
-        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap() {
-            CoordinatorMessage::Registered { .. } => {}
-            other => panic!("scripted agent {name} not registered: {other:?}"),
+        if let Err(e) = codec::write_msg(&mut send, &AgentMessage::Register(registration), DEFAULT_MAX_FRAME).await {
+            return Err(closed(&conn, &e));
+        }
+        match codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await {
+            Ok(CoordinatorMessage::Registered { .. }) => {}
+            Ok(other) => return Err(format!("{other:?}")),
+            Err(e) => {
+                // The refusal closes the connection; its reason arrives with the close.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                return Err(closed(&conn, &e));
+            }
         }
         let heartbeat = tokio::spawn(async move {
             let reader = tokio::spawn(async move {
@@ -83,7 +107,7 @@ impl ScriptedAgent {
             }
             reader.abort();
         });
-        ScriptedAgent { _endpoint: endpoint, conn, heartbeat }
+        Ok(ScriptedAgent { _endpoint: endpoint, conn, heartbeat })
     }
 
     /// Asks for a build context as an agent does before a build: the coordinator's answer.

@@ -16,10 +16,11 @@ pub enum Format {
 
 /// Lists agents.
 pub async fn ls(remote: &Remote, format: Format) -> anyhow::Result<()> {
-    let agents = match Connection::call_once(remote, &ClientRequest::ListAgents).await? {
-        ClientResponse::Agents(a) => a,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let agents = Connection::listing(remote, &ClientRequest::ListAgents, |r| match r {
+        ClientResponse::Agents(page) => Some(page),
+        _ => None,
+    })
+    .await?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json(&agents))?),
         Format::Table => print!("{}", table(&agents)),

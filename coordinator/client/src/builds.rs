@@ -86,19 +86,11 @@ pub fn detail(d: &BuildDetail) -> String {
 
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
-    let conn = Connection::open(remote).await?;
-    let mut stream = conn.request(&ClientRequest::ListBuilds { limit }).await?;
-    stream.finish().await;
-    // The coordinator sends the listing in pages, each under the frame limit.
-    let mut builds = Vec::new();
-    while let Some(response) = conn.next(&mut stream).await? {
-        match response {
-            ClientResponse::Builds(page) => builds.extend(page),
-            ClientResponse::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer to builds ls: {other:?}"),
-        }
-    }
-    conn.close().await;
+    let builds = Connection::listing(remote, &ClientRequest::ListBuilds { limit }, |r| match r {
+        ClientResponse::Builds(page) => Some(page),
+        _ => None,
+    })
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&builds.iter().map(summary_json).collect::<Vec<_>>())?);
     } else {

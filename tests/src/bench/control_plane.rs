@@ -250,10 +250,12 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         let admin = Connection::open(&remote).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let listed = match admin.call(&ClientRequest::ListAgents).await? {
-                ClientResponse::Agents(a) => a.len(),
-                other => anyhow::bail!("unexpected answer: {other:?}"),
+            // The listing comes in pages under the frame limit.
+            let page = |r| match r {
+                ClientResponse::Agents(a) => Some(a),
+                _ => None,
             };
+            let listed = Connection::listing(&remote, &ClientRequest::ListAgents, page).await?.len();
             if listed == agents as usize {
                 break;
             }

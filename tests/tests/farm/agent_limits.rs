@@ -79,3 +79,34 @@ async fn a_log_flood_is_cut_and_rate_limited_and_an_agent_fetches_only_its_own_j
     assert!(stored.len() < 64 * 1024, "the stored record is {} bytes", stored.len());
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_registration_is_refused_and_agents_ls_pages_a_fleet_larger_than_a_frame() {
+    // A small frame, so that a dozen agents outgrow one `agents ls` answer.
+    let farm = tokio::task::block_in_place(|| Farm::builder().coordinator_toml("max_frame_bytes = 4096\n").start());
+    let mut huge = ScriptedAgent::registration(&["linux/amd64"]);
+    huge.engine_version = "x".repeat(3000);
+    let why = ScriptedAgent::register(&farm, "huge-1", huge).await.expect_err("a 3000-byte engine version");
+    assert!(why.contains("engine_version is 3000 bytes") && why.contains("at most 128"), "{why}");
+    let many: Vec<String> = (0..40).map(|v| format!("linux/arm/v{v}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let why =
+        ScriptedAgent::register(&farm, "many-1", ScriptedAgent::registration(&many)).await.expect_err("40 platforms");
+    assert!(why.contains("declares 40 platforms; at most 16"), "{why}");
+    let mut greedy = ScriptedAgent::registration(&["linux/amd64"]);
+    greedy.capacity = 1_000_000;
+    let why = ScriptedAgent::register(&farm, "greedy-1", greedy).await.expect_err("a capacity of a million");
+    assert!(why.contains("capacity of 1000000; at most 256"), "{why}");
+
+    let mut agents = Vec::new();
+    for n in 0..16 {
+        let platforms = ["linux/amd64", "linux/386", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/ppc64le"];
+        agents.push(ScriptedAgent::join(&farm, &format!("fleet-{n:02}"), &platforms).await);
+    }
+    let out = tokio::task::block_in_place(|| farm.archfarm(&["agents", "ls", "--format", "json"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 16, "every agent, over several pages");
+    assert!(listed.iter().all(|a| !a["name"].as_str().unwrap_or_default().starts_with("huge")));
+    drop(agents);
+}

@@ -38,6 +38,42 @@ pub fn cut(mut text: String, max: usize) -> String {
     text
 }
 
+/// Platforms one agent may declare.
+pub const MAX_PLATFORMS: usize = 16;
+/// Jobs one agent may run at once.
+pub const MAX_CAPACITY: u32 = 256;
+/// Longest engine or agent version an agent may report.
+pub const MAX_VERSION: usize = 128;
+/// Longest health problem kept of what an agent reports.
+pub const MAX_HEALTH: usize = 512;
+
+/// Whether a registration stays within what every agent's entry in the fleet view may hold:
+/// one agent's oversized registration must not break `agents ls` for everyone. `Err` says
+/// which field, and what to fix.
+pub fn check_registration(r: &archfarm_shared::protocol::Registration) -> Result<(), String> {
+    if r.platforms.is_empty() || r.capacity == 0 {
+        return Err("registration must declare at least one platform and a capacity of at least 1".into());
+    }
+    if r.platforms.len() > MAX_PLATFORMS {
+        return Err(format!("registration declares {} platforms; at most {MAX_PLATFORMS}", r.platforms.len()));
+    }
+    if r.capacity > MAX_CAPACITY {
+        return Err(format!(
+            "registration declares a capacity of {}; at most {MAX_CAPACITY} (`capacity` in the agent's config)",
+            r.capacity
+        ));
+    }
+    for (field, value) in [("engine_version", &r.engine_version), ("agent_version", &r.agent_version)] {
+        if value.len() > MAX_VERSION || value.chars().any(char::is_control) {
+            return Err(format!(
+                "registration's {field} is {} bytes or holds control characters; at most {MAX_VERSION} printable",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A failure as the agent reported it, cut to size.
 pub fn bounded(failure: JobFailure) -> JobFailure {
     let skip = failure.log_tail.len().saturating_sub(MAX_TAIL_LINES);

@@ -107,8 +107,8 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         Ok(Err(e)) => return drop(on_codec_error(&conn, &e, "control stream")),
         Err(_) => return refuse(&conn, "no registration within 10 s"),
     };
-    if registration.platforms.is_empty() || registration.capacity == 0 {
-        return refuse(&conn, "registration must declare at least one platform and a capacity of at least 1");
+    if let Err(why) = limits::check_registration(&registration) {
+        return refuse(&conn, &format!("agent {name}: {why}"));
     }
     if let Err(e) = archfarm_shared::capabilities::check_capabilities(&registration.capabilities) {
         return refuse(&conn, &format!("agent {name} registered bad capabilities: {e}; fix `labels` in its config"));
@@ -199,6 +199,7 @@ async fn serve_registered(
                 shared.farm.set_standing(name, Standing::Draining);
             }
             Ok(Ok(Some(AgentMessage::Health { problem }))) => {
+                let problem = problem.map(|p| limits::cut(p, limits::MAX_HEALTH));
                 match &problem {
                     Some(why) => warn!("agent's engine is unhealthy: {why}; no jobs until it recovers"),
                     None => info!("agent's engine is healthy again"),

@@ -5,7 +5,7 @@ use crate::server::access::Principal;
 use crate::server::build;
 use crate::server::state::Shared;
 use archfarm_shared::protocol::{BuildDetail, BuildEvent, BuildRequest, BuildState, BuildSummary, ClientResponse};
-use archfarm_shared::{codec, platform, BuildId, Platform};
+use archfarm_shared::{platform, BuildId, Platform};
 use std::sync::Arc;
 use tracing::info;
 
@@ -22,25 +22,9 @@ pub async fn submit(shared: &Arc<Shared>, who: &Principal, req: BuildRequest) ->
 pub async fn list(shared: &Shared, who: &Principal, limit: u32) -> Reply {
     let owner = (!who.is_admin()).then_some(who.name.as_str());
     match shared.store.list(limit.min(1000), owner).await {
-        Ok(builds) => Reply::many(pages(builds, shared.settings.max_frame as usize / 2)),
+        Ok(builds) => Reply::pages(builds, shared.settings.max_frame as usize / 2, ClientResponse::Builds),
         Err(e) => Reply::error(e.to_string()),
     }
-}
-
-/// `builds` in `Builds` pages of about `budget` encoded bytes each; always at least one page.
-fn pages(builds: Vec<BuildSummary>, budget: usize) -> Vec<ClientResponse> {
-    let (mut pages, mut page, mut size) = (Vec::new(), Vec::new(), 0);
-    for build in builds {
-        let n = codec::encode(&build, u32::MAX).map_or(budget, |frame| frame.len());
-        if !page.is_empty() && size + n > budget {
-            pages.push(ClientResponse::Builds(std::mem::take(&mut page)));
-            size = 0;
-        }
-        size += n;
-        page.push(build);
-    }
-    pages.push(ClientResponse::Builds(page));
-    pages
 }
 
 /// `archfarm builds show`.
@@ -185,15 +169,17 @@ mod tests {
             owner: "ci".into(),
         };
         let builds: Vec<BuildSummary> = (0..100).map(|_| build(4000)).collect();
-        let pages = pages(builds, 64 * 1024);
+        let reply = Reply::pages(builds, 64 * 1024, ClientResponse::Builds);
+        let pages = reply.responses();
         assert!(pages.len() >= 7, "{} pages", pages.len());
         let mut total = 0;
-        for page in &pages {
+        for page in pages {
             let ClientResponse::Builds(b) = page else { panic!() };
             total += b.len();
-            assert!(codec::encode(page, 64 * 1024).is_ok(), "a page over its frame");
+            assert!(archfarm_shared::codec::encode(page, 64 * 1024).is_ok(), "a page over its frame");
         }
         assert_eq!(total, 100, "nothing lost");
-        assert_eq!(super::pages(vec![], 1024).len(), 1, "an empty listing is one empty page");
+        let empty = Reply::pages(Vec::<BuildSummary>::new(), 1024, ClientResponse::Builds);
+        assert_eq!(empty.responses().len(), 1, "an empty listing is one empty page");
     }
 }

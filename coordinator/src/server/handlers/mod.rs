@@ -38,7 +38,9 @@ pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, req: ClientRequest
     }
     let reply = match req {
         ClientRequest::Hello { .. } => Reply::error("already authenticated"),
-        ClientRequest::ListAgents => Reply::one(ClientResponse::Agents(shared.farm.agents())),
+        ClientRequest::ListAgents => {
+            Reply::pages(shared.farm.agents(), shared.settings.max_frame as usize / 2, ClientResponse::Agents)
+        }
         ClientRequest::HasContext { digest } => contexts::has(&shared.contexts, &digest),
         ClientRequest::UploadContext { digest, size } => {
             contexts::upload(&shared, &who, &digest, size, &mut stream).await

@@ -1,5 +1,6 @@
 //! What a handler answers: one response, or a snapshot followed by a build's live events.
 
+use archfarm_shared::codec;
 use archfarm_shared::protocol::{BuildEvent, ClientResponse};
 use archfarm_shared::stream::QuicStream;
 use tokio::sync::broadcast;
@@ -20,6 +21,29 @@ impl Reply {
     /// Several responses, in order.
     pub fn many(responses: Vec<ClientResponse>) -> Self {
         Reply { responses, events: None }
+    }
+
+    /// `items` in pages (`wrap` makes a response of one page) of about `budget` encoded bytes
+    /// each, so a listing never outgrows a frame however long its entries; at least one page.
+    pub fn pages<T: serde::Serialize>(items: Vec<T>, budget: usize, wrap: fn(Vec<T>) -> ClientResponse) -> Self {
+        let (mut pages, mut page, mut size) = (Vec::new(), Vec::new(), 0);
+        for item in items {
+            let n = codec::encode(&item, u32::MAX).map_or(budget, |frame| frame.len());
+            if !page.is_empty() && size + n > budget {
+                pages.push(wrap(std::mem::take(&mut page)));
+                size = 0;
+            }
+            size += n;
+            page.push(item);
+        }
+        pages.push(wrap(page));
+        Reply::many(pages)
+    }
+
+    /// The responses, in order (for tests).
+    #[cfg(test)]
+    pub fn responses(&self) -> &[ClientResponse] {
+        &self.responses
     }
 
     /// An error the client shows as it is.
