@@ -5,6 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Longest a credential helper may take to answer; one that takes longer is taken as having
+/// no credential (and said), so that no registry call waits on a helper without end.
+pub const HELPER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Docker Hub's key in a Docker config.
 const HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
@@ -56,7 +61,31 @@ pub fn host_of(key: &str) -> String {
 /// The credential configured for `registry` (`host[:port]`), if any.
 pub fn for_registry(registry: &str) -> Option<Credential> {
     let server = if host_of(registry) == HUB_HOST { HUB_CONFIG_KEY } else { registry };
-    convert(docker_credential::get_credential(server).ok()?)
+    let server = server.to_owned();
+    convert(within_deadline(&server.clone(), move || docker_credential::get_credential(&server).ok())??)
+}
+
+/// Runs `lookup` (which may start a credential helper) on a thread of its own, and gives up on
+/// it after [`HELPER_DEADLINE`]: a helper that hangs then holds one thread, not its caller.
+fn within_deadline<T: Send + 'static>(server: &str, lookup: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("credential-helper".into()).spawn(move || {
+        let _ = tx.send(lookup());
+    });
+    if spawned.is_err() {
+        return None;
+    }
+    match rx.recv_timeout(HELPER_DEADLINE) {
+        Ok(found) => Some(found),
+        Err(_) => {
+            tracing::warn!(
+                registry = %server,
+                "the credential helper gave no answer within {} s: going on without a credential",
+                HELPER_DEADLINE.as_secs()
+            );
+            None
+        }
+    }
 }
 
 /// Every registry the config holds a credential for, keyed by [`host_of`], with its credential.
@@ -64,7 +93,9 @@ pub fn for_registry(registry: &str) -> Option<Credential> {
 pub fn all() -> BTreeMap<String, Credential> {
     let mut out = BTreeMap::new();
     for key in configured_keys() {
-        if let Some(credential) = docker_credential::get_credential(&key).ok().and_then(convert) {
+        let server = key.clone();
+        let found = within_deadline(&key, move || docker_credential::get_credential(&server).ok()).flatten();
+        if let Some(credential) = found.and_then(convert) {
             out.entry(host_of(&key)).or_insert(credential);
         }
     }
@@ -81,7 +112,10 @@ fn configured_keys() -> Vec<String> {
     let mut keys = keys_of("auths");
     keys.extend(keys_of("credHelpers"));
     if let Some(store) = config.get("credsStore").and_then(|v| v.as_str()) {
-        keys.extend(listed_by_store(store));
+        let store = store.to_owned();
+        keys.extend(
+            within_deadline(&format!("credsStore {store}"), move || listed_by_store(&store)).unwrap_or_default(),
+        );
     }
     keys.sort();
     keys.dedup();
@@ -156,5 +190,24 @@ mod tests {
             Some(Credential::Basic { username: "hub".into(), password: "pw".into() })
         );
         assert_eq!(for_registry("127.0.0.1:5002"), None);
+    }
+
+    #[test]
+    fn a_credential_helper_that_hangs_is_given_up_on_after_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-hang");
+        // Longer than the deadline, and ending on its own soon after: no process outlives the test long.
+        std::fs::write(&helper, "#!/bin/sh\nexec sleep 13\n").unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = r#"{"credHelpers": {"hung.example.com": "hang"}}"#;
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        // Each test runs in its own process under nextest, so this touches no other test.
+        std::env::set_var("DOCKER_CONFIG", dir.path());
+        let path = std::env::var("PATH").unwrap_or_default();
+        std::env::set_var("PATH", format!("{}:{path}", dir.path().display()));
+        let started = std::time::Instant::now();
+        assert_eq!(for_registry("hung.example.com"), None);
+        let took = started.elapsed();
+        assert!(took >= HELPER_DEADLINE && took < HELPER_DEADLINE + Duration::from_secs(5), "{took:?}");
     }
 }

@@ -372,15 +372,16 @@ impl RegistryClients {
     /// The client for the registry of `reference`.
     pub fn get(&self, reference: &ImageRef) -> Arc<Registry> {
         let host = oci(reference).resolve_registry().to_owned();
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        match clients.get(&host) {
-            Some((made, client)) if made.elapsed() < SHARED_CLIENT_TTL => client.clone(),
-            _ => {
-                let client = Arc::new(Registry::for_reference(reference, &self.insecure));
-                clients.insert(host, (Instant::now(), client.clone()));
-                client
+        if let Some((made, client)) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&host) {
+            if made.elapsed() < SHARED_CLIENT_TTL {
+                return client.clone();
             }
         }
+        // Made without the lock held: reading credentials may wait on a helper (for at most
+        // `credentials::HELPER_DEADLINE`), and other registries' callers must not wait with it.
+        let client = Arc::new(Registry::for_reference(reference, &self.insecure));
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(host, (Instant::now(), client.clone()));
+        client
     }
 }
 

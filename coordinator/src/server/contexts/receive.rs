@@ -119,7 +119,11 @@ pub async fn receive_chunked(
         return Ok(0);
     }
     let store = contexts.chunks.clone();
-    let (want, from_client) = wanted(&store, &chunks);
+    // One file check per chunk: on the blocking pool, not the runtime's threads.
+    let (want, from_client) = {
+        let (store, chunks) = (store.clone(), chunks.clone());
+        tokio::task::spawn_blocking(move || wanted(&store, &chunks)).await.map_err(|e| e.to_string())?
+    };
     stream.write(&ClientResponse::ChunksWanted(want.clone())).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     let assembly = Assembly::new(chunks.clone(), from_client, rx, store);

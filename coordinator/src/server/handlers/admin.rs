@@ -118,7 +118,11 @@ pub async fn create_client_token(shared: &Shared, name: &str, role: Role, scopes
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
         return Reply::error(format!("token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"));
     }
-    if name == "-" || super::super::auth::token_file_names(&shared.settings.tokens_file).iter().any(|n| n == name) {
+    let file = shared.settings.tokens_file.clone();
+    // A file read: on the blocking pool, not the runtime's threads.
+    let in_file =
+        tokio::task::spawn_blocking(move || super::super::auth::token_file_names(&file)).await.unwrap_or_default();
+    if name == "-" || in_file.iter().any(|n| n == name) {
         return Reply::error(format!("token name {name:?} is taken (by the token file, or reserved); choose another"));
     }
     if role != Role::Build && !scopes.is_empty() {
