@@ -90,6 +90,12 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("sweeping {}: {e}", keep.data_dir.display()))?;
+    // Who uploaded a context that is gone no longer matters.
+    for digest in shared.store.owned_contexts().await.map_err(|e| e.to_string())? {
+        if !shared.contexts.files.contains(&digest) {
+            shared.store.forget_context(&digest).await.map_err(|e| e.to_string())?;
+        }
+    }
     let swept = Swept { builds, ..files };
     info!("garbage collection: {swept}");
     Ok(swept)

@@ -3,6 +3,7 @@
 //! admins, with a warning.
 
 use archfarm_shared::pki::token_hash;
+use archfarm_shared::protocol::{BuildEvent, BuildRequest, ClientRequest, ClientResponse};
 use archfarm_tests::*;
 use std::process::Output;
 use std::time::Duration;
@@ -113,7 +114,7 @@ fn revoking_a_client_token_closes_the_connections_it_holds_open() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let conn = runtime.block_on(archfarm_client::Connection::open(&remote)).unwrap();
-    let ls = archfarm_shared::protocol::ClientRequest::ListBuilds { limit: 10 };
+    let ls = ClientRequest::ListBuilds { limit: 10 };
     assert!(runtime.block_on(conn.call(&ls)).is_ok(), "the connection works before");
 
     let out = farm.archfarm(&["tokens", "revoke", "ci"]);
@@ -131,4 +132,41 @@ fn revoking_a_client_token_closes_the_connections_it_holds_open() {
     let why = after.expect("the revoked token's connection is closed within 5 s");
     assert!(why.contains("the client token was revoked"), "{why}");
     farm.proc("coordinator").wait_for_log("client token revoked: closing its session", Duration::from_secs(10));
+}
+
+#[test]
+fn a_context_belongs_to_the_token_that_uploaded_it_and_its_digest_alone_builds_nothing() {
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+    let scope = |team: &str| format!("{}/{team}/", farm.registry);
+    let a = token(&farm, &["tokens", "create", "team-a", "--role", "build", "--scope", &scope("a")]);
+    let b = token(&farm, &["tokens", "create", "team-b", "--role", "build", "--scope", &scope("b")]);
+    let ctx = context(PER_ARCH_DOCKERFILE);
+    let out = build_as(&farm, &a, &format!("{}:1", farm.repo("a/app")), ctx.path());
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Team b knows the digest of team a's context (provenance publishes it), and nothing else.
+    let digest = archfarm_client::context::pack(ctx.path(), None, 1 << 30).unwrap().digest;
+    let remote = archfarm_client::Remote {
+        coordinator: farm.coordinator.clone(),
+        token: b.clone(),
+        ca: farm.dir.path().join("ca/ca.pem"),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (present, built) = runtime.block_on(async {
+        let conn = archfarm_client::Connection::open(&remote).await.unwrap();
+        let present = conn.call(&ClientRequest::HasContext { digest: digest.clone() }).await.unwrap();
+        let tag = format!("{}:1", farm.repo("b/app"));
+        let req = BuildRequest::new(vec!["linux/amd64".parse().unwrap()], vec![tag], digest.clone(), "Dockerfile");
+        let built = conn.call(&ClientRequest::Build(Box::new(req))).await.unwrap();
+        (present, built)
+    });
+    assert_eq!(present, ClientResponse::ContextPresent(false), "another team's context is not there for it");
+    let ClientResponse::Build(BuildEvent::Failed { reason }) = built else { panic!("built from a digest: {built:?}") };
+    assert!(reason.contains(&format!("build context {digest} is not on the coordinator; upload it first")), "{reason}");
+    let (_, _, catalog) = farm.registry_get("/v2/_catalog", "application/json");
+    assert!(!String::from_utf8_lossy(&catalog).contains("b/app"), "nothing was pushed for it");
+
+    // With the source in hand, team b uploads it (only the chunk list travels) and builds.
+    let out = build_as(&farm, &b, &format!("{}:1", farm.repo("b/app")), ctx.path());
+    assert!(out.status.success(), "{}", text(&out));
 }

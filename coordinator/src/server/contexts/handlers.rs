@@ -1,7 +1,7 @@
 //! The client's requests about build contexts: whether the coordinator holds one, and uploads
 //! (whole or in chunks).
 
-use super::{receive, uploads, Contexts};
+use super::{receive, uploads};
 use crate::server::access::Principal;
 use crate::server::gc;
 use crate::server::handlers::reply::Reply;
@@ -15,12 +15,38 @@ use tracing::{info, warn};
 /// Whether the context is stored already (then the client skips the upload).
 /// One that is present is marked used, so garbage collection keeps it for the build about to
 /// name it.
-pub fn has(contexts: &Contexts, digest: &Digest) -> Reply {
-    let present = contexts.files.contains(digest);
+/// A context another token uploaded is answered as absent: the client then uploads it (which
+/// costs nothing where the chunks are stored, but proves it holds every one of them).
+pub async fn has(shared: &Shared, who: &Principal, digest: &Digest) -> Reply {
+    let present = match usable(shared, who, digest).await {
+        Ok(present) => present,
+        Err(e) => return Reply::error(e),
+    };
     if present {
-        contexts.files.touch(digest);
+        shared.contexts.files.touch(digest);
     }
     Reply::one(ClientResponse::ContextPresent(present))
+}
+
+/// Whether `who` may build from context `digest`: it is stored, and `who` uploaded it (an
+/// admin may use any).
+pub async fn usable(shared: &Shared, who: &Principal, digest: &Digest) -> Result<bool, String> {
+    if !shared.contexts.files.contains(digest) {
+        return Ok(false);
+    }
+    if who.is_admin() {
+        return Ok(true);
+    }
+    shared.store.context_owned_by(digest, &who.name).await.map_err(|e| e.to_string())
+}
+
+/// Records that `who` uploaded `digest`; a context whose upload cannot be recorded is refused.
+async fn uploaded(shared: &Shared, who: &Principal, digest: &Digest) -> Result<(), String> {
+    shared
+        .store
+        .context_uploaded(digest, &who.name)
+        .await
+        .map_err(|e| format!("the context was received, but the coordinator cannot record who sent it: {e}"))
 }
 
 /// A context sent whole on this stream.
@@ -34,7 +60,8 @@ pub async fn upload(shared: &Shared, who: &Principal, digest: &Digest, size: u64
         Ok(upload) => upload,
         Err(message) => return refuse(stream, message),
     };
-    match receive::receive_whole(&shared.contexts, digest, size, stream).await {
+    match receive::receive_whole(&shared.contexts, digest, size, stream).await.and(uploaded(shared, who, digest).await)
+    {
         Ok(()) => {
             info!(context = %digest, bytes = size, "stored build context");
             shared.metrics.uploaded(size);
@@ -61,7 +88,15 @@ pub async fn upload_chunked(
         Err(message) => return refuse(stream, message),
     };
     let count = chunks.len();
-    match receive::receive_chunked(&shared.contexts, digest, size, chunks, stream).await {
+    let owned = match usable(shared, who, digest).await {
+        Ok(owned) => owned,
+        Err(message) => return refuse(stream, message),
+    };
+    let received = match receive::receive_chunked(&shared.contexts, digest, size, chunks, owned, stream).await {
+        Ok(sent) => uploaded(shared, who, digest).await.map(|()| sent),
+        Err(e) => Err(e),
+    };
+    match received {
         Ok(sent) => {
             info!(context = %digest, bytes = size, chunks = count, received = sent, "stored build context");
             shared.metrics.uploaded(sent);

@@ -41,7 +41,7 @@ pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, req: ClientRequest
         ClientRequest::ListAgents => {
             Reply::pages(shared.farm.agents(), shared.settings.max_frame as usize / 2, ClientResponse::Agents)
         }
-        ClientRequest::HasContext { digest } => contexts::has(&shared.contexts, &digest),
+        ClientRequest::HasContext { digest } => contexts::has(&shared, &who, &digest).await,
         ClientRequest::UploadContext { digest, size } => {
             contexts::upload(&shared, &who, &digest, size, &mut stream).await
         }

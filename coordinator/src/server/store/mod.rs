@@ -11,6 +11,7 @@
 //! - [`agents`]: agent standing: failures, quarantine; names revoked before certificates were.
 //! - [`certificates`]: agent certificates by serial, join tokens and their bindings.
 //! - [`tokens`]: client tokens.
+//! - [`contexts`]: who uploaded each build context.
 //! - [`tags`]: each tag's last write, by which build.
 //! - [`history`]: what garbage collection needs: contexts in use, old builds.
 //! - [`writer`]: the writer thread and group commit.
@@ -18,6 +19,7 @@
 pub mod agents;
 pub mod builds;
 pub mod certificates;
+mod contexts;
 mod history;
 mod retry;
 mod tags;
@@ -124,6 +126,11 @@ CREATE TABLE IF NOT EXISTS tags (
     build_created_ms INTEGER NOT NULL,
     digest      TEXT NOT NULL,
     written_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS context_owners (
+    digest      TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    PRIMARY KEY (digest, owner)
 );
 CREATE TABLE IF NOT EXISTS tag_intents (
     tag         TEXT PRIMARY KEY,
