@@ -38,27 +38,34 @@ impl Store {
 
     /// Records that `build` (submitted at `created_ms`) is about to write `digest` under `tag`.
     pub async fn tag_intended(&self, tag: &str, build: &BuildId, created_ms: u64, digest: &Digest) -> Result<()> {
-        self.execute(
-            "INSERT INTO tag_intents (tag, build, build_created_ms, digest, started_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(tag) DO UPDATE SET build = ?2, build_created_ms = ?3, digest = ?4, started_ms = ?5",
-            (tag.to_owned(), build.to_string(), created_ms as i64, digest.to_string(), now_ms() as i64),
-        )
-        .await?;
-        Ok(())
+        let sql = "INSERT INTO tag_intents (tag, build, build_created_ms, digest, started_ms) \
+                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(tag) DO UPDATE SET build = ?2, \
+                   build_created_ms = ?3, digest = ?4, started_ms = ?5";
+        self.tag_row_written(sql, tag, build, created_ms, digest).await
     }
 
     /// Records that `build` (submitted at `created_ms`) wrote `digest` under `tag`; the intent
     /// to write it is done.
     pub async fn tag_written(&self, tag: &str, build: &BuildId, created_ms: u64, digest: &Digest) -> Result<()> {
-        self.execute(
-            "INSERT INTO tags (tag, build, build_created_ms, digest, written_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(tag) DO UPDATE SET build = ?2, build_created_ms = ?3, digest = ?4, written_ms = ?5",
-            (tag.to_owned(), build.to_string(), created_ms as i64, digest.to_string(), now_ms() as i64),
-        )
-        .await?;
+        let sql = "INSERT INTO tags (tag, build, build_created_ms, digest, written_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                   ON CONFLICT(tag) DO UPDATE SET build = ?2, build_created_ms = ?3, digest = ?4, written_ms = ?5";
+        self.tag_row_written(sql, tag, build, created_ms, digest).await?;
         // A leftover intent is harmless (one that names the recorded digest changes nothing),
         // so this needs no transaction with the write above.
         self.execute("DELETE FROM tag_intents WHERE tag = ?1", (tag.to_owned(),)).await?;
+        Ok(())
+    }
+
+    async fn tag_row_written(
+        &self,
+        sql: &'static str,
+        tag: &str,
+        build: &BuildId,
+        created_ms: u64,
+        digest: &Digest,
+    ) -> Result<()> {
+        let row = (tag.to_owned(), build.to_string(), created_ms as i64, digest.to_string(), now_ms() as i64);
+        self.execute(sql, row).await?;
         Ok(())
     }
 
