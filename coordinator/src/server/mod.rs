@@ -4,7 +4,8 @@
 //! # Layout, from the bottom layer up (a module imports only those above it in this list)
 //! - pure rules: [`scheduler`] (job placement), [`access`] (roles and scopes), [`tags`]'s
 //!   `rule` (tags never move backwards).
-//! - [`settings`]: what the configuration decides; [`metrics`]: what Prometheus scrapes.
+//! - [`settings`]: what the configuration decides; [`metrics`]: what Prometheus scrapes;
+//!   [`reply`]: what a request's handler answers, written on its stream.
 //! - [`store`]: durable state in SQLite (the only user of rusqlite).
 //! - [`ports`]: the seams: the agent link and the registry, as traits;
 //!   [`registry_images`]: the registry adapter.
@@ -34,6 +35,7 @@ pub mod live;
 pub mod metrics;
 pub mod ports;
 pub mod registry_images;
+pub mod reply;
 pub mod scheduler;
 pub mod sessions;
 pub mod settings;

@@ -4,7 +4,7 @@
 use super::{receive, uploads};
 use crate::server::access::Principal;
 use crate::server::gc;
-use crate::server::handlers::reply::Reply;
+use crate::server::reply::Reply;
 use crate::server::state::Shared;
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::protocol::ClientResponse;

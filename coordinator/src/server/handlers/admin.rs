@@ -1,8 +1,8 @@
 //! The farm's administration: join tokens for new agents, revoking, draining and unquarantining
 //! agents, client tokens.
 
-use super::reply::Reply;
 use crate::server::access::check_scope;
+use crate::server::reply::Reply;
 use crate::server::state::Shared;
 use crate::server::store::agents::Recorded;
 use crate::server::store::certificates::Binding;

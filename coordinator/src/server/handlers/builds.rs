@@ -1,8 +1,8 @@
 //! Build requests: start one and follow it, list, show, watch, retry, publish again, cancel.
 
-use super::reply::Reply;
 use crate::server::access::Principal;
 use crate::server::build;
+use crate::server::reply::Reply;
 use crate::server::state::Shared;
 use archfarm_shared::protocol::{BuildDetail, BuildEvent, BuildRequest, BuildState, BuildSummary, ClientResponse};
 use archfarm_shared::{platform, BuildId, Platform};

@@ -2,8 +2,8 @@
 //! housekeeping stream of their own; agents are asked side by side, and one that cannot answer
 //! is reported by name without holding up the others.
 
-use super::reply::Reply;
 use crate::server::farm::AgentHandle;
+use crate::server::reply::Reply;
 use crate::server::state::Shared;
 use archfarm_shared::protocol::{AgentAnswer, AgentDetail, ClientResponse, Housekeeping, HousekeepingReply};
 use archfarm_shared::AgentName;

@@ -1,13 +1,12 @@
 //! One handler per client request. The client session reads a request from its stream and
-//! [`handle`] routes it; each handler returns a [`Reply`], which is written back on the same
-//! stream.
+//! [`handle`] routes it; each handler returns a [`Reply`] ([`crate::server::reply`]), which is
+//! written back on the same stream.
 //!
 //! # Layout
 //! - [`builds`]: starting, listing, showing, watching, publishing and cancelling builds.
 //! - [`admin`]: join tokens, client tokens, revoking, draining and unquarantining agents,
 //!   pruning the coordinator's history.
 //! - [`housekeeping`]: agents' caches: inspect, disk usage, prune.
-//! - [`reply`]: writing a reply, following a build's events.
 //!
 //! Build contexts and handed-over blobs are served by their own concepts
 //! ([`crate::server::contexts::handlers`], [`crate::server::handover::streams`]).
@@ -15,15 +14,14 @@
 pub mod admin;
 pub mod builds;
 pub mod housekeeping;
-pub mod reply;
 
 use super::access::Principal;
 use super::contexts::handlers as contexts;
+use super::reply::Reply;
 use super::state::Shared;
 use super::store::certificates::Binding;
 use archfarm_shared::protocol::{AgentChange, ClientRequest, ClientResponse};
 use archfarm_shared::stream::QuicStream;
-use reply::Reply;
 use std::sync::Arc;
 use tracing::warn;
 

@@ -1,7 +1,7 @@
 //! The streams that move handed-over blobs: an agent storing one while it runs a job, and a
 //! client fetching one for `--load` or `--output` of a build that named no registry.
 
-use crate::server::handlers::reply::Reply;
+use crate::server::reply::Reply;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::protocol::{ClientResponse, CoordinatorMessage};
 use archfarm_shared::stream::QuicStream;
