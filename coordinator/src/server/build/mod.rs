@@ -76,7 +76,7 @@ pub async fn submit(
     let target = Target::of(&req)?;
     owner.may_build(&req)?;
     super::gc::room_for_new_work(&shared.settings.retention)?;
-    if !super::contexts::handlers::usable(shared, owner, &req.context).await? {
+    if !shared.contexts.usable(&shared.store, owner, &req.context).await? {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
     // Optional platforms no agent fits now are left out at once, not refused.

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 /// A context another token uploaded is answered as absent: the client then uploads it (which
 /// costs nothing where the chunks are stored, but proves it holds every one of them).
 pub async fn has(shared: &Shared, who: &Principal, digest: &Digest) -> Reply {
-    let present = match usable(shared, who, digest).await {
+    let present = match shared.contexts.usable(&shared.store, who, digest).await {
         Ok(present) => present,
         Err(e) => return Reply::error(e),
     };
@@ -26,18 +26,6 @@ pub async fn has(shared: &Shared, who: &Principal, digest: &Digest) -> Reply {
         shared.contexts.files.touch(digest);
     }
     Reply::one(ClientResponse::ContextPresent(present))
-}
-
-/// Whether `who` may build from context `digest`: it is stored, and `who` uploaded it (an
-/// admin may use any).
-pub async fn usable(shared: &Shared, who: &Principal, digest: &Digest) -> Result<bool, String> {
-    if !shared.contexts.files.contains(digest) {
-        return Ok(false);
-    }
-    if who.is_admin() {
-        return Ok(true);
-    }
-    shared.store.context_owned_by(digest, &who.name).await.map_err(|e| e.to_string())
 }
 
 /// Records that `who` uploaded `digest`; a context whose upload cannot be recorded is refused.
@@ -88,7 +76,7 @@ pub async fn upload_chunked(
         Err(message) => return refuse(stream, message),
     };
     let count = chunks.len();
-    let owned = match usable(shared, who, digest).await {
+    let owned = match shared.contexts.usable(&shared.store, who, digest).await {
         Ok(owned) => owned,
         Err(message) => return refuse(stream, message),
     };

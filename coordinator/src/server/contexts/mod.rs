@@ -17,8 +17,11 @@ pub mod handlers;
 pub mod receive;
 pub mod uploads;
 
+use super::access::Principal;
+use super::store::Store;
 use anyhow::Context as _;
 use archfarm_shared::content::ContentStore;
+use archfarm_shared::Digest;
 use chunks::ChunkStore;
 use std::path::Path;
 use uploads::Uploads;
@@ -42,5 +45,17 @@ impl Contexts {
         let dir = data_dir.join("chunks");
         let chunks = ChunkStore::open(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Contexts { files, chunks, uploads: Uploads::default() })
+    }
+
+    /// Whether `who` may build from context `digest`: it is stored, and `who` uploaded it (an
+    /// admin may use any). Another token's context is, to `who`, not there.
+    pub async fn usable(&self, store: &Store, who: &Principal, digest: &Digest) -> Result<bool, String> {
+        if !self.files.contains(digest) {
+            return Ok(false);
+        }
+        if who.is_admin() {
+            return Ok(true);
+        }
+        store.context_owned_by(digest, &who.name).await.map_err(|e| e.to_string())
     }
 }
