@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 /// Open sessions, by token name.
 #[derive(Debug, Default)]
@@ -11,13 +11,11 @@ pub struct Sessions {
     open: Mutex<HashMap<String, CancellationToken>>,
 }
 
-/// One session's place among the open ones: cancelled when its token is revoked, and forgotten
-/// when the session ends (dropped).
+/// One session's place among the open ones: cancelled when its token is revoked.
 #[derive(Debug)]
 pub struct Session {
     /// Cancelled when the session's token is revoked.
     pub revoked: CancellationToken,
-    _child: DropGuard,
 }
 
 impl Sessions {
@@ -25,12 +23,8 @@ impl Sessions {
     pub fn begin(&self, name: &str) -> Session {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|_, token| !token.is_cancelled());
-        let parent = open.entry(name.to_owned()).or_default();
-        let revoked = parent.child_token();
-        // A child of its token's entry: revoking cancels every session of the token; a
-        // session's own end cancels only itself (and the guard makes sure it does).
-        let own = revoked.clone();
-        Session { revoked, _child: own.drop_guard() }
+        // A child of its token's entry: revoking cancels every session of the token.
+        Session { revoked: open.entry(name.to_owned()).or_default().child_token() }
     }
 
     /// Ends every open session of the token named `name`.
