@@ -217,7 +217,10 @@ async fn serve_registered(
 
 /// Serves a stream the agent opened: a context fetch, or a blob of an image it hands over.
 async fn serve_stream(shared: &Shared, conn: &quinn::Connection, grants: &limits::Grants, mut stream: QuicStream) {
-    match stream.expect::<AgentMessage>().await {
+    let Ok(first) = tokio::time::timeout(REGISTER_TIMEOUT, stream.expect::<AgentMessage>()).await else {
+        return warn!("an agent opened a stream and said nothing on it within 10 s; it is dropped");
+    };
+    match first {
         Ok(AgentMessage::FetchContext { digest }) => {
             let allowed = grants.allows(&digest);
             crate::server::contexts::agent::send_context(&shared.contexts, &digest, allowed, stream).await
