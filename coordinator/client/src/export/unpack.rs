@@ -12,7 +12,7 @@
 use anyhow::Context as _;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Permissions, PermissionsExt as _};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -25,7 +25,9 @@ pub struct Unpacker {
     root: Dir,
     /// Every path an applied layer wrote (relative to the root), directories made on the way
     /// included.
-    written: HashSet<PathBuf>,
+    /// Ordered by components, so what lies below a path follows it: a whiteout or an opaque
+    /// marker finds what it hides by a range, not by a walk over every path of the image.
+    written: BTreeSet<PathBuf>,
     /// Those of them that were not there before the export: the user had nothing at them.
     created: HashSet<PathBuf>,
     /// Entries skipped, with why: what the user is told.
@@ -37,7 +39,7 @@ impl Unpacker {
     pub fn open(root: &Path) -> anyhow::Result<Unpacker> {
         let dir = Dir::open_ambient_dir(root, ambient_authority())
             .with_context(|| format!("cannot open {}", root.display()))?;
-        Ok(Unpacker { root: dir, written: HashSet::new(), created: HashSet::new(), skipped: Vec::new() })
+        Ok(Unpacker { root: dir, written: BTreeSet::new(), created: HashSet::new(), skipped: Vec::new() })
     }
 
     /// Applies one uncompressed layer tar on top of what the earlier layers wrote.
@@ -85,26 +87,27 @@ impl Unpacker {
     /// Deletes what earlier layers of this export wrote at or below `rel`; what the user had
     /// there before stays (a directory they had keeps their files, and itself).
     fn delete(&mut self, rel: &Path) {
-        let mut under: Vec<PathBuf> = self.written.iter().filter(|p| p.starts_with(rel)).cloned().collect();
+        let mut under: Vec<PathBuf> = below(&self.written, rel).cloned().collect();
         // Deepest first, so a directory the user had is emptied only of the export's files.
         under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for path in under {
-            let theirs = !self.created.contains(&path) && self.root.symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-            if theirs {
+            self.written.remove(&path);
+            let ours = self.created.remove(&path);
+            if !ours && self.root.symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
             if let Err(e) = remove(&self.root, &path) {
                 self.skip(&path, &format!("cannot delete it: {e}"));
             }
         }
-        self.written.retain(|p| !p.starts_with(rel));
-        self.created.retain(|p| !p.starts_with(rel));
     }
 
     /// Empties directory `rel` of what earlier layers of this export put there.
     fn empty(&mut self, rel: &Path, this_layer: &HashSet<PathBuf>) {
-        let below: Vec<PathBuf> =
-            self.written.iter().filter(|p| p.parent() == Some(rel) && !this_layer.contains(*p)).cloned().collect();
+        let below: Vec<PathBuf> = below(&self.written, rel)
+            .filter(|p| p.parent() == Some(rel) && !this_layer.contains(*p))
+            .cloned()
+            .collect();
         for child in below {
             self.delete(&child);
         }
@@ -174,6 +177,13 @@ impl Unpacker {
         }
         Ok(made)
     }
+}
+
+/// `rel` and every path below it, in order.
+fn below<'a>(paths: &'a BTreeSet<PathBuf>, rel: &'a Path) -> impl Iterator<Item = &'a PathBuf> + 'a {
+    paths
+        .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
+        .take_while(move |p| p.starts_with(rel))
 }
 
 /// The path of an entry relative to the root; `None` if it leaves it (`..`, absolute).
