@@ -16,7 +16,7 @@ pub enum Format {
 
 /// Lists agents.
 pub async fn ls(remote: &Remote, format: Format) -> anyhow::Result<()> {
-    let agents = Connection::listing(remote, &ClientRequest::ListAgents, |r| match r {
+    let agents = Connection::list_once(remote, &ClientRequest::ListAgents, |r| match r {
         ClientResponse::Agents(page) => Some(page),
         _ => None,
     })

@@ -86,7 +86,7 @@ pub fn detail(d: &BuildDetail) -> String {
 
 /// `builds ls`.
 pub async fn ls(remote: &Remote, limit: u32, json: bool) -> anyhow::Result<()> {
-    let builds = Connection::listing(remote, &ClientRequest::ListBuilds { limit }, |r| match r {
+    let builds = Connection::list_once(remote, &ClientRequest::ListBuilds { limit }, |r| match r {
         ClientResponse::Builds(page) => Some(page),
         _ => None,
     })

@@ -136,26 +136,36 @@ impl Connection {
         }
     }
 
-    /// Connects, sends `req` and gathers its listing, which the coordinator sends in pages, each
-    /// under the frame limit: `page` takes the items out of one page, `None` for any other
-    /// answer. A refusal is an error saying why.
+    /// Sends `req` and gathers its listing, which the coordinator sends in pages, each under
+    /// the frame limit: `page` takes the items out of one page, `None` for any other answer. A
+    /// refusal is an error saying why.
     pub async fn listing<T>(
-        remote: &Remote,
+        &self,
         req: &ClientRequest,
         page: fn(ClientResponse) -> Option<Vec<T>>,
     ) -> anyhow::Result<Vec<T>> {
-        let conn = Self::open(remote).await?;
-        let mut stream = conn.request(req).await?;
+        let mut stream = self.request(req).await?;
         stream.finish().await;
         let mut items = Vec::new();
-        while let Some(response) = conn.next(&mut stream).await? {
+        while let Some(response) = self.next(&mut stream).await? {
             if let ClientResponse::Error { message } = response {
                 bail!("{message}");
             }
             items.extend(page(response).context("unexpected answer to a listing")?);
         }
-        conn.close().await;
         Ok(items)
+    }
+
+    /// Connects, gathers the listing `req` asks for ([`Connection::listing`]) and closes.
+    pub async fn list_once<T>(
+        remote: &Remote,
+        req: &ClientRequest,
+        page: fn(ClientResponse) -> Option<Vec<T>>,
+    ) -> anyhow::Result<Vec<T>> {
+        let conn = Self::open(remote).await?;
+        let items = conn.listing(req, page).await;
+        conn.close().await;
+        items
     }
 
     /// The QUIC connection's counters (bytes and packets sent and received).

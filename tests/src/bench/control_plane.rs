@@ -255,7 +255,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                 ClientResponse::Agents(a) => Some(a),
                 _ => None,
             };
-            let listed = Connection::listing(&remote, &ClientRequest::ListAgents, page).await?.len();
+            let listed = admin.listing(&ClientRequest::ListAgents, page).await?.len();
             if listed == agents as usize {
                 break;
             }
