@@ -61,8 +61,8 @@ pub fn host_of(key: &str) -> String {
 /// The credential configured for `registry` (`host[:port]`), if any.
 pub fn for_registry(registry: &str) -> Option<Credential> {
     let server = if host_of(registry) == HUB_HOST { HUB_CONFIG_KEY } else { registry };
-    let server = server.to_owned();
-    convert(within_deadline(&server.clone(), move || docker_credential::get_credential(&server).ok())??)
+    let key = server.to_owned();
+    convert(within_deadline(server, move || docker_credential::get_credential(&key).ok())??)
 }
 
 /// Runs `lookup` (which may start a credential helper) on a thread of its own, and gives up on
