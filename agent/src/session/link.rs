@@ -22,19 +22,29 @@ impl QuicLink {
     }
 }
 
+/// How long the coordinator has to answer a context fetch before the bytes.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl CoordinatorLink for QuicLink {
     fn fetch_context<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<ContextDownload, FetchError>> {
         use FetchError::Failed;
         Box::pin(async move {
-            let mut stream = QuicStream::open(&self.conn, self.max_frame)
+            let ask = async {
+                let mut stream = QuicStream::open(&self.conn, self.max_frame)
+                    .await
+                    .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
+                stream
+                    .write_last(&AgentMessage::FetchContext { digest: digest.clone() })
+                    .await
+                    .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
+                let answer = stream.expect::<CoordinatorMessage>().await;
+                Ok::<_, FetchError>((stream, answer))
+            };
+            // The bytes have a deadline of their own (an idle limit); the answer before them too.
+            let (stream, answer) = tokio::time::timeout(ANSWER_WITHIN, ask)
                 .await
-                .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
-            stream
-                .write(&AgentMessage::FetchContext { digest: digest.clone() })
-                .await
-                .map_err(|e| Failed(format!("cannot ask for the context: {e}")))?;
-            stream.finish().await;
-            match stream.expect::<CoordinatorMessage>().await {
+                .map_err(|_| Failed(format!("no answer to a context fetch within {} s", ANSWER_WITHIN.as_secs())))??;
+            match answer {
                 Ok(CoordinatorMessage::ContextFollows { size }) => {
                     let (_, recv) = stream.split();
                     Ok(ContextDownload { size, bytes: Box::new(recv.into_inner()) })
