@@ -66,8 +66,7 @@ async fn ask(config: &AgentConfig, identity: Option<(&str, &str)>, request: &Enr
         )?;
     let exchange = async {
         let mut stream = QuicStream::open(&conn, DEFAULT_MAX_FRAME).await?;
-        stream.write(request).await?;
-        stream.finish().await;
+        stream.write_last(request).await?;
         anyhow::Ok(stream.expect::<EnrollResponse>().await?)
     };
     let response = tokio::time::timeout(dial::DEADLINE, exchange).await;

@@ -342,7 +342,7 @@ mod tests {
         let (tx, mut rx) = crate::job_log::channel();
         let out = with_progress(tokio::time::sleep(std::time::Duration::from_secs(95)), &tx, "pushing").await;
         assert_eq!(out, ());
-        let lines: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let lines = rx.rest();
         assert_eq!(
             lines,
             ["pushing: still at it after 30 s", "pushing: still at it after 60 s", "pushing: still at it after 90 s"]

@@ -6,54 +6,74 @@
 
 use tokio::sync::mpsc;
 
+use archfarm_shared::protocol::{cut, MAX_LOG_LINE};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
 /// Lines queued at most per job.
 pub const QUEUED_LINES: usize = 1024;
-/// Longest line sent, in bytes; the coordinator keeps no more of one.
-pub const MAX_LINE: usize = 8 * 1024;
+/// Longest line sent: room is left for the note of what was cut, so that the coordinator,
+/// which keeps [`MAX_LOG_LINE`] bytes, never cuts the same line again.
+const MAX_SENT: usize = MAX_LOG_LINE - 64;
 
 /// The sending end of a job's output; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JobLog {
     tx: mpsc::Sender<String>,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The receiving end, for the job stream.
+#[derive(Debug)]
+pub struct JobLogReceiver {
+    rx: mpsc::Receiver<String>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// A new job's output: the sender for the build, the receiver for the job stream.
-pub fn channel() -> (JobLog, mpsc::Receiver<String>) {
+pub fn channel() -> (JobLog, JobLogReceiver) {
     let (tx, rx) = mpsc::channel(QUEUED_LINES);
-    (JobLog { tx, dropped: Default::default() }, rx)
+    let dropped = Arc::new(AtomicU64::default());
+    (JobLog { tx, dropped: dropped.clone() }, JobLogReceiver { rx, dropped })
+}
+
+fn notice(dropped: u64) -> String {
+    format!("({dropped} lines of output dropped: the build printed faster than they could be sent)")
 }
 
 impl JobLog {
-    /// Queues `line`, cut to [`MAX_LINE`]; drops it when the queue is full (and says so with
-    /// the next line that fits).
+    /// Queues `line`, cut to fit [`MAX_LOG_LINE`]; drops it when the queue is full (and says so with
+    /// the next line that fits, or when the job ends).
     pub fn send(&self, line: String) {
-        use std::sync::atomic::Ordering::Relaxed;
         let dropped = self.dropped.swap(0, Relaxed);
-        if dropped > 0 {
-            let notice =
-                format!("({dropped} lines of output dropped: the build printed faster than they could be sent)");
-            if self.tx.try_send(notice).is_err() {
-                self.dropped.fetch_add(dropped, Relaxed);
-            }
+        if dropped > 0 && self.tx.try_send(notice(dropped)).is_err() {
+            self.dropped.fetch_add(dropped, Relaxed);
         }
-        if self.tx.try_send(cut(line)).is_err() {
+        if self.tx.try_send(cut(line, MAX_SENT)).is_err() {
             self.dropped.fetch_add(1, Relaxed);
         }
     }
 }
 
-/// `line` cut to at most [`MAX_LINE`] bytes, at a character boundary.
-fn cut(mut line: String) -> String {
-    if line.len() > MAX_LINE {
-        let mut end = MAX_LINE;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-        line.push_str(" …(cut)");
+impl JobLogReceiver {
+    /// The next line, once one is queued; `None` when every sender is gone.
+    pub async fn recv(&mut self) -> Option<String> {
+        self.rx.recv().await
     }
-    line
+
+    /// Every line still queued, then how many were dropped since the last notice: the job's
+    /// last words, after which nothing more is sent.
+    pub fn rest(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.rx.try_recv() {
+            lines.push(line);
+        }
+        match self.dropped.swap(0, Relaxed) {
+            0 => {}
+            dropped => lines.push(notice(dropped)),
+        }
+        lines
+    }
 }
 
 #[cfg(test)]
@@ -67,18 +87,27 @@ mod tests {
             log.send(format!("{i} {}", "x".repeat(100 * 1024)));
         }
         let mut kept = Vec::new();
-        while let Ok(line) = rx.try_recv() {
+        while let Ok(line) = rx.rx.try_recv() {
             kept.push(line);
         }
         assert_eq!(kept.len(), QUEUED_LINES, "no more than the queue holds");
-        assert!(kept.iter().all(|l| l.len() <= MAX_LINE + 16), "every line cut");
+        assert!(kept.iter().all(|l| l.len() <= MAX_LOG_LINE), "every line cut to what the coordinator keeps whole");
         // Once the stream catches up, the next line says how many went.
         log.send("after".into());
-        let notice = rx.try_recv().unwrap();
-        assert_eq!(
-            notice,
-            format!("({} lines of output dropped: the build printed faster than they could be sent)", QUEUED_LINES * 9)
-        );
-        assert_eq!(rx.try_recv().unwrap(), "after");
+        assert_eq!(rx.rx.try_recv().unwrap(), notice(QUEUED_LINES as u64 * 9));
+        assert_eq!(rx.rx.try_recv().unwrap(), "after");
+    }
+
+    #[test]
+    fn a_flood_that_ends_the_job_is_still_counted() {
+        let (log, mut rx) = channel();
+        for i in 0..QUEUED_LINES + 5 {
+            log.send(format!("line {i}"));
+        }
+        drop(log);
+        let rest = rx.rest();
+        assert_eq!(rest.len(), QUEUED_LINES + 1, "the queued lines, then the notice");
+        assert_eq!(rest.last().unwrap(), &notice(5));
+        assert!(rx.rest().is_empty(), "said once");
     }
 }

@@ -9,7 +9,6 @@ use archfarm_shared::protocol::{reset, AgentMessage, CoordinatorMessage, Failure
 use archfarm_shared::stream::{MessageSender, QuicStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -42,8 +41,7 @@ impl<R: Runner> Agent<R> {
             Ok(CoordinatorMessage::Housekeeping(request)) => {
                 info!(?request, "housekeeping asked by the coordinator");
                 let reply = self.executor.housekeeping(request).await;
-                let _ = stream.write(&AgentMessage::Housekeeping(reply)).await;
-                stream.finish().await;
+                let _ = stream.write_last(&AgentMessage::Housekeeping(reply)).await;
                 return;
             }
             Ok(other) => return warn!("unexpected message on a job stream: {other:?}"),
@@ -53,8 +51,7 @@ impl<R: Runner> Agent<R> {
             info_span!("job", job = %spec.job, attempt = spec.attempt, build = %spec.build, platform = %spec.platform);
         async move {
             if let Some(refusal) = self.refusal(draining) {
-                let _ = stream.write(&AgentMessage::JobFinished(refusal)).await;
-                stream.finish().await;
+                let _ = stream.write_last(&AgentMessage::JobFinished(refusal)).await;
                 return;
             }
             info!("job started");
@@ -119,11 +116,11 @@ fn failed(kind: FailureKind, message: String) -> JobOutcome {
 /// Sends the job's log lines still queued, then its result, and finishes the stream.
 async fn report(
     send: &mut MessageSender<quinn::SendStream>,
-    rx: &mut mpsc::Receiver<String>,
+    rx: &mut crate::job_log::JobLogReceiver,
     mut stream_ok: bool,
     outcome: JobOutcome,
 ) {
-    while let Ok(line) = rx.try_recv() {
+    for line in rx.rest() {
         if stream_ok {
             stream_ok = send.write(&AgentMessage::JobLog { line }).await.is_ok();
         }

@@ -78,3 +78,22 @@ impl std::fmt::Display for FailureKind {
         })
     }
 }
+
+/// Longest line of build output that travels or is kept, in bytes: agents cut their lines to
+/// it before sending, and the coordinator again on arrival.
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how much went.
+pub fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let dropped = text.len() - max;
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(" … ({dropped} bytes cut)"));
+    text
+}

@@ -24,7 +24,7 @@ pub use builds::{
 };
 pub use client::{AgentChange, AgentInfo, BuildRequest, ClientRequest, ClientResponse, Role};
 pub use enroll::{EnrollRequest, EnrollResponse};
-pub use failure::{FailureKind, JobFailure};
+pub use failure::{cut, FailureKind, JobFailure, MAX_LOG_LINE};
 pub use housekeeping::{AgentAnswer, AgentAttempt, AgentDetail, DiskUsage, Housekeeping, HousekeepingReply, Pruned};
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Longest log line kept, in bytes.
-pub const MAX_LINE: usize = 8 * 1024;
+pub const MAX_LINE: usize = archfarm_shared::protocol::MAX_LOG_LINE;
 /// Log lines a job may send each second, on average.
 pub const LINES_PER_SEC: f64 = 500.0;
 /// Log lines a job may send at once before the rate applies.
@@ -23,20 +23,7 @@ pub const MAX_TAIL_LINES: usize = 20;
 /// shown by `builds show`, whose answer must fit in one frame for every platform.
 pub const MAX_TAIL_LINE: usize = 512;
 
-/// `text` cut to at most `max` bytes on a character boundary, saying how much went.
-pub fn cut(mut text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let dropped = text.len() - max;
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text.push_str(&format!(" … ({dropped} bytes cut)"));
-    text
-}
+pub use archfarm_shared::protocol::cut;
 
 /// Platforms one agent may declare.
 pub const MAX_PLATFORMS: usize = 16;
