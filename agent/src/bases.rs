@@ -8,6 +8,7 @@
 //! (to different bytes) and uploaded on every new repository.
 
 use crate::push::LayerCache;
+use archfarm_shared::layers;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::JobSpec;
 use archfarm_shared::provenance::ResolvedBase;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Base images looked up per build, at most.
 const MAX_BASES: usize = 8;
@@ -141,11 +142,11 @@ struct ChildPlatform {
 }
 
 /// The media type to name a base layer by in an OCI manifest: a Docker gzip layer is the same
-/// bytes as an OCI gzip layer. Other kinds (foreign layers) are not seeded.
+/// bytes as an OCI gzip layer. Other kinds (zstd, foreign layers) are not seeded: the agent's
+/// pushes are gzip.
 fn layer_media_type(media_type: &str) -> Option<&'static str> {
     match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" | oci::OCI_LAYER_GZIP => Some(oci::OCI_LAYER_GZIP),
-        "application/vnd.oci.image.layer.v1.tar+zstd" => Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+        oci::DOCKER_LAYER_GZIP | oci::OCI_LAYER_GZIP => Some(oci::OCI_LAYER_GZIP),
         _ => None,
     }
 }
@@ -223,13 +224,25 @@ impl JobBases {
         Ok(self.manifest(registries, image).await?.1)
     }
 
-    /// Teaches `cache` the layers of every base image for `platform`. Best effort, within
-    /// [`BASE_LOOKUP`] each: what it cannot learn is compressed and uploaded.
-    pub async fn seed(&self, cache: &LayerCache, registries: &RegistryClients, platform: &Platform) {
+    /// Teaches `cache` the layers of `wanted` (the built image's diff ids) that a base image
+    /// for `platform` holds in a repository of `registry`, the registry the image is pushed to.
+    /// A base's config and manifest only claim which blob unpacks to which diff id: each claim
+    /// is checked by unpacking and hashing the blob before the cache, which every later job of
+    /// every tenant trusts, learns it. Best effort, within [`BASE_LOOKUP`] each base: what it
+    /// cannot learn is compressed and uploaded.
+    pub async fn seed(
+        &self,
+        cache: &LayerCache,
+        registries: &RegistryClients,
+        platform: &Platform,
+        wanted: &[Digest],
+        registry: &str,
+    ) {
         // A base image's children name plain linux/amd64, also for a linux/amd64/v3 build.
         let platform = archfarm_shared::capabilities::base(platform);
         for image in self.images().await {
-            match tokio::time::timeout(BASE_LOOKUP, self.seed_one(cache, registries, image, &platform)).await {
+            let seeding = self.seed_one(cache, registries, image, &platform, wanted, registry);
+            match tokio::time::timeout(BASE_LOOKUP, seeding).await {
                 Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
                 Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),
                 Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
@@ -237,15 +250,20 @@ impl JobBases {
         }
     }
 
-    /// Seeds `cache` with the layers of `image` for `platform`: returns how many it learned.
+    /// Seeds `cache` with the checked layers of `image`: returns how many it learned.
     async fn seed_one(
         &self,
         cache: &LayerCache,
         registries: &RegistryClients,
         image: &str,
         platform: &Platform,
+        wanted: &[Digest],
+        registry: &str,
     ) -> Result<usize, String> {
         let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+        if reference.registry() != registry {
+            return Ok(0);
+        }
         let reg = registries.get(&reference);
         let (bytes, _) = self.manifest(registries, image).await?;
         let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
@@ -263,17 +281,28 @@ impl JobBases {
         }
         let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
         let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
-        let diff_ids = crate::push::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
+        let diff_ids = layers::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));
         }
         let repository = reference.name();
         let mut learned = 0;
-        for (diff_id, layer) in diff_ids.into_iter().zip(manifest.layers) {
-            if let Some(media_type) = layer_media_type(&layer.media_type) {
-                let blob = Blob { media_type: media_type.into(), digest: layer.digest, size: layer.size };
-                cache.insert(diff_id, blob, &repository);
-                learned += 1;
+        for (claimed, layer) in diff_ids.into_iter().zip(manifest.layers) {
+            if !wanted.contains(&claimed) || cache.get(&claimed).is_some() {
+                continue;
+            }
+            let Some(media_type) = layer_media_type(&layer.media_type) else { continue };
+            let blob = Blob { media_type: media_type.into(), digest: layer.digest, size: layer.size };
+            match reg.layer_diff_id(&reference, &blob).await.map_err(|e| e.to_string())? {
+                Ok(diff_id) if diff_id == claimed => {
+                    cache.insert(claimed, blob, &repository);
+                    learned += 1;
+                }
+                Ok(diff_id) => warn!(
+                    image,
+                    "the base image says its layer {} is {claimed}, but it unpacks to {diff_id}: not used", blob.digest
+                ),
+                Err(e) => warn!(image, "a layer of the base image is not what it says, not used: {e}"),
             }
         }
         Ok(learned)

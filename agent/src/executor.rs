@@ -174,11 +174,10 @@ impl Executor {
 
     /// Teaches the layer cache the layers of the build's base images, unless it knows every
     /// layer of the image already.
-    async fn learn_bases(&self, tag: &str, spec: &JobSpec, bases: &JobBases) {
-        let known =
-            self.engine.diff_ids(tag).await.is_some_and(|ids| ids.iter().all(|id| self.layers.get(id).is_some()));
-        if !known {
-            bases.seed(&self.layers, &self.registries, &spec.platform).await;
+    async fn learn_bases(&self, tag: &str, spec: &JobSpec, bases: &JobBases, registry: &str) {
+        let Some(ids) = self.engine.diff_ids(tag).await else { return };
+        if !ids.iter().all(|id| self.layers.get(id).is_some()) {
+            bases.seed(&self.layers, &self.registries, &spec.platform, &ids, registry).await;
         }
     }
 
@@ -193,16 +192,16 @@ impl Executor {
         if repository.is_empty() {
             return self.export_and_hand_over(link, tag).await;
         }
+        let repo = registry::parse_reference(&format!("{repository}:latest"))
+            .map_err(|e| (FailureKind::Push, e.to_string()))?;
         if let Some(id) = self.engine.image_id(tag).await {
-            let repo = registry::parse_reference(&format!("{repository}:latest"))
-                .map_err(|e| (FailureKind::Push, e.to_string()))?;
             let reg = self.registries.get(&repo);
             if let Some((image, how)) = self.images.push_again(&reg, &repo, &id).await {
                 info!(image = %id, "pushed again without an export ({how})");
                 return Ok(image);
             }
         }
-        self.learn_bases(tag, spec, bases).await;
+        self.learn_bases(tag, spec, bases, repo.registry()).await;
         let exporting = std::time::Instant::now();
         let (_work, prepared) = self.export(tag).await?;
         let export_ms = exporting.elapsed().as_millis();

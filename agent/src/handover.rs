@@ -36,9 +36,16 @@ pub async fn hand_over(link: &dyn CoordinatorLink, image: &Prepared) -> Result<P
     for layer in &image.layers {
         let (path, gz) = (layer.path.clone(), layer.path.with_extension("tar.gz"));
         let out = gz.clone();
-        let blob = tokio::task::spawn_blocking(move || compress(&path, &out))
+        let (blob, diff_id) = tokio::task::spawn_blocking(move || compress(&path, &out))
             .await
             .map_err(|e| format!("compressing: {e}"))??;
+        if diff_id != layer.diff_id {
+            return Err(format!(
+                "layer {}: its bytes hash to {diff_id}, but the engine says {}",
+                layer.path.display(),
+                layer.diff_id
+            ));
+        }
         send_file(link, &gz, &blob).await?;
         let _ = tokio::fs::remove_file(&gz).await;
         layers.push(blob);

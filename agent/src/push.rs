@@ -8,6 +8,7 @@
 //! the same registry holds is mounted from there (a cross-repository mount), not uploaded.
 
 use crate::reuse::{mount_from_any, ImageCache};
+use archfarm_shared::layers::diff_ids;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::PushedImage;
 use archfarm_shared::reference::ImageRef;
@@ -47,8 +48,11 @@ pub struct Layer {
     pub diff_id: Digest,
 }
 
-/// Compressed descriptors of layers this agent pushed, by the digest of their uncompressed
-/// bytes, with the repositories (`registry/name`) known to hold each.
+/// Compressed descriptors of layers, by the digest of their uncompressed bytes, with the
+/// repositories (`registry/name`) known to hold each. Every job of every tenant on this agent
+/// trusts what it holds, so it learns only pairings whose bytes were hashed here: layers this
+/// agent compressed, and base layers it unpacked and checked (`bases.rs`). A claim read from
+/// an image's config never enters it.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache(Arc<Mutex<HashMap<Digest, Pushed>>>);
 
@@ -97,22 +101,25 @@ pub struct LayerCounts {
     pub uploaded: usize,
 }
 
-/// gzip-compresses a layer file into `out`, hashing the compressed bytes as they are written:
-/// the layer streams from disk to disk, never whole in memory.
-pub fn compress(path: &Path, out: &Path) -> Result<Blob, String> {
+/// gzip-compresses a layer file into `out`, hashing the compressed bytes as they are written
+/// and the uncompressed ones as they are read: the layer streams from disk to disk, never whole
+/// in memory. Returns the blob and the diff id its bytes hash to.
+pub fn compress(path: &Path, out: &Path) -> Result<(Blob, Digest), String> {
     let failed = |e: std::io::Error| format!("compressing layer {}: {e}", path.display());
-    let mut raw = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
+    let raw = std::fs::File::open(path).map_err(|e| format!("reading layer {}: {e}", path.display()))?;
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).map_err(failed)?);
     let hashing = Hashing { inner: file, hasher: sha2::Sha256::new(), size: 0 };
     let mut gz = GzEncoder::new(hashing, flate2::Compression::default());
+    let mut raw = Hashing { inner: raw, hasher: sha2::Sha256::new(), size: 0 };
     std::io::copy(&mut raw, &mut gz).map_err(failed)?;
     let Hashing { inner, hasher, size } = gz.finish().map_err(failed)?;
     inner.into_inner().map_err(|e| failed(e.into_error()))?;
     let digest = Digest::from_sha256(hasher.finalize().into());
-    Ok(Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest, size })
+    let diff_id = Digest::from_sha256(raw.hasher.finalize().into());
+    Ok((Blob { media_type: oci::OCI_LAYER_GZIP.into(), digest, size }, diff_id))
 }
 
-/// Writes through to `inner`, hashing and counting what passes.
+/// Reads or writes through to `inner`, hashing and counting what passes.
 struct Hashing<W> {
     inner: W,
     hasher: sha2::Sha256,
@@ -132,17 +139,13 @@ impl<W: std::io::Write> std::io::Write for Hashing<W> {
     }
 }
 
-/// The `rootfs.diff_ids` of an image config, when it has valid ones.
-pub(crate) fn diff_ids(config: &[u8]) -> Option<Vec<Digest>> {
-    #[derive(Deserialize)]
-    struct Config {
-        rootfs: RootFs,
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
     }
-    #[derive(Deserialize)]
-    struct RootFs {
-        diff_ids: Vec<Digest>,
-    }
-    serde_json::from_slice::<Config>(config).ok().map(|c| c.rootfs.diff_ids)
 }
 
 fn digest_file(path: &Path) -> Result<Digest, String> {
@@ -232,9 +235,17 @@ pub async fn push(
         }
         let (path, gz) = (layer.path.clone(), layer.path.with_extension("tar.gz"));
         let out = gz.clone();
-        let blob = tokio::task::spawn_blocking(move || compress(&path, &out))
+        let (blob, diff_id) = tokio::task::spawn_blocking(move || compress(&path, &out))
             .await
             .map_err(|e| format!("compressing: {e}"))??;
+        if diff_id != layer.diff_id {
+            let _ = tokio::fs::remove_file(&gz).await;
+            return Err(format!(
+                "compressing layer {}: its bytes hash to {diff_id}, but the engine's config says {}",
+                layer.path.display(),
+                layer.diff_id
+            ));
+        }
         reg.push_blob_file(&repo, &gz, &blob.digest, blob.size).await.map_err(|e| e.to_string())?;
         let _ = tokio::fs::remove_file(&gz).await;
         cache.insert(layer.diff_id.clone(), blob.clone(), repository);
@@ -322,7 +333,8 @@ mod tests {
         );
         assert_eq!(diff_ids(br#"{"rootfs":{"diff_ids":["sha256:bad"]}}"#), None);
         let out = dir.path().join("layer.tar.gz");
-        let blob = compress(&p.layers[0].path, &out).unwrap();
+        let (blob, diff_id) = compress(&p.layers[0].path, &out).unwrap();
+        assert_eq!(diff_id, Digest::of(&layer), "the uncompressed bytes are hashed on the way");
         let gz = std::fs::read(&out).unwrap();
         assert_eq!((blob.digest, blob.size), (Digest::of(&gz), gz.len() as u64));
         let mut plain = Vec::new();

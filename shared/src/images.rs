@@ -39,6 +39,27 @@ pub async fn read_child(
     digest: &Digest,
     size: Option<u64>,
 ) -> Result<Child, CheckError> {
+    read_image(registry, repo, digest, size).await.map(|image| image.child)
+}
+
+/// A single-platform image as the registry serves it, its manifest checked against its digest.
+#[derive(Debug)]
+pub struct ReadImage {
+    /// The image as an index child.
+    pub child: Child,
+    /// Its manifest's bytes.
+    pub manifest: bytes::Bytes,
+    /// Its config's bytes.
+    pub config: Vec<u8>,
+}
+
+/// [`read_child`], with the manifest and config it read.
+pub async fn read_image(
+    registry: &Registry,
+    repo: &ImageRef,
+    digest: &Digest,
+    size: Option<u64>,
+) -> Result<ReadImage, CheckError> {
     if let Some(size) = size.filter(|s| *s > MAX_DOCUMENT_BYTES) {
         return Err(CheckError::Wrong(format!("a {size}-byte manifest; at most {MAX_DOCUMENT_BYTES}")));
     }
@@ -64,7 +85,8 @@ pub async fn read_child(
     })
     .await
     .map_err(CheckError::Unavailable)?;
-    child_of(&bytes, digest, &config)
+    let child = child_of(&bytes, digest, &config)?;
+    Ok(ReadImage { child, manifest: bytes, config })
 }
 
 /// The config digest a manifest names, once it is known to be a single-platform manifest.

@@ -36,6 +36,7 @@ pub mod credentials;
 pub mod dial;
 pub mod ids;
 pub mod images;
+pub mod layers;
 pub mod oci;
 pub mod outcome;
 pub mod pki;

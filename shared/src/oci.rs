@@ -16,6 +16,10 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// gzip-compressed OCI layer.
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// An uncompressed OCI layer.
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// A Docker gzip-compressed layer: the same bytes as an OCI gzip layer.
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Docker schema 2 manifest.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list.

@@ -10,6 +10,7 @@
 //! - `engine`: a second Docker Engine of a test's own, to pause without touching the shared one.
 //! - `fixtures`: the workspace's binaries, the per-arch busybox of `scripts/setup.sh`, build contexts.
 //! - `registry_checks`: the registry's HTTP API and storage, [`skopeo`], ELF machines and digests.
+//! - `registry_writes`: blobs and manifests pushed by hand, and an image's layers checked as a puller does.
 //! - [`scripted`]: a scripted agent, to play one that misbehaves.
 //! - [`net`]: hosts in network namespaces, with links that can be cut.
 //! - [`bench`](mod@bench): the benchmark harness behind `scripts/bench.sh` (ratios, not timed tests).
@@ -24,6 +25,7 @@ mod farm;
 mod fixtures;
 mod process;
 mod registry_checks;
+mod registry_writes;
 
 pub use engine::Engine;
 pub use farm::{free_tcp_port, free_udp_port, AgentSpec, Farm, FarmBuilder};
@@ -33,3 +35,4 @@ pub use process::{
     kill_started_processes, peak_kib, rss_kib, run_bounded, run_ok, text, wait_output, wait_until, Proc,
 };
 pub use registry_checks::{elf_machine, runnable, sha256, skopeo, EM_AARCH64, EM_X86_64};
+pub use registry_writes::gzip_layer;

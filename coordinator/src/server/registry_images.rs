@@ -6,6 +6,7 @@
 
 use super::ports::{Claim, ImageStore, VerifyError, Verifying};
 use archfarm_shared::images::{self, CheckError};
+use archfarm_shared::layers::{self, LayerFacts};
 use archfarm_shared::oci::{self, Attestation, Blob, Child};
 use archfarm_shared::provenance::SLSA_PROVENANCE_V1;
 use archfarm_shared::reference::ImageRef;
@@ -20,11 +21,20 @@ use std::sync::Arc;
 pub struct RegistryImages {
     /// The clients.
     pub registries: Arc<RegistryClients>,
+    /// Layers whose bytes were hashed here: each is fetched and unpacked once, not per build.
+    pub layers: LayerFacts,
+}
+
+impl RegistryImages {
+    /// Images in the registries of `registries`, no layer checked yet.
+    pub fn new(registries: Arc<RegistryClients>) -> Self {
+        RegistryImages { registries, layers: LayerFacts::default() }
+    }
 }
 
 impl ImageStore for RegistryImages {
     fn verify<'a>(&'a self, repo: &'a ImageRef, claim: Claim<'a>) -> Verifying<'a> {
-        Box::pin(async move { verify(&self.registries.get(repo), repo, claim).await })
+        Box::pin(async move { verify(&self.registries.get(repo), repo, claim, &self.layers).await })
     }
 
     fn attest<'a>(
@@ -100,18 +110,27 @@ pub async fn attest(
 }
 
 /// Fetches the manifest an agent reported and its config back from the registry, and checks
-/// digest, size, media type and platform against the job.
-pub async fn verify(registry: &Registry, repo: &ImageRef, claim: Claim<'_>) -> Result<Child, VerifyError> {
+/// what a pulling client would: digest, size and media type of the manifest, the platform its
+/// config says against the job's, and that every layer unpacks to the config's diff id (each
+/// layer once: `facts` remembers what was hashed before).
+pub async fn verify(
+    registry: &Registry,
+    repo: &ImageRef,
+    claim: Claim<'_>,
+    facts: &LayerFacts,
+) -> Result<Child, VerifyError> {
     let Claim { platform, agent, pushed } = claim;
-    let child = images::read_child(registry, repo, &pushed.digest, Some(pushed.size)).await.map_err(|e| match e {
+    let blame = |e: CheckError| match e {
         CheckError::Wrong(m) => VerifyError::Wrong(format!("agent {agent}: {m}")),
         CheckError::Unavailable(m) => VerifyError::Unavailable(m),
-    })?;
-    if &child.platform != platform {
+    };
+    let image = images::read_image(registry, repo, &pushed.digest, Some(pushed.size)).await.map_err(blame)?;
+    if &image.child.platform != platform {
         return Err(VerifyError::Wrong(format!(
             "agent {agent}: pushed an image whose config says {}, but the job was for {platform}",
-            child.platform
+            image.child.platform
         )));
     }
-    Ok(child)
+    layers::check_layers(registry, repo, &image.manifest, &image.config, facts).await.map_err(blame)?;
+    Ok(image.child)
 }

@@ -71,7 +71,7 @@ impl Shared {
             store,
             live: LiveBuilds::default(),
             tag_locks: TagLocks::default(),
-            registry: Arc::new(RegistryImages { registries }),
+            registry: Arc::new(RegistryImages::new(registries)),
             metrics: Metrics::new(),
             sessions: Sessions::default(),
             settings: Settings {

@@ -17,6 +17,7 @@ mod hosts;
 mod housekeeping;
 mod imagetools;
 mod layer_reuse;
+mod layer_trust;
 mod native_test;
 mod optional_and_retry;
 mod outputs;

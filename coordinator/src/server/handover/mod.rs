@@ -12,6 +12,7 @@ pub mod streams;
 use super::ports::{Claim, ImageCheck, VerifyError, Verifying};
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::images::{self, CheckError};
+use archfarm_shared::layers;
 use archfarm_shared::registry::MAX_DOCUMENT_BYTES;
 use archfarm_shared::Digest;
 
@@ -45,6 +46,7 @@ impl ImageCheck for StoredImages<'_> {
                     return Err(wrong(format!("its manifest names {blob}, which it never handed over")));
                 }
             }
+            self.check_layers(&manifest, &config).await.map_err(wrong)?;
             let child = images::child_of(&manifest, &pushed.digest, &config).map_err(checked)?;
             if &child.platform != platform {
                 return Err(wrong(format!(
@@ -58,6 +60,32 @@ impl ImageCheck for StoredImages<'_> {
 }
 
 impl StoredImages<'_> {
+    /// What a pulling client checks: as many layers as diff ids, and each handed-over layer
+    /// unpacks to the config's diff id in the same place.
+    async fn check_layers(&self, manifest: &[u8], config: &[u8]) -> Result<(), String> {
+        let layers = layers::layers_of(manifest).map_err(|e| format!("manifest: {e}"))?;
+        let diff_ids = layers::diff_ids(config).ok_or("the config has no valid rootfs.diff_ids")?;
+        if layers.len() != diff_ids.len() {
+            return Err(format!(
+                "the manifest lists {} layers but the config {} diff ids",
+                layers.len(),
+                diff_ids.len()
+            ));
+        }
+        for (i, (layer, claimed)) in layers.into_iter().zip(diff_ids).enumerate() {
+            let path = self.store.path(&layer.digest);
+            let digest = layer.digest.clone();
+            let unpacked = tokio::task::spawn_blocking(move || layers::unpacked_file(&path, &layer))
+                .await
+                .map_err(|e| format!("checking layer {digest}: {e}"))?
+                .map_err(|e| format!("reading layer {digest}: {e}"))??;
+            if unpacked != claimed {
+                return Err(format!("layer {} ({digest}) unpacks to {unpacked}, but the config says {claimed}", i + 1));
+            }
+        }
+        Ok(())
+    }
+
     /// A small stored blob (a manifest or config), refused over [`MAX_DOCUMENT_BYTES`].
     async fn document(&self, digest: &Digest) -> Result<Vec<u8>, String> {
         match self.store.size(digest).await {
