@@ -8,6 +8,7 @@
 //! (to different bytes) and uploaded on every new repository.
 
 use crate::push::LayerCache;
+use archfarm_shared::dockerfile::{self, ImageUse};
 use archfarm_shared::layers;
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::JobSpec;
@@ -17,7 +18,6 @@ use archfarm_shared::{Digest, Platform};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,97 +26,21 @@ use tracing::{info, warn};
 
 /// Base images looked up per build, at most.
 const MAX_BASES: usize = 8;
-/// The Dockerfile read from the context, at most.
-const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
 /// How long the agent asks a registry about one base image before it gives up on it.
 const BASE_LOOKUP: Duration = Duration::from_secs(20);
 
 /// The registry images a Dockerfile's stages start from, in order and without repeats: not
 /// `scratch`, not an earlier stage, and not one whose name still holds a variable after the
 /// build arguments and the global `ARG` defaults are put in.
-pub fn base_images(dockerfile: &str, build_args: &[(String, String)]) -> Vec<String> {
-    let mut vars: HashMap<String, String> = HashMap::new();
-    let (mut stages, mut bases) = (Vec::<String>::new(), Vec::<String>::new());
-    let mut seen_from = false;
-    for line in logical_lines(dockerfile) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(instruction) = words.first() else { continue };
-        if instruction.eq_ignore_ascii_case("ARG") && !seen_from {
-            for arg in &words[1..] {
-                let (name, default) = arg.split_once('=').unwrap_or((arg, ""));
-                let given = build_args.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-                vars.insert(name.to_owned(), given.unwrap_or_else(|| default.trim_matches('"').to_owned()));
-            }
+pub fn base_images(uses: &[ImageUse]) -> Vec<String> {
+    let mut bases = Vec::<String>::new();
+    for used in uses.iter().filter(|u| u.how == "FROM" && !u.image.contains('$')) {
+        if !bases.contains(&used.image) {
+            bases.push(used.image.clone());
         }
-        if !instruction.eq_ignore_ascii_case("FROM") {
-            continue;
-        }
-        seen_from = true;
-        let mut rest = words[1..].iter().skip_while(|w| w.starts_with("--"));
-        let Some(image) = rest.next().map(|i| substitute(i, &vars)) else { continue };
-        let earlier_stage = stages.contains(&image.to_ascii_lowercase());
-        if let (Some(as_), Some(name)) = (rest.next(), rest.next()) {
-            if as_.eq_ignore_ascii_case("AS") {
-                stages.push(name.to_ascii_lowercase());
-            }
-        }
-        if image.contains('$') || image.eq_ignore_ascii_case("scratch") || earlier_stage || bases.contains(&image) {
-            continue;
-        }
-        bases.push(image);
     }
     bases.truncate(MAX_BASES);
     bases
-}
-
-/// The Dockerfile's instructions, one per line: comments dropped, continuations joined.
-fn logical_lines(dockerfile: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in dockerfile.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') {
-            continue;
-        }
-        match trimmed.strip_suffix('\\') {
-            Some(part) => {
-                current.push_str(part);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(trimmed);
-                out.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    out.push(current);
-    out
-}
-
-/// `$NAME` and `${NAME}` replaced from `vars` (an unknown name is left as it is).
-fn substitute(word: &str, vars: &HashMap<String, String>) -> String {
-    let mut out = word.to_owned();
-    for (name, value) in vars {
-        out = out.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
-    }
-    out
-}
-
-/// Reads `dockerfile` out of the context tarball at `context`.
-pub fn read_dockerfile(context: &Path, dockerfile: &str) -> Option<String> {
-    let file = std::fs::File::open(context).ok()?;
-    let mut archive = tar::Archive::new(file);
-    let wanted = dockerfile.trim_start_matches("./");
-    for entry in archive.entries_with_seek().ok()? {
-        let entry = entry.ok()?;
-        let path = entry.path().ok()?.to_string_lossy().trim_start_matches("./").to_owned();
-        if path == wanted {
-            let mut text = String::new();
-            entry.take(MAX_DOCKERFILE_BYTES).read_to_string(&mut text).ok()?;
-            return Some(text);
-        }
-    }
-    None
 }
 
 #[derive(Deserialize)]
@@ -159,6 +83,7 @@ pub struct JobBases {
     context: PathBuf,
     dockerfile: String,
     build_args: Vec<(String, String)>,
+    uses: OnceCell<Vec<ImageUse>>,
     images: OnceCell<Vec<String>>,
     /// Each base's manifest as its tag resolved, by the name the Dockerfile gives it.
     manifests: Mutex<HashMap<String, (Bytes, Digest)>>,
@@ -171,22 +96,29 @@ impl JobBases {
             context: context.to_owned(),
             dockerfile: spec.dockerfile.clone(),
             build_args: spec.build_args.clone(),
+            uses: OnceCell::new(),
             images: OnceCell::new(),
             manifests: Mutex::default(),
         }
     }
 
-    /// The registry images the Dockerfile's stages start from; none when it cannot be read.
-    pub async fn images(&self) -> &[String] {
-        self.images
+    /// Every image the Dockerfile reads ([`dockerfile::references`]); none when it cannot be
+    /// read (the build then fails on it).
+    pub async fn uses(&self) -> &[ImageUse] {
+        self.uses
             .get_or_init(|| async {
                 let (path, name) = (self.context.clone(), self.dockerfile.clone());
-                match tokio::task::spawn_blocking(move || read_dockerfile(&path, &name)).await {
-                    Ok(Some(dockerfile)) => base_images(&dockerfile, &self.build_args),
+                match tokio::task::spawn_blocking(move || dockerfile::read_dockerfile(&path, &name)).await {
+                    Ok(Some(text)) => dockerfile::references(&text, &self.build_args),
                     _ => vec![],
                 }
             })
             .await
+    }
+
+    /// The registry images the Dockerfile's stages start from; none when it cannot be read.
+    pub async fn images(&self) -> &[String] {
+        self.images.get_or_init(|| async { base_images(self.uses().await) }).await
     }
 
     /// `image`'s manifest as its tag resolves now (an index or a manifest), and its digest.
@@ -324,12 +256,16 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    fn bases_of(dockerfile: &str, build_args: &[(String, String)]) -> Vec<String> {
+        base_images(&dockerfile::references(dockerfile, build_args))
+    }
+
     #[test]
     fn finds_registry_bases_and_skips_scratch_and_stages() {
-        let dockerfile = "# syntax note\nARG BASE=reg.example/team/base:1\nFROM --platform=$BUILDPLATFORM golang:1.22 AS build\nRUN make\nFROM ${BASE} AS final\nCOPY --from=build /out /out\nFROM build AS again\nFROM scratch\nFROM $UNKNOWN\n";
-        assert_eq!(base_images(dockerfile, &[]), ["golang:1.22", "reg.example/team/base:1"]);
+        let dockerfile = "# syntax note\nARG BASE=reg.example/team/base:1\nFROM --platform=$BUILDPLATFORM golang:1.22 AS build\nRUN make\nFROM ${BASE} AS final\nCOPY --from=build /out /out\nFROM build AS again\nFROM scratch\nFROM $UNKNOWN\nFROM golang:1.22\n";
+        assert_eq!(bases_of(dockerfile, &[]), ["golang:1.22", "reg.example/team/base:1"]);
         assert_eq!(
-            base_images(dockerfile, &args(&[("BASE", "127.0.0.1:5000/other:2")])),
+            bases_of(dockerfile, &args(&[("BASE", "127.0.0.1:5000/other:2")])),
             ["golang:1.22", "127.0.0.1:5000/other:2"]
         );
     }
@@ -337,12 +273,12 @@ mod tests {
     #[test]
     fn joins_continued_lines_and_ignores_case() {
         let dockerfile = "from \\\n  alpine:3.20 \\\n  as base\nFrom base\n";
-        assert_eq!(base_images(dockerfile, &[]), ["alpine:3.20"]);
+        assert_eq!(bases_of(dockerfile, &[]), ["alpine:3.20"]);
     }
 
     #[test]
     fn docker_gzip_layers_are_named_as_oci_gzip_and_foreign_ones_are_skipped() {
-        assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), Some(oci::OCI_LAYER_GZIP));
+        assert_eq!(layer_media_type(oci::DOCKER_LAYER_GZIP), Some(oci::OCI_LAYER_GZIP));
         assert_eq!(layer_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"), None);
     }
 

@@ -106,6 +106,12 @@ impl Executor {
             Err(FetchError::Failed(e)) => return failure(fault::kind_of(&e, FailureKind::Context), e, vec![]),
         };
         let tag = format!("archfarm/{}:build", spec.job);
+        // Read once for the scope check, the provenance and the layer cache alike.
+        let bases = JobBases::new(&context, &spec);
+        let credentials = match crate::job_credentials::for_job(&spec, &bases).await {
+            Ok(credentials) => credentials,
+            Err(refused) => return failure(FailureKind::Build, refused, vec![]),
+        };
         let build = BuildSpec {
             context: &context,
             dockerfile: &spec.dockerfile,
@@ -119,6 +125,7 @@ impl Executor {
             cache_from: &spec.cache_from,
             inline_cache: spec.inline_cache,
             session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
+            credentials: &credentials,
         };
         let mut sink = |line: String| {
             log.send(line);
@@ -130,13 +137,11 @@ impl Executor {
             }
             return failure(fault::of_build(&e.message, e.engine_unreachable), e.message, e.tail);
         }
-        if let Err(failure) = self.native_tests(&spec, &context, &tag, &log).await {
+        if let Err(failure) = self.native_tests(&spec, &context, &tag, &log, &credentials).await {
             self.engine.untag(&tag).await;
             return JobOutcome::Failed(failure);
         }
         let built = started.elapsed();
-        // Read once for the provenance and the layer cache alike.
-        let bases = JobBases::new(&context, &spec);
         let resolved =
             if spec.repository.is_empty() || !spec.provenance { vec![] } else { bases.resolve(&self.registries).await };
         log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));

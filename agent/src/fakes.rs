@@ -160,6 +160,7 @@ pub fn job(context: &[u8], repository: &str) -> JobSpec {
         cache_from: vec![],
         inline_cache: false,
         provenance: true,
+        read_scopes: vec![],
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`reuse`]: images pushed before, pushed again without an export.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
 //! - [`bases`]: a job's base images, read once, their layers learned from the registry to mount.
+//! - [`job_credentials`]: the registry logins one job may use, once its reads are in its token's scopes.
 //! - [`context_cache`]: build contexts fetched by digest and cached on disk.
 //! - [`health`]: probing the engine; an unhealthy engine takes no jobs.
 //! - [`housekeeping`]: the host's build and context caches, read and freed.
@@ -32,6 +33,7 @@ pub mod handover;
 pub mod health;
 pub mod host;
 pub mod housekeeping;
+pub mod job_credentials;
 pub mod job_log;
 pub mod link;
 pub mod native_test;

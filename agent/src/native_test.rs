@@ -19,6 +19,7 @@ impl Executor {
         context: &Path,
         tag: &str,
         log: &crate::job_log::JobLog,
+        credentials: &std::collections::BTreeMap<String, archfarm_shared::credentials::Credential>,
     ) -> Result<(), JobFailure> {
         let mut sink = |line: String| {
             log.send(line);
@@ -40,6 +41,7 @@ impl Executor {
                 cache_from: &spec.cache_from,
                 inline_cache: false,
                 session: format!("archfarm-{}-test-{:x}", spec.job, rand::random::<u32>()),
+                credentials,
             };
             let result = self.engine.build(build, &mut sink).await;
             self.engine.untag(&test_tag).await;

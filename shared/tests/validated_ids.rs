@@ -40,6 +40,7 @@ struct PlainJobSpec {
     cache_from: Vec<String>,
     inline_cache: bool,
     provenance: bool,
+    read_scopes: Vec<String>,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -134,6 +135,7 @@ fn plain_spec() -> PlainJobSpec {
         cache_from: vec!["r/a:c-linux-arm-v7".into()],
         inline_cache: true,
         provenance: true,
+        read_scopes: vec!["127.0.0.1:5000/team/".into()],
     }
 }
 
@@ -156,6 +158,7 @@ fn spec() -> JobSpec {
         cache_from: vec!["r/a:c-linux-arm-v7".into()],
         inline_cache: true,
         provenance: true,
+        read_scopes: vec!["127.0.0.1:5000/team/".into()],
     }
 }
 

@@ -4,9 +4,11 @@
 //! `Arc<dyn Engine>` and never names the implementation, so another engine backend can sit
 //! beside [`docker`] without the executor, health or housekeeping changing.
 
+use archfarm_shared::credentials::Credential;
 use archfarm_shared::protocol::DiskUsage;
 use archfarm_shared::{Digest, Platform};
 use futures_util::future::BoxFuture;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,6 +115,9 @@ pub struct BuildSpec<'a> {
     pub inline_cache: bool,
     /// BuildKit session id, unique per build.
     pub session: String,
+    /// The registry credentials BuildKit may pull with, by host: only those of the registries
+    /// the job reads or writes, never every login of the agent.
+    pub credentials: &'a BTreeMap<String, Credential>,
 }
 
 /// A failed build: the engine's error and the failing step's last lines.

@@ -9,8 +9,8 @@
 //!   build and uploads no context.
 
 use archfarm_shared::protocol::{BuildRequest, Role};
-use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry;
+use archfarm_shared::scopes::in_scope;
 
 /// The client behind a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +79,6 @@ impl Principal {
         }
         Ok(())
     }
-}
-
-/// Whether `reference`'s repository is `scope` or lies under it. `reg/team/` and `reg/team`
-/// both cover `reg/team/app` and not `reg/teamx/app`.
-pub fn in_scope(reference: &ImageRef, scope: &str) -> bool {
-    let name = reference.name();
-    let scope = scope.trim_end_matches('/');
-    !scope.is_empty() && (name == scope || name.strip_prefix(scope).is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Checks a scope as given to `archfarm tokens create --scope`: `REGISTRY/PATH[/]`.

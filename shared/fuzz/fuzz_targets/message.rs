@@ -302,6 +302,7 @@ fn templates() -> &'static [Vec<u8>] {
                 cache_from: vec!["r/app:cache-linux-arm-v7".into()],
                 inline_cache: true,
                 provenance: true,
+                read_scopes: vec!["r/team/".into()],
             }))),
             payload(&EnrollRequest::Join { token: "t".into(), name: agent, csr_pem: String::new() }),
         ]

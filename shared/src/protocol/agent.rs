@@ -145,6 +145,10 @@ pub struct JobSpec {
     pub inline_cache: bool,
     /// The build records provenance: the agent resolves its base images by digest.
     pub provenance: bool,
+    /// The scopes of the token that started the build (`registry/team/` prefixes); empty when
+    /// it has none. The agent reads no image outside them from a registry it holds credentials
+    /// for ([`crate::scopes::check_reads`]).
+    pub read_scopes: Vec<String>,
 }
 
 /// How a job ended on the agent.

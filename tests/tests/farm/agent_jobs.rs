@@ -76,6 +76,7 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
         cache_from: vec![],
         inline_cache: false,
         provenance: false,
+        read_scopes: vec![],
     };
     codec::write_msg(&mut job, &CoordinatorMessage::AssignJob(Box::new(spec)), DEFAULT_MAX_FRAME).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {

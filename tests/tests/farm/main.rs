@@ -26,6 +26,7 @@ mod preauth_limits;
 mod private_base;
 mod protocol;
 mod provenance;
+mod read_scopes;
 mod registry_cache;
 mod roles;
 mod status;

@@ -1,18 +1,16 @@
 //! One BuildKit build through the engine's API: the context streamed from its cache file, the
-//! registry credentials of this agent's Docker config handed to BuildKit's session, and the
-//! progress stream read to its end.
+//! job's registry credentials handed to BuildKit's session, and the progress stream read to its
+//! end.
 
 use super::progress::Steps;
 use super::{stream_error, DockerEngine};
 use crate::engine::{BuildError, BuildSpec, LineSink};
-use archfarm_shared::credentials::{self, Credential};
+use archfarm_shared::credentials::Credential;
 use bollard::auth::DockerCredentials;
 use bollard::models::BuildInfoAux;
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::time::Duration;
-use tracing::warn;
+use std::collections::{BTreeMap, HashMap};
 
 impl DockerEngine {
     /// Builds `spec` with BuildKit, sending every output line to `log`.
@@ -40,7 +38,7 @@ impl DockerEngine {
             cachefrom: (!spec.cache_from.is_empty()).then(|| spec.cache_from.to_vec()),
             ..Default::default()
         };
-        let credentials = pull_credentials().await;
+        let credentials = session_credentials(spec.credentials);
         let mut stream = self.docker.build_image(options, Some(credentials), Some(bollard::body_try_stream(context)));
         let mut steps = Steps::default();
         // Read the whole stream: status, logs and errors interleave until the end.
@@ -90,34 +88,19 @@ fn build_args(spec: &BuildSpec<'_>) -> HashMap<String, String> {
 /// Bytes of a build context read at a time while it streams to the engine.
 const CONTEXT_CHUNK: usize = 256 << 10;
 
-/// How long reading the Docker config and its credential helpers may take before a build.
-const CREDENTIALS_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Credentials for every registry this agent's Docker config knows, keyed by host as BuildKit
-/// asks for them through the build's session, so `FROM` and `COPY --from` images in private
-/// registries pull. Read for each build: a `docker login` counts from the next build on.
-async fn pull_credentials() -> HashMap<String, DockerCredentials> {
-    let read = tokio::task::spawn_blocking(credentials::all);
-    let found = match tokio::time::timeout(CREDENTIALS_DEADLINE, read).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            warn!("reading registry credentials failed: {e}; pulls are anonymous");
-            return HashMap::new();
-        }
-        Err(_) => {
-            warn!("reading registry credentials took over {CREDENTIALS_DEADLINE:?}; pulls are anonymous");
-            return HashMap::new();
-        }
-    };
-    found
-        .into_iter()
+/// The job's credentials as BuildKit's session hands them out, keyed by host.
+fn session_credentials(credentials: &BTreeMap<String, Credential>) -> HashMap<String, DockerCredentials> {
+    credentials
+        .iter()
         .map(|(host, credential)| {
             let mut c = DockerCredentials { serveraddress: Some(host.clone()), ..Default::default() };
             match credential {
-                Credential::Basic { username, password } => (c.username, c.password) = (Some(username), Some(password)),
-                Credential::IdentityToken(token) => c.identitytoken = Some(token),
+                Credential::Basic { username, password } => {
+                    (c.username, c.password) = (Some(username.clone()), Some(password.clone()))
+                }
+                Credential::IdentityToken(token) => c.identitytoken = Some(token.clone()),
             }
-            (host, c)
+            (host.clone(), c)
         })
         .collect()
 }

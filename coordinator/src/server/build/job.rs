@@ -78,6 +78,7 @@ pub async fn run(
         cache_from: cache::sources(&*shared.registry, &req.cache_from, &job.platform, live).await,
         inline_cache: req.inline_cache || req.cache_to.is_some(),
         provenance: req.provenance,
+        read_scopes: runner.read_scopes.to_vec(),
     };
     match runner.run(spec, &wants, live).await {
         Err(_) if runner.optional && !live.cancel.is_cancelled() => Ok(None),

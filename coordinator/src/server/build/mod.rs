@@ -87,7 +87,7 @@ pub async fn submit(
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
     shared
         .store
-        .create_build(&id, &owner.name, &req, &jobs)
+        .create_build(&id, (&owner.name, &owner.scopes), &req, &jobs)
         .await
         .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
     for (job, platform) in jobs.iter().filter(|(_, p)| req.is_optional(p)) {
@@ -167,6 +167,10 @@ pub async fn run(
         Ok(jobs) => jobs,
         Err(e) => return BuildEnd::Failed(e.to_string()),
     };
+    let read_scopes = match shared.store.read_scopes(id).await {
+        Ok(scopes) => scopes,
+        Err(e) => return BuildEnd::Failed(e.to_string()),
+    };
     let in_registry = target.map(|t| InRepository { store: &*shared.registry, repo: &t.repo });
     let handed_over = StoredImages { store: &shared.handed_over };
     let images: &dyn ImageCheck = match &in_registry {
@@ -187,6 +191,7 @@ pub async fn run(
         optional: false,
         attempts_base: 0,
         provenance: req.provenance.then_some(platform::Origin { build: id, request: req }),
+        read_scopes: &read_scopes,
     };
     // Each job watches the cancel token itself, so a running job's stream is reset (which stops
     // it on the agent) rather than merely dropped.

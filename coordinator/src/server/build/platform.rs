@@ -48,6 +48,8 @@ pub struct Runner<'a> {
     pub attempts_base: u32,
     /// What each verified image's provenance is made of; none when the build asks for none.
     pub provenance: Option<Origin<'a>>,
+    /// The scopes of the build's token: its jobs read only inside them.
+    pub read_scopes: &'a [String],
 }
 
 /// The build a platform belongs to, for its provenance.

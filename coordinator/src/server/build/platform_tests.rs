@@ -157,7 +157,7 @@ impl Rig {
             Digest::of(b"context"),
             "Dockerfile",
         );
-        store.create_build(&build, "test", &request, &[(job.clone(), platform.clone())]).await.unwrap();
+        store.create_build(&build, ("test", &[]), &request, &[(job.clone(), platform.clone())]).await.unwrap();
         let spec = JobSpec {
             job,
             build: build.clone(),
@@ -176,6 +176,7 @@ impl Rig {
             cache_from: vec![],
             inline_cache: false,
             provenance: false,
+            read_scopes: vec![],
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();
@@ -210,6 +211,7 @@ impl Rig {
             provenance: None,
             quarantine_after: self.quarantine_after,
             limits: self.limits,
+            read_scopes: &[],
         }
     }
 

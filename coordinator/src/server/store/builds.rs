@@ -43,22 +43,23 @@ type SummaryRow = (String, i64, Option<i64>, String, String, Option<String>, Opt
 const SUMMARY: &str = "id, created_ms, finished_ms, state, request, index_digest, error, owner";
 
 impl Store {
-    /// Records a new build of `owner` and its jobs (one per platform, in order), all queued.
+    /// Records a new build of `owner` (whose token has `scopes`) and its jobs (one per
+    /// platform, in order), all queued.
     pub async fn create_build(
         &self,
         build: &BuildId,
-        owner: &str,
+        (owner, scopes): (&str, &[String]),
         req: &BuildRequest,
         jobs: &[(JobId, Platform)],
     ) -> Result<()> {
         let request = serde_json::to_string(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (build, owner) = (build.to_string(), owner.to_owned());
+        let (build, owner, scopes) = (build.to_string(), owner.to_owned(), scopes.join(" "));
         let jobs: Vec<(String, String)> = jobs.iter().map(|(j, p)| (j.to_string(), p.to_string())).collect();
         self.writer
             .write(move |c| {
                 c.execute(
-                    "INSERT INTO builds (id, created_ms, state, request, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![build, now_ms() as i64, BuildState::Running.as_str(), request, owner],
+                    "INSERT INTO builds (id, created_ms, state, request, owner, scopes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![build, now_ms() as i64, BuildState::Running.as_str(), request, owner, scopes],
                 )?;
                 for (position, (job, platform)) in jobs.iter().enumerate() {
                     c.execute(
@@ -173,6 +174,18 @@ impl Store {
                 .optional()?;
             text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("request of {build}: {e}"))))
                 .transpose()
+        })
+        .await
+    }
+
+    /// The scopes of the token that started `build`; none when it had none.
+    pub async fn read_scopes(&self, build: &BuildId) -> Result<Vec<String>> {
+        let build = build.clone();
+        self.read(move |c| {
+            let text: Option<String> = c
+                .query_row("SELECT scopes FROM builds WHERE id = ?1", params![build.as_str()], |r| r.get(0))
+                .optional()?;
+            Ok(text.unwrap_or_default().split_whitespace().map(str::to_owned).collect())
         })
         .await
     }
@@ -415,12 +428,13 @@ mod tests {
             let req = request();
             s.create_build(
                 &build,
-                "ci",
+                ("ci", &["reg:5000/team/".to_owned()]),
                 &req,
                 &[(j1.clone(), req.platforms[0].clone()), (j2.clone(), req.platforms[1].clone())],
             )
             .await
             .unwrap();
+            assert_eq!(s.read_scopes(&build).await.unwrap(), ["reg:5000/team/"], "the token's scopes are recorded");
             s.start_attempt(&j1, 1, &agent, "least loaded (0/1 running)").await.unwrap();
             assert!(s.finish_attempt(&j1, 1, AttemptOutcome::Lost, "agent went away").await.unwrap());
             assert!(

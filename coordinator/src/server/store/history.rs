@@ -64,7 +64,7 @@ mod tests {
         for i in 0..5u8 {
             let id = BuildId::random();
             let req = BuildRequest::new(vec![platform.clone()], vec![], Digest::of(&[i]), "Dockerfile");
-            s.create_build(&id, "ci", &req, &[(JobId::random(), platform.clone())]).await.unwrap();
+            s.create_build(&id, ("ci", &[]), &req, &[(JobId::random(), platform.clone())]).await.unwrap();
             builds.push(id);
         }
         // The first is old; the last still runs.

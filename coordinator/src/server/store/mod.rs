@@ -157,6 +157,9 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("join_tokens", "platforms", "TEXT NOT NULL DEFAULT ''"),
     // NULL for builds from before owners.
     ("builds", "owner", "TEXT"),
+    // The scopes of the token that started the build, space-separated ('' for none): its jobs
+    // read only inside them, also when resumed after a restart.
+    ("builds", "scopes", "TEXT NOT NULL DEFAULT ''"),
     // The verified image's provenance attestation (JSON), if it has one.
     ("jobs", "attestation", "TEXT"),
     // Attempts made before `builds retry` ran the job again: its new attempts count from here.

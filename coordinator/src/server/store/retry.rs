@@ -101,7 +101,7 @@ mod tests {
         let req = BuildRequest::new(platforms, vec!["r/a:1".into()], Digest::of(b"c"), "Dockerfile");
         let (build, j1, j2, j3) = (BuildId::random(), JobId::random(), JobId::random(), JobId::random());
         let jobs = [(j1.clone(), amd.clone()), (j2.clone(), arm.clone()), (j3.clone(), i386.clone())];
-        s.create_build(&build, "ci", &req, &jobs).await.unwrap();
+        s.create_build(&build, ("ci", &[]), &req, &jobs).await.unwrap();
         s.job_ended(&j3, JobState::LeftOut, "optional: no agent").await.unwrap();
         let agent: AgentName = "a-1".parse().unwrap();
         s.start_attempt(&j1, 1, &agent, "").await.unwrap();

@@ -1,0 +1,57 @@
+//! The registry credentials one job may use. The agent's Docker config may hold logins for
+//! several registries, each reaching every repository its account can; a job gets only those
+//! of the registries it reads or writes, and only once every image its Dockerfile names was
+//! checked against the scopes of the token that started the build ([`scopes::check_reads`]):
+//! an image outside them, on a registry this agent holds credentials for, is refused before
+//! anything is pulled.
+
+use crate::bases::JobBases;
+use archfarm_shared::credentials::{self, Credential};
+use archfarm_shared::protocol::JobSpec;
+use archfarm_shared::{registry, scopes};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::warn;
+
+/// How long reading the Docker config and its credential helpers may take before a build.
+const CREDENTIALS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Every credential of this agent's Docker config, by host; none when they cannot be read in
+/// time. Read for each job: a `docker login` counts from the next job on.
+async fn all() -> BTreeMap<String, Credential> {
+    match tokio::time::timeout(CREDENTIALS_DEADLINE, tokio::task::spawn_blocking(credentials::all)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            warn!("reading registry credentials failed: {e}; pulls are anonymous");
+            BTreeMap::new()
+        }
+        Err(_) => {
+            warn!("reading registry credentials took over {CREDENTIALS_DEADLINE:?}; pulls are anonymous");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The credentials `spec` may hand BuildKit, once its reads are allowed: `Err` says which image
+/// of the Dockerfile is outside the token's scopes.
+pub async fn for_job(spec: &JobSpec, bases: &JobBases) -> Result<BTreeMap<String, Credential>, String> {
+    let all = all().await;
+    let uses = bases.uses().await;
+    scopes::check_reads(uses, &spec.read_scopes, &spec.dockerfile, |host| all.contains_key(host))
+        .map_err(|e| format!("refused before anything was pulled: {e}"))?;
+    // An unscoped build naming an image only the build can resolve keeps every login.
+    if spec.read_scopes.is_empty() && uses.iter().any(|u| u.image.contains('$')) {
+        return Ok(all);
+    }
+    let images = uses.iter().map(|u| u.image.as_str());
+    let cache = spec.cache_from.iter().map(String::as_str);
+    let target = format!("{}:latest", spec.repository);
+    let target = (!spec.repository.is_empty()).then_some(target.as_str());
+    let hosts: BTreeSet<String> = images
+        .chain(cache)
+        .chain(target)
+        .filter_map(|image| registry::parse_reference(image).ok())
+        .map(|r| credentials::host_of(r.registry()))
+        .collect();
+    Ok(all.into_iter().filter(|(host, _)| hosts.contains(host)).collect())
+}

@@ -1,0 +1,82 @@
+//! A build token's scopes bound what its builds read, not only what they write: an image its
+//! Dockerfile names in a registry the agents hold credentials for, outside the token's scopes,
+//! is refused before anything is pulled (checked in that registry's request log), whether it
+//! is named by FROM, COPY --from or RUN --mount. Inside the scopes the agent's login is used;
+//! a registry the farm holds no credentials for stays readable, as it is to anyone.
+
+use archfarm_tests::*;
+use std::process::Output;
+use std::time::Duration;
+
+const USER: &str = "ci";
+const PASSWORD: &str = "s3cret-scopes";
+
+fn build_as(farm: &Farm, token: &str, tag: &str, dockerfile: &str) -> Output {
+    let ctx = context(dockerfile);
+    std::fs::write(ctx.path().join("app.txt"), "app\n").unwrap();
+    let mut cmd = farm.command(&["build", "--platform", "linux/amd64", "--push", "--progress", "plain", "-t", tag]);
+    cmd.arg(ctx.path()).env("ARCHFARM_TOKEN", token);
+    run_bounded(cmd, Duration::from_secs(300))
+}
+
+/// Requests for `repo` in the private registry's log.
+fn requests_for(farm: &Farm, repo: &str) -> usize {
+    let log = std::fs::read_to_string(farm.dir.path().join("private-registry.log")).unwrap_or_default();
+    log.lines().filter(|l| l.contains(&format!("/v2/{repo}/"))).count()
+}
+
+#[test]
+fn a_build_token_reads_only_inside_its_scopes_from_registries_the_farm_holds_credentials_for() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let private = farm.start_private_registry(USER, PASSWORD);
+    farm.set_logins(&[(&private, USER, PASSWORD)]);
+    // Team B's private image, team A's base, and a public base: pushed by the admin.
+    let images = context(PER_ARCH_DOCKERFILE);
+    for tag in [
+        format!("{private}/teamb/private:1"),
+        format!("{private}/teama/base:1"),
+        format!("{}:1", farm.repo("pub/base")),
+    ] {
+        let out = farm.build("linux/amd64", &[&tag], images.path(), &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let scopes = format!("{private}/teama/ {}/teama/", farm.registry);
+    let mut create = vec!["tokens", "create", "team-a", "--role", "build"];
+    for scope in scopes.split(' ') {
+        create.extend(["--scope", scope]);
+    }
+    let out = farm.archfarm(&create);
+    assert!(out.status.success(), "{}", text(&out));
+    let team_a = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let target = format!("{}:1", farm.repo("teama/app"));
+    let before = requests_for(&farm, "teamb/private");
+
+    let stolen = format!("{private}/teamb/private:1");
+    let attempts = [
+        ("FROM", format!("FROM {stolen}\n")),
+        ("COPY --from", format!("FROM {private}/teama/base:1\nCOPY --from={stolen} /bin/busybox /stolen\n")),
+        (
+            "RUN --mount",
+            format!("FROM {private}/teama/base:1\nRUN --mount=type=bind,from={stolen},target=/m [\"/bin/busybox\", \"true\"]\n"),
+        ),
+    ];
+    for (how, dockerfile) in attempts {
+        let out = build_as(&farm, &team_a, &target, &dockerfile);
+        let said = text(&out);
+        assert!(!out.status.success(), "{how}: {said}");
+        assert!(said.contains(&format!("{how} {stolen}: reads {private}/teamb/private")), "{how}: {said}");
+        assert!(said.contains(&format!("outside this token's scopes ({private}/teama/, ")), "{how}: {said}");
+    }
+    assert_eq!(requests_for(&farm, "teamb/private"), before, "nothing of team B's image was asked for");
+    assert!(farm.tags("teama/app").is_empty(), "nothing was published");
+
+    // Inside its scope: the agent's login pulls it. And a registry without credentials is open.
+    let out = build_as(&farm, &team_a, &target, &format!("FROM {private}/teama/base:1\nCOPY app.txt /app.txt\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    let public = format!("FROM {}:1\nCOPY app.txt /app.txt\n", farm.repo("pub/base"));
+    let out = build_as(&farm, &team_a, &format!("{}:2", farm.repo("teama/app")), &public);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(farm.tags("teama/app"), ["1", "2"]);
+    // The agents are not blamed for a refused read.
+    assert!(!text(&farm.archfarm(&["agents", "ls"])).contains("quarantined"));
+}
