@@ -121,6 +121,23 @@ impl ScriptedAgent {
         answer
     }
 
+    /// Hands over `bytes` as a blob of `job`'s image, as an agent does for a build that names
+    /// no registry: the coordinator's answer.
+    pub async fn store_blob(&self, job: &archfarm_shared::JobId, bytes: &[u8]) -> CoordinatorMessage {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        let digest = archfarm_shared::Digest::of(bytes);
+        let head = AgentMessage::StoreBlob { digest, size: bytes.len() as u64, job: job.clone() };
+        codec::write_msg(&mut send, &head, DEFAULT_MAX_FRAME).await.unwrap();
+        // A refused blob is answered before its bytes are read: the write may then fail.
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME),
+        );
+        answer.await.expect("an answer within 30 s").unwrap()
+    }
+
     /// Waits (bounded) for the coordinator to give this agent a job.
     pub async fn next_job(&self, timeout: Duration) -> Job {
         let (send, mut recv) =

@@ -58,7 +58,7 @@ impl<R: Runner> Agent<R> {
             self.running.fetch_add(1, Ordering::Relaxed);
             let (tx, mut rx) = crate::job_log::channel();
             let (mut send, mut recv) = stream.split();
-            let link = QuicLink::new(conn, self.max_frame);
+            let link = QuicLink::new(conn, self.max_frame, spec.job.clone());
             // Boxed so that dropping it (below) really stops the build in the engine.
             let mut run = Box::pin(self.executor.run(&link, spec, tx));
             let mut stream_ok = true;

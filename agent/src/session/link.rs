@@ -4,7 +4,7 @@
 use crate::link::{ContextDownload, CoordinatorLink, FetchError};
 use archfarm_shared::protocol::{AgentMessage, CoordinatorMessage};
 use archfarm_shared::stream::QuicStream;
-use archfarm_shared::{tls, Digest};
+use archfarm_shared::{tls, Digest, JobId};
 use futures_util::future::BoxFuture;
 use tokio::io::AsyncRead;
 
@@ -13,12 +13,14 @@ use tokio::io::AsyncRead;
 pub struct QuicLink {
     conn: quinn::Connection,
     max_frame: u32,
+    /// The job it serves: blobs handed over are for its image.
+    job: JobId,
 }
 
 impl QuicLink {
-    /// Requests on `conn`, in frames of at most `max_frame` bytes.
-    pub fn new(conn: quinn::Connection, max_frame: u32) -> Self {
-        QuicLink { conn, max_frame }
+    /// Requests of `job` on `conn`, in frames of at most `max_frame` bytes.
+    pub fn new(conn: quinn::Connection, max_frame: u32, job: JobId) -> Self {
+        QuicLink { conn, max_frame, job }
     }
 }
 
@@ -64,7 +66,7 @@ impl CoordinatorLink for QuicLink {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let mut stream = QuicStream::open(&self.conn, self.max_frame).await.map_err(|e| tls::explain(&e))?;
-            let head = AgentMessage::StoreBlob { digest: digest.clone(), size };
+            let head = AgentMessage::StoreBlob { digest: digest.clone(), size, job: self.job.clone() };
             stream.write(&head).await.map_err(|e| e.to_string())?;
             tokio::io::copy(bytes, stream.writer()).await.map_err(|e| format!("sending {digest}: {e}"))?;
             stream.finish().await;

@@ -76,7 +76,7 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
     let in_use: HashSet<_> =
         shared.store.contexts_in_use(cutoff_ms).await.map_err(|e| e.to_string())?.into_iter().collect();
     let (contexts, images, chunks) =
-        (shared.contexts.files.clone(), shared.handed_over.clone(), shared.contexts.chunks.clone());
+        (shared.contexts.files.clone(), shared.handovers.store().clone(), shared.contexts.chunks.clone());
     let now = SystemTime::now();
     let cutoff = (SystemTime::UNIX_EPOCH + Duration::from_millis(cutoff_ms)).min(now - FRESH);
     let partial = now - PARTIAL_AGE;
@@ -90,6 +90,7 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("sweeping {}: {e}", keep.data_dir.display()))?;
+    shared.handovers.forget_removed();
     // Who uploaded a context that is gone no longer matters.
     for digest in shared.store.owned_contexts().await.map_err(|e| e.to_string())? {
         if !shared.contexts.files.contains(&digest) {

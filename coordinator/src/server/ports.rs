@@ -11,7 +11,7 @@ use super::live::Live;
 use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::protocol::{Housekeeping, HousekeepingReply, JobFailure, JobSpec, PushedImage};
 use archfarm_shared::reference::ImageRef;
-use archfarm_shared::{AgentName, Digest, Platform};
+use archfarm_shared::{AgentName, Digest, JobId, Platform};
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -79,6 +79,14 @@ pub trait ImageCheck: Send + Sync + std::fmt::Debug {
     fn repository(&self) -> String {
         String::new()
     }
+
+    /// Attempt `job` starts on `agent`: where images are handed over to the coordinator, the
+    /// agent may store blobs for it from now on.
+    fn attempt_started(&self, _job: &JobId, _agent: &AgentName) {}
+
+    /// Attempt `job` ended, its image `verified` or not: what it handed over without a verified
+    /// image is removed.
+    fn attempt_ended(&self, _job: &JobId, _verified: bool) {}
 
     /// Pushes `statement` (an in-toto statement about `subject`) as its attestation manifest,
     /// beside it. Where images go to no registry there is nowhere to put one: `None`.

@@ -4,6 +4,7 @@
 
 use super::contexts::Contexts;
 use super::farm::Farm;
+use super::handover::budget::HandOvers;
 use super::live::LiveBuilds;
 use super::metrics::Metrics;
 use super::ports::ImageStore;
@@ -27,9 +28,9 @@ pub struct Shared {
     pub farm: Arc<Farm>,
     /// Build contexts: stored files, their chunks, uploads running ([`super::contexts`]).
     pub contexts: Contexts,
-    /// Blobs of images agents handed over, for builds that name no registry
-    /// ([`super::handover`]).
-    pub handed_over: ContentStore,
+    /// Blobs of images agents handed over, for builds that name no registry, and what each
+    /// attempt handed over ([`super::handover`]).
+    pub handovers: HandOvers,
     /// Durable state ([`super::store`]).
     pub store: Store,
     /// Builds running now ([`super::live`]).
@@ -67,7 +68,7 @@ impl Shared {
                 config.cache_affinity.then_some(config.affinity_margin),
             ),
             contexts: Contexts::open(&config.data_dir, config.max_context_bytes)?,
-            handed_over,
+            handovers: HandOvers::new(handed_over, config.min_free_space.as_u64()),
             store,
             live: LiveBuilds::default(),
             tag_locks: TagLocks::default(),

@@ -47,6 +47,9 @@ pub enum AgentMessage {
         digest: Digest,
         /// Its length.
         size: u64,
+        /// The job whose image it belongs to: the coordinator takes blobs only for an attempt
+        /// the agent runs now, within that attempt's bounds.
+        job: JobId,
     },
 }
 

@@ -13,6 +13,7 @@ mod enrollment;
 mod failures;
 mod faults;
 mod garbage_collection;
+mod handover_limits;
 mod hosts;
 mod housekeeping;
 mod imagetools;

@@ -171,12 +171,13 @@ async fn serve_registered(
     // Streams the agent opens are served by their own task: reading a frame must never race
     // with anything that could cancel it halfway.
     let acceptor = {
-        let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
+        let (shared, conn, grants, name) = (shared.clone(), conn.clone(), grants.clone(), name.clone());
         tokio::spawn(
             async move {
                 while let Ok(stream) = QuicStream::accept(&conn, max).await {
-                    let (shared, conn, grants) = (shared.clone(), conn.clone(), grants.clone());
-                    tokio::spawn(async move { serve_stream(&shared, &conn, &grants, stream).await }.in_current_span());
+                    let (shared, conn, grants, name) = (shared.clone(), conn.clone(), grants.clone(), name.clone());
+                    let serving = async move { serve_stream(&shared, (&conn, &name), &grants, stream).await };
+                    tokio::spawn(serving.in_current_span());
                 }
             }
             .in_current_span(),
@@ -216,7 +217,12 @@ async fn serve_registered(
 }
 
 /// Serves a stream the agent opened: a context fetch, or a blob of an image it hands over.
-async fn serve_stream(shared: &Shared, conn: &quinn::Connection, grants: &limits::Grants, mut stream: QuicStream) {
+async fn serve_stream(
+    shared: &Shared,
+    (conn, name): (&quinn::Connection, &AgentName),
+    grants: &limits::Grants,
+    mut stream: QuicStream,
+) {
     let Ok(first) = tokio::time::timeout(REGISTER_TIMEOUT, stream.expect::<AgentMessage>()).await else {
         return warn!("an agent opened a stream and said nothing on it within 10 s; it is dropped");
     };
@@ -225,8 +231,9 @@ async fn serve_stream(shared: &Shared, conn: &quinn::Connection, grants: &limits
             let allowed = grants.allows(&digest);
             crate::server::contexts::agent::send_context(&shared.contexts, &digest, allowed, stream).await
         }
-        Ok(AgentMessage::StoreBlob { digest, size }) => {
-            crate::server::handover::streams::receive(&shared.handed_over, &digest, size, grants.any(), stream).await
+        Ok(AgentMessage::StoreBlob { digest, size, job }) => {
+            let from = (name, &job);
+            crate::server::handover::streams::receive(&shared.handovers, from, &digest, size, stream).await
         }
         Ok(other) => drop(unexpected(conn, &other, "a new stream")),
         Err(e) => drop(on_codec_error(conn, &e, "context stream")),

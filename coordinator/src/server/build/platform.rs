@@ -230,8 +230,24 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs the attempt on the agent, then verifies what it pushed.
+    /// Runs the attempt on the agent, then verifies what it pushed; the image check hears of
+    /// the attempt's start and end (what it handed over without a verified image is removed).
     async fn attempt(
+        &self,
+        agent: &AgentHandle,
+        spec: &JobSpec,
+        wants: &Wants,
+        live: &Live,
+        started: Instant,
+        tried: &[AgentName],
+    ) -> Attempt {
+        self.images.attempt_started(&spec.job, &agent.name);
+        let attempt = self.attempt_and_verify(agent, spec, wants, live, started, tried).await;
+        self.images.attempt_ended(&spec.job, matches!(attempt, Attempt::Verified(..)));
+        attempt
+    }
+
+    async fn attempt_and_verify(
         &self,
         agent: &AgentHandle,
         spec: &JobSpec,

@@ -64,7 +64,7 @@ pub async fn handle(shared: Arc<Shared>, who: Arc<Principal>, req: ClientRequest
         ClientRequest::PruneBuilds => admin::prune_builds(&shared).await,
         ClientRequest::ChangeAgent { name, change } => admin::change_agent(&shared, &name, change).await,
         ClientRequest::FetchBlob { digest } => {
-            crate::server::handover::streams::send(&shared.handed_over, &digest, &mut stream).await
+            crate::server::handover::streams::send(shared.handovers.store(), &digest, &mut stream).await
         }
         ClientRequest::InspectAgent { name } => housekeeping::inspect(&shared, &name).await,
         ClientRequest::AgentDiskUsage { name } => housekeeping::disk_usage(&shared, name.as_ref()).await,

@@ -5,8 +5,10 @@
 //!
 //! # Layout
 //! - this file: [`StoredImages`], checking a handed-over image.
+//! - [`budget`]: what an attempt may hand over, and what is removed when it ends.
 //! - [`streams`]: an agent handing a blob over; a client fetching one.
 
+pub mod budget;
 pub mod streams;
 
 use super::ports::{Claim, ImageCheck, VerifyError, Verifying};
@@ -14,16 +16,34 @@ use archfarm_shared::content::ContentStore;
 use archfarm_shared::images::{self, CheckError};
 use archfarm_shared::layers;
 use archfarm_shared::registry::MAX_DOCUMENT_BYTES;
-use archfarm_shared::Digest;
+use archfarm_shared::{AgentName, Digest, JobId};
+use budget::HandOvers;
 
 /// The coordinator's store of handed-over blobs, as the orchestration checks images in it.
 #[derive(Debug)]
 pub struct StoredImages<'a> {
-    /// Where the blobs are.
+    /// Where the blobs are, and what each attempt handed over.
+    pub handovers: &'a HandOvers,
+    /// The store itself.
     pub store: &'a ContentStore,
 }
 
+impl<'a> StoredImages<'a> {
+    /// Images handed over into `handovers`' store.
+    pub fn new(handovers: &'a HandOvers) -> Self {
+        StoredImages { handovers, store: handovers.store() }
+    }
+}
+
 impl ImageCheck for StoredImages<'_> {
+    fn attempt_started(&self, job: &JobId, agent: &AgentName) {
+        self.handovers.started(job, agent);
+    }
+
+    fn attempt_ended(&self, job: &JobId, verified: bool) {
+        self.handovers.ended(job, verified);
+    }
+
     fn verify<'a>(&'a self, claim: Claim<'a>) -> Verifying<'a> {
         let Claim { platform, agent, pushed } = claim;
         Box::pin(async move {

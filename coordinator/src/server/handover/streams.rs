@@ -1,20 +1,28 @@
 //! The streams that move handed-over blobs: an agent storing one while it runs a job, and a
 //! client fetching one for `--load` or `--output` of a build that named no registry.
 
+use super::budget::HandOvers;
 use crate::server::reply::Reply;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::protocol::{ClientResponse, CoordinatorMessage};
 use archfarm_shared::stream::QuicStream;
-use archfarm_shared::Digest;
+use archfarm_shared::{AgentName, Digest, JobId};
 use tracing::warn;
 
-/// Receives blob `digest` of `size` bytes from an agent, if it runs a job (`running`).
-pub async fn receive(blobs: &ContentStore, digest: &Digest, size: u64, running: bool, mut stream: QuicStream) {
-    if !running {
-        let reason = "this agent runs no job: it has no image to hand over".to_owned();
-        warn!("refused an image blob: {reason}");
+/// Receives blob `digest` of `size` bytes from `agent` for attempt `job`, if the attempt runs
+/// and the blob fits in what it may hand over ([`HandOvers::admit`]).
+pub async fn receive(
+    handovers: &HandOvers,
+    (agent, job): (&AgentName, &JobId),
+    digest: &Digest,
+    size: u64,
+    mut stream: QuicStream,
+) {
+    if let Err(reason) = handovers.admit(agent, job, digest, size) {
+        warn!(blob = %digest, "refused an image blob: {reason}");
         return drop(stream.write_last(&CoordinatorMessage::BlobRefused { reason }).await);
     }
+    let blobs = handovers.store();
     // A minute, and a second more per 256 KiB: a stalled sender does not hold the stream.
     let deadline = std::time::Duration::from_secs(60 + (size >> 18));
     let receiving = blobs.receive(digest, size, stream.reader());
