@@ -66,9 +66,16 @@ impl ScriptedAgent {
     /// Issues a certificate for `name` from the farm CA and sends `registration`; `Err` with
     /// the coordinator's refusal (or the reason it closed the connection).
     pub async fn register(farm: &Farm, name: &str, registration: Registration) -> Result<ScriptedAgent, String> {
-        tls::install_crypto_provider();
         let ca_dir = farm.dir.path().join("ca");
         run_ok(Command::new(bin("archfarm")).args(["ca", "issue-agent", name, "--dir"]).arg(&ca_dir));
+        Self::register_again(farm, name, registration).await
+    }
+
+    /// Sends `registration` with the certificate [`ScriptedAgent::register`] issued for `name`
+    /// last, as an agent that restarts does.
+    pub async fn register_again(farm: &Farm, name: &str, registration: Registration) -> Result<ScriptedAgent, String> {
+        tls::install_crypto_provider();
+        let ca_dir = farm.dir.path().join("ca");
         let read = |f: String| std::fs::read_to_string(ca_dir.join(f)).unwrap();
         let (ca, cert, key) = (read("ca.pem".into()), read(format!("{name}.pem")), read(format!("{name}.key")));
         let config = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default()).unwrap();

@@ -103,7 +103,7 @@ fn a_join_token_bound_to_a_name_and_platforms_enrolls_only_that_agent_for_those_
 
     // The right name, but this host declares linux/amd64: enrolled, then refused at registration.
     farm.start_joining_agent(&AgentSpec { name: "bound-1", native: None, capacity: 1 }, &arm_only);
-    farm.proc("agent bound-1").wait_for_log("its join token allows only linux/arm64", Duration::from_secs(30));
+    farm.proc("agent bound-1").wait_for_log("is bound to linux/arm64 (by its join token", Duration::from_secs(30));
 
     let amd_only = token(&farm, &["agents", "token", "create", "--name", "bound-2", "--platform", "linux/amd64"]);
     farm.start_joining_agent(&AgentSpec { name: "bound-2", native: None, capacity: 1 }, &amd_only);
@@ -143,4 +143,20 @@ fn an_agent_renews_its_certificate_without_a_join_token_and_the_old_one_is_retir
     farm.procs.push(Proc::start("agent with the old certificate", agent_command(&config, &[]), old.join("agent.log")));
     farm.proc("coordinator")
         .wait_for_log(&format!("certificate (serial {old_serial}) is renewed"), Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_to_no_platform_is_bound_to_what_its_agent_first_declares() {
+    use archfarm_tests::scripted::ScriptedAgent;
+    let farm = tokio::task::block_in_place(|| Farm::start(&[]));
+    // Issued offline: no platform in it. Its first registration binds it.
+    let first = ScriptedAgent::join(&farm, "offline-1", &["linux/amd64"]).await;
+    drop(first);
+    let later = ScriptedAgent::registration(&["linux/amd64", "linux/arm64"]);
+    let refused = ScriptedAgent::register_again(&farm, "offline-1", later).await.unwrap_err();
+    assert!(refused.contains("declares linux/arm64, but its certificate"), "{refused}");
+    assert!(refused.contains("is bound to linux/amd64"), "{refused}");
+    // What it was bound to still registers.
+    let again = ScriptedAgent::register_again(&farm, "offline-1", ScriptedAgent::registration(&["linux/amd64"])).await;
+    assert!(again.is_ok(), "{:?}", again.err());
 }

@@ -83,7 +83,7 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, unauthenticated
 }
 
 /// Who is on the other end: the name and certificate it connected with, and the platforms its
-/// join token allows (any when empty).
+/// certificate is bound to (none yet when empty: it is bound at this registration).
 struct Identity {
     name: AgentName,
     cert: archfarm_shared::pki::CertificateInfo,
@@ -114,8 +114,19 @@ async fn session(shared: Arc<Shared>, conn: quinn::Connection, identity: Identit
         return refuse(&conn, &format!("agent {name} registered bad capabilities: {e}; fix `labels` in its config"));
     }
     if let Some(p) = registration.platforms.iter().find(|p| !allowed.is_empty() && !allowed.contains(p)) {
-        let reason = format!("agent {name} declares {p}, but its join token allows only {}", platform::list(&allowed));
+        let reason = format!(
+            "agent {name} declares {p}, but its certificate (serial {}) is bound to {} (by its join token, or by              what it declared when it first connected); to build other platforms, an admin revokes it (`archfarm              agents revoke {name}`) and enrolls the host again",
+            cert.serial,
+            platform::list(&allowed)
+        );
         return refuse(&conn, &reason);
+    }
+    // A certificate bound to nothing yet (issued offline, or joined with a token bound to no
+    // platform) is bound now to what it declares: it can never claim another platform later.
+    if allowed.is_empty() {
+        if let Err(e) = shared.store.bind_platforms(&cert.serial, &registration.platforms).await {
+            return refuse(&conn, &format!("cannot record the agent's platforms: {e}"));
+        }
     }
     let grants = limits::Grants::default();
     let handle = AgentHandle {

@@ -201,6 +201,21 @@ impl Store {
             .await
     }
 
+    /// Binds certificate `serial`, bound to no platform yet, to `platforms`: it may declare no
+    /// other from now on (renewals included).
+    pub async fn bind_platforms(&self, serial: &str, platforms: &[Platform]) -> Result<()> {
+        let (serial, platforms) = (serial.to_owned(), platforms_text(platforms));
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE certificates SET platforms = ?2 WHERE serial = ?1 AND platforms = ''",
+                    params![serial, platforms],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     /// What is recorded of a certificate, if anything.
     pub async fn certificate(&self, serial: &str) -> Result<Option<StoredCertificate>> {
         let serial = serial.to_owned();
