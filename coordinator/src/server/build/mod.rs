@@ -8,10 +8,12 @@
 //! - [`target`]: where a build's images go, from its checked request.
 //! - [`job`]: one platform's job: kept from before a restart, or assembled and run.
 //! - [`platform`]: one platform's attempts: get an agent, run, verify, retry elsewhere,
-//!   quarantine, give up, cancel.
+//!   give up, cancel.
+//! - [`blame`]: whose fault a failed attempt is: a peer's second opinion, blame, quarantine.
 //! - [`cache`]: the registry build cache: which caches a platform reads, writing them after.
 //! - [`republish`]: `builds publish`: a verified build's index again, without rebuilding.
 
+pub mod blame;
 pub mod cache;
 pub mod job;
 #[cfg(test)]

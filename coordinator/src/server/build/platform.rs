@@ -11,7 +11,6 @@ use crate::server::live::Live;
 use crate::server::metrics::Metrics;
 use crate::server::ports::{Claim, ImageCheck, VerifyError};
 use crate::server::scheduler::fit::Wants;
-use crate::server::scheduler::Standing;
 use crate::server::store::builds::VerifiedImage;
 use crate::server::store::Store;
 use archfarm_shared::clock::now_ms;
@@ -76,7 +75,7 @@ pub type Verified = (Child, PlatformResult);
 /// How an attempt ended, for the retry decision. One lives on the stack per attempt: its size
 /// does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Attempt {
+pub(super) enum Attempt {
     Verified(Verified, Vec<ResolvedBase>),
     /// Running it again elsewhere would give the same answer (the Dockerfile failed, or no other
     /// agent can take it).
@@ -84,11 +83,14 @@ enum Attempt {
         outcome: AttemptOutcome,
         failure: JobFailure,
     },
-    /// The agent or its path failed: try again, elsewhere if possible.
+    /// The agent or its path failed: try again, elsewhere if possible. `doubt`: the build
+    /// failed on this agent alone so far, and another agent of the platform builds it too, to
+    /// tell the Dockerfile's doing from the agent's ([`super::blame`]).
     Retry {
         outcome: AttemptOutcome,
         failure: JobFailure,
         blame: bool,
+        doubt: bool,
     },
 }
 
@@ -99,10 +101,21 @@ enum Step {
     Done(Result<Verified, String>),
     /// Try again; this is why the last attempt ended.
     Again(JobFailure),
+    /// Try again on another agent: the build failed here, and a peer is to confirm it.
+    Doubt(JobFailure),
 }
 
 /// The failure behind the last attempt, and the agent it ran on.
 type Last = Option<(Option<AgentName>, JobFailure)>;
+
+/// The platform's earlier attempts, as an attempt sees them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct History<'a> {
+    /// Agents that tried and are avoided.
+    pub tried: &'a [AgentName],
+    /// The agent whose build failed, awaiting a peer's verdict, and how it failed.
+    pub doubted: Option<&'a (AgentName, JobFailure)>,
+}
 
 impl Runner<'_> {
     /// Runs one platform to a verified image, retrying lost and failed attempts on other agents
@@ -112,6 +125,7 @@ impl Runner<'_> {
         let started = Instant::now();
         let mut avoid: Vec<AgentName> = Vec::new();
         let mut last: Last = None;
+        let mut doubted: Option<(AgentName, JobFailure)> = None;
         let limit = self.attempts_base + self.max_attempts;
         while spec.attempt < limit {
             spec.attempt += 1;
@@ -134,10 +148,21 @@ impl Runner<'_> {
                     break;
                 }
             };
-            match self.step(&agent, &placement, &spec, wants, live, started, &avoid).await {
-                Step::Done(result) => return result,
+            let history = History { tried: &avoid, doubted: doubted.as_ref() };
+            match self.step(&agent, &placement, &spec, wants, live, started, history).await {
+                Step::Done(result) => {
+                    if let (Ok(_), Some((first, failure))) = (&result, &doubted) {
+                        self.contradicted(first, &agent.name, failure).await;
+                    }
+                    return result;
+                }
                 Step::Again(failure) => {
                     avoid.push(agent.name.clone());
+                    last = Some((Some(agent.name.clone()), failure));
+                }
+                Step::Doubt(failure) => {
+                    avoid.push(agent.name.clone());
+                    doubted = Some((agent.name.clone(), failure.clone()));
                     last = Some((Some(agent.name.clone()), failure));
                 }
             }
@@ -163,7 +188,7 @@ impl Runner<'_> {
         wants: &Wants,
         live: &Live,
         started: Instant,
-        tried: &[AgentName],
+        history: History<'_>,
     ) -> Step {
         let platform = &spec.platform;
         let slot = Slot { farm: self.farm, job: spec.job.clone() };
@@ -176,7 +201,7 @@ impl Runner<'_> {
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
         let running = Instant::now();
         let started_ms = now_ms();
-        let attempt = self.attempt(agent, spec, wants, live, started, tried).await;
+        let attempt = self.attempt(agent, spec, wants, live, started, history).await;
         drop(slot);
         let outcome = match &attempt {
             Attempt::Verified(..) => AttemptOutcome::Pushed,
@@ -203,7 +228,7 @@ impl Runner<'_> {
                 }
                 Step::Done(Err(format!("  {platform}: cancelled")))
             }
-            Attempt::Retry { outcome, failure, blame } => {
+            Attempt::Retry { outcome, failure, blame, doubt } => {
                 // builds show names whose fault each attempt's end was.
                 let detail = format!("{}: {}", failure.kind, failure.message);
                 if let Err(e) = self.store.finish_attempt(&spec.job, spec.attempt, outcome, &detail).await {
@@ -225,7 +250,11 @@ impl Runner<'_> {
                         next_attempt: spec.attempt + 1,
                     });
                 }
-                Step::Again(failure)
+                if doubt {
+                    Step::Doubt(failure)
+                } else {
+                    Step::Again(failure)
+                }
             }
         }
     }
@@ -239,10 +268,10 @@ impl Runner<'_> {
         wants: &Wants,
         live: &Live,
         started: Instant,
-        tried: &[AgentName],
+        history: History<'_>,
     ) -> Attempt {
         self.images.attempt_started(&spec.job, &agent.name);
-        let attempt = self.attempt_and_verify(agent, spec, wants, live, started, tried).await;
+        let attempt = self.attempt_and_verify(agent, spec, wants, live, started, history).await;
         self.images.attempt_ended(&spec.job, matches!(attempt, Attempt::Verified(..)));
         attempt
     }
@@ -254,8 +283,9 @@ impl Runner<'_> {
         wants: &Wants,
         live: &Live,
         started: Instant,
-        tried: &[AgentName],
+        history: History<'_>,
     ) -> Attempt {
+        let tried = history.tried;
         let run = agent.link.run_job(spec.clone(), live, self.limits.idle);
         let pushed = match tokio::time::timeout(self.limits.timeout, run).await {
             Ok(Ok(p)) => p,
@@ -268,7 +298,7 @@ impl Runner<'_> {
             Ok(Err(failure)) if failure.kind == FailureKind::TimedOut => {
                 return self.elsewhere_if_possible(agent, wants, tried, AttemptOutcome::TimedOut, failure);
             }
-            Ok(Err(failure)) => return after_failure(failure),
+            Ok(Err(failure)) => return self.after_failure(agent, wants, history, failure),
             Err(_) => {
                 // Dropping the run closed the job's stream, which stops the job on the agent.
                 let message = format!(
@@ -303,11 +333,11 @@ impl Runner<'_> {
             Err(VerifyError::Wrong(message)) => {
                 self.quarantine(&agent.name, &message).await;
                 let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
-                Attempt::Retry { outcome: AttemptOutcome::WrongImage, failure, blame: false }
+                Attempt::Retry { outcome: AttemptOutcome::WrongImage, failure, blame: false, doubt: false }
             }
             Err(VerifyError::Unavailable(message)) => {
                 let failure = JobFailure { kind: FailureKind::Verification, message, log_tail: vec![] };
-                Attempt::Retry { outcome: AttemptOutcome::Unverified, failure, blame: false }
+                Attempt::Retry { outcome: AttemptOutcome::Unverified, failure, blame: false, doubt: false }
             }
         }
     }
@@ -325,7 +355,7 @@ impl Runner<'_> {
         let mut tried = tried.to_vec();
         tried.push(agent.name.clone());
         if self.farm.serves_other(wants, &tried) {
-            Attempt::Retry { outcome, failure, blame: false }
+            Attempt::Retry { outcome, failure, blame: false, doubt: false }
         } else {
             Attempt::Final { outcome, failure }
         }
@@ -399,28 +429,6 @@ impl Runner<'_> {
         }
     }
 
-    async fn quarantine(&self, agent: &AgentName, reason: &str) {
-        warn!(agent = %agent, "quarantining agent: {reason}");
-        if let Err(e) = self.store.quarantine(agent, reason).await {
-            error!("cannot record the quarantine: {e}");
-        }
-        // An agent already quarantined (a late failure of a job it ran before) counts once.
-        let before = self.farm.set_standing(agent, Standing::Quarantined(reason.to_owned()));
-        if !matches!(before, Some(Standing::Quarantined(_))) {
-            self.metrics.quarantined();
-        }
-    }
-
-    async fn count_failure(&self, agent: &AgentName, outcome: AttemptOutcome, message: &str) {
-        match self.store.agent_failed(agent).await {
-            Ok(n) if n >= self.quarantine_after => {
-                self.quarantine(agent, &format!("{n} jobs in a row {outcome}; the last: {message}")).await;
-            }
-            Ok(_) => {}
-            Err(e) => error!("cannot record an agent failure: {e}"),
-        }
-    }
-
     /// Records the platform as failed for good (left out, if it is optional), tells the
     /// watchers, and returns its summary.
     async fn fail(&self, live: &Live, spec: &JobSpec, agent: Option<&AgentName>, failure: JobFailure) -> String {
@@ -449,24 +457,6 @@ impl Runner<'_> {
         }
         live.emit(BuildEvent::PlatformFailed { platform: platform.clone(), agent: agent.cloned(), failure });
         summary
-    }
-}
-
-/// What a job failure reported by the agent means for the retry decision.
-fn after_failure(failure: JobFailure) -> Attempt {
-    match failure.kind {
-        // The image's own doing: every agent would build the same.
-        FailureKind::Build | FailureKind::TestFailed => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
-        // The coordinator lost the context: no agent can build it until it is uploaded again.
-        FailureKind::ContextMissing => Attempt::Final { outcome: AttemptOutcome::Failed, failure },
-        FailureKind::AgentLost => Attempt::Retry { outcome: AttemptOutcome::Lost, failure, blame: false },
-        FailureKind::Cancelled => Attempt::Retry { outcome: AttemptOutcome::Cancelled, failure, blame: false },
-        // A failing push or pull says more about the registry than the agent: an outage must
-        // not quarantine the whole farm. An unhealthy engine already keeps its agent from jobs.
-        FailureKind::Push | FailureKind::RegistryUnavailable | FailureKind::EngineUnhealthy => {
-            Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: false }
-        }
-        _ => Attempt::Retry { outcome: AttemptOutcome::Failed, failure, blame: true },
     }
 }
 

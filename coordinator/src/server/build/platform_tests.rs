@@ -279,20 +279,41 @@ async fn an_agent_that_pushes_the_wrong_platform_is_quarantined_and_the_platform
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_dockerfile_failure_is_final_and_blames_no_agent() {
-    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Build), Act::Push]).await;
+async fn a_dockerfile_failure_is_final_once_a_peer_confirms_it_and_blames_no_agent() {
+    let acts = [Act::Fail(FailureKind::Build), Act::Fail(FailureKind::Build), Act::Push];
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &acts).await;
     rig.quarantine_after = 1;
     let summary = rig.run().await.unwrap_err();
     assert!(summary.contains("linux/amd64 failed on agent amd64-"), "{summary}");
     assert!(summary.contains("(build): build failed"), "{summary}");
+    assert!(summary.contains("before as well: the build's doing, not an agent's"), "{summary}");
     assert!(summary.contains("exit code: 2"), "the failing step's last lines are shown: {summary}");
-    assert_eq!(rig.attempts().await.len(), 1, "the Dockerfile would fail anywhere: not retried");
+    let attempts = rig.attempts().await;
+    assert_eq!(attempts.len(), 2, "one peer's word, no more");
+    assert_ne!(attempts[0].0, attempts[1].0, "the second opinion is another agent's");
     assert_eq!(rig.acts_left(), 1);
     assert_eq!(rig.job_state().await, JobState::Failed);
     for agent in ["amd64-a", "amd64-b"] {
         assert_eq!(rig.store.quarantined(&agent.parse().unwrap()).await.unwrap(), None);
         assert_eq!(rig.agent_state(agent), "ready");
     }
+    // With no peer to ask, the one agent's failure is final.
+    let rig = Rig::new(&["amd64-a"], &[Act::Fail(FailureKind::Build), Act::Push]).await;
+    assert!(rig.run().await.is_err());
+    assert_eq!((rig.attempts().await.len(), rig.acts_left()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_failure_a_peer_contradicts_blames_the_agent_that_reported_it() {
+    let mut rig = Rig::new(&["amd64-a", "amd64-b"], &[Act::Fail(FailureKind::Build), Act::Push]).await;
+    rig.quarantine_after = 1;
+    let (_, result) = rig.run().await.expect("the peer builds it");
+    let attempts = rig.attempts().await;
+    let liar: AgentName = attempts[0].0.parse().unwrap();
+    assert_ne!(result.agent, liar);
+    let reason = rig.store.quarantined(&liar).await.unwrap().expect("blamed, and quarantined after 1");
+    assert!(reason.contains(&format!("its build failed where agent {}'s succeeded", result.agent)), "{reason}");
+    assert_eq!(rig.store.quarantined(&result.agent).await.unwrap(), None);
 }
 
 #[tokio::test(start_paused = true)]
