@@ -30,6 +30,7 @@ mod provenance;
 mod read_scopes;
 mod registry_cache;
 mod roles;
+mod second_opinion;
 mod status;
 mod tag_order;
 mod upload_limits;
