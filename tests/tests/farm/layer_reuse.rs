@@ -132,3 +132,27 @@ fn a_base_image_pushed_by_docker_is_mounted_from_its_repository_not_uploaded_aga
     }
     assert_eq!(uploads(&log, "team/app", &built[built.len() - 1]), 1, "the new layer is uploaded");
 }
+
+#[test]
+fn a_jobs_base_manifest_is_fetched_once_for_its_provenance_and_its_layers_alike() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let base_ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY base.txt /base.txt\n");
+    std::fs::write(base_ctx.path().join("base.txt"), format!("base {:?}\n", std::time::SystemTime::now())).unwrap();
+    let base = format!("{}:1", farm.repo("base/once"));
+    docker(&["build", "-q", "-t", &base, &base_ctx.path().to_string_lossy()]);
+    docker(&["push", "-q", &base]);
+    docker(&["rmi", "-f", &base]);
+
+    let ctx = context(&format!("FROM {base}\nCOPY app.txt /app.txt\n"));
+    std::fs::write(ctx.path().join("app.txt"), "app\n").unwrap();
+    let out = farm.build("linux/amd64", &[&format!("{}:1", farm.repo("team/once"))], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let agent = farm.proc("agent amd64-1").wait_for_log("learned the layers of a base image", Duration::from_secs(10));
+    assert!(agent.contains("base/once"), "{agent}");
+    // The agent's own requests (BuildKit's pulls are the engine's): one manifest fetch for the
+    // provenance's digest and the layer cache's seeding together.
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    let fetches =
+        log.lines().filter(|l| l.contains("GET /v2/base/once/manifests/1 ") && l.contains("archfarm/")).count();
+    assert_eq!(fetches, 1, "{log}");
+}

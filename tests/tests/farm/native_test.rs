@@ -71,3 +71,21 @@ fn a_test_failing_on_one_platform_publishes_nothing_and_names_it() {
     assert!(started.elapsed() < Duration::from_secs(120));
     assert!(!log.contains("Retrying") && !log.contains("runs again"), "{log}");
 }
+
+#[test]
+fn a_test_that_floods_its_output_keeps_the_agents_memory_bounded() {
+    let farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\n");
+    let agent = farm.procs.iter().find(|p| p.name == "agent amd64-1").expect("the agent").pid();
+    let before = rss_kib(agent);
+    // Lines of 1 KiB as fast as the engine streams them, until the job's time limit stops it.
+    let flood = format!("/bin/busybox yes {}", "x".repeat(1024));
+    let tag = format!("{}:1", farm.repo("tested/flood"));
+    let started = std::time::Instant::now();
+    let out = farm.build("linux/amd64", &[&tag], ctx.path(), &["--test", &flood, "--job-timeout", "20s"]);
+    assert!(!out.status.success(), "a test that never ends fails at the time limit: {}", text(&out));
+    assert!(text(&out).contains("ran past its limit of 20 s"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let peak = peak_kib(agent);
+    assert!(peak - before < 96.0 * 1024.0, "the agent grew from {before} KiB to a peak of {peak} KiB");
+}

@@ -4,7 +4,7 @@
 
 use super::DockerEngine;
 use crate::engine::{LineSink, TestRun};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
@@ -15,6 +15,13 @@ use std::collections::VecDeque;
 const TAIL_LINE: usize = 512;
 /// Lines of a test's output kept for its failure.
 const TAIL: usize = 20;
+
+/// What the engine keeps on disk of a test's output while it streams to the job's log: a test
+/// that floods its output must not fill the agent's disk.
+fn bounded_log() -> HostConfigLogConfig {
+    let config = [("max-size", "8m"), ("max-file", "2")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    HostConfigLogConfig { typ: Some("json-file".into()), config: Some(config.into_iter().collect()) }
+}
 
 /// Removes the container when dropped, so a stopped job leaves none behind.
 struct Removal {
@@ -47,7 +54,11 @@ impl DockerEngine {
             image: Some(image.to_owned()),
             cmd: Some(argv.to_vec()),
             network_disabled: Some(true),
-            host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                log_config: Some(bounded_log()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let created = self
