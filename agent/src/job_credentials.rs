@@ -16,6 +16,12 @@ use tracing::warn;
 /// How long reading the Docker config and its credential helpers may take before a build.
 const CREDENTIALS_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The registries this agent's Docker config holds credentials for, as its registration
+/// reports them (at most `max`).
+pub async fn registries(max: usize) -> Vec<String> {
+    all().await.into_keys().take(max).collect()
+}
+
 /// Every credential of this agent's Docker config, by host; none when they cannot be read in
 /// time. Read for each job: a `docker login` counts from the next job on.
 async fn all() -> BTreeMap<String, Credential> {

@@ -141,6 +141,7 @@ mod tests {
             engine_version: "20.10.24".into(),
             agent_version: "0.1.0".into(),
             capabilities: Default::default(),
+            credentials_for: vec!["127.0.0.1:5000".into()],
         })
     }
 

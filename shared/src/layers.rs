@@ -12,7 +12,8 @@ use crate::Digest;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
 
 /// Pairings remembered before the memory starts again (about 140 bytes each).
 const FACTS: usize = 65_536;
@@ -20,24 +21,31 @@ const FACTS: usize = 65_536;
 const CHECKS_AT_ONCE: usize = 4;
 
 /// Blobs whose unpacked bytes were hashed here, with the diff id they hashed to. A blob digest
-/// names its bytes, so what one check learned holds for every repository and every tenant.
+/// names its bytes, so what one check learned holds for every repository and every tenant. A
+/// blob is checked once at a time: callers that ask while it is being checked wait for that
+/// check rather than fetch it again (a thousand builds of one image verify it once).
 #[derive(Debug, Default)]
-pub struct LayerFacts(Mutex<HashMap<Digest, Digest>>);
+pub struct LayerFacts(Mutex<HashMap<Digest, Arc<OnceCell<Digest>>>>);
 
 impl LayerFacts {
     /// The diff id blob `blob` was seen to unpack to.
     pub fn diff_id(&self, blob: &Digest) -> Option<Digest> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(blob).cloned()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(blob).and_then(|cell| cell.get().cloned())
+    }
+
+    /// The cell that holds, or will hold, what `blob` unpacks to.
+    fn cell(&self, blob: &Digest) -> Arc<OnceCell<Digest>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= FACTS && !map.contains_key(blob) {
+            map.clear();
+        }
+        map.entry(blob.clone()).or_default().clone()
     }
 
     /// Records that blob `blob` was seen to unpack to `diff_id`. Only a hash of its bytes may
     /// say so: a pairing read from a config or a manifest is a claim, not a fact.
     pub fn learn(&self, blob: &Digest, diff_id: &Digest) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= FACTS && !map.contains_key(blob) {
-            map.clear();
-        }
-        map.insert(blob.clone(), diff_id.clone());
+        let _ = self.cell(blob).set(diff_id.clone());
     }
 
     /// What blob `layer` in `repo` unpacks to: from memory, or streamed, checked and hashed
@@ -48,17 +56,27 @@ impl LayerFacts {
         repo: &ImageRef,
         layer: &Blob,
     ) -> Result<Result<Digest, String>, String> {
-        if let Some(known) = self.diff_id(&layer.digest) {
-            return Ok(Ok(known));
+        let cell = self.cell(&layer.digest);
+        let checked = cell
+            .get_or_try_init(|| async {
+                let what = format!("checking layer {} in the registry", layer.digest);
+                let checked = with_retries(&what, || async {
+                    registry.layer_diff_id(repo, layer).await.map_err(|e| e.to_string())
+                });
+                // A layer that is not what its descriptor says is not remembered: the next
+                // image naming the same digest is checked again, and refused again.
+                match checked.await {
+                    Ok(Ok(diff_id)) => Ok(diff_id),
+                    Ok(Err(wrong)) => Err(Ok(wrong)),
+                    Err(unavailable) => Err(Err(unavailable)),
+                }
+            })
+            .await;
+        match checked {
+            Ok(diff_id) => Ok(Ok(diff_id.clone())),
+            Err(Ok(wrong)) => Ok(Err(wrong)),
+            Err(Err(unavailable)) => Err(unavailable),
         }
-        let checked = with_retries(&format!("checking layer {} in the registry", layer.digest), || async {
-            registry.layer_diff_id(repo, layer).await.map_err(|e| e.to_string())
-        })
-        .await?;
-        if let Ok(diff_id) = &checked {
-            self.learn(&layer.digest, diff_id);
-        }
-        Ok(checked)
     }
 }
 

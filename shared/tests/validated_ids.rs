@@ -74,6 +74,7 @@ struct PlainRegistration {
     engine_version: String,
     agent_version: String,
     capabilities: PlainCapabilities,
+    credentials_for: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -189,6 +190,7 @@ fn checked_types_encode_to_the_same_bytes_as_plain_strings() {
             cpu_features: vec!["avx2".into()],
             labels: [("region".to_owned(), "eu".to_owned())].into(),
         },
+        credentials_for: vec!["registry-1.docker.io".into()],
     };
     let plain_registration = PlainRegistration {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v6"))],
@@ -200,6 +202,7 @@ fn checked_types_encode_to_the_same_bytes_as_plain_strings() {
             cpu_features: vec!["avx2".into()],
             labels: [("region".to_owned(), "eu".to_owned())].into(),
         },
+        credentials_for: vec!["registry-1.docker.io".into()],
     };
     assert_eq!(payload(&registration), payload(&plain_registration));
     // And the plain bytes decode to the checked message.

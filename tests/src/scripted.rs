@@ -52,6 +52,7 @@ impl ScriptedAgent {
             engine_version: "scripted".into(),
             agent_version: "test".into(),
             capabilities: Default::default(),
+            credentials_for: vec![],
         }
     }
 

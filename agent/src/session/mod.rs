@@ -121,6 +121,7 @@ impl Agent<Executor> {
                 engine_version: info.version,
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 capabilities: capabilities.clone(),
+                credentials_for: crate::job_credentials::registries(archfarm_shared::protocol::MAX_CREDENTIALED).await,
             },
             name: name.clone(),
             max_frame: config.max_frame_bytes,

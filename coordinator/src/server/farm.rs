@@ -260,6 +260,13 @@ impl Farm {
         out
     }
 
+    /// The registries some connected agent holds credentials for: a build reads there only
+    /// inside its token's scopes.
+    pub fn credentialed_registries(&self) -> std::collections::BTreeSet<String> {
+        let st = self.lock();
+        st.agents.values().flat_map(|a| a.registration.credentials_for.iter().cloned()).collect()
+    }
+
     /// Connected agents for `archfarm agents ls`, sorted by name.
     pub fn agents(&self) -> Vec<AgentInfo> {
         let st = self.lock();

@@ -282,6 +282,7 @@ fn templates() -> &'static [Vec<u8>] {
                 engine_version: String::new(),
                 agent_version: String::new(),
                 capabilities: Default::default(),
+                credentials_for: vec![],
             })),
             payload(&AgentMessage::JobFinished(JobOutcome::Pushed(pushed))),
             payload(&CoordinatorMessage::AssignJob(Box::new(JobSpec {

@@ -53,6 +53,9 @@ pub enum AgentMessage {
     },
 }
 
+/// Registries with credentials one agent reports at most ([`Registration::credentials_for`]).
+pub const MAX_CREDENTIALED: usize = 64;
+
 /// What an agent declares when it registers. Its name comes from its certificate, not from here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
@@ -66,6 +69,10 @@ pub struct Registration {
     pub agent_version: String,
     /// Its x86-64 level, CPU features and labels.
     pub capabilities: crate::capabilities::Capabilities,
+    /// The registries (`host[:port]`, Docker Hub as `registry-1.docker.io`) its Docker config
+    /// holds credentials for when it starts, never the credentials: the coordinator refuses a
+    /// build reading outside its token's scopes there before it runs.
+    pub credentials_for: Vec<String>,
 }
 
 /// Messages the coordinator sends to an agent.

@@ -18,7 +18,7 @@ mod enroll;
 mod failure;
 mod housekeeping;
 
-pub use agent::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, PushedImage, Registration};
+pub use agent::{AgentMessage, CoordinatorMessage, JobOutcome, JobSpec, PushedImage, Registration, MAX_CREDENTIALED};
 pub use builds::{
     AttemptDetail, BuildDetail, BuildEvent, BuildState, BuildSummary, JobDetail, JobState, PlatformResult,
 };
@@ -29,7 +29,7 @@ pub use housekeeping::{AgentAnswer, AgentAttempt, AgentDetail, DiskUsage, Housek
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN_AGENT: &[u8] = b"archfarm-agent/5";
+pub const ALPN_AGENT: &[u8] = b"archfarm-agent/6";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
 pub const ALPN_CLIENT: &[u8] = b"archfarm-client/5";
 

@@ -234,6 +234,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                     engine_version: "bench".into(),
                     agent_version: "bench".into(),
                     capabilities: Default::default(),
+                    credentials_for: vec![],
                 },
                 coordinator: farm.coordinator.clone(),
                 server_name: "localhost".into(),

@@ -297,6 +297,7 @@ async fn a_malformed_id_in_a_frame_closes_that_connection_and_panics_nothing() {
         engine_version: "prober".into(),
         agent_version: "prober".into(),
         capabilities: Default::default(),
+        credentials_for: vec![],
     });
     let frame = patched(codec::encode(&register, codec::DEFAULT_MAX_FRAME).unwrap(), "amd64", "am/64");
     let reason = send_raw_and_get_close(&c3, &frame, false).await;

@@ -50,8 +50,27 @@ fn a_build_token_reads_only_inside_its_scopes_from_registries_the_farm_holds_cre
     let team_a = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let target = format!("{}:1", farm.repo("teama/app"));
     let before = requests_for(&farm, "teamb/private");
-
     let stolen = format!("{private}/teamb/private:1");
+    let refused = |out: &Output, how: &str| {
+        let said = text(out);
+        assert!(!out.status.success(), "{how}: {said}");
+        assert!(said.contains(&format!("{how} {stolen}: reads {private}/teamb/private")), "{how}: {said}");
+        assert!(said.contains(&format!("outside this token's scopes ({private}/teama/, ")), "{how}: {said}");
+    };
+
+    // The agent logged in after it registered, so the coordinator does not know it holds
+    // credentials there: the agent refuses the job itself, before it pulls anything.
+    let jobs = |farm: &mut Farm, agent: &str| farm.proc(agent).log_text().matches("job started").count();
+    let started = jobs(&mut farm, "agent amd64-1");
+    let out = build_as(&farm, &team_a, &target, &format!("FROM {stolen}\n"));
+    refused(&out, "FROM");
+    assert!(text(&out).contains("refused before anything was pulled"), "{}", text(&out));
+    assert_eq!(jobs(&mut farm, "agent amd64-1"), started + 1, "the agent took the job and refused it");
+
+    // An agent that registers with the login: now the coordinator refuses such builds at once.
+    farm.start_agent_configured(&AgentSpec { name: "amd64-2", native: None, capacity: 1 }, "");
+    farm.wait_for_agents(&["amd64-1", "amd64-2"]);
+    let started = (jobs(&mut farm, "agent amd64-1"), jobs(&mut farm, "agent amd64-2"));
     let attempts = [
         ("FROM", format!("FROM {stolen}\n")),
         ("COPY --from", format!("FROM {private}/teama/base:1\nCOPY --from={stolen} /bin/busybox /stolen\n")),
@@ -61,12 +80,10 @@ fn a_build_token_reads_only_inside_its_scopes_from_registries_the_farm_holds_cre
         ),
     ];
     for (how, dockerfile) in attempts {
-        let out = build_as(&farm, &team_a, &target, &dockerfile);
-        let said = text(&out);
-        assert!(!out.status.success(), "{how}: {said}");
-        assert!(said.contains(&format!("{how} {stolen}: reads {private}/teamb/private")), "{how}: {said}");
-        assert!(said.contains(&format!("outside this token's scopes ({private}/teama/, ")), "{how}: {said}");
+        refused(&build_as(&farm, &team_a, &target, &dockerfile), how);
     }
+    let now = (jobs(&mut farm, "agent amd64-1"), jobs(&mut farm, "agent amd64-2"));
+    assert_eq!(now, started, "refused by the coordinator, before any agent ran it");
     assert_eq!(requests_for(&farm, "teamb/private"), before, "nothing of team B's image was asked for");
     assert!(farm.tags("teama/app").is_empty(), "nothing was published");
 

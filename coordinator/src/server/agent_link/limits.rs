@@ -31,6 +31,10 @@ pub const MAX_PLATFORMS: usize = 16;
 pub const MAX_CAPACITY: u32 = 256;
 /// Longest engine or agent version an agent may report.
 pub const MAX_VERSION: usize = 128;
+/// Registries with credentials one agent may report.
+pub use archfarm_shared::protocol::MAX_CREDENTIALED;
+/// Longest registry host an agent may report.
+pub const MAX_HOST: usize = 255;
 /// Longest health problem kept of what an agent reports.
 pub const MAX_HEALTH: usize = 512;
 
@@ -48,6 +52,12 @@ pub fn check_registration(r: &archfarm_shared::protocol::Registration) -> Result
         return Err(format!(
             "registration declares a capacity of {}; at most {MAX_CAPACITY} (`capacity` in the agent's config)",
             r.capacity
+        ));
+    }
+    if r.credentials_for.len() > MAX_CREDENTIALED || r.credentials_for.iter().any(|h| h.len() > MAX_HOST) {
+        return Err(format!(
+            "registration names {} registries with credentials; at most {MAX_CREDENTIALED}, of {MAX_HOST} bytes each",
+            r.credentials_for.len()
         ));
     }
     for (field, value) in [("engine_version", &r.engine_version), ("agent_version", &r.agent_version)] {

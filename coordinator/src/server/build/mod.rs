@@ -36,6 +36,7 @@ use super::tags::rule::Mover;
 use super::tags::writes;
 use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobState, PlatformResult};
+use archfarm_shared::{dockerfile, scopes};
 use archfarm_shared::{platform as platforms, BuildId, Digest, JobId, Platform};
 use futures_util::future::join_all;
 use platform::{JobLimits, Runner};
@@ -81,6 +82,7 @@ pub async fn submit(
     if !shared.contexts.usable(&shared.store, owner, &req.context).await? {
         return Err(format!("build context {} is not on the coordinator; upload it first", req.context));
     }
+    check_reads(shared, owner, &req).await?;
     // Optional platforms no agent fits now are left out at once, not refused.
     let wants: Vec<Wants> =
         req.platforms.iter().filter(|p| !req.is_optional(p)).map(|p| Wants::of(p, &req.requirements, None)).collect();
@@ -103,6 +105,22 @@ pub async fn submit(
     let rx = live.events.subscribe();
     spawn(shared.clone(), id.clone(), req, target, live);
     Ok((id, rx))
+}
+
+/// Refuses, before anything runs, a build whose Dockerfile reads an image outside its token's
+/// scopes on a registry some connected agent holds credentials for. The agent that takes a job
+/// checks again, with its own credentials, before it pulls anything.
+async fn check_reads(shared: &Shared, owner: &Principal, req: &BuildRequest) -> Result<(), String> {
+    if owner.scopes.is_empty() {
+        return Ok(());
+    }
+    let (path, name) = (shared.contexts.files.path(&req.context), req.dockerfile.clone());
+    let read = tokio::task::spawn_blocking(move || dockerfile::read_dockerfile(&path, &name));
+    // A context without its Dockerfile fails on the agent, saying so.
+    let Some(text) = read.await.map_err(|e| format!("reading the Dockerfile: {e}"))? else { return Ok(()) };
+    let uses = dockerfile::references(&text, &req.build_args);
+    let guarded = shared.farm.credentialed_registries();
+    scopes::check_reads(&uses, &owner.scopes, &req.dockerfile, |host| guarded.contains(host))
 }
 
 /// Resumes a build found unfinished in the store after a restart. Verified platforms are kept;

@@ -15,6 +15,7 @@ pub fn join(farm: &Farm, name: &AgentName, platforms: &[Platform], link: Arc<dyn
         engine_version: "test".into(),
         agent_version: "test".into(),
         capabilities: Default::default(),
+        credentials_for: vec![],
     };
     let handle = AgentHandle {
         name: name.clone(),
