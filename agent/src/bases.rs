@@ -28,6 +28,9 @@ use tracing::{info, warn};
 const MAX_BASES: usize = 8;
 /// How long the agent asks a registry about one base image before it gives up on it.
 const BASE_LOOKUP: Duration = Duration::from_secs(20);
+/// How long the agent spends learning one base image's layers, checking each by its bytes
+/// included (each fetch has its own deadline, growing with the layer's size).
+const BASE_SEEDING: Duration = Duration::from_secs(120);
 
 /// The registry images a Dockerfile's stages start from, in order and without repeats: not
 /// `scratch`, not an earlier stage, and not one whose name still holds a variable after the
@@ -160,7 +163,7 @@ impl JobBases {
     /// for `platform` holds in a repository of `registry`, the registry the image is pushed to.
     /// A base's config and manifest only claim which blob unpacks to which diff id: each claim
     /// is checked by unpacking and hashing the blob before the cache, which every later job of
-    /// every tenant trusts, learns it. Best effort, within [`BASE_LOOKUP`] each base: what it
+    /// every tenant trusts, learns it. Best effort, within [`BASE_SEEDING`] each base: what it
     /// cannot learn is compressed and uploaded.
     pub async fn seed(
         &self,
@@ -174,10 +177,12 @@ impl JobBases {
         let platform = archfarm_shared::capabilities::base(platform);
         for image in self.images().await {
             let seeding = self.seed_one(cache, registries, image, &platform, wanted, registry);
-            match tokio::time::timeout(BASE_LOOKUP, seeding).await {
+            match tokio::time::timeout(BASE_SEEDING, seeding).await {
                 Ok(Ok(n)) => info!(image, layers = n, "learned the layers of a base image"),
                 Ok(Err(e)) => info!(image, "cannot learn the layers of a base image; they are uploaded if new: {e}"),
-                Err(_) => info!(image, "no answer about a base image within {} s", BASE_LOOKUP.as_secs()),
+                Err(_) => {
+                    info!(image, "the layers of a base image were not learned within {} s", BASE_SEEDING.as_secs())
+                }
             }
         }
     }
