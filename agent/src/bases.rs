@@ -46,7 +46,7 @@ pub fn base_images(uses: &[ImageUse]) -> Vec<String> {
     bases
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Manifest {
     #[serde(default)]
     manifests: Vec<Child>,
@@ -55,13 +55,13 @@ struct Manifest {
     layers: Vec<Blob>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Child {
     digest: Digest,
     platform: Option<ChildPlatform>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct ChildPlatform {
     os: String,
     architecture: String,
@@ -159,6 +159,75 @@ impl JobBases {
         Ok(self.manifest(registries, image).await?.1)
     }
 
+    /// `image`'s manifest for `platform` and its config's bytes.
+    async fn config_of(
+        &self,
+        registries: &RegistryClients,
+        image: &str,
+        platform: &Platform,
+    ) -> Result<(Manifest, Vec<u8>), String> {
+        let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
+        let reg = registries.get(&reference);
+        let (bytes, _) = self.manifest(registries, image).await?;
+        let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+        if !manifest.manifests.is_empty() {
+            let child = manifest
+                .manifests
+                .iter()
+                .find(|c| c.platform.as_ref().is_some_and(|p| matches(p, platform)))
+                .ok_or_else(|| format!("{image} has no child for {platform}"))?;
+            let (bytes, _) = reg
+                .manifest(&reference.with_digest(&child.digest), oci::IMAGE_MANIFESTS)
+                .await
+                .map_err(|e| e.to_string())?;
+            manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
+        }
+        let config = manifest.config.clone().ok_or_else(|| format!("{image}: manifest without a config"))?;
+        let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
+        Ok((manifest, config))
+    }
+
+    /// The images the `ONBUILD` triggers of the Dockerfile's bases read (a frontend runs them as
+    /// if they were written after the `FROM`), each named at the line of its `FROM`. `Err` when
+    /// a base cannot be read: then its triggers cannot be told.
+    pub async fn onbuild_uses(
+        &self,
+        registries: &RegistryClients,
+        platform: &Platform,
+    ) -> Result<Vec<ImageUse>, String> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            config: Option<Inner>,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(rename = "OnBuild", default)]
+            on_build: Option<Vec<String>>,
+        }
+        let platform = archfarm_shared::capabilities::base(platform);
+        let mut out = Vec::new();
+        let froms: Vec<ImageUse> =
+            self.uses().await.iter().filter(|u| u.how == "FROM" && !u.image.contains('$')).cloned().collect();
+        for from in froms {
+            let cannot = |e: String| {
+                format!("cannot read the config of the base image {} to check its ONBUILD triggers: {e}", from.image)
+            };
+            let reading = self.config_of(registries, &from.image, &platform);
+            let (_, config) = tokio::time::timeout(BASE_LOOKUP, reading)
+                .await
+                .map_err(|_| cannot(format!("no answer within {} s", BASE_LOOKUP.as_secs())))?
+                .map_err(cannot)?;
+            let config: Config =
+                serde_json::from_slice(&config).map_err(|e| format!("config of {}: {e}", from.image))?;
+            let triggers = config.config.and_then(|c| c.on_build).unwrap_or_default();
+            for used in dockerfile::references(&triggers.join("\n"), &self.build_args) {
+                out.push(ImageUse { image: used.image, how: "ONBUILD of a base image", line: from.line });
+            }
+        }
+        Ok(out)
+    }
+
     /// Teaches `cache` the layers of `wanted` (the built image's diff ids) that a base image
     /// for `platform` holds in a repository of `registry`, the registry the image is pushed to.
     /// A base's config and manifest only claim which blob unpacks to which diff id: each claim
@@ -202,22 +271,7 @@ impl JobBases {
             return Ok(0);
         }
         let reg = registries.get(&reference);
-        let (bytes, _) = self.manifest(registries, image).await?;
-        let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
-        if !manifest.manifests.is_empty() {
-            let child = manifest
-                .manifests
-                .iter()
-                .find(|c| c.platform.as_ref().is_some_and(|p| matches(p, platform)))
-                .ok_or_else(|| format!("{image} has no child for {platform}"))?;
-            let (bytes, _) = reg
-                .manifest(&reference.with_digest(&child.digest), oci::IMAGE_MANIFESTS)
-                .await
-                .map_err(|e| e.to_string())?;
-            manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest of {image}: {e}"))?;
-        }
-        let config = manifest.config.ok_or_else(|| format!("{image}: manifest without a config"))?;
-        let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
+        let (manifest, config) = self.config_of(registries, image, platform).await?;
         let diff_ids = layers::diff_ids(&config).ok_or_else(|| format!("{image}: config without diff ids"))?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(format!("{image}: {} layers but {} diff ids", manifest.layers.len(), diff_ids.len()));

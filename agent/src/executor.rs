@@ -108,7 +108,7 @@ impl Executor {
         let tag = format!("archfarm/{}:build", spec.job);
         // Read once for the scope check, the provenance and the layer cache alike.
         let bases = JobBases::new(&context, &spec);
-        let credentials = match crate::job_credentials::for_job(&spec, &bases).await {
+        let credentials = match crate::job_credentials::for_job(&spec, &bases, &self.registries).await {
             Ok(credentials) => credentials,
             Err(refused) => return failure(FailureKind::Build, refused, vec![]),
         };

@@ -3,12 +3,13 @@
 //! of the registries it reads or writes, and only once every image its Dockerfile names was
 //! checked against the scopes of the token that started the build ([`scopes::check_reads`]):
 //! an image outside them, on a registry this agent holds credentials for, is refused before
-//! anything is pulled.
+//! anything is pulled. The same holds for what the `ONBUILD` triggers of its base images read.
 
 use crate::bases::JobBases;
 use archfarm_shared::credentials::{self, Credential};
 use archfarm_shared::protocol::JobSpec;
-use archfarm_shared::{registry, scopes};
+use archfarm_shared::registry::{self, RegistryClients};
+use archfarm_shared::scopes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tracing::warn;
@@ -40,11 +41,21 @@ async fn all() -> BTreeMap<String, Credential> {
 
 /// The credentials `spec` may hand BuildKit, once its reads are allowed: `Err` says which image
 /// of the Dockerfile is outside the token's scopes.
-pub async fn for_job(spec: &JobSpec, bases: &JobBases) -> Result<BTreeMap<String, Credential>, String> {
+pub async fn for_job(
+    spec: &JobSpec,
+    bases: &JobBases,
+    registries: &RegistryClients,
+) -> Result<BTreeMap<String, Credential>, String> {
     let all = all().await;
     let uses = bases.uses().await;
-    scopes::check_reads(uses, &spec.read_scopes, &spec.dockerfile, |host| all.contains_key(host))
-        .map_err(|e| format!("refused before anything was pulled: {e}"))?;
+    let refused = |e: String| format!("refused before anything was pulled: {e}");
+    let guarded = |host: &str| all.contains_key(host);
+    scopes::check_reads(uses, &spec.read_scopes, &spec.dockerfile, guarded).map_err(refused)?;
+    // The bases are inside the scopes now: what their ONBUILD triggers read must be too.
+    if !spec.read_scopes.is_empty() {
+        let triggers = bases.onbuild_uses(registries, &spec.platform).await.map_err(refused)?;
+        scopes::check_reads(&triggers, &spec.read_scopes, &spec.dockerfile, guarded).map_err(refused)?;
+    }
     // An unscoped build naming an image only the build can resolve keeps every login.
     if spec.read_scopes.is_empty() && uses.iter().any(|u| u.image.contains('$')) {
         return Ok(all);

@@ -97,3 +97,50 @@ fn a_build_token_reads_only_inside_its_scopes_from_registries_the_farm_holds_cre
     // The agents are not blamed for a refused read.
     assert!(!text(&farm.archfarm(&["agents", "ls"])).contains("quarantined"));
 }
+
+#[test]
+fn what_a_base_images_onbuild_triggers_read_is_bound_by_the_scopes_too() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let private = farm.start_private_registry(USER, PASSWORD);
+    farm.set_logins(&[(&private, USER, PASSWORD)]);
+    let images = context(PER_ARCH_DOCKERFILE);
+    let stolen = format!("{private}/teamb/private:1");
+    let out = farm.build("linux/amd64", &[&stolen], images.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Team A's own base, built by docker with a trigger that copies from team B's image.
+    let base = format!("{private}/teama/onbuild:1");
+    let ctx = context(&format!(
+        "FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nONBUILD COPY --from={stolen} /bin/busybox /stolen\n"
+    ));
+    let docker = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.env("DOCKER_BUILDKIT", "0").env("DOCKER_CONFIG", farm.docker_config()).args(args);
+        run_ok(&mut cmd);
+    };
+    docker(&["build", "-q", "-t", &base, &ctx.path().to_string_lossy()]);
+    docker(&["push", "-q", &base]);
+    docker(&["rmi", "-f", &base]);
+    let out = farm.archfarm(&[
+        "tokens",
+        "create",
+        "team-a",
+        "--role",
+        "build",
+        "--scope",
+        &format!("{private}/teama/"),
+        "--scope",
+        &format!("{}/teama/", farm.registry),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let team_a = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let before = requests_for(&farm, "teamb/private");
+    let out = build_as(&farm, &team_a, &format!("{}:1", farm.repo("teama/app")), &format!("FROM {base}\n"));
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("Dockerfile:1: ONBUILD of a base image {stolen}: reads {private}/teamb/private")),
+        "{said}"
+    );
+    assert_eq!(requests_for(&farm, "teamb/private"), before, "nothing of team B's image was asked for");
+}
