@@ -46,7 +46,7 @@ pub fn base_images(uses: &[ImageUse]) -> Vec<String> {
     bases
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone)]
 struct Manifest {
     #[serde(default)]
     manifests: Vec<Child>,
@@ -55,13 +55,13 @@ struct Manifest {
     layers: Vec<Blob>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone)]
 struct Child {
     digest: Digest,
     platform: Option<ChildPlatform>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone)]
 struct ChildPlatform {
     os: String,
     architecture: String,
@@ -90,6 +90,9 @@ pub struct JobBases {
     images: OnceCell<Vec<String>>,
     /// Each base's manifest as its tag resolved, by the name the Dockerfile gives it.
     manifests: Mutex<HashMap<String, (Bytes, Digest)>>,
+    /// Each base's manifest for the job's platform and its config, read once for its `ONBUILD`
+    /// triggers and its layers alike.
+    configs: Mutex<HashMap<String, (Manifest, Vec<u8>)>>,
 }
 
 impl JobBases {
@@ -102,6 +105,7 @@ impl JobBases {
             uses: OnceCell::new(),
             images: OnceCell::new(),
             manifests: Mutex::default(),
+            configs: Mutex::default(),
         }
     }
 
@@ -159,13 +163,16 @@ impl JobBases {
         Ok(self.manifest(registries, image).await?.1)
     }
 
-    /// `image`'s manifest for `platform` and its config's bytes.
+    /// `image`'s manifest for `platform` (always the job's) and its config's bytes, fetched once.
     async fn config_of(
         &self,
         registries: &RegistryClients,
         image: &str,
         platform: &Platform,
     ) -> Result<(Manifest, Vec<u8>), String> {
+        if let Some(known) = self.configs.lock().unwrap_or_else(|e| e.into_inner()).get(image) {
+            return Ok(known.clone());
+        }
         let reference = registry::parse_reference(image).map_err(|e| e.to_string())?;
         let reg = registries.get(&reference);
         let (bytes, _) = self.manifest(registries, image).await?;
@@ -184,7 +191,9 @@ impl JobBases {
         }
         let config = manifest.config.clone().ok_or_else(|| format!("{image}: manifest without a config"))?;
         let config = reg.blob(&reference, &config.digest).await.map_err(|e| e.to_string())?;
-        Ok((manifest, config))
+        let known = (manifest, config);
+        self.configs.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_owned(), known.clone());
+        Ok(known)
     }
 
     /// The images the `ONBUILD` triggers of the Dockerfile's bases read (a frontend runs them as

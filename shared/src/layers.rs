@@ -28,11 +28,6 @@ const CHECKS_AT_ONCE: usize = 4;
 pub struct LayerFacts(Mutex<HashMap<Digest, Arc<OnceCell<Digest>>>>);
 
 impl LayerFacts {
-    /// The diff id blob `blob` was seen to unpack to.
-    pub fn diff_id(&self, blob: &Digest) -> Option<Digest> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(blob).and_then(|cell| cell.get().cloned())
-    }
-
     /// The cell that holds, or will hold, what `blob` unpacks to.
     fn cell(&self, blob: &Digest) -> Arc<OnceCell<Digest>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -40,12 +35,6 @@ impl LayerFacts {
             map.clear();
         }
         map.entry(blob.clone()).or_default().clone()
-    }
-
-    /// Records that blob `blob` was seen to unpack to `diff_id`. Only a hash of its bytes may
-    /// say so: a pairing read from a config or a manifest is a claim, not a fact.
-    pub fn learn(&self, blob: &Digest, diff_id: &Digest) {
-        let _ = self.cell(blob).set(diff_id.clone());
     }
 
     /// What blob `layer` in `repo` unpacks to: from memory, or streamed, checked and hashed
@@ -270,11 +259,11 @@ mod tests {
     #[test]
     fn a_learned_pairing_is_remembered_and_memory_stays_bounded() {
         let facts = LayerFacts::default();
-        facts.learn(&Digest::of(b"gz"), &Digest::of(b"tar"));
-        assert_eq!(facts.diff_id(&Digest::of(b"gz")), Some(Digest::of(b"tar")));
-        assert_eq!(facts.diff_id(&Digest::of(b"other")), None);
+        facts.cell(&Digest::of(b"gz")).set(Digest::of(b"tar")).unwrap();
+        assert_eq!(facts.cell(&Digest::of(b"gz")).get(), Some(&Digest::of(b"tar")), "one cell per blob");
+        assert_eq!(facts.cell(&Digest::of(b"other")).get(), None);
         for n in 0..FACTS as u64 + 10 {
-            facts.learn(&Digest::of(&n.to_be_bytes()), &Digest::of(b"tar"));
+            facts.cell(&Digest::of(&n.to_be_bytes())).set(Digest::of(b"tar")).unwrap();
         }
         assert!(facts.0.lock().unwrap().len() <= FACTS);
     }

@@ -12,11 +12,11 @@
 //! while the data directory has less than `min_free_space` free, so a full disk never fails a
 //! commit of state the coordinator already acknowledged.
 
+use super::disk::free_bytes;
 use super::settings::Retention;
 use super::state::Shared;
 use archfarm_shared::clock::now_ms;
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
@@ -113,12 +113,6 @@ pub fn start(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
-}
-
-/// Bytes free for unprivileged use on the file system of `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// `Err` with what to do when the data directory has less than `min_free_space` free.

@@ -5,7 +5,7 @@
 //! - pure rules: [`scheduler`] (job placement), [`access`] (roles and scopes), [`tags`]'s
 //!   `rule` (tags never move backwards).
 //! - [`settings`]: what the configuration decides; [`metrics`]: what Prometheus scrapes;
-//!   [`reply`]: what a request's handler answers, written on its stream.
+//!   [`reply`]: what a request's handler answers, written on its stream; [`disk`]: free space.
 //! - [`store`]: durable state in SQLite (the only user of rusqlite).
 //! - [`ports`]: the seams: the agent link and the registry, as traits;
 //!   [`registry_images`]: the registry adapter.
@@ -26,6 +26,7 @@ pub mod auth;
 pub mod build;
 pub mod client_session;
 pub mod contexts;
+pub mod disk;
 pub mod enroll;
 pub mod farm;
 pub mod gc;

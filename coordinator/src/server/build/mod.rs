@@ -192,7 +192,7 @@ pub async fn run(
         Err(e) => return BuildEnd::Failed(e.to_string()),
     };
     let in_registry = target.map(|t| InRepository { store: &*shared.registry, repo: &t.repo });
-    let handed_over = StoredImages::new(&shared.handovers);
+    let handed_over = StoredImages { handovers: &shared.handovers };
     let images: &dyn ImageCheck = match &in_registry {
         Some(r) => r,
         None => &handed_over,

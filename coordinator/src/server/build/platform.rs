@@ -201,7 +201,11 @@ impl Runner<'_> {
         live.emit(BuildEvent::Started { platform: platform.clone(), agent: agent.name.clone() });
         let running = Instant::now();
         let started_ms = now_ms();
+        // The image check hears of the attempt's start and end: what it handed over without a
+        // verified image is removed.
+        self.images.attempt_started(&spec.job, &agent.name);
         let attempt = self.attempt(agent, spec, wants, live, started, history).await;
+        self.images.attempt_ended(&spec.job, matches!(attempt, Attempt::Verified(..)));
         drop(slot);
         let outcome = match &attempt {
             Attempt::Verified(..) => AttemptOutcome::Pushed,
@@ -259,24 +263,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs the attempt on the agent, then verifies what it pushed; the image check hears of
-    /// the attempt's start and end (what it handed over without a verified image is removed).
+    /// Runs the attempt on the agent, then verifies what it pushed.
     async fn attempt(
-        &self,
-        agent: &AgentHandle,
-        spec: &JobSpec,
-        wants: &Wants,
-        live: &Live,
-        started: Instant,
-        history: History<'_>,
-    ) -> Attempt {
-        self.images.attempt_started(&spec.job, &agent.name);
-        let attempt = self.attempt_and_verify(agent, spec, wants, live, started, history).await;
-        self.images.attempt_ended(&spec.job, matches!(attempt, Attempt::Verified(..)));
-        attempt
-    }
-
-    async fn attempt_and_verify(
         &self,
         agent: &AgentHandle,
         spec: &JobSpec,

@@ -66,7 +66,9 @@ impl HandOvers {
     /// Whether `agent` may store blob `digest` of `size` bytes for `job` in `dir`: `Err` says
     /// why not. Once admitted, the blob counts against the attempt whether or not it arrives.
     pub fn admit(&self, agent: &AgentName, job: &JobId, digest: &Digest, size: u64) -> Result<(), String> {
-        let free = free_bytes(self.store.path(digest).parent().unwrap_or(Path::new(".")));
+        let dir = self.store.path(digest).parent().map(Path::to_path_buf).unwrap_or_default();
+        // A disk whose free space cannot be read is taken as full.
+        let free = crate::server::disk::free_bytes(&dir).unwrap_or(0);
         let mut state = self.lock();
         let State { attempts, holders, .. } = &mut *state;
         let Some(tally) = attempts.get_mut(job).filter(|t| &t.agent == agent) else {
@@ -127,11 +129,6 @@ impl HandOvers {
         let store = self.store.clone();
         self.lock().kept.retain(|d| store.contains(d));
     }
-}
-
-/// Bytes free on the file system of `dir`; none when it cannot be read.
-fn free_bytes(dir: &Path) -> u64 {
-    crate::server::gc::free_bytes(dir).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ pub mod budget;
 pub mod streams;
 
 use super::ports::{Claim, ImageCheck, VerifyError, Verifying};
-use archfarm_shared::content::ContentStore;
 use archfarm_shared::images::{self, CheckError};
 use archfarm_shared::layers;
 use archfarm_shared::registry::MAX_DOCUMENT_BYTES;
@@ -24,15 +23,6 @@ use budget::HandOvers;
 pub struct StoredImages<'a> {
     /// Where the blobs are, and what each attempt handed over.
     pub handovers: &'a HandOvers,
-    /// The store itself.
-    pub store: &'a ContentStore,
-}
-
-impl<'a> StoredImages<'a> {
-    /// Images handed over into `handovers`' store.
-    pub fn new(handovers: &'a HandOvers) -> Self {
-        StoredImages { handovers, store: handovers.store() }
-    }
 }
 
 impl ImageCheck for StoredImages<'_> {
@@ -62,7 +52,7 @@ impl ImageCheck for StoredImages<'_> {
             let config_digest = images::config_of(&manifest, &pushed.digest).map_err(checked)?;
             let config = self.document(&config_digest).await.map_err(wrong)?;
             for blob in images::blobs_of(&manifest).map_err(wrong)? {
-                if !self.store.contains(&blob) {
+                if !self.handovers.store().contains(&blob) {
                     return Err(wrong(format!("its manifest names {blob}, which it never handed over")));
                 }
             }
@@ -93,7 +83,7 @@ impl StoredImages<'_> {
             ));
         }
         for (i, (layer, claimed)) in layers.into_iter().zip(diff_ids).enumerate() {
-            let path = self.store.path(&layer.digest);
+            let path = self.handovers.store().path(&layer.digest);
             let digest = layer.digest.clone();
             let unpacked = tokio::task::spawn_blocking(move || layers::unpacked_file(&path, &layer))
                 .await
@@ -108,10 +98,12 @@ impl StoredImages<'_> {
 
     /// A small stored blob (a manifest or config), refused over [`MAX_DOCUMENT_BYTES`].
     async fn document(&self, digest: &Digest) -> Result<Vec<u8>, String> {
-        match self.store.size(digest).await {
+        match self.handovers.store().size(digest).await {
             None => Err(format!("{digest} was never handed over")),
             Some(n) if n > MAX_DOCUMENT_BYTES => Err(format!("{digest} is {n} bytes; at most {MAX_DOCUMENT_BYTES}")),
-            Some(_) => tokio::fs::read(self.store.path(digest)).await.map_err(|e| format!("reading {digest}: {e}")),
+            Some(_) => {
+                tokio::fs::read(self.handovers.store().path(digest)).await.map_err(|e| format!("reading {digest}: {e}"))
+            }
         }
     }
 }
