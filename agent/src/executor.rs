@@ -124,6 +124,7 @@ impl Executor {
             pull: spec.pull,
             cache_from: &spec.cache_from,
             inline_cache: spec.inline_cache,
+            cache_to_max: spec.cache_to_max.as_deref(),
             session: format!("archfarm-{}-{:x}", spec.job, rand::random::<u32>()),
             logins: &logins,
             // Nothing is pushed before the native tests pass: a build with tests is exported after them.

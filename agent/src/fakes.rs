@@ -166,6 +166,7 @@ pub fn job(context: &[u8], repository: &str) -> JobSpec {
         inline_cache: false,
         provenance: true,
         read_scopes: vec![],
+        cache_to_max: None,
     }
 }
 

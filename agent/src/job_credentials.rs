@@ -88,7 +88,7 @@ async fn credentials_for(
         return Ok(all);
     }
     let images = uses.iter().map(|u| u.image.as_str());
-    let cache = spec.cache_from.iter().map(String::as_str);
+    let cache = spec.cache_from.iter().chain(&spec.cache_to_max).map(String::as_str);
     let target = format!("{}:latest", spec.repository);
     let target = (!spec.repository.is_empty()).then_some(target.as_str());
     let hosts: BTreeSet<String> = images

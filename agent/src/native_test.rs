@@ -40,6 +40,7 @@ impl Executor {
                 pull: false,
                 cache_from: &spec.cache_from,
                 inline_cache: false,
+                cache_to_max: None,
                 session: format!("archfarm-{}-test-{:x}", spec.job, rand::random::<u32>()),
                 logins,
                 push_to: None,

@@ -4,8 +4,10 @@
 //! `--cache-from type=registry,ref=R/x:c` reads each platform's own tag, and the ref itself
 //! (an image published with inline cache).
 //!
-//! The cache is BuildKit's inline cache: the Docker Engine's builder exports no other kind, so
-//! each platform's cache image is its built image with the cache metadata in its config.
+//! With `mode=min` the cache is BuildKit's inline cache, which every engine exports: each
+//! platform's cache image is its built image with the cache metadata in its config. With
+//! `mode=max` each platform's BuildKit exports its registry cache of every stage to its tag,
+//! which only engines on the containerd image store do ([`crate::engine_needs`]).
 
 use crate::Platform;
 

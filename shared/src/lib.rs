@@ -36,6 +36,7 @@ pub mod credentials;
 pub mod dial;
 pub mod dockerfile;
 pub mod dockerignore;
+pub mod engine_needs;
 pub mod ids;
 pub mod images;
 pub mod layers;

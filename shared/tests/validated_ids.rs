@@ -41,6 +41,7 @@ struct PlainJobSpec {
     inline_cache: bool,
     provenance: bool,
     read_scopes: Vec<String>,
+    cache_to_max: Option<String>,
 }
 
 /// [`CoordinatorMessage`] up to `AssignJob`, in the same order (variants go by position).
@@ -121,6 +122,7 @@ struct PlainBuildRequest {
     requirements: Vec<PlainRequirement>,
     optional_platforms: Vec<PlainPlatform>,
     provenance: bool,
+    cache_max: bool,
 }
 
 const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
@@ -145,6 +147,7 @@ fn plain_spec() -> PlainJobSpec {
         inline_cache: true,
         provenance: true,
         read_scopes: vec!["127.0.0.1:5000/team/".into()],
+        cache_to_max: None,
     }
 }
 
@@ -168,6 +171,7 @@ fn spec() -> JobSpec {
         inline_cache: true,
         provenance: true,
         read_scopes: vec!["127.0.0.1:5000/team/".into()],
+        cache_to_max: None,
     }
 }
 
@@ -254,6 +258,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         requirements: vec!["linux/arm/v7:region=eu".parse().unwrap()],
         optional_platforms: vec!["linux/arm/v7".parse().unwrap()],
         provenance: true,
+        cache_max: false,
     };
     let plain_request = PlainBuildRequest {
         platforms: vec![plain("linux", "amd64", None), plain("linux", "arm", Some("v7"))],
@@ -280,6 +285,7 @@ fn stored_json_is_unchanged_and_still_reads() {
         }],
         optional_platforms: vec![plain("linux", "arm", Some("v7"))],
         provenance: true,
+        cache_max: false,
     };
     let json = serde_json::to_string(&request).unwrap();
     assert_eq!(json, serde_json::to_string(&plain_request).unwrap());

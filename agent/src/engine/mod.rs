@@ -115,6 +115,9 @@ pub struct BuildSpec<'a> {
     pub cache_from: &'a [String],
     /// Put BuildKit's inline cache in the image config.
     pub inline_cache: bool,
+    /// The registry cache (a reference scoped to the platform) BuildKit exports the cache of
+    /// every stage to (`--cache-to ...,mode=max`); only the containerd image store's engines can.
+    pub cache_to_max: Option<&'a str>,
     /// BuildKit session id, unique per build.
     pub session: String,
     /// The registry logins BuildKit may use, and the scopes that bound the tokens they buy.

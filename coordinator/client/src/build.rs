@@ -100,7 +100,8 @@ pub struct BuildArgs {
     #[arg(long = "cache-from")]
     cache_from: Vec<String>,
     /// Build cache to export, as in buildx: type=registry,ref=REGISTRY/REPOSITORY:TAG writes each
-    /// platform's cache to its own tag, TAG-os-arch; type=inline puts it in the image.
+    /// platform's cache to its own tag, TAG-os-arch (mode=max, the cache of every stage, on
+    /// agents of the containerd image store); type=inline puts it in the image.
     #[arg(long = "cache-to")]
     cache_to: Vec<String>,
     /// Do not use BuildKit's cache: every step runs again, on every platform's agent.
@@ -208,6 +209,7 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
         requirements: args.require.clone(),
         optional_platforms: args.optional_platforms.clone(),
         provenance: args.provenance,
+        cache_max: false,
     };
     let req = with_cache(req, &args.cache_from, &args.cache_to)?;
     request::validate(&req)?;
@@ -283,12 +285,8 @@ fn with_cache(mut req: BuildRequest, from: &[String], to: &[String]) -> anyhow::
                 if req.cache_to.replace(reference).is_some() {
                     bail!("one --cache-to type=registry per build: each platform writes its own tag of it");
                 }
-                if max {
-                    eprintln!(
-                        "note: --cache-to mode=max needs a cache exporter the agents' Docker Engine builder lacks; it \
-                         exports inline cache, which keeps the layers of the final stage (mode=min)"
-                    );
-                }
+                // Placed on agents whose engine exports such a cache, or refused naming them.
+                req.cache_max = max;
             }
         }
     }

@@ -95,8 +95,12 @@ impl Farm {
             }
         }
         let r = &agent.registration;
-        let offer =
-            Offer { platforms: r.platforms.clone(), capacity: r.capacity, capabilities: r.capabilities.clone() };
+        let offer = Offer {
+            platforms: r.platforms.clone(),
+            capacity: r.capacity,
+            capabilities: r.capabilities.clone(),
+            engine: r.engine.clone(),
+        };
         st.scheduler.add_agent(agent.name.clone(), offer, standing);
         st.agents.insert(agent.name.clone(), agent);
         dispatch(&mut st);

@@ -304,6 +304,7 @@ fn templates() -> &'static [Vec<u8>] {
                 inline_cache: true,
                 provenance: true,
                 read_scopes: vec!["r/team/".into()],
+                cache_to_max: Some("r/team/c:c-linux-amd64".into()),
             }))),
             payload(&EnrollRequest::Join { token: "t".into(), name: agent, csr_pem: String::new() }),
         ]

@@ -207,6 +207,10 @@ pub struct JobSpec {
     /// it has none. The agent reads no image outside them from a registry it holds credentials
     /// for ([`crate::scopes::check_reads`]).
     pub read_scopes: Vec<String>,
+    /// `--cache-to type=registry,...,mode=max`: the registry cache, already scoped to this
+    /// job's platform, that BuildKit exports the cache of every stage to. Only engines on the
+    /// containerd image store take such jobs ([`crate::engine_needs`]).
+    pub cache_to_max: Option<String>,
 }
 
 /// How a job ended on the agent.

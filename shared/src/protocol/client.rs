@@ -268,8 +268,8 @@ pub struct BuildRequest {
     /// of R, in the registry of the tags.
     #[serde(default)]
     pub cache_to: Option<String>,
-    /// The images carry BuildKit's inline cache (`--cache-to type=inline`, and any registry
-    /// cache, which is inline cache here).
+    /// The images carry BuildKit's inline cache (`--cache-to type=inline`, and a registry cache
+    /// of `mode=min`, which is the platform's image with inline cache).
     #[serde(default)]
     pub inline_cache: bool,
     /// `--require [PLATFORM:]KEY=VALUE`: agents must carry these labels (or CPU features).
@@ -283,6 +283,10 @@ pub struct BuildRequest {
     /// default; builds stored before it had none).
     #[serde(default)]
     pub provenance: bool,
+    /// `--cache-to type=registry,...,mode=max`: each platform's BuildKit exports the cache of
+    /// every stage to its own tag of `cache_to` (agents on the containerd image store only).
+    #[serde(default)]
+    pub cache_max: bool,
 }
 
 impl BuildRequest {
@@ -321,6 +325,7 @@ impl BuildRequest {
             requirements: vec![],
             optional_platforms: vec![],
             provenance: true,
+            cache_max: false,
         }
     }
 }

@@ -101,6 +101,7 @@ impl Bench<'_> {
             pull: false,
             cache_from: &[],
             inline_cache: false,
+            cache_to_max: None,
             session: nonce("archfarm-bench"),
             logins: &Default::default(),
             push_to: None,

@@ -121,6 +121,7 @@ impl Release<'_> {
             pull: false,
             cache_from: &[],
             inline_cache: false,
+            cache_to_max: None,
             session: format!("archfarm-bench-{}", nonce()),
             logins: &Default::default(),
             push_to,

@@ -77,6 +77,7 @@ async fn the_agent_refuses_a_job_for_a_platform_it_did_not_declare() {
         inline_cache: false,
         provenance: false,
         read_scopes: vec![],
+        cache_to_max: None,
     };
     codec::write_msg(&mut job, &CoordinatorMessage::AssignJob(Box::new(spec)), DEFAULT_MAX_FRAME).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {

@@ -1,16 +1,18 @@
-//! One BuildKit build through the engine's `/build` API: the context streamed from its cache
-//! file (or served by the session), a BuildKit session of the agent's own serving the job's
-//! registry logins ([`super::session`]), and the progress stream read to its end.
+//! One BuildKit build of a job. On the classic image store (Docker Engine 20.10's overlay2) it
+//! goes through the engine's `/build` API: the context streamed from its cache file in the
+//! body, a BuildKit session of the agent's own serving the job's registry logins
+//! ([`super::session`]), and the progress stream read to its end. The engine's health probe
+//! builds through `/build` on either store (the session serving its context on containerd's).
 //!
-//! On the containerd image store BuildKit pushes the image itself, by digest, into the job's
-//! repository (`type=image,push=true,push-by-digest=true`, as buildx does): only the layers the
-//! registry lacks, with the job's logins, and no export. The engine answers with the pushed
-//! manifest's digest (`moby.image.id`: on that store an image's id is its manifest digest), and
-//! the agent tags that image locally, so the test gate and the clean-up find it as on 20.10.
-//! No `t` is sent then: the engine would make the tags the exporter's names, which cannot be
-//! pushed by digest. Nor is the image unpacked into the snapshotter after the push
-//! (`unpack=false`): a test container unpacks it when it starts, and a build without tests
-//! saves the time (an unchanged 300 MB image: 2.1 s to export and push, 1.2 s without).
+//! On the containerd image store the job goes through BuildKit's own API ([`super::solve`])
+//! and BuildKit pushes the image itself, by digest, into the job's repository
+//! (`type=image,push=true,push-by-digest=true`, as buildx does): only the layers the registry
+//! lacks, with the job's logins, and no export. The exporter answers with the pushed
+//! manifest's digest (`containerimage.digest`), and the agent tags that image locally, so the
+//! test gate and the clean-up find it as on 20.10. The image is not unpacked into the
+//! snapshotter after the push (`unpack=false`): a test container unpacks it when it starts, and
+//! a build without tests saves the time (an unchanged 300 MB image: 2.1 s to export and push,
+//! 1.2 s without).
 
 use super::progress::Steps;
 use super::raw::RawApi;
@@ -22,7 +24,7 @@ use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::{BodyExt, Either, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body, Frame};
 use std::collections::HashMap;
 
@@ -38,39 +40,64 @@ pub(super) struct Stopped {
 }
 
 impl DockerEngine {
-    /// Builds `spec` with BuildKit, sending every output line to `log`.
+    /// Builds `spec` with BuildKit, sending every output line to `log`: on the containerd image
+    /// store through BuildKit's own API ([`super::solve`]), on the classic store through `/build`.
     pub(super) async fn build_with_buildkit(
         &self,
         spec: BuildSpec<'_>,
         log: LineSink<'_>,
     ) -> Result<Built, BuildError> {
-        // Streamed from the cache file: an agent holds a chunk of a context, never all of it.
         // Reading the cached context is the host's business: reported as the engine's, not the build's.
         let unreadable = |e: String| BuildError {
             message: format!("cannot read the build context: {e}"),
             tail: vec![],
             engine_unreachable: true,
         };
-        // On the containerd image store the context goes through the session (`session::files`).
-        let by_session = self.containerd_store.load(std::sync::atomic::Ordering::Relaxed);
-        let (body, files) = if by_session {
-            let files = ContextFiles::index(spec.context).await.map_err(unreadable)?;
-            (Either::Right(http_body_util::Empty::new()), Some(files))
-        } else {
-            let context = tokio::fs::File::open(spec.context).await.map_err(|e| unreadable(e.to_string()))?;
-            let context = tokio_util::io::ReaderStream::with_capacity(context, CONTEXT_CHUNK);
-            (Either::Left(StreamBody::new(context.map_ok(Frame::data))), None)
-        };
-        // BuildKit pushes where the store lets it (the same store that wants the context by session).
-        let push_to = spec.push_to.filter(|_| by_session);
-        let outputs = push_to.map(|repository| {
-            let attrs = serde_json::json!({"name": repository, "push": "true", "push-by-digest": "true", "oci-mediatypes": "true", "unpack": "false"});
-            serde_json::json!([{"Type": "image", "Attrs": attrs}])
-        });
+        let mut steps = Steps::default();
+        if !self.containerd_store.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.build_classic(spec, log).await;
+        }
+        let files = ContextFiles::index(spec.context).await.map_err(unreadable)?;
+        let answer = super::solve::solve(&self.raw, &spec, files, &mut steps, log).await;
+        let answer = answer
+            .map_err(|stopped| BuildError { engine_unreachable: stopped.engine, ..steps.failure(stopped.message) })?;
+        if let Some(message) = steps.error.take() {
+            return Err(steps.failure(message));
+        }
+        let Some(repository) = spec.push_to else { return Ok(Built::default()) };
+        let pushed = answer.get("containerimage.digest").and_then(|d| d.parse::<Digest>().ok()).ok_or_else(|| {
+            steps.failure(format!("the engine pushed into {repository} but did not say the image's digest"))
+        })?;
+        self.tag_locally(&pushed, spec.tag)
+            .await
+            .map_err(|e| BuildError { engine_unreachable: true, ..steps.failure(e) })?;
+        Ok(Built { pushed: Some(pushed) })
+    }
+
+    /// Builds `spec` through `/build`, the context streamed from its cache file in the request
+    /// body: an agent holds a chunk of a context, never all of it. The engine exports into its
+    /// own image store, under the job's tag; the agent pushes.
+    async fn build_classic(&self, spec: BuildSpec<'_>, log: LineSink<'_>) -> Result<Built, BuildError> {
+        if spec.cache_to_max.is_some() {
+            // The coordinator places such jobs on engines that can; an older agent's word is not trusted.
+            return Err(BuildError {
+                message: "this agent's engine exports no registry cache of every stage (--cache-to mode=max needs \
+                          the containerd image store)"
+                    .into(),
+                tail: vec![],
+                engine_unreachable: false,
+            });
+        }
+        let context = tokio::fs::File::open(spec.context).await.map_err(|e| BuildError {
+            message: format!("cannot read the build context: {e}"),
+            tail: vec![],
+            engine_unreachable: true,
+        })?;
+        let context = tokio_util::io::ReaderStream::with_capacity(context, CONTEXT_CHUNK);
+        let body = StreamBody::new(context.map_ok(Frame::data));
         let options = BuildImageOptions {
-            remote: by_session.then(|| "client-session".to_owned()),
             dockerfile: spec.dockerfile.to_owned(),
-            t: push_to.is_none().then(|| spec.tag.to_owned()),
+            t: Some(spec.tag.to_owned()),
             platform: spec.platform.to_string(),
             buildargs: Some(build_args(&spec)),
             labels: Some(spec.labels.iter().cloned().collect::<HashMap<_, _>>()),
@@ -84,13 +111,10 @@ impl DockerEngine {
             ..Default::default()
         };
         let mut steps = Steps::default();
-        let mut image_id = None;
         // Every message is read: status, logs and errors interleave until the end.
         let mut each = |info: BuildInfo, steps: &mut Steps| {
-            match info.aux {
-                Some(BuildInfoAux::BuildKit(status)) => steps.status(&status, log),
-                Some(BuildInfoAux::Default(id)) => image_id = id.id,
-                None => {}
+            if let Some(BuildInfoAux::BuildKit(status)) = info.aux {
+                steps.status(&status, log);
             }
             if let Some(text) = info.stream {
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -99,7 +123,7 @@ impl DockerEngine {
             }
             info.error_detail.map(|d| d.message.unwrap_or_else(|| "build failed".into()))
         };
-        let call = Call { options: &options, outputs: outputs.as_ref(), logins: spec.logins, files };
+        let call = Call { options: &options, logins: spec.logins, files: None };
         let result = build(&self.raw, call, body, |info| each(info, &mut steps)).await;
         if let Err(stopped) = result {
             return Err(BuildError { engine_unreachable: stopped.engine, ..steps.failure(stopped.message) });
@@ -107,14 +131,7 @@ impl DockerEngine {
         if let Some(message) = steps.error.take() {
             return Err(steps.failure(message));
         }
-        let Some(repository) = push_to else { return Ok(Built::default()) };
-        let pushed = image_id.as_deref().and_then(|id| id.parse::<Digest>().ok()).ok_or_else(|| {
-            steps.failure(format!("the engine pushed into {repository} but did not say the image's digest"))
-        })?;
-        self.tag_locally(&pushed, spec.tag)
-            .await
-            .map_err(|e| BuildError { engine_unreachable: true, ..steps.failure(e) })?;
-        Ok(Built { pushed: Some(pushed) })
+        Ok(Built::default())
     }
 
     /// Tags the image `id` as `tag` (`name:tag`) in the engine.
@@ -131,10 +148,8 @@ impl DockerEngine {
 
 /// What one `/build` call asks.
 pub(super) struct Call<'a> {
-    /// Its query parameters, but `outputs`.
+    /// Its query parameters.
     pub(super) options: &'a BuildImageOptions,
-    /// The exporters (`outputs`, JSON), when not the engine's own image store.
-    pub(super) outputs: Option<&'a serde_json::Value>,
     /// The logins its session serves.
     pub(super) logins: &'a JobLogins,
     /// The context, when the session serves it.
@@ -155,18 +170,12 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let engine = |message: String| Stopped { message, engine: true };
-    let Call { options, outputs, logins, files } = call;
+    let Call { options, logins, files } = call;
     let id = options.session.as_deref().unwrap_or_default();
     // Open before the build asks for it, and kept open until its last message.
     let _session = Session::start(raw, id, JobAuth::new(logins), files).await.map_err(engine)?;
-    let mut query =
+    let query =
         serde_urlencoded::to_string(options).map_err(|e| engine(format!("encoding the build's options: {e}")))?;
-    if let Some(outputs) = outputs {
-        query.push('&');
-        query.push_str(
-            &serde_urlencoded::to_string([("outputs", outputs.to_string())]).map_err(|e| engine(e.to_string()))?,
-        );
-    }
     let request = hyper::Request::post(format!("/build?{query}"))
         .header(hyper::header::CONTENT_TYPE, "application/x-tar")
         .body(body)

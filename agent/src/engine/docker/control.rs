@@ -1,5 +1,6 @@
 //! BuildKit's Control API inside the engine, over `/grpc` (the connection upgraded to h2c, the
-//! engine's BuildKit serving gRPC on it): here only `Info`, for the version a fleet reports.
+//! engine's BuildKit serving gRPC on it): `Info`, for the version a fleet reports, and the
+//! connection [`super::solve`] builds through.
 
 use super::raw::RawApi;
 use bollard::moby::buildkit::v1::control_client::ControlClient;
@@ -17,13 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// (Docker Engine 20.10's) has no `Info`.
 pub(super) async fn buildkit_version(raw: &RawApi) -> String {
     let ask = async {
-        let connection = raw.upgrade("/grpc", &[]).await?;
-        let connector = Once(Arc::new(Mutex::new(Some(connection.into_inner()))));
-        let channel = tonic::transport::Endpoint::from_static("http://engine")
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer = ControlClient::new(channel).info(InfoRequest {}).await.map_err(|e| e.message().to_owned())?;
+        let answer = connect(raw).await?.info(InfoRequest {}).await.map_err(|e| e.message().to_owned())?;
         Ok::<_, String>(answer.into_inner().buildkit_version.map(|v| v.version).unwrap_or_default())
     };
     match tokio::time::timeout(DEADLINE, ask).await {
@@ -34,6 +29,18 @@ pub(super) async fn buildkit_version(raw: &RawApi) -> String {
         }
         Err(_) => String::new(),
     }
+}
+
+/// A client of the engine's BuildKit on a connection of its own, which closes when the client
+/// (and every clone of it) is dropped.
+pub(super) async fn connect(raw: &RawApi) -> Result<ControlClient<tonic::transport::Channel>, String> {
+    let connection = raw.upgrade("/grpc", &[]).await?;
+    let connector = Once(Arc::new(Mutex::new(Some(connection.into_inner()))));
+    let channel = tonic::transport::Endpoint::from_static("http://engine")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("connecting to the engine's BuildKit: {e}"))?;
+    Ok(ControlClient::new(channel).max_decoding_message_size(32 << 20))
 }
 
 /// A connector that hands tonic the one connection it was made with.

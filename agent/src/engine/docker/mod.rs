@@ -27,6 +27,7 @@ mod progress;
 mod raw;
 mod run;
 mod session;
+mod solve;
 
 /// The local Docker Engine, reached through bollard (and its raw API for the build cache).
 #[derive(Debug, Clone)]
@@ -104,12 +105,7 @@ impl DockerEngine {
         let options = BuildImageOptions { remote: by_session.then(|| "client-session".to_owned()), ..options };
         let body = if by_session { http_body_util::Full::default() } else { body };
         let logins = JobLogins::default();
-        let call = build::Call {
-            options: &options,
-            outputs: None,
-            logins: &logins,
-            files: files.as_ref().map(|(_, f)| f.clone()),
-        };
+        let call = build::Call { options: &options, logins: &logins, files: files.as_ref().map(|(_, f)| f.clone()) };
         build::build(&self.raw, call, body, failed)
             .await
             .map_err(|stopped| format!("the engine's BuildKit fails a one-line build: {}", stopped.message))?;

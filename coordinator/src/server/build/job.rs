@@ -8,6 +8,7 @@ use crate::server::live::Live;
 use crate::server::scheduler::fit::Wants;
 use crate::server::state::Shared;
 use crate::server::store::builds::StoredJob;
+use archfarm_shared::engine_needs::EngineNeed;
 use archfarm_shared::oci::{Blob, Child};
 use archfarm_shared::outcome::AttemptOutcome;
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, JobSpec, JobState, PlatformResult};
@@ -59,7 +60,11 @@ pub async fn run(
     let runner = Runner { optional: req.is_optional(&job.platform), attempts_base: job.attempts_base, ..runner };
     // One repository's Dockerfile on one platform: the agent that built it last has it cached.
     let warm_key = target.map(|t| format!("{}\n{}\n{}", t.repo.name(), req.dockerfile, job.platform));
-    let wants = Wants::of(&job.platform, &req.requirements, warm_key);
+    let needs = EngineNeed::of_request(req);
+    let wants = Wants::of(&job.platform, &req.requirements, &needs, warm_key);
+    // A cache of every stage is BuildKit's to export; a cache of the final stage is the image.
+    let cache_to_max =
+        req.cache_to.as_deref().filter(|_| req.cache_max).map(|c| archfarm_shared::cache::scoped(c, &job.platform));
     let spec = JobSpec {
         job: job.job.clone(),
         build: id.clone(),
@@ -76,9 +81,10 @@ pub async fn run(
         tests: req.tests.clone(),
         test_target: req.test_target.clone(),
         cache_from: cache::sources(&*shared.registry, &req.cache_from, &job.platform, live).await,
-        inline_cache: req.inline_cache || req.cache_to.is_some(),
+        inline_cache: req.inline_cache || (req.cache_to.is_some() && !req.cache_max),
         provenance: req.provenance,
         read_scopes: runner.read_scopes.to_vec(),
+        cache_to_max,
     };
     match runner.run(spec, &wants, live).await {
         Err(_) if runner.optional && !live.cancel.is_cancelled() => Ok(None),

@@ -34,6 +34,7 @@ use super::scheduler::fit::Wants;
 use super::state::Shared;
 use super::tags::rule::Mover;
 use super::tags::writes;
+use archfarm_shared::engine_needs::EngineNeed;
 use archfarm_shared::oci::{Attestation, Child};
 use archfarm_shared::protocol::{BuildEvent, BuildRequest, BuildState, JobState, PlatformResult};
 use archfarm_shared::{dockerfile, scopes};
@@ -84,8 +85,13 @@ pub async fn submit(
     }
     check_reads(shared, owner, &req).await?;
     // Optional platforms no agent fits now are left out at once, not refused.
-    let wants: Vec<Wants> =
-        req.platforms.iter().filter(|p| !req.is_optional(p)).map(|p| Wants::of(p, &req.requirements, None)).collect();
+    let needs = EngineNeed::of_request(&req);
+    let wants: Vec<Wants> = req
+        .platforms
+        .iter()
+        .filter(|p| !req.is_optional(p))
+        .map(|p| Wants::of(p, &req.requirements, &needs, None))
+        .collect();
     shared.farm.check(&wants).map_err(|e| e.to_string())?;
     let id = BuildId::random();
     let jobs: Vec<(JobId, Platform)> = req.platforms.iter().map(|p| (JobId::random(), p.clone())).collect();
@@ -95,7 +101,7 @@ pub async fn submit(
         .await
         .map_err(|e| format!("the coordinator cannot record the build: {e}"))?;
     for (job, platform) in jobs.iter().filter(|(_, p)| req.is_optional(p)) {
-        let wants = Wants::of(platform, &req.requirements, None);
+        let wants = Wants::of(platform, &req.requirements, &needs, None);
         if let Err(no_agent) = shared.farm.check(std::slice::from_ref(&wants)) {
             let reason = no_agent.to_string();
             shared.store.job_ended(job, JobState::LeftOut, &reason).await.map_err(|e| e.to_string())?;
@@ -235,7 +241,8 @@ pub async fn run(
     if children.is_empty() {
         return BuildEnd::Failed("every platform was optional and left out; nothing was published".into());
     }
-    if let (Some(cache_to), Some(target)) = (&req.cache_to, target) {
+    // A cache of every stage was exported by each platform's BuildKit; of the final stage, it is the image.
+    if let (Some(cache_to), Some(target), false) = (&req.cache_to, target, req.cache_max) {
         cache::write(&*shared.registry, &target.repo, cache_to, &children, live).await;
     }
     publish_verified(shared, id, req, target, children, platforms, live).await

@@ -177,6 +177,7 @@ impl Rig {
             inline_cache: false,
             provenance: false,
             read_scopes: vec![],
+            cache_to_max: None,
         };
         let live = LiveBuilds::default().start(&build);
         let registry = ScriptedRegistry::default();

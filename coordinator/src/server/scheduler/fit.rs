@@ -1,8 +1,10 @@
-//! Whether an agent fits a job: its platform (at the x86-64 level the job names) and the labels
-//! or CPU features the build requires; and, for a build no agent fits, what is missing.
+//! Whether an agent fits a job: its platform (at the x86-64 level the job names), the labels or
+//! CPU features the build requires, and an engine that does what the build needs of it
+//! ([`EngineNeed`]); and, for a build no agent fits, what is missing.
 
 use super::Offer;
 use archfarm_shared::capabilities::{base, Requirement};
+use archfarm_shared::engine_needs::EngineNeed;
 use archfarm_shared::platform::{self, Platform};
 use archfarm_shared::AgentName;
 use std::fmt;
@@ -17,23 +19,36 @@ pub struct Wants {
     /// Jobs of one key share a repository, Dockerfile and platform: the agent that last ran one
     /// has a warm build cache for the next. None: no preference.
     pub warm_key: Option<String>,
+    /// What the agent's engine must do.
+    pub engine: Vec<EngineNeed>,
 }
 
 impl Wants {
     /// Just a platform.
     pub fn platform(platform: Platform) -> Self {
-        Wants { platform, require: Vec::new(), warm_key: None }
+        Wants { platform, require: Vec::new(), warm_key: None, engine: Vec::new() }
     }
 
-    /// What a build's job for `platform` needs, given the build's `--require` list.
-    pub fn of(platform: &Platform, requirements: &[Requirement], warm_key: Option<String>) -> Self {
+    /// What a build's job for `platform` needs, given the build's `--require` list and what it
+    /// needs of the engine.
+    pub fn of(
+        platform: &Platform,
+        requirements: &[Requirement],
+        engine: &[EngineNeed],
+        warm_key: Option<String>,
+    ) -> Self {
         let require =
             requirements.iter().filter(|r| r.applies_to(platform)).map(|r| (r.key.clone(), r.value.clone())).collect();
-        Wants { platform: platform.clone(), require, warm_key }
+        Wants { platform: platform.clone(), require, warm_key, engine: engine.to_vec() }
     }
 
     /// Whether `offer` fits it.
     pub fn fits(&self, offer: &Offer) -> bool {
+        self.fits_host(offer) && self.engine.iter().all(|n| n.met_by(&offer.engine))
+    }
+
+    /// Whether `offer` fits it but for its engine.
+    fn fits_host(&self, offer: &Offer) -> bool {
         offer.capabilities.builds(&offer.platforms, &self.platform)
             && self.require.iter().all(|(k, v)| offer.capabilities.meets(k, v))
     }
@@ -88,6 +103,11 @@ pub(super) fn check(
         if active.iter().any(|(_, o)| wants.fits(o)) {
             continue;
         }
+        let hosts: Vec<&(&AgentName, &Offer)> = active.iter().filter(|(_, o)| wants.fits_host(o)).collect();
+        if !hosts.is_empty() {
+            unmet.push(engine_unmet(wants, &hosts, active));
+            continue;
+        }
         let declared = base(&wants.platform);
         let candidates: Vec<&(&AgentName, &Offer)> =
             active.iter().filter(|(_, o)| o.platforms.contains(&declared)).collect();
@@ -114,4 +134,32 @@ pub(super) fn check(
     } else {
         Err(NoAgent { missing, available, unmet })
     }
+}
+
+/// Why no agent fits `wants` when `hosts` fit it but for their engines: what each of them
+/// lacks, and which agents' engines could.
+fn engine_unmet(wants: &Wants, hosts: &[&(&AgentName, &Offer)], active: &[(&AgentName, &Offer)]) -> String {
+    let mut parts = Vec::new();
+    for need in wants.engine.iter().filter(|n| hosts.iter().any(|(_, o)| !n.met_by(&o.engine))) {
+        let lacking: Vec<String> = hosts
+            .iter()
+            .filter(|(_, o)| !need.met_by(&o.engine))
+            .take(8)
+            .map(|(n, o)| format!("{n} has {}", need.lack(&o.engine)))
+            .collect();
+        let able: Vec<String> = active
+            .iter()
+            .filter(|(_, o)| need.met_by(&o.engine))
+            .take(8)
+            .map(|(n, o)| format!("{n} ({})", archfarm_shared::platform::list(&o.platforms)))
+            .collect();
+        let able = if able.is_empty() { "none".to_owned() } else { able.join(", ") };
+        parts.push(format!("{need}: {}; agents whose engine can: {able}", lacking.join(", ")));
+    }
+    format!(
+        "no agent for {} can run this build: {}. Run an agent for it on such an engine (docs/operations.md, \
+         \"Engines and image stores\"), or drop the flag",
+        wants.describe(),
+        parts.join("; ")
+    )
 }

@@ -1,7 +1,8 @@
 //! Which agent runs which job. Pure: no I/O, no async, no clocks; inputs in, decisions out.
 //!
 //! Jobs wait in one FIFO queue. A job goes only to an agent that fits it ([`fit`]: its platform,
-//! at the x86-64 level it names, with the labels it requires) and has a free slot. Of those, the
+//! at the x86-64 level it names, with the labels it requires, on an engine that does what the
+//! build needs of it) and has a free slot. Of those, the
 //! least-loaded one (load = running / capacity) gets it, unless cache affinity prefers the agent
 //! that last ran a job of the same repository, Dockerfile and platform, whose BuildKit cache is
 //! warm: it does while its load is at most the affinity margin above the least loaded.
@@ -19,6 +20,7 @@ use fit::{NoAgent, Wants};
 
 use archfarm_shared::capabilities::Capabilities;
 use archfarm_shared::platform::Platform;
+use archfarm_shared::protocol::EngineFacts;
 use archfarm_shared::{AgentName, JobId};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -51,6 +53,8 @@ pub struct Offer {
     pub capacity: u32,
     /// Its x86-64 level, CPU features and labels.
     pub capabilities: Capabilities,
+    /// Its engine: version, image store, BuildKit.
+    pub engine: EngineFacts,
 }
 
 /// A job handed to an agent, and why that agent.

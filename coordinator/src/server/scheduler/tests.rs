@@ -13,7 +13,12 @@ fn j(n: u32) -> JobId {
     format!("j-{n:x}").parse().unwrap()
 }
 fn offer(platforms: &[&str], capacity: u32) -> Offer {
-    Offer { platforms: platforms.iter().map(|x| p(x)).collect(), capacity, capabilities: Capabilities::default() }
+    Offer {
+        platforms: platforms.iter().map(|x| p(x)).collect(),
+        capacity,
+        capabilities: Capabilities::default(),
+        engine: Default::default(),
+    }
 }
 fn w(platform: &str) -> Wants {
     Wants::platform(p(platform))
@@ -175,7 +180,7 @@ fn with_caps(platforms: &[&str], capacity: u32, level: Option<u8>, labels: &[(&s
 
 fn wants(platform: &str, require: &[&str], warm: Option<&str>) -> Wants {
     let reqs: Vec<archfarm_shared::capabilities::Requirement> = require.iter().map(|r| r.parse().unwrap()).collect();
-    Wants::of(&p(platform), &reqs, warm.map(str::to_owned))
+    Wants::of(&p(platform), &reqs, &[], warm.map(str::to_owned))
 }
 
 #[test]
@@ -311,4 +316,37 @@ fn affinity_never_overrides_fit_or_retries_and_forgets_old_keys() {
         s.finish(&j(100 + n));
     }
     assert!(s.warm.len() <= WARM_KEYS, "{}", s.warm.len());
+}
+
+fn on_store(platforms: &[&str], store: &str) -> Offer {
+    let mut o = offer(platforms, 1);
+    o.engine = archfarm_shared::protocol::EngineFacts {
+        image_store: store.into(),
+        ..archfarm_shared::protocol::EngineFacts::of_version(if store == "containerd" { "26.1.5" } else { "20.10.24" })
+    };
+    o
+}
+
+#[test]
+fn a_job_that_needs_an_engine_ability_goes_only_where_the_engine_has_it() {
+    use archfarm_shared::engine_needs::EngineNeed;
+    let mut s = Scheduler::new();
+    s.add_agent(a("old"), on_store(&["linux/amd64"], "overlay2"), Standing::Active);
+    s.add_agent(a("new"), on_store(&["linux/amd64"], "containerd"), Standing::Active);
+    s.add_agent(a("arm-old"), on_store(&["linux/arm64"], "overlay2"), Standing::Active);
+    let max = |platform: &str| Wants::of(&p(platform), &[], &[EngineNeed::CacheOfEveryStage], None);
+    // The least-loaded agent would be either; only "new" exports a cache of every stage.
+    s.enqueue(j(1), max("linux/amd64"), vec![]);
+    assert_eq!(pairs(s.dispatch()), vec![(j(1), a("new"))]);
+    // "new" is busy: the next such job waits for it rather than going to "old".
+    s.enqueue(j(2), max("linux/amd64"), vec![]);
+    assert!(s.dispatch().is_empty());
+    assert!(s.check(&[max("linux/amd64")]).is_ok());
+    // No arm64 engine can: refused at once, naming what each lacks and who could.
+    let err = s.check(&[max("linux/amd64"), max("linux/arm64")]).unwrap_err().to_string();
+    assert!(err.contains("no agent for linux/arm64 can run this build"), "{err}");
+    assert!(err.contains("--cache-to mode=max needs the containerd image store"), "{err}");
+    assert!(err.contains("arm-old has Docker Engine 20.10.24 on the overlay2 store"), "{err}");
+    assert!(err.contains("agents whose engine can: new (linux/amd64)"), "{err}");
+    assert!(!err.contains("linux/amd64 can run"), "amd64 has an agent that can: {err}");
 }
