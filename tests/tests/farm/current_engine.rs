@@ -2,7 +2,9 @@
 //! engine (26.1, the containerd image store), which takes a build context only through the
 //! BuildKit session and pushes by digest itself. A two-platform build publishes both children,
 //! checked through the registry's HTTP API and skopeo, with the Dockerfile named inside the
-//! context, and writes them into an OCI archive.
+//! context, and writes them into an OCI archive. On the containerd store alone: a private base,
+//! `RUN`, the test gate, cache and push in proportion to the change; `--load` and a local tree;
+//! and an agent lost mid-build, replaced by a 20.10 one.
 
 use archfarm_tests::*;
 
@@ -142,4 +144,68 @@ fn on_the_containerd_store_a_private_base_a_run_step_the_test_gate_and_the_cache
         assert_eq!(sent, expected, "layer {i} of {} uploaded {sent} times", layers2.len());
         assert!(uploads.iter().all(|ua| ua.starts_with("buildkit/")), "layer {i} written by {uploads:?}");
     }
+}
+
+/// `--load` and `-o type=local` of an image built on the containerd store and, with no
+/// registry, handed to the coordinator by the agent: the image runs in the local engine (checked
+/// with docker) and the tree holds the built files.
+#[test]
+fn on_the_containerd_store_load_and_a_local_tree_come_from_its_build() {
+    let engine = current_engine();
+    let mut farm = Farm::start(&[]);
+    let amd64 = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
+    farm.start_agent_configured(&amd64, &format!("docker_host = \"{engine}\"\n"));
+    farm.wait_for_agents(&["amd64-cur"]);
+    // An image of its own (the nonce), so no other test loads or removes the same one.
+    let ctx = context(&format!("{PER_ARCH_DOCKERFILE}COPY nonce /nonce\n"));
+    let nonce = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+    std::fs::write(ctx.path().join("nonce"), &nonce).unwrap();
+    let tree = farm.dir.path().join("tree");
+    let local = format!("type=local,dest={}", tree.display());
+    let tag = format!("archfarm-test-current/app:{}", std::process::id());
+    let ctx_path = ctx.path().to_str().unwrap();
+    let args =
+        ["build", "--platform", "linux/amd64", "--progress", "plain", "-t", &tag, "--load", "-o", &local, ctx_path];
+    let out = farm.archfarm(&args);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("building natively on agent amd64-cur"), "{log}");
+    let inspect =
+        run_ok(std::process::Command::new("docker").args(["image", "inspect", "--format", "{{.Architecture}}", &tag]));
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "amd64");
+    let ran = run_ok(std::process::Command::new("docker").args(["run", "--rm", &tag]));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "built for linux/amd64");
+    run_ok(std::process::Command::new("docker").args(["rmi", "-f", &tag]));
+    assert_eq!(std::fs::read_to_string(tree.join("nonce")).unwrap(), nonce);
+    assert_eq!(elf_machine(&std::fs::read(tree.join("bin/busybox")).unwrap()), Some(EM_X86_64));
+}
+
+/// An agent on the containerd store killed mid-build: the platform runs again on a 20.10 agent
+/// that joined meanwhile, and the build publishes.
+#[test]
+fn an_agent_on_the_containerd_store_killed_mid_build_is_replaced_by_a_20_10_agent() {
+    let engine = current_engine();
+    let mut farm = Farm::start(&[]);
+    let current = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
+    farm.start_agent_configured(&current, &format!("docker_host = \"{engine}\"\n"));
+    farm.wait_for_agents(&["amd64-cur"]);
+    let ctx = slow_context(4);
+    let tag = format!("{}:1", farm.repo("team/failover-current"));
+    let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
+    assert_eq!(farm.assigned_agent(1), "amd64-cur");
+    farm.proc("agent amd64-cur").wait_for_log("job started", std::time::Duration::from_secs(30));
+    farm.start_agent_configured(&AgentSpec::amd64(), "");
+    farm.wait_for_agents(&["amd64-cur", "amd64-1"]);
+    farm.proc("agent amd64-cur").kill9();
+
+    let out = wait_output(client, std::time::Duration::from_secs(120));
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("retrying (attempt 2)"), "the client is told: {log}");
+    let record = farm.build_record(&farm.newest_build());
+    assert_eq!(record["state"], "published");
+    let ran = Farm::attempts(&record, 0);
+    assert_eq!(ran, [("amd64-cur".to_owned(), "lost".to_owned()), ("amd64-1".to_owned(), "pushed".to_owned())]);
+    let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(&tag)).unwrap();
+    assert_eq!(runnable(&index)[0]["platform"]["architecture"], "amd64");
 }
