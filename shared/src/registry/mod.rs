@@ -226,23 +226,30 @@ impl Registry {
     pub async fn has_blob(&self, repo: &ImageRef, digest: &Digest) -> bool {
         let _permit = self.permit().await;
         let target = oci(repo);
-        let call = self.client.blob_exists(&target, digest.as_str());
+        let call = self.documents.has_blob(target.repository(), digest.as_str());
         self.within("check blob in", repo, self.timeouts.call, call).await.unwrap_or(false)
     }
 
-    /// Uploads a blob unless the repository already holds it. Returns whether it was uploaded.
+    /// Uploads a blob held in memory unless the repository already holds it. Returns whether
+    /// it was uploaded.
     pub async fn push_blob(&self, repo: &ImageRef, data: Bytes, digest: &Digest) -> Result<bool, RegistryError> {
         if self.has_blob(repo, digest).await {
             return Ok(false);
         }
+        self.upload_blob(repo, data, digest).await?;
+        Ok(true)
+    }
+
+    /// Uploads a blob held in memory without asking first whether the repository holds it: for
+    /// a blob no other could have written (one that names a build of its own).
+    pub async fn upload_blob(&self, repo: &ImageRef, data: Bytes, digest: &Digest) -> Result<(), RegistryError> {
         let _permit = self.permit().await;
         let deadline = self.timeouts.call + Duration::from_secs(data.len() as u64 >> 18);
         let target = oci(repo);
-        let call = self.client.push_blob(&target, data, digest.as_str());
+        let call = self.documents.upload_blob(target.repository(), digest.as_str(), data);
         self.within("push blob to", repo, deadline, call)
             .await
-            .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))?;
-        Ok(true)
+            .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))
     }
 
     /// Mounts a blob the registry holds in repository `from` into repository `repo` (the
@@ -291,15 +298,11 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<(), RegistryError> {
-        let content_type = media_type
-            .parse()
-            .map_err(|e| self.fail("push manifest", reference, format!("media type {media_type}: {e}")))?;
         let _permit = self.permit().await;
-        // Credentials only: a token, if the registry wants one, is fetched by the push itself.
-        self.client.store_auth_if_needed(&self.host, &self.auth).await;
         let target = oci(reference);
-        let call = self.client.push_manifest_raw(&target, bytes, content_type);
-        self.within("push manifest", reference, self.timeouts.call, call).await.map(drop)
+        let name = target.digest().or(target.tag()).unwrap_or("latest").to_owned();
+        let call = self.documents.put_manifest(target.repository(), &name, bytes, media_type);
+        self.within("push manifest", reference, self.timeouts.call, call).await
     }
 
     /// Fetches a manifest's raw bytes and digest, accepting the given media types. When the
@@ -338,34 +341,18 @@ impl Registry {
     /// Fetches a small blob (an image config) of at most [`MAX_DOCUMENT_BYTES`] and checks its
     /// digest. A larger one is refused before it is read, or as soon as it turns out larger.
     pub async fn blob(&self, repo: &ImageRef, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
-        use futures_util::StreamExt as _;
-        let layer = oci_client::manifest::OciDescriptor { digest: digest.to_string(), ..Default::default() };
-        let too_big =
-            |n: u64| self.fail("fetch blob", repo, format!("{digest}: {n} bytes; at most {MAX_DOCUMENT_BYTES}"));
         let target = oci(repo);
         let permit = self.permit().await;
-        // Credentials only: a token, if the registry wants one, is fetched by the pull itself.
-        self.client.store_auth_if_needed(&self.host, &self.auth).await;
-        let read = async {
-            let mut stream = self.client.pull_blob_stream(&target, &layer).await.map_err(|e| e.to_string())?;
-            if let Some(n) = stream.content_length.filter(|n| *n > MAX_DOCUMENT_BYTES) {
-                return Ok(Err(too_big(n)));
-            }
-            let mut out = Vec::new();
-            while let Some(chunk) = stream.stream.next().await {
-                out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-                if out.len() as u64 > MAX_DOCUMENT_BYTES {
-                    return Ok(Err(too_big(out.len() as u64)));
-                }
-            }
-            Ok::<_, String>(Ok(out))
-        };
-        let out = self.within("fetch blob", repo, self.timeouts.call, read).await??;
+        let call = self.documents.blob(target.repository(), digest.as_str(), MAX_DOCUMENT_BYTES);
+        let out = self
+            .within("fetch blob", repo, self.timeouts.call, call)
+            .await
+            .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
         drop(permit);
         if Digest::of(&out) != *digest {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));
         }
-        Ok(out)
+        Ok(out.to_vec())
     }
 }
 

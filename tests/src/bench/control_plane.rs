@@ -94,6 +94,42 @@ fn stat_cpu_secs(stat: &str) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// The requests of the registry's access log from line `from` on, counted by method and kind
+/// of path (`GET /v2/`, `PUT manifests by tag`, `POST blob uploads`…), and how many in all.
+fn registry_requests(log: &std::path::Path, from: usize) -> (usize, usize, std::collections::BTreeMap<String, usize>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut kinds = std::collections::BTreeMap::new();
+    let (mut lines, mut counted) = (0, 0);
+    for line in text.lines() {
+        lines += 1;
+        if lines <= from {
+            continue;
+        }
+        let Some(request) = line.split('"').nth(1) else { continue };
+        let mut parts = request.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else { continue };
+        let path = path.split('?').next().unwrap_or_default();
+        let kind = if path == "/v2/" {
+            "/v2/"
+        } else if path.contains("/blobs/uploads") {
+            "blob uploads"
+        } else if path.contains("/blobs/") {
+            "blobs"
+        } else if let Some((_, reference)) = path.split_once("/manifests/") {
+            if reference.starts_with("sha256:") {
+                "manifests by digest"
+            } else {
+                "manifests by tag"
+            }
+        } else {
+            "other"
+        };
+        *kinds.entry(format!("{method} {kind}")).or_insert(0) += 1;
+        counted += 1;
+    }
+    (lines, counted, kinds)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -119,6 +155,7 @@ async fn fire(
     jobs: u64,
     window: usize,
     context: &Digest,
+    provenance: bool,
 ) -> anyhow::Result<Phase> {
     let slots = Arc::new(tokio::sync::Semaphore::new(window));
     let started = Instant::now();
@@ -130,6 +167,7 @@ async fn fire(
         let conn = clients[n as usize % clients.len()].clone();
         let request = BuildRequest {
             labels: vec![("bench.seq".into(), seq.to_string())],
+            provenance,
             ..BuildRequest::new(
                 vec!["linux/amd64".parse()?],
                 vec![format!("{registry}/bench/p5:j{seq}")],
@@ -211,6 +249,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
     let remote = Remote { coordinator: farm.coordinator.clone(), token: farm.token.clone(), ca: ca_dir.join("ca.pem") };
     let idle_rss = rss_kib(coordinator_pid);
     let registry_pid = farm.procs.iter().find(|p| p.name == "registry").expect("a registry").pid();
+    let registry_log = farm.dir.path().join("registry.log");
     let cpu =
         [("coordinator", coordinator_pid), ("registry", registry_pid), ("harness and agents", std::process::id())];
     let shutdown = CancellationToken::new();
@@ -282,29 +321,38 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         // Warm-up: a few hundred builds through every path.
         let window = agents as usize;
         let warm = (jobs / 20).max(50);
-        fire(&clients, &farm.registry, &arrivals, 0, warm, window, &packed.digest).await?;
+        fire(&clients, &farm.registry, &arrivals, 0, warm, window, &packed.digest, true).await?;
         let mut runs = Vec::new();
         let mut bursts = Vec::new();
         let mut seq = warm;
         // Each run is `jobs` whole builds; one or two of each kind make the figure. A burst
         // submits them all at once (the agents' slots, capacity × agents, hold every one); it
         // runs last, as it leaves the registry with thousands of tags and connections.
-        for run in 0..o.runs.min(2) {
+        // In flight, with provenance (the default) and without, alternating.
+        for run in 0..o.runs.min(2) * 2 {
+            let provenance = run % 2 == 0;
             let before = cpu.iter().map(|(_, pid)| cpu_secs(*pid)).collect::<Vec<_>>();
-            let phase = fire(&clients, &farm.registry, &arrivals, seq, jobs, window, &packed.digest).await?;
+            let (log_before, _, _) = registry_requests(&registry_log, usize::MAX);
+            let phase =
+                fire(&clients, &farm.registry, &arrivals, seq, jobs, window, &packed.digest, provenance).await?;
             let used: Vec<f64> = cpu.iter().zip(&before).map(|((_, pid), b)| cpu_secs(*pid) - b).collect();
+            let (_, requests, kinds) = registry_requests(&registry_log, log_before);
             seq += jobs;
             eprintln!(
-                "bench: P5 run {run}: {} published in {:.1} s; CPU s: {}",
+                "bench: P5 run {run} (provenance {}): {} published in {:.1} s; CPU s: {}; registry requests per build {:.1}: {}",
+                if provenance { "on" } else { "off" },
                 phase.published,
                 phase.elapsed,
-                cpu.iter().zip(&used).map(|((n, _), u)| format!("{n} {u:.1}")).collect::<Vec<_>>().join(", ")
+                cpu.iter().zip(&used).map(|((n, _), u)| format!("{n} {u:.1}")).collect::<Vec<_>>().join(", "),
+                requests as f64 / jobs as f64,
+                kinds.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / jobs as f64)).collect::<Vec<_>>().join(", ")
             );
-            runs.push((phase, used));
+            runs.push((phase, used, requests as f64 / jobs as f64, provenance));
         }
         eprintln!("bench: P5 coordinator RSS {:.0} KiB after the runs, before the bursts", rss_kib(coordinator_pid));
         for run in 0..o.runs.min(2) {
-            let phase = fire(&clients, &farm.registry, &arrivals, seq, jobs, jobs as usize, &packed.digest).await?;
+            let phase =
+                fire(&clients, &farm.registry, &arrivals, seq, jobs, jobs as usize, &packed.digest, true).await?;
             seq += jobs;
             eprintln!("bench: P5 burst {run}: {} published in {:.1} s", phase.published, phase.elapsed);
             bursts.push(phase);
@@ -339,8 +387,12 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         l.sort_by(f64::total_cmp);
         l
     };
-    let phases: Vec<&Phase> = runs.iter().map(|(p, _)| p).collect();
-    let cpu_per_job = |i: usize| -> Vec<f64> { runs.iter().map(|(_, u)| u[i] * 1e6 / jobs as f64).collect() };
+    let with = |on: bool| runs.iter().filter(move |r| r.3 == on);
+    let phases: Vec<&Phase> = with(true).map(|r| &r.0).collect();
+    let phases_off: Vec<&Phase> = with(false).map(|r| &r.0).collect();
+    let cpu_per_job = |i: usize, on: bool| -> Vec<f64> { with(on).map(|r| r.1[i] * 1e6 / jobs as f64).collect() };
+    let requests = |on: bool| -> Vec<f64> { with(on).map(|r| r.2).collect() };
+    let published = |ps: &[&Phase]| -> Vec<f64> { ps.iter().map(|p| p.published as f64 / p.elapsed).collect() };
     let pct = |ps: &[&Phase], p: f64| -> Vec<f64> { ps.iter().map(|ph| percentile(&latencies(ph), p)).collect() };
     let bursts: Vec<&Phase> = bursts.iter().collect();
     let headline = Series::new(
@@ -381,13 +433,22 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
                 phases.iter().map(|p| rate(p)).collect(),
             ),
             Series::new(
-                format!("builds verified and published per second, {agents} in flight"),
+                format!("builds verified and published per second, {agents} in flight, provenance on"),
                 "/s",
-                phases.iter().map(|p| p.published as f64 / p.elapsed).collect(),
+                published(&phases),
             ),
-            Series::new("coordinator CPU per build", "µs", cpu_per_job(0)),
-            Series::new("registry CPU per build", "µs", cpu_per_job(1)),
-            Series::new("harness CPU per build (agents and clients)", "µs", cpu_per_job(2)),
+            Series::new(
+                format!("builds verified and published per second, {agents} in flight, provenance off"),
+                "/s",
+                published(&phases_off),
+            ),
+            Series::new("coordinator CPU per build, provenance on", "µs", cpu_per_job(0, true)),
+            Series::new("coordinator CPU per build, provenance off", "µs", cpu_per_job(0, false)),
+            Series::new("registry CPU per build, provenance on", "µs", cpu_per_job(1, true)),
+            Series::new("registry CPU per build, provenance off", "µs", cpu_per_job(1, false)),
+            Series::new("registry requests per build, provenance on", "", requests(true)),
+            Series::new("registry requests per build, provenance off", "", requests(false)),
+            Series::new("harness CPU per build (agents and clients)", "µs", cpu_per_job(2, true)),
             Series::new("coordinator RSS, no agents", "MiB", vec![idle_rss / 1024.0]),
             Series::new("coordinator RSS, agents connected", "MiB", vec![connected_rss / 1024.0]),
             Series::new("coordinator RSS after every run", "MiB", vec![after_rss / 1024.0]),
@@ -403,6 +464,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
              the first submission to the last arrival; the latency is submit → arrival, so in a burst it includes \
              waiting behind the rest of the burst. The CPU rows divide each process's CPU time (user and system) \
              over the in-flight runs by the builds: the coordinator, the registry and the harness share two cores. \
+             The in-flight runs alternate builds with provenance (the default: an attestation manifest and its \
+             blobs per platform) and without; the registry requests are counted from its access log. \
              The registry keeps its storage in memory (tmpfs) for this figure only, so that its own disk syncs do \
              not set the pace; the build figures use a registry on disk.",
             slots = agents as u64 * capacity as u64,
