@@ -145,18 +145,24 @@ struct Phase {
     elapsed: f64,
 }
 
+/// One phase's builds: numbered from `first_seq`, `window` of them in flight, with provenance or not.
+struct Batch {
+    first_seq: u64,
+    jobs: u64,
+    window: usize,
+    provenance: bool,
+}
+
 /// Submits `jobs` one-platform builds over `clients`, keeping `window` in flight, and waits
 /// (bounded) until every build has ended.
 async fn fire(
     clients: &[Arc<Connection>],
     registry: &str,
     arrivals: &Arc<Mutex<HashMap<u64, Instant>>>,
-    first_seq: u64,
-    jobs: u64,
-    window: usize,
+    batch: Batch,
     context: &Digest,
-    provenance: bool,
 ) -> anyhow::Result<Phase> {
+    let Batch { first_seq, jobs, window, provenance } = batch;
     let slots = Arc::new(tokio::sync::Semaphore::new(window));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(jobs as usize);
@@ -321,7 +327,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         // Warm-up: a few hundred builds through every path.
         let window = agents as usize;
         let warm = (jobs / 20).max(50);
-        fire(&clients, &farm.registry, &arrivals, 0, warm, window, &packed.digest, true).await?;
+        fire(&clients, &farm.registry, &arrivals, Batch { first_seq: 0, jobs: warm, window, provenance: true }, &packed.digest).await?;
         let mut runs = Vec::new();
         let mut bursts = Vec::new();
         let mut seq = warm;
@@ -334,7 +340,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
             let before = cpu.iter().map(|(_, pid)| cpu_secs(*pid)).collect::<Vec<_>>();
             let (log_before, _, _) = registry_requests(&registry_log, usize::MAX);
             let phase =
-                fire(&clients, &farm.registry, &arrivals, seq, jobs, window, &packed.digest, provenance).await?;
+                fire(&clients, &farm.registry, &arrivals, Batch { first_seq: seq, jobs, window, provenance }, &packed.digest).await?;
             let used: Vec<f64> = cpu.iter().zip(&before).map(|((_, pid), b)| cpu_secs(*pid) - b).collect();
             let (_, requests, kinds) = registry_requests(&registry_log, log_before);
             seq += jobs;
@@ -352,7 +358,13 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         eprintln!("bench: P5 coordinator RSS {:.0} KiB after the runs, before the bursts", rss_kib(coordinator_pid));
         for run in 0..o.runs.min(2) {
             let phase =
-                fire(&clients, &farm.registry, &arrivals, seq, jobs, jobs as usize, &packed.digest, true).await?;
+                fire(
+                &clients,
+                &farm.registry,
+                &arrivals,
+                Batch { first_seq: seq, jobs, window: jobs as usize, provenance: true },
+                &packed.digest,
+            ).await?;
             seq += jobs;
             eprintln!("bench: P5 burst {run}: {} published in {:.1} s", phase.published, phase.elapsed);
             bursts.push(phase);
