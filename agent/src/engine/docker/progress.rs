@@ -4,6 +4,12 @@
 use crate::engine::{BuildError, LineSink};
 use std::collections::HashMap;
 
+/// Why a build call ended early: what was said, and whether the engine (not the build) failed.
+pub(super) struct Stopped {
+    pub(super) message: String,
+    pub(super) engine: bool,
+}
+
 /// Lines kept per step, and for the build as a whole.
 const TAIL: usize = 20;
 

@@ -8,9 +8,8 @@
 //! The single exporter is named in the request's first exporter fields, which every BuildKit
 //! since 0.11 reads (BuildKit 0.13 moved them to a list that earlier ones ignore).
 
-use super::build::Stopped;
 use super::control;
-use super::progress::Steps;
+use super::progress::{Steps, Stopped};
 use super::raw::RawApi;
 use super::session::{ContextFiles, JobAuth, Session};
 use crate::engine::{BuildSpec, LineSink};
