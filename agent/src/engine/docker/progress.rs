@@ -1,5 +1,6 @@
 //! BuildKit's progress turned into buildx-style plain lines (`#3 [2/2] COPY ...`), with the
-//! last lines of each step kept so a failed build shows the failing step's output.
+//! last lines of each step kept so a failed build shows the failing step's output; and why a
+//! build call stopped early.
 
 use crate::engine::{BuildError, LineSink};
 use std::collections::HashMap;
