@@ -158,8 +158,16 @@ impl Documents {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<(), String> {
+        let content_type = reqwest::header::HeaderValue::from_str(media_type)
+            .map_err(|_| format!("{media_type:?} is not a media type a request can carry"))?;
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
-        let put = || self.http.put(&url).header(reqwest::header::CONTENT_TYPE, media_type).body(bytes.clone());
+        let put = || {
+            self.http
+                .put(&url)
+                .header(reqwest::header::CONTENT_TYPE, content_type.clone())
+                .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+                .body(bytes.clone())
+        };
         let response = self.send(repository, "pull,push", put).await?;
         if !response.status().is_success() {
             return Err(Self::refused(response).await);
@@ -168,10 +176,13 @@ impl Documents {
     }
 
     /// Uploads a blob held in memory in one piece: `POST` opens the upload, `PUT` to the
-    /// location it answers with the digest and the bytes completes it.
+    /// location it answers with the digest and the bytes completes it. A location on another
+    /// origin (a storage front end) gets the bytes but never this registry's authorization.
     pub(super) async fn upload_blob(&self, repository: &str, digest: &str, bytes: Bytes) -> Result<(), String> {
         let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
-        let response = self.send(repository, "pull,push", || self.http.post(&url)).await?;
+        // Some registries want a length on every push request, an empty one included.
+        let post = || self.http.post(&url).header(reqwest::header::CONTENT_LENGTH, 0);
+        let response = self.send(repository, "pull,push", post).await?;
         if response.status() != reqwest::StatusCode::ACCEPTED {
             return Err(Self::refused(response).await);
         }
@@ -180,19 +191,21 @@ impl Documents {
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or("the registry opened an upload without saying where (no Location)")?;
-        let location = if location.starts_with('/') { format!("{}{location}", self.base) } else { location.to_owned() };
-        let mut put = reqwest::Url::parse(&location).map_err(|e| format!("the upload location {location:?}: {e}"))?;
-        if !put.as_str().starts_with(&self.base) {
-            return Err(format!("the upload location {location:?} is not on {}", self.base));
-        }
+        let mut put = upload_url(&url, location)?;
         put.query_pairs_mut().append_pair("digest", digest);
-        let send = || {
+        let same_origin = reqwest::Url::parse(&url).is_ok_and(|u| u.origin() == put.origin());
+        let request = || {
             self.http
                 .put(put.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, bytes.len())
                 .body(bytes.clone())
         };
-        let response = self.send(repository, "pull,push", send).await?;
+        let response = if same_origin {
+            self.send(repository, "pull,push", request).await?
+        } else {
+            request().send().await.map_err(|e| e.to_string())?
+        };
         if !response.status().is_success() {
             return Err(Self::refused(response).await);
         }
@@ -227,6 +240,12 @@ impl Documents {
         let header = response.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
         Ok(header.and_then(parse_challenge))
     }
+}
+
+/// The URL an upload continues at: its `Location`, absolute or relative to the request `from`.
+fn upload_url(from: &str, location: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(from).map_err(|e| format!("{from}: {e}"))?;
+    base.join(location).map_err(|e| format!("the registry's upload location {location:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -312,5 +331,50 @@ mod tests {
         let addr = serve(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec(), 64 << 20).await;
         let err = documents(&addr).manifest("a/b", "1", &["x"], 4 << 20).await.unwrap_err();
         assert!(err.starts_with("more than 4194304 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_upload_location_is_taken_absolute_or_relative_with_its_query() {
+        let from = "http://reg:5000/v2/a/b/blobs/uploads/";
+        let at = |l: &str| upload_url(from, l).unwrap().to_string();
+        assert_eq!(at("/v2/a/b/blobs/uploads/u1?_state=x"), "http://reg:5000/v2/a/b/blobs/uploads/u1?_state=x");
+        assert_eq!(at("u2"), "http://reg:5000/v2/a/b/blobs/uploads/u2");
+        assert_eq!(at("https://store.example/up?sig=1"), "https://store.example/up?sig=1");
+        let other = upload_url(from, "https://reg:5000@evil.example/x").unwrap();
+        assert_ne!(other.origin(), reqwest::Url::parse(from).unwrap().origin(), "another origin is told apart");
+    }
+
+    /// A registry that answers a `POST` with `location` and records what the `PUT` carried.
+    async fn upload_registry(location: &'static str) -> (String, tokio::sync::mpsc::Receiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let answer = if request.starts_with("post ") {
+                    assert!(request.contains("content-length: 0"), "{request}");
+                    format!("HTTP/1.1 202 Accepted\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                } else {
+                    let _ = tx.send(request).await;
+                    "HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_uploaded_in_two_requests_keeping_the_locations_query() {
+        let (addr, mut puts) = upload_registry("/v2/a/b/blobs/uploads/u1?_state=s1").await;
+        let docs = documents(&addr);
+        docs.upload_blob("a/b", "sha256:abc", Bytes::from_static(b"hello")).await.unwrap();
+        let put = puts.recv().await.unwrap();
+        assert!(put.starts_with("put /v2/a/b/blobs/uploads/u1?_state=s1&digest=sha256%3aabc "), "{put}");
+        assert!(put.contains("content-length: 5") && put.ends_with("hello"), "{put}");
     }
 }

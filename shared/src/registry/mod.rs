@@ -246,10 +246,13 @@ impl Registry {
         let _permit = self.permit().await;
         let deadline = self.timeouts.call + Duration::from_secs(data.len() as u64 >> 18);
         let target = oci(repo);
-        let call = self.documents.upload_blob(target.repository(), digest.as_str(), data);
-        self.within("push blob to", repo, deadline, call)
-            .await
-            .map_err(|e| self.fail("push blob to", repo, format!("{digest}: {e}")))
+        let call = async {
+            self.documents
+                .upload_blob(target.repository(), digest.as_str(), data)
+                .await
+                .map_err(|e| format!("{digest}: {e}"))
+        };
+        self.within("push blob to", repo, deadline, call).await
     }
 
     /// Mounts a blob the registry holds in repository `from` into repository `repo` (the
@@ -343,11 +346,13 @@ impl Registry {
     pub async fn blob(&self, repo: &ImageRef, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         let target = oci(repo);
         let permit = self.permit().await;
-        let call = self.documents.blob(target.repository(), digest.as_str(), MAX_DOCUMENT_BYTES);
-        let out = self
-            .within("fetch blob", repo, self.timeouts.call, call)
-            .await
-            .map_err(|e| self.fail("fetch blob", repo, format!("{digest}: {e}")))?;
+        let call = async {
+            self.documents
+                .blob(target.repository(), digest.as_str(), MAX_DOCUMENT_BYTES)
+                .await
+                .map_err(|e| format!("{digest}: {e}"))
+        };
+        let out = self.within("fetch blob", repo, self.timeouts.call, call).await?;
         drop(permit);
         if Digest::of(&out) != *digest {
             return Err(self.fail("fetch blob", repo, format!("{digest}: content does not match its digest")));

@@ -58,7 +58,7 @@ fn each_platform_writes_its_own_cache_and_a_pruned_agent_reads_it_back() {
     assert!(said.contains("no agent for linux/386 can run this build"), "{said}");
     assert!(said.contains("i386-1 has Docker Engine 20.10"), "{said}");
     assert!(said.contains("agents whose engine can: amd64-1 (linux/amd64)"), "{said}");
-    assert!(farm.tags("cache/app").is_empty(), "nothing was built");
+    assert!(farm.tags("cache/app").is_empty() && farm.tags("cached/app").is_empty(), "nothing was built");
 
     // mode=min: one tag per platform, each the platform's own image with its cache in the config.
     let cache = format!("{}:c", farm.repo("cache/app"));
@@ -105,17 +105,28 @@ fn each_platform_writes_its_own_cache_and_a_pruned_agent_reads_it_back() {
     let (cached, kept) = (manifest["layers"].as_array().unwrap().len(), child["layers"].as_array().unwrap().len());
     assert!(cached >= 3 && kept == 1, "the cache holds the tools stage's layers ({cached}), the image one ({kept})");
 
-    // Emptied again, the engine takes the tools stage's RUN from that cache.
+    let config =
+        skopeo::config(&format!("{}@{}", farm.repo("cached/app"), runnable(&image)[0]["digest"].as_str().unwrap()));
+    assert!(config.get("moby.buildkit.cache.v0").is_none(), "mode=max puts no inline cache in the image");
+
+    // Emptied again, the engine runs the tools stage's RUN again without a cache (the prune
+    // took the engine's own), and takes it from the cache of every stage with it.
     prune(&farm);
-    let from = format!("type=registry,ref={}:m", farm.repo("cache/app"));
-    let out = farm.build("linux/amd64", &[&tag(4)], ctx.path(), &["--cache-from", &from]);
+    let out = farm.build("linux/amd64", &[&tag(4)], ctx.path(), &[]);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
+    assert!(cached_runs(&log, "linux/amd64").is_empty(), "the prune emptied the engine's cache:\n{log}");
+    prune(&farm);
+    let from = format!("type=registry,ref={}:m", farm.repo("cache/app"));
+    let out = farm.build("linux/amd64", &[&tag(5)], ctx.path(), &["--cache-from", &from]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains(&format!("build cache from {}:m-linux-amd64", farm.repo("cache/app"))), "{log}");
     assert!(
         !cached_runs(&log, "linux/amd64").is_empty(),
         "the tools stage's RUN came from the cache of every stage:\n{log}"
     );
-    let image: serde_json::Value = serde_json::from_slice(&skopeo::raw(&tag(4))).unwrap();
+    let image: serde_json::Value = serde_json::from_slice(&skopeo::raw(&tag(5))).unwrap();
     let child = format!("{}@{}", farm.repo("cached/app"), runnable(&image)[0]["digest"].as_str().unwrap());
     assert_eq!(skopeo::file_from_image(&child, "built").as_deref(), Some(&b"built for amd64\n"[..]));
 }

@@ -77,8 +77,11 @@ fn failure(status: &tonic::Status) -> String {
 }
 
 /// Whether `status` says the engine (its connection, its BuildKit) failed rather than the build.
+/// A status tonic made from a broken connection carries that error as its source; one the
+/// engine's BuildKit sent (a failed step) has none.
 fn is_engine_failure(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+    std::error::Error::source(status).is_some()
+        || matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
 }
 
 /// The `Solve` request for `spec` under the build reference `reference`.
@@ -109,10 +112,15 @@ fn request(spec: &BuildSpec<'_>, reference: &str) -> SolveRequest {
         exports.push(entry("inline", &[]));
     }
     if let Some(cache) = spec.cache_to_max {
-        exports.push(entry(
-            "registry",
-            &[("ref", cache), ("mode", "max"), ("oci-mediatypes", "true"), ("image-manifest", "true")],
-        ));
+        // A cache that cannot be written is said in the log and fails no build, as on every engine.
+        let attrs = [
+            ("ref", cache),
+            ("mode", "max"),
+            ("oci-mediatypes", "true"),
+            ("image-manifest", "true"),
+            ("ignore-error", "true"),
+        ];
+        exports.push(entry("registry", &attrs));
     }
     let (exporter, exporter_attrs) = match spec.push_to {
         Some(repository) => (
@@ -204,6 +212,7 @@ mod tests {
         assert_eq!(cache.exports.len(), 1);
         assert_eq!(cache.exports[0].r#type, "registry");
         assert_eq!(cache.exports[0].attrs["mode"], "max");
+        assert_eq!(cache.exports[0].attrs["ignore-error"], "true", "a cache not written fails no build");
         assert_eq!(cache.imports[0].attrs["ref"], "reg/app:c-linux-arm64");
     }
 
@@ -221,6 +230,8 @@ mod tests {
     #[test]
     fn only_a_lost_engine_is_the_engines_failure() {
         assert!(is_engine_failure(&tonic::Status::unavailable("connection reset")));
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other("connection closed")));
+        assert!(is_engine_failure(&broken), "a status made from a broken connection: {broken:?}");
         let failed = tonic::Status::unknown("process \"/bin/sh -c false\" did not complete successfully: exit code: 1");
         assert!(!is_engine_failure(&failed));
         assert!(failure(&failed).starts_with("process"));

@@ -149,7 +149,10 @@ fn engine_unmet(wants: &Wants, hosts: &[&(&AgentName, &Offer)], active: &[(&Agen
             .collect();
         let able: Vec<String> = active
             .iter()
-            .filter(|(_, o)| need.met_by(&o.engine))
+            // Of the agents for this platform, only those that fit it but for their engine.
+            .filter(|(_, o)| {
+                need.met_by(&o.engine) && (wants.fits_host(o) || !o.platforms.contains(&base(&wants.platform)))
+            })
             .take(8)
             .map(|(n, o)| format!("{n} ({})", archfarm_shared::platform::list(&o.platforms)))
             .collect();
