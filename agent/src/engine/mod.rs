@@ -127,6 +127,37 @@ pub struct BuildSpec<'a> {
     pub push_to: Option<&'a str>,
 }
 
+impl<'a> BuildSpec<'a> {
+    /// A build of the Dockerfile `dockerfile` in `context` for `platform`, tagged `tag`, with
+    /// every option at its default: no build args, labels, target, cache or logins, nothing
+    /// pushed by the engine.
+    pub fn plain(
+        context: &'a Path,
+        dockerfile: &'a str,
+        platform: &'a Platform,
+        tag: &'a str,
+        session: String,
+    ) -> Self {
+        BuildSpec {
+            context,
+            dockerfile,
+            platform,
+            tag,
+            build_args: &[],
+            labels: &[],
+            target: None,
+            no_cache: false,
+            pull: false,
+            cache_from: &[],
+            inline_cache: false,
+            cache_to_max: None,
+            session,
+            logins: &NO_LOGINS,
+            push_to: None,
+        }
+    }
+}
+
 /// What a build left besides its local tag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Built {
@@ -146,6 +177,10 @@ pub struct JobLogins {
     /// The build token's scopes (none: bound by none).
     pub scopes: Vec<String>,
 }
+
+/// No logins at all, for builds that read nothing private.
+static NO_LOGINS: JobLogins =
+    JobLogins { credentials: BTreeMap::new(), token_auth: BTreeSet::new(), scopes: Vec::new() };
 
 /// A failed build: the engine's error and the failing step's last lines.
 #[derive(Debug)]

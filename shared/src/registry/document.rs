@@ -275,34 +275,58 @@ mod tests {
         addr
     }
 
-    /// A registry that wants a bearer token from its own `/token` endpoint: answers each
-    /// request (one per connection) by its path and `Authorization` header.
-    async fn token_registry() -> String {
+    /// A server that answers each of `n` requests (one per connection, read whole and lower-cased)
+    /// with what `answer` makes of it and of the server's own address; returns that address.
+    async fn per_request(n: usize, mut answer: impl FnMut(&str, &str) -> String + Send + 'static) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let realm = format!("http://{addr}/token");
+        let own = addr.clone();
         tokio::spawn(async move {
-            for _ in 0..8 {
+            for _ in 0..n {
                 let Ok((mut socket, _)) = listener.accept().await else { return };
+                let mut request = Vec::new();
                 let mut buf = vec![0u8; 8192];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                let answer = if request.starts_with("get /token") {
-                    assert!(request.contains("scope=repository%3aa%2fb%3apull"), "{request}");
-                    let body = r#"{"token":"t0k3n"}"#;
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                } else if request.contains("authorization: bearer t0k3n") {
-                    let body = r#"{"schemaVersion":2}"#;
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                } else {
-                    format!(
-                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    )
-                };
-                let _ = socket.write_all(answer.as_bytes()).await;
+                // The headers, then as many bytes of body as they announce.
+                while let Ok(read) = socket.read(&mut buf).await {
+                    request.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    let whole = text.find("\r\n\r\n").is_some_and(|end| {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        request.len() >= end + 4 + length
+                    });
+                    if read == 0 || whole {
+                        break;
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let _ = socket.write_all(answer(&request, &own).as_bytes()).await;
             }
         });
         addr
+    }
+
+    /// A registry that wants a bearer token from its own `/token` endpoint: answers each
+    /// request by its path and `Authorization` header.
+    async fn token_registry() -> String {
+        per_request(8, |request, addr| {
+            if request.starts_with("get /token") {
+                assert!(request.contains("scope=repository%3aa%2fb%3apull"), "{request}");
+                let body = r#"{"token":"t0k3n"}"#;
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else if request.contains("authorization: bearer t0k3n") {
+                let body = r#"{"schemaVersion":2}"#;
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            }
+        })
+        .await
     }
 
     #[tokio::test]
@@ -345,35 +369,29 @@ mod tests {
     }
 
     /// A registry that answers a `POST` with `location` and records what the `PUT` carried.
-    async fn upload_registry(location: &'static str) -> (String, tokio::sync::mpsc::Receiver<String>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            for _ in 0..4 {
-                let Ok((mut socket, _)) = listener.accept().await else { return };
-                let mut buf = vec![0u8; 8192];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                let answer = if request.starts_with("post ") {
-                    assert!(request.contains("content-length: 0"), "{request}");
-                    format!("HTTP/1.1 202 Accepted\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                } else {
-                    let _ = tx.send(request).await;
-                    "HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-                };
-                let _ = socket.write_all(answer.as_bytes()).await;
+    async fn upload_registry(location: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addr = per_request(4, move |request, _| {
+            if request.starts_with("post ") {
+                assert!(request.contains("content-length: 0"), "{request}");
+                format!(
+                    "HTTP/1.1 202 Accepted\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            } else {
+                let _ = tx.send(request.to_owned());
+                "HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
             }
-        });
+        })
+        .await;
         (addr, rx)
     }
 
     #[tokio::test]
     async fn a_blob_is_uploaded_in_two_requests_keeping_the_locations_query() {
-        let (addr, mut puts) = upload_registry("/v2/a/b/blobs/uploads/u1?_state=s1").await;
+        let (addr, puts) = upload_registry("/v2/a/b/blobs/uploads/u1?_state=s1").await;
         let docs = documents(&addr);
         docs.upload_blob("a/b", "sha256:abc", Bytes::from_static(b"hello")).await.unwrap();
-        let put = puts.recv().await.unwrap();
+        let put = puts.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         assert!(put.starts_with("put /v2/a/b/blobs/uploads/u1?_state=s1&digest=sha256%3aabc "), "{put}");
         assert!(put.contains("content-length: 5") && put.ends_with("hello"), "{put}");
     }

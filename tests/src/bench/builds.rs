@@ -89,23 +89,9 @@ impl Bench<'_> {
         let started = Instant::now();
         let packed = context::pack(self.ctx.path(), None, 8 << 30).map_err(anyhow::Error::msg)?;
         let tag = format!("archfarm-bench/direct:{}", nonce("t"));
-        let spec = BuildSpec {
-            context: packed.file.path(),
-            dockerfile: &packed.dockerfile,
-            platform: &platform,
-            tag: &tag,
-            build_args: &args(iter, &nonce("direct")),
-            labels: &[],
-            target: None,
-            no_cache: false,
-            pull: false,
-            cache_from: &[],
-            inline_cache: false,
-            cache_to_max: None,
-            session: nonce("archfarm-bench"),
-            logins: &Default::default(),
-            push_to: None,
-        };
+        let build_args = args(iter, &nonce("direct"));
+        let plain = BuildSpec::plain(packed.file.path(), &packed.dockerfile, &platform, &tag, nonce("archfarm-bench"));
+        let spec = BuildSpec { build_args: &build_args, ..plain };
         let result = self.rt.block_on(self.engine.build(spec, &mut |_| {}));
         let secs = started.elapsed().as_secs_f64();
         self.rt.block_on(self.engine.untag(&tag));

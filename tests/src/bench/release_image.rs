@@ -109,23 +109,9 @@ impl Release<'_> {
     fn engine_build(&self, ctx: &Path, reference: &str, push_to: Option<&str>) -> anyhow::Result<()> {
         let platform: Platform = "linux/amd64".parse()?;
         let packed = context::pack(ctx, None, 8 << 30).map_err(anyhow::Error::msg)?;
-        let spec = BuildSpec {
-            context: packed.file.path(),
-            dockerfile: &packed.dockerfile,
-            platform: &platform,
-            tag: reference,
-            build_args: &[],
-            labels: &[],
-            target: None,
-            no_cache: false,
-            pull: false,
-            cache_from: &[],
-            inline_cache: false,
-            cache_to_max: None,
-            session: format!("archfarm-bench-{}", nonce()),
-            logins: &Default::default(),
-            push_to,
-        };
+        let session = format!("archfarm-bench-{}", nonce());
+        let plain = BuildSpec::plain(packed.file.path(), &packed.dockerfile, &platform, reference, session);
+        let spec = BuildSpec { push_to, ..plain };
         self.rt
             .block_on(self.engine.build(spec, &mut |_| {}))
             .map_err(|e| anyhow::anyhow!("docker build of {reference}: {}\n{}", e.message, e.tail.join("\n")))

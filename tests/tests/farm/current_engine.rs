@@ -8,6 +8,16 @@
 
 use archfarm_tests::*;
 
+/// A farm whose one agent, `amd64-cur`, builds on the current engine (the containerd store).
+fn farm_with_a_current_agent() -> Farm {
+    let engine = current_engine();
+    let mut farm = Farm::start(&[]);
+    let amd64 = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
+    farm.start_agent_configured(&amd64, &format!("docker_host = \"{engine}\"\n"));
+    farm.wait_for_agents(&["amd64-cur"]);
+    farm
+}
+
 #[test]
 fn a_farm_mixing_a_20_10_engine_and_a_containerd_store_engine_publishes_both_platforms() {
     let engine = current_engine();
@@ -73,11 +83,7 @@ fn a_farm_mixing_a_20_10_engine_and_a_containerd_store_engine_publishes_both_pla
 fn on_the_containerd_store_a_private_base_a_run_step_the_test_gate_and_the_cache_work() {
     const USER: &str = "ci";
     const PASSWORD: &str = "s3cret-current";
-    let engine = current_engine();
-    let mut farm = Farm::start(&[]);
-    let amd64 = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
-    farm.start_agent_configured(&amd64, &format!("docker_host = \"{engine}\"\n"));
-    farm.wait_for_agents(&["amd64-cur"]);
+    let mut farm = farm_with_a_current_agent();
     let private = farm.start_private_registry(USER, PASSWORD);
     farm.set_logins(&[(&private, USER, PASSWORD)]);
     let base = format!("{private}/base:1");
@@ -151,11 +157,7 @@ fn on_the_containerd_store_a_private_base_a_run_step_the_test_gate_and_the_cache
 /// with docker) and the tree holds the built files.
 #[test]
 fn on_the_containerd_store_load_and_a_local_tree_come_from_its_build() {
-    let engine = current_engine();
-    let mut farm = Farm::start(&[]);
-    let amd64 = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
-    farm.start_agent_configured(&amd64, &format!("docker_host = \"{engine}\"\n"));
-    farm.wait_for_agents(&["amd64-cur"]);
+    let farm = farm_with_a_current_agent();
     // An image of its own (the nonce), so no other test loads or removes the same one.
     let ctx = context(&format!("{PER_ARCH_DOCKERFILE}COPY nonce /nonce\n"));
     let nonce = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
@@ -184,12 +186,9 @@ fn on_the_containerd_store_load_and_a_local_tree_come_from_its_build() {
 /// that joined meanwhile, and the build publishes.
 #[test]
 fn an_agent_on_the_containerd_store_killed_mid_build_is_replaced_by_a_20_10_agent() {
-    let engine = current_engine();
-    let mut farm = Farm::start(&[]);
-    let current = AgentSpec { name: "amd64-cur", native: None, capacity: 1 };
-    farm.start_agent_configured(&current, &format!("docker_host = \"{engine}\"\n"));
-    farm.wait_for_agents(&["amd64-cur"]);
-    let ctx = slow_context(4);
+    let mut farm = farm_with_a_current_agent();
+    // Long enough for a second agent to join before the first is killed.
+    let ctx = slow_context(15);
     let tag = format!("{}:1", farm.repo("team/failover-current"));
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
     assert_eq!(farm.assigned_agent(1), "amd64-cur");

@@ -47,10 +47,10 @@ impl DockerEngine {
             tail: vec![],
             engine_unreachable: true,
         };
-        let mut steps = Steps::default();
         if !self.containerd_store.load(std::sync::atomic::Ordering::Relaxed) {
             return self.build_classic(spec, log).await;
         }
+        let mut steps = Steps::default();
         let files = ContextFiles::index(spec.context).await.map_err(unreadable)?;
         let answer = super::solve::solve(&self.raw, &spec, files, &mut steps, log).await;
         let answer = answer

@@ -37,6 +37,7 @@ pub(super) async fn connect(raw: &RawApi) -> Result<ControlClient<tonic::transpo
     let connection = raw.upgrade("/grpc", &[]).await?;
     let connector = Once(Arc::new(Mutex::new(Some(connection.into_inner()))));
     let channel = tonic::transport::Endpoint::from_static("http://engine")
+        .connect_timeout(DEADLINE)
         .connect_with_connector(connector)
         .await
         .map_err(|e| format!("connecting to the engine's BuildKit: {e}"))?;

@@ -159,32 +159,21 @@ fn entry(kind: &str, attrs: &[(&str, &str)]) -> CacheOptionsEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::JobLogins;
     use archfarm_shared::Platform;
 
-    fn spec<'a>(platform: &'a Platform, logins: &'a JobLogins) -> BuildSpec<'a> {
-        BuildSpec {
-            context: std::path::Path::new("/nonexistent"),
-            dockerfile: "sub/Dockerfile",
+    fn spec(platform: &Platform) -> BuildSpec<'_> {
+        BuildSpec::plain(
+            std::path::Path::new("/nonexistent"),
+            "sub/Dockerfile",
             platform,
-            tag: "archfarm-job:1",
-            build_args: &[],
-            labels: &[],
-            target: None,
-            no_cache: false,
-            pull: false,
-            cache_from: &[],
-            inline_cache: false,
-            cache_to_max: None,
-            session: "s1".into(),
-            logins,
-            push_to: None,
-        }
+            "archfarm-job:1",
+            "s1".into(),
+        )
     }
 
     #[test]
     fn a_pushed_build_exports_by_digest_and_its_cache_of_every_stage() {
-        let (platform, logins) = ("linux/arm64".parse().unwrap(), JobLogins::default());
+        let platform = "linux/arm64".parse().unwrap();
         let args = [("V".to_owned(), "1".to_owned())];
         let from = ["reg/app:c-linux-arm64".to_owned()];
         let spec = BuildSpec {
@@ -194,7 +183,7 @@ mod tests {
             cache_to_max: Some("reg/app:c-linux-arm64"),
             push_to: Some("reg/app"),
             no_cache: true,
-            ..spec(&platform, &logins)
+            ..spec(&platform)
         };
         let req = request(&spec, "s1-build");
         assert_eq!(req.frontend, "dockerfile.v0");
@@ -218,8 +207,8 @@ mod tests {
 
     #[test]
     fn an_unpushed_build_is_named_in_the_engine_with_inline_cache_when_asked() {
-        let (platform, logins) = ("linux/amd64".parse().unwrap(), JobLogins::default());
-        let req = request(&BuildSpec { inline_cache: true, ..spec(&platform, &logins) }, "r");
+        let platform = "linux/amd64".parse().unwrap();
+        let req = request(&BuildSpec { inline_cache: true, ..spec(&platform) }, "r");
         assert_eq!(req.exporter_deprecated, "moby");
         assert_eq!(req.exporter_attrs_deprecated["name"], "archfarm-job:1");
         assert_eq!(req.cache.unwrap().exports[0].r#type, "inline");
