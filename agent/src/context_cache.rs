@@ -1,17 +1,26 @@
 //! Build contexts fetched from the coordinator by digest and kept on disk, so a context shared
-//! by several platforms or rebuilds crosses the network once per agent. The cache has a size:
-//! past it the contexts used least recently are deleted, never one used in the last
+//! by several platforms or rebuilds crosses the network once per agent. A context comes as
+//! content-defined chunks: each one kept has its chunk list beside it (`lists/<hex>`), and a new
+//! context takes from the coordinator only the chunks no kept context holds; the rest is copied
+//! from disk. A rebuild after a small change moves the change, not the context. The cache has a
+//! size: past it the contexts used least recently are deleted, never one used in the last
 //! [`IN_USE`] (a build may still be reading it).
 
-use crate::link::{CoordinatorLink, FetchError};
+use crate::link::{ContextDownload, CoordinatorLink, FetchError};
+use archfarm_shared::chunking::{self, Chunk};
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::Digest;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 /// A context used this recently may belong to a running build, and is never evicted.
 pub const IN_USE: Duration = Duration::from_secs(600);
+
+/// Where each chunk of the kept contexts lies: the context's file and the offset in it.
+type ChunkIndex = HashMap<Digest, (PathBuf, u64)>;
 
 /// The local context cache.
 #[derive(Debug, Clone)]
@@ -25,7 +34,9 @@ impl ContextCache {
     /// Opens (and creates) the cache directory, which may hold `max_bytes`.
     pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         // The coordinator enforces the size limit when a context is uploaded.
-        Ok(ContextCache { store: ContentStore::open(&dir, u64::MAX)?, dir, max_bytes })
+        let store = ContentStore::open(&dir, u64::MAX)?;
+        std::fs::create_dir_all(dir.join("lists"))?;
+        Ok(ContextCache { store, dir, max_bytes })
     }
 
     /// The context's path, fetching it through `link` first if it is not cached.
@@ -35,10 +46,18 @@ impl ContextCache {
         if self.store.contains(digest) && touch(&path).is_ok() {
             return Ok(path);
         }
-        // The store checks the digest as the bytes arrive: a link delivers them unchecked.
-        let mut download = link.fetch_context(digest).await?;
-        let fetched =
-            self.store.receive(digest, download.size, &mut download.bytes).await.map_err(FetchError::Failed)?;
+        let index = {
+            let cache = self.clone();
+            tokio::task::spawn_blocking(move || cache.index()).await.unwrap_or_default()
+        };
+        let fetched = match self.fetch(link, digest, &index).await {
+            // A kept context that changed or went since the index was read: everything again.
+            Err(FetchError::Failed(e)) if !index.is_empty() => {
+                warn!(context = %digest, "putting the context together from kept chunks failed ({e}); fetching it whole");
+                self.fetch(link, digest, &ChunkIndex::new()).await?
+            }
+            other => other?,
+        };
         let (dir, max) = (self.dir.clone(), self.max_bytes);
         match tokio::task::spawn_blocking(move || evict(&dir, max, SystemTime::now())).await {
             Ok(Ok(gone)) if !gone.is_empty() => info!(contexts = gone.len(), "evicted contexts used least recently"),
@@ -46,6 +65,71 @@ impl ContextCache {
             _ => {}
         }
         Ok(fetched)
+    }
+
+    /// Fetches `digest`, taking from the coordinator only the chunks `index` does not hold, and
+    /// keeps its chunk list.
+    async fn fetch(
+        &self,
+        link: &dyn CoordinatorLink,
+        digest: &Digest,
+        index: &ChunkIndex,
+    ) -> Result<PathBuf, FetchError> {
+        let held = |d: &Digest| index.contains_key(d);
+        let download = link.fetch_context(digest, &held).await?;
+        let chunks = download.chunks.clone();
+        let sent: u64 = chunks.iter().zip(&download.sent).filter(|(_, s)| **s).map(|(c, _)| u64::from(c.size)).sum();
+        let size = download.size;
+        let (mut pipe_in, mut pipe_out) = tokio::io::duplex(4 << 20);
+        // Each side owns its end: when one stops, the other sees it (an end of file, or a write
+        // that fails) and stops too, and the store removes what it had received.
+        let produce = async move { assemble(download, index, &mut pipe_in).await };
+        // The store checks the whole digest as the bytes arrive: neither the link's bytes nor
+        // the kept chunks are trusted before that.
+        let receive = async move { self.store.receive(digest, size, &mut pipe_out).await };
+        let fetched = match tokio::join!(produce, receive) {
+            (Ok(()), Ok(fetched)) => fetched,
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(FetchError::Failed(e)),
+        };
+        info!(context = %digest, bytes = size, sent, held = size - sent, "fetched build context");
+        if let Err(e) = self.keep_list(digest, &chunks) {
+            warn!(context = %digest, "cannot keep the context's chunk list: {e}");
+        }
+        Ok(fetched)
+    }
+
+    fn list_path(&self, hex: &str) -> PathBuf {
+        self.dir.join("lists").join(hex)
+    }
+
+    fn keep_list(&self, digest: &Digest, chunks: &[Chunk]) -> std::io::Result<()> {
+        let tmp = self.dir.join("lists").join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
+        std::fs::write(&tmp, chunking::encode_list(chunks))?;
+        std::fs::rename(&tmp, self.list_path(digest.hex()))
+    }
+
+    /// Where the chunks of every kept context lie. A list whose context is gone is removed.
+    fn index(&self) -> ChunkIndex {
+        let mut index = ChunkIndex::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("lists")) else { return index };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else { continue };
+            let context = self.store.path(&digest);
+            if !context.is_file() {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(list) = std::fs::read(entry.path()).ok().and_then(|b| chunking::decode_list(&b).ok()) else {
+                continue;
+            };
+            let mut offset = 0;
+            for chunk in list {
+                index.entry(chunk.digest).or_insert_with(|| (context.clone(), offset));
+                offset += u64::from(chunk.size);
+            }
+        }
+        index
     }
 
     /// Bytes and number of the contexts held (downloads under way not counted).
@@ -66,6 +150,9 @@ impl ContextCache {
             std::fs::remove_file(&path)?;
             freed += len;
         }
+        for entry in std::fs::read_dir(self.dir.join("lists"))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
         Ok(freed)
     }
 
@@ -80,6 +167,44 @@ impl ContextCache {
         }
         Ok(out)
     }
+}
+
+/// Writes the context to `out`, chunk by chunk: those sent from the link's bytes, the others
+/// read from the kept context `index` names.
+async fn assemble(
+    mut download: ContextDownload,
+    index: &ChunkIndex,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<(), String> {
+    let mut at = 0u64;
+    for (chunk, sent) in download.chunks.iter().zip(&download.sent) {
+        let len = chunk.size as usize;
+        let bytes = if *sent {
+            let mut buf = vec![0u8; len];
+            download
+                .bytes
+                .read_exact(&mut buf)
+                .await
+                .map_err(|e| format!("the context's bytes ended or broke at {at} of {}: {e}", download.size))?;
+            buf
+        } else {
+            let (file, offset) = index.get(&chunk.digest).cloned().ok_or("a chunk no kept context holds")?;
+            tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading a kept chunk: {e}"))?
+        };
+        out.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        at += len as u64;
+    }
+    out.shutdown().await.map_err(|e| e.to_string())
+}
+
+fn read_at(file: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(file)?.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 /// Marks a context as used now.
@@ -128,6 +253,62 @@ mod tests {
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(SystemTime::now() - age).unwrap();
         path
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rand::RngCore::fill_bytes(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed), &mut v);
+        v
+    }
+
+    #[tokio::test]
+    async fn a_changed_context_takes_only_its_new_chunks_and_one_put_together_wrong_comes_whole() {
+        use crate::fakes::FakeLink;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContextCache::open(dir.path().join("contexts"), u64::MAX).unwrap();
+        let first = random(12 << 20, 1);
+        let a = FakeLink::serving(Ok(first.clone()));
+        let at_a = cache.get(&a, &Digest::of(&first)).await.unwrap();
+        assert_eq!(std::fs::read(&at_a).unwrap(), first);
+        assert_eq!(*a.sent.lock().unwrap(), [first.len() as u64], "nothing held: all of it is sent");
+
+        // 100 bytes changed in the middle: at most the two chunks around them travel.
+        let mut second = first.clone();
+        second[6 << 20..(6 << 20) + 100].fill(7);
+        let b = FakeLink::serving(Ok(second.clone()));
+        let at_b = cache.get(&b, &Digest::of(&second)).await.unwrap();
+        assert_eq!(std::fs::read(&at_b).unwrap(), second);
+        let sent = b.sent.lock().unwrap()[0];
+        assert!(sent > 0 && sent <= 2 * chunking::MAX_CHUNK as u64, "{sent} bytes sent");
+        assert_eq!(*b.fetches.lock().unwrap(), 1);
+        assert_eq!(cache.get(&b, &Digest::of(&second)).await.unwrap(), at_b, "held now: not fetched again");
+        assert_eq!(*b.fetches.lock().unwrap(), 1);
+
+        // The kept contexts change on disk under the cache: the context put together from them
+        // fails its digest, and is fetched again whole.
+        for path in [&at_a, &at_b] {
+            std::fs::write(path, random(12 << 20, 9)).unwrap();
+        }
+        let mut third = second.clone();
+        third[..10].fill(1);
+        let c = FakeLink::serving(Ok(third.clone()));
+        let at_c = cache.get(&c, &Digest::of(&third)).await.unwrap();
+        assert_eq!(std::fs::read(&at_c).unwrap(), third);
+        let sent = c.sent.lock().unwrap().clone();
+        assert_eq!((sent.len(), sent[1]), (2, third.len() as u64), "{sent:?}: a second fetch, whole");
+        assert!(
+            !dir.path()
+                .join("contexts")
+                .read_dir()
+                .unwrap()
+                .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with(".partial") }),
+            "the failed attempt left nothing behind"
+        );
+
+        // A pruned cache forgets the lists with the contexts.
+        cache.clear().unwrap();
+        assert!(cache.index().is_empty());
+        assert_eq!(dir.path().join("contexts/lists").read_dir().unwrap().count(), 0);
     }
 
     #[test]

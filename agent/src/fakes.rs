@@ -4,7 +4,7 @@
 
 use crate::engine::{BuildError, BuildSpec, Built, Engine, EngineInfo, ImageExport, LineSink, TestRun};
 use crate::executor::Executor;
-use crate::link::{ContextDownload, CoordinatorLink, FetchError};
+use crate::link::{ContextDownload, CoordinatorLink, FetchError, Held};
 use archfarm_shared::protocol::{DiskUsage, JobSpec};
 use archfarm_shared::registry::RegistryClients;
 use archfarm_shared::{BuildId, Digest, JobId};
@@ -95,6 +95,8 @@ pub struct FakeLink {
     pub context: Result<Vec<u8>, FetchError>,
     /// Context fetches asked for.
     pub fetches: Mutex<u32>,
+    /// Bytes of the context sent, per fetch (chunks the caller held are not).
+    pub sent: Mutex<Vec<u64>>,
     /// Blobs handed over, in order.
     pub blobs: Mutex<Vec<(Digest, Vec<u8>)>>,
 }
@@ -102,17 +104,30 @@ pub struct FakeLink {
 impl FakeLink {
     /// A link that serves `context`.
     pub fn serving(context: Result<Vec<u8>, FetchError>) -> Self {
-        FakeLink { context, fetches: Mutex::new(0), blobs: Mutex::default() }
+        FakeLink { context, fetches: Mutex::new(0), sent: Mutex::default(), blobs: Mutex::default() }
     }
 }
 
 impl CoordinatorLink for FakeLink {
-    fn fetch_context<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Result<ContextDownload, FetchError>> {
+    fn fetch_context<'a>(
+        &'a self,
+        _: &'a Digest,
+        held: Held<'a>,
+    ) -> BoxFuture<'a, Result<ContextDownload, FetchError>> {
         *self.fetches.lock().unwrap() += 1;
-        let answer = self
-            .context
-            .clone()
-            .map(|bytes| ContextDownload { size: bytes.len() as u64, bytes: Box::new(std::io::Cursor::new(bytes)) });
+        let answer = self.context.clone().map(|whole| {
+            let chunks = archfarm_shared::chunking::chunks_of(&whole);
+            let sent: Vec<bool> = chunks.iter().map(|c| !held(&c.digest)).collect();
+            let (mut bytes, mut at) = (Vec::new(), 0usize);
+            for (c, send) in chunks.iter().zip(&sent) {
+                if *send {
+                    bytes.extend_from_slice(&whole[at..at + c.size as usize]);
+                }
+                at += c.size as usize;
+            }
+            self.sent.lock().unwrap().push(bytes.len() as u64);
+            ContextDownload { size: whole.len() as u64, chunks, sent, bytes: Box::new(std::io::Cursor::new(bytes)) }
+        });
         Box::pin(async move { answer })
     }
 

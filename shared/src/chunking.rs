@@ -70,6 +70,78 @@ pub fn chunks_of(data: &[u8]) -> Vec<Chunk> {
     c.finish()
 }
 
+/// Bytes of one chunk in a list sent raw ([`encode_list`]): its sha256, then its length.
+pub const LISTED_CHUNK: usize = 36;
+
+/// A chunk list as fixed records of [`LISTED_CHUNK`] bytes: the form it crosses a stream in
+/// and is kept on disk in, whatever its length (a frame has a limit; a list of a large context
+/// may pass it).
+pub fn encode_list(chunks: &[Chunk]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * LISTED_CHUNK);
+    for c in chunks {
+        let mut hash = [0u8; 32];
+        // A Digest holds 64 lowercase hex digits by construction.
+        hex::decode_to_slice(c.digest.hex(), &mut hash).expect("a digest is 64 hex digits");
+        out.extend_from_slice(&hash);
+        out.extend_from_slice(&c.size.to_be_bytes());
+    }
+    out
+}
+
+/// The list [`encode_list`] wrote; refuses a length that is not whole records, or an empty chunk.
+pub fn decode_list(bytes: &[u8]) -> Result<Vec<Chunk>, String> {
+    if !bytes.len().is_multiple_of(LISTED_CHUNK) {
+        return Err(format!("a chunk list of {} bytes is not whole {LISTED_CHUNK}-byte records", bytes.len()));
+    }
+    bytes
+        .chunks_exact(LISTED_CHUNK)
+        .map(|r| {
+            let size = u32::from_be_bytes(r[32..].try_into().expect("4 bytes"));
+            if size == 0 {
+                return Err("a chunk list names a chunk of 0 bytes".to_owned());
+            }
+            Ok(Chunk { digest: Digest::from_sha256(r[..32].try_into().expect("32 bytes")), size })
+        })
+        .collect()
+}
+
+/// The bitmap an agent answers a chunk list with: bit `i % 8` of byte `i / 8` for chunk `i`.
+pub fn bitmap_of(wanted: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; wanted.len().div_ceil(8)];
+    for (i, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+/// Which of `count` chunks `bitmap` asks for; refuses a bitmap of another length, or with bits
+/// set past the last chunk.
+pub fn wanted_of(bitmap: &[u8], count: usize) -> Result<Vec<bool>, String> {
+    if bitmap.len() != count.div_ceil(8) {
+        return Err(format!("a bitmap of {} bytes for {count} chunks", bitmap.len()));
+    }
+    let wanted: Vec<bool> = (0..count).map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0).collect();
+    if bitmap_of(&wanted) != bitmap {
+        return Err(format!("the bitmap asks for chunks past the last of {count}"));
+    }
+    Ok(wanted)
+}
+
+/// The chunks of a file, read in pieces (for a context stored before its list was kept).
+pub fn chunks_of_file(path: &std::path::Path) -> std::io::Result<Vec<Chunk>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut chunker = Chunker::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(chunker.finish());
+        }
+        chunker.update(&buf[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +182,32 @@ mod tests {
         let new: usize = after.iter().filter(|c| !before.contains(c)).map(|c| c.size as usize).sum();
         assert!(new <= 2 * MAX_CHUNK, "{new} bytes of new chunks after an 18-byte insertion");
         assert!(chunks_of(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_list_crosses_as_fixed_records_and_a_file_chunks_as_its_bytes_do() {
+        let data = random(6 << 20, 3);
+        let chunks = chunks_of(&data);
+        let encoded = encode_list(&chunks);
+        assert_eq!(encoded.len(), chunks.len() * LISTED_CHUNK);
+        assert_eq!(decode_list(&encoded).unwrap(), chunks);
+        assert!(decode_list(&encoded[1..]).unwrap_err().contains("not whole 36-byte records"));
+        let mut empty = encoded[..LISTED_CHUNK].to_vec();
+        empty[32..].copy_from_slice(&0u32.to_be_bytes());
+        assert!(decode_list(&empty).unwrap_err().contains("0 bytes"));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &data).unwrap();
+        assert_eq!(chunks_of_file(file.path()).unwrap(), chunks);
+    }
+
+    #[test]
+    fn a_bitmap_names_exactly_the_wanted_chunks() {
+        let wanted = [true, false, false, true, false, false, false, false, true, true];
+        let bits = bitmap_of(&wanted);
+        assert_eq!(bits, [0b0000_1001, 0b0000_0011]);
+        assert_eq!(wanted_of(&bits, 10).unwrap(), wanted);
+        assert!(wanted_of(&bits, 17).unwrap_err().contains("2 bytes for 17 chunks"));
+        assert!(wanted_of(&[0, 0b0000_0100], 10).unwrap_err().contains("past the last"));
+        assert!(wanted_of(&[], 0).unwrap().is_empty());
     }
 }

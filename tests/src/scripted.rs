@@ -120,13 +120,35 @@ impl ScriptedAgent {
 
     /// Asks for a build context as an agent does before a build: the coordinator's answer.
     pub async fn fetch_context(&self, digest: &archfarm_shared::Digest) -> CoordinatorMessage {
+        self.fetch_context_wanting(digest, None).await.0
+    }
+
+    /// Fetches a build context answering its chunk list with `bitmap` (or, when `None`, the
+    /// bitmap that wants every chunk): the coordinator's answer, and every byte that followed
+    /// until the stream ended or broke.
+    pub async fn fetch_context_wanting(
+        &self,
+        digest: &archfarm_shared::Digest,
+        bitmap: Option<Vec<u8>>,
+    ) -> (CoordinatorMessage, Vec<u8>) {
         let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
         let ask = AgentMessage::FetchContext { digest: digest.clone() };
         codec::write_msg(&mut send, &ask, DEFAULT_MAX_FRAME).await.unwrap();
-        let _ = send.finish();
         let answer = codec::expect_msg::<_, CoordinatorMessage>(&mut recv, DEFAULT_MAX_FRAME).await.unwrap();
-        let _ = recv.stop(0u32.into());
-        answer
+        let CoordinatorMessage::ContextChunks { chunks, .. } = answer else { return (answer, vec![]) };
+        let mut list = vec![0u8; chunks as usize * archfarm_shared::chunking::LISTED_CHUNK];
+        recv.read_exact(&mut list).await.unwrap();
+        let bitmap = bitmap.unwrap_or_else(|| archfarm_shared::chunking::bitmap_of(&vec![true; chunks as usize]));
+        let _ = send.write_all(&bitmap).await;
+        let _ = send.finish();
+        let mut bytes = Vec::new();
+        let read = async {
+            while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+                bytes.extend_from_slice(&chunk.bytes);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), read).await;
+        (answer, bytes)
     }
 
     /// Hands over `bytes` as a blob of `job`'s image, as an agent does for a build that names

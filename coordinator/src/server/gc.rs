@@ -75,8 +75,12 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
     let cutoff_ms = now.saturating_sub(u64::from(keep.days) * DAY_MS);
     let in_use: HashSet<_> =
         shared.store.contexts_in_use(cutoff_ms).await.map_err(|e| e.to_string())?.into_iter().collect();
-    let (contexts, images, chunks) =
-        (shared.contexts.files.clone(), shared.handovers.store().clone(), shared.contexts.chunks.clone());
+    let (contexts, images, chunks, lists) = (
+        shared.contexts.files.clone(),
+        shared.handovers.store().clone(),
+        shared.contexts.chunks.clone(),
+        shared.contexts.lists.clone(),
+    );
     let now = SystemTime::now();
     let cutoff = (SystemTime::UNIX_EPOCH + Duration::from_millis(cutoff_ms)).min(now - FRESH);
     let partial = now - PARTIAL_AGE;
@@ -85,6 +89,7 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, String> {
         // Handed-over blobs wait at least a day for their client to fetch them.
         let (b, b_bytes) = images.sweep(cutoff.min(partial), partial, |_| false)?;
         let chunks = chunks.sweep()?;
+        lists.sweep(&contexts)?;
         Ok(Swept { builds: 0, contexts: c, blobs: b, chunks, bytes: c_bytes + b_bytes })
     })
     .await

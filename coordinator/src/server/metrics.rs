@@ -75,6 +75,8 @@ pub struct Metrics {
     registry_seconds: Histograms<OperationLabel>,
     registry_errors: Family<OperationLabel, Counter>,
     upload_bytes: Counter,
+    fetch_sent: Counter,
+    fetch_held: Counter,
     retries: Family<PlatformLabel, Counter>,
     quarantines: Counter,
     /// One scrape at a time sets the gauges and encodes them.
@@ -104,6 +106,8 @@ impl Metrics {
             registry_seconds: Family::new_with_constructor(|| Histogram::new(REGISTRY_BUCKETS)),
             registry_errors: Family::default(),
             upload_bytes: Counter::default(),
+            fetch_sent: Counter::default(),
+            fetch_held: Counter::default(),
             retries: Family::default(),
             quarantines: Counter::default(),
             rendering: std::sync::Mutex::new(()),
@@ -137,6 +141,12 @@ impl Metrics {
         );
         registry.register("registry_errors", "Registry calls that failed, by operation", m.registry_errors.clone());
         registry.register("context_upload_bytes", "Bytes of build contexts received", m.upload_bytes.clone());
+        registry.register("context_fetch_sent_bytes", "Bytes of build contexts sent to agents", m.fetch_sent.clone());
+        registry.register(
+            "context_fetch_held_bytes",
+            "Bytes of build contexts agents fetched that they already held in other contexts, and were not sent",
+            m.fetch_held.clone(),
+        );
         registry.register("attempts_retried", "Attempts that ended without an image and ran again", m.retries.clone());
         registry.register("quarantines", "Agents quarantined", m.quarantines.clone());
         Metrics { registry, ..m }
@@ -171,6 +181,12 @@ impl Metrics {
     /// `bytes` of a build context arrived.
     pub fn uploaded(&self, bytes: u64) {
         self.upload_bytes.inc_by(bytes);
+    }
+
+    /// An agent fetched a context: `sent` bytes of it travelled, `held` it had already.
+    pub fn fetched(&self, sent: u64, held: u64) {
+        self.fetch_sent.inc_by(sent);
+        self.fetch_held.inc_by(held);
     }
 
     /// Runs a registry call, timing it and counting its failure under `operation`.

@@ -16,7 +16,10 @@ pub enum AgentMessage {
         /// Jobs the agent is running right now.
         running: u32,
     },
-    /// First frame on a context stream opened by the agent: send me this build context.
+    /// First frame on a context stream opened by the agent: send me this build context. The
+    /// coordinator answers [`CoordinatorMessage::ContextChunks`] and the list of its chunks; the
+    /// agent answers with a bitmap of the chunks it wants (it has the others in contexts it
+    /// holds), and finishes its side; exactly the bytes of the wanted chunks follow, in order.
     FetchContext {
         /// Content digest of the context tarball.
         digest: Digest,
@@ -138,10 +141,16 @@ pub enum CoordinatorMessage {
     },
     /// First frame on a job stream opened by the coordinator.
     AssignJob(Box<JobSpec>),
-    /// Reply to [`AgentMessage::FetchContext`]: exactly `size` raw bytes follow on the stream.
-    ContextFollows {
+    /// Reply to [`AgentMessage::FetchContext`]: the context is `size` bytes in `chunks`
+    /// content-defined chunks; their list follows as `chunks` raw records of
+    /// [`crate::chunking::LISTED_CHUNK`] bytes ([`crate::chunking::encode_list`]). The agent then
+    /// sends `chunks.div_ceil(8)` bytes, bit `i % 8` (least significant first) of byte `i / 8` set
+    /// for each chunk `i` it wants, and the coordinator sends those chunks' bytes in order.
+    ContextChunks {
         /// Length of the tarball.
         size: u64,
+        /// How many chunks it has.
+        chunks: u32,
     },
     /// Reply to [`AgentMessage::FetchContext`]: the coordinator does not hold that context.
     ContextMissing {

@@ -31,7 +31,7 @@ pub use housekeeping::{AgentAnswer, AgentAttempt, AgentDetail, DiskUsage, Housek
 
 /// ALPN of agents. The version is part of the string: a peer of another protocol version fails
 /// the TLS handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN_AGENT: &[u8] = b"archfarm-agent/8";
+pub const ALPN_AGENT: &[u8] = b"archfarm-agent/9";
 /// ALPN of release engineers' clients (`archfarm build`, `archfarm agents ls`, ...).
 pub const ALPN_CLIENT: &[u8] = b"archfarm-client/7";
 

@@ -24,8 +24,21 @@ async fn a_log_flood_is_cut_and_rate_limited_and_an_agent_fetches_only_its_own_j
     let client = farm.spawn_build("linux/amd64", &[&tag], ctx.path());
     let mut job = agent.next_job(Duration::from_secs(30)).await;
     match agent.fetch_context(&job.spec.context).await {
-        CoordinatorMessage::ContextFollows { .. } => {}
+        CoordinatorMessage::ContextChunks { .. } => {}
         other => panic!("its own job's context: {other:?}"),
+    }
+    // Wanting every chunk brings exactly the context; a bitmap of another length, or one that
+    // asks past the last chunk, brings nothing, and the coordinator serves on.
+    let (answer, bytes) = agent.fetch_context_wanting(&job.spec.context, None).await;
+    let CoordinatorMessage::ContextChunks { size, chunks } = answer else { panic!("{answer:?}") };
+    assert_eq!((bytes.len() as u64, archfarm_shared::Digest::of(&bytes)), (size, job.spec.context.clone()));
+    let too_long = vec![0xff; (chunks as usize).div_ceil(8) + 1];
+    let (_, bytes) = agent.fetch_context_wanting(&job.spec.context, Some(too_long)).await;
+    assert!(bytes.is_empty(), "{} bytes for a bitmap of the wrong length", bytes.len());
+    if !chunks.is_multiple_of(8) {
+        let past = vec![0xff; (chunks as usize).div_ceil(8)];
+        let (_, bytes) = agent.fetch_context_wanting(&job.spec.context, Some(past)).await;
+        assert!(bytes.is_empty(), "{} bytes for a bitmap past the last chunk", bytes.len());
     }
     let stranger = archfarm_shared::Digest::of(b"a context of some other build");
     match agent.fetch_context(&stranger).await {

@@ -1,6 +1,7 @@
 //! A push costs what changed: a rebuild uploads only its new layer, and the same image in
 //! another repository of the registry is mounted there, not uploaded. Checked in the registry's
-//! own request log.
+//! own request log. The context costs what changed too: the agent fetches only the chunks of a
+//! changed context that no context it holds has.
 
 use archfarm_tests::*;
 use std::time::Duration;
@@ -22,6 +23,23 @@ fn uploads(log: &str, repo: &str, digest: &str) -> usize {
     log.lines().filter(|l| l.contains(&format!("\"PUT /v2/{repo}/blobs/uploads/")) && l.contains(&digest)).count()
 }
 
+/// The digest of a single-platform image's one child, from its index (skopeo).
+fn child(reference: &str) -> String {
+    let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(reference)).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+/// Bytes of the last context the agent fetched: its size, those sent, those it held.
+fn last_fetch(farm: &mut Farm) -> (u64, u64, u64) {
+    let log = farm.proc("agent amd64-1").wait_for_log("fetched build context", Duration::from_secs(10));
+    let line = log.lines().rfind(|l| l.contains("fetched build context")).unwrap();
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 2;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    (field("bytes"), field("sent"), field("held"))
+}
+
 /// The last `layers in place` line the agent logged.
 fn last_counts(farm: &mut Farm) -> String {
     let log = farm.proc("agent amd64-1").wait_for_log("layers in place", Duration::from_secs(10));
@@ -33,9 +51,15 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
     let mut farm = Farm::start(&[AgentSpec::amd64()]);
     let ctx = context(DOCKERFILE);
     std::fs::write(ctx.path().join("app.txt"), format!("app 1 {:?}\n", std::time::SystemTime::now())).unwrap();
+    // 16 MiB of assets the image does not copy: a context of many chunks.
+    let mut assets = vec![0u8; 16 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut assets);
+    std::fs::write(ctx.path().join("assets.bin"), &assets).unwrap();
     let v1 = format!("{}:1", farm.repo("team/a"));
     let out = farm.build("linux/amd64", &[&v1], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
+    let (size, sent, held) = last_fetch(&mut farm);
+    assert_eq!((sent, held), (size, 0), "the first context comes whole");
 
     // Only the application file changes: its layer is the only one uploaded.
     std::fs::write(ctx.path().join("app.txt"), format!("app 2 {:?}\n", std::time::SystemTime::now())).unwrap();
@@ -44,6 +68,13 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
     assert!(out.status.success(), "{}", text(&out));
     let counts = last_counts(&mut farm);
     assert!(counts.contains("present=1") && counts.contains("uploaded=1"), "{counts}");
+    // The changed context: only the chunks around app.txt travel (a chunk is at most 4 MiB, and
+    // a change moves at most two), the rest is copied from the first context on the agent.
+    let (size2, sent, held) = last_fetch(&mut farm);
+    assert_eq!(sent + held, size2);
+    assert!(sent <= 8 << 20 && held >= size2 - (8 << 20), "sent {sent}, held {held} of {size2}");
+    let app = skopeo::file_from_image(&format!("{}@{}", farm.repo("team/a"), child(&v2)), "app.txt").unwrap();
+    assert!(String::from_utf8_lossy(&app).starts_with("app 2 "), "the image has the new app.txt");
     let (old, new) = (layers(&v1), layers(&v2));
     assert_eq!(old[0], new[0], "the busybox layer is the same blob");
     assert_ne!(old[1], new[1]);

@@ -105,6 +105,15 @@ fn a_real_prometheus_scrapes_the_farm_during_a_build_and_promtool_accepts_the_me
     ] {
         assert!(text.contains(needle), "{needle} in\n{text}");
     }
+    // The one agent held nothing before: it was sent the whole context the client uploaded.
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let uploaded = value("archfarm_context_upload_bytes_total");
+    assert!(uploaded > 0.0);
+    assert_eq!(value("archfarm_context_fetch_sent_bytes_total"), uploaded);
+    assert_eq!(value("archfarm_context_fetch_held_bytes_total"), 0.0);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -240,7 +240,8 @@ async fn serve_stream(
     match first {
         Ok(AgentMessage::FetchContext { digest }) => {
             let allowed = grants.allows(&digest);
-            crate::server::contexts::agent::send_context(&shared.contexts, &digest, allowed, stream).await
+            let sent = crate::server::contexts::agent::send_context(&shared.contexts, &digest, allowed, stream).await;
+            shared.metrics.fetched(sent.bytes, sent.held);
         }
         Ok(AgentMessage::StoreBlob { digest, size, job }) => {
             let from = (name, &job);

@@ -7,6 +7,7 @@
 //! - this file: [`Contexts`], what the coordinator holds of contexts.
 //! - [`receive`]: receiving a context, whole or as chunks, checked as it is written.
 //! - [`chunks`]: where the chunks of stored contexts lie, for re-uploads.
+//! - [`lists`]: each stored context's chunk list, offered to an agent that fetches it.
 //! - [`uploads`]: how many uploads run at once, per client and in all.
 //! - [`handlers`]: the client's `HasContext`, `UploadContext` and `UploadChunked`.
 //! - [`agent`]: an agent fetching the context of a job it runs.
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod chunks;
 pub mod handlers;
+pub mod lists;
 pub mod receive;
 pub mod uploads;
 
@@ -23,6 +25,7 @@ use anyhow::Context as _;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::Digest;
 use chunks::ChunkStore;
+use lists::ChunkLists;
 use std::path::Path;
 use uploads::Uploads;
 
@@ -33,18 +36,23 @@ pub struct Contexts {
     pub files: ContentStore,
     /// Where each stored chunk lies, for uploads of changed contexts.
     pub chunks: ChunkStore,
+    /// Each stored context's chunks, in order, for agents that fetch it.
+    pub lists: ChunkLists,
     /// Uploads running now.
     pub uploads: Uploads,
 }
 
 impl Contexts {
-    /// Opens `data_dir/contexts` and `data_dir/chunks`; contexts are at most `max_bytes`.
+    /// Opens `data_dir/contexts`, `data_dir/chunks` and `data_dir/chunk-lists`; contexts are at
+    /// most `max_bytes`.
     pub fn open(data_dir: &Path, max_bytes: u64) -> anyhow::Result<Contexts> {
         let dir = data_dir.join("contexts");
         let files = ContentStore::open(&dir, max_bytes).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = data_dir.join("chunks");
         let chunks = ChunkStore::open(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Contexts { files, chunks, uploads: Uploads::default() })
+        let dir = data_dir.join("chunk-lists");
+        let lists = ChunkLists::open(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Contexts { files, chunks, lists, uploads: Uploads::default() })
     }
 
     /// Whether `who` may build from context `digest`: it is stored, and `who` uploaded it (an

@@ -178,7 +178,13 @@ pub async fn receive_chunked(
     if result.is_err() {
         stream.stop_reading(0);
     }
-    result.map(|_| received)
+    result?;
+    // Every chunk matched its digest and the whole its own: the list is the context's. Without
+    // it an agent's fetch cuts the stored file again.
+    if let Err(e) = contexts.lists.save(digest, &chunks) {
+        tracing::warn!(context = %digest, "cannot keep the context's chunk list: {e}");
+    }
+    Ok(received)
 }
 
 /// Reads chunk `i` (`len` bytes) from the upload stream.
