@@ -86,6 +86,7 @@ pub struct JobBases {
     context: PathBuf,
     dockerfile: String,
     build_args: Vec<(String, String)>,
+    text: OnceCell<Option<String>>,
     uses: OnceCell<Vec<ImageUse>>,
     images: OnceCell<Vec<String>>,
     /// Each base's manifest as its tag resolved, by the name the Dockerfile gives it.
@@ -102,6 +103,7 @@ impl JobBases {
             context: context.to_owned(),
             dockerfile: spec.dockerfile.clone(),
             build_args: spec.build_args.clone(),
+            text: OnceCell::new(),
             uses: OnceCell::new(),
             images: OnceCell::new(),
             manifests: Mutex::default(),
@@ -109,18 +111,51 @@ impl JobBases {
         }
     }
 
+    /// The Dockerfile's text, read from the context once; none when it cannot be read.
+    async fn text(&self) -> Option<&str> {
+        self.text
+            .get_or_init(|| async {
+                let (path, name) = (self.context.clone(), self.dockerfile.clone());
+                tokio::task::spawn_blocking(move || dockerfile::read_dockerfile(&path, &name)).await.ok().flatten()
+            })
+            .await
+            .as_deref()
+    }
+
     /// Every image the Dockerfile reads ([`dockerfile::references`]); none when it cannot be
     /// read (the build then fails on it).
     pub async fn uses(&self) -> &[ImageUse] {
         self.uses
             .get_or_init(|| async {
-                let (path, name) = (self.context.clone(), self.dockerfile.clone());
-                match tokio::task::spawn_blocking(move || dockerfile::read_dockerfile(&path, &name)).await {
-                    Ok(Some(text)) => dockerfile::references(&text, &self.build_args),
-                    _ => vec![],
+                match self.text().await {
+                    Some(text) => dockerfile::references(text, &self.build_args),
+                    None => vec![],
                 }
             })
             .await
+    }
+
+    /// Every image the Dockerfile reads (bases, `COPY --from`, mounts, the frontend), each with
+    /// the digest its name resolves to now, in order: what, beside the context and the job's
+    /// options, decides what the build makes. `None` when that is not known from its inputs: the
+    /// Dockerfile cannot be read, names an image through a variable or one that does not
+    /// resolve, or `ADD`s a remote source.
+    pub async fn pinned(&self, registries: &RegistryClients) -> Option<Vec<(String, Digest)>> {
+        if dockerfile::remote_source(self.text().await?).is_some() {
+            return None;
+        }
+        let mut out: Vec<(String, Digest)> = Vec::new();
+        for used in self.uses().await {
+            if used.image.contains('$') {
+                return None;
+            }
+            if out.iter().any(|(image, _)| *image == used.image) {
+                continue;
+            }
+            let digest = tokio::time::timeout(BASE_LOOKUP, self.digest_of(registries, &used.image)).await.ok()?.ok()?;
+            out.push((used.image.clone(), digest));
+        }
+        Some(out)
     }
 
     /// The registry images the Dockerfile's stages start from; none when it cannot be read.

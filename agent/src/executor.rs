@@ -112,6 +112,11 @@ impl Executor {
             Ok(logins) => logins,
             Err(refused) => return failure(FailureKind::Build, refused, vec![]),
         };
+        // A build whose inputs are all those of one this agent pushed before is not run again.
+        let key = self.build_key(&spec, &bases).await;
+        if let Some(image) = self.push_again_unbuilt(&spec, key.as_ref(), &bases, &log).await {
+            return JobOutcome::Pushed(image);
+        }
         let build = BuildSpec {
             context: &context,
             dockerfile: &spec.dockerfile,
@@ -157,8 +162,24 @@ impl Executor {
             None => {
                 log.send(format!("pushing {} by digest to {}", spec.platform, spec.repository));
                 let push = self.export_and_push(link, &tag, &spec, &bases);
-                with_progress(push, &log, "pushing").await
+                with_progress(push, &log, "pushing").await.map(|image| (image, None))
             }
+        };
+        let outcome = match outcome {
+            Ok((image, config)) => {
+                if let Some(key) = &key {
+                    // BuildKit's push says its config; the engine's image id is the config otherwise.
+                    let id = match config {
+                        Some(config) => Some(config),
+                        None => self.engine.image_id(&tag).await,
+                    };
+                    if let Some(id) = id {
+                        self.images.built(key, &id);
+                    }
+                }
+                Ok(image)
+            }
+            Err(e) => Err(e),
         };
         self.engine.untag(&tag).await;
         match outcome {
@@ -240,13 +261,48 @@ impl Executor {
 }
 
 impl Executor {
+    /// The key of what decides `spec`'s image ([`crate::reuse::build_key`]); `None` for a job
+    /// that must build, or whose result is not known from its inputs.
+    async fn build_key(&self, spec: &JobSpec, bases: &JobBases) -> Option<archfarm_shared::Digest> {
+        if spec.repository.is_empty() || spec.no_cache || !spec.tests.is_empty() || spec.test_target.is_some() {
+            return None;
+        }
+        crate::reuse::build_key(spec, &bases.pinned(&self.registries).await?)
+    }
+
+    /// Pushes again, without building, the image an earlier build of the same `key` made, when
+    /// the registry still holds what that needs.
+    async fn push_again_unbuilt(
+        &self,
+        spec: &JobSpec,
+        key: Option<&archfarm_shared::Digest>,
+        bases: &JobBases,
+        log: &crate::job_log::JobLog,
+    ) -> Option<archfarm_shared::protocol::PushedImage> {
+        let id = self.images.made_by(key?)?;
+        let repo = registry::parse_reference(&format!("{}:latest", spec.repository)).ok()?;
+        let reg = self.registries.get(&repo);
+        let (mut image, how) = self.images.push_again(&reg, &repo, &id).await?;
+        info!(job = %spec.job, image = %id, digest = %image.digest, "pushed again without a build ({how})");
+        log.send(format!(
+            "the inputs are those of an earlier build on this agent (context, options, and the digest of every image \
+             the Dockerfile reads): its image is pushed again without building ({how})"
+        ));
+        if spec.provenance {
+            image.bases = bases.resolve(&self.registries).await;
+        }
+        log.send(format!("pushed {}@{}", spec.repository, image.digest));
+        Some(image)
+    }
+
     /// The image BuildKit pushed into `repository` as `digest`: its media type and size, as the
-    /// registry serves it (the coordinator checks the rest, as for every image).
+    /// registry serves it (the coordinator checks the rest, as for every image), and its config's
+    /// digest. This agent remembers it, to push it again without a build.
     async fn pushed_by_engine(
         &self,
         repository: &str,
         digest: &archfarm_shared::Digest,
-    ) -> Result<archfarm_shared::protocol::PushedImage, (FailureKind, String)> {
+    ) -> Result<(archfarm_shared::protocol::PushedImage, Option<archfarm_shared::Digest>), (FailureKind, String)> {
         let failed = |e: String| (FailureKind::Push, format!("reading back the image the engine pushed: {e}"));
         let repo = registry::parse_reference(&format!("{repository}:latest")).map_err(|e| failed(e.to_string()))?;
         let reg = self.registries.get(&repo);
@@ -258,12 +314,38 @@ impl Executor {
             .and_then(|m| m["mediaType"].as_str().map(str::to_owned))
             .unwrap_or_else(|| archfarm_shared::oci::OCI_MANIFEST.to_owned());
         info!(image = %digest, "pushed by the engine's BuildKit, no export");
-        Ok(archfarm_shared::protocol::PushedImage {
+        let config = self.remember_pushed(&repo, &manifest, &media_type);
+        let image = archfarm_shared::protocol::PushedImage {
             digest: digest.clone(),
             media_type,
             size: manifest.len() as u64,
             bases: vec![],
-        })
+        };
+        Ok((image, config))
+    }
+
+    /// Remembers an OCI image manifest BuildKit pushed into `repo`, by its config's digest, for
+    /// [`crate::reuse::ImageCache::push_again`]; returns that digest.
+    fn remember_pushed(
+        &self,
+        repo: &archfarm_shared::reference::ImageRef,
+        manifest: &bytes::Bytes,
+        media_type: &str,
+    ) -> Option<archfarm_shared::Digest> {
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            config: archfarm_shared::oci::Blob,
+            layers: Vec<archfarm_shared::oci::Blob>,
+        }
+        // Pushed again, it is pushed as an OCI manifest: only one is remembered.
+        if media_type != archfarm_shared::oci::OCI_MANIFEST {
+            return None;
+        }
+        let parsed: Manifest = serde_json::from_slice(manifest).ok()?;
+        let id = parsed.config.digest.clone();
+        let blobs = std::iter::once(parsed.config).chain(parsed.layers).collect();
+        self.images.insert(&id, manifest.clone(), blobs, &repo.name());
+        Some(id)
     }
 
     /// Exports the image and hands it to the coordinator (a build that names no registry).

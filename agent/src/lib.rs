@@ -10,7 +10,8 @@
 //! - [`native_test`]: `--test` and `--test-target`, run on the agent before the push.
 //! - [`enroll`]: joining with a one-time join token and renewing the certificate (keys, CSRs).
 //! - [`push`]: exporting the image and pushing it by digest as an OCI manifest.
-//! - [`reuse`]: images pushed before, pushed again without an export.
+//! - [`reuse`]: images pushed before, and the build that made each: pushed again without an
+//!   export, or without a build.
 //! - [`handover`]: the image handed to the coordinator, for a build that names no registry.
 //! - [`bases`]: a job's base images, read once, their layers learned from the registry to mount.
 //! - [`job_credentials`]: the registry logins one job may use, once its reads are in its token's scopes.

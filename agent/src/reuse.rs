@@ -3,9 +3,15 @@
 //! push is done without exporting anything, and another repository of the same registry gets
 //! its blobs mounted and the same manifest bytes. Either way the digest is the one a full
 //! push gives.
+//!
+//! Each image is also found by what made it ([`build_key`]: the context, the job's options and
+//! the digest of every image the Dockerfile reads), so a build whose inputs are all the same as
+//! an earlier one's is not run again: its image is pushed again as above. That is what a fully
+//! cached BuildKit build makes, without the build (on the containerd store BuildKit exports and
+//! pushes even an unchanged image). `--no-cache` always builds.
 
 use archfarm_shared::oci::{self, Blob};
-use archfarm_shared::protocol::PushedImage;
+use archfarm_shared::protocol::{JobSpec, PushedImage};
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::{self, Registry};
 use archfarm_shared::Digest;
@@ -24,14 +30,76 @@ struct Pushed {
     repositories: Vec<String>,
 }
 
-/// Images pushed before, by image id.
+/// Images pushed before, by image id, and the image id of each build key.
 #[derive(Debug, Clone, Default)]
-pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>);
+pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>, Arc<Mutex<HashMap<Digest, Digest>>>);
+
+/// What decides the image a job builds: its context, its options, and every image its
+/// Dockerfile reads as resolved now (`pinned`). `None` for a job that must build: `--no-cache`,
+/// or native tests (they need the image in the engine).
+pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> {
+    // Every field is named: a new one must be sorted into "decides the image" or not here.
+    let JobSpec {
+        job: _,
+        build: _,
+        platform,
+        context,
+        dockerfile,
+        build_args,
+        target,
+        labels,
+        repository: _,
+        attempt: _,
+        no_cache,
+        // Bases are pinned by digest, so pulling them again changes nothing that is not in the key.
+        pull: _,
+        tests,
+        test_target,
+        cache_from,
+        inline_cache,
+        provenance: _,
+        read_scopes: _,
+        cache_to_max,
+    } = spec;
+    if *no_cache || !tests.is_empty() || test_target.is_some() {
+        return None;
+    }
+    let inputs = serde_json::json!({
+        "key": "archfarm build key 1",
+        "platform": platform.to_string(),
+        "context": context,
+        "dockerfile": dockerfile,
+        "build_args": build_args,
+        "target": target,
+        "labels": labels,
+        "cache_from": cache_from,
+        "inline_cache": inline_cache,
+        "cache_to_max": cache_to_max,
+        "images": pinned,
+    });
+    Some(Digest::of(inputs.to_string().as_bytes()))
+}
 
 impl ImageCache {
     /// Forgets every image.
     pub fn clear(&self) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Records that the build of `key` made image `id`.
+    pub fn built(&self, key: &Digest, id: &Digest) {
+        let mut map = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= IMAGES && !map.contains_key(key) {
+            map.clear();
+        }
+        map.insert(key.clone(), id.clone());
+    }
+
+    /// The image the build of `key` made before, if this agent pushed it.
+    pub fn made_by(&self, key: &Digest) -> Option<Digest> {
+        let id = self.1.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
+        self.get(&id).is_some().then_some(id)
     }
 
     /// Records that `repository` (`registry/name`) holds the image `id`: its manifest bytes
@@ -103,6 +171,48 @@ pub async fn mount_from_any(reg: &Registry, repo: &ImageRef, holders: &[String],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_key_changes_with_every_input_and_a_build_that_must_run_has_none() {
+        let spec = crate::fakes::job(b"context", "r:5000/app");
+        let pinned = vec![("alpine:3".to_owned(), Digest::of(b"alpine index"))];
+        let key = build_key(&spec, &pinned).unwrap();
+        let other_job = JobSpec {
+            job: archfarm_shared::JobId::random(),
+            attempt: 2,
+            repository: "r:5000/b".into(),
+            ..spec.clone()
+        };
+        assert_eq!(build_key(&other_job, &pinned), Some(key.clone()), "where it goes does not change what it is");
+        let changed = [
+            JobSpec { context: Digest::of(b"other context"), ..spec.clone() },
+            JobSpec { platform: "linux/arm64".parse().unwrap(), ..spec.clone() },
+            JobSpec { build_args: vec![("V".into(), "2".into())], ..spec.clone() },
+            JobSpec { target: Some("tools".into()), ..spec.clone() },
+            JobSpec { labels: vec![("l".into(), "1".into())], ..spec.clone() },
+            JobSpec { dockerfile: "other.Dockerfile".into(), ..spec.clone() },
+            JobSpec { cache_from: vec!["r:5000/app:cache".into()], ..spec.clone() },
+        ];
+        for other in &changed {
+            assert_ne!(build_key(other, &pinned).unwrap(), key, "{other:?}");
+        }
+        let moved = vec![("alpine:3".to_owned(), Digest::of(b"a newer alpine"))];
+        assert_ne!(build_key(&spec, &moved).unwrap(), key, "a base whose tag moved builds again");
+        assert_eq!(build_key(&JobSpec { no_cache: true, ..spec.clone() }, &pinned), None);
+        assert_eq!(build_key(&JobSpec { tests: vec![vec!["true".into()]], ..spec.clone() }, &pinned), None);
+    }
+
+    #[test]
+    fn a_build_is_remembered_only_while_its_image_is() {
+        let cache = ImageCache::default();
+        let (key, id) = (Digest::of(b"key"), Digest::of(b"config"));
+        cache.built(&key, &id);
+        assert_eq!(cache.made_by(&key), None, "an image this agent does not hold the manifest of");
+        cache.insert(&id, Bytes::from_static(b"{}"), vec![], "r:5000/a");
+        assert_eq!(cache.made_by(&key), Some(id));
+        cache.clear();
+        assert_eq!(cache.made_by(&key), None);
+    }
 
     #[test]
     fn images_are_remembered_with_every_repository_that_holds_them() {

@@ -95,6 +95,25 @@ pub fn references(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
     out
 }
 
+/// The line of the first `ADD` (or `ONBUILD ADD`) whose source is remote: a URL or a Git
+/// repository. BuildKit asks the remote again on every build, so such a build's result is not
+/// known from its inputs alone.
+pub fn remote_source(dockerfile: &str) -> Option<usize> {
+    logical_lines(dockerfile).into_iter().find_map(|(line, text)| {
+        let mut words = text.split_whitespace().peekable();
+        if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("ONBUILD")) {
+            words.next();
+        }
+        let add = words.next().is_some_and(|w| w.eq_ignore_ascii_case("ADD"));
+        let remote = |w: &str| {
+            let w = w.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',');
+            w.contains("://") || w.starts_with("git@")
+        };
+        let sources: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        (add && sources.iter().any(|w| remote(w))).then_some(line)
+    })
+}
+
 /// The frontend image of a `# syntax=` parser directive, and its line: directives come first,
 /// before any instruction or other comment.
 fn syntax(dockerfile: &str) -> Option<(String, usize)> {
@@ -167,6 +186,14 @@ pub fn read_dockerfile(context: &Path, dockerfile: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_add_of_a_url_or_a_repository_is_found_and_a_local_one_is_not() {
+        assert_eq!(remote_source("FROM a\nADD app.tar /app/\nCOPY x /x\n"), None);
+        assert_eq!(remote_source("FROM a\nRUN echo https://x\nADD https://example.com/a.tgz /a\n"), Some(3));
+        assert_eq!(remote_source("FROM a\nadd --checksum=sha256:0 \\\n  git@github.com:o/r.git /src\n"), Some(2));
+        assert_eq!(remote_source("FROM a\nONBUILD ADD [\"http://h/f\", \"/f\"]\n"), Some(2));
+    }
 
     fn images(dockerfile: &str, args: &[(&str, &str)]) -> Vec<(String, &'static str, usize)> {
         let args: Vec<(String, String)> = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -208,3 +208,78 @@ fn an_agent_on_the_containerd_store_killed_mid_build_is_replaced_by_a_20_10_agen
     let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(&tag)).unwrap();
     assert_eq!(runnable(&index)[0]["platform"]["architecture"], "amd64");
 }
+
+/// On the containerd store BuildKit exports and pushes even an unchanged image; the agent does
+/// not build a job whose inputs (context, options, the digest of every image the Dockerfile
+/// reads) are those of one it pushed: it pushes that image again, writing nothing into the same
+/// repository and mounting its blobs into another. When the base's tag moves, the inputs differ
+/// and the image is built again, on the new base.
+#[test]
+fn on_the_containerd_store_the_same_inputs_are_not_built_again_and_a_moved_base_is() {
+    let mut farm = farm_with_a_current_agent();
+    let builds = |farm: &mut Farm| {
+        let log = farm.proc("agent amd64-cur").wait_for_log("registered", std::time::Duration::from_secs(10));
+        log.matches("pushed by the engine's BuildKit").count()
+    };
+    let child = |reference: &str| -> String {
+        let index: serde_json::Value = serde_json::from_slice(&skopeo::raw(reference)).unwrap();
+        runnable(&index)[0]["digest"].as_str().unwrap().to_owned()
+    };
+    let base_ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY base.txt /base.txt\n");
+    std::fs::write(base_ctx.path().join("base.txt"), "base 1\n").unwrap();
+    let base = format!("{}:1", farm.repo("base/img"));
+    let out = farm.build("linux/amd64", &[&base], base_ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let ctx = context(&format!("FROM {base}\nCOPY app.txt /app.txt\n"));
+    std::fs::write(ctx.path().join("app.txt"), format!("{:?}\n", std::time::SystemTime::now())).unwrap();
+    let v1 = format!("{}:1", farm.repo("team/same"));
+    let out = farm.build("linux/amd64", &[&v1], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(builds(&mut farm), 2, "the base and the application, each built");
+
+    // The same inputs again: not built, and the registry already holds the image.
+    let v2 = format!("{}:2", farm.repo("team/same"));
+    let out = farm.build("linux/amd64", &[&v2], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    farm.proc("agent amd64-cur")
+        .wait_for_log("pushed again without a build (unchanged", std::time::Duration::from_secs(10));
+    assert_eq!(builds(&mut farm), 2, "not built again");
+    assert_eq!(child(&v2), child(&v1));
+
+    // Into another repository: every blob mounted, none uploaded, the same manifest.
+    let before = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap().lines().count();
+    let other = format!("{}:1", farm.repo("team/other"));
+    let out = farm.build("linux/amd64", &[&other], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    farm.proc("agent amd64-cur")
+        .wait_for_log("pushed again without a build (mounted", std::time::Duration::from_secs(10));
+    assert_eq!(builds(&mut farm), 2);
+    assert_eq!(child(&other), child(&v1));
+    let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
+    let image = format!("{}@{}", farm.repo("team/other"), child(&other));
+    let manifest: serde_json::Value = serde_json::from_slice(&skopeo::raw(&image)).unwrap();
+    let blobs = manifest["layers"].as_array().unwrap().iter().chain([&manifest["config"]]);
+    for blob in blobs.map(|b| b["digest"].as_str().unwrap().replace(':', "%3A")) {
+        let put = log.lines().skip(before).filter(|l| l.contains("\"PUT /v2/team/other/blobs/") && l.contains(&blob));
+        assert_eq!(put.count(), 0, "{blob} uploaded into team/other, not mounted");
+        let mounted = log
+            .lines()
+            .skip(before)
+            .any(|l| l.contains("\"POST /v2/team/other/blobs/uploads/?") && l.contains(&blob) && l.contains("\" 201 "));
+        assert!(mounted, "{blob} mounted into team/other");
+    }
+    let app = skopeo::file_from_image(&format!("{}@{}", farm.repo("team/other"), child(&other)), "app.txt");
+    assert_eq!(app, std::fs::read(ctx.path().join("app.txt")).ok());
+
+    // The base's tag moves: the application is built again, on the new base.
+    std::fs::write(base_ctx.path().join("base.txt"), "base 2\n").unwrap();
+    let out = farm.build("linux/amd64", &[&base], base_ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v3 = format!("{}:3", farm.repo("team/same"));
+    let out = farm.build("linux/amd64", &[&v3], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(builds(&mut farm), 4, "the new base and the application on it, each built");
+    let on = skopeo::file_from_image(&format!("{}@{}", farm.repo("team/same"), child(&v3)), "base.txt");
+    assert_eq!(on.as_deref(), Some(&b"base 2\n"[..]));
+}

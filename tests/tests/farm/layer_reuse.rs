@@ -82,20 +82,32 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
     assert_eq!(uploads(&log, "team/a", &new[0]), 1, "the unchanged layer was uploaded once, by the first build");
     assert_eq!(uploads(&log, "team/a", &new[1]), 1);
 
-    // An unchanged rebuild: nothing is exported, compressed or uploaded.
+    // An unchanged rebuild: the inputs are those of the last build, so nothing is built,
+    // exported, compressed or uploaded.
     let again = format!("{}:3", farm.repo("team/a"));
     let out = farm.build("linux/amd64", &[&again], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
-    farm.proc("agent amd64-1").wait_for_log("pushed again without an export (unchanged", Duration::from_secs(10));
+    farm.proc("agent amd64-1").wait_for_log("pushed again without a build (unchanged", Duration::from_secs(10));
     let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
     assert_eq!((uploads(&log, "team/a", &new[0]), uploads(&log, "team/a", &new[1])), (1, 1), "no upload");
     assert_eq!(layers(&again), new);
 
-    // The same image in another repository: its layers and config are mounted from team/a.
+    // A change to a file the image does not copy: a new context, so it is built, but into the
+    // same image, which is found by its id and pushed without an export.
+    assets[..4096].fill(0);
+    std::fs::write(ctx.path().join("assets.bin"), &assets).unwrap();
+    let same = format!("{}:4", farm.repo("team/a"));
+    let out = farm.build("linux/amd64", &[&same], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    farm.proc("agent amd64-1").wait_for_log("pushed again without an export (unchanged", Duration::from_secs(10));
+    assert_eq!(layers(&same), new);
+
+    // The same image in another repository: its layers and config are mounted from team/a,
+    // without a build.
     let other = format!("{}:1", farm.repo("team/b"));
     let out = farm.build("linux/amd64", &[&other], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
-    farm.proc("agent amd64-1").wait_for_log("pushed again without an export (mounted", Duration::from_secs(10));
+    farm.proc("agent amd64-1").wait_for_log("pushed again without a build (mounted", Duration::from_secs(10));
     let log = std::fs::read_to_string(farm.dir.path().join("registry.log")).unwrap();
     for layer in &new {
         assert_eq!(uploads(&log, "team/b", layer), 0, "{layer} was mounted, not uploaded");
