@@ -34,7 +34,8 @@ impl ContextCache {
     /// Opens (and creates) the cache directory, which may hold `max_bytes`.
     pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         // The coordinator enforces the size limit when a context is uploaded.
-        let store = ContentStore::open(&dir, u64::MAX)?;
+        // A cache: what a power loss spoils is hashed before use and fetched again.
+        let store = ContentStore::open(&dir, u64::MAX)?.volatile();
         std::fs::create_dir_all(dir.join("lists"))?;
         Ok(ContextCache { store, dir, max_bytes })
     }
@@ -43,7 +44,7 @@ impl ContextCache {
     pub async fn get(&self, link: &dyn CoordinatorLink, digest: &Digest) -> Result<PathBuf, FetchError> {
         let path = self.store.path(digest);
         // Marking it used fails when another job's eviction just took it: fetch it again.
-        if self.store.contains(digest) && touch(&path).is_ok() {
+        if self.store.verified(digest).await && touch(&path).is_ok() {
             return Ok(path);
         }
         let index = {
@@ -89,7 +90,11 @@ impl ContextCache {
         let receive = async move { self.store.receive(digest, size, &mut pipe_out).await };
         let fetched = match tokio::join!(produce, receive) {
             (Ok(()), Ok(fetched)) => fetched,
-            (Err(e), _) | (Ok(()), Err(e)) => return Err(FetchError::Failed(e)),
+            // Where the bytes came from failed; the store saw them end early.
+            (Err(Stopped::Source(e)), _) => return Err(FetchError::Failed(e)),
+            // The store stopped reading (a full disk, say): its error says why.
+            (_, Err(e)) => return Err(FetchError::Failed(e)),
+            (Err(Stopped::Sink), Ok(_)) => return Err(FetchError::Failed("the context store stopped reading".into())),
         };
         info!(context = %digest, bytes = size, sent, held = size - sent, "fetched build context");
         if let Err(e) = self.keep_list(digest, &chunks) {
@@ -169,35 +174,44 @@ impl ContextCache {
     }
 }
 
+/// Why putting a context together stopped.
+enum Stopped {
+    /// The link's bytes or a kept chunk could not be read.
+    Source(String),
+    /// Writing failed: the store stopped reading, and says why.
+    Sink,
+}
+
 /// Writes the context to `out`, chunk by chunk: those sent from the link's bytes, the others
 /// read from the kept context `index` names.
 async fn assemble(
     mut download: ContextDownload,
     index: &ChunkIndex,
     out: &mut (impl tokio::io::AsyncWrite + Unpin),
-) -> Result<(), String> {
+) -> Result<(), Stopped> {
+    use Stopped::Source;
     let mut at = 0u64;
     for (chunk, sent) in download.chunks.iter().zip(&download.sent) {
         let len = chunk.size as usize;
-        let bytes = if *sent {
-            let mut buf = vec![0u8; len];
-            download
-                .bytes
-                .read_exact(&mut buf)
-                .await
-                .map_err(|e| format!("the context's bytes ended or broke at {at} of {}: {e}", download.size))?;
-            buf
-        } else {
-            let (file, offset) = index.get(&chunk.digest).cloned().ok_or("a chunk no kept context holds")?;
-            tokio::task::spawn_blocking(move || read_at(&file, offset, len))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("reading a kept chunk: {e}"))?
-        };
-        out.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        let bytes =
+            if *sent {
+                let mut buf = vec![0u8; len];
+                download.bytes.read_exact(&mut buf).await.map_err(|e| {
+                    Source(format!("the context's bytes ended or broke at {at} of {}: {e}", download.size))
+                })?;
+                buf
+            } else {
+                let (file, offset) =
+                    index.get(&chunk.digest).cloned().ok_or_else(|| Source("a chunk no kept context holds".into()))?;
+                tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+                    .await
+                    .map_err(|e| Source(e.to_string()))?
+                    .map_err(|e| Source(format!("reading a kept chunk: {e}")))?
+            };
+        out.write_all(&bytes).await.map_err(|_| Stopped::Sink)?;
         at += len as u64;
     }
-    out.shutdown().await.map_err(|e| e.to_string())
+    out.shutdown().await.map_err(|_| Stopped::Sink)
 }
 
 fn read_at(file: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {

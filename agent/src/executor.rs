@@ -114,7 +114,10 @@ impl Executor {
         };
         // A build whose inputs are all those of one this agent pushed before is not run again.
         let key = self.build_key(&spec, &bases).await;
+        let reusing = std::time::Instant::now();
         if let Some(image) = self.push_again_unbuilt(&spec, key.as_ref(), &bases, &log).await {
+            let (fetch_ms, push_ms) = ((reusing - fetching).as_millis(), reusing.elapsed().as_millis());
+            info!(job = %spec.job, digest = %image.digest, fetch_ms, build_ms = 0, push_ms, "pushed by digest");
             return JobOutcome::Pushed(image);
         }
         let build = BuildSpec {

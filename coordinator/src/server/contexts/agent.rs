@@ -35,23 +35,29 @@ pub async fn send_context(contexts: &Contexts, digest: &Digest, allowed: bool, m
         drop(stream.write_last(&CoordinatorMessage::ContextMissing { reason }).await);
         return Sent::default();
     }
+    // A context stored before a power loss is hashed before it is sent.
+    if !contexts.files.verified(digest).await {
+        let reason = format!(
+            "the coordinator does not hold build context {digest} any more (its storage lost it): run the build \
+             again, which uploads it"
+        );
+        drop(stream.write_last(&CoordinatorMessage::ContextMissing { reason }).await);
+        return Sent::default();
+    }
     let list = {
         let (lists, files, digest) = (contexts.lists.clone(), contexts.files.clone(), digest.clone());
         tokio::task::spawn_blocking(move || lists.of(&files, &digest)).await
     };
     let chunks = match list {
         Ok(Ok(chunks)) => chunks,
-        Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+        Ok(Err(e)) => {
             warn!(context = %digest, "cannot read the stored context to offer it: {e}");
             let reason = format!("the coordinator cannot read build context {digest}: {e}");
             drop(stream.write_last(&CoordinatorMessage::ContextMissing { reason }).await);
             return Sent::default();
         }
-        _ => {
-            let reason = format!(
-                "the coordinator does not hold build context {digest} any more (its storage lost it): run the build \
-                 again, which uploads it"
-            );
+        Err(e) => {
+            let reason = format!("the coordinator could not read build context {digest}: {e}");
             drop(stream.write_last(&CoordinatorMessage::ContextMissing { reason }).await);
             return Sent::default();
         }

@@ -58,7 +58,8 @@ impl Contexts {
     /// Whether `who` may build from context `digest`: it is stored, and `who` uploaded it (an
     /// admin may use any). Another token's context is, to `who`, not there.
     pub async fn usable(&self, store: &Store, who: &Principal, digest: &Digest) -> Result<bool, String> {
-        if !self.files.contains(digest) {
+        // A context stored before a power loss is hashed before it is used again.
+        if !self.files.verified(digest).await {
             return Ok(false);
         }
         if who.is_admin() {

@@ -179,6 +179,7 @@ pub async fn receive_chunked(
         stream.stop_reading(0);
     }
     result?;
+    contexts.files.stored(digest);
     // Every chunk matched its digest and the whole its own: the list is the context's. Without
     // it an agent's fetch cuts the stored file again.
     if let Err(e) = contexts.lists.save(digest, &chunks) {
@@ -281,8 +282,9 @@ impl Assembly {
             if &got != digest {
                 return Err(format!("transfer corrupt: announced {digest}, the chunks make {got}"));
             }
+            // Flushed to disk in the background once in place ([`ContentStore::stored`]).
             let file = self.out.take().expect("set above").into_inner().map_err(|e| io(e.into_error()))?;
-            file.sync_all().map_err(io)?;
+            drop(file);
             std::fs::rename(&tmp, target).map_err(io)?;
             // Only now can the new chunks be found again: in the stored context.
             let mut offset = 0u64;
