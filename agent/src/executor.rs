@@ -267,7 +267,12 @@ impl Executor {
     /// The key of what decides `spec`'s image ([`crate::reuse::build_key`]); `None` for a job
     /// that must build, or whose result is not known from its inputs.
     async fn build_key(&self, spec: &JobSpec, bases: &JobBases) -> Option<archfarm_shared::Digest> {
-        if spec.repository.is_empty() || spec.no_cache || !spec.tests.is_empty() || spec.test_target.is_some() {
+        if spec.repository.is_empty()
+            || spec.no_cache
+            || spec.pull
+            || !spec.tests.is_empty()
+            || spec.test_target.is_some()
+        {
             return None;
         }
         crate::reuse::build_key(spec, &bases.pinned(&self.registries).await?)

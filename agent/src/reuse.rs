@@ -8,7 +8,7 @@
 //! the digest of every image the Dockerfile reads), so a build whose inputs are all the same as
 //! an earlier one's is not run again: its image is pushed again as above. That is what a fully
 //! cached BuildKit build makes, without the build (on the containerd store BuildKit exports and
-//! pushes even an unchanged image). `--no-cache` always builds.
+//! pushes even an unchanged image). `--no-cache` and `--pull` always build.
 
 use archfarm_shared::oci::{self, Blob};
 use archfarm_shared::protocol::{JobSpec, PushedImage};
@@ -36,7 +36,8 @@ pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>, Arc<Mutex<HashMap<Dig
 
 /// What decides the image a job builds: its context, its options, and every image its
 /// Dockerfile reads as resolved now (`pinned`). `None` for a job that must build: `--no-cache`,
-/// or native tests (they need the image in the engine).
+/// `--pull` (the engine is to fetch its bases again), or native tests (they need the image in
+/// the engine).
 pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> {
     // Every field is named: a new one must be sorted into "decides the image" or not here.
     let JobSpec {
@@ -51,8 +52,7 @@ pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> 
         repository: _,
         attempt: _,
         no_cache,
-        // Bases are pinned by digest, so pulling them again changes nothing that is not in the key.
-        pull: _,
+        pull,
         tests,
         test_target,
         cache_from,
@@ -61,7 +61,7 @@ pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> 
         read_scopes: _,
         cache_to_max,
     } = spec;
-    if *no_cache || !tests.is_empty() || test_target.is_some() {
+    if *no_cache || *pull || !tests.is_empty() || test_target.is_some() {
         return None;
     }
     let inputs = serde_json::json!({
@@ -199,6 +199,7 @@ mod tests {
         let moved = vec![("alpine:3".to_owned(), Digest::of(b"a newer alpine"))];
         assert_ne!(build_key(&spec, &moved).unwrap(), key, "a base whose tag moved builds again");
         assert_eq!(build_key(&JobSpec { no_cache: true, ..spec.clone() }, &pinned), None);
+        assert_eq!(build_key(&JobSpec { pull: true, ..spec.clone() }, &pinned), None);
         assert_eq!(build_key(&JobSpec { tests: vec![vec!["true".into()]], ..spec.clone() }, &pinned), None);
     }
 

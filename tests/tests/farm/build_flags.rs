@@ -46,10 +46,17 @@ fn no_cache_runs_every_step_again() {
     let tag = |n: u32| format!("{}:{n}", farm.repo("flags/nocache"));
     let out = farm.build("linux/amd64", &[&tag(1)], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
+    // A file the image does not copy changed: a new context, built from BuildKit's cache.
+    std::fs::write(ctx.path().join("nonce"), format!("{:?}", std::time::SystemTime::now())).unwrap();
     let out = farm.build("linux/amd64", &[&tag(2)], ctx.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(cached_steps(&text(&out)).len(), 2, "a plain rebuild uses the cache:\n{}", text(&out));
     assert_eq!(layers(&tag(1), "amd64"), layers(&tag(2), "amd64"), "a cached rebuild gives the same layers");
+    // Nothing changed: the agent does not even build; the same image is pushed again.
+    let out = farm.build("linux/amd64", &[&tag(4)], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pushed again without building"), "{}", text(&out));
+    assert_eq!(layers(&tag(4), "amd64"), layers(&tag(2), "amd64"));
 
     let out = farm.build("linux/amd64", &[&tag(3)], ctx.path(), &["--no-cache"]);
     assert!(out.status.success(), "{}", text(&out));
