@@ -223,6 +223,41 @@ fn request_from(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<BuildReq
     Ok(req)
 }
 
+/// Makes sure the coordinator holds the context `survey` lists: not packed again when these very
+/// files were packed before and the coordinator still holds the result; packed and uploaded
+/// otherwise. Returns the context's digest and the Dockerfile's path in it.
+async fn send_context(conn: &Connection, survey: context::Survey, chatty: bool) -> anyhow::Result<(Digest, String)> {
+    let survey = std::sync::Arc::new(survey);
+    // Taken before anything is read: a file that changes while it is packed changes it.
+    let signature = {
+        let survey = survey.clone();
+        tokio::task::spawn_blocking(move || crate::known_contexts::signature(&survey)).await?
+    };
+    let recalled = signature.as_ref().and_then(crate::known_contexts::recall);
+    if let Some(known) = recalled {
+        if crate::upload::present(conn, &known.digest).await? {
+            if chatty {
+                eprintln!(
+                    "context {} ({} bytes) is already on the coordinator; its files are as when it was packed",
+                    known.digest, known.size
+                );
+            }
+            return Ok((known.digest, known.dockerfile));
+        }
+    }
+    let packed = {
+        let survey = survey.clone();
+        tokio::task::spawn_blocking(move || context::pack_surveyed(&survey, MAX_CONTEXT)).await?
+    }
+    .map_err(|e| anyhow::anyhow!(e))?;
+    crate::upload::upload(conn, &packed, chatty).await?;
+    let (digest, dockerfile) = (packed.digest.clone(), packed.dockerfile.clone());
+    if let Some(signature) = signature {
+        tokio::task::spawn_blocking(move || crate::known_contexts::remember(&signature, &packed)).await?;
+    }
+    Ok((digest, dockerfile))
+}
+
 /// Runs `archfarm build`. Returns whether every output was written.
 pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
     let outputs = output::outputs(args.push, args.load, &args.outputs)?;
@@ -232,13 +267,14 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<bool> {
         export::load::Engine::connect().await?.check(&request.platforms)?;
     }
     let (context_dir, file) = (args.context.clone(), args.file.clone());
-    let packed = tokio::task::spawn_blocking(move || context::pack(&context_dir, file.as_deref(), MAX_CONTEXT))
+    let survey = tokio::task::spawn_blocking(move || context::survey(&context_dir, file.as_deref()))
         .await?
         .map_err(|e| anyhow::anyhow!(e))?;
-    request.context = packed.digest.clone();
-    request.dockerfile = packed.dockerfile.clone();
     let conn = Connection::open(&args.remote).await?;
-    crate::upload::upload(&conn, &packed, args.progress != Mode::Quiet).await?;
+    let chatty = args.progress != Mode::Quiet;
+    let (digest, dockerfile) = send_context(&conn, survey, chatty).await?;
+    request.context = digest;
+    request.dockerfile = dockerfile;
     let progress = Progress::new(args.progress, &request.platforms);
     let request_tags = request.tags.clone();
     let request_tests = request::tests_of(&request);

@@ -49,9 +49,24 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Packs `context`, honouring its `.dockerignore`. `dockerfile` is the `-f` path as the user
-/// gave it (relative to the working directory), or `None` for `CONTEXT/Dockerfile`.
-pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result<Packed, String> {
+/// What a context is made of, before it is packed: its folder, the Dockerfile, and every path
+/// that goes in, sorted.
+#[derive(Debug)]
+pub struct Survey {
+    /// The context folder, canonical.
+    pub context: PathBuf,
+    /// The Dockerfile, canonical.
+    pub dockerfile: PathBuf,
+    /// The Dockerfile's path inside the context, when it is inside.
+    inside: Option<String>,
+    /// Each path that goes in, relative and absolute, sorted.
+    pub paths: Vec<(String, PathBuf)>,
+}
+
+/// Lists what packing `context` takes, honouring its `.dockerignore`. `dockerfile` is the `-f`
+/// path as the user gave it (relative to the working directory), or `None` for
+/// `CONTEXT/Dockerfile`.
+pub fn survey(context: &Path, dockerfile: Option<&Path>) -> Result<Survey, String> {
     let context = context.canonicalize().map_err(|e| format!("build context {}: {e}", context.display()))?;
     if !context.is_dir() {
         return Err(format!("build context {} is not a directory", context.display()));
@@ -82,7 +97,25 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
         }
     }
     paths.sort();
+    Ok(Survey { context, dockerfile: dockerfile_abs, inside, paths })
+}
 
+impl Survey {
+    /// The Dockerfile's path inside the packed context.
+    pub fn dockerfile_inside(&self) -> String {
+        self.inside.clone().unwrap_or_else(|| OUTSIDE_DOCKERFILE.to_owned())
+    }
+}
+
+/// Packs `context`, honouring its `.dockerignore`. `dockerfile` is the `-f` path as the user
+/// gave it (relative to the working directory), or `None` for `CONTEXT/Dockerfile`.
+pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result<Packed, String> {
+    pack_surveyed(&survey(context, dockerfile)?, max_bytes)
+}
+
+/// Packs what `survey` found.
+pub fn pack_surveyed(survey: &Survey, max_bytes: u64) -> Result<Packed, String> {
+    let Survey { dockerfile: dockerfile_abs, inside, paths, .. } = survey;
     let file = tempfile::NamedTempFile::new().map_err(|e| format!("cannot create a temporary file: {e}"))?;
     let mut out = Hashing {
         inner: std::io::BufWriter::new(file.reopen().map_err(|e| e.to_string())?),
@@ -93,12 +126,12 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
     {
         let mut tar = tar::Builder::new(&mut out);
         tar.follow_symlinks(false);
-        for (rel, abs) in &paths {
+        for (rel, abs) in paths {
             let meta = std::fs::symlink_metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?;
             append(&mut tar, rel, abs, &meta)?;
         }
         if inside.is_none() {
-            let data = std::fs::read(&dockerfile_abs).map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
+            let data = std::fs::read(dockerfile_abs).map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
             let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
             tar.append_data(&mut h, OUTSIDE_DOCKERFILE, data.as_slice()).map_err(|e| e.to_string())?;
         }
@@ -117,7 +150,7 @@ pub fn pack(context: &Path, dockerfile: Option<&Path>, max_bytes: u64) -> Result
         size: out.written,
         entries: paths.len(),
         file,
-        dockerfile: inside.unwrap_or_else(|| OUTSIDE_DOCKERFILE.to_owned()),
+        dockerfile: survey.dockerfile_inside(),
     })
 }
 

@@ -28,6 +28,7 @@ pub mod export;
 pub mod follow;
 pub mod housekeeping;
 pub mod imagetools;
+pub mod known_contexts;
 pub mod output;
 pub mod progress;
 pub mod table;

@@ -17,13 +17,17 @@ pub struct Sent {
     pub bytes: u64,
 }
 
+/// Whether the coordinator holds context `digest` for this client.
+pub async fn present(conn: &Connection, digest: &archfarm_shared::Digest) -> anyhow::Result<bool> {
+    match conn.call(&ClientRequest::HasContext { digest: digest.clone() }).await? {
+        ClientResponse::ContextPresent(p) => Ok(p),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// Uploads `packed` unless the coordinator has it. Returns what was sent.
 pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow::Result<Sent> {
-    let present = match conn.call(&ClientRequest::HasContext { digest: packed.digest.clone() }).await? {
-        ClientResponse::ContextPresent(p) => p,
-        other => bail!("unexpected answer: {other:?}"),
-    };
-    if present {
+    if present(conn, &packed.digest).await? {
         if chatty {
             eprintln!("context {} ({} bytes) is already on the coordinator", packed.digest, packed.size);
         }
