@@ -139,9 +139,18 @@ impl JobBases {
     /// the digest its name resolves to now, in order: what, beside the context and the job's
     /// options, decides what the build makes. `None` when that is not known from its inputs: the
     /// Dockerfile cannot be read, names an image through a variable or one that does not
-    /// resolve, or `ADD`s a remote source.
-    pub async fn pinned(&self, registries: &RegistryClients) -> Option<Vec<(String, Digest)>> {
+    /// resolve, `ADD`s a remote source, or a base has `ONBUILD` triggers; or when the lookups
+    /// take over [`BASE_LOOKUP`] in all.
+    pub async fn pinned(&self, registries: &RegistryClients, platform: &Platform) -> Option<Vec<(String, Digest)>> {
+        tokio::time::timeout(BASE_LOOKUP, self.pin(registries, platform)).await.ok()?
+    }
+
+    async fn pin(&self, registries: &RegistryClients, platform: &Platform) -> Option<Vec<(String, Digest)>> {
         if dockerfile::remote_source(self.text().await?).is_some() {
+            return None;
+        }
+        // A base's ONBUILD triggers run as part of this build, and may read anything.
+        if self.triggers(registries, platform).await.ok()?.iter().any(|(_, t)| !t.is_empty()) {
             return None;
         }
         let mut out: Vec<(String, Digest)> = Vec::new();
@@ -152,7 +161,7 @@ impl JobBases {
             if out.iter().any(|(image, _)| *image == used.image) {
                 continue;
             }
-            let digest = tokio::time::timeout(BASE_LOOKUP, self.digest_of(registries, &used.image)).await.ok()?.ok()?;
+            let digest = self.digest_of(registries, &used.image).await.ok()?;
             out.push((used.image.clone(), digest));
         }
         Some(out)
@@ -231,14 +240,13 @@ impl JobBases {
         Ok(known)
     }
 
-    /// The images the `ONBUILD` triggers of the Dockerfile's bases read (a frontend runs them as
-    /// if they were written after the `FROM`), each named at the line of its `FROM`. `Err` when
-    /// a base cannot be read: then its triggers cannot be told.
-    pub async fn onbuild_uses(
+    /// The `ONBUILD` triggers of each of the Dockerfile's bases, by the `FROM` that names it.
+    /// `Err` when a base's config cannot be read.
+    async fn triggers(
         &self,
         registries: &RegistryClients,
         platform: &Platform,
-    ) -> Result<Vec<ImageUse>, String> {
+    ) -> Result<Vec<(ImageUse, Vec<String>)>, String> {
         #[derive(Deserialize)]
         struct Config {
             #[serde(default)]
@@ -264,7 +272,21 @@ impl JobBases {
                 .map_err(cannot)?;
             let config: Config =
                 serde_json::from_slice(&config).map_err(|e| format!("config of {}: {e}", from.image))?;
-            let triggers = config.config.and_then(|c| c.on_build).unwrap_or_default();
+            out.push((from, config.config.and_then(|c| c.on_build).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// The images the `ONBUILD` triggers of the Dockerfile's bases read (a frontend runs them as
+    /// if they were written after the `FROM`), each named at the line of its `FROM`. `Err` when
+    /// a base cannot be read: then its triggers cannot be told.
+    pub async fn onbuild_uses(
+        &self,
+        registries: &RegistryClients,
+        platform: &Platform,
+    ) -> Result<Vec<ImageUse>, String> {
+        let mut out = Vec::new();
+        for (from, triggers) in self.triggers(registries, platform).await? {
             for used in dockerfile::references(&triggers.join("\n"), &self.build_args) {
                 out.push(ImageUse { image: used.image, how: "ONBUILD of a base image", line: from.line });
             }

@@ -8,7 +8,7 @@
 
 use crate::link::{ContextDownload, CoordinatorLink, FetchError};
 use archfarm_shared::chunking::{self, Chunk};
-use archfarm_shared::content::ContentStore;
+use archfarm_shared::content::{ContentStore, RECEIVE_IDLE};
 use archfarm_shared::Digest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,12 +52,17 @@ impl ContextCache {
             tokio::task::spawn_blocking(move || cache.index()).await.unwrap_or_default()
         };
         let fetched = match self.fetch(link, digest, &index).await {
-            // A kept context that changed or went since the index was read: everything again.
-            Err(FetchError::Failed(e)) if !index.is_empty() => {
+            Ok(fetched) => fetched,
+            // A kept context that changed or went since the index was read: everything again,
+            // once the kept contexts that gave chunks are checked (a damaged one is deleted).
+            Err((FetchError::Failed(e), Some(sources))) => {
                 warn!(context = %digest, "putting the context together from kept chunks failed ({e}); fetching it whole");
-                self.fetch(link, digest, &ChunkIndex::new()).await?
+                for source in sources {
+                    self.store.verified(&source).await;
+                }
+                self.fetch(link, digest, &ChunkIndex::new()).await.map_err(|(e, _)| e)?
             }
-            other => other?,
+            Err((e, _)) => return Err(e),
         };
         let (dir, max) = (self.dir.clone(), self.max_bytes);
         match tokio::task::spawn_blocking(move || evict(&dir, max, SystemTime::now())).await {
@@ -69,15 +74,24 @@ impl ContextCache {
     }
 
     /// Fetches `digest`, taking from the coordinator only the chunks `index` does not hold, and
-    /// keeps its chunk list.
+    /// keeps its chunk list. A failure that a whole fetch may mend names the kept contexts that
+    /// gave chunks.
     async fn fetch(
         &self,
         link: &dyn CoordinatorLink,
         digest: &Digest,
         index: &ChunkIndex,
-    ) -> Result<PathBuf, FetchError> {
+    ) -> Result<PathBuf, (FetchError, Option<Vec<Digest>>)> {
         let held = |d: &Digest| index.contains_key(d);
-        let download = link.fetch_context(digest, &held).await?;
+        let download = link.fetch_context(digest, &held).await.map_err(|e| (e, None))?;
+        let mut sources: Vec<Digest> = Vec::new();
+        for (chunk, _) in download.chunks.iter().zip(&download.sent).filter(|(_, sent)| !**sent) {
+            let from = index.get(&chunk.digest).and_then(|(path, _)| digest_of_path(path));
+            if let Some(from) = from.filter(|f| !sources.contains(f)) {
+                sources.push(from);
+            }
+        }
+        let sources = (!sources.is_empty()).then_some(sources);
         let chunks = download.chunks.clone();
         let sent: u64 = chunks.iter().zip(&download.sent).filter(|(_, s)| **s).map(|(c, _)| u64::from(c.size)).sum();
         let size = download.size;
@@ -91,10 +105,16 @@ impl ContextCache {
         let fetched = match tokio::join!(produce, receive) {
             (Ok(()), Ok(fetched)) => fetched,
             // Where the bytes came from failed; the store saw them end early.
-            (Err(Stopped::Source(e)), _) => return Err(FetchError::Failed(e)),
-            // The store stopped reading (a full disk, say): its error says why.
-            (_, Err(e)) => return Err(FetchError::Failed(e)),
-            (Err(Stopped::Sink), Ok(_)) => return Err(FetchError::Failed("the context store stopped reading".into())),
+            (Err(Stopped::Source(e)), _) => return Err((FetchError::Failed(e), sources)),
+            // The store stopped reading: a full disk, say (nothing a whole fetch mends), or bytes
+            // that do not make the digest (a kept chunk that changed on disk).
+            (_, Err(e)) => {
+                let mended = sources.filter(|_| e.contains("corrupt"));
+                return Err((FetchError::Failed(e), mended));
+            }
+            (Err(Stopped::Sink), Ok(_)) => {
+                return Err((FetchError::Failed("the context store stopped reading".into()), None))
+            }
         };
         info!(context = %digest, bytes = size, sent, held = size - sent, "fetched build context");
         if let Err(e) = self.keep_list(digest, &chunks) {
@@ -211,10 +231,20 @@ async fn assemble(
             let n = left.min(PIECE);
             buf = match &kept {
                 None => {
-                    download.bytes.read_exact(&mut buf[..n]).await.map_err(|e| {
-                        Source(format!("the context's bytes ended or broke at {at} of {}: {e}", download.size))
-                    })?;
-                    buf
+                    let read = tokio::time::timeout(RECEIVE_IDLE, download.bytes.read_exact(&mut buf[..n])).await;
+                    let size = download.size;
+                    match read {
+                        Ok(Ok(_)) => buf,
+                        Ok(Err(e)) => {
+                            return Err(Source(format!("the context's bytes ended or broke at {at} of {size}: {e}")))
+                        }
+                        Err(_) => {
+                            return Err(Source(format!(
+                                "the context's bytes stalled at {at} of {size}: nothing for {} s",
+                                RECEIVE_IDLE.as_secs()
+                            )))
+                        }
+                    }
                 }
                 Some((file, offset)) => {
                     let (file, from) = (file.clone(), offset + (chunk.size as usize - left) as u64);
@@ -233,6 +263,13 @@ async fn assemble(
         }
     }
     out.shutdown().await.map_err(|_| Stopped::Sink)
+}
+
+/// The digest a cached context's file is named by.
+fn digest_of_path(path: &Path) -> Option<Digest> {
+    let name = path.file_name()?.to_str()?;
+    let hex = name.strip_prefix("sha256-")?.strip_suffix(".tar")?;
+    format!("sha256:{hex}").parse().ok()
 }
 
 /// Marks a context as used now.

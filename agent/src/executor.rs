@@ -275,7 +275,7 @@ impl Executor {
         {
             return None;
         }
-        crate::reuse::build_key(spec, &bases.pinned(&self.registries).await?)
+        crate::reuse::build_key(spec, &bases.pinned(&self.registries, &spec.platform).await?)
     }
 
     /// Pushes again, without building, the image an earlier build of the same `key` made, when

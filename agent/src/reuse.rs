@@ -36,8 +36,8 @@ pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>, Arc<Mutex<HashMap<Dig
 
 /// What decides the image a job builds: its context, its options, and every image its
 /// Dockerfile reads as resolved now (`pinned`). `None` for a job that must build: `--no-cache`,
-/// `--pull` (the engine is to fetch its bases again), or native tests (they need the image in
-/// the engine).
+/// `--pull` (the engine is to fetch its bases again), a registry cache of every stage to export,
+/// or native tests (they need the image in the engine).
 pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> {
     // Every field is named: a new one must be sorted into "decides the image" or not here.
     let JobSpec {
@@ -61,7 +61,8 @@ pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> 
         read_scopes: _,
         cache_to_max,
     } = spec;
-    if *no_cache || *pull || !tests.is_empty() || test_target.is_some() {
+    // A cache export is a result of its own, which a build not run would not write again.
+    if *no_cache || *pull || !tests.is_empty() || test_target.is_some() || cache_to_max.is_some() {
         return None;
     }
     let inputs = serde_json::json!({
@@ -74,7 +75,6 @@ pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> 
         "labels": labels,
         "cache_from": cache_from,
         "inline_cache": inline_cache,
-        "cache_to_max": cache_to_max,
         "images": pinned,
     });
     Some(Digest::of(inputs.to_string().as_bytes()))
@@ -193,6 +193,7 @@ mod tests {
             JobSpec { dockerfile: "other.Dockerfile".into(), ..spec.clone() },
             JobSpec { cache_from: vec!["r:5000/app:cache".into()], ..spec.clone() },
         ];
+        assert_eq!(build_key(&JobSpec { cache_to_max: Some("r:5000/c:x".into()), ..spec.clone() }, &pinned), None);
         for other in &changed {
             assert_ne!(build_key(other, &pinned).unwrap(), key, "{other:?}");
         }

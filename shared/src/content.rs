@@ -1,6 +1,7 @@
 //! A directory of files addressed by their sha256: the coordinator's build-context store and
-//! the agents' context cache. A file appears under its digest only after its bytes were checked,
-//! and a process trusts a file it did not write only once it hashed it ([`ContentStore::verified`]).
+//! the agents' context cache. A file appears under its digest only after its bytes were checked;
+//! a build context a process did not write is trusted only once it hashed it
+//! ([`ContentStore::verified`]; a handed-over image blob is checked by the client that fetches it).
 //!
 //! A file is not flushed to disk before it is used: forcing 100 MiB out took 0.35 s of every
 //! context's upload and fetch, measured. A durable store flushes it in the background after it
@@ -96,7 +97,14 @@ impl ContentStore {
                 let _ = std::fs::remove_file(&path);
                 false
             }
-            _ => false,
+            Ok(Err(e)) => {
+                tracing::warn!(file = %path.display(), "cannot read a stored file to check it: {e}");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "checking a stored file failed: {e}");
+                false
+            }
         }
     }
 

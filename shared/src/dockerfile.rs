@@ -95,8 +95,8 @@ pub fn references(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
     out
 }
 
-/// The line of the first `ADD` (or `ONBUILD ADD`) whose source is remote: a URL or a Git
-/// repository. BuildKit asks the remote again on every build, so such a build's result is not
+/// The line of the first `ADD` (or `ONBUILD ADD`) whose source is, or may be, remote: a URL, a
+/// Git repository, or a word holding a variable. BuildKit asks the remote again on every build, so such a build's result is not
 /// known from its inputs alone.
 pub fn remote_source(dockerfile: &str) -> Option<usize> {
     logical_lines(dockerfile).into_iter().find_map(|(line, text)| {
@@ -105,9 +105,10 @@ pub fn remote_source(dockerfile: &str) -> Option<usize> {
             words.next();
         }
         let add = words.next().is_some_and(|w| w.eq_ignore_ascii_case("ADD"));
+        // A source named through a variable may be a URL: counted as one.
         let remote = |w: &str| {
             let w = w.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',');
-            w.contains("://") || w.starts_with("git@")
+            w.contains("://") || w.starts_with("git@") || w.contains('$')
         };
         let sources: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
         (add && sources.iter().any(|w| remote(w))).then_some(line)
@@ -193,6 +194,7 @@ mod tests {
         assert_eq!(remote_source("FROM a\nRUN echo https://x\nADD https://example.com/a.tgz /a\n"), Some(3));
         assert_eq!(remote_source("FROM a\nadd --checksum=sha256:0 \\\n  git@github.com:o/r.git /src\n"), Some(2));
         assert_eq!(remote_source("FROM a\nONBUILD ADD [\"http://h/f\", \"/f\"]\n"), Some(2));
+        assert_eq!(remote_source("FROM a\nARG SRC=https://h/f\nADD ${SRC} /x\n"), Some(3));
     }
 
     fn images(dockerfile: &str, args: &[(&str, &str)]) -> Vec<(String, &'static str, usize)> {

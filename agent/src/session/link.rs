@@ -78,17 +78,23 @@ impl CoordinatorLink for QuicLink {
                 let chunks = read_list(&mut stream, size, count).await?;
                 Ok::<_, FetchError>((stream, size, chunks))
             };
-            // The bytes have a deadline of their own (an idle limit); the list before them too.
+            // The list and the answer to it have this deadline; the bytes after them an idle
+            // limit, which the caller's reads keep.
             let (mut stream, size, chunks) = tokio::time::timeout(ANSWER_WITHIN, ask)
                 .await
                 .map_err(|_| Failed(format!("no answer to a context fetch within {} s", ANSWER_WITHIN.as_secs())))??;
             let sent: Vec<bool> = chunks.iter().map(|c| !held(&c.digest)).collect();
-            stream
-                .writer()
-                .write_all(&chunking::bitmap_of(&sent))
+            let answer = async {
+                stream.writer().write_all(&chunking::bitmap_of(&sent)).await?;
+                stream.finish().await;
+                Ok::<_, quinn::WriteError>(())
+            };
+            tokio::time::timeout(ANSWER_WITHIN, answer)
                 .await
+                .map_err(|_| {
+                    Failed(format!("could not say which chunks to send within {} s", ANSWER_WITHIN.as_secs()))
+                })?
                 .map_err(|e| Failed(format!("cannot say which chunks of the context to send: {e}")))?;
-            stream.finish().await;
             let (_, recv) = stream.split();
             Ok(ContextDownload { size, chunks, sent, bytes: Box::new(recv.into_inner()) })
         })

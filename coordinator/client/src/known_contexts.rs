@@ -4,7 +4,7 @@
 //! a signature of every path's size, mode, inode, modification and change time (and a link's
 //! target), taken before packing; a file changed since has another signature. A file changed
 //! within a clock tick of that survey could keep its times, so no record is made for a context
-//! whose newest file is that recent (20 ms; 2 s on a filesystem without sub-second times).
+//! whose newest file is that recent (20 ms), nor on a filesystem without sub-second times.
 //!
 //! Records live in `$XDG_CACHE_HOME/archfarm/contexts` (or `~/.cache/...`), one small file each;
 //! a record that cannot be read is a miss. The coordinator still checks every upload, and a
@@ -21,8 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A file changed this close to the survey may keep its times after a change (kernel timestamps
 /// advance by a clock tick, at most 10 ms).
 const RACY: Duration = Duration::from_millis(20);
-/// The same on a filesystem that keeps whole seconds only.
-const RACY_COARSE: Duration = Duration::from_secs(2);
 /// Records kept at most; past that the oldest go.
 const RECORDS: usize = 256;
 
@@ -73,8 +71,10 @@ pub fn signature(survey: &Survey) -> Option<Signature> {
             link
         ));
     }
-    let racy = if coarse { RACY_COARSE } else { RACY };
-    Some(Signature { digest: Digest::of(text.as_bytes()), settled: newest + racy.as_nanos() < taken })
+    // Whole-second times come from filesystems (network ones among them) whose clock may not be
+    // this machine's: a file there is never taken as settled.
+    let settled = !coarse && newest + RACY.as_nanos() < taken;
+    Some(Signature { digest: Digest::of(text.as_bytes()), settled })
 }
 
 fn dir() -> Option<PathBuf> {

@@ -84,11 +84,10 @@ async fn offer(
 ) -> Result<Sent, String> {
     let size: u64 = chunks.iter().map(|c| u64::from(c.size)).sum();
     let count = u32::try_from(chunks.len()).map_err(|_| "a context of over 4 billion chunks".to_owned())?;
-    let io = |e: std::io::Error| e.to_string();
     stream.write(&CoordinatorMessage::ContextChunks { size, chunks: count }).await.map_err(|e| e.to_string())?;
     stream.writer().write_all(&chunking::encode_list(chunks)).await.map_err(|e| e.to_string())?;
     // Exactly one bit per chunk, then the end of the agent's side, within a deadline: the agent
-    // cannot make it wait, send more, nor ask twice.
+    // cannot make it wait for its answer, send more, nor ask twice.
     let bitmap = match tokio::time::timeout(WANT_WITHIN, stream.reader().read_to_end(chunks.len().div_ceil(8))).await {
         Ok(Ok(bitmap)) => bitmap,
         Ok(Err(e)) => return Err(format!("the agent did not say which chunks it wants: {e}")),
@@ -97,11 +96,28 @@ async fn offer(
         }
     };
     let wanted = chunking::wanted_of(&bitmap, chunks.len())?;
+    // An agent that stops reading is cut off: a minute, and a second per 256 KiB wanted.
+    let bytes: u64 = chunks.iter().zip(&wanted).filter(|(_, w)| **w).map(|(c, _)| u64::from(c.size)).sum();
+    let within = Duration::from_secs(60 + bytes / (256 << 10));
+    tokio::time::timeout(within, send_wanted(contexts, digest, chunks, &wanted, stream))
+        .await
+        .map_err(|_| format!("the agent took the context's {bytes} bytes no faster than 256 KiB/s; cut off"))?
+}
+
+/// Sends the bytes of the `wanted` chunks of stored context `digest`, in order.
+async fn send_wanted(
+    contexts: &Contexts,
+    digest: &Digest,
+    chunks: &[Chunk],
+    wanted: &[bool],
+    stream: &mut QuicStream,
+) -> Result<Sent, String> {
+    let io = |e: std::io::Error| e.to_string();
     let mut file = tokio::fs::File::open(contexts.files.path(digest)).await.map_err(io)?;
     let (mut sent, mut offset) = (Sent::default(), 0u64);
     for (chunk, want) in chunks.iter().zip(wanted) {
         let len = u64::from(chunk.size);
-        if want {
+        if *want {
             file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
             let copied = tokio::io::copy(&mut (&mut file).take(len), stream.writer()).await.map_err(io)?;
             if copied != len {
