@@ -7,7 +7,7 @@
 //! [`IN_USE`] (a build may still be reading it).
 
 use crate::link::{ContextDownload, CoordinatorLink, FetchError};
-use archfarm_shared::chunking::{self, Chunk};
+use archfarm_shared::chunk_lists::ChunkLists;
 use archfarm_shared::content::{ContentStore, RECEIVE_IDLE};
 use archfarm_shared::Digest;
 use std::collections::HashMap;
@@ -26,6 +26,8 @@ type ChunkIndex = HashMap<Digest, (PathBuf, u64)>;
 #[derive(Debug, Clone)]
 pub struct ContextCache {
     store: ContentStore,
+    /// The chunk list of each context held.
+    lists: ChunkLists,
     dir: PathBuf,
     max_bytes: u64,
 }
@@ -36,8 +38,8 @@ impl ContextCache {
         // The coordinator enforces the size limit when a context is uploaded.
         // A cache: what a power loss spoils is hashed before use and fetched again.
         let store = ContentStore::open(&dir, u64::MAX)?.volatile();
-        std::fs::create_dir_all(dir.join("lists"))?;
-        Ok(ContextCache { store, dir, max_bytes })
+        let lists = ChunkLists::open(&dir.join("lists"))?;
+        Ok(ContextCache { store, lists, dir, max_bytes })
     }
 
     /// The context's path, fetching it through `link` first if it is not cached.
@@ -86,7 +88,7 @@ impl ContextCache {
         let download = link.fetch_context(digest, &held).await.map_err(|e| (e, None))?;
         let mut sources: Vec<Digest> = Vec::new();
         for (chunk, _) in download.chunks.iter().zip(&download.sent).filter(|(_, sent)| !**sent) {
-            let from = index.get(&chunk.digest).and_then(|(path, _)| digest_of_path(path));
+            let from = index.get(&chunk.digest).and_then(|(path, _)| ContentStore::digest_of(path));
             if let Some(from) = from.filter(|f| !sources.contains(f)) {
                 sources.push(from);
             }
@@ -117,37 +119,19 @@ impl ContextCache {
             }
         };
         info!(context = %digest, bytes = size, sent, held = size - sent, "fetched build context");
-        if let Err(e) = self.keep_list(digest, &chunks) {
+        if let Err(e) = self.lists.save(digest, &chunks) {
             warn!(context = %digest, "cannot keep the context's chunk list: {e}");
         }
         Ok(fetched)
     }
 
-    fn list_path(&self, hex: &str) -> PathBuf {
-        self.dir.join("lists").join(hex)
-    }
-
-    fn keep_list(&self, digest: &Digest, chunks: &[Chunk]) -> std::io::Result<()> {
-        let tmp = self.dir.join("lists").join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
-        std::fs::write(&tmp, chunking::encode_list(chunks))?;
-        std::fs::rename(&tmp, self.list_path(digest.hex()))
-    }
-
-    /// Where the chunks of every kept context lie. A list whose context is gone is removed.
+    /// Where the chunks of every kept context lie. Lists whose context was evicted go first.
     fn index(&self) -> ChunkIndex {
+        let _ = self.lists.sweep(&self.store);
         let mut index = ChunkIndex::new();
-        let Ok(entries) = std::fs::read_dir(self.dir.join("lists")) else { return index };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else { continue };
+        for digest in self.lists.digests() {
+            let Some(list) = self.lists.load(&digest) else { continue };
             let context = self.store.path(&digest);
-            if !context.is_file() {
-                let _ = std::fs::remove_file(entry.path());
-                continue;
-            }
-            let Some(list) = std::fs::read(entry.path()).ok().and_then(|b| chunking::decode_list(&b).ok()) else {
-                continue;
-            };
             let mut offset = 0;
             for chunk in list {
                 index.entry(chunk.digest).or_insert_with(|| (context.clone(), offset));
@@ -175,9 +159,7 @@ impl ContextCache {
             std::fs::remove_file(&path)?;
             freed += len;
         }
-        for entry in std::fs::read_dir(self.dir.join("lists"))?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
+        self.lists.clear();
         Ok(freed)
     }
 
@@ -265,13 +247,6 @@ async fn assemble(
     out.shutdown().await.map_err(|_| Stopped::Sink)
 }
 
-/// The digest a cached context's file is named by.
-fn digest_of_path(path: &Path) -> Option<Digest> {
-    let name = path.file_name()?.to_str()?;
-    let hex = name.strip_prefix("sha256-")?.strip_suffix(".tar")?;
-    format!("sha256:{hex}").parse().ok()
-}
-
 /// Marks a context as used now.
 fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::options().write(true).open(path)?.set_modified(SystemTime::now())
@@ -344,7 +319,7 @@ mod tests {
         let at_b = cache.get(&b, &Digest::of(&second)).await.unwrap();
         assert_eq!(std::fs::read(&at_b).unwrap(), second);
         let sent = b.sent.lock().unwrap()[0];
-        assert!(sent > 0 && sent <= 2 * chunking::MAX_CHUNK as u64, "{sent} bytes sent");
+        assert!(sent > 0 && sent <= 2 * archfarm_shared::chunking::MAX_CHUNK as u64, "{sent} bytes sent");
         assert_eq!(*b.fetches.lock().unwrap(), 1);
         assert_eq!(cache.get(&b, &Digest::of(&second)).await.unwrap(), at_b, "held now: not fetched again");
         assert_eq!(*b.fetches.lock().unwrap(), 1);

@@ -267,12 +267,7 @@ impl Executor {
     /// The key of what decides `spec`'s image ([`crate::reuse::build_key`]); `None` for a job
     /// that must build, or whose result is not known from its inputs.
     async fn build_key(&self, spec: &JobSpec, bases: &JobBases) -> Option<archfarm_shared::Digest> {
-        if spec.repository.is_empty()
-            || spec.no_cache
-            || spec.pull
-            || !spec.tests.is_empty()
-            || spec.test_target.is_some()
-        {
+        if !crate::reuse::may_reuse(spec) {
             return None;
         }
         crate::reuse::build_key(spec, &bases.pinned(&self.registries, &spec.platform).await?)
@@ -340,18 +335,13 @@ impl Executor {
         manifest: &bytes::Bytes,
         media_type: &str,
     ) -> Option<archfarm_shared::Digest> {
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            config: archfarm_shared::oci::Blob,
-            layers: Vec<archfarm_shared::oci::Blob>,
-        }
         // Pushed again, it is pushed as an OCI manifest: only one is remembered.
         if media_type != archfarm_shared::oci::OCI_MANIFEST {
             return None;
         }
-        let parsed: Manifest = serde_json::from_slice(manifest).ok()?;
-        let id = parsed.config.digest.clone();
-        let blobs = std::iter::once(parsed.config).chain(parsed.layers).collect();
+        let (config, layers) = archfarm_shared::oci::manifest_blobs(manifest).ok()?;
+        let id = config.digest.clone();
+        let blobs = std::iter::once(config).chain(layers).collect();
         self.images.insert(&id, manifest.clone(), blobs, &repo.name());
         Some(id)
     }

@@ -34,10 +34,21 @@ struct Pushed {
 #[derive(Debug, Clone, Default)]
 pub struct ImageCache(Arc<Mutex<HashMap<Digest, Pushed>>>, Arc<Mutex<HashMap<Digest, Digest>>>);
 
+/// Whether `spec` may be answered with an earlier build's image at all: not a job that must
+/// build, for `--no-cache`, `--pull` (the engine is to fetch its bases again), a registry cache
+/// of every stage to export (a result of its own, which a build not run would not write again),
+/// native tests (they need the image in the engine), or no registry to push to.
+pub fn may_reuse(spec: &JobSpec) -> bool {
+    !(spec.repository.is_empty()
+        || spec.no_cache
+        || spec.pull
+        || !spec.tests.is_empty()
+        || spec.test_target.is_some()
+        || spec.cache_to_max.is_some())
+}
+
 /// What decides the image a job builds: its context, its options, and every image its
-/// Dockerfile reads as resolved now (`pinned`). `None` for a job that must build: `--no-cache`,
-/// `--pull` (the engine is to fetch its bases again), a registry cache of every stage to export,
-/// or native tests (they need the image in the engine).
+/// Dockerfile reads as resolved now (`pinned`). `None` for a job that must build ([`may_reuse`]).
 pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> {
     // Every field is named: a new one must be sorted into "decides the image" or not here.
     let JobSpec {
@@ -49,20 +60,20 @@ pub fn build_key(spec: &JobSpec, pinned: &[(String, Digest)]) -> Option<Digest> 
         build_args,
         target,
         labels,
-        repository: _,
         attempt: _,
-        no_cache,
-        pull,
-        tests,
-        test_target,
-        cache_from,
-        inline_cache,
         provenance: _,
         read_scopes: _,
-        cache_to_max,
+        // These decide whether a job may be reused at all.
+        repository: _,
+        no_cache: _,
+        pull: _,
+        tests: _,
+        test_target: _,
+        cache_to_max: _,
+        cache_from,
+        inline_cache,
     } = spec;
-    // A cache export is a result of its own, which a build not run would not write again.
-    if *no_cache || *pull || !tests.is_empty() || test_target.is_some() || cache_to_max.is_some() {
+    if !may_reuse(spec) {
         return None;
     }
     let inputs = serde_json::json!({

@@ -63,6 +63,12 @@ impl ContentStore {
         self.dir.join(format!("sha256-{}.tar", digest.hex()))
     }
 
+    /// The digest a file of a store is named by ([`ContentStore::path`]'s inverse).
+    pub fn digest_of(path: &Path) -> Option<Digest> {
+        let hex = path.file_name()?.to_str()?.strip_prefix("sha256-")?.strip_suffix(".tar")?;
+        format!("sha256:{hex}").parse().ok()
+    }
+
     /// Whether the store holds `digest`.
     pub fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()

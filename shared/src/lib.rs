@@ -12,6 +12,7 @@
 //!   and writes; what every connection's code takes instead of raw streams.
 //! - [`content`]: sha256-addressed files (build contexts), written only once verified.
 //! - [`chunking`]: content-defined chunks of a context, so a re-upload sends what changed.
+//! - [`chunk_lists`]: the chunk list kept beside each stored context.
 //! - [`tls`]: rustls/quinn configuration for coordinator, agents and clients.
 //! - [`dial`]: resolving, binding and connecting to the coordinator within a deadline.
 //! - [`pki`]: the farm CA: creating it, issuing certificates, client tokens (rcgen).
@@ -28,6 +29,7 @@
 
 pub mod cache;
 pub mod capabilities;
+pub mod chunk_lists;
 pub mod chunking;
 pub mod clock;
 pub mod codec;

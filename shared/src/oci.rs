@@ -204,6 +204,18 @@ struct DescriptorShape {
     digest: String,
 }
 
+/// The config and layers a single-platform manifest (OCI or Docker schema 2) lists.
+pub fn manifest_blobs(bytes: &[u8]) -> Result<(Blob, Vec<Blob>), OciError> {
+    #[derive(Deserialize)]
+    struct Shape {
+        config: Blob,
+        #[serde(default)]
+        layers: Vec<Blob>,
+    }
+    let m: Shape = serde_json::from_slice(bytes).map_err(|source| OciError::Json { what: "image manifest", source })?;
+    Ok((m.config, m.layers))
+}
+
 /// The media type and config digest of a single-platform manifest (OCI or Docker schema 2).
 pub fn manifest_config(bytes: &[u8]) -> Result<(Option<String>, String), OciError> {
     let m: ManifestShape =

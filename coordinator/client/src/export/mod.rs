@@ -28,7 +28,6 @@ use archfarm_shared::protocol::PlatformResult;
 use archfarm_shared::reference::ImageRef;
 use archfarm_shared::registry::{self, RegistryClients};
 use archfarm_shared::{Digest, Platform};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -67,12 +66,6 @@ impl Images {
 
 fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
     dir.join(digest.as_str().replace(':', "-"))
-}
-
-#[derive(Deserialize)]
-struct ManifestShape {
-    config: Blob,
-    layers: Vec<Blob>,
 }
 
 /// Where the verified images are read from.
@@ -140,10 +133,8 @@ pub async fn fetch(source: &Source<'_>, platforms: &[PlatformResult], layers: bo
     for p in platforms {
         let bytes = source.document(&p.digest, dir.path(), true).await?;
         let media_type = oci::media_type_of(&bytes).unwrap_or_else(|| oci::OCI_MANIFEST.to_owned());
-        let shape: ManifestShape = serde_json::from_slice(&bytes).context("the image manifest")?;
-        let config = shape.config;
+        let (config, blobs) = oci::manifest_blobs(&bytes).context("the image manifest")?;
         source.document(&config.digest, dir.path(), false).await?;
-        let blobs = shape.layers;
         if layers {
             for layer in &blobs {
                 let path = blob_path(dir.path(), &layer.digest);
@@ -159,17 +150,17 @@ pub async fn fetch(source: &Source<'_>, platforms: &[PlatformResult], layers: bo
     let attestations: Vec<oci::Attestation> = platforms.iter().filter_map(|p| p.attestation.clone()).collect();
     for a in &attestations {
         let bytes = source.document(&a.manifest.digest, dir.path(), true).await?;
-        let shape: ManifestShape = serde_json::from_slice(&bytes).context("an attestation manifest")?;
-        source.document(&shape.config.digest, dir.path(), false).await?;
-        for layer in &shape.layers {
+        let (config, layers) = oci::manifest_blobs(&bytes).context("an attestation manifest")?;
+        source.document(&config.digest, dir.path(), false).await?;
+        for layer in &layers {
             let path = blob_path(dir.path(), &layer.digest);
             if !path.exists() {
                 source.blob(&layer.digest, Some(layer.size), &path).await?;
             }
         }
         attestation_blobs.push(a.manifest.digest.clone());
-        attestation_blobs.push(shape.config.digest);
-        attestation_blobs.extend(shape.layers.into_iter().map(|l| l.digest));
+        attestation_blobs.push(config.digest);
+        attestation_blobs.extend(layers.into_iter().map(|l| l.digest));
     }
     let children: Vec<Child> =
         images.iter().map(|i| Child { platform: i.platform.clone(), manifest: i.manifest.clone() }).collect();

@@ -7,7 +7,6 @@
 //! - this file: [`Contexts`], what the coordinator holds of contexts.
 //! - [`receive`]: receiving a context, whole or as chunks, checked as it is written.
 //! - [`chunks`]: where the chunks of stored contexts lie, for re-uploads.
-//! - [`lists`]: each stored context's chunk list, offered to an agent that fetches it.
 //! - [`uploads`]: how many uploads run at once, per client and in all.
 //! - [`handlers`]: the client's `HasContext`, `UploadContext` and `UploadChunked`.
 //! - [`agent`]: an agent fetching the context of a job it runs.
@@ -15,17 +14,16 @@
 pub mod agent;
 pub mod chunks;
 pub mod handlers;
-pub mod lists;
 pub mod receive;
 pub mod uploads;
 
 use super::access::Principal;
 use super::store::Store;
 use anyhow::Context as _;
+use archfarm_shared::chunk_lists::ChunkLists;
 use archfarm_shared::content::ContentStore;
 use archfarm_shared::Digest;
 use chunks::ChunkStore;
-use lists::ChunkLists;
 use std::path::Path;
 use uploads::Uploads;
 

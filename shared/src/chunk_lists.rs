@@ -1,12 +1,13 @@
-//! The chunk list of each stored context, kept beside it (`data_dir/chunk-lists/<hex>`, in the
-//! raw form [`archfarm_shared::chunking::encode_list`] writes), so that an agent fetching a
-//! context is offered its chunks and takes only those it lacks. A context uploaded chunked has
-//! its list from the upload, checked chunk by chunk; one stored otherwise is cut when an agent
-//! first asks for it, and the list kept.
+//! The chunk list of each context in a [`ContentStore`], kept in a folder beside it (a file per
+//! context, named by its digest's hex, in the raw form [`chunking::encode_list`] writes). The
+//! coordinator offers a context's list to an agent that fetches it (`data_dir/chunk-lists`); an
+//! agent finds there which chunks the contexts it holds have (`cache_dir/lists`), and takes only
+//! the others. A context uploaded chunked has its list from the upload, checked chunk by chunk;
+//! one stored otherwise is cut when first asked for, and the list kept.
 
-use archfarm_shared::chunking::{self, Chunk};
-use archfarm_shared::content::ContentStore;
-use archfarm_shared::Digest;
+use crate::chunking::{self, Chunk};
+use crate::content::ContentStore;
+use crate::Digest;
 use std::path::{Path, PathBuf};
 
 /// The chunk lists of stored contexts.
@@ -33,12 +34,30 @@ impl ChunkLists {
         std::fs::rename(&tmp, self.path(digest))
     }
 
+    /// The list kept for `digest`, if one is and it reads.
+    pub fn load(&self, digest: &Digest) -> Option<Vec<Chunk>> {
+        std::fs::read(self.path(digest)).ok().and_then(|b| chunking::decode_list(&b).ok())
+    }
+
+    /// The digests lists are kept for.
+    pub fn digests(&self) -> Vec<Digest> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
+        entries.flatten().filter_map(|e| format!("sha256:{}", e.file_name().to_str()?).parse().ok()).collect()
+    }
+
+    /// Removes every list.
+    pub fn clear(&self) {
+        for digest in self.digests() {
+            let _ = std::fs::remove_file(self.path(&digest));
+        }
+    }
+
     /// The list of stored context `digest`: the one kept, or cut from the stored file now (and
     /// kept). A kept list that does not add up to the file's size is cut again.
     pub fn of(&self, files: &ContentStore, digest: &Digest) -> std::io::Result<Vec<Chunk>> {
         let file = files.path(digest);
         let size = std::fs::metadata(&file)?.len();
-        let kept = std::fs::read(self.path(digest)).ok().and_then(|b| chunking::decode_list(&b).ok());
+        let kept = self.load(digest);
         if let Some(list) = kept.filter(|l| l.iter().map(|c| u64::from(c.size)).sum::<u64>() == size) {
             return Ok(list);
         }
