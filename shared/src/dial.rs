@@ -285,4 +285,36 @@ mod tests {
             format!(r#"no connection to the coordinator at {address} as "127.0.0.1" within 0.3 s"#)
         );
     }
+
+    /// On loopback (MTU 64 KiB) a bulk transfer finds the largest datagram allowed and keeps it:
+    /// no datagram of a segmented send is refused by the kernel (which counted as loss, and put
+    /// the path back to 1200 bytes), and the bytes arrive whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_transfer_on_loopback_uses_the_largest_datagrams() {
+        let (ca, server) = farm();
+        let port = server.local_addr().unwrap().port();
+        const SIZE: usize = 32 << 20;
+        let receive = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let got = recv.read_to_end(SIZE + 1).await.unwrap();
+            send.write_all(&(got.len() as u64).to_be_bytes()).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await;
+            got.iter().map(|b| *b as u64).sum::<u64>()
+        });
+        let (_endpoint, conn) = dial(&format!("127.0.0.1:{port}"), None, client(&ca), DEADLINE).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let bytes: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let len = recv.read_to_end(8).await.unwrap();
+        assert_eq!(u64::from_be_bytes(len.try_into().unwrap()), SIZE as u64);
+        let stats = conn.stats();
+        conn.close(0u32.into(), b"done");
+        assert_eq!(receive.await.unwrap(), bytes.iter().map(|b| *b as u64).sum::<u64>());
+        assert_eq!(stats.path.black_holes_detected, 0, "{stats:?}");
+        assert_eq!(stats.path.current_mtu, tls::MAX_UDP_PAYLOAD, "{stats:?}");
+        assert!(stats.udp_tx.datagrams < (SIZE / 4000) as u64, "{} datagrams for 32 MiB", stats.udp_tx.datagrams);
+    }
 }
