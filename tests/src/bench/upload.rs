@@ -101,7 +101,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         rt.block_on(upload(&conn, &packed, false))?;
         let q = started.elapsed().as_secs_f64();
         let stats = conn.stats();
-        let (packets, lost) = (stats.udp_tx.datagrams, stats.path.lost_packets);
+        let (packets, lost, mtu) = (stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.current_mtu);
         rt.block_on(conn.close());
         let durable = tcp_copy(packed.file.path(), farm.dir.path(), true)?;
         let plain = tcp_copy(packed.file.path(), farm.dir.path(), false)?;
@@ -121,7 +121,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         rt.block_on(conn.close());
         let mb = size as f64 / (1 << 20) as f64;
         eprintln!(
-            "bench: P4 run {run}: upload {:.0} MiB/s ({packets} datagrams, {lost} lost), TCP copy {:.0} MiB/s (no \
+            "bench: P4 run {run}: upload {:.0} MiB/s ({packets} datagrams of up to {mtu} bytes, {lost} lost), TCP copy {:.0} MiB/s (no \
              fsync {:.0}); re-upload {} bytes on the wire",
             mb / q,
             mb / durable,
