@@ -4,8 +4,9 @@
 //! ([`ContentStore::verified`]; a handed-over image blob is checked by the client that fetches it).
 //!
 //! A file is not flushed to disk before it is used: forcing 100 MiB out took 0.35 s of every
-//! context's upload and fetch, measured. A durable store flushes it in the background after it
-//! appears; a volatile one (the agents' cache) leaves it to the kernel. After a power loss a file
+//! context's upload and fetch, measured. A durable store (handed-over image blobs) flushes it in
+//! the background after it appears; a volatile one (build contexts, on the coordinator and in the
+//! agents' caches) leaves it to the kernel. After a power loss a file
 //! may hold other bytes than its name says; the next process hashes it before its first use and
 //! drops it if so, so the worst case is a context to upload or fetch again.
 
@@ -42,8 +43,8 @@ impl ContentStore {
         Ok(ContentStore { dir: dir.to_owned(), max_bytes, images: false, durable: true, verified: Arc::default() })
     }
 
-    /// The same store, whose new files are never flushed to disk by it: a cache, whose files can
-    /// be fetched again.
+    /// The same store, whose new files are never flushed to disk by it: files that can be sent
+    /// or fetched again.
     pub fn volatile(self) -> Self {
         ContentStore { durable: false, ..self }
     }
