@@ -271,9 +271,22 @@ impl ContentStore {
 
     /// Copies a stored file to `w`.
     pub async fn send<W: AsyncWrite + Unpin>(&self, digest: &Digest, w: &mut W) -> std::io::Result<u64> {
-        let mut file = tokio::fs::File::open(self.path(digest)).await?;
-        tokio::io::copy(&mut file, w).await
+        copy_from_disk(tokio::fs::File::open(self.path(digest)).await?, w).await
     }
+}
+
+/// Buffer each read from disk fills in [`copy_from_disk`].
+const DISK_READ: usize = 1 << 20;
+
+/// Copies `r` (a file, or what reads one) to `w` in reads of 1 MiB. `tokio::io::copy` reads
+/// 8 KiB at a time, and each read of a `tokio::fs::File` is a trip to the blocking pool: sending
+/// a 100 MiB context took 12,800 of them, and ran at 130 MiB/s on a link that carries 250.
+pub async fn copy_from_disk<R, W>(r: R, w: &mut W) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_buf(&mut tokio::io::BufReader::with_capacity(DISK_READ, r), w).await
 }
 
 #[cfg(test)]

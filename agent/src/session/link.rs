@@ -110,7 +110,9 @@ impl CoordinatorLink for QuicLink {
             let mut stream = QuicStream::open(&self.conn, self.max_frame).await.map_err(|e| tls::explain(&e))?;
             let head = AgentMessage::StoreBlob { digest: digest.clone(), size, job: self.job.clone() };
             stream.write(&head).await.map_err(|e| e.to_string())?;
-            tokio::io::copy(bytes, stream.writer()).await.map_err(|e| format!("sending {digest}: {e}"))?;
+            archfarm_shared::content::copy_from_disk(bytes, stream.writer())
+                .await
+                .map_err(|e| format!("sending {digest}: {e}"))?;
             stream.finish().await;
             match stream.expect::<CoordinatorMessage>().await {
                 Ok(CoordinatorMessage::BlobStored) => Ok(()),

@@ -6,6 +6,7 @@
 
 use super::Contexts;
 use archfarm_shared::chunking::{self, Chunk};
+use archfarm_shared::content;
 use archfarm_shared::protocol::CoordinatorMessage;
 use archfarm_shared::stream::QuicStream;
 use archfarm_shared::Digest;
@@ -119,7 +120,7 @@ async fn send_wanted(
         let len = u64::from(chunk.size);
         if *want {
             file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
-            let copied = tokio::io::copy(&mut (&mut file).take(len), stream.writer()).await.map_err(io)?;
+            let copied = content::copy_from_disk((&mut file).take(len), stream.writer()).await.map_err(io)?;
             if copied != len {
                 return Err(format!("the stored context ended inside a chunk at {offset}"));
             }
