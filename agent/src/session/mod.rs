@@ -62,8 +62,9 @@ pub struct Agent<R: Runner = Executor> {
 fn identity(config: &AgentConfig) -> anyhow::Result<(quinn::ClientConfig, archfarm_shared::AgentName)> {
     let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
     let (ca, cert, key) = (read(&config.tls.ca_cert)?, read(&config.tls.cert)?, read(&config.tls.key)?);
-    let client = tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, tls::Transport::default())
-        .context("invalid agent TLS material")?;
+    let transport = tls::Transport { connection_window: Some(tls::AGENT_RECEIVE_WINDOW), ..tls::Transport::default() };
+    let client =
+        tls::client_config(&ca, Some((&cert, &key)), ALPN_AGENT, transport).context("invalid agent TLS material")?;
     let own = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
         .map_err(|_| anyhow::anyhow!("{}: no PEM certificate", config.tls.cert.display()))?;
     let name: archfarm_shared::AgentName =

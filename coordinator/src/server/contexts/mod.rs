@@ -49,9 +49,8 @@ impl Contexts {
         // damaged is found by its hash before use. A flush of 100 MiB took 0.35 s, and even in
         // the background it held the state database's next commit (ext4 commits its journal
         // behind the data it is writing out): 0.2 s of every build that uploaded a context.
-        let files = ContentStore::open(&dir, max_bytes)
-            .with_context(|| format!("cannot create {}", dir.display()))?
-            .volatile();
+        let files =
+            ContentStore::open(&dir, max_bytes).with_context(|| format!("cannot create {}", dir.display()))?.volatile();
         let dir = data_dir.join("chunks");
         let chunks = ChunkStore::open(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = data_dir.join("chunk-lists");
