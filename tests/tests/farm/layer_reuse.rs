@@ -127,6 +127,34 @@ fn a_rebuild_uploads_only_its_new_layer_and_another_repository_mounts_the_rest()
     assert!(layers(&third)[0] == new[0]);
 }
 
+/// A context holding the same file twice: the chunks inside it repeat, and are sent once.
+/// Before, the coordinator looked for the repeats among its stored chunks, found none, and
+/// refused every upload of such a context.
+#[test]
+fn a_context_holding_the_same_file_twice_sends_its_chunks_once_and_builds() {
+    let mut farm = Farm::start(&[AgentSpec::amd64()]);
+    let ctx = context("FROM scratch\nCOPY bin/amd64/busybox /bin/busybox\nCOPY a.bin b.bin /\n");
+    let mut file = vec![0u8; 12 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut file);
+    std::fs::write(ctx.path().join("a.bin"), &file).unwrap();
+    std::fs::write(ctx.path().join("b.bin"), &file).unwrap();
+    let image = format!("{}:twice", farm.repo("team/twice"));
+    let out = farm.build("linux/amd64", &[&image], ctx.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The client's account: "N of SIZE bytes sent": the second copy's inner chunks stayed home.
+    let said = text(&out);
+    let line = said.lines().find(|l| l.contains(" bytes sent (")).unwrap_or_else(|| panic!("{said}"));
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let (sent, size) = (numbers[0], numbers[1]);
+    assert!(sent + (8 << 20) <= size, "sent {sent} of {size}: {line}");
+    let child = child(&image);
+    let repo = farm.repo("team/twice");
+    for name in ["a.bin", "b.bin"] {
+        let got = skopeo::file_from_image(&format!("{repo}@{child}"), name).unwrap();
+        assert!(got == file, "{name} in the image is not the file");
+    }
+}
+
 /// Whether the registry's log holds a successful mount of `digest` into `repo` from another.
 fn mounted(log: &str, repo: &str, digest: &str) -> bool {
     mounted_from(log, repo, digest, "team%2F")

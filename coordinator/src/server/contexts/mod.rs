@@ -6,12 +6,14 @@
 //! # Layout
 //! - this file: [`Contexts`], what the coordinator holds of contexts.
 //! - [`receive`]: receiving a context, whole or as chunks, checked as it is written.
+//! - `assembly`: a chunked upload's tarball put together from sent and stored chunks.
 //! - [`chunks`]: where the chunks of stored contexts lie, for re-uploads.
 //! - [`uploads`]: how many uploads run at once, per client and in all.
 //! - [`handlers`]: the client's `HasContext`, `UploadContext` and `UploadChunked`.
 //! - [`agent`]: an agent fetching the context of a job it runs.
 
 pub mod agent;
+mod assembly;
 pub mod chunks;
 pub mod handlers;
 pub mod receive;

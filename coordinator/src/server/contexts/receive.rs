@@ -1,10 +1,11 @@
 //! Receiving a build context as content-defined chunks: the client names every chunk, the
-//! coordinator asks only for those it lacks, and rebuilds the whole tarball in one pass that
-//! checks each chunk's digest, the whole digest and what the tarball holds, while it is written.
-//! Stored chunks ([`ChunkStore`]) are read back instead of sent again. Chunks are hashed as they
+//! coordinator asks only for those it lacks, and rebuilds the whole tarball ([`Assembly`]) in one
+//! pass that checks the whole digest and what the tarball holds, while it is written. Stored
+//! chunks ([`ChunkStore`]) are read back instead of sent again. Chunks are hashed as they
 //! arrive, beside the thread that writes the tarball. A context sent whole (`UploadContext`) is
 //! stored, then checked the same way.
 
+use super::assembly::Assembly;
 use super::chunks::ChunkStore;
 use super::Contexts;
 use archfarm_shared::chunking::Chunk;
@@ -14,7 +15,6 @@ use archfarm_shared::{tarball, Digest};
 use bytes::{Bytes, BytesMut};
 use sha2::Digest as _;
 use std::collections::{HashSet, VecDeque};
-use std::io::{Read, Write};
 use std::path::Path;
 use tokio::sync::mpsc;
 
@@ -91,7 +91,7 @@ pub async fn receive_whole(
 }
 
 /// Indexes of the chunks to ask for: those the store lacks, each digest once.
-fn wanted(store: &ChunkStore, chunks: &[Chunk]) -> (Vec<u32>, Vec<bool>) {
+pub(super) fn wanted(store: &ChunkStore, chunks: &[Chunk]) -> (Vec<u32>, Vec<bool>) {
     let mut seen = HashSet::new();
     let mut from_client = vec![false; chunks.len()];
     let mut want = Vec::new();
@@ -207,117 +207,6 @@ async fn read_chunk(stream: &mut QuicStream, i: u32, len: usize, received: u64) 
     Ok(buf.freeze())
 }
 
-/// The tarball, rebuilt chunk by chunk, read by the tar checker: every byte it reads is also
-/// hashed and written to the stored file.
-struct Assembly {
-    chunks: Vec<Chunk>,
-    from_client: Vec<bool>,
-    next: usize,
-    current: Bytes,
-    pos: usize,
-    rx: mpsc::Receiver<Bytes>,
-    store: ChunkStore,
-    whole: sha2::Sha256,
-    out: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-fn io_err(message: String) -> std::io::Error {
-    std::io::Error::other(message)
-}
-
-impl Assembly {
-    /// Rebuilds `chunks`: those marked `from_client` arrive on `rx`, the others are read from `store`.
-    fn new(chunks: Vec<Chunk>, from_client: Vec<bool>, rx: mpsc::Receiver<Bytes>, store: ChunkStore) -> Self {
-        Assembly {
-            chunks,
-            from_client,
-            next: 0,
-            current: Bytes::new(),
-            pos: 0,
-            rx,
-            store,
-            whole: sha2::Sha256::new(),
-            out: None,
-        }
-    }
-
-    fn load(&mut self) -> std::io::Result<()> {
-        let i = self.next;
-        let chunk = &self.chunks[i];
-        let bytes = if self.from_client[i] {
-            // Hashed and checked against its digest as it arrived.
-            self.rx.blocking_recv().ok_or_else(|| io_err(format!("chunk {i} never arrived")))?
-        } else {
-            match self.store.read(chunk).filter(|b| sha256(b) == chunk.digest) {
-                Some(bytes) => bytes,
-                None => {
-                    self.store.forget(&chunk.digest);
-                    return Err(io_err(format!(
-                        "a stored chunk ({}) was pruned or damaged and is forgotten; run the build again to send it",
-                        chunk.digest
-                    )));
-                }
-            }
-        };
-        self.whole.update(&bytes);
-        if let Some(out) = &mut self.out {
-            out.write_all(&bytes)?;
-        }
-        self.current = bytes;
-        self.pos = 0;
-        self.next += 1;
-        Ok(())
-    }
-
-    /// Writes the tarball to a temporary file beside `target`, checks it and moves it into place.
-    fn run(mut self, target: &Path, digest: &Digest, size: u64) -> Result<u64, String> {
-        let tmp = target.with_file_name(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
-        let result = (|| {
-            let io = |e: std::io::Error| format!("cannot store {digest}: {e}");
-            self.out = Some(std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?));
-            tarball::check(&mut self)?;
-            // The checker stops at the archive's end marker; the padding after it counts too.
-            std::io::copy(&mut self, &mut std::io::sink()).map_err(|e| e.to_string())?;
-            let got = Digest::from_sha256(std::mem::take(&mut self.whole).finalize().into());
-            if &got != digest {
-                return Err(format!("transfer corrupt: announced {digest}, the chunks make {got}"));
-            }
-            // Flushed to disk in the background once in place ([`ContentStore::stored`]).
-            let file = self.out.take().expect("set above").into_inner().map_err(|e| io(e.into_error()))?;
-            drop(file);
-            std::fs::rename(&tmp, target).map_err(io)?;
-            // Only now can the new chunks be found again: in the stored context.
-            let mut offset = 0u64;
-            for (c, new) in self.chunks.iter().zip(&self.from_client) {
-                if *new {
-                    self.store.remember(&c.digest, target, offset).map_err(io)?;
-                }
-                offset += u64::from(c.size);
-            }
-            Ok(size)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-}
-
-impl Read for Assembly {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
-            if self.next == self.chunks.len() {
-                return Ok(0);
-            }
-            self.load()?;
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,75 +246,5 @@ mod tests {
         let (want, from_client) = wanted(&store, &[a.clone(), b.clone(), b.clone(), a]);
         assert_eq!(want, [1]);
         assert_eq!(from_client, [false, true, false, false], "the repeat of b is read back from the store");
-    }
-
-    fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut t = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_old();
-            // Written raw: the tar crate itself refuses to write a hostile name.
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            t.append(&h, *data).unwrap();
-        }
-        t.into_inner().unwrap()
-    }
-
-    fn assemble(data: &[u8], store: &ChunkStore, target: &Path) -> Result<u64, String> {
-        let chunks = chunks_of(data);
-        let (want, from_client) = wanted(store, &chunks);
-        let (tx, rx) = mpsc::channel(chunks.len().max(1));
-        let mut offset = 0;
-        for (i, c) in chunks.iter().enumerate() {
-            if want.contains(&(i as u32)) {
-                tx.try_send(Bytes::copy_from_slice(&data[offset..offset + c.size as usize])).unwrap();
-            }
-            offset += c.size as usize;
-        }
-        drop(tx);
-        let a = Assembly::new(chunks.clone(), from_client, rx, store.clone());
-        a.run(target, &Digest::of(data), data.len() as u64)
-    }
-
-    #[test]
-    fn assembles_checks_and_stores_from_chunks_old_and_new() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
-        let big: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let data = tarball(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
-        let target = dir.path().join("ctx.tar");
-        assert_eq!(assemble(&data, &store, &target).unwrap(), data.len() as u64);
-        assert_eq!(std::fs::read(&target).unwrap(), data);
-        // The chunks are found again in the stored context, not copied.
-        assert!(chunks_of(&data).iter().all(|c| store.contains(&c.digest)));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the context and the chunk references");
-        // A context changed behind the store's back: its chunk is forgotten and asked for again.
-        let other = dir.path().join("other.tar");
-        let victim = chunks_of(&data)[0].clone();
-        let mut rotten = data.clone();
-        rotten[100] ^= 0xff;
-        std::fs::write(&target, &rotten).unwrap();
-        let err = assemble(&data, &store, &other).unwrap_err();
-        assert!(err.contains("pruned or damaged and is forgotten"), "{err}");
-        assert!(!store.contains(&victim.digest) && !other.exists());
-        // A pruned context: its chunks are no longer offered.
-        std::fs::remove_file(&target).unwrap();
-        assert!(!chunks_of(&data).iter().any(|c| store.contains(&c.digest)));
-        assert!(assemble(&data, &store, &other).is_ok());
-        assert_eq!(std::fs::read(&other).unwrap(), data);
-    }
-
-    #[test]
-    fn a_hostile_tarball_is_refused_and_nothing_is_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
-        let evil = tarball(&[("../../etc/passwd", b"x")]);
-        let target = dir.path().join("ctx.tar");
-        let err = assemble(&evil, &store, &target).unwrap_err();
-        assert!(err.contains("build context refused"), "{err}");
-        assert!(!target.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial file is left");
     }
 }

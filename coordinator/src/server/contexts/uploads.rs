@@ -1,7 +1,8 @@
 //! How many context uploads run at once: per client token and in all. Each upload holds a
 //! permit for its whole life; one over either limit waits its turn (an upload waiting holds no
 //! thread, only its stream), for at most [`QUEUE_WAIT`]. With at most [`TOTAL`] uploads
-//! running, at most that many threads of the blocking pool ever wait on a client's next chunk.
+//! running, at most that many threads of the blocking pool ever wait on a client's next chunk
+//! (and as many hash what those put together).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
