@@ -6,14 +6,14 @@
 //! size: past it the contexts used least recently are deleted, never one used in the last
 //! [`IN_USE`] (a build may still be reading it).
 
-use crate::link::{ContextDownload, CoordinatorLink, FetchError};
+use crate::link::{CoordinatorLink, FetchError};
 use archfarm_shared::chunk_lists::ChunkLists;
-use archfarm_shared::content::{ContentStore, RECEIVE_IDLE};
+use archfarm_shared::content::{ContentStore, Unstored, Written, RECEIVE_IDLE};
 use archfarm_shared::Digest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 /// A context used this recently may belong to a running build, and is never evicted.
@@ -97,26 +97,46 @@ impl ContextCache {
         let chunks = download.chunks.clone();
         let sent: u64 = chunks.iter().zip(&download.sent).filter(|(_, s)| **s).map(|(c, _)| u64::from(c.size)).sum();
         let size = download.size;
-        let (mut pipe_in, mut pipe_out) = tokio::io::duplex(PIECE);
-        // Each side owns its end: when one stops, the other sees it (an end of file, or a write
-        // that fails) and stops too, and the store removes what it had received.
-        let produce = async move { assemble(download, index, &mut pipe_in).await };
-        // The store checks the whole digest as the bytes arrive: neither the link's bytes nor
-        // the kept chunks are trusted before that.
-        let receive = async move { self.store.receive(digest, size, &mut pipe_out).await };
-        let fetched = match tokio::join!(produce, receive) {
-            (Ok(()), Ok(fetched)) => fetched,
-            // Where the bytes came from failed; the store saw them end early.
-            (Err(Stopped::Source(e)), _) => return Err((FetchError::Failed(e), sources)),
-            // The store stopped reading: a full disk, say (nothing a whole fetch mends), or bytes
-            // that do not make the digest (a kept chunk that changed on disk).
-            (_, Err(e)) => {
+        // Where each chunk comes from: the link's bytes (None), or a kept context.
+        let mut plan = Vec::with_capacity(chunks.len());
+        for (chunk, sent) in chunks.iter().zip(&download.sent) {
+            plan.push(match *sent {
+                true => None,
+                false => Some(
+                    index
+                        .get(&chunk.digest)
+                        .cloned()
+                        .ok_or_else(|| (FetchError::Failed("a chunk no kept context holds".into()), sources.clone()))?,
+                ),
+            });
+        }
+        let sent_sizes: Vec<u32> =
+            chunks.iter().zip(&download.sent).filter(|(_, s)| **s).map(|(c, _)| c.size).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(PIECES_AHEAD);
+        // The file is written on one thread of the blocking pool, which reads the kept chunks
+        // itself; the link's bytes reach it through `tx`. The store checks the whole digest as
+        // it writes: neither the link's bytes nor the kept chunks are trusted before that.
+        let writer = {
+            let (store, digest, sizes) =
+                (self.store.clone(), digest.clone(), chunks.iter().map(|c| c.size).collect::<Vec<u32>>());
+            tokio::task::spawn_blocking(move || {
+                store.receive_written(&digest, size, |out| put_together(&sizes, &plan, rx, out))
+            })
+        };
+        let read = read_sent(download.bytes, &sent_sizes, size, tx);
+        let fetched = match tokio::join!(read, writer) {
+            (_, Ok(Ok(fetched))) => fetched,
+            // Where the bytes came from failed: the link, or a kept chunk.
+            (Err(Stopped::Source(e)), _) | (_, Ok(Err(Unstored::Source(e)))) => {
+                return Err((FetchError::Failed(e), sources))
+            }
+            // The store stopped: a full disk, say (nothing a whole fetch mends), or bytes that
+            // do not make the digest (a kept chunk that changed on disk).
+            (_, Ok(Err(Unstored::Store(e)))) => {
                 let mended = sources.filter(|_| e.contains("corrupt"));
                 return Err((FetchError::Failed(e), mended));
             }
-            (Err(Stopped::Sink), Ok(_)) => {
-                return Err((FetchError::Failed("the context store stopped reading".into()), None))
-            }
+            (_, Err(e)) => return Err((FetchError::Failed(format!("putting the context together: {e}")), None)),
         };
         info!(context = %digest, bytes = size, sent, held = size - sent, "fetched build context");
         if let Err(e) = self.lists.save(digest, &chunks) {
@@ -176,75 +196,91 @@ impl ContextCache {
     }
 }
 
-/// Why putting a context together stopped.
+/// Why reading the link's bytes stopped.
 enum Stopped {
-    /// The link's bytes or a kept chunk could not be read.
+    /// They could not be read.
     Source(String),
-    /// Writing failed: the store stopped reading, and says why.
+    /// The writer stopped taking them; it says why.
     Sink,
 }
 
-/// Bytes moved at a time while a context is put together: one buffer, reused, so a fetch holds
-/// the same memory whatever its chunks' sizes (a buffer per chunk left the allocator holding
-/// tens of MiB after a 100 MiB fetch, measured).
-const PIECE: usize = 256 << 10;
+/// Bytes moved at a time while a context is put together, and pieces of the link's bytes that
+/// may wait for the writer: a fetch holds about 6 MiB whatever its chunks' sizes (a buffer per
+/// chunk left the allocator holding tens of MiB after a 100 MiB fetch, measured).
+const PIECE: usize = 1 << 20;
+const PIECES_AHEAD: usize = 4;
 
-/// Writes the context to `out`, chunk by chunk: those sent from the link's bytes, the others
-/// read from the kept context `index` names.
-async fn assemble(
-    mut download: ContextDownload,
-    index: &ChunkIndex,
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+/// Reads the bytes of the chunks sent (of `sizes`, in order) from the link, in pieces that never
+/// cross a chunk's end, and hands them to the writer.
+async fn read_sent(
+    mut bytes: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    sizes: &[u32],
+    size: u64,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<(), Stopped> {
-    use Stopped::Source;
-    let mut buf = vec![0u8; PIECE];
     let mut at = 0u64;
-    for (chunk, sent) in download.chunks.iter().zip(&download.sent) {
-        let kept = if *sent {
-            None
-        } else {
-            let found = index.get(&chunk.digest).cloned();
-            let (file, offset) = found.ok_or_else(|| Source("a chunk no kept context holds".into()))?;
-            let file = std::fs::File::open(&file).map_err(|e| Source(format!("reading a kept chunk: {e}")))?;
-            Some((std::sync::Arc::new(file), offset))
-        };
-        let mut left = chunk.size as usize;
+    for &chunk in sizes {
+        let mut left = chunk as usize;
         while left > 0 {
-            let n = left.min(PIECE);
-            buf = match &kept {
-                None => {
-                    let read = tokio::time::timeout(RECEIVE_IDLE, download.bytes.read_exact(&mut buf[..n])).await;
-                    let size = download.size;
-                    match read {
-                        Ok(Ok(_)) => buf,
-                        Ok(Err(e)) => {
-                            return Err(Source(format!("the context's bytes ended or broke at {at} of {size}: {e}")))
-                        }
-                        Err(_) => {
-                            return Err(Source(format!(
-                                "the context's bytes stalled at {at} of {size}: nothing for {} s",
-                                RECEIVE_IDLE.as_secs()
-                            )))
-                        }
-                    }
+            let mut piece = vec![0u8; left.min(PIECE)];
+            match tokio::time::timeout(RECEIVE_IDLE, bytes.read_exact(&mut piece)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(Stopped::Source(format!("the context's bytes ended or broke at {at} of {size}: {e}")))
                 }
-                Some((file, offset)) => {
-                    let (file, from) = (file.clone(), offset + (chunk.size as usize - left) as u64);
-                    tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
-                        file.read_exact_at(&mut buf[..n], from).map(|()| buf)
-                    })
-                    .await
-                    .map_err(|e| Source(e.to_string()))?
-                    .map_err(|e| Source(format!("reading a kept chunk: {e}")))?
+                Err(_) => {
+                    return Err(Stopped::Source(format!(
+                        "the context's bytes stalled at {at} of {size}: nothing for {} s",
+                        RECEIVE_IDLE.as_secs()
+                    )))
                 }
-            };
-            out.write_all(&buf[..n]).await.map_err(|_| Stopped::Sink)?;
-            left -= n;
-            at += n as u64;
+            }
+            left -= piece.len();
+            at += piece.len() as u64;
+            tx.send(piece.into()).await.map_err(|_| Stopped::Sink)?;
         }
     }
-    out.shutdown().await.map_err(|_| Stopped::Sink)
+    Ok(())
+}
+
+/// Writes the context to `out`, chunk by chunk (of `sizes`): those `plan` marks `None` from the
+/// link's pieces on `rx`, the others read from the kept context it names.
+fn put_together(
+    sizes: &[u32],
+    plan: &[Option<(PathBuf, u64)>],
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    out: &mut Written,
+) -> Result<(), Unstored> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; PIECE];
+    let mut open: Option<(PathBuf, std::fs::File)> = None;
+    let kept = |e: std::io::Error| Unstored::Source(format!("reading a kept chunk: {e}"));
+    for (&size, from) in sizes.iter().zip(plan) {
+        let mut left = size as usize;
+        match from {
+            None => {
+                while left > 0 {
+                    let piece =
+                        rx.blocking_recv().ok_or_else(|| Unstored::Source("the context's bytes stopped".into()))?;
+                    out.put(&piece)?;
+                    left = left.saturating_sub(piece.len());
+                }
+            }
+            Some((path, offset)) => {
+                if open.as_ref().is_none_or(|(p, _)| p != path) {
+                    open = Some((path.clone(), std::fs::File::open(path).map_err(kept)?));
+                }
+                let file = &open.as_ref().expect("opened above").1;
+                while left > 0 {
+                    let n = left.min(PIECE);
+                    file.read_exact_at(&mut buf[..n], offset + (size as usize - left) as u64).map_err(kept)?;
+                    out.put(&buf[..n])?;
+                    left -= n;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Marks a context as used now.

@@ -167,20 +167,8 @@ impl ContentStore {
         R: AsyncRead + Unpin,
         C: FnOnce(&Path) -> Result<(), String> + Send + 'static,
     {
-        if size > self.max_bytes && self.images {
-            return Err(format!(
-                "an image blob of {size} bytes exceeds the limit of {} bytes (max_context_bytes)",
-                self.max_bytes
-            ));
-        }
-        if size > self.max_bytes {
-            return Err(format!(
-                "build context of {size} bytes exceeds the limit of {} bytes; exclude files with .dockerignore \
-                 or raise max_context_bytes",
-                self.max_bytes
-            ));
-        }
-        let tmp = self.dir.join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()));
+        self.admits(size)?;
+        let tmp = self.partial(digest);
         let result = async {
             let io = |e: std::io::Error| format!("cannot store {digest}: {e}");
             let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -218,6 +206,68 @@ impl ContentStore {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         result
+    }
+
+    /// Refuses a file over the store's limit.
+    fn admits(&self, size: u64) -> Result<(), String> {
+        if size > self.max_bytes && self.images {
+            return Err(format!(
+                "an image blob of {size} bytes exceeds the limit of {} bytes (max_context_bytes)",
+                self.max_bytes
+            ));
+        }
+        if size > self.max_bytes {
+            return Err(format!(
+                "build context of {size} bytes exceeds the limit of {} bytes; exclude files with .dockerignore \
+                 or raise max_context_bytes",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new temporary name for a file of `digest` being received.
+    fn partial(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!(".partial-{}-{:x}", digest.hex(), rand::random::<u32>()))
+    }
+
+    /// Stores the `size` bytes `write` puts out, which must hash to `digest`, on the calling
+    /// thread (a thread of the blocking pool): for a caller that puts a file together from pieces
+    /// it reads itself, without a trip to the pool per piece. Nothing is kept unless the bytes
+    /// match. `write`'s own errors come back as it made them.
+    pub fn receive_written<F>(&self, digest: &Digest, size: u64, write: F) -> Result<PathBuf, Unstored>
+    where
+        F: FnOnce(&mut Written) -> Result<(), Unstored>,
+    {
+        self.admits(size).map_err(Unstored::Store)?;
+        let tmp = self.partial(digest);
+        let result = (|| {
+            let io = |e: std::io::Error| Unstored::Store(format!("cannot store {digest}: {e}"));
+            let file = std::fs::File::create(&tmp).map_err(io)?;
+            let mut out = Written { file, hasher: sha2::Sha256::new(), count: 0 };
+            write(&mut out)?;
+            if out.count != size {
+                return Err(Unstored::Store(format!("{digest} was put together from {} of {size} bytes", out.count)));
+            }
+            let got = Digest::from_sha256(out.hasher.finalize().into());
+            if &got != digest {
+                return Err(Unstored::Store(format!("transfer corrupt: announced {digest}, received {got}")));
+            }
+            drop(out.file);
+            let path = self.path(digest);
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(path)
+        })();
+        match result {
+            Ok(path) => {
+                self.stored(digest);
+                Ok(path)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Deletes the files not used since `before` (by modification time) unless `keep` says
@@ -275,6 +325,34 @@ impl ContentStore {
     }
 }
 
+/// Why [`ContentStore::receive_written`] kept nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unstored {
+    /// Where the bytes came from failed: the writer said so.
+    Source(String),
+    /// The store could not write them, or they were not what their digest says ("corrupt").
+    Store(String),
+}
+
+/// The file [`ContentStore::receive_written`] is writing: each piece is hashed, then written.
+#[derive(Debug)]
+pub struct Written {
+    file: std::fs::File,
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl Written {
+    /// Appends `piece`. A failure is the store's.
+    pub fn put(&mut self, piece: &[u8]) -> Result<(), Unstored> {
+        use std::io::Write as _;
+        self.hasher.update(piece);
+        self.file.write_all(piece).map_err(|e| Unstored::Store(format!("cannot store the file: {e}")))?;
+        self.count += piece.len() as u64;
+        Ok(())
+    }
+}
+
 /// Buffer each read from disk fills in [`copy_from_disk`].
 const DISK_READ: usize = 1 << 20;
 
@@ -311,6 +389,28 @@ mod tests {
         let again = ContentStore::open(dir.path(), 1000).unwrap();
         assert!(again.verified(&d).await);
         assert!(!again.verified(&Digest::of(b"never stored")).await);
+    }
+
+    #[tokio::test]
+    async fn a_file_put_together_by_its_caller_is_kept_only_whole_and_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path(), 1000).unwrap().volatile();
+        let data = b"context bytes".to_vec();
+        let d = Digest::of(&data);
+        let put = |pieces: Vec<&'static [u8]>| move |out: &mut Written| pieces.iter().try_for_each(|p| out.put(p));
+        let len = data.len() as u64;
+        let short = store.receive_written(&d, len, put(vec![b"context "])).unwrap_err();
+        assert!(matches!(&short, Unstored::Store(e) if e.contains("from 8 of 13 bytes")), "{short:?}");
+        let wrong = store.receive_written(&d, len, put(vec![b"context ", b"BYTES"])).unwrap_err();
+        assert!(matches!(&wrong, Unstored::Store(e) if e.contains("corrupt")), "{wrong:?}");
+        let failed = store.receive_written(&d, len, |_| Err(Unstored::Source("link broke".into()))).unwrap_err();
+        assert_eq!(failed, Unstored::Source("link broke".into()));
+        let over = store.receive_written(&d, 1001, put(vec![])).unwrap_err();
+        assert!(matches!(&over, Unstored::Store(e) if e.contains("exceeds the limit")), "{over:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing kept, no partial file");
+        let path = store.receive_written(&d, len, put(vec![b"context ", b"bytes"])).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert!(store.verified(&d).await);
     }
 
     #[tokio::test]
