@@ -134,12 +134,51 @@ impl Release<'_> {
 
     /// `archfarm build --push`, timed as the user sees it.
     fn farm_side(&self, ctx: &Path, reference: &str) -> anyhow::Result<f64> {
+        // When it started, to set beside the farm's logs (kept by `keep_logs`), and what the
+        // client said of the context.
+        eprintln!(
+            "bench: farm build of {reference} at {}",
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+        );
         let started = Instant::now();
         let out = self.farm.build("linux/amd64", &[reference], ctx, &[]);
         let secs = started.elapsed().as_secs_f64();
         anyhow::ensure!(out.status.success(), "farm build of {reference} failed:\n{}", crate::text(&out));
+        for line in crate::text(&out).lines().filter(|l| l.starts_with("context ")) {
+            eprintln!("bench:   client: {line}");
+        }
         Ok(secs)
     }
+}
+
+/// Copies the farm's logs (coordinator, agent, registry) to `.farm/bench-logs/ID/`, where the
+/// steps of each case can be timed side by side after the farm is gone.
+fn keep_logs(farm: &Farm, id: &str) {
+    let to = Path::new(".farm/bench-logs").join(id);
+    let _ = std::fs::remove_dir_all(&to);
+    for entry in walkdir(farm.dir.path()) {
+        if entry.extension().is_some_and(|e| e == "log") {
+            let name = entry.strip_prefix(farm.dir.path()).unwrap_or(&entry).to_string_lossy().replace('/', "-");
+            if std::fs::create_dir_all(&to).and_then(|()| std::fs::copy(&entry, to.join(name))).is_err() {
+                eprintln!("bench: cannot keep {} in {}", entry.display(), to.display());
+            }
+        }
+    }
+    eprintln!("bench: {id}'s farm logs are in {}", to.display());
+}
+
+/// The files under `dir`, two levels deep (a farm's logs lie at its top and in each process's folder).
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let list = |d: &Path| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    for path in list(dir) {
+        if path.is_dir() {
+            out.extend(list(&path).into_iter().filter(|p| p.is_file()));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Starts the peak over (`clear_refs` 5 resets VmHWM).
@@ -252,6 +291,7 @@ fn run_on(o: &Options, host: Option<String>) -> anyhow::Result<Figure> {
     for run in 0..o.runs {
         one_run(&r, run, &base, &sizes, agent_pid, &mut runs)?;
     }
+    keep_logs(&farm, id);
     Ok(figure(o, &sizes, runs, r.host.is_some()))
 }
 
