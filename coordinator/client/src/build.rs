@@ -247,10 +247,10 @@ async fn send_context(conn: &Connection, survey: context::Survey, chatty: bool) 
     }
     let packed = {
         let survey = survey.clone();
-        tokio::task::spawn_blocking(move || context::pack_surveyed(&survey, MAX_CONTEXT)).await?
+        tokio::task::spawn_blocking(move || context::plan_surveyed(&survey, MAX_CONTEXT)).await?
     }
     .map_err(|e| anyhow::anyhow!(e))?;
-    crate::upload::upload(conn, &packed, chatty).await?;
+    crate::upload::upload(conn, &packed, survey, chatty).await?;
     let (digest, dockerfile) = (packed.digest.clone(), packed.dockerfile.clone());
     if let Some(signature) = signature {
         tokio::task::spawn_blocking(move || crate::known_contexts::remember(&signature, &packed)).await?;

@@ -96,7 +96,7 @@ pub fn recall(signature: &Signature) -> Option<Known> {
 
 /// Records that the files of `signature` packed to `packed` (best effort: a cache), unless they
 /// changed too recently before the signature was taken.
-pub fn remember(signature: &Signature, packed: &crate::context::Packed) {
+pub fn remember(signature: &Signature, packed: &crate::context::Planned) {
     let Some(dir) = dir().filter(|_| signature.settled) else { return };
     let known = Known {
         digest: packed.digest.clone(),
@@ -166,7 +166,10 @@ mod tests {
             std::thread::sleep(RACY * 2);
             let packed = pack(ctx.path());
             let known = recall(&signature(&survey(ctx.path(), None).unwrap()).unwrap()).expect("recalled");
-            assert_eq!((known.digest, known.size, known.chunks), (packed.digest, packed.size, packed.chunks));
+            assert_eq!(
+                (known.digest, known.size, known.chunks),
+                (packed.plan.digest, packed.plan.size, packed.plan.chunks)
+            );
 
             // One byte changed, the same size, the old modification time put back: the change
             // time gives it away.

@@ -1,12 +1,15 @@
-//! Sending a packed build context to the coordinator: nothing when it holds the context's
-//! digest; otherwise the list of the context's chunks, then only the chunks it asks for.
+//! Sending a build context to the coordinator: nothing when it holds the context's digest;
+//! otherwise the list of the context's chunks, then only the chunks it asks for, cut from the
+//! tarball made again from the same files ([`context::cut_chunks`]): nothing is written to disk.
 
-use crate::context::Packed;
+use crate::context::{self, Planned, Survey};
 use crate::Connection;
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
-use std::io::SeekFrom;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::sync::Arc;
+
+/// Chunks cut ahead of the one being sent (each at most 4 MiB).
+const CUT_AHEAD: usize = 2;
 
 /// What an upload sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +28,9 @@ pub async fn present(conn: &Connection, digest: &archfarm_shared::Digest) -> any
     }
 }
 
-/// Uploads `packed` unless the coordinator has it. Returns what was sent.
-pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow::Result<Sent> {
+/// Uploads the context `packed` is the plan of (made from `survey`) unless the coordinator has
+/// it. Returns what was sent.
+pub async fn upload(conn: &Connection, packed: &Planned, survey: Arc<Survey>, chatty: bool) -> anyhow::Result<Sent> {
     if present(conn, &packed.digest).await? {
         if chatty {
             eprintln!("context {} ({} bytes) is already on the coordinator", packed.digest, packed.size);
@@ -45,34 +49,32 @@ pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow:
         Some(ClientResponse::Error { message }) => bail!("{message}"),
         other => bail!("unexpected answer to the upload: {other:?}"),
     };
-    let mut offsets = Vec::with_capacity(packed.chunks.len());
-    let mut at = 0u64;
-    for c in &packed.chunks {
-        offsets.push(at);
-        at += u64::from(c.size);
-    }
-    let mut file = tokio::fs::File::open(packed.file.path()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Vec<u8>)>(CUT_AHEAD);
+    let cutting = {
+        let chunks = packed.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            context::cut_chunks(&survey, &chunks, &wanted, |i, bytes| tx.blocking_send((i, bytes)).is_ok())
+        })
+    };
     let mut sent = Sent { chunks: 0, bytes: 0 };
-    for i in wanted {
-        let (chunk, offset) = packed
-            .chunks
-            .get(i as usize)
-            .zip(offsets.get(i as usize))
-            .with_context(|| format!("the coordinator asked for chunk {i}, which does not exist"))?;
-        let mut buf = vec![0u8; chunk.size as usize];
-        file.seek(SeekFrom::Start(*offset)).await?;
-        file.read_exact(&mut buf).await.context("reading the packed context")?;
+    while let Some((_, bytes)) = rx.recv().await {
+        let len = bytes.len() as u64;
         // Handed over whole, not copied into the stream's buffer. A write error means the
         // coordinator stopped reading: its answer says why.
-        if stream.writer().write_chunk(buf.into()).await.is_err() {
+        if stream.writer().write_chunk(bytes.into()).await.is_err() {
             break;
         }
         sent.chunks += 1;
-        sent.bytes += u64::from(chunk.size);
+        sent.bytes += len;
     }
+    drop(rx);
+    let cut = cutting.await?;
     stream.finish().await;
-    match conn.next(&mut stream).await? {
+    let answer = conn.next(&mut stream).await;
+    // The coordinator's answer says more than a cut that stopped because it stopped reading.
+    match answer? {
         Some(ClientResponse::ContextStored) => {
+            cut.map_err(anyhow::Error::msg)?;
             if chatty {
                 eprintln!(
                     "context {} uploaded: {} of {} bytes sent ({} of {} chunks; {} entries) in {:.1} s",
@@ -87,7 +89,13 @@ pub async fn upload(conn: &Connection, packed: &Packed, chatty: bool) -> anyhow:
             }
             Ok(sent)
         }
-        Some(ClientResponse::Error { message }) => bail!("{message}"),
+        Some(ClientResponse::Error { message }) if message.contains("does not match its digest") => {
+            bail!("{message}: {}", context::CHANGED)
+        }
+        Some(ClientResponse::Error { message }) => match cut {
+            Err(e) => bail!("{e} (the coordinator said: {message})"),
+            Ok(()) => bail!("{message}"),
+        },
         other => bail!("unexpected answer to the upload: {other:?}"),
     }
 }

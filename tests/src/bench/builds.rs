@@ -277,6 +277,7 @@ fn p6(o: &Options, farm: &Farm, rt: &tokio::runtime::Runtime) -> anyhow::Result<
         "FROM scratch\nARG TARGETARCH\nCOPY bin/${TARGETARCH}/busybox /bin/busybox\n",
     )?;
     let packed = context::pack(ctx.path(), None, 1 << 30).map_err(anyhow::Error::msg)?;
+    let survey = std::sync::Arc::new(context::survey(ctx.path(), None).map_err(anyhow::Error::msg)?);
     let remote = Remote {
         coordinator: farm.coordinator.clone(),
         token: farm.token.clone(),
@@ -286,7 +287,7 @@ fn p6(o: &Options, farm: &Farm, rt: &tokio::runtime::Runtime) -> anyhow::Result<
     let (mut latency, mut seen) = (Vec::new(), Vec::new());
     for run in 0..=runs {
         let tag = nonce("p6");
-        let (verified, published, readable) = rt.block_on(timed_build(farm, &remote, &packed, &tag))?;
+        let (verified, published, readable) = rt.block_on(timed_build(farm, &remote, (&packed, &survey), &tag))?;
         // The first run warms the connection pools and the registry's repository.
         if run > 0 {
             latency.push(readable.saturating_duration_since(verified).as_secs_f64() * 1000.0);
@@ -315,11 +316,11 @@ fn p6(o: &Options, farm: &Farm, rt: &tokio::runtime::Runtime) -> anyhow::Result<
 async fn timed_build(
     farm: &Farm,
     remote: &Remote,
-    packed: &context::Packed,
+    (packed, survey): (&context::Packed, &std::sync::Arc<context::Survey>),
     tag: &str,
 ) -> anyhow::Result<(Instant, Instant, Instant)> {
     let conn = Connection::open(remote).await?;
-    upload(&conn, packed, false).await?;
+    upload(&conn, packed, survey.clone(), false).await?;
     let url = format!("http://{}/v2/bench/p6/manifests/{tag}", farm.registry);
     let poller = std::thread::spawn(move || poll_until_readable(&url, Duration::from_secs(120)));
     let request = BuildRequest {

@@ -319,7 +319,8 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         let ctx = tempfile::tempdir()?;
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n")?;
         let packed = archfarm_client::context::pack(ctx.path(), None, 1 << 20).map_err(anyhow::Error::msg)?;
-        archfarm_client::upload::upload(&admin, &packed, false).await?;
+        let survey = Arc::new(archfarm_client::context::survey(ctx.path(), None).map_err(anyhow::Error::msg)?);
+        archfarm_client::upload::upload(&admin, &packed, survey, false).await?;
         let mut clients = Vec::new();
         for _ in 0..32 {
             clients.push(Arc::new(Connection::open(&remote).await?));

@@ -96,9 +96,10 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         clear_stores(&farm);
         let ctx = fresh_context(size, rand::random())?;
         let packed = context::pack(ctx.path(), None, 8 << 30).map_err(anyhow::Error::msg)?;
+        let survey = std::sync::Arc::new(context::survey(ctx.path(), None).map_err(anyhow::Error::msg)?);
         let conn = rt.block_on(Connection::open(&remote))?;
         let started = Instant::now();
-        rt.block_on(upload(&conn, &packed, false))?;
+        rt.block_on(upload(&conn, &packed, survey.clone(), false))?;
         let q = started.elapsed().as_secs_f64();
         let stats = conn.stats();
         let (packets, lost, mtu) = (stats.udp_tx.datagrams, stats.path.lost_packets, stats.path.current_mtu);
@@ -116,7 +117,7 @@ pub fn run(o: &Options) -> anyhow::Result<Figure> {
         anyhow::ensure!(changed.digest != packed.digest, "the change did not change the context");
         let conn = rt.block_on(Connection::open(&remote))?;
         let before = conn.stats().udp_tx.bytes;
-        let sent = rt.block_on(upload(&conn, &changed, false))?;
+        let sent = rt.block_on(upload(&conn, &changed, survey.clone(), false))?;
         let on_wire = conn.stats().udp_tx.bytes - before;
         rt.block_on(conn.close());
         let mb = size as f64 / (1 << 20) as f64;

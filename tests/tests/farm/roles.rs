@@ -145,7 +145,7 @@ fn a_context_belongs_to_the_token_that_uploaded_it_and_its_digest_alone_builds_n
     assert!(out.status.success(), "{}", text(&out));
 
     // Team b knows the digest of team a's context (provenance publishes it), and nothing else.
-    let digest = archfarm_client::context::pack(ctx.path(), None, 1 << 30).unwrap().digest;
+    let digest = archfarm_client::context::pack(ctx.path(), None, 1 << 30).unwrap().plan.digest;
     let remote = archfarm_client::Remote {
         coordinator: farm.coordinator.clone(),
         token: b.clone(),
