@@ -2,7 +2,7 @@
 //! from the store, in order, checked as a tar, hashed as a whole and written to the stored file
 //! in one pass.
 
-use super::chunks::ChunkStore;
+use super::chunks::{ChunkStore, Unread};
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::{tarball, Digest};
 use bytes::Bytes;
@@ -51,8 +51,9 @@ fn io_err(message: String) -> std::io::Error {
     std::io::Error::other(message)
 }
 
-/// Chunks queued for the thread that hashes the whole.
-const HASH_AHEAD: usize = 8;
+/// Chunks queued for the thread that hashes the whole (each up to 16 MiB; the hasher is faster
+/// than the writer, so the queue is seldom full).
+const HASH_AHEAD: usize = 2;
 
 impl Assembly {
     /// Rebuilds `chunks`: those marked `from_client` arrive on `rx`, the others are read from
@@ -112,11 +113,17 @@ impl Assembly {
             Bytes::from(bytes)
         } else {
             match self.store.read(chunk) {
-                Some(bytes) => {
+                Ok(bytes) => {
                     self.from_store.push(i);
                     bytes
                 }
-                None => {
+                Err(Unread::OtherSize(len)) => {
+                    return Err(io_err(format!(
+                        "chunk {i} of the context is {} with {} bytes, but that chunk is {len} bytes",
+                        chunk.digest, chunk.size
+                    )));
+                }
+                Err(Unread::Gone) => {
                     self.store.forget(&chunk.digest);
                     return Err(io_err(forgotten(&chunk.digest)));
                 }
@@ -135,14 +142,14 @@ impl Assembly {
         Ok(())
     }
 
-    /// The stored chunks read so far that no longer hold their bytes, now forgotten: the cause
-    /// of a failed check, if any.
+    /// The stored chunks read so far whose bytes no longer hash to their digest, now forgotten:
+    /// the cause of a failed check, if any.
     fn damaged(&self) -> Option<String> {
         let bad: Vec<&Digest> = self
             .from_store
             .iter()
             .map(|&i| &self.chunks[i])
-            .filter(|c| self.store.read(c).is_none_or(|b| sha256(&b) != c.digest))
+            .filter(|c| matches!(self.store.read(c), Ok(b) if sha256(&b) != c.digest))
             .map(|c| &c.digest)
             .collect();
         for digest in &bad {
@@ -174,7 +181,7 @@ impl Assembly {
             let mut offset = 0u64;
             for (c, new) in self.chunks.iter().zip(&self.from_client) {
                 if *new {
-                    self.store.remember(&c.digest, target, offset).map_err(io)?;
+                    self.store.remember(&c.digest, target, offset, c.size).map_err(io)?;
                 }
                 offset += u64::from(c.size);
             }
@@ -282,6 +289,28 @@ mod tests {
         let target = dir.path().join("ctx.tar");
         assert_eq!(assemble(&data, &store, &target).unwrap(), data.len() as u64);
         assert_eq!(std::fs::read(&target).unwrap(), data);
+    }
+
+    #[test]
+    fn a_plan_must_name_each_stored_chunk_with_its_own_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
+        let big: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data = tarball(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        assemble(&data, &store, &dir.path().join("ctx.tar")).unwrap();
+        let chunks = chunks_of(&data);
+        assert!(chunks.len() > 1);
+        // Another token claims the context from its first chunk alone, named as long as all of
+        // it: the bytes read would make the right digest, but the length is not the chunk's.
+        let claim = vec![Chunk { digest: chunks[0].digest.clone(), size: data.len() as u32 }];
+        let (_tx, rx) = mpsc::channel(1);
+        let target = dir.path().join("claimed.tar");
+        let err = Assembly::new(claim, vec![false], rx, store.clone())
+            .run(&target, &Digest::of(&data), data.len() as u64)
+            .unwrap_err();
+        assert!(err.contains("but that chunk is"), "{err}");
+        assert!(!target.exists());
+        assert!(store.contains(&chunks[0].digest), "a wrong plan makes the store forget nothing");
     }
 
     #[test]

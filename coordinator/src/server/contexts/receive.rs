@@ -51,6 +51,15 @@ pub fn check_plan(size: u64, chunks: &[Chunk], max_bytes: u64) -> Result<(), Str
     if total != size {
         return Err(format!("the context's chunks add up to {total} bytes, but its size is {size}"));
     }
+    let mut sizes = std::collections::HashMap::new();
+    for (i, c) in chunks.iter().enumerate() {
+        if let Some(size) = sizes.insert(&c.digest, c.size).filter(|s| *s != c.size) {
+            return Err(format!(
+                "chunk {i} of the context is {} with {} bytes, but an earlier chunk names it with {size}",
+                c.digest, c.size
+            ));
+        }
+    }
     let mut seen = HashSet::new();
     let distinct: u64 = chunks.iter().filter(|c| seen.insert(&c.digest)).map(|c| u64::from(c.size)).sum();
     if total - distinct > repeat_allowance(distinct) {
@@ -223,6 +232,10 @@ mod tests {
         assert!(check_plan(300, &[chunk(300)], 100).unwrap_err().contains("exceeds the limit of 100"));
         assert!(check_plan(0, &[chunk(0)], 100).unwrap_err().contains("chunk 0"));
         assert!(check_plan(1 << 30, &[chunk(MAX_CHUNK_BYTES + 1)], 1 << 40).unwrap_err().contains("1 to"));
+        // One digest named with two lengths.
+        let (a, mut b) = (chunk(10), chunk(20));
+        b.digest = a.digest.clone();
+        assert!(check_plan(30, &[a, b], 100).unwrap_err().contains("an earlier chunk names it with 10"));
         // One 4 MiB chunk named a thousand times: 4 GiB written from a few KiB of request.
         let one = chunk(4 << 20);
         let err = check_plan(1000 * (4 << 20), &vec![one.clone(); 1000], 1 << 40).unwrap_err();
@@ -241,8 +254,8 @@ mod tests {
         let (a, b) = (chunks_of(b"aaaa")[0].clone(), chunks_of(b"bbbb")[0].clone());
         let held = dir.path().join("context.tar");
         std::fs::write(&held, b"xxaaaa").unwrap();
-        store.remember(&a.digest, &held, 2).unwrap();
-        assert_eq!(store.read(&a).as_deref(), Some(&b"aaaa"[..]));
+        store.remember(&a.digest, &held, 2, 4).unwrap();
+        assert_eq!(store.read(&a).ok().as_deref(), Some(&b"aaaa"[..]));
         let (want, from_client) = wanted(&store, &[a.clone(), b.clone(), b.clone(), a]);
         assert_eq!(want, [1]);
         assert_eq!(from_client, [false, true, false, false], "the repeat of b is read back from the store");
