@@ -223,20 +223,29 @@ async fn read_sent(
         let mut left = chunk as usize;
         while left > 0 {
             let mut piece = vec![0u8; left.min(PIECE)];
-            match tokio::time::timeout(RECEIVE_IDLE, bytes.read_exact(&mut piece)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(Stopped::Source(format!("the context's bytes ended or broke at {at} of {size}: {e}")))
-                }
-                Err(_) => {
-                    return Err(Stopped::Source(format!(
-                        "the context's bytes stalled at {at} of {size}: nothing for {} s",
-                        RECEIVE_IDLE.as_secs()
-                    )))
+            let mut filled = 0;
+            // The idle limit holds for each read, not for the whole piece.
+            while filled < piece.len() {
+                match tokio::time::timeout(RECEIVE_IDLE, bytes.read(&mut piece[filled..])).await {
+                    Ok(Ok(0)) => {
+                        return Err(Stopped::Source(format!("the context's bytes ended at {at} of {size}")));
+                    }
+                    Ok(Ok(n)) => {
+                        filled += n;
+                        at += n as u64;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Stopped::Source(format!("the context's bytes broke at {at} of {size}: {e}")))
+                    }
+                    Err(_) => {
+                        return Err(Stopped::Source(format!(
+                            "the context's bytes stalled at {at} of {size}: nothing for {} s",
+                            RECEIVE_IDLE.as_secs()
+                        )))
+                    }
                 }
             }
             left -= piece.len();
-            at += piece.len() as u64;
             tx.send(piece.into()).await.map_err(|_| Stopped::Sink)?;
         }
     }

@@ -244,7 +244,7 @@ impl ContentStore {
         let result = (|| {
             let io = |e: std::io::Error| Unstored::Store(format!("cannot store {digest}: {e}"));
             let file = std::fs::File::create(&tmp).map_err(io)?;
-            let mut out = Written { file, hasher: sha2::Sha256::new(), count: 0 };
+            let mut out = Written { file, hasher: sha2::Sha256::new(), count: 0, size };
             write(&mut out)?;
             if out.count != size {
                 return Err(Unstored::Store(format!("{digest} was put together from {} of {size} bytes", out.count)));
@@ -340,12 +340,17 @@ pub struct Written {
     file: std::fs::File,
     hasher: sha2::Sha256,
     count: u64,
+    /// The bytes announced: nothing is written past them.
+    size: u64,
 }
 
 impl Written {
     /// Appends `piece`. A failure is the store's.
     pub fn put(&mut self, piece: &[u8]) -> Result<(), Unstored> {
         use std::io::Write as _;
+        if self.count + piece.len() as u64 > self.size {
+            return Err(Unstored::Store(format!("more than the {} bytes announced", self.size)));
+        }
         self.hasher.update(piece);
         self.file.write_all(piece).map_err(|e| Unstored::Store(format!("cannot store the file: {e}")))?;
         self.count += piece.len() as u64;
@@ -403,6 +408,8 @@ mod tests {
         assert!(matches!(&short, Unstored::Store(e) if e.contains("from 8 of 13 bytes")), "{short:?}");
         let wrong = store.receive_written(&d, len, put(vec![b"context ", b"BYTES"])).unwrap_err();
         assert!(matches!(&wrong, Unstored::Store(e) if e.contains("corrupt")), "{wrong:?}");
+        let long = store.receive_written(&d, 4, put(vec![b"context "])).unwrap_err();
+        assert!(matches!(&long, Unstored::Store(e) if e.contains("more than the 4 bytes")), "{long:?}");
         let failed = store.receive_written(&d, len, |_| Err(Unstored::Source("link broke".into()))).unwrap_err();
         assert_eq!(failed, Unstored::Source("link broke".into()));
         let over = store.receive_written(&d, 1001, put(vec![])).unwrap_err();

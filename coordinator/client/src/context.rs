@@ -161,21 +161,49 @@ fn planned<W: Write>(survey: &Survey, inner: W, max_bytes: u64) -> Result<Planne
     })
 }
 
-/// Writes the tarball of what `survey` found to `out`.
+/// Writes the tarball of what `survey` found to `out`. After a failure nothing more reaches
+/// `out`: the tar writer ends the archive when it is dropped, and those 1,024 zeros would
+/// otherwise complete a chunk being cut.
 fn write_tar<W: Write>(survey: &Survey, out: W) -> Result<(), String> {
     let Survey { dockerfile: dockerfile_abs, inside, paths, .. } = survey;
-    let mut tar = tar::Builder::new(out);
+    let mut tar = tar::Builder::new(Gate { inner: out, open: true });
     tar.follow_symlinks(false);
-    for (rel, abs) in paths {
-        let meta = std::fs::symlink_metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-        append(&mut tar, rel, abs, &meta)?;
+    let mut entries = || -> Result<(), String> {
+        for (rel, abs) in paths {
+            let meta = std::fs::symlink_metadata(abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+            append(&mut tar, rel, abs, &meta)?;
+        }
+        if inside.is_none() {
+            let data = std::fs::read(dockerfile_abs).map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
+            let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+            tar.append_data(&mut h, OUTSIDE_DOCKERFILE, data.as_slice()).map_err(|e| e.to_string())?;
+        }
+        tar.finish().map_err(|e| format!("packing the context: {e}"))
+    };
+    let result = entries();
+    if result.is_err() {
+        tar.get_mut().open = false;
     }
-    if inside.is_none() {
-        let data = std::fs::read(dockerfile_abs).map_err(|e| format!("{}: {e}", dockerfile_abs.display()))?;
-        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-        tar.append_data(&mut h, OUTSIDE_DOCKERFILE, data.as_slice()).map_err(|e| e.to_string())?;
+    result
+}
+
+/// A writer that passes bytes on until it is closed, then drops them.
+struct Gate<W> {
+    inner: W,
+    open: bool,
+}
+
+impl<W: Write> Write for Gate<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.open {
+            self.inner.write(buf)
+        } else {
+            Ok(buf.len())
+        }
     }
-    tar.finish().map_err(|e| format!("packing the context: {e}"))
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What [`cut_chunks`] says when the tarball it makes again is not the one planned.
@@ -458,6 +486,10 @@ mod tests {
         // A file shrunk since: the tarball ends before the last chunk.
         std::fs::write(d.path().join("src/big.bin"), &big[..1 << 20]).unwrap();
         assert_eq!(cut_chunks(&s, &plan.chunks, &[last], |_, _| true).unwrap_err(), CHANGED);
+        // A file gone since: its error, whatever the tar writer adds when it is dropped.
+        std::fs::remove_file(d.path().join("src/big.bin")).unwrap();
+        let err = cut_chunks(&s, &plan.chunks, &[last], |_, _| panic!("no chunk is cut")).unwrap_err();
+        assert!(err.contains("big.bin"), "{err}");
         // The receiver stopped taking chunks: the cut stops, without an error of its own.
         std::fs::write(d.path().join("src/big.bin"), &big).unwrap();
         let mut calls = 0;

@@ -70,9 +70,14 @@ pub async fn upload(conn: &Connection, packed: &Planned, survey: Arc<Survey>, ch
     drop(rx);
     let cut = cutting.await?;
     stream.finish().await;
-    let answer = conn.next(&mut stream).await;
+    let answer = match (conn.next(&mut stream).await, &cut) {
+        (Ok(answer), _) => answer,
+        // No answer: the cut's own failure, if it had one, says more.
+        (Err(e), Err(cut)) => bail!("{cut} (and the coordinator did not answer: {e})"),
+        (Err(e), Ok(())) => return Err(e),
+    };
     // The coordinator's answer says more than a cut that stopped because it stopped reading.
-    match answer? {
+    match answer {
         Some(ClientResponse::ContextStored) => {
             cut.map_err(anyhow::Error::msg)?;
             if chatty {

@@ -288,10 +288,10 @@ fn run_on(o: &Options, host: Option<String>) -> anyhow::Result<Figure> {
     let base = push_base(&r, &sizes)?;
     eprintln!("bench: P7 base image {base} ({} MiB)", sizes.base);
     let mut runs = Runs::default();
-    for run in 0..o.runs {
-        one_run(&r, run, &base, &sizes, agent_pid, &mut runs)?;
-    }
+    let done = (0..o.runs).try_for_each(|run| one_run(&r, run, &base, &sizes, agent_pid, &mut runs));
+    // Kept whether the runs passed or not: a failed one is when they matter most.
     keep_logs(&farm, id);
+    done?;
     Ok(figure(o, &sizes, runs, r.host.is_some()))
 }
 
