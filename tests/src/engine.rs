@@ -145,6 +145,20 @@ impl Drop for Engine {
         for forward in &mut self.forwards {
             forward.stop();
         }
+        unmount_under(&self.dir);
+    }
+}
+
+/// Unmounts what a dockerd left mounted under `dir` (its data root is a bind mount of itself,
+/// which a shutdown cut short leaves behind; the test's folder then cannot be removed, and stays
+/// in /tmp with the engine's data), deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
+    let mut under: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| Path::new(m).starts_with(dir)).collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in under {
+        let _ = Command::new("umount").arg("-l").arg(mount).status();
     }
 }
 

@@ -139,8 +139,10 @@ pub fn run(options: &Options) -> anyhow::Result<Figure> {
             if affinity { &mut with } else { &mut without }.push(outcome);
         }
     }
-    drop(farm);
+    // The engines first: their data lies in the farm's folder, which cannot be removed while a
+    // dockerd still has its mounts there (it was left behind in /tmp, engines' data and all).
     drop(engines);
+    drop(farm);
     let rate =
         |o: &Vec<Outcome>| -> Vec<f64> { o.iter().map(|x| 100.0 * x.hits as f64 / x.rebuilds.max(1) as f64).collect() };
     let secs = |o: &Vec<Outcome>| -> Vec<f64> { o.iter().map(|x| sum(&x.rebuild_secs)).collect() };
