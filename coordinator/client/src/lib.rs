@@ -6,9 +6,10 @@
 //! # Layout
 //! - [`connection`]: an authenticated connection to the coordinator ([`Connection`], [`Remote`]).
 //! - [`build`]: `archfarm build`: flags, request, pack, upload, follow.
-//! - [`context`]: packing a deterministic context tarball.
+//! - [`context`]: packing a deterministic context tarball, or taking its digest and chunks alone.
+//! - [`cut`]: cutting the chunks asked for out of that tarball made again.
 //! - [`dockerignore`]: `.dockerignore` matching with Docker's rules.
-//! - [`upload`]: uploading a packed context as content-defined chunks.
+//! - [`upload`]: uploading a context as content-defined chunks.
 //! - [`follow`]: following a build's events to its end; what Ctrl-C does.
 //! - [`progress`]: showing a build as it happens (`--progress`).
 //! - [`output`]: `--output` and `--load`, parsed.
@@ -24,6 +25,7 @@ pub mod build;
 pub mod builds;
 pub mod connection;
 pub mod context;
+pub mod cut;
 pub mod export;
 pub mod follow;
 pub mod housekeeping;

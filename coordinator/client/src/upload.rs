@@ -1,8 +1,9 @@
 //! Sending a build context to the coordinator: nothing when it holds the context's digest;
 //! otherwise the list of the context's chunks, then only the chunks it asks for, cut from the
-//! tarball made again from the same files ([`context::cut_chunks`]): nothing is written to disk.
+//! tarball made again from the same files ([`cut::cut_chunks`]): nothing is written to disk.
 
-use crate::context::{self, Planned, Survey};
+use crate::context::{Planned, Survey};
+use crate::cut;
 use crate::Connection;
 use anyhow::bail;
 use archfarm_shared::protocol::{ClientRequest, ClientResponse};
@@ -53,7 +54,7 @@ pub async fn upload(conn: &Connection, packed: &Planned, survey: Arc<Survey>, ch
     let cutting = {
         let chunks = packed.chunks.clone();
         tokio::task::spawn_blocking(move || {
-            context::cut_chunks(&survey, &chunks, &wanted, |i, bytes| tx.blocking_send((i, bytes)).is_ok())
+            cut::cut_chunks(&survey, &chunks, &wanted, |i, bytes| tx.blocking_send((i, bytes)).is_ok())
         })
     };
     let mut sent = Sent { chunks: 0, bytes: 0 };
@@ -95,7 +96,7 @@ pub async fn upload(conn: &Connection, packed: &Planned, survey: Arc<Survey>, ch
             Ok(sent)
         }
         Some(ClientResponse::Error { message }) if message.contains("does not match its digest") => {
-            bail!("{message}: {}", context::CHANGED)
+            bail!("{message}: {}", cut::CHANGED)
         }
         Some(ClientResponse::Error { message }) => match cut {
             Err(e) => bail!("{e} (the coordinator said: {message})"),

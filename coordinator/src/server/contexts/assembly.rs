@@ -12,10 +12,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use tokio::sync::mpsc;
 
-fn sha256(bytes: &[u8]) -> Digest {
-    Digest::from_sha256(sha2::Sha256::digest(bytes).into())
-}
-
 /// Why a chunk read back from the store cannot be used.
 fn forgotten(digest: &Digest) -> String {
     format!("a stored chunk ({digest}) was pruned or damaged and is forgotten; run the build again to send it")
@@ -149,7 +145,7 @@ impl Assembly {
             .from_store
             .iter()
             .map(|&i| &self.chunks[i])
-            .filter(|c| matches!(self.store.read(c), Ok(b) if sha256(&b) != c.digest))
+            .filter(|c| matches!(self.store.read(c), Ok(b) if Digest::of(&b) != c.digest))
             .map(|c| &c.digest)
             .collect();
         for digest in &bad {
@@ -246,12 +242,17 @@ mod tests {
         a.run(target, &Digest::of(data), data.len() as u64)
     }
 
-    #[test]
-    fn assembles_checks_and_stores_from_chunks_old_and_new() {
+    /// A folder with an empty chunk store, and a context of a Dockerfile and 6 MiB.
+    fn six_mib_context() -> (tempfile::TempDir, ChunkStore, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
         let big: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let data = tarball(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        (dir, store, tarball(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]))
+    }
+
+    #[test]
+    fn assembles_checks_and_stores_from_chunks_old_and_new() {
+        let (dir, store, data) = six_mib_context();
         let target = dir.path().join("ctx.tar");
         assert_eq!(assemble(&data, &store, &target).unwrap(), data.len() as u64);
         assert_eq!(std::fs::read(&target).unwrap(), data);
@@ -293,10 +294,7 @@ mod tests {
 
     #[test]
     fn a_plan_must_name_each_stored_chunk_with_its_own_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(&dir.path().join("chunks")).unwrap();
-        let big: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let data = tarball(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        let (dir, store, data) = six_mib_context();
         assemble(&data, &store, &dir.path().join("ctx.tar")).unwrap();
         let chunks = chunks_of(&data);
         assert!(chunks.len() > 1);

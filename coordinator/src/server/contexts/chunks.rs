@@ -5,7 +5,6 @@
 use archfarm_shared::chunking::Chunk;
 use archfarm_shared::Digest;
 use bytes::Bytes;
-use sha2::Digest as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -28,17 +27,8 @@ impl ChunkStore {
         self.dir.join(digest.hex())
     }
 
-    /// The file, offset and length a reference names. A reference written before lengths were
-    /// kept has none: its chunk is hashed when read.
     fn reference(&self, digest: &Digest) -> Option<(PathBuf, u64, Option<u32>)> {
-        let text = std::fs::read_to_string(self.path(digest)).ok()?;
-        let text = text.trim_end();
-        let (rest, last) = text.rsplit_once(' ')?;
-        if let Some((file, offset)) = rest.rsplit_once(' ').filter(|_| last.starts_with("len=")) {
-            let len = last.strip_prefix("len=")?.parse().ok()?;
-            return Some((PathBuf::from(file), offset.parse().ok()?, Some(len)));
-        }
-        Some((PathBuf::from(rest), last.parse().ok()?, None))
+        parse_reference(&std::fs::read_to_string(self.path(digest)).ok()?)
     }
 
     pub(crate) fn contains(&self, digest: &Digest) -> bool {
@@ -65,10 +55,7 @@ impl ChunkStore {
                 continue; // being written
             }
             let dangling = match std::fs::read_to_string(&path) {
-                Ok(_) => {
-                    let digest = path.file_name().and_then(|n| format!("sha256:{}", n.to_string_lossy()).parse().ok());
-                    digest.and_then(|d| self.reference(&d)).is_none_or(|(file, _, _)| !file.is_file())
-                }
+                Ok(text) => parse_reference(&text).is_none_or(|(file, _, _)| !file.is_file()),
                 Err(_) => false,
             };
             if dangling && std::fs::remove_file(&path).is_ok() {
@@ -92,11 +79,23 @@ impl ChunkStore {
         f.seek(SeekFrom::Start(offset)).map_err(|_| Unread::Gone)?;
         let mut buf = vec![0u8; chunk.size as usize];
         f.read_exact(&mut buf).map_err(|_| Unread::Gone)?;
-        if len.is_none() && Digest::from_sha256(sha2::Sha256::digest(&buf).into()) != chunk.digest {
+        if len.is_none() && Digest::of(&buf) != chunk.digest {
             return Err(Unread::Gone);
         }
         Ok(Bytes::from(buf))
     }
+}
+
+/// The file, offset and length a reference names. A reference written before lengths were kept
+/// has none: its chunk is hashed when read.
+fn parse_reference(text: &str) -> Option<(PathBuf, u64, Option<u32>)> {
+    let text = text.trim_end();
+    let (rest, last) = text.rsplit_once(' ')?;
+    if let Some(len) = last.strip_prefix("len=") {
+        let (file, offset) = rest.rsplit_once(' ')?;
+        return Some((PathBuf::from(file), offset.parse().ok()?, Some(len.parse().ok()?)));
+    }
+    Some((PathBuf::from(rest), last.parse().ok()?, None))
 }
 
 /// Why a stored chunk could not be read.

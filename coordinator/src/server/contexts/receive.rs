@@ -13,7 +13,6 @@ use archfarm_shared::protocol::ClientResponse;
 use archfarm_shared::stream::QuicStream;
 use archfarm_shared::{tarball, Digest};
 use bytes::{Bytes, BytesMut};
-use sha2::Digest as _;
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -28,10 +27,6 @@ pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// real contexts repeat chunks (identical files), but a plan of one chunk named a thousand times
 /// would make the coordinator write gigabytes from a few kilobytes of request.
 const REPEAT_SLACK: u64 = 64 << 20;
-
-fn sha256(bytes: &[u8]) -> Digest {
-    Digest::from_sha256(sha2::Sha256::digest(bytes).into())
-}
 
 /// Checks an announced chunk list against the announced size and the limits.
 pub fn check_plan(size: u64, chunks: &[Chunk], max_bytes: u64) -> Result<(), String> {
@@ -172,7 +167,7 @@ pub async fn receive_chunked(
         match read_chunk(stream, i, len, received).await {
             Ok(bytes) => {
                 received += len as u64;
-                hashing.push_back((i, tokio::task::spawn_blocking(move || (sha256(&bytes), bytes))));
+                hashing.push_back((i, tokio::task::spawn_blocking(move || (Digest::of(&bytes), bytes))));
             }
             Err(message) => failure = Some(message),
         }
